@@ -1,0 +1,468 @@
+//! `NsqCluster`: one nsqlookupd and N nsqd on free loopback ports, each nsqd with its own data
+//! path, registered with the lookupd; faults (kill, stop, restart, freeze, thaw) on demand.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use nix::sys::signal::Signal;
+
+use crate::bins::nsq_bin;
+use crate::process::ManagedProcess;
+use crate::stats::{LookupProducer, NsqdStats, Producers, unwrap_legacy};
+
+/// How long a daemon may take to answer `/ping` after start.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a graceful stop may take before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attempts to start a daemon when a freshly picked port turned out to be taken.
+const PORT_RETRIES: usize = 4;
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Options for [`NsqCluster::start_with`].
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Number of nsqd.
+    pub nsqd: usize,
+    /// Extra command-line flags for every nsqd (e.g. `--mem-queue-size=0`, TLS or auth flags).
+    pub nsqd_args: Vec<String>,
+    /// Also give every nsqd an HTTPS port (needed when TLS flags are set).
+    pub https: bool,
+}
+
+/// One nsqd of the cluster.
+#[derive(Debug)]
+pub struct Nsqd {
+    /// TCP (protocol) address.
+    pub tcp: SocketAddr,
+    /// HTTP address.
+    pub http: SocketAddr,
+    /// HTTPS address, when asked for.
+    pub https: Option<SocketAddr>,
+    /// Its data path.
+    pub data_path: PathBuf,
+    process: ManagedProcess,
+}
+
+/// A running NSQ cluster. Dropping it kills every process it started.
+#[derive(Debug)]
+pub struct NsqCluster {
+    // Declared first so that processes die before their directory goes.
+    lookupd: ManagedProcess,
+    nsqds: Vec<Nsqd>,
+    admin: Option<(SocketAddr, ManagedProcess)>,
+    lookupd_tcp: SocketAddr,
+    lookupd_http: SocketAddr,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+}
+
+impl NsqCluster {
+    /// One nsqlookupd and `nsqd` nsqd, all answering and registered.
+    pub async fn start(nsqd: usize) -> Result<Self> {
+        Self::start_with(ClusterOptions {
+            nsqd,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Like [`NsqCluster::start`], with options.
+    pub async fn start_with(opts: ClusterOptions) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nsq-cluster-").tempdir()?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()?;
+        let lookupd_bin = nsq_bin("nsqlookupd")?;
+        let mut last_err = None;
+        let mut started = None;
+        for _ in 0..PORT_RETRIES {
+            let (tcp, web) = (loopback(free_port()), loopback(free_port()));
+            let args = vec![
+                format!("--tcp-address={tcp}"),
+                format!("--http-address={web}"),
+                "--broadcast-address=127.0.0.1".to_string(),
+            ];
+            let mut p = ManagedProcess::spawn(
+                "nsqlookupd",
+                &lookupd_bin,
+                args,
+                vec![],
+                dir.path().join("nsqlookupd.log"),
+            )?;
+            match wait_ping(&http, &mut p, web).await {
+                Ok(()) => {
+                    started = Some((p, tcp, web));
+                    break;
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        let Some((lookupd, lookupd_tcp, lookupd_http)) = started else {
+            return Err(last_err.unwrap_or_else(|| anyhow::anyhow!("nsqlookupd did not start")));
+        };
+        let mut cluster = Self {
+            lookupd,
+            nsqds: Vec::new(),
+            admin: None,
+            lookupd_tcp,
+            lookupd_http,
+            http,
+            dir,
+        };
+        for i in 0..opts.nsqd {
+            let nsqd = cluster.spawn_nsqd(i, &opts).await?;
+            cluster.nsqds.push(nsqd);
+        }
+        for i in 0..opts.nsqd {
+            cluster.wait_registered(i).await?;
+        }
+        Ok(cluster)
+    }
+
+    async fn spawn_nsqd(&self, i: usize, opts: &ClusterOptions) -> Result<Nsqd> {
+        let data_path = self.dir.path().join(format!("nsqd{i}"));
+        std::fs::create_dir_all(&data_path)?;
+        let bin = nsq_bin("nsqd")?;
+        let mut last_err = None;
+        for _ in 0..PORT_RETRIES {
+            let tcp = loopback(free_port());
+            let web = loopback(free_port());
+            let https = opts.https.then(|| loopback(free_port()));
+            let mut args = vec![
+                format!("--tcp-address={tcp}"),
+                format!("--http-address={web}"),
+                "--broadcast-address=127.0.0.1".to_string(),
+                format!("--lookupd-tcp-address={}", self.lookupd_tcp),
+                format!("--data-path={}", data_path.display()),
+            ];
+            if let Some(https) = https {
+                args.push(format!("--https-address={https}"));
+            }
+            args.extend(opts.nsqd_args.iter().cloned());
+            let mut process = ManagedProcess::spawn(
+                format!("nsqd{i}"),
+                &bin,
+                args,
+                vec![],
+                self.dir.path().join(format!("nsqd{i}.log")),
+            )?;
+            match wait_ping(&self.http, &mut process, web).await {
+                Ok(()) => {
+                    return Ok(Nsqd {
+                        tcp,
+                        http: web,
+                        https,
+                        data_path,
+                        process,
+                    });
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("nsqd{i} did not start")))
+    }
+
+    /// Waits until nsqlookupd's `/nodes` lists nsqd `i`.
+    pub async fn wait_registered(&self, i: usize) -> Result<()> {
+        let port = self.nsqds[i].tcp.port();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self
+                .nodes()
+                .await
+                .is_ok_and(|n| n.iter().any(|p| p.tcp_port == port))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("nsqlookupd never listed nsqd{i} ({})", self.nsqds[i].tcp);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Number of nsqd.
+    pub fn len(&self) -> usize {
+        self.nsqds.len()
+    }
+
+    /// Whether the cluster has no nsqd.
+    pub fn is_empty(&self) -> bool {
+        self.nsqds.is_empty()
+    }
+
+    /// nsqlookupd TCP address.
+    pub fn lookupd_tcp(&self) -> SocketAddr {
+        self.lookupd_tcp
+    }
+
+    /// nsqlookupd HTTP address.
+    pub fn lookupd_http(&self) -> SocketAddr {
+        self.lookupd_http
+    }
+
+    /// nsqd `i`.
+    pub fn nsqd(&self, i: usize) -> &Nsqd {
+        &self.nsqds[i]
+    }
+
+    /// TCP address of nsqd `i`.
+    pub fn nsqd_tcp(&self, i: usize) -> SocketAddr {
+        self.nsqds[i].tcp
+    }
+
+    /// HTTP address of nsqd `i`.
+    pub fn nsqd_http(&self, i: usize) -> SocketAddr {
+        self.nsqds[i].http
+    }
+
+    /// TCP addresses of every nsqd.
+    pub fn nsqd_tcp_addresses(&self) -> Vec<SocketAddr> {
+        self.nsqds.iter().map(|n| n.tcp).collect()
+    }
+
+    /// Directory holding logs and data paths.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Pids of every running child (lookupd, nsqd, nsqadmin).
+    pub fn pids(&self) -> Vec<u32> {
+        std::iter::once(&self.lookupd)
+            .chain(self.nsqds.iter().map(|n| &n.process))
+            .chain(self.admin.iter().map(|(_, p)| p))
+            .filter_map(ManagedProcess::pid)
+            .collect()
+    }
+
+    /// The log of nsqd `i` so far.
+    pub fn nsqd_log(&self, i: usize) -> String {
+        self.nsqds[i].process.log()
+    }
+
+    /// SIGKILL nsqd `i` (a crash: in-memory messages are lost).
+    pub fn kill(&mut self, i: usize) {
+        self.nsqds[i].process.kill();
+    }
+
+    /// SIGTERM nsqd `i` and wait for it to exit (it flushes memory queues to disk).
+    pub async fn stop(&mut self, i: usize) -> Result<()> {
+        let status = self.nsqds[i].process.terminate(STOP_TIMEOUT).await?;
+        if !status.success() {
+            bail!("nsqd{i} exited with {status} on SIGTERM");
+        }
+        Ok(())
+    }
+
+    /// Starts nsqd `i` again on the same ports and data path; waits until it answers and
+    /// nsqlookupd lists it.
+    pub async fn restart(&mut self, i: usize) -> Result<()> {
+        let web = self.nsqds[i].http;
+        let deadline = Instant::now() + START_TIMEOUT;
+        // The old socket may linger briefly; retry until the port is ours again.
+        loop {
+            self.nsqds[i].process.restart()?;
+            match wait_ping(&self.http, &mut self.nsqds[i].process, web).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        self.wait_registered(i).await
+    }
+
+    /// SIGSTOP nsqd `i`: its sockets stay open but nothing answers (a hung node).
+    pub fn freeze(&self, i: usize) -> Result<()> {
+        self.nsqds[i].process.signal(Signal::SIGSTOP)
+    }
+
+    /// SIGCONT nsqd `i`.
+    pub fn thaw(&self, i: usize) -> Result<()> {
+        self.nsqds[i].process.signal(Signal::SIGCONT)
+    }
+
+    /// SIGKILL the nsqlookupd.
+    pub fn kill_lookupd(&mut self) {
+        self.lookupd.kill();
+    }
+
+    /// Starts the nsqlookupd again on the same ports (nsqd re-register on their own).
+    pub async fn restart_lookupd(&mut self) -> Result<()> {
+        let web = self.lookupd_http;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.lookupd.restart()?;
+            match wait_ping(&self.http, &mut self.lookupd, web).await {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Starts an nsqadmin pointed at the lookupd; returns its HTTP address.
+    pub async fn start_nsqadmin(&mut self) -> Result<SocketAddr> {
+        if let Some((addr, _)) = &self.admin {
+            return Ok(*addr);
+        }
+        let bin = nsq_bin("nsqadmin")?;
+        let mut last_err = None;
+        for _ in 0..PORT_RETRIES {
+            let web = loopback(free_port());
+            let mut p = ManagedProcess::spawn(
+                "nsqadmin",
+                &bin,
+                vec![
+                    format!("--http-address={web}"),
+                    format!("--lookupd-http-address={}", self.lookupd_http),
+                ],
+                vec![],
+                self.dir.path().join("nsqadmin.log"),
+            )?;
+            match wait_ping(&self.http, &mut p, web).await {
+                Ok(()) => {
+                    self.admin = Some((web, p));
+                    return Ok(web);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| anyhow::anyhow!("nsqadmin did not start")))
+    }
+
+    /// POST `body` to nsqd `i`'s HTTP `/pub`.
+    pub async fn http_pub(&self, i: usize, topic: &str, body: impl Into<Vec<u8>>) -> Result<()> {
+        let url = format!("http://{}/pub?topic={topic}", self.nsqds[i].http);
+        let resp = self.http.post(url).body(body.into()).send().await?;
+        if !resp.status().is_success() {
+            bail!(
+                "nsqd{i} /pub answered {}: {}",
+                resp.status(),
+                resp.text().await?
+            );
+        }
+        Ok(())
+    }
+
+    /// Creates a topic (and optionally a channel) on nsqd `i`.
+    pub async fn create_topic(&self, i: usize, topic: &str, channel: Option<&str>) -> Result<()> {
+        let base = self.nsqds[i].http;
+        self.post_ok(&format!("http://{base}/topic/create?topic={topic}"))
+            .await?;
+        if let Some(channel) = channel {
+            self.post_ok(&format!(
+                "http://{base}/channel/create?topic={topic}&channel={channel}"
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn post_ok(&self, url: &str) -> Result<()> {
+        let resp = self.http.post(url).send().await?;
+        if !resp.status().is_success() {
+            bail!("POST {url} answered {}", resp.status());
+        }
+        Ok(())
+    }
+
+    /// nsqd `i`'s `/stats` for one topic (and channel).
+    pub async fn stats(&self, i: usize, topic: &str, channel: Option<&str>) -> Result<NsqdStats> {
+        let mut url = format!(
+            "http://{}/stats?format=json&topic={topic}",
+            self.nsqds[i].http
+        );
+        if let Some(c) = channel {
+            url.push_str(&format!("&channel={c}"));
+        }
+        let v: serde_json::Value = self.http.get(url).send().await?.json().await?;
+        Ok(serde_json::from_value(unwrap_legacy(v))?)
+    }
+
+    /// nsqlookupd `/lookup?topic=` producers (empty when the topic is unknown).
+    pub async fn lookup(&self, topic: &str) -> Result<Vec<LookupProducer>> {
+        let url = format!("http://{}/lookup?topic={topic}", self.lookupd_http);
+        let resp = self
+            .http
+            .get(url)
+            .header("Accept", "application/vnd.nsq; version=1.0")
+            .send()
+            .await?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Vec::new());
+        }
+        let v: serde_json::Value = resp.error_for_status()?.json().await?;
+        Ok(serde_json::from_value::<Producers>(unwrap_legacy(v))?.producers)
+    }
+
+    /// nsqlookupd `/nodes`: every registered nsqd.
+    pub async fn nodes(&self) -> Result<Vec<LookupProducer>> {
+        let url = format!("http://{}/nodes", self.lookupd_http);
+        let resp = self
+            .http
+            .get(url)
+            .header("Accept", "application/vnd.nsq; version=1.0")
+            .send()
+            .await?;
+        let v: serde_json::Value = resp.error_for_status()?.json().await?;
+        Ok(serde_json::from_value::<Producers>(unwrap_legacy(v))?.producers)
+    }
+
+    /// Whether nsqd `i` answers `/ping` within `timeout`.
+    pub async fn ping(&self, i: usize, timeout: Duration) -> bool {
+        ping_once(&self.http, self.nsqds[i].http, timeout).await
+    }
+
+    /// The shared HTTP client (5 s timeout).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+async fn ping_once(http: &reqwest::Client, addr: SocketAddr, timeout: Duration) -> bool {
+    let req = http
+        .get(format!("http://{addr}/ping"))
+        .timeout(timeout)
+        .send();
+    matches!(req.await, Ok(r) if r.status().is_success())
+}
+
+/// Polls `GET /ping` until it answers, failing early (with the log) if the process exits.
+async fn wait_ping(http: &reqwest::Client, p: &mut ManagedProcess, addr: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = p.try_wait()? {
+            bail!(
+                "{} exited with {status} during start-up; log:\n{}",
+                p.name(),
+                p.log_tail(20)
+            );
+        }
+        if ping_once(http, addr, Duration::from_millis(500)).await {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            p.kill();
+            bail!(
+                "{} did not answer http://{addr}/ping within {START_TIMEOUT:?}; log:\n{}",
+                p.name(),
+                p.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,31 @@
+//! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
+//! NSQ's own command-line tools as peers, and faults on demand.
+//!
+//! Every process a test starts is killed when its handle drops (also while a test panics, when
+//! its log is printed too) and, should the test process die without unwinding, by the kernel.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cluster = testkit::NsqCluster::start(2).await?;
+//! cluster.http_pub(0, "events", "hello").await?;
+//! let stats = cluster.stats(0, "events", None).await?;
+//! assert_eq!(stats.topic("events").unwrap().depth, 1);
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod bins;
+mod cluster;
+mod peers;
+mod process;
+mod stats;
+
+pub use bins::{
+    NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
+    workspace_root,
+};
+pub use cluster::{ClusterOptions, NsqCluster, Nsqd, free_port};
+pub use nix::sys::signal::Signal;
+pub use peers::{NsqTail, to_nsq};
+pub use process::ManagedProcess;
+pub use stats::{ChannelStats, ClientStats, LookupProducer, NsqdStats, TopicStats};

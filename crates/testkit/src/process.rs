@@ -1,0 +1,209 @@
+//! A child process that a test owns: output to a log file, signals on demand, and never left
+//! behind (killed on drop, and by the kernel if the spawning thread dies first).
+
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A running (or stopped) child process with its log file.
+#[derive(Debug)]
+pub struct ManagedProcess {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    envs: Vec<(String, String)>,
+    log: PathBuf,
+    stdout: Option<PathBuf>,
+    child: Option<Child>,
+}
+
+impl ManagedProcess {
+    /// Starts `program args…`, appending stdout and stderr to `log`.
+    ///
+    /// The child gets SIGKILL from the kernel if the thread that started it exits, so a test
+    /// that dies without unwinding leaves nothing behind. Start processes from the test's own
+    /// thread (or a runtime worker), not from `spawn_blocking`, whose threads come and go.
+    pub fn spawn(
+        name: impl Into<String>,
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        log: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let mut p = Self {
+            name: name.into(),
+            program: program.into(),
+            args,
+            envs,
+            log: log.into(),
+            stdout: None,
+            child: None,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    /// Like [`ManagedProcess::spawn`], with stdout in a file of its own (for programs whose
+    /// stdout is data, like `nsq_tail`); stderr still goes to `log`.
+    pub fn spawn_with_stdout(
+        name: impl Into<String>,
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        log: impl Into<PathBuf>,
+        stdout: impl Into<PathBuf>,
+    ) -> Result<Self> {
+        let mut p = Self {
+            name: name.into(),
+            program: program.into(),
+            args,
+            envs: Vec::new(),
+            log: log.into(),
+            stdout: Some(stdout.into()),
+            child: None,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening log {}", self.log.display()))?;
+        let err = out.try_clone()?;
+        let out = match &self.stdout {
+            Some(path) => File::options()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+            None => out,
+        };
+        let mut cmd = Command::new(&self.program);
+        cmd.args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} ({})", self.name, self.program.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The name given at spawn (used in logs).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Path of the log file holding the process's stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// OS pid of the current run, if running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends a signal to the current run.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let pid = self.pid().context("process is not running")?;
+        kill(Pid::from_raw(pid as i32), signal)
+            .with_context(|| format!("sending {signal} to {}", self.name))
+    }
+
+    /// Exit status if the process has exited (reaps it), `None` while it runs.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => bail!("{} was never started", self.name),
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit, polling without blocking the runtime.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(None) = child.try_wait() {
+                // A stopped process still dies of SIGKILL.
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for a graceful exit (SIGKILL after that).
+    pub async fn terminate(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        if let Ok(None) = self.try_wait() {
+            self.signal(Signal::SIGTERM)?;
+        }
+        match self.wait_exit(timeout).await {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                self.kill();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the same command again (after it exited or was killed).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill();
+        self.start()
+    }
+
+    /// The last `lines` lines of the log, for failure reports.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ManagedProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} log ({}), last 60 lines -----\n{}\n----- end of {} -----",
+                self.name,
+                self.log.display(),
+                self.log_tail(60),
+                self.name
+            );
+        }
+        self.kill();
+    }
+}

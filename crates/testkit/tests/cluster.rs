@@ -1,0 +1,176 @@
+//! The harness itself, against real NSQ processes.
+
+use std::time::{Duration, Instant};
+
+use testkit::{ClusterOptions, NsqCluster, NsqTail, to_nsq};
+
+/// Polls `check` until it yields `Some`, failing the test after `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // Signal 0 checks for existence; children are reaped on drop, so a dead pid is gone.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+}
+
+#[tokio::test]
+async fn two_nsqd_publish_show_in_stats_and_lookup() {
+    let mut cluster = NsqCluster::start(2).await.unwrap();
+    for i in 0..2 {
+        cluster
+            .http_pub(i, "harness", format!("hello {i}"))
+            .await
+            .unwrap();
+        let stats = cluster.stats(i, "harness", None).await.unwrap();
+        let topic = stats.topic("harness").expect("topic exists after /pub");
+        assert_eq!(topic.depth, 1, "one message waits in nsqd{i}");
+        assert_eq!(topic.message_count, 1);
+    }
+    let expected: Vec<u16> = (0..2).map(|i| cluster.nsqd_tcp(i).port()).collect();
+    eventually(
+        Duration::from_secs(10),
+        "lookupd to list both nsqd",
+        || async {
+            let mut ports: Vec<u16> = cluster
+                .lookup("harness")
+                .await
+                .ok()?
+                .iter()
+                .map(|p| p.tcp_port)
+                .collect();
+            ports.sort();
+            let mut want = expected.clone();
+            want.sort();
+            (ports == want).then_some(())
+        },
+    )
+    .await;
+
+    let admin = cluster.start_nsqadmin().await.unwrap();
+    let page = cluster
+        .http()
+        .get(format!("http://{admin}/api/nodes"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&expected[0].to_string()) && page.contains(&expected[1].to_string()),
+        "nsqadmin lists both nsqd: {page}"
+    );
+}
+
+#[tokio::test]
+async fn kill_and_restart_keeps_port_and_disk_messages() {
+    // Every message goes straight to the disk queue, synced at once, so a SIGKILL loses none.
+    let mut cluster = NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        nsqd_args: vec!["--mem-queue-size=0".into(), "--sync-every=1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let tcp_before = cluster.nsqd_tcp(0);
+    cluster
+        .create_topic(0, "durable", Some("keep"))
+        .await
+        .unwrap();
+    for n in 0..3 {
+        cluster
+            .http_pub(0, "durable", format!("m{n}"))
+            .await
+            .unwrap();
+    }
+    cluster.kill(0);
+    assert!(
+        !cluster.ping(0, Duration::from_millis(300)).await,
+        "a killed nsqd answers nothing"
+    );
+    cluster.restart(0).await.unwrap();
+    assert_eq!(cluster.nsqd_tcp(0), tcp_before, "restart keeps the port");
+    let stats = cluster.stats(0, "durable", Some("keep")).await.unwrap();
+    let channel = stats
+        .channel("durable", "keep")
+        .expect("channel survives restart");
+    assert_eq!(channel.depth, 3, "messages on disk survive SIGKILL");
+}
+
+#[tokio::test]
+async fn stop_is_graceful_and_restart_brings_memory_messages_back() {
+    let mut cluster = NsqCluster::start(1).await.unwrap();
+    cluster.create_topic(0, "flushed", Some("c")).await.unwrap();
+    cluster.http_pub(0, "flushed", "in memory").await.unwrap();
+    cluster.stop(0).await.unwrap();
+    cluster.restart(0).await.unwrap();
+    let stats = cluster.stats(0, "flushed", Some("c")).await.unwrap();
+    assert_eq!(
+        stats.channel("flushed", "c").unwrap().depth,
+        1,
+        "SIGTERM flushes to disk"
+    );
+}
+
+#[tokio::test]
+async fn freeze_stops_answers_and_thaw_restores_them() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    assert!(cluster.ping(0, Duration::from_secs(2)).await);
+    cluster.freeze(0).unwrap();
+    assert!(
+        !cluster.ping(0, Duration::from_millis(300)).await,
+        "a frozen nsqd hangs"
+    );
+    cluster.thaw(0).unwrap();
+    assert!(
+        cluster.ping(0, Duration::from_secs(5)).await,
+        "a thawed nsqd answers again"
+    );
+}
+
+#[tokio::test]
+async fn drop_leaves_no_process_behind() {
+    let mut cluster = NsqCluster::start(2).await.unwrap();
+    cluster.start_nsqadmin().await.unwrap();
+    cluster.freeze(1).unwrap(); // even a stopped process must go
+    let pids = cluster.pids();
+    assert_eq!(pids.len(), 4, "lookupd, 2 nsqd, nsqadmin");
+    assert!(pids.iter().all(|p| alive(*p)));
+    drop(cluster);
+    let still: Vec<_> = pids.into_iter().filter(|p| alive(*p)).collect();
+    assert!(still.is_empty(), "processes left behind: {still:?}");
+}
+
+#[tokio::test]
+async fn to_nsq_lines_reach_nsq_tail() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    cluster.create_topic(0, "peers", None).await.unwrap();
+    let lines = ["first line", "second line", "third line"];
+    let tail = NsqTail::start(cluster.nsqd_tcp(0), "peers", lines.len()).unwrap();
+    // Publish only once nsq_tail's channel has its subscriber.
+    eventually(Duration::from_secs(10), "nsq_tail to subscribe", || async {
+        let stats = cluster.stats(0, "peers", None).await.ok()?;
+        let topic = stats.topic("peers")?;
+        topic
+            .channels
+            .iter()
+            .any(|c| c.client_count > 0)
+            .then_some(())
+    })
+    .await;
+    to_nsq(cluster.nsqd_tcp(0), "peers", &lines).await.unwrap();
+    let got = tail.finish(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(got, lines);
+}

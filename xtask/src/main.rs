@@ -1,0 +1,41 @@
+//! `cargo xtask …`: the project's own commands.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "nsq-discovery project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build nsqd, nsqlookupd, nsqadmin, to_nsq, nsq_tail, bench_reader and bench_writer from
+    /// tools/nsq into target/nsq/bin/ (skipped when already built) and print the directory.
+    Nsq {
+        /// Rebuild even when a build of the pinned version is present.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the whole stack locally (nsqlookupd, 2 nsqd, nsqadmin, data servers, api-server).
+    Up,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Nsq { force } => {
+            let dir = testkit::build_nsq(force)?;
+            println!("{}", dir.display());
+            Ok(())
+        }
+        Cmd::Up => {
+            eprintln!(
+                "cargo xtask up: the local stack needs the data-server and api-server binaries, which are \
+                 not built yet (issues 4-6 and 8). Until then, `cargo xtask nsq` builds NSQ itself."
+            );
+            std::process::exit(1)
+        }
+    }
+}
