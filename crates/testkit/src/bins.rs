@@ -3,7 +3,6 @@
 //! 2. `nsqd` and the other programs on `PATH`;
 //! 3. `target/nsq/bin/`, built from `tools/nsq` with the Go toolchain when it is missing or stale.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -108,7 +107,7 @@ fn locate() -> Result<PathBuf> {
 
 /// The first `PATH` entry that holds every program.
 fn on_path() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(OsString::new);
+    let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path).find(|dir| has_all(dir))
 }
 
