@@ -1,0 +1,225 @@
+//! The on-disk format: identity of the file, schema, and the connection settings.
+
+use std::path::Path;
+
+use rusqlite::{Connection, MAIN_DB, OpenFlags, TransactionBehavior};
+
+use crate::error::{AtPath, StoreError};
+use crate::store::BUSY_TIMEOUT;
+
+/// The SQLite `application_id` that marks a file as an archiver database: ASCII "NSQA".
+///
+/// Checked on every open so that pointing the archiver at some other program's SQLite file is
+/// refused before anything is written to it.
+pub const APPLICATION_ID: i32 = 0x4E53_5141;
+
+/// The schema version stored in SQLite's `user_version`. Bump it, and add a migration where the
+/// store opens a file, whenever the schema changes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Schema version 1.
+///
+/// Topic names and nsqd addresses live in small lookup tables and messages refer to them by
+/// integer id: a topic name or an address repeated in every row, and again in both indexes, would
+/// cost tens of bytes per message for nothing.
+///
+/// In `messages` the body is the last column because SQLite decodes a record from the front:
+/// reading the small columns then never touches a body's overflow pages.
+///
+/// `(topic_id, nsqd_id, msg_id)` is unique because an NSQ message id is unique only within one
+/// nsqd: two nsqd on one host derive the same node id from the hostname and can hand out equal
+/// ids. It is what makes a redelivery after a crash a no-op.
+///
+/// `messages_topic_time` serves time-range queries per topic in original order: its entries are
+/// `(topic_id, nsqd_ts_ns, seq)` (SQLite appends the rowid), so a page of a range is read from
+/// the index alone and sorted already.
+const SCHEMA_V1: &str = "
+CREATE TABLE topics (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+) STRICT;
+
+CREATE TABLE nsqds (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+) STRICT;
+
+CREATE TABLE messages (
+    seq            INTEGER PRIMARY KEY,
+    topic_id       INTEGER NOT NULL REFERENCES topics (id),
+    nsqd_id        INTEGER NOT NULL REFERENCES nsqds (id),
+    msg_id         BLOB    NOT NULL,
+    nsqd_ts_ns     INTEGER NOT NULL,
+    attempts       INTEGER NOT NULL,
+    archived_at_ms INTEGER NOT NULL,
+    body           BLOB    NOT NULL
+) STRICT;
+
+CREATE UNIQUE INDEX messages_identity ON messages (topic_id, nsqd_id, msg_id);
+CREATE INDEX messages_topic_time ON messages (topic_id, nsqd_ts_ns);
+
+CREATE TABLE replay_jobs (
+    job_key       TEXT    PRIMARY KEY,
+    last_ts_ns    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL,
+    sent          INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) STRICT;
+";
+
+/// What the header and catalogue of a freshly opened file say about it.
+enum Identity {
+    /// Ours, at the current schema version.
+    Current,
+    /// A new or empty SQLite file: ours to initialise.
+    Empty,
+}
+
+/// Opens `path` with `flags`, refuses files that are not ours, and brings an empty file to the
+/// current schema.
+pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|e| diagnose_open(path, e))?;
+
+    // SQLite silently falls back to read-only when the file is not writable; say so now rather
+    // than at the first batch, which would be after the consumer has started taking messages.
+    if conn.is_readonly(MAIN_DB).at(path)? {
+        return Err(StoreError::ReadOnly {
+            path: path.to_path_buf(),
+            reason: "the file is not writable".to_owned(),
+        });
+    }
+    conn.busy_timeout(BUSY_TIMEOUT).at(path)?;
+
+    // Identify the file before changing anything in it: switching to WAL rewrites the header, and
+    // a file that is not ours must be left exactly as it was.
+    identify(&conn, path).map_err(|e| refine_read_only(path, e))?;
+
+    // WAL: readers (query, stats, replay) never block the writer and the writer never blocks
+    // them; one append per commit instead of a rollback journal's copy-and-sync.
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .at(path)
+        .map_err(|e| refine_read_only(path, e))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::CannotOpen {
+            path: path.to_path_buf(),
+            reason: format!("SQLite refused WAL journal mode (kept {mode:?})"),
+        });
+    }
+
+    // synchronous=FULL, not NORMAL. In WAL mode NORMAL syncs only at checkpoints: a commit then
+    // survives a crash of this process (the WAL is in the OS page cache) but not a power cut or
+    // kernel panic soon after. The archiver FINs messages as soon as the commit returns, and a
+    // FIN'd message is gone from nsqd for good, so such a commit would be lost history. FULL costs
+    // one fsync of the WAL per commit, i.e. per batch, which batching amortises.
+    conn.pragma_update(None, "synchronous", "FULL").at(path)?;
+
+    // A long retention run can grow the WAL; cap what stays on disk after each checkpoint.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .at(path)?;
+
+    // Initialise (or re-check) under the write lock so that two processes opening a new file at
+    // the same time cannot both create the schema.
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .at(path)
+        .map_err(|e| refine_read_only(path, e))?;
+    if let Identity::Empty = identify(&tx, path)? {
+        tx.execute_batch(SCHEMA_V1).at(path)?;
+        // Both header fields are written by this transaction, so a crash leaves either an empty
+        // file or a complete schema, never our application_id over a partial one.
+        tx.pragma_update(None, "application_id", APPLICATION_ID)
+            .at(path)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .at(path)?;
+    }
+    tx.commit().at(path)?;
+    Ok(conn)
+}
+
+/// Reads the header fields and the catalogue size, without writing.
+fn identify(conn: &Connection, path: &Path) -> Result<Identity, StoreError> {
+    // The first read of a file that is not SQLite fails here with SQLITE_NOTADB -> Corrupt.
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |row| row.get(0))
+        .at(path)?;
+    let version: i32 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .at(path)?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+        .at(path)?;
+    match app_id {
+        APPLICATION_ID if version == SCHEMA_VERSION => Ok(Identity::Current),
+        APPLICATION_ID => Err(StoreError::UnsupportedSchema {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        }),
+        0 if objects == 0 => Ok(Identity::Empty),
+        found => Err(StoreError::NotOurs {
+            path: path.to_path_buf(),
+            found,
+            expected: APPLICATION_ID,
+        }),
+    }
+}
+
+/// SQLite reports "unable to open database file" for many causes; look at the file system to
+/// name the actual one.
+fn diagnose_open(path: &Path, cause: rusqlite::Error) -> StoreError {
+    let classified = StoreError::classify(path, cause);
+    if !matches!(classified, StoreError::CannotOpen { .. }) {
+        return classified;
+    }
+    let owned = path.to_path_buf();
+    if path.is_dir() {
+        return StoreError::CannotOpen {
+            path: owned,
+            reason: "it is a directory".to_owned(),
+        };
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return StoreError::CannotOpen {
+            path: owned,
+            reason: format!("directory {} does not exist", parent.display()),
+        };
+    }
+    refine_read_only(path, classified)
+}
+
+/// Turns a can't-open or I/O failure into [`StoreError::ReadOnly`] when permissions explain it:
+/// WAL needs to create `-wal` and `-shm` files next to the database, so a read-only directory
+/// fails even when the file itself is writable.
+fn refine_read_only(path: &Path, err: StoreError) -> StoreError {
+    if !matches!(
+        err,
+        StoreError::CannotOpen { .. } | StoreError::Other { .. } | StoreError::ReadOnly { .. }
+    ) {
+        return err;
+    }
+    let read_only = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().readonly())
+            .unwrap_or(false)
+    };
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let reason = if read_only(path) {
+        "the file is not writable"
+    } else if read_only(parent) {
+        "its directory is not writable, and WAL mode needs to create the -wal and -shm files there"
+    } else {
+        return err;
+    };
+    StoreError::ReadOnly {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
+}
