@@ -1,0 +1,380 @@
+//! The heartbeat message, version 1: types, encoding and validated decoding of untrusted bodies.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::addr::ServerAddr;
+use crate::reject::{RejectReason, Rejection, excerpt};
+use crate::signing::{self, HmacKey};
+
+/// The only heartbeat version this crate reads and writes.
+pub const VERSION: u64 = 1;
+/// Largest accepted message body; a heartbeat is a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest accepted `id`, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Largest accepted `meta`, in bytes of its canonical encoding.
+pub const MAX_META_BYTES: usize = 8 * 1024;
+/// Deepest accepted nesting inside `meta` (`{"a":{}}` has depth 2).
+pub const MAX_META_DEPTH: usize = 16;
+
+/// What a heartbeat says about its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Serving; keep routing to it.
+    Up,
+    /// Shutting down gracefully; stop routing to it now.
+    Leaving,
+}
+
+impl State {
+    /// `"up"` or `"leaving"`, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Leaving => "leaving",
+        }
+    }
+}
+
+/// A version 1 JSON heartbeat (the `v` field is implied).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    /// Stable identity of the server, 1..=[`MAX_ID_BYTES`] bytes without control characters.
+    pub id: String,
+    /// Where to reach it: `host:port`.
+    pub addr: String,
+    /// One run of the process (e.g. its boot time in ms); a restart must use a larger epoch.
+    pub epoch: u64,
+    /// Counts up within an epoch.
+    pub seq: u64,
+    /// Sender's wall clock, ms since the Unix epoch (informational: clocks differ, nsqd's timestamp decides staleness).
+    pub sent_at_ms: u64,
+    /// How often the sender announces, in ms (informational).
+    pub interval_ms: u64,
+    /// Up or leaving.
+    pub state: State,
+    /// Free-form metadata; `"weight"` (a positive integer) is used by the balancer.
+    pub meta: BTreeMap<String, Value>,
+    /// Lowercase hex HMAC-SHA256 over [the canonical encoding](crate::HmacKey), when signed.
+    pub sig: Option<String>,
+}
+
+impl Heartbeat {
+    /// An unsigned `up` heartbeat with empty meta and zero times.
+    pub fn new(id: impl Into<String>, addr: impl Into<String>, epoch: u64, seq: u64) -> Heartbeat {
+        Heartbeat {
+            id: id.into(),
+            addr: addr.into(),
+            epoch,
+            seq,
+            sent_at_ms: 0,
+            interval_ms: 0,
+            state: State::Up,
+            meta: BTreeMap::new(),
+            sig: None,
+        }
+    }
+
+    /// Checks what [`decode`] checks beyond JSON types: id, address and meta bounds. Announcers call it once at
+    /// start-up so that a bad configuration fails early instead of being rejected by every receiver.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        validate_id(&self.id)?;
+        ServerAddr::parse_announced(&self.addr)
+            .map_err(|d| Rejection::new(RejectReason::BadAddr, d))?;
+        validate_meta(&self.meta)
+    }
+
+    /// The bytes `sig` covers (see [`HmacKey`] for the exact rules).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        signing::canonical(self)
+    }
+
+    /// Sets `sig` for the current field values; sign again after changing any field.
+    pub fn sign(&mut self, key: &HmacKey) {
+        self.sig = Some(key.sign_hex(&self.canonical_bytes()));
+    }
+
+    /// Checks `sig` against `key`: [`Unsigned`](RejectReason::Unsigned) when absent,
+    /// [`BadSignature`](RejectReason::BadSignature) when malformed or wrong.
+    pub fn verify(&self, key: &HmacKey) -> Result<(), Rejection> {
+        match &self.sig {
+            None => Err(Rejection::new(
+                RejectReason::Unsigned,
+                "a shared key is configured: expected a sig field, found none",
+            )),
+            Some(sig) => key.verify_hex(&self.canonical_bytes(), sig),
+        }
+    }
+
+    /// The JSON body to publish: the canonical encoding, plus `sig` when signed.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.canonical_bytes();
+        if let Some(sig) = &self.sig {
+            out.pop(); // the closing brace
+            out.extend_from_slice(b",\"sig\":");
+            out.extend_from_slice(serde_json::to_string(sig).unwrap_or_default().as_bytes());
+            out.push(b'}');
+        }
+        out
+    }
+}
+
+/// A decoded, validated message body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A JSON heartbeat.
+    Json(Heartbeat),
+    /// A plain `host:port` body (what existing Go services publish): the address is also the id, and the registry
+    /// treats every one as fresh since it has no `(epoch, seq)`.
+    Plain {
+        /// The address, whitespace trimmed.
+        addr: String,
+    },
+}
+
+impl Message {
+    /// The server's identity (the address for plain bodies).
+    pub fn id(&self) -> &str {
+        match self {
+            Message::Json(hb) => &hb.id,
+            Message::Plain { addr } => addr,
+        }
+    }
+
+    /// The server's `host:port`.
+    pub fn addr(&self) -> &str {
+        match self {
+            Message::Json(hb) => &hb.addr,
+            Message::Plain { addr } => addr,
+        }
+    }
+}
+
+/// Decodes and validates an untrusted message body. Never panics, whatever the bytes.
+///
+/// A body whose first non-blank byte is `{` is a JSON heartbeat; anything else must be a plain `host:port`,
+/// optionally surrounded by whitespace. With a `key`, JSON heartbeats must carry a valid `sig` and plain bodies are
+/// refused as [`Unsigned`](RejectReason::Unsigned) (they cannot carry one). Unknown JSON fields are ignored.
+pub fn decode(body: &[u8], key: Option<&HmacKey>) -> Result<Message, Rejection> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(Rejection::new(
+            RejectReason::TooLarge,
+            format!(
+                "expected at most {MAX_BODY_BYTES} bytes, found {}",
+                body.len()
+            ),
+        ));
+    }
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Rejection::new(RejectReason::NotUtf8, format!("expected UTF-8 text: {e}")))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Rejection::new(
+            RejectReason::Empty,
+            "expected a heartbeat, found an empty body",
+        ));
+    }
+    if text.starts_with('{') {
+        decode_json(text, key).map(Message::Json)
+    } else {
+        decode_plain(text, key)
+    }
+}
+
+fn decode_plain(text: &str, key: Option<&HmacKey>) -> Result<Message, Rejection> {
+    match ServerAddr::parse_announced(text) {
+        Ok(_) if key.is_some() => Err(Rejection::new(
+            RejectReason::Unsigned,
+            "a shared key is configured: plain host:port bodies cannot be signed",
+        )),
+        Ok(_) => Ok(Message::Plain {
+            addr: text.to_owned(),
+        }),
+        // Valid JSON that is not an object (array, string, number...) is a type error, not a bad address.
+        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
+            Err(Rejection::new(
+                RejectReason::WrongType,
+                format!(
+                    "expected a JSON object or host:port, found {}",
+                    excerpt(text)
+                ),
+            ))
+        }
+        Err(detail) => Err(Rejection::new(RejectReason::BadAddr, detail)),
+    }
+}
+
+/// Every field as a raw JSON value, so each can be checked and reported precisely. Serde refuses duplicate keys
+/// here (ambiguous input) and skips unknown ones (forward compatibility).
+#[derive(Deserialize)]
+struct Wire {
+    v: Option<Value>,
+    id: Option<Value>,
+    addr: Option<Value>,
+    epoch: Option<Value>,
+    seq: Option<Value>,
+    sent_at_ms: Option<Value>,
+    interval_ms: Option<Value>,
+    state: Option<Value>,
+    meta: Option<Value>,
+    sig: Option<Value>,
+}
+
+fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Heartbeat, Rejection> {
+    // serde_json bounds nesting (128 levels), so hostile depth is an error, not a stack overflow.
+    let wire: Wire = serde_json::from_str(text).map_err(|e| {
+        Rejection::new(
+            RejectReason::BadJson,
+            format!("expected a JSON heartbeat: {e}"),
+        )
+    })?;
+    match wire.v {
+        None => return Err(missing("v")),
+        Some(Value::Number(ref n)) if n.as_u64() == Some(VERSION) => {}
+        Some(Value::Number(n)) => {
+            return Err(Rejection::new(
+                RejectReason::UnsupportedVersion,
+                format!("expected v = {VERSION}, found {n}"),
+            ));
+        }
+        Some(other) => return Err(wrong_type("v", "a number", &other)),
+    }
+    let state = match string(wire.state, "state")?.as_str() {
+        "up" => State::Up,
+        "leaving" => State::Leaving,
+        other => {
+            return Err(Rejection::new(
+                RejectReason::BadState,
+                format!(
+                    "expected state \"up\" or \"leaving\", found {}",
+                    excerpt(other)
+                ),
+            ));
+        }
+    };
+    let meta = match wire.meta {
+        None => BTreeMap::new(),
+        Some(Value::Object(map)) => map.into_iter().collect(),
+        Some(other) => return Err(wrong_type("meta", "an object", &other)),
+    };
+    let sig = match wire.sig {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(wrong_type("sig", "a string", &other)),
+    };
+    let hb = Heartbeat {
+        id: string(wire.id, "id")?,
+        addr: string(wire.addr, "addr")?,
+        epoch: number(wire.epoch, "epoch")?.ok_or_else(|| missing("epoch"))?,
+        seq: number(wire.seq, "seq")?.ok_or_else(|| missing("seq"))?,
+        sent_at_ms: number(wire.sent_at_ms, "sent_at_ms")?.unwrap_or(0),
+        interval_ms: number(wire.interval_ms, "interval_ms")?.unwrap_or(0),
+        state,
+        meta,
+        sig,
+    };
+    hb.validate()?;
+    if let Some(key) = key {
+        hb.verify(key)?;
+    }
+    Ok(hb)
+}
+
+fn missing(field: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::MissingField,
+        format!("expected field {field:?}, found none (or null)"),
+    )
+}
+
+fn wrong_type(field: &str, expected: &str, found: &Value) -> Rejection {
+    let found = match found {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Rejection::new(
+        RejectReason::WrongType,
+        format!("expected {field:?} to be {expected}, found {found}"),
+    )
+}
+
+fn string(value: Option<Value>, field: &str) -> Result<String, Rejection> {
+    match value {
+        None => Err(missing(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(other) => Err(wrong_type(field, "a string", &other)),
+    }
+}
+
+/// `Ok(None)` when absent; integers in `0..=u64::MAX` only (serde_json reads larger ones as floats).
+fn number(value: Option<Value>, field: &str) -> Result<Option<u64>, Rejection> {
+    match value {
+        None => Ok(None),
+        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+            Rejection::new(
+                RejectReason::BadNumber,
+                format!("expected {field:?} to be an integer in 0..=2^64-1, found {n}"),
+            )
+        }),
+        Some(other) => Err(wrong_type(field, "a number", &other)),
+    }
+}
+
+fn validate_id(id: &str) -> Result<(), Rejection> {
+    let bad = |why: String| Err(Rejection::new(RejectReason::BadId, why));
+    if id.is_empty() {
+        return bad("expected a non-empty id, found \"\"".to_owned());
+    }
+    if id.len() > MAX_ID_BYTES {
+        return bad(format!(
+            "expected an id of at most {MAX_ID_BYTES} bytes, found {} bytes",
+            id.len()
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return bad(format!(
+            "expected an id without control characters, found {}",
+            excerpt(id)
+        ));
+    }
+    Ok(())
+}
+
+fn validate_meta(meta: &BTreeMap<String, Value>) -> Result<(), Rejection> {
+    // Iterative so that a locally built, absurdly deep value cannot overflow the stack here.
+    let mut stack: Vec<(&Value, usize)> = meta.values().map(|v| (v, 2)).collect();
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth > MAX_META_DEPTH {
+            return Err(Rejection::new(
+                RejectReason::MetaTooLarge,
+                format!("expected meta nested at most {MAX_META_DEPTH} levels deep, found deeper"),
+            ));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    let len = signing::canonical_meta_len(meta);
+    if len > MAX_META_BYTES {
+        return Err(Rejection::new(
+            RejectReason::MetaTooLarge,
+            format!("expected meta of at most {MAX_META_BYTES} bytes, found {len} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "heartbeat_tests.rs"]
+mod tests;
