@@ -1,0 +1,194 @@
+//! One subscribed connection: a reader task that never waits on handlers (messages go to an
+//! unbounded queue whose depth RDY bounds, heartbeats are answered at once) and a writer task
+//! that batches FIN/REQ/TOUCH/RDY into single writes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::command;
+use crate::config::Config;
+use crate::conn::{self, FrameReader, FrameWriter};
+use crate::error::{Error, Result, server_error};
+use crate::frame::{Frame, HEARTBEAT};
+
+use super::Shared;
+use super::message::{Cmd, ConnShared, Message};
+
+/// Why a connection ended, reported to the coordinator.
+pub(crate) struct Ended {
+    pub(crate) id: u64,
+    pub(crate) addr: Arc<str>,
+    pub(crate) reason: Option<Error>,
+}
+
+/// A live connection as the coordinator holds it.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) shared: Arc<ConnShared>,
+    pub(crate) max_rdy: u64,
+    /// RDY last sent.
+    pub(crate) rdy: u64,
+    pub(crate) writer: JoinHandle<()>,
+    pub(crate) reader: JoinHandle<()>,
+}
+
+impl Conn {
+    pub(crate) fn send(&self, cmd: Cmd) {
+        let _ = self.shared.cmd.send(cmd);
+    }
+}
+
+/// Connects, subscribes and starts the two tasks.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open(
+    id: u64,
+    addr: Arc<str>,
+    topic: &str,
+    channel: &str,
+    cfg: &Config,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    shared: Arc<Shared>,
+    deliveries: mpsc::UnboundedSender<Message>,
+    ended: mpsc::UnboundedSender<Ended>,
+    epoch: Instant,
+) -> Result<Conn> {
+    let mut c = conn::connect(&addr, cfg, tls).await?;
+    let mut buf = BytesMut::new();
+    command::sub(&mut buf, topic, channel);
+    c.writer.write(&buf).await?;
+    let reply = tokio::time::timeout(cfg.dial_timeout, c.reader.next())
+        .await
+        .map_err(|_| Error::Timeout("waiting for SUB reply"))??;
+    match reply {
+        Some(Frame::Response(b)) if &b[..] == b"OK" => {}
+        Some(Frame::Error(e)) => return Err(server_error(&e)),
+        Some(other) => {
+            return Err(Error::Malformed(format!(
+                "unexpected reply to SUB: {other:?}"
+            )));
+        }
+        None => return Err(Error::Closed),
+    }
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let conn_shared = Arc::new(ConnShared::new(Arc::clone(&addr), cmd_tx));
+    let span = tracing::info_span!("nsq_consumer", nsqd = %addr, topic, channel);
+    let writer = tokio::spawn(write_loop(c.writer, cmd_rx).instrument(span.clone()));
+    let reader = tokio::spawn(
+        read_loop(
+            id,
+            c.reader,
+            Arc::clone(&conn_shared),
+            shared,
+            deliveries,
+            ended,
+            cfg.read_timeout(),
+            epoch,
+        )
+        .instrument(span),
+    );
+    Ok(Conn {
+        id,
+        shared: conn_shared,
+        max_rdy: c.identify.max_rdy_count.max(1),
+        rdy: 0,
+        writer,
+        reader,
+    })
+}
+
+async fn write_loop(mut writer: FrameWriter, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.recv().await else { break };
+        let mut next = Some(first);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Cmd::Fin(id) => command::fin(&mut buf, &id),
+                Cmd::Req(id, delay) => command::req(&mut buf, &id, delay),
+                Cmd::Touch(id) => command::touch(&mut buf, &id),
+                Cmd::Rdy(n) => command::rdy(&mut buf, n),
+                Cmd::Nop => command::nop(&mut buf),
+                Cmd::Cls => command::cls(&mut buf),
+                Cmd::Close => closing = true,
+            }
+            if !closing && buf.len() < 64 * 1024 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            if let Err(e) = writer.write(&buf).await {
+                tracing::debug!(error = %e, "write to nsqd failed");
+                return;
+            }
+            buf.clear();
+        }
+    }
+    writer.shutdown().await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_loop(
+    id: u64,
+    mut reader: FrameReader,
+    conn: Arc<ConnShared>,
+    shared: Arc<Shared>,
+    deliveries: mpsc::UnboundedSender<Message>,
+    ended: mpsc::UnboundedSender<Ended>,
+    read_timeout: Option<Duration>,
+    epoch: Instant,
+) {
+    let reason = loop {
+        let frame = match reader.next_within(read_timeout).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        };
+        match frame {
+            Frame::Message(raw) => {
+                tracing::trace!(id = %String::from_utf8_lossy(&raw.id), "message");
+                shared.stats.received.fetch_add(1, Ordering::Relaxed);
+                conn.received(&shared);
+                conn.last_message_ms
+                    .store(epoch.elapsed().as_millis() as i64, Ordering::Relaxed);
+                let msg = Message::new(raw, Arc::clone(&conn), Arc::clone(&shared));
+                if deliveries.send(msg).is_err() {
+                    break None; // the consumer is gone
+                }
+            }
+            Frame::Response(b) if &b[..] == HEARTBEAT => {
+                let _ = conn.cmd.send(Cmd::Nop);
+            }
+            Frame::Response(b) if &b[..] == b"CLOSE_WAIT" => {
+                tracing::debug!("nsqd acknowledged CLS");
+                conn.close_acked.store(true, Ordering::Release);
+            }
+            Frame::Response(_) => {}
+            Frame::Error(e) => {
+                let err = server_error(&e);
+                if err.is_fatal() {
+                    tracing::warn!(error = %err, "nsqd closed the connection with an error");
+                    break Some(err);
+                }
+                // E_FIN_FAILED and co: the message timed out and nsqd will redeliver it.
+                shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %err, "nsqd refused an answer (message already timed out)");
+            }
+        }
+    };
+    conn.closed(&shared);
+    conn.close_acked.store(true, Ordering::Release);
+    let _ = conn.cmd.send(Cmd::Close);
+    let _ = ended.send(Ended {
+        id,
+        addr: Arc::clone(&conn.addr),
+        reason,
+    });
+}

@@ -1,0 +1,64 @@
+//! `Publisher`: publishes to one nsqd of several, chosen at random per publish, failing over to
+//! the others when it fails. One [`Producer`] (one connection) per nsqd, never one per publish.
+
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+
+use crate::error::{Error, Result};
+use crate::producer::{Producer, ProducerConfig};
+
+/// Publishes through several nsqd with failover.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    producers: Vec<Producer>,
+}
+
+impl Publisher {
+    /// One producer per address. Fails on an empty list or bad settings.
+    pub fn new<S: AsRef<str>>(addrs: &[S], cfg: ProducerConfig) -> Result<Self> {
+        if addrs.is_empty() {
+            return Err(Error::Config(
+                "a publisher needs at least one nsqd address".into(),
+            ));
+        }
+        let producers = addrs
+            .iter()
+            .map(|a| Producer::new(a.as_ref(), cfg.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { producers })
+    }
+
+    /// The producers, one per nsqd.
+    pub fn producers(&self) -> &[Producer] {
+        &self.producers
+    }
+
+    /// Publishes to a random nsqd, trying the others in random order on failure. Returns the
+    /// address of the nsqd that took the message, or every nsqd's error.
+    pub async fn publish(&self, topic: &str, body: impl AsRef<[u8]>) -> Result<&str> {
+        let body = body.as_ref();
+        let mut order: Vec<&Producer> = self.producers.iter().collect();
+        order.shuffle(&mut rand::rng());
+        let mut errors = Vec::new();
+        for p in order {
+            match p.publish(topic, body).await {
+                Ok(()) => return Ok(p.addr()),
+                // Bad input fails the same everywhere: do not try the others.
+                Err(e @ (Error::InvalidName { .. } | Error::InvalidBody(_))) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(nsqd = p.addr(), error = %e, "publish failed; trying another nsqd");
+                    errors.push((p.addr().to_string(), e));
+                }
+            }
+        }
+        Err(Error::AllFailed(errors))
+    }
+
+    /// Closes every connection after the replies already due (bounded by `timeout` each).
+    pub async fn close(&self, timeout: Duration) {
+        for p in &self.producers {
+            p.close(timeout).await;
+        }
+    }
+}
