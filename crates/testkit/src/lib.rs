@@ -18,6 +18,7 @@ mod bins;
 mod cluster;
 mod peers;
 mod process;
+mod project;
 mod stats;
 
 pub use bins::{
@@ -28,4 +29,5 @@ pub use cluster::{ClusterOptions, NsqCluster, Nsqd, free_port};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
 pub use process::ManagedProcess;
+pub use project::project_bin;
 pub use stats::{ChannelStats, ClientStats, LookupProducer, NsqdStats, TopicStats};
