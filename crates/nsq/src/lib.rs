@@ -51,4 +51,4 @@ pub use lookup::Lookupd;
 pub use message::{MESSAGE_ID_LEN, MessageId, RawMessage};
 pub use names::{is_ephemeral, validate_channel, validate_topic};
 pub use producer::{Producer, ProducerConfig};
-pub use publisher::Publisher;
+pub use publisher::{PublishReport, Publisher};

@@ -37,22 +37,51 @@ impl Publisher {
     /// Publishes to a random nsqd, trying the others in random order on failure. Returns the
     /// address of the nsqd that took the message, or every nsqd's error.
     pub async fn publish(&self, topic: &str, body: impl AsRef<[u8]>) -> Result<&str> {
+        let report = self.publish_detailed(topic, body).await;
+        match report.accepted_by {
+            Some(i) => Ok(self.producers[i].addr()),
+            None => Err(report
+                .error
+                .unwrap_or_else(|| Error::AllFailed(report.failures))),
+        }
+    }
+
+    /// Like [`Publisher::publish`], and says which nsqd failed on the way (for per-nsqd
+    /// metrics and logs) even when another one took the message.
+    pub async fn publish_detailed(&self, topic: &str, body: impl AsRef<[u8]>) -> PublishReport {
         let body = body.as_ref();
-        let mut order: Vec<&Producer> = self.producers.iter().collect();
+        let mut order: Vec<usize> = (0..self.producers.len()).collect();
         order.shuffle(&mut rand::rng());
-        let mut errors = Vec::new();
-        for p in order {
+        let mut failures = Vec::new();
+        for i in order {
+            let p = &self.producers[i];
             match p.publish(topic, body).await {
-                Ok(()) => return Ok(p.addr()),
+                Ok(()) => {
+                    return PublishReport {
+                        accepted_by: Some(i),
+                        failures,
+                        error: None,
+                    };
+                }
                 // Bad input fails the same everywhere: do not try the others.
-                Err(e @ (Error::InvalidName { .. } | Error::InvalidBody(_))) => return Err(e),
+                Err(e @ (Error::InvalidName { .. } | Error::InvalidBody(_))) => {
+                    return PublishReport {
+                        accepted_by: None,
+                        failures,
+                        error: Some(e),
+                    };
+                }
                 Err(e) => {
                     tracing::debug!(nsqd = p.addr(), error = %e, "publish failed; trying another nsqd");
-                    errors.push((p.addr().to_string(), e));
+                    failures.push((p.addr().to_string(), e));
                 }
             }
         }
-        Err(Error::AllFailed(errors))
+        PublishReport {
+            accepted_by: None,
+            failures,
+            error: None,
+        }
     }
 
     /// Closes every connection after the replies already due (bounded by `timeout` each).
@@ -61,4 +90,15 @@ impl Publisher {
             p.close(timeout).await;
         }
     }
+}
+
+/// What [`Publisher::publish_detailed`] did.
+#[derive(Debug)]
+pub struct PublishReport {
+    /// Index (into [`Publisher::producers`]) of the nsqd that took the message, if any.
+    pub accepted_by: Option<usize>,
+    /// The nsqd that failed before, with their errors.
+    pub failures: Vec<(String, Error)>,
+    /// Bad input that no nsqd would take (then nothing was tried further).
+    pub error: Option<Error>,
 }
