@@ -38,12 +38,12 @@ impl Publisher {
     /// address of the nsqd that took the message, or every nsqd's error.
     pub async fn publish(&self, topic: &str, body: impl AsRef<[u8]>) -> Result<&str> {
         let report = self.publish_detailed(topic, body).await;
-        match report.accepted_by {
-            Some(i) => Ok(self.producers[i].addr()),
-            None => Err(report
-                .error
-                .unwrap_or_else(|| Error::AllFailed(report.failures))),
+        match (report.accepted_by, report.error) {
+            (Some(i), _) => Ok(self.producers[i].addr()),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(Error::AllFailed(report.failures)),
         }
+    }
     }
 
     /// Like [`Publisher::publish`], and says which nsqd failed on the way (for per-nsqd
