@@ -44,7 +44,6 @@ impl Publisher {
             (None, None) => Err(Error::AllFailed(report.failures)),
         }
     }
-    }
 
     /// Like [`Publisher::publish`], and says which nsqd failed on the way (for per-nsqd
     /// metrics and logs) even when another one took the message.
