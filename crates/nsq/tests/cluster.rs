@@ -1,0 +1,264 @@
+//! The consumer and producer against several nsqd, nsqlookupd, and nsqd failures.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{consumer_config, eventually, logs};
+use nsq::{Consumer, ConsumerConfig, Message, Producer, ProducerConfig, Publisher};
+use testkit::{NsqCluster, NsqTail, to_nsq};
+use tokio::sync::mpsc;
+
+fn collect(topic: &str, cfg: ConsumerConfig) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let consumer = Consumer::start(topic, "test", cfg, move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(m);
+            Ok(())
+        }
+    })
+    .unwrap();
+    (consumer, rx)
+}
+
+async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("a message within 15s")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_consumer_through_lookupd_gets_messages_from_two_nsqd() {
+    logs();
+    let cluster = NsqCluster::start(2).await.unwrap();
+    // The topic must exist on both nsqd for lookupd to list them.
+    for i in 0..2 {
+        cluster.create_topic(i, "both", None).await.unwrap();
+    }
+    let cfg = ConsumerConfig {
+        lookupd_http_addresses: vec![cluster.lookupd_http().to_string()],
+        max_in_flight: 10,
+        ..consumer_config()
+    };
+    let (consumer, mut rx) = collect("both", cfg);
+    eventually(Duration::from_secs(10), "two connections", || async {
+        (consumer.stats().connections == 2).then_some(())
+    })
+    .await;
+    for i in 0..2 {
+        let p = Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap();
+        p.publish("both", format!("from nsqd{i}")).await.unwrap();
+    }
+    let mut sources = HashSet::new();
+    let mut bodies = HashSet::new();
+    for _ in 0..2 {
+        let m = recv(&mut rx).await;
+        sources.insert(m.nsqd_address().to_string());
+        bodies.insert(String::from_utf8(m.body().to_vec()).unwrap());
+    }
+    assert_eq!(sources.len(), 2, "one message from each nsqd: {sources:?}");
+    assert_eq!(
+        bodies,
+        HashSet::from(["from nsqd0".to_string(), "from nsqd1".to_string()])
+    );
+    consumer.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn ready_counts_never_sum_above_max_in_flight() {
+    let cluster = NsqCluster::start(4).await.unwrap();
+    let cfg = ConsumerConfig {
+        nsqd_tcp_addresses: cluster
+            .nsqd_tcp_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        max_in_flight: 2,
+        rdy_redistribute_interval: Duration::from_millis(200),
+        low_rdy_idle_timeout: Duration::from_millis(300),
+        ..consumer_config()
+    };
+    let (consumer, mut rx) = collect("rdy", cfg);
+    eventually(Duration::from_secs(10), "four connections", || async {
+        (consumer.stats().connections == 4).then_some(())
+    })
+    .await;
+    // Publish to all four while sampling RDY: messages from every nsqd still arrive.
+    let publisher = Publisher::new(
+        &cluster
+            .nsqd_tcp_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ProducerConfig::default(),
+    )
+    .unwrap();
+    for i in 0..4 {
+        let p = Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap();
+        p.publish("rdy", format!("n{i}")).await.unwrap();
+    }
+    let mut max_sum = 0;
+    let mut samples = 0;
+    let mut got = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while (samples < 30 || got < 4) && tokio::time::Instant::now() < deadline {
+        let mut sum = 0;
+        for i in 0..4 {
+            let s = cluster.stats(i, "rdy", Some("test")).await.unwrap();
+            sum += s
+                .channel("rdy", "test")
+                .map_or(0, |c| c.clients.iter().map(|c| c.ready_count).sum::<i64>());
+        }
+        max_sum = max_sum.max(sum);
+        samples += 1;
+        publisher.publish("rdy", b"more").await.unwrap();
+        while let Ok(m) = rx.try_recv() {
+            if !m.body().starts_with(b"more") {
+                got += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got >= 4, "messages from every nsqd arrived ({got})");
+    assert!(
+        max_sum <= 2,
+        "sum of RDY over 4 nsqd reached {max_sum} > max_in_flight 2"
+    );
+    assert!(max_sum >= 1, "some RDY was granted");
+    consumer.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn producer_and_consumer_recover_when_nsqd_is_killed_and_restarted() {
+    logs();
+    let mut cluster = NsqCluster::start(1).await.unwrap();
+    let producer = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            publish_timeout: Duration::from_secs(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let cfg = ConsumerConfig {
+        nsqd_tcp_addresses: vec![cluster.nsqd_tcp(0).to_string()],
+        ..consumer_config()
+    };
+    let (consumer, mut rx) = collect("crash", cfg);
+    producer.publish("crash", b"before").await.unwrap();
+    assert_eq!(&recv(&mut rx).await.body()[..], b"before");
+
+    cluster.kill(0);
+    assert!(
+        producer.publish("crash", b"while down").await.is_err(),
+        "publishing to a dead nsqd fails"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the consumer to notice",
+        || async { (consumer.stats().connections == 0).then_some(()) },
+    )
+    .await;
+    cluster.restart(0).await.unwrap();
+
+    // The next publish reconnects by itself; the consumer reconnects with backoff.
+    eventually(
+        Duration::from_secs(15),
+        "a publish to succeed again",
+        || async { producer.publish("crash", b"after").await.ok() },
+    )
+    .await;
+    assert_eq!(&recv(&mut rx).await.body()[..], b"after");
+    let s = consumer.stats();
+    assert_eq!(s.connections, 1);
+    assert!(s.reconnects >= 1, "{s:?}");
+    consumer.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_frozen_nsqd_times_publishes_out_and_the_publisher_fails_over() {
+    let cluster = NsqCluster::start(2).await.unwrap();
+    let addrs: Vec<String> = cluster
+        .nsqd_tcp_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let publisher = Publisher::new(
+        &addrs,
+        ProducerConfig {
+            publish_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for _ in 0..4 {
+        publisher.publish("frozen", b"warm").await.unwrap();
+    }
+    cluster.freeze(0).unwrap();
+    for n in 0..10 {
+        let took = publisher.publish("frozen", format!("m{n}")).await.unwrap();
+        assert_eq!(took, addrs[1], "only the live nsqd can take messages");
+    }
+    cluster.thaw(0).unwrap();
+    let s = cluster.stats(1, "frozen", None).await.unwrap();
+    assert!(s.topic("frozen").unwrap().message_count >= 10);
+}
+
+#[tokio::test]
+async fn interop_with_to_nsq_and_nsq_tail() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    cluster.create_topic(0, "interop", None).await.unwrap();
+    // Theirs -> ours.
+    let cfg = ConsumerConfig {
+        nsqd_tcp_addresses: vec![cluster.nsqd_tcp(0).to_string()],
+        ..consumer_config()
+    };
+    let (consumer, mut rx) = collect("interop", cfg);
+    eventually(
+        Duration::from_secs(10),
+        "our consumer to subscribe",
+        || async { (consumer.stats().connections == 1).then_some(()) },
+    )
+    .await;
+    to_nsq(
+        cluster.nsqd_tcp(0),
+        "interop",
+        &["from to_nsq 1", "from to_nsq 2"],
+    )
+    .await
+    .unwrap();
+    let mut got = vec![
+        String::from_utf8(recv(&mut rx).await.body().to_vec()).unwrap(),
+        String::from_utf8(recv(&mut rx).await.body().to_vec()).unwrap(),
+    ];
+    got.sort();
+    assert_eq!(got, ["from to_nsq 1", "from to_nsq 2"]);
+    consumer.stop(Duration::from_secs(5)).await;
+
+    // Ours -> theirs.
+    cluster.create_topic(0, "interop2", None).await.unwrap();
+    let tail = NsqTail::start(cluster.nsqd_tcp(0), "interop2", 3).unwrap();
+    eventually(Duration::from_secs(10), "nsq_tail to subscribe", || async {
+        let s = cluster.stats(0, "interop2", None).await.ok()?;
+        s.topic("interop2")?
+            .channels
+            .iter()
+            .any(|c| c.client_count > 0)
+            .then_some(())
+    })
+    .await;
+    let producer =
+        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    producer.publish("interop2", b"one").await.unwrap();
+    producer
+        .multi_publish("interop2", &[&b"two"[..], b"three"])
+        .await
+        .unwrap();
+    assert_eq!(
+        tail.finish(Duration::from_secs(15)).await.unwrap(),
+        ["one", "two", "three"]
+    );
+}

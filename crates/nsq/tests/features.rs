@@ -1,0 +1,304 @@
+//! TLS (certificates made in the test), snappy, deflate and AUTH against nsqd started with
+//! those options.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{consumer_config, eventually};
+use nsq::{
+    Compression, Config, Consumer, ConsumerConfig, Error, Message, Producer, ProducerConfig,
+    TlsConfig,
+};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use testkit::{ClusterOptions, NsqCluster};
+use tokio::sync::mpsc;
+
+/// A CA and a server certificate for 127.0.0.1 / localhost, written as PEM into `dir`; plus a
+/// client certificate from the same CA.
+fn make_certs(dir: &Path, prefix: &str) {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |names: Vec<String>, name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.join(format!("{prefix}{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{prefix}{name}.key")), key.serialize_pem()).unwrap();
+    };
+    issue(vec!["127.0.0.1".into(), "localhost".into()], "server");
+    issue(vec!["client.test".into()], "client");
+    std::fs::write(dir.join(format!("{prefix}ca.pem")), ca.pem()).unwrap();
+}
+
+fn collect(topic: &str, cfg: ConsumerConfig) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let c = Consumer::start(topic, "test", cfg, move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(m);
+            Ok(())
+        }
+    })
+    .unwrap();
+    (c, rx)
+}
+
+/// Publishes `bodies` and consumes them back with the same connection settings; returns the
+/// consumer's client entry in nsqd's /stats.
+async fn round_trip(
+    cluster: &NsqCluster,
+    topic: &str,
+    conn: Config,
+    bodies: &[Vec<u8>],
+) -> testkit::ClientStats {
+    let producer = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            conn: conn.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    producer.multi_publish(topic, bodies).await.unwrap();
+    let cfg = ConsumerConfig {
+        conn,
+        nsqd_tcp_addresses: vec![cluster.nsqd_tcp(0).to_string()],
+        max_in_flight: 50,
+        ..consumer_config()
+    };
+    let (consumer, mut rx) = collect(topic, cfg);
+    let mut got = Vec::new();
+    for _ in bodies {
+        let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("message")
+            .unwrap();
+        got.push(m.body().to_vec());
+    }
+    got.sort();
+    let mut want = bodies.to_vec();
+    want.sort();
+    assert_eq!(got, want, "bodies survive the codec byte for byte");
+    let stats = cluster.stats(0, topic, Some("test")).await.unwrap();
+    let client = stats.channel(topic, "test").unwrap().clients[0].clone();
+    consumer.stop(Duration::from_secs(5)).await;
+    client
+}
+
+fn bodies() -> Vec<Vec<u8>> {
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    vec![b"small".to_vec(), vec![b'z'; 70_000], big]
+}
+
+#[tokio::test]
+async fn tls_with_a_custom_ca_and_verification_on() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "");
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let cluster = NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        https: true,
+        nsqd_args: vec![
+            format!("--tls-cert={}", p("server.pem")),
+            format!("--tls-key={}", p("server.key")),
+        ],
+    })
+    .await
+    .unwrap();
+    let conn = Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(dir.path().join("ca.pem")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let client = round_trip(&cluster, "tls", conn, &bodies()).await;
+    assert!(client.tls, "nsqd reports the consumer on TLS");
+
+    // A certificate from another CA is refused: verification is on by default.
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path(), "");
+    let wrong = Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(other.path().join("ca.pem")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let producer = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            conn: wrong,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let err = producer.publish("tls", b"x").await.unwrap_err();
+    assert!(matches!(err, Error::Tls(_)), "{err}");
+}
+
+#[tokio::test]
+async fn tls_with_a_client_certificate_required_by_nsqd() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "");
+    let p = |n: &str| dir.path().join(n).display().to_string();
+    let cluster = NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        https: true,
+        nsqd_args: vec![
+            format!("--tls-cert={}", p("server.pem")),
+            format!("--tls-key={}", p("server.key")),
+            format!("--tls-root-ca-file={}", p("ca.pem")),
+            "--tls-client-auth-policy=require-verify".into(),
+            // TLS on TCP only, so the harness can still check plain HTTP /ping.
+            "--tls-required=tcp-https".into(),
+        ],
+    })
+    .await
+    .unwrap();
+    let with_cert = Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(dir.path().join("ca.pem")),
+            client_cert: Some(dir.path().join("client.pem")),
+            client_key: Some(dir.path().join("client.key")),
+            server_name: None,
+        }),
+        ..Default::default()
+    };
+    let client = round_trip(&cluster, "mtls", with_cert, &[b"hello".to_vec()]).await;
+    assert!(client.tls);
+    let without = Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(dir.path().join("ca.pem")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let producer = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            conn: without,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(
+        producer.publish("mtls", b"x").await.is_err(),
+        "no client certificate, no entry"
+    );
+}
+
+#[tokio::test]
+async fn snappy_and_deflate_when_nsqd_agrees() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let snappy = Config {
+        compression: Compression::Snappy,
+        ..Default::default()
+    };
+    let client = round_trip(&cluster, "snappy", snappy, &bodies()).await;
+    assert!(client.snappy && !client.deflate);
+    let deflate = Config {
+        compression: Compression::Deflate(6),
+        ..Default::default()
+    };
+    let client = round_trip(&cluster, "deflate", deflate, &bodies()).await;
+    assert!(client.deflate && !client.snappy);
+}
+
+#[tokio::test]
+async fn compression_is_skipped_when_nsqd_declines() {
+    let cluster = NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        nsqd_args: vec!["--snappy=false".into(), "--deflate=false".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let snappy = Config {
+        compression: Compression::Snappy,
+        ..Default::default()
+    };
+    let client = round_trip(&cluster, "plain", snappy, &[b"ok".to_vec()]).await;
+    assert!(!client.snappy && !client.deflate);
+}
+
+/// A tiny nsqd auth server: the secret `letmein` may publish and subscribe everywhere.
+async fn auth_server() -> std::net::SocketAddr {
+    use axum::extract::Query;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use std::collections::HashMap;
+    let app = axum::Router::new().route(
+        "/auth",
+        get(|Query(q): Query<HashMap<String, String>>| async move {
+            if q.get("secret").map(String::as_str) == Some("letmein") {
+                Ok(axum::Json(serde_json::json!({
+                    "ttl": 3600,
+                    "identity": "test-user",
+                    "identity_url": "",
+                    "authorizations": [{"permissions": ["subscribe", "publish"], "topic": ".*", "channels": [".*"]}]
+                })))
+            } else {
+                Err(StatusCode::FORBIDDEN)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn auth_when_nsqd_requires_it() {
+    let auth = auth_server().await;
+    let cluster = NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        nsqd_args: vec![format!("--auth-http-address={auth}")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let good = Config {
+        auth_secret: Some("letmein".into()),
+        ..Default::default()
+    };
+    let client = round_trip(&cluster, "authed", good, &[b"secret stuff".to_vec()]).await;
+    assert!(client.authed);
+
+    let none = Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let err = none.publish("authed", b"x").await.unwrap_err();
+    assert!(
+        matches!(err, Error::Auth(ref m) if m.contains("no secret")),
+        "{err}"
+    );
+    let bad = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            conn: Config {
+                auth_secret: Some("wrong".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        bad.publish("authed", b"x").await,
+        Err(Error::Auth(_))
+    ));
+    eventually(
+        Duration::from_secs(1),
+        "nothing published without auth",
+        || async {
+            let s = cluster.stats(0, "authed", None).await.ok()?;
+            (s.topic("authed")?.message_count == 1).then_some(())
+        },
+    )
+    .await;
+}
