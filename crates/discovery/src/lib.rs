@@ -28,6 +28,9 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+mod announcer;
+mod announcer_health;
+mod announcer_transport;
 mod backend;
 mod balancer;
 mod error;
@@ -37,6 +40,11 @@ mod registry;
 mod reject;
 mod signing;
 
+pub use announcer::{
+    AnnounceError, Announcer, AnnouncerConfig, AnnouncerError, AnnouncerStats, DEFAULT_INTERVAL,
+    DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, RETRY_BASE, jittered,
+};
+pub use announcer_health::{AlwaysHealthy, AsyncHealth, Health};
 pub use backend::{Backend, MAX_WEIGHT};
 pub use balancer::{
     BackendStats, Balancer, BalancerConfig, FailureOutcome, InFlightGuard, Strategy,

@@ -1,0 +1,522 @@
+//! The announcer: publishes this service's heartbeat to a random nsqd every `interval` (with
+//! jitter) while a health check passes, and a `leaving` heartbeat on shutdown.
+//!
+//! One [`nsq::Publisher`] holds one persistent connection per nsqd; each heartbeat goes to a
+//! random one and fails over to the others within the same tick, so losing an nsqd costs no
+//! interval. When none takes it the announcer retries with backoff and logs once per change of
+//! state, not once per tick.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::Rng;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep_until};
+
+use crate::announcer_health::Health;
+use crate::announcer_transport::{Delivery, Transport};
+use crate::heartbeat::{Heartbeat, State};
+use crate::reject::Rejection;
+use crate::signing::HmacKey;
+
+/// Topic heartbeats go to unless configured otherwise (contract).
+pub const DEFAULT_TOPIC: &str = "data_server_addr";
+/// Time between heartbeats unless configured otherwise (contract).
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Relative jitter of each wait unless configured otherwise (contract).
+pub const DEFAULT_JITTER: f64 = 0.1;
+/// First retry delay after a tick no nsqd took; doubles per failure, capped at the interval.
+pub const RETRY_BASE: Duration = Duration::from_millis(250);
+/// While unhealthy, the check is repeated at most this far apart, so that a recovered service
+/// is announced again quickly even with a long interval.
+pub const HEALTH_RECHECK: Duration = Duration::from_secs(1);
+
+/// Settings of an [`Announcer`].
+#[derive(Clone)]
+pub struct AnnouncerConfig {
+    /// NSQ topic of the heartbeats.
+    pub topic: String,
+    /// nsqd TCP addresses (`host:port`); each heartbeat goes to a random one.
+    pub nsqd_tcp_addresses: Vec<String>,
+    /// Mean time between heartbeats.
+    pub interval: Duration,
+    /// Each wait is uniform in `interval * (1 ± jitter)`; `0.0..1.0`. Jitter keeps a fleet that
+    /// started together from publishing in lockstep.
+    pub jitter: f64,
+    /// This server's stable identity.
+    pub id: String,
+    /// Where clients reach this server: `host:port`.
+    pub addr: String,
+    /// Free-form metadata sent with every heartbeat (`"weight"` is used by balancers).
+    pub meta: BTreeMap<String, Value>,
+    /// Signs every heartbeat when set.
+    pub key: Option<HmacKey>,
+    /// Connection settings of the producers.
+    pub producer: nsq::ProducerConfig,
+}
+
+impl AnnouncerConfig {
+    /// Defaults (topic, interval, jitter) for this identity, address and nsqd list.
+    pub fn new<S: Into<String>>(
+        id: impl Into<String>,
+        addr: impl Into<String>,
+        nsqd_tcp_addresses: impl IntoIterator<Item = S>,
+    ) -> Self {
+        AnnouncerConfig {
+            topic: DEFAULT_TOPIC.to_owned(),
+            nsqd_tcp_addresses: nsqd_tcp_addresses.into_iter().map(Into::into).collect(),
+            interval: DEFAULT_INTERVAL,
+            jitter: DEFAULT_JITTER,
+            id: id.into(),
+            addr: addr.into(),
+            meta: BTreeMap::new(),
+            key: None,
+            producer: nsq::ProducerConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AnnouncerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("AnnouncerConfig")
+            .field("topic", &self.topic)
+            .field("nsqd_tcp_addresses", &self.nsqd_tcp_addresses)
+            .field("interval", &self.interval)
+            .field("jitter", &self.jitter)
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("signed", &self.key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An [`AnnouncerConfig`] that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnnouncerError {
+    /// No nsqd to publish to.
+    #[error("announce: expected at least one nsqd TCP address, found none")]
+    NoNsqd,
+    /// The interval is zero.
+    #[error("announce: expected an interval greater than zero, found 0s")]
+    ZeroInterval,
+    /// The jitter is outside `0.0..1.0`.
+    #[error("announce: expected a jitter within 0.0..1.0, found {0}")]
+    BadJitter(f64),
+    /// The heartbeat this configuration would send is invalid (id, address or meta).
+    #[error("announce: the heartbeat would be refused: {0}")]
+    BadHeartbeat(Rejection),
+    /// The NSQ client refused the settings (topic name, producer settings).
+    #[error("announce: {0}")]
+    Nsq(#[from] nsq::Error),
+}
+
+/// Why one heartbeat was not published.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AnnounceError {
+    /// [`Announcer::leave`] was called already: nothing more is announced.
+    #[error("the announcer has left: no more heartbeats")]
+    Left,
+    /// Every nsqd failed; one entry per nsqd tried, with its error.
+    #[error("no nsqd took the heartbeat: {}", .0.iter().map(|(a, e)| format!("{a}: {e}")).collect::<Vec<_>>().join("; "))]
+    AllFailed(Vec<(String, String)>),
+    /// The NSQ client refused the message itself (so no nsqd would take it).
+    #[error("heartbeat refused before publishing: {0}")]
+    Refused(String),
+}
+
+/// A snapshot of an announcer's counters, for metrics and health pages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AnnouncerStats {
+    /// `up` heartbeats an nsqd took.
+    pub heartbeats_sent: u64,
+    /// `leaving` heartbeats an nsqd took.
+    pub leaving_sent: u64,
+    /// Heartbeats no nsqd took.
+    pub failed_heartbeats: u64,
+    /// Ticks skipped because the health check failed.
+    pub skipped_unhealthy: u64,
+    /// Failed publishes per nsqd (also those another nsqd then took), in configuration order.
+    pub publish_failures: Vec<(String, u64)>,
+    /// Whether the last health check passed.
+    pub healthy: bool,
+    /// Whether the last heartbeat reached an nsqd.
+    pub reachable: bool,
+    /// Whether [`Announcer::leave`] was called.
+    pub left: bool,
+}
+
+/// Publishes this service's heartbeats; cheap to clone (clones share one announcer).
+///
+/// Run [`Announcer::run`] (or [`Announcer::spawn`]) for the periodic heartbeats, and call
+/// [`Announcer::leave`] on shutdown before the service stops serving. Embedded in someone
+/// else's axum service:
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use discovery::{Announcer, AnnouncerConfig};
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+/// let addr = listener.local_addr()?.to_string();
+/// let announcer = Announcer::new(AnnouncerConfig::new("orders-1", addr, ["127.0.0.1:4150"]))?;
+/// announcer.spawn(|| true, std::future::pending()); // until leave(); `|| true`: your health check
+/// let app = Router::new().route("/", get(|| async { "hello" }));
+/// let leaving = announcer.clone();
+/// axum::serve(listener, app)
+///     .with_graceful_shutdown(async move {
+///         let _ = tokio::signal::ctrl_c().await;
+///         let _ = leaving.leave().await; // before the listener closes
+///     })
+///     .await?;
+/// announcer.close(std::time::Duration::from_secs(1)).await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Announcer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: AnnouncerConfig,
+    transport: Box<dyn Transport>,
+    epoch: u64,
+    sequence: Mutex<Sequence>,
+    left: watch::Sender<bool>,
+    counters: Counters,
+}
+
+/// The next `seq` and whether we left, under one lock so that no `up` can follow the `leaving`.
+struct Sequence {
+    seq: u64,
+    left: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    leaving: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+    unhealthy: AtomicBool,
+    unreachable: AtomicBool,
+    per_nsqd: Mutex<Vec<(String, u64)>>,
+    // The nsqd whose last publish failed: their failures are logged on the change only.
+    failing: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Announcer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Announcer")
+            .field("id", &self.inner.cfg.id)
+            .field("addr", &self.inner.cfg.addr)
+            .field("epoch", &self.inner.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Announcer {
+    /// Checks the configuration and prepares one producer per nsqd (connections are made by the
+    /// first heartbeat). The epoch is the current time in ms.
+    pub fn new(cfg: AnnouncerConfig) -> Result<Announcer, AnnouncerError> {
+        if cfg.nsqd_tcp_addresses.is_empty() {
+            return Err(AnnouncerError::NoNsqd);
+        }
+        nsq::validate_topic(&cfg.topic)?;
+        let publisher = nsq::Publisher::new(&cfg.nsqd_tcp_addresses, cfg.producer.clone())?;
+        Announcer::with_transport(cfg, Box::new(publisher))
+    }
+
+    pub(crate) fn with_transport(
+        cfg: AnnouncerConfig,
+        transport: Box<dyn Transport>,
+    ) -> Result<Announcer, AnnouncerError> {
+        if cfg.interval.is_zero() {
+            return Err(AnnouncerError::ZeroInterval);
+        }
+        if !(0.0..1.0).contains(&cfg.jitter) {
+            return Err(AnnouncerError::BadJitter(cfg.jitter));
+        }
+        let mut probe = Heartbeat::new(cfg.id.clone(), cfg.addr.clone(), 0, 0);
+        probe.meta = cfg.meta.clone();
+        probe.validate().map_err(AnnouncerError::BadHeartbeat)?;
+        let per_nsqd = transport.addrs().into_iter().map(|a| (a, 0)).collect();
+        let counters = Counters {
+            per_nsqd: Mutex::new(per_nsqd),
+            ..Counters::default()
+        };
+        Ok(Announcer {
+            inner: Arc::new(Inner {
+                cfg,
+                transport,
+                epoch: now_ms(),
+                sequence: Mutex::new(Sequence {
+                    seq: 0,
+                    left: false,
+                }),
+                left: watch::Sender::new(false),
+                counters,
+            }),
+        })
+    }
+
+    /// This server's identity.
+    pub fn id(&self) -> &str {
+        &self.inner.cfg.id
+    }
+
+    /// The announced `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.inner.cfg.addr
+    }
+
+    /// This run's epoch (start time in ms).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AnnouncerConfig {
+        &self.inner.cfg
+    }
+
+    /// Announces now, then every `interval` (± jitter) while `health` passes, until `shutdown`
+    /// resolves or [`leave`](Self::leave) is called. Never panics on publish errors: they are
+    /// counted, logged once per change, and retried with backoff.
+    pub async fn run(&self, health: impl Health, shutdown: impl Future<Output = ()>) {
+        let cfg = &self.inner.cfg;
+        let mut left = self.inner.left.subscribe();
+        tokio::pin!(shutdown);
+        let mut next = Instant::now();
+        let mut failures_in_a_row = 0u32;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                _ = left.wait_for(|l| *l) => return,
+                () = sleep_until(next) => {}
+            }
+            let scheduled = next;
+            let healthy = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                healthy = health.check() => healthy,
+            };
+            self.note_health(healthy);
+            if !healthy {
+                self.inner.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                next = Instant::now() + cfg.interval.min(HEALTH_RECHECK);
+                continue;
+            }
+            let result = tokio::select! {
+                biased;
+                () = &mut shutdown => return,
+                result = self.announce(State::Up) => result,
+            };
+            match result {
+                Ok(_) => {
+                    failures_in_a_row = 0;
+                    // From the scheduled time, so publishing time does not stretch the interval.
+                    next = (scheduled + jittered(cfg.interval, cfg.jitter)).max(Instant::now());
+                }
+                Err(AnnounceError::Left) => return,
+                Err(_) => {
+                    failures_in_a_row = failures_in_a_row.saturating_add(1);
+                    let wait = retry_delay(failures_in_a_row, cfg.interval);
+                    next = Instant::now() + jittered(wait, cfg.jitter);
+                }
+            }
+        }
+    }
+
+    /// Runs [`run`](Self::run) on a new task.
+    pub fn spawn(
+        &self,
+        health: impl Health,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move { this.run(health, shutdown).await })
+    }
+
+    /// Publishes one heartbeat in `state` now (health is not consulted). Returns the nsqd that
+    /// took it.
+    pub async fn announce(&self, state: State) -> Result<String, AnnounceError> {
+        let heartbeat = self.next_heartbeat(state).ok_or(AnnounceError::Left)?;
+        self.deliver(heartbeat).await
+    }
+
+    /// Stops the periodic heartbeats and publishes `state:"leaving"` (failing over to another
+    /// nsqd if the first fails), so that api-servers stop routing here at once. Call it on
+    /// shutdown before the service stops accepting requests. A second call returns
+    /// [`AnnounceError::Left`].
+    pub async fn leave(&self) -> Result<String, AnnounceError> {
+        let heartbeat = {
+            let mut sequence = self.sequence();
+            if sequence.left {
+                return Err(AnnounceError::Left);
+            }
+            sequence.left = true;
+            self.build(&mut sequence, State::Leaving)
+        };
+        self.inner.left.send_replace(true);
+        let result = self.deliver(heartbeat).await;
+        match &result {
+            Ok(nsqd) => {
+                tracing::info!(nsqd = %nsqd, id = %self.inner.cfg.id, "leaving heartbeat sent")
+            }
+            Err(err) => tracing::warn!(error = %err, "leaving heartbeat not sent"),
+        }
+        result
+    }
+
+    /// Flushes and closes the nsqd connections (each bounded by `timeout`).
+    pub async fn close(&self, timeout: Duration) {
+        self.inner.transport.close(timeout).await;
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> AnnouncerStats {
+        let c = &self.inner.counters;
+        AnnouncerStats {
+            heartbeats_sent: c.sent.load(Ordering::Relaxed),
+            leaving_sent: c.leaving.load(Ordering::Relaxed),
+            failed_heartbeats: c.failed.load(Ordering::Relaxed),
+            skipped_unhealthy: c.skipped.load(Ordering::Relaxed),
+            publish_failures: lock(&c.per_nsqd).clone(),
+            healthy: !c.unhealthy.load(Ordering::Relaxed),
+            reachable: !c.unreachable.load(Ordering::Relaxed),
+            left: *self.inner.left.borrow(),
+        }
+    }
+
+    fn sequence(&self) -> std::sync::MutexGuard<'_, Sequence> {
+        lock(&self.inner.sequence)
+    }
+
+    fn next_heartbeat(&self, state: State) -> Option<Heartbeat> {
+        let mut sequence = self.sequence();
+        if sequence.left {
+            return None;
+        }
+        Some(self.build(&mut sequence, state))
+    }
+
+    fn build(&self, sequence: &mut Sequence, state: State) -> Heartbeat {
+        let cfg = &self.inner.cfg;
+        sequence.seq += 1;
+        let mut heartbeat = Heartbeat::new(
+            cfg.id.clone(),
+            cfg.addr.clone(),
+            self.inner.epoch,
+            sequence.seq,
+        );
+        heartbeat.sent_at_ms = now_ms();
+        heartbeat.interval_ms = u64::try_from(cfg.interval.as_millis()).unwrap_or(u64::MAX);
+        heartbeat.state = state;
+        heartbeat.meta = cfg.meta.clone();
+        if let Some(key) = &cfg.key {
+            heartbeat.sign(key);
+        }
+        heartbeat
+    }
+
+    async fn deliver(&self, heartbeat: Heartbeat) -> Result<String, AnnounceError> {
+        let topic = &self.inner.cfg.topic;
+        let delivery = self.inner.transport.send(topic, heartbeat.encode()).await;
+        self.record(heartbeat.state, delivery)
+    }
+
+    fn record(&self, state: State, delivery: Delivery) -> Result<String, AnnounceError> {
+        let c = &self.inner.counters;
+        {
+            let mut per_nsqd = lock(&c.per_nsqd);
+            let mut failing = lock(&c.failing);
+            for (nsqd, err) in &delivery.failures {
+                match per_nsqd.iter_mut().find(|(a, _)| a == nsqd) {
+                    Some((_, n)) => *n += 1,
+                    None => per_nsqd.push((nsqd.clone(), 1)),
+                }
+                if failing.insert(nsqd.clone()) {
+                    tracing::warn!(nsqd = %nsqd, error = %err, "publishing a heartbeat failed; failing over to another nsqd");
+                }
+            }
+            if let Some(nsqd) = &delivery.accepted_by {
+                if failing.remove(nsqd) {
+                    tracing::info!(nsqd = %nsqd, "nsqd takes heartbeats again");
+                }
+            }
+        }
+        if let Some(nsqd) = delivery.accepted_by {
+            let counter = match state {
+                State::Up => &c.sent,
+                State::Leaving => &c.leaving,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if c.unreachable.swap(false, Ordering::Relaxed) {
+                tracing::info!(nsqd = %nsqd, "an nsqd is reachable again: heartbeats resume");
+            }
+            return Ok(nsqd);
+        }
+        c.failed.fetch_add(1, Ordering::Relaxed);
+        let err = match delivery.rejected {
+            Some(reason) => AnnounceError::Refused(reason),
+            None => AnnounceError::AllFailed(delivery.failures),
+        };
+        if !c.unreachable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(error = %err, "no nsqd took the heartbeat; retrying with backoff (logged again when one does)");
+        }
+        Err(err)
+    }
+
+    fn note_health(&self, healthy: bool) {
+        let was_unhealthy = self
+            .inner
+            .counters
+            .unhealthy
+            .swap(!healthy, Ordering::Relaxed);
+        match (was_unhealthy, healthy) {
+            (false, false) => tracing::warn!("health check fails: not announcing until it passes"),
+            (true, true) => tracing::info!("health check passes again: announcing"),
+            _ => {}
+        }
+    }
+}
+
+/// `base` scaled by a factor uniform in `1 ± jitter` (`jitter` is clamped to `0.0..=1.0`).
+pub fn jittered(base: Duration, jitter: f64) -> Duration {
+    let jitter = jitter.clamp(0.0, 1.0);
+    if jitter == 0.0 {
+        return base;
+    }
+    let factor = rand::rng().random_range(1.0 - jitter..=1.0 + jitter);
+    base.mul_f64(factor)
+}
+
+/// Delay before retry number `failures` (1-based): [`RETRY_BASE`] doubling, capped at `interval`.
+pub(crate) fn retry_delay(failures: u32, interval: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_BASE.saturating_mul(1 << doublings).min(interval)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Counters stay usable even if a thread panicked while holding the lock.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+#[path = "announcer_tests.rs"]
+mod tests;
