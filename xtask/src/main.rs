@@ -1,5 +1,7 @@
 //! `cargo xtask …`: the project's own commands.
 
+mod bench;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -21,6 +23,8 @@ enum Cmd {
     },
     /// Run the whole stack locally (nsqlookupd, 2 nsqd, nsqadmin, data servers, api-server).
     Up,
+    /// Run one benchmark against its named peer, side by side (`--json` for one JSON object).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -30,6 +34,7 @@ fn main() -> Result<()> {
             println!("{}", dir.display());
             Ok(())
         }
+        Cmd::Bench(args) => bench::run(args),
         Cmd::Up => {
             eprintln!(
                 "cargo xtask up: the local stack needs the data-server and api-server binaries, which are \

@@ -84,6 +84,8 @@ impl FrameReader {
                 Err(e) => return Err(e),
             }
             let n = if self.inflater.is_none() {
+                // A full BytesMut would otherwise offer read_buf only a few bytes per call.
+                self.plain.reserve(64 * 1024);
                 self.io.read_buf(&mut self.plain).await?
             } else {
                 self.raw.clear();
