@@ -285,14 +285,19 @@ impl NsqCluster {
         self.wait_registered(i).await
     }
 
-    /// SIGSTOP nsqd `i`: its sockets stay open but nothing answers (a hung node).
+    /// SIGSTOP nsqd `i`: its sockets stay open but nothing answers (a hung node). Returns once
+    /// the kernel reports every thread stopped (a signal is delivered asynchronously).
     pub fn freeze(&self, i: usize) -> Result<()> {
-        self.nsqds[i].process.signal(Signal::SIGSTOP)
+        let p = &self.nsqds[i].process;
+        p.signal(Signal::SIGSTOP)?;
+        p.wait_stopped(true)
     }
 
-    /// SIGCONT nsqd `i`.
+    /// SIGCONT nsqd `i`; returns once it runs again.
     pub fn thaw(&self, i: usize) -> Result<()> {
-        self.nsqds[i].process.signal(Signal::SIGCONT)
+        let p = &self.nsqds[i].process;
+        p.signal(Signal::SIGCONT)?;
+        p.wait_stopped(false)
     }
 
     /// SIGKILL the nsqlookupd.

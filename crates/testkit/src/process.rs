@@ -132,6 +132,38 @@ impl ManagedProcess {
             .with_context(|| format!("sending {signal} to {}", self.name))
     }
 
+    /// Waits (up to 5 s) until every thread of the process is stopped (`stopped`) or none is.
+    pub fn wait_stopped(&self, stopped: bool) -> Result<()> {
+        let pid = self.pid().context("process is not running")?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))?;
+            let mut all = true;
+            let mut none = true;
+            for task in tasks.flatten() {
+                let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+                // The state follows the parenthesised command name: "pid (comm) T ...".
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next());
+                let is_stopped = matches!(state, Some('T') | Some('t'));
+                all &= is_stopped;
+                none &= !is_stopped;
+            }
+            if (stopped && all) || (!stopped && none) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "{} did not become {} within 5s",
+                    self.name,
+                    if stopped { "stopped" } else { "running" }
+                );
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Exit status if the process has exited (reaps it), `None` while it runs.
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         match self.child.as_mut() {

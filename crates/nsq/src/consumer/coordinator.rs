@@ -312,6 +312,10 @@ impl Coordinator {
             }
             Err(e) => {
                 t.failures += 1;
+                self.shared
+                    .stats
+                    .connect_failures
+                    .fetch_add(1, Ordering::Relaxed);
                 // Log once per change of state, not once per attempt.
                 if t.failures == 1 {
                     tracing::warn!(nsqd = %addr, error = %e, "cannot connect; retrying with backoff");

@@ -127,6 +127,7 @@ pub(crate) struct Counters {
     pub(crate) handler_errors: AtomicU64,
     pub(crate) connections: AtomicI64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) connect_failures: AtomicU64,
 }
 
 /// A snapshot of a consumer's counters.
@@ -148,6 +149,8 @@ pub struct ConsumerStats {
     pub connections: i64,
     /// Connections opened after the first one to the same nsqd.
     pub reconnects: u64,
+    /// Connection attempts that failed (refused, timed out, handshake or SUB error).
+    pub connect_failures: u64,
     /// Messages received and not answered yet.
     pub in_flight: i64,
     /// Current backoff level (0: not backing off).
@@ -273,6 +276,7 @@ impl Consumer {
             handler_errors: s.handler_errors.load(Ordering::Relaxed),
             connections: s.connections.load(Ordering::Relaxed),
             reconnects: s.reconnects.load(Ordering::Relaxed),
+            connect_failures: s.connect_failures.load(Ordering::Relaxed),
             in_flight: self.shared.in_flight.load(Ordering::Relaxed),
             backoff_level: self.shared.backoff_level.load(Ordering::Relaxed),
             max_in_flight: self.shared.max_in_flight.load(Ordering::Relaxed),
@@ -294,5 +298,26 @@ impl Consumer {
             return StopReport::default();
         }
         rx.await.unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requeue_delay_grows_with_attempts_and_is_capped() {
+        let shared = Shared {
+            stats: Counters::default(),
+            in_flight: AtomicI64::new(0),
+            backoff_level: AtomicU32::new(0),
+            max_in_flight: AtomicU64::new(1),
+            requeue_delay: Duration::from_secs(90),
+            max_requeue_delay: Duration::from_secs(15 * 60),
+        };
+        assert_eq!(shared.requeue_delay(1), Duration::from_secs(90));
+        assert_eq!(shared.requeue_delay(3), Duration::from_secs(270));
+        assert_eq!(shared.requeue_delay(100), Duration::from_secs(900));
+        assert_eq!(shared.requeue_delay(0), Duration::from_secs(90));
     }
 }
