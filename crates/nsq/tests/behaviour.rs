@@ -141,7 +141,8 @@ async fn hostile(reply: &'static [u8]) -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn hostile_peers_give_errors_not_panics() {
-    let cases: [(&'static [u8], fn(&Error) -> bool); 4] = [
+    type Expect = fn(&Error) -> bool;
+    let cases: [(&'static [u8], Expect); 4] = [
         (b"\xff\xff\xff\xf0\x00\x00\x00\x00", |e| {
             matches!(e, Error::FrameTooLarge { .. })
         }),
