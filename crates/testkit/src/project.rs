@@ -25,14 +25,19 @@ pub fn project_bin(name: &str) -> Result<PathBuf> {
             if status.success() {
                 Ok(())
             } else {
-                Err(format!("cargo build --workspace --bins failed with {status}"))
+                Err(format!(
+                    "cargo build --workspace --bins failed with {status}"
+                ))
             }
         })
         .clone()
         .map_err(anyhow::Error::msg)?;
     let path = target_dir().join("debug").join(name);
     if !path.is_file() {
-        bail!("{} does not exist after building the workspace binaries", path.display());
+        bail!(
+            "{} does not exist after building the workspace binaries",
+            path.display()
+        );
     }
     Ok(path)
 }
