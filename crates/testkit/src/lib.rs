@@ -16,6 +16,7 @@
 
 mod bins;
 mod cluster;
+mod data_server;
 mod peers;
 mod process;
 mod project;
@@ -26,6 +27,7 @@ pub use bins::{
     workspace_root,
 };
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, free_port};
+pub use data_server::{DataServer, DataServerOptions};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
 pub use process::ManagedProcess;

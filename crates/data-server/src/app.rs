@@ -1,0 +1,154 @@
+//! The HTTP application: shared state, the router, and the identity, health and metrics
+//! endpoints. The data endpoints live in `data.rs`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use discovery::Announcer;
+use serde_json::json;
+
+use crate::data::{self, Kv};
+use crate::metrics::Metrics;
+
+/// Largest value `PUT /kv/{key}` stores (the streaming endpoints have no limit).
+pub const MAX_KV_VALUE_BYTES: usize = 32 * 1024 * 1024;
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    id: String,
+    addr: String,
+    announcer: Option<Announcer>,
+    metrics: Metrics,
+    kv: Kv,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    /// State for the server known as `id` at `addr`, announced by `announcer` when given.
+    pub fn new(
+        id: impl Into<String>,
+        addr: impl Into<String>,
+        announcer: Option<Announcer>,
+    ) -> Self {
+        let metrics = Metrics::new(announcer.clone());
+        AppState {
+            inner: Arc::new(Inner {
+                id: id.into(),
+                addr: addr.into(),
+                announcer,
+                metrics,
+                kv: Kv::default(),
+                ready: AtomicBool::new(true),
+            }),
+        }
+    }
+
+    /// The server's identity.
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    /// The announced address.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Whether the server is ready for traffic: the announcer's health check.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed)
+    }
+
+    /// Marks the server ready or not (not ready stops the heartbeats).
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub(crate) fn kv(&self) -> &Kv {
+        &self.inner.kv
+    }
+}
+
+/// The router: `/whoami`, `/healthz`, `/metrics` and the data endpoints.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/whoami", get(whoami))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route(
+            "/kv/{key}",
+            get(data::kv_get)
+                .put(data::kv_put)
+                .delete(data::kv_delete)
+                .layer(DefaultBodyLimit::max(MAX_KV_VALUE_BYTES)),
+        )
+        .route("/echo", post(data::echo).put(data::echo))
+        .route("/upload", put(data::upload).post(data::upload))
+        .route("/bytes/{n}", get(data::bytes))
+        .route("/slow", any(data::slow))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str)
+        .to_owned();
+    let metrics = state.metrics();
+    metrics.requests.with(&route).inc();
+    let _in_flight = metrics.in_flight.inc_guard();
+    next.run(request).await
+}
+
+async fn whoami(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let epoch = state.inner.announcer.as_ref().map(Announcer::epoch);
+    Json(json!({
+        "id": state.id(),
+        "addr": state.addr(),
+        "epoch": epoch,
+        "version": svc::VERSION,
+    }))
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    // Answers while the process serves, whatever the bus does: being announced is reported,
+    // not required.
+    let stats = state.inner.announcer.as_ref().map(Announcer::stats);
+    Json(json!({
+        "status": "ok",
+        "id": state.id(),
+        "ready": state.is_ready(),
+        "nsqd_reachable": stats.as_ref().map(|s| s.reachable),
+        "heartbeats_sent": stats.as_ref().map(|s| s.heartbeats_sent),
+        "leaving": stats.as_ref().map(|s| s.left),
+    }))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, svc::METRICS_CONTENT_TYPE)],
+        state.metrics().render(),
+    )
+}

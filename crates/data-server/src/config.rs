@@ -1,0 +1,296 @@
+//! The data-server's configuration: TOML file, `DATA_SERVER__SECTION__KEY` variables and
+//! `--set` flags, validated once into this typed form (see `svc::ConfigLoader`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use discovery::{AnnouncerConfig, HmacKey, MAX_ID_BYTES};
+use serde::Deserialize;
+use svc::{Fraction, Host, HostPort, HumanDuration, Invalid, Validate};
+
+/// Prefix of the environment variables that override keys (`DATA_SERVER__ANNOUNCE__INTERVAL`).
+pub const ENV_PREFIX: &str = "DATA_SERVER";
+/// `server.listen` unless configured.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// `announce.nsqd_tcp_addresses` unless configured: the local nsqd.
+pub const DEFAULT_NSQD: &str = "127.0.0.1:4150";
+/// `shutdown.timeout` unless configured: bound on the leaving heartbeat, and then on draining.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: HumanDuration = HumanDuration::from_secs(10);
+/// `sidecar.health_timeout` unless configured.
+pub const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration::from_secs(1);
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`: where to listen and how to be known.
+    pub server: ServerConfig,
+    /// `[announce]`: the heartbeats.
+    pub announce: AnnounceConfig,
+    /// `[shutdown]`: graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// `[sidecar]`: settings of the `sidecar` subcommand.
+    pub sidecar: SidecarConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free port (the bound address is then announced).
+    pub listen: SocketAddr,
+    /// Address announced to clients (default: the bound listen address).
+    pub advertise: Option<HostPort>,
+    /// Stable identity (default: generated per run).
+    pub id: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN.parse().expect("a valid constant"),
+            advertise: None,
+            id: None,
+        }
+    }
+}
+
+/// `[announce]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnnounceConfig {
+    /// NSQ topic of the heartbeats.
+    pub topic: String,
+    /// nsqd TCP addresses; each heartbeat goes to a random one, failing over to the others.
+    pub nsqd_tcp_addresses: Vec<HostPort>,
+    /// Mean time between heartbeats.
+    pub interval: HumanDuration,
+    /// Each wait is uniform in `interval * (1 ± jitter)`.
+    pub jitter: Fraction,
+    /// File holding the shared HMAC key; heartbeats are signed when set (never a flag value,
+    /// so the key stays out of `ps`).
+    pub hmac_key_file: Option<PathBuf>,
+}
+
+impl Default for AnnounceConfig {
+    fn default() -> Self {
+        AnnounceConfig {
+            topic: discovery::DEFAULT_TOPIC.to_owned(),
+            nsqd_tcp_addresses: vec![DEFAULT_NSQD.parse().expect("a valid constant")],
+            interval: HumanDuration::new(discovery::DEFAULT_INTERVAL),
+            jitter: Fraction::clamped(discovery::DEFAULT_JITTER),
+            hmac_key_file: None,
+        }
+    }
+}
+
+/// `[shutdown]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Bound on the leaving heartbeat, and then on draining in-flight requests.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+/// `[sidecar]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SidecarConfig {
+    /// Bound on one probe of the health URL; a slower answer counts as unhealthy.
+    pub health_timeout: HumanDuration,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Invalid> {
+        let announce = &self.announce;
+        if announce.nsqd_tcp_addresses.is_empty() {
+            return Err(Invalid::new(
+                "announce.nsqd_tcp_addresses",
+                r#"at least one nsqd TCP address like "127.0.0.1:4150""#,
+                "an empty list",
+            ));
+        }
+        if nsq::validate_topic(&announce.topic).is_err() {
+            return Err(Invalid::new(
+                "announce.topic",
+                "1-64 characters of [.a-zA-Z0-9_-], optionally ending in #ephemeral",
+                format!("{:?}", announce.topic),
+            ));
+        }
+        announce.interval.require_positive("announce.interval")?;
+        if announce.jitter.get() >= 1.0 {
+            return Err(Invalid::new(
+                "announce.jitter",
+                "a fraction below 1.0 (e.g. 0.1)",
+                announce.jitter,
+            ));
+        }
+        if let Some(path) = &announce.hmac_key_file {
+            HmacKey::from_file(path).map_err(|err| {
+                Invalid::new(
+                    "announce.hmac_key_file",
+                    "a readable file holding the shared key",
+                    err,
+                )
+            })?;
+        }
+        if let Some(advertise) = &self.server.advertise {
+            let unspecified = match advertise.host() {
+                Host::Ipv4(ip) => ip.is_unspecified(),
+                Host::Ipv6(ip) => ip.is_unspecified(),
+                Host::Name(_) => false,
+            };
+            if unspecified {
+                return Err(Invalid::new(
+                    "server.advertise",
+                    "an address clients can connect to (not 0.0.0.0 or [::])",
+                    format!("\"{advertise}\""),
+                ));
+            }
+        }
+        if let Some(id) = &self.server.id {
+            if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
+                return Err(Invalid::new(
+                    "server.id",
+                    format!("1 to {MAX_ID_BYTES} bytes without control characters"),
+                    format!("{id:?}"),
+                ));
+            }
+        }
+        self.shutdown.timeout.require_positive("shutdown.timeout")?;
+        self.sidecar
+            .health_timeout
+            .require_positive("sidecar.health_timeout")
+    }
+}
+
+impl Config {
+    /// The address to announce: `server.advertise`, else the bound address (loopback when it
+    /// is unspecified, since nobody can connect to `0.0.0.0`).
+    pub fn advertise_for(&self, bound: SocketAddr) -> String {
+        if let Some(advertise) = &self.server.advertise {
+            return advertise.to_string();
+        }
+        if bound.ip().is_unspecified() {
+            tracing::warn!(
+                "listening on {bound}: announcing 127.0.0.1:{}; set server.advertise to be reachable from other hosts",
+                bound.port()
+            );
+            return format!("127.0.0.1:{}", bound.port());
+        }
+        bound.to_string()
+    }
+
+    /// `server.id`, else one generated for this run.
+    pub fn id_or_generated(&self, prefix: &str) -> String {
+        self.server
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{prefix}-{:08x}", rand::random::<u32>()))
+    }
+
+    /// The HMAC key when `announce.hmac_key_file` is set (already checked by validation).
+    pub fn hmac_key(&self) -> Result<Option<HmacKey>, discovery::KeyError> {
+        self.announce
+            .hmac_key_file
+            .as_ref()
+            .map(HmacKey::from_file)
+            .transpose()
+    }
+
+    /// The announcer settings for this identity and address.
+    pub fn announcer_config(
+        &self,
+        id: String,
+        addr: String,
+        key: Option<HmacKey>,
+    ) -> AnnouncerConfig {
+        let nsqd = self
+            .announce
+            .nsqd_tcp_addresses
+            .iter()
+            .map(|a| a.to_string());
+        let mut cfg = AnnouncerConfig::new(id, addr, nsqd);
+        cfg.topic = self.announce.topic.clone();
+        cfg.interval = self.announce.interval.get();
+        cfg.jitter = self.announce.jitter.get();
+        cfg.key = key;
+        // A heartbeat older than one interval is useless; do not wait longer than that for one.
+        cfg.producer.publish_timeout = self.announce.interval.get().min(Duration::from_secs(5));
+        cfg
+    }
+
+    /// `shutdown.timeout`.
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.shutdown.timeout.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svc::ConfigLoader;
+
+    fn load(sets: &[&str]) -> Result<Config, svc::ConfigError> {
+        let env: [(&str, &str); 0] = [];
+        ConfigLoader::new(ENV_PREFIX)
+            .with_env(env)
+            .set(sets.iter().copied())
+            .load()
+    }
+
+    #[test]
+    fn defaults_are_usable() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.announce.topic, "data_server_addr");
+        assert_eq!(config.announce.interval, HumanDuration::from_secs(5));
+        assert_eq!(
+            config.advertise_for("127.0.0.1:9".parse().unwrap()),
+            "127.0.0.1:9"
+        );
+        assert_eq!(
+            config.advertise_for("0.0.0.0:9".parse().unwrap()),
+            "127.0.0.1:9"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (set, key) in [
+            (
+                "announce.nsqd_tcp_addresses=[]",
+                "announce.nsqd_tcp_addresses",
+            ),
+            ("announce.interval=0s", "announce.interval"),
+            ("server.advertise=nohost", "server.advertise"),
+            ("server.advertise=0.0.0.0:80", "server.advertise"),
+            ("announce.jitter=1.0", "announce.jitter"),
+            ("announce.topic=a b", "announce.topic"),
+            (
+                "announce.hmac_key_file=/does/not/exist",
+                "announce.hmac_key_file",
+            ),
+            ("server.bogus=1", "bogus"),
+        ] {
+            let err = load(&[set]).unwrap_err().to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+    }
+}

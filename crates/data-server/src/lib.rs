@@ -1,0 +1,47 @@
+//! The data-server: an HTTP data service that announces itself over NSQ while it is healthy,
+//! and announces `leaving` before it stops.
+//!
+//! - [`app`]: the axum router (`/whoami`, `/healthz`, `/metrics`, `/kv/{key}`, `/echo`,
+//!   `/upload`, `/bytes/{n}`, `/slow?ms=`) over an [`AppState`].
+//! - [`Config`]: the TOML configuration (`server.*`, `announce.*`, `shutdown.*`, `sidecar.*`).
+//! - [`run`] / [`serve`]: bind, announce, serve, and shut down in order: leaving heartbeat,
+//!   stop accepting, drain in-flight requests.
+//! - [`run_sidecar`]: announce another service while its health URL answers 2xx.
+//!
+//! ```
+//! use axum::body::Body;
+//! use axum::http::Request;
+//! use data_server::{AppState, app};
+//! use tower::ServiceExt;
+//!
+//! # tokio_test(async {
+//! let router = app(AppState::new("data-1", "127.0.0.1:9000", None));
+//! let response = router
+//!     .oneshot(Request::get("/whoami").body(Body::empty()).unwrap())
+//!     .await
+//!     .unwrap();
+//! assert_eq!(response.status(), 200);
+//! # });
+//! # fn tokio_test(f: impl std::future::Future<Output = ()>) {
+//! #     tokio::runtime::Runtime::new().unwrap().block_on(f)
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod app;
+mod config;
+mod data;
+mod metrics;
+mod server;
+mod sidecar;
+
+pub use app::{AppState, MAX_KV_VALUE_BYTES, app};
+pub use config::{
+    AnnounceConfig, Config, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_NSQD,
+    DEFAULT_SHUTDOWN_TIMEOUT, ENV_PREFIX, ServerConfig, ShutdownConfig, SidecarConfig,
+};
+pub use data::{AppError, MAX_GENERATED_BYTES, MAX_SLOW_MS, pattern_byte};
+pub use metrics::Metrics;
+pub use server::{ServerError, run, serve};
+pub use sidecar::run_sidecar;

@@ -1,0 +1,71 @@
+//! `data-server`: parses flags and config, then runs the server or the sidecar.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use data_server::{Config, ENV_PREFIX};
+use svc::{ConfigArgs, HostPort, Shutdown};
+
+/// HTTP data service that announces itself over NSQ while healthy, and `leaving` on shutdown.
+#[derive(Debug, Parser)]
+#[command(name = "data-server", version = svc::long_version())]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Announce another service (any language) at ADDR while its health URL answers 2xx.
+    Sidecar {
+        /// Address clients reach the service at (host:port).
+        #[arg(long, value_name = "HOST:PORT")]
+        advertise: HostPort,
+        /// URL probed before every heartbeat; only a 2xx answer counts as healthy.
+        #[arg(long, value_name = "URL")]
+        health_url: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let args = match &cli.command {
+        Some(Command::Sidecar { config, .. })
+            if config.config.is_some() || !config.set.is_empty() =>
+        {
+            let mut merged = cli.config.clone();
+            merged.config = config.config.clone().or(merged.config);
+            merged.set.extend(config.set.iter().cloned());
+            merged
+        }
+        _ => cli.config.clone(),
+    };
+    let config: Config = args
+        .loader(ENV_PREFIX)
+        .load()
+        .unwrap_or_else(|err| svc::exit_on_config_error(err));
+    if let Some(Command::Sidecar { health_url, .. }) = &cli.command {
+        if !(health_url.starts_with("http://") || health_url.starts_with("https://")) {
+            eprintln!("error: --health-url: expected an http:// URL, found {health_url:?}");
+            std::process::exit(svc::CONFIG_ERROR_EXIT_CODE);
+        }
+    }
+    svc::init_tracing("info");
+    let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let shutdown = Shutdown::new();
+        shutdown.trigger_on_signal();
+        match cli.command {
+            None => data_server::run(config, shutdown).await,
+            Some(Command::Sidecar {
+                advertise,
+                health_url,
+                ..
+            }) => data_server::run_sidecar(config, advertise, health_url, shutdown).await,
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! Running the data-server: bind, announce, serve, and shut down in the contract's order
+//! (leaving heartbeat, stop accepting, drain in-flight requests).
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use discovery::{Announcer, AnnouncerError, KeyError};
+use svc::{Shutdown, with_timeout};
+use tokio::net::TcpListener;
+
+use crate::app::{AppState, app};
+use crate::config::Config;
+
+/// Bound on flushing the nsqd connections at exit.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// `server.listen`.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The bound address could not be read back.
+    #[error("cannot read the bound address: {0}")]
+    LocalAddr(std::io::Error),
+    /// The HMAC key file could not be read.
+    #[error("announce.hmac_key_file: {0}")]
+    Key(#[from] KeyError),
+    /// The announcer refused its settings.
+    #[error(transparent)]
+    Announcer(#[from] AnnouncerError),
+    /// The sidecar's HTTP client for health probes could not be built.
+    #[error("health probe client: {0}")]
+    HealthClient(String),
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Binds `server.listen` and serves until `shutdown` triggers, then leaves gracefully.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), ServerError> {
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on an already bound listener until `shutdown` triggers.
+///
+/// Prints `listening on ADDR` (the bound address) on stdout once it accepts connections, so
+/// scripts and tests can find a port chosen by the OS.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let bound = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let advertise = config.advertise_for(bound);
+    let id = config.id_or_generated("data-server");
+    let key = config.hmac_key()?;
+    let announcer = Announcer::new(config.announcer_config(id.clone(), advertise.clone(), key))?;
+    let state = AppState::new(id.clone(), advertise.clone(), Some(announcer.clone()));
+
+    let stop_serving = Shutdown::new();
+    let server = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(stop_serving.wait())
+        .into_future();
+    let mut server = tokio::spawn(server);
+    let health = state.clone();
+    // The loop ends with `leave()`; shutdown order is driven from here, not by the loop.
+    let heartbeats = announcer.spawn(move || health.is_ready(), std::future::pending());
+    println!("listening on {bound}");
+    tracing::info!(%id, %advertise, nsqd = ?announcer.config().nsqd_tcp_addresses, "data-server listening on {bound}");
+
+    tokio::select! {
+        () = shutdown.wait() => {}
+        result = &mut server => {
+            // The server stopped by itself: still leave, so nobody routes here.
+            let _ = announcer.leave().await;
+            heartbeats.abort();
+            return match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(ServerError::Serve(err)),
+                Err(join) => Err(ServerError::Serve(std::io::Error::other(join))),
+            };
+        }
+    }
+
+    let limit = config.shutdown_timeout();
+    // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes.
+    match with_timeout(announcer.leave(), limit).await {
+        Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
+        Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),
+        Err(timeout) => tracing::warn!("leaving heartbeat: {timeout}"),
+    }
+    state.set_ready(false);
+    heartbeats.abort();
+    // 2. and 3. Stop accepting, then drain what is in flight.
+    stop_serving.trigger();
+    match with_timeout(&mut server, limit).await {
+        Ok(Ok(Ok(()))) => tracing::info!("in-flight requests drained; exiting"),
+        Ok(Ok(Err(err))) => tracing::warn!("HTTP server: {err}"),
+        Ok(Err(join)) => tracing::warn!("HTTP server task: {join}"),
+        Err(timeout) => tracing::warn!("draining in-flight requests: {timeout}; exiting anyway"),
+    }
+    announcer.close(CLOSE_TIMEOUT).await;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! Sidecar mode: announces a service written in another language, at an address it gives,
+//! while that service's health URL answers 2xx; announces `leaving` when stopped.
+//!
+//! `data-server sidecar --advertise 10.0.0.5:8080 --health-url http://127.0.0.1:8080/health -c sidecar.toml`
+//! reads the same `[announce]` (and `server.id`, `[shutdown]`, `[sidecar]`) keys as the server.
+
+use std::time::Duration;
+
+use discovery::{Announcer, AsyncHealth};
+use svc::{HostPort, Shutdown, with_timeout};
+
+use crate::config::Config;
+use crate::server::ServerError;
+
+/// Announces `advertise` while `health_url` answers 2xx, until `shutdown` triggers; then sends
+/// `leaving`.
+pub async fn run_sidecar(
+    config: Config,
+    advertise: HostPort,
+    health_url: String,
+    shutdown: Shutdown,
+) -> Result<(), ServerError> {
+    let id = config.id_or_generated("sidecar");
+    let key = config.hmac_key()?;
+    let addr = advertise.to_string();
+    let announcer = Announcer::new(config.announcer_config(id.clone(), addr.clone(), key))?;
+    let client = reqwest::Client::builder()
+        .timeout(config.sidecar.health_timeout.get())
+        .build()
+        .map_err(|e| ServerError::HealthClient(e.to_string()))?;
+    let url = health_url.clone();
+    let health = AsyncHealth(move || {
+        let request = client.get(url.clone());
+        async move {
+            match request.send().await {
+                Ok(response) => response.status().is_success(),
+                Err(err) => {
+                    tracing::debug!("health probe failed: {err}");
+                    false
+                }
+            }
+        }
+    });
+    let heartbeats = announcer.spawn(health, std::future::pending());
+    println!("announcing {addr} as {id} while {health_url} answers 2xx");
+    tracing::info!(%id, %addr, %health_url, "sidecar started");
+    shutdown.wait().await;
+    match with_timeout(announcer.leave(), config.shutdown_timeout()).await {
+        Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
+        Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),
+        Err(timeout) => tracing::warn!("leaving heartbeat: {timeout}"),
+    }
+    heartbeats.abort();
+    announcer.close(Duration::from_secs(1)).await;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The data-server as a real process against real nsqd: first heartbeat, nsqd failover,
+//! graceful shutdown order, signing, and serving while the bus is down.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BIN, Tap, key_file, metric};
+use discovery::{HmacKey, State, decode};
+use testkit::{DataServer, DataServerOptions, NsqCluster, Signal};
+
+const GENEROUS: Duration = Duration::from_secs(30);
+
+fn options(cluster: &NsqCluster, interval: &str) -> DataServerOptions {
+    let mut opts = DataServerOptions::new(cluster.nsqd_tcp_addresses()).bin(BIN);
+    opts.interval = interval.into();
+    opts
+}
+
+#[tokio::test]
+async fn first_heartbeat_arrives_well_before_the_first_interval_ends() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let started = Instant::now();
+    let server = DataServer::start_with(options(&cluster, "30s"))
+        .await
+        .unwrap();
+    let got = tap
+        .wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+    let after = got[0].0 - started;
+    // The interval is 30 s; the first heartbeat goes out as soon as the server listens.
+    assert!(
+        after < Duration::from_secs(10),
+        "first heartbeat after {after:?}"
+    );
+    let hb = &got[0].1;
+    assert_eq!(hb.addr, server.addr());
+    assert_eq!(
+        hb.addr,
+        server.listen_addr().to_string(),
+        "announces the bound port"
+    );
+    assert_eq!(hb.state, State::Up);
+    assert_eq!(hb.seq, 1);
+    assert_eq!(hb.interval_ms, 30_000);
+    tap.stop().await;
+}
+
+#[tokio::test]
+async fn killing_one_of_two_nsqd_loses_no_interval() {
+    let mut cluster = NsqCluster::start(2).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let mut opts = options(&cluster, "1s");
+    opts.set.push("announce.jitter=0.1".into());
+    let server = DataServer::start_with(opts).await.unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| hbs.len() >= 2)
+        .await;
+    let dead = cluster.nsqd_tcp(0).to_string();
+    cluster.kill(0);
+    let killed = Instant::now();
+    // Eight intervals with one nsqd gone.
+    let got = tap
+        .wait_for(server.id(), GENEROUS, |hbs| {
+            hbs.iter().filter(|(at, _)| *at > killed).count() >= 8
+        })
+        .await;
+    let window: Vec<Instant> = got
+        .iter()
+        .filter(|(at, _)| *at > killed - Duration::from_secs(2))
+        .map(|(at, _)| *at)
+        .collect();
+    let max_gap = window.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    // A lost interval would leave a gap of at least 2 × 0.9 s.
+    assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
+    // The dead nsqd's failures are counted under its address (it is picked first half the time).
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
+        let text = metrics.text().await.unwrap();
+        let line = format!("data_server_publish_failures_total{{nsqd=\"{dead}\"}} ");
+        let failures: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if failures >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure counted for {dead}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tap.stop().await;
+}
+
+#[tokio::test]
+async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let mut server = DataServer::start_with(options(&cluster, "1s"))
+        .await
+        .unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+
+    let slow = tokio::spawn({
+        let url = server.url("/slow?ms=2000");
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            (status, body, Instant::now())
+        }
+    });
+    // Wait until the slow request is in flight (the metrics request itself is the other one).
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let text = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("data_server_requests_in_flight 2") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow request never in flight:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    server.signal(Signal::SIGTERM).unwrap();
+    let got = tap
+        .wait_for(server.id(), GENEROUS, |hbs| {
+            hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
+        })
+        .await;
+    let (left_at, leaving) = got
+        .iter()
+        .find(|(_, hb)| hb.state == State::Leaving)
+        .unwrap();
+    assert!(
+        got.iter().all(|(_, hb)| hb.seq <= leaving.seq),
+        "leaving is the last heartbeat"
+    );
+
+    let (status, body, answered_at) = slow.await.unwrap();
+    assert_eq!(status, 200, "the in-flight request completes: {body}");
+    assert!(
+        *left_at < answered_at,
+        "leaving is announced before draining ends"
+    );
+    let exit = server.wait_exit(GENEROUS).await.unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", server.log());
+    tap.stop().await;
+}
+
+#[tokio::test]
+async fn signed_heartbeats_verify_and_tampered_ones_do_not() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (path, key) = key_file(dir.path(), "a shared secret");
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let opts = options(&cluster, "1s").set(format!("announce.hmac_key_file={}", path.display()));
+    let server = DataServer::start_with(opts).await.unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+    let body = tap
+        .all()
+        .into_iter()
+        .find(|r| r.heartbeat().id == server.id())
+        .unwrap()
+        .body;
+    assert!(
+        decode(&body, Some(&key)).is_ok(),
+        "signed with the configured key"
+    );
+    let other = HmacKey::from_bytes(b"another secret").unwrap();
+    assert!(
+        decode(&body, Some(&other)).is_err(),
+        "another key does not verify"
+    );
+    let text = String::from_utf8(body).unwrap();
+    let tampered = text.replace(server.addr(), "127.0.0.1:1");
+    assert_ne!(tampered, text);
+    assert!(
+        decode(tampered.as_bytes(), Some(&key)).is_err(),
+        "a changed address does not verify"
+    );
+    tap.stop().await;
+}
+
+#[tokio::test]
+async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
+    let dead = format!("127.0.0.1:{}", testkit::free_port());
+    let mut opts = DataServerOptions::new([dead]).bin(BIN);
+    opts.interval = "200ms".into();
+    let mut server = DataServer::start_with(opts).await.unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let response = client.get(server.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let metrics = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&metrics, "data_server_heartbeats_failed_total") >= 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health: serde_json::Value = client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert_eq!(health["nsqd_reachable"], false, "{health}");
+    let log = server.log();
+    // Logged once per change of state, not once per retry.
+    assert_eq!(log.matches("retrying with backoff").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("publishing a heartbeat failed").count(),
+        1,
+        "{log}"
+    );
+    let exit = server.terminate(GENEROUS).await.unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", server.log());
+}
