@@ -1,0 +1,233 @@
+//! The archiver's configuration: `[archive]` and `[shutdown]`, loaded by `svc` from `-c FILE`,
+//! `ARCHIVER__SECTION__KEY` variables and `--set section.key=value` flags.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use svc::{HostPort, HumanDuration, Invalid, Validate};
+
+/// Prefix of the environment variables that override keys (`ARCHIVER__ARCHIVE__DATABASE`).
+pub const ENV_PREFIX: &str = "ARCHIVER";
+/// The durable channel the archiver reads each topic on.
+pub const DEFAULT_CHANNEL: &str = "archive";
+/// Messages per transaction at most.
+pub const DEFAULT_BATCH_SIZE: usize = 500;
+/// Longest a received message waits for its batch to be committed.
+pub const DEFAULT_BATCH_LATENCY: HumanDuration = HumanDuration::from_millis(50);
+/// Messages in flight per topic: at least twice a batch, so the next batch fills while one
+/// commits.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 1000;
+/// How long nsqd waits before redelivering a message whose batch could not be stored.
+pub const DEFAULT_REQUEUE_DELAY: HumanDuration = HumanDuration::from_secs(5);
+/// How often retention runs, when on.
+pub const DEFAULT_RETENTION_INTERVAL: HumanDuration = HumanDuration::from_secs(60);
+/// How often nsqlookupd is asked for the nsqd of each topic.
+pub const DEFAULT_LOOKUPD_POLL_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
+/// Bound on a graceful shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
+/// Largest batch accepted: a transaction of this many 1 MiB bodies is already a lot.
+pub const MAX_BATCH_SIZE: usize = 10_000;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[archive]`
+    pub archive: Archive,
+    /// `[shutdown]`
+    pub shutdown: ShutdownSection,
+}
+
+/// `[archive]`: what to archive, where, and how.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Archive {
+    /// The SQLite file (required).
+    pub database: Option<PathBuf>,
+    /// Topics to archive (required by `run`).
+    pub topics: Vec<String>,
+    /// Durable channel to read them on.
+    pub channel: String,
+    /// nsqlookupd HTTP addresses to discover nsqd through.
+    pub lookupd_http_addresses: Vec<HostPort>,
+    /// nsqd TCP addresses to read from directly (and the default destination of `replay`).
+    pub nsqd_tcp_addresses: Vec<HostPort>,
+    /// How often nsqlookupd is polled.
+    pub lookupd_poll_interval: HumanDuration,
+    /// Most messages per transaction.
+    pub batch_size: usize,
+    /// Longest a message waits for its batch to commit.
+    pub batch_latency: HumanDuration,
+    /// Messages in flight per topic (RDY, summed over nsqd).
+    pub max_in_flight: u64,
+    /// Delay before nsqd redelivers a message whose batch failed to store.
+    pub requeue_delay: HumanDuration,
+    /// How long nsqd waits for a message's FIN before redelivering it (also after a crash of
+    /// the archiver); absent: nsqd's `--msg-timeout` (60s by default).
+    pub msg_timeout: Option<HumanDuration>,
+    /// Delete messages older than this (by nsqd timestamp); absent or `"0s"`: keep everything.
+    pub retention: Option<HumanDuration>,
+    /// How often retention runs.
+    pub retention_interval: HumanDuration,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Archive {
+            database: None,
+            topics: Vec::new(),
+            channel: DEFAULT_CHANNEL.to_owned(),
+            lookupd_http_addresses: Vec::new(),
+            nsqd_tcp_addresses: Vec::new(),
+            lookupd_poll_interval: DEFAULT_LOOKUPD_POLL_INTERVAL,
+            batch_size: DEFAULT_BATCH_SIZE,
+            batch_latency: DEFAULT_BATCH_LATENCY,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            requeue_delay: DEFAULT_REQUEUE_DELAY,
+            msg_timeout: None,
+            retention: None,
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+        }
+    }
+}
+
+impl Archive {
+    /// The retention period, `None` when off.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        self.retention
+            .map(HumanDuration::get)
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownSection {
+    /// Bound on draining at SIGTERM / SIGINT.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownSection {
+    fn default() -> Self {
+        ShutdownSection {
+            timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        }
+    }
+}
+
+const TOPIC_NAME: &str = "a topic name NSQ accepts (1-64 characters of [.a-zA-Z0-9_-])";
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Invalid> {
+        let a = &self.archive;
+        match &a.database {
+            None => {
+                return Err(Invalid::new(
+                    "archive.database",
+                    "the path of the SQLite archive file",
+                    "nothing",
+                ));
+            }
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(Invalid::new(
+                    "archive.database",
+                    "the path of the SQLite archive file",
+                    "\"\"",
+                ));
+            }
+            Some(_) => {}
+        }
+        for (i, topic) in a.topics.iter().enumerate() {
+            if nsq::validate_topic(topic).is_err() || nsq::is_ephemeral(topic) {
+                let found = format!("{topic:?}");
+                return Err(Invalid::new(
+                    format!("archive.topics[{i}]"),
+                    TOPIC_NAME,
+                    found,
+                ));
+            }
+        }
+        if nsq::validate_channel(&a.channel).is_err() || nsq::is_ephemeral(&a.channel) {
+            return Err(Invalid::new(
+                "archive.channel",
+                "a durable channel name (1-64 characters of [.a-zA-Z0-9_-], not #ephemeral, \
+                 so that nsqd keeps messages while the archiver is down)",
+                format!("{:?}", a.channel),
+            ));
+        }
+        if !(1..=MAX_BATCH_SIZE).contains(&a.batch_size) {
+            return Err(Invalid::new(
+                "archive.batch_size",
+                format!("1..={MAX_BATCH_SIZE}"),
+                a.batch_size,
+            ));
+        }
+        if a.max_in_flight == 0 {
+            return Err(Invalid::new("archive.max_in_flight", "at least 1", 0));
+        }
+        a.batch_latency.require_positive("archive.batch_latency")?;
+        if let Some(t) = a.msg_timeout {
+            let range = std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(900);
+            if !range.contains(&t.get()) || t.get() <= a.batch_latency.get() {
+                return Err(Invalid::new(
+                    "archive.msg_timeout",
+                    "a duration of 1s..15m, longer than archive.batch_latency",
+                    format!("\"{t}\""),
+                ));
+            }
+        }
+        a.lookupd_poll_interval
+            .require_positive("archive.lookupd_poll_interval")?;
+        a.retention_interval
+            .require_positive("archive.retention_interval")?;
+        self.shutdown.timeout.require_positive("shutdown.timeout")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svc::ConfigLoader;
+
+    fn load(sets: &[&str]) -> Result<Config, String> {
+        ConfigLoader::new("ARCHIVER")
+            .with_env(Vec::<(String, String)>::new())
+            .set(sets.iter().copied())
+            .load::<Config>()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = load(&[
+            "archive.database=a.db",
+            "archive.topics=a,b",
+            "archive.retention=1h",
+        ])
+        .unwrap();
+        assert_eq!(c.archive.channel, "archive");
+        assert_eq!(c.archive.topics, ["a", "b"]);
+        assert_eq!(
+            c.archive.retention(),
+            Some(std::time::Duration::from_secs(3600))
+        );
+        let off = load(&["archive.database=a.db", "archive.retention=0s"]).unwrap();
+        assert_eq!(off.archive.retention(), None);
+    }
+
+    #[test]
+    fn bad_values_are_one_line_naming_the_key() {
+        let err = load(&["archive.database=a.db", "archive.topics=ok,bad topic"]).unwrap_err();
+        assert!(
+            err.contains("archive.topics[1]") && err.contains("\"bad topic\""),
+            "{err}"
+        );
+        let err = load(&["archive.database=a.db", "archive.channel=x#ephemeral"]).unwrap_err();
+        assert!(err.contains("archive.channel"), "{err}");
+        let err = load(&[]).unwrap_err();
+        assert!(err.contains("archive.database"), "{err}");
+        let err = load(&["archive.database=a.db", "archive.batch_size=0"]).unwrap_err();
+        assert!(err.contains("archive.batch_size"), "{err}");
+    }
+}

@@ -1,0 +1,195 @@
+//! `archiver run`: one consumer per topic on the durable archive channel, all feeding the
+//! writer thread; FIN only after commit; graceful stop on SIGTERM / SIGINT.
+//!
+//! **Finish after commit.** Each handler sends its message to the writer with a oneshot and
+//! awaits the answer; returning `Ok` is what FINs the message, and only a committed batch
+//! answers `Ok`. So that batches can fill, every topic's consumer runs as many handler tasks as
+//! it has messages in flight (`concurrency = max_in_flight`): they are cheap tasks that mostly
+//! wait. A store error answers `Err`, and the consumer REQueues the message with a delay.
+
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use archiver::Store;
+use nsq::{Consumer, ConsumerConfig, HandlerError, Message};
+use svc::Shutdown;
+
+use super::config::Config;
+use super::writer::{self, Command, Limits, Record};
+use super::{Setup, retention};
+
+/// Handler of one topic: hands each message to the writer and waits for its commit.
+struct ArchiveHandler {
+    topic: Arc<str>,
+    writer: Sender<Command>,
+}
+
+impl nsq::Handler for ArchiveHandler {
+    async fn handle(&self, msg: Message) -> Result<(), HandlerError> {
+        let (reply, committed) = tokio::sync::oneshot::channel();
+        let record = Record {
+            topic: Arc::clone(&self.topic),
+            nsqd: msg.nsqd_address().to_owned(),
+            msg_id: *msg.id(),
+            nsqd_ts_ns: msg.timestamp_ns(),
+            attempts: msg.attempts(),
+            body: msg.body().clone(),
+            reply,
+        };
+        if self.writer.send(Command::Store(record)).is_err() {
+            return Err("the archive writer has stopped".into());
+        }
+        match committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(Box::new(StoreFailureError(err))),
+            Err(_) => Err("the archive writer has stopped".into()),
+        }
+    }
+
+    async fn give_up(&self, _msg: &Message) {
+        // Unreachable with max_attempts = 0; never finish a message we did not store.
+    }
+}
+
+/// A shared store error as a handler error.
+#[derive(Debug)]
+struct StoreFailureError(writer::StoreFailure);
+
+impl std::fmt::Display for StoreFailureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for StoreFailureError {}
+
+/// Runs the archiver until a signal (exit 0) or a fatal store error (exit 2, via `Err`).
+pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
+    let a = &config.archive;
+    let database = a.database.clone().expect("validated");
+    if a.topics.is_empty() {
+        return Err(Setup(format!(
+            "{config_name}: archive.topics: expected at least one topic to archive, found none"
+        ))
+        .into());
+    }
+    if a.lookupd_http_addresses.is_empty() && a.nsqd_tcp_addresses.is_empty() {
+        return Err(Setup(format!(
+            "{config_name}: archive.lookupd_http_addresses / archive.nsqd_tcp_addresses: \
+             expected at least one address, found none"
+        ))
+        .into());
+    }
+    // Opened before subscribing: a bad database must not take a single message.
+    let store = Store::open(&database)?;
+    let shutdown = Shutdown::new();
+    let signal = shutdown.trigger_on_signal();
+    let limits = Limits {
+        batch_size: a.batch_size,
+        batch_latency: a.batch_latency.get(),
+    };
+    let on_fatal = {
+        let shutdown = shutdown.clone();
+        move |_| shutdown.trigger()
+    };
+    let (writer_tx, writer) = writer::spawn(store, limits, on_fatal);
+    let retention = match a.retention() {
+        Some(keep) => Some(retention::spawn(
+            Store::open(&database)?,
+            keep,
+            a.retention_interval.get(),
+        )),
+        None => None,
+    };
+
+    let mut consumers = Vec::new();
+    for topic in &a.topics {
+        let cfg = ConsumerConfig {
+            lookupd_http_addresses: a
+                .lookupd_http_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            nsqd_tcp_addresses: a
+                .nsqd_tcp_addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            max_in_flight: a.max_in_flight,
+            concurrency: usize::try_from(a.max_in_flight).unwrap_or(usize::MAX),
+            lookupd_poll_interval: a.lookupd_poll_interval.get(),
+            // Never give up on a message: giving up finishes it without storing it.
+            max_attempts: 0,
+            requeue_delay: a.requeue_delay.get(),
+            max_requeue_delay: a.requeue_delay.get().max(Duration::from_secs(60)),
+            conn: nsq::Config {
+                msg_timeout: a.msg_timeout.map(svc::HumanDuration::get),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let handler = ArchiveHandler {
+            topic: Arc::from(topic.as_str()),
+            writer: writer_tx.clone(),
+        };
+        let consumer = Consumer::start(topic, &a.channel, cfg, handler)
+            .with_context(|| format!("subscribing to topic {topic:?}"))?;
+        consumers.push(consumer);
+    }
+    tracing::info!(
+        database = %database.display(),
+        topics = ?a.topics,
+        channel = %a.channel,
+        "archiving"
+    );
+
+    shutdown.wait().await;
+    signal.abort();
+    let timeout = config.shutdown.timeout.get();
+    let stops = consumers.into_iter().map(|c| c.stop(timeout));
+    let reports = futures_join_all(stops).await;
+    for report in &reports {
+        if !report.clean {
+            tracing::warn!(
+                abandoned = report.abandoned,
+                "some messages were still in flight at the shutdown timeout; nsqd redelivers them"
+            );
+        }
+    }
+    let _ = writer_tx.send(Command::Stop);
+    drop(writer_tx);
+    let outcome = tokio::task::spawn_blocking(move || writer.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the archive writer thread panicked"))?;
+    if let Some(stop) = retention {
+        stop.stop().await;
+    }
+    if let Some(fatal) = outcome.fatal {
+        return Err(Setup(fatal.to_string()).into());
+    }
+    tracing::info!(
+        inserted = outcome.inserted,
+        duplicates = outcome.duplicates,
+        batches = outcome.batches,
+        "archiver stopped"
+    );
+    Ok(())
+}
+
+/// Awaits every future concurrently (a tiny `join_all`, to keep `futures` out of the binary).
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}

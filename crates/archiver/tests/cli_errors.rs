@@ -1,0 +1,125 @@
+//! Unusable databases and bad names end the archiver with one clear line and status 2, before
+//! it takes a single message.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use support::ARCHIVER;
+
+fn run(db: &std::path::Path, sets: &[&str]) -> Output {
+    let mut cmd = Command::new(ARCHIVER);
+    cmd.args([
+        "run",
+        "--set",
+        &format!("archive.database={}", db.display()),
+    ]);
+    cmd.args(["--set", "archive.nsqd_tcp_addresses=127.0.0.1:1"]);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().unwrap()
+}
+
+/// Exit status 2 and exactly one line on stderr, containing `needle`.
+fn assert_one_line_exit_2(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains(needle),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_corrupt_database_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("corrupt.db");
+    std::fs::write(&db, vec![0x42u8; 8192]).unwrap();
+    let out = run(&db, &["archive.topics=t"]);
+    assert_one_line_exit_2(&out, "is not a SQLite database or is corrupt");
+}
+
+#[test]
+fn another_programs_database_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("theirs.db");
+    // An archive whose header then says it belongs to another program (application_id, at
+    // offset 68 of the SQLite header).
+    archiver::Store::open(&db).unwrap().checkpoint().unwrap();
+    let mut bytes = std::fs::read(&db).unwrap();
+    bytes[68..72].copy_from_slice(&7i32.to_be_bytes());
+    std::fs::write(&db, bytes).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    let out = run(&db, &["archive.topics=t"]);
+    assert_one_line_exit_2(&out, "is not an archiver database");
+}
+
+#[test]
+fn a_read_only_database_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("ro");
+    std::fs::create_dir(&sub).unwrap();
+    let db = sub.join("archive.db");
+    archiver::Store::open(&db).unwrap().checkpoint().unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Whether the mode binds this user (it does not bind root).
+    let probe = sub.join("probe");
+    let is_root = std::fs::File::create(&probe).is_ok();
+    let _ = std::fs::remove_file(&probe);
+    let mut cmd = if is_root {
+        // Root writes whatever the mode says: run as nobody, for whom the file is read-only.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", ARCHIVER]);
+        c
+    } else {
+        Command::new(ARCHIVER)
+    };
+    cmd.args([
+        "run",
+        "--set",
+        &format!("archive.database={}", db.display()),
+    ]);
+    cmd.args([
+        "--set",
+        "archive.nsqd_tcp_addresses=127.0.0.1:1",
+        "--set",
+        "archive.topics=t",
+    ]);
+    let out = cmd.output().unwrap();
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_one_line_exit_2(&out, "is read-only");
+}
+
+#[test]
+fn a_topic_name_nsq_rejects_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("a.db");
+    let out = run(&db, &["archive.topics=good,bad/topic"]);
+    assert_one_line_exit_2(&out, "archive.topics[1]");
+    assert!(!db.exists(), "nothing is created for a bad config");
+}
+
+#[test]
+fn reading_commands_refuse_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("missing.db");
+    for cmd in ["stats", "query"] {
+        let out = Command::new(ARCHIVER)
+            .args([cmd, "--set", &format!("archive.database={}", db.display())])
+            .output()
+            .unwrap();
+        assert_one_line_exit_2(&out, "does not exist");
+    }
+    assert!(!db.exists());
+}
