@@ -45,6 +45,15 @@ impl Conn {
     }
 }
 
+impl Drop for Conn {
+    /// A connection nobody holds (e.g. one whose handshake finished after the consumer
+    /// stopped) must not stay subscribed: dropping a JoinHandle does not stop its task.
+    fn drop(&mut self) {
+        let _ = self.shared.cmd.send(Cmd::Close);
+        self.reader.abort();
+    }
+}
+
 /// Connects, subscribes and starts the two tasks.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn open(

@@ -211,7 +211,7 @@ impl std::fmt::Debug for Consumer {
 
 impl Consumer {
     /// Starts consuming `topic` on `channel`. Returns at once; connections are made in the
-    /// background and retried until [`Consumer::stop`].
+    /// background and retried until [`Consumer::stop`]. Call it within a tokio runtime.
     pub fn start<H: Handler>(
         topic: &str,
         channel: &str,
