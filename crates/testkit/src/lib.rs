@@ -14,6 +14,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod api_server;
 mod bins;
 mod cluster;
 mod data_server;
@@ -22,6 +23,7 @@ mod process;
 mod project;
 mod stats;
 
+pub use api_server::ApiServer;
 pub use bins::{
     NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
     workspace_root,

@@ -1,0 +1,136 @@
+//! The admin listener: `/registry`, `/registry/events` (SSE), `/healthz`, `/readyz`, `/metrics` and `/`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use discovery::RegistryView;
+use futures::Stream;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use crate::bus::BusView;
+use crate::state::AppState;
+
+/// How often the event stream also sends the whole registry, so ages and expiry countdowns stay current on the
+/// dashboard between changes.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `GET /registry`: the contract's fields, plus the bus state and who answers.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegistryDocument {
+    /// servers, self_preservation, ttl_ms.
+    #[serde(flatten)]
+    pub registry: RegistryView,
+    /// Bus liveness as measured by the canary.
+    pub bus: BusView,
+    /// This api-server instance.
+    pub instance: String,
+    /// The balancing strategy.
+    pub strategy: &'static str,
+}
+
+/// The admin router.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/registry", get(registry))
+        .route("/registry/events", get(events))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn document(state: &AppState) -> RegistryDocument {
+    let now = Instant::now();
+    RegistryDocument {
+        registry: state.registry().view(now),
+        bus: state.bus().view(now),
+        instance: state.instance().to_owned(),
+        strategy: state.balancer().strategy().as_str(),
+    }
+}
+
+async fn registry(State(state): State<AppState>) -> Json<RegistryDocument> {
+    Json(document(&state))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let connections = state.heartbeat_connections();
+    let live = state.registry().live_count(Instant::now());
+    let ready = connections >= 1 && live >= 1;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": ready,
+        "nsqd_connections": connections,
+        "live_servers": live,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, svc::METRICS_CONTENT_TYPE)],
+        state.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+/// `GET /registry/events`: a `snapshot` first, then one event per change (`join`, `leave`, `expire`, `eject`,
+/// `recover`, each with the registry after it), and a `snapshot` every [`SNAPSHOT_INTERVAL`].
+async fn events(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = state.registry().subscribe();
+    let mut tick = tokio::time::interval(SNAPSHOT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures::stream::unfold((state, rx, tick), |(state, mut rx, mut tick)| async {
+        let event = tokio::select! {
+            // Streams never end on their own; ending them at shutdown lets the listener drain.
+            () = state.shutdown().wait() => return None,
+            _ = tick.tick() => snapshot_event(&state),
+            received = rx.recv() => match received {
+                Ok(change) => {
+                    let body = serde_json::json!({
+                        "kind": change.kind,
+                        "id": change.id,
+                        "addr": change.addr,
+                        "registry": document(&state),
+                    });
+                    SseEvent::default()
+                        .event(change.kind.as_str())
+                        .data(body.to_string())
+                }
+                // Missed changes are covered by a fresh snapshot.
+                Err(broadcast::error::RecvError::Lagged(_)) => snapshot_event(&state),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        Some((Ok(event), (state, rx, tick)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn snapshot_event(state: &AppState) -> SseEvent {
+    let body = serde_json::json!({ "kind": "snapshot", "registry": document(state) });
+    SseEvent::default().event("snapshot").data(body.to_string())
+}

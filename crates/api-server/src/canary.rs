@@ -1,0 +1,280 @@
+//! The canary: bus liveness by measurement, not by guess.
+//!
+//! Every `canary_interval` the api-server publishes a small JSON message to every nsqd it knows (configured
+//! `nsqd_tcp_addresses` plus every node nsqlookupd lists) on a topic of its own, `<discovery.topic>.canary#ephemeral`,
+//! and subscribes to that topic on each nsqd directly, on its own ephemeral channel. A canary coming back through an
+//! nsqd proves that nsqd accepts, stores and delivers right now.
+//!
+//! Why a separate topic rather than canaries on the heartbeat topic: other api-servers (and Go services, and the
+//! archiver) read the heartbeat topic, and would have to recognise canaries or count them as malformed heartbeats.
+//! On a topic of its own nobody else sees them. Ephemeral, so nsqd drops the topic once no api-server listens
+//! instead of queueing canaries forever. Every api-server accepts every fresh canary, its own or another's: any of
+//! them proves delivery. Stale ones (older than the timeout by their `sent_at_ms`, e.g. queued while nobody
+//! listened) prove nothing and are ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use discovery::Registry;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use svc::Shutdown;
+use tokio::time::Instant;
+
+use crate::bus::Bus;
+
+/// What the canary needs to know.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    /// The canary topic.
+    pub topic: String,
+    /// This instance's channel on it.
+    pub channel: String,
+    /// This instance's name, written into its canaries.
+    pub instance: String,
+    /// How often to publish.
+    pub interval: Duration,
+    /// A canary older than this proves nothing.
+    pub timeout: Duration,
+    /// How often nsqlookupd is asked for the nsqd set.
+    pub poll_interval: Duration,
+    /// nsqlookupd HTTP addresses.
+    pub lookupd_http_addresses: Vec<String>,
+    /// nsqd TCP addresses always probed.
+    pub nsqd_tcp_addresses: Vec<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CanaryBody {
+    canary: u8,
+    from: String,
+    sent_at_ms: u64,
+}
+
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether `body` is a canary sent less than `timeout` ago.
+fn is_fresh(body: &[u8], timeout: Duration) -> bool {
+    let Ok(canary) = serde_json::from_slice::<CanaryBody>(body) else {
+        return false;
+    };
+    // A canary from a clock slightly ahead is fresh, not stale.
+    canary.canary == 1 && wall_ms().saturating_sub(canary.sent_at_ms) < timeout.as_millis() as u64
+}
+
+/// A producer and a direct consumer on one nsqd.
+struct Probe {
+    producer: nsq::Producer,
+    consumer: nsq::Consumer,
+}
+
+impl Probe {
+    fn start(addr: &str, cfg: &CanaryConfig, bus: &Bus) -> Result<Probe, nsq::Error> {
+        let conn = nsq::Config {
+            output_buffer: nsq::OutputBuffer::Unbuffered,
+            // nsqd's minimum; a frozen nsqd is noticed within two of these.
+            heartbeat_interval: Some(Duration::from_secs(1)),
+            dial_timeout: cfg.interval.max(Duration::from_millis(100)),
+            ..nsq::Config::default()
+        };
+        let producer = nsq::Producer::new(
+            addr,
+            nsq::ProducerConfig {
+                conn: conn.clone(),
+                publish_timeout: cfg.interval.max(Duration::from_millis(100)),
+                ..nsq::ProducerConfig::default()
+            },
+        )?;
+        let (bus, nsqd, timeout) = (bus.clone(), addr.to_owned(), cfg.timeout);
+        let consumer = nsq::Consumer::start(
+            &cfg.topic,
+            &cfg.channel,
+            nsq::ConsumerConfig {
+                conn,
+                nsqd_tcp_addresses: vec![addr.to_owned()],
+                max_in_flight: 16,
+                concurrency: 1,
+                reconnect_min: Duration::from_millis(100),
+                reconnect_max: Duration::from_secs(1),
+                ..nsq::ConsumerConfig::default()
+            },
+            move |msg: nsq::Message| {
+                let (bus, nsqd) = (bus.clone(), nsqd.clone());
+                async move {
+                    if is_fresh(msg.body(), timeout) {
+                        bus.canary_received(&nsqd, Instant::now());
+                    }
+                    // Always finished: a canary is never worth a redelivery.
+                    Ok::<(), nsq::HandlerError>(())
+                }
+            },
+        )?;
+        Ok(Probe { producer, consumer })
+    }
+
+    async fn stop(self) {
+        self.consumer.stop(Duration::from_secs(1)).await;
+        self.producer.close(Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs the canary until `shutdown`: refreshes the nsqd set, publishes, and re-evaluates bus liveness every
+/// interval. `heartbeat_connections` reads the heartbeat consumer's open connections.
+pub async fn run(
+    cfg: CanaryConfig,
+    bus: Bus,
+    registry: Registry,
+    heartbeat_connections: impl Fn() -> i64 + Send + 'static,
+    shutdown: Shutdown,
+) {
+    let http: Client<HttpConnector, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let mut probes: BTreeMap<String, Probe> = BTreeMap::new();
+    let mut tick = tokio::time::interval(cfg.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_refresh = Instant::now();
+    let mut seq: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.wait() => break,
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + cfg.poll_interval;
+            if let Some(addrs) = nsqd_set(&http, &cfg).await {
+                reconcile(&mut probes, &addrs, &cfg, &bus).await;
+            }
+        }
+        seq += 1;
+        let body = serde_json::to_vec(&CanaryBody {
+            canary: 1,
+            from: format!("{}#{seq}", cfg.instance),
+            sent_at_ms: wall_ms(),
+        })
+        .unwrap_or_default();
+        let (topic, body, bus_ref) = (&cfg.topic, &body, &bus);
+        let publishes = probes.iter().map(|(addr, probe)| async move {
+            let result = probe.producer.publish(topic, body).await;
+            if let Err(err) = &result {
+                tracing::debug!(nsqd = %addr, "canary publish failed: {err}");
+            }
+            bus_ref.canary_published(result.is_ok());
+        });
+        futures::future::join_all(publishes).await;
+        bus.evaluate(&registry, heartbeat_connections(), Instant::now());
+    }
+    futures::future::join_all(probes.into_values().map(Probe::stop)).await;
+}
+
+/// Starts probes for new nsqd and stops those that are gone.
+async fn reconcile(
+    probes: &mut BTreeMap<String, Probe>,
+    addrs: &BTreeSet<String>,
+    cfg: &CanaryConfig,
+    bus: &Bus,
+) {
+    let gone: Vec<String> = probes
+        .keys()
+        .filter(|a| !addrs.contains(*a))
+        .cloned()
+        .collect();
+    for addr in gone {
+        if let Some(probe) = probes.remove(&addr) {
+            tracing::info!(nsqd = %addr, "nsqd left the set; canary probe stopped");
+            tokio::spawn(probe.stop());
+        }
+    }
+    for addr in addrs {
+        if probes.contains_key(addr) {
+            continue;
+        }
+        match Probe::start(addr, cfg, bus) {
+            Ok(probe) => {
+                tracing::info!(nsqd = %addr, "canary probe started");
+                probes.insert(addr.clone(), probe);
+            }
+            Err(err) => tracing::warn!(nsqd = %addr, "cannot start a canary probe: {err}"),
+        }
+    }
+    let list: Vec<String> = probes.keys().cloned().collect();
+    bus.set_nsqds(&list);
+}
+
+/// Configured nsqd plus every node of every reachable nsqlookupd; `None` when nothing could be learned (keep the
+/// current set rather than drop every probe because nsqlookupd is down).
+async fn nsqd_set(
+    http: &Client<HttpConnector, Empty<Bytes>>,
+    cfg: &CanaryConfig,
+) -> Option<BTreeSet<String>> {
+    let mut set: BTreeSet<String> = cfg.nsqd_tcp_addresses.iter().cloned().collect();
+    let mut answered = cfg.lookupd_http_addresses.is_empty();
+    for lookupd in &cfg.lookupd_http_addresses {
+        match lookupd_nodes(http, lookupd).await {
+            Ok(nodes) => {
+                answered = true;
+                set.extend(nodes);
+            }
+            Err(err) => tracing::debug!(%lookupd, "nsqlookupd /nodes failed: {err}"),
+        }
+    }
+    answered.then_some(set)
+}
+
+/// `GET /nodes` of one nsqlookupd: the TCP address of every nsqd registered there.
+async fn lookupd_nodes(
+    http: &Client<HttpConnector, Empty<Bytes>>,
+    lookupd: &str,
+) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
+    let uri: hyper::Uri = format!("http://{lookupd}/nodes").parse()?;
+    let response = tokio::time::timeout(Duration::from_secs(2), http.get(uri)).await??;
+    if !response.status().is_success() {
+        return Err(format!("status {}", response.status()).into());
+    }
+    let body = tokio::time::timeout(Duration::from_secs(2), response.into_body().collect())
+        .await??
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body)?;
+    // nsqlookupd answers {"producers":[...]}, or wrapped in "data" for old clients.
+    let producers = value
+        .get("data")
+        .unwrap_or(&value)
+        .get("producers")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default();
+    Ok(producers
+        .iter()
+        .filter_map(|p| {
+            let host = p.get("broadcast_address")?.as_str()?;
+            let port = p.get("tcp_port")?.as_u64()?;
+            Some(if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            })
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness() {
+        let now = wall_ms();
+        let body = |at: u64| format!(r#"{{"canary":1,"from":"a#1","sent_at_ms":{at}}}"#);
+        let timeout = Duration::from_secs(1);
+        assert!(is_fresh(body(now).as_bytes(), timeout));
+        assert!(is_fresh(body(now + 50).as_bytes(), timeout), "clock skew");
+        assert!(!is_fresh(body(now - 5000).as_bytes(), timeout));
+        assert!(!is_fresh(b"10.0.0.1:80", timeout));
+    }
+}

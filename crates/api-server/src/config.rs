@@ -1,0 +1,376 @@
+//! The api-server's configuration: serde structs with named defaults, validated once into values
+//! the rest of the crate can trust.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use discovery::Strategy;
+use ipnet::IpNet;
+use serde::Deserialize;
+use svc::{HostPort, HumanDuration, Invalid, Validate};
+
+/// Contract default of `discovery.topic`.
+pub const DEFAULT_TOPIC: &str = "data_server_addr";
+/// Contract default of `discovery.lookupd_poll_interval`.
+pub const DEFAULT_LOOKUPD_POLL_INTERVAL: Duration = Duration::from_secs(2);
+/// Contract default of `discovery.ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// Contract default of `discovery.prune_interval`.
+pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(2);
+/// Default of `shutdown.timeout`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Suffix of the default canary topic, after `discovery.topic`.
+pub const CANARY_TOPIC_SUFFIX: &str = ".canary#ephemeral";
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[discovery]`
+    pub discovery: DiscoveryConfig,
+    /// `[balancer]`
+    pub balancer: BalancerSection,
+    /// `[proxy]`
+    pub proxy: ProxyConfig,
+    /// `[shutdown]`
+    pub shutdown: ShutdownConfig,
+}
+
+/// `[server]`: where to listen.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The proxy listener (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// The admin listener: registry, events, health, metrics, dashboard.
+    pub admin_listen: SocketAddr,
+    /// Name of this api-server instance (default: generated); used in the default channel name.
+    pub instance: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            instance: None,
+        }
+    }
+}
+
+/// `[discovery]`: where heartbeats come from and how long they count.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// The heartbeat topic.
+    pub topic: String,
+    /// Channel of this instance (default `api-server-<instance>#ephemeral`): each api-server needs its own,
+    /// since NSQ gives each message of a channel to only one of its subscribers.
+    pub channel: Option<String>,
+    /// nsqlookupd HTTP addresses.
+    pub lookupd_http_addresses: Vec<HostPort>,
+    /// nsqd TCP addresses to subscribe to directly.
+    pub nsqd_tcp_addresses: Vec<HostPort>,
+    /// How often nsqlookupd is polled.
+    pub lookupd_poll_interval: HumanDuration,
+    /// A server is live while heard from within this.
+    pub ttl: HumanDuration,
+    /// How often expired servers are swept (expiry is also checked on every read).
+    pub prune_interval: HumanDuration,
+    /// File holding the shared HMAC key; when set, only signed heartbeats are accepted.
+    pub hmac_key_file: Option<PathBuf>,
+    /// CIDRs allowed to register (empty: any).
+    pub allowed_networks: Vec<IpNet>,
+    /// Topic of the bus-liveness canary (default `<topic>.canary#ephemeral`).
+    pub canary_topic: Option<String>,
+    /// How often a canary is published to every known nsqd (default: ttl / 10, at least 100ms).
+    pub canary_interval: Option<HumanDuration>,
+    /// The bus counts as down when no canary arrived for this long (default: ttl / 4, at least 3 intervals).
+    pub canary_timeout: Option<HumanDuration>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            topic: DEFAULT_TOPIC.to_owned(),
+            channel: None,
+            lookupd_http_addresses: Vec::new(),
+            nsqd_tcp_addresses: Vec::new(),
+            lookupd_poll_interval: DEFAULT_LOOKUPD_POLL_INTERVAL.into(),
+            ttl: DEFAULT_TTL.into(),
+            prune_interval: DEFAULT_PRUNE_INTERVAL.into(),
+            hmac_key_file: None,
+            allowed_networks: Vec::new(),
+            canary_topic: None,
+            canary_interval: None,
+            canary_timeout: None,
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// The canary topic in effect.
+    pub fn canary_topic(&self) -> String {
+        self.canary_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}{CANARY_TOPIC_SUFFIX}", self.topic))
+    }
+
+    /// The canary interval in effect.
+    pub fn canary_interval(&self) -> Duration {
+        self.canary_interval
+            .map(Duration::from)
+            .unwrap_or_else(|| (self.ttl.get() / 10).max(Duration::from_millis(100)))
+    }
+
+    /// The canary timeout in effect.
+    pub fn canary_timeout(&self) -> Duration {
+        self.canary_timeout
+            .map(Duration::from)
+            .unwrap_or_else(|| (self.ttl.get() / 4).max(3 * self.canary_interval()))
+    }
+}
+
+/// `[balancer]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalancerSection {
+    /// `p2c` (default), `round_robin` or `random`.
+    pub strategy: Strategy,
+    /// First ejection time after a failure.
+    pub base_ejection: HumanDuration,
+    /// Longest ejection time.
+    pub max_ejection: HumanDuration,
+    /// Never eject more than this share of the live servers.
+    pub max_ejected_share: f64,
+}
+
+impl Default for BalancerSection {
+    fn default() -> Self {
+        let d = discovery::BalancerConfig::default();
+        BalancerSection {
+            strategy: d.strategy,
+            base_ejection: d.base_ejection.into(),
+            max_ejection: d.max_ejection.into(),
+            max_ejected_share: d.max_ejected_share,
+        }
+    }
+}
+
+/// `[proxy]`: timeouts and retries of proxied requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Bound on opening a connection to a data server.
+    pub connect_timeout: HumanDuration,
+    /// Bound on one try, until the response head arrives.
+    pub try_timeout: HumanDuration,
+    /// Bound on all tries of one request together.
+    pub total_timeout: HumanDuration,
+    /// Most tries per request (first try included).
+    pub max_tries: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            connect_timeout: HumanDuration::from_millis(500),
+            try_timeout: HumanDuration::from_secs(10),
+            total_timeout: HumanDuration::from_secs(30),
+            max_tries: 3,
+        }
+    }
+}
+
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// Bound on draining everything at shutdown.
+    pub timeout: HumanDuration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            timeout: DEFAULT_SHUTDOWN_TIMEOUT.into(),
+        }
+    }
+}
+
+impl Config {
+    /// The instance name in effect (generated once when not configured).
+    pub fn instance(&self) -> String {
+        self.server.instance.clone().unwrap_or_else(|| {
+            use rand::Rng;
+            format!("{:08x}", rand::rng().random::<u32>())
+        })
+    }
+
+    /// The channel for `instance`.
+    pub fn channel(&self, instance: &str) -> String {
+        self.discovery
+            .channel
+            .clone()
+            .unwrap_or_else(|| format!("api-server-{instance}#ephemeral"))
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), Invalid> {
+        let d = &self.discovery;
+        if nsq::validate_topic(&d.topic).is_err() {
+            return Err(Invalid::new(
+                "discovery.topic",
+                "an NSQ topic name ([.a-zA-Z0-9_-], 1-64 bytes)",
+                format!("{:?}", d.topic),
+            ));
+        }
+        if let Some(channel) = &d.channel
+            && nsq::validate_channel(channel).is_err()
+        {
+            return Err(Invalid::new(
+                "discovery.channel",
+                "an NSQ channel name ([.a-zA-Z0-9_-], optional #ephemeral, 1-64 bytes)",
+                format!("{channel:?}"),
+            ));
+        }
+        if let Some(instance) = &self.server.instance
+            && nsq::validate_channel(&format!("api-server-{instance}#ephemeral")).is_err()
+        {
+            return Err(Invalid::new(
+                "server.instance",
+                "a short name of [.a-zA-Z0-9_-] (it becomes part of the channel name)",
+                format!("{instance:?}"),
+            ));
+        }
+        let canary = d.canary_topic();
+        if nsq::validate_topic(&canary).is_err() {
+            return Err(Invalid::new(
+                "discovery.canary_topic",
+                "an NSQ topic name of at most 64 bytes (set it when discovery.topic is long)",
+                format!("{canary:?}"),
+            ));
+        }
+        if d.lookupd_http_addresses.is_empty() && d.nsqd_tcp_addresses.is_empty() {
+            return Err(Invalid::new(
+                "discovery.lookupd_http_addresses",
+                "at least one nsqlookupd HTTP address or one discovery.nsqd_tcp_addresses entry",
+                "none",
+            ));
+        }
+        d.lookupd_poll_interval
+            .require_positive("discovery.lookupd_poll_interval")?;
+        d.ttl.require_positive("discovery.ttl")?;
+        d.prune_interval
+            .require_positive("discovery.prune_interval")?;
+        if let Some(i) = d.canary_interval {
+            i.require_positive("discovery.canary_interval")?;
+        }
+        if let Some(t) = d.canary_timeout {
+            t.require_positive("discovery.canary_timeout")?;
+        }
+        if d.canary_timeout() <= d.canary_interval() {
+            return Err(Invalid::new(
+                "discovery.canary_timeout",
+                format!(
+                    "more than discovery.canary_interval ({})",
+                    HumanDuration(d.canary_interval())
+                ),
+                HumanDuration(d.canary_timeout()),
+            ));
+        }
+        if self.server.listen == self.server.admin_listen && self.server.listen.port() != 0 {
+            return Err(Invalid::new(
+                "server.admin_listen",
+                "an address other than server.listen",
+                self.server.admin_listen,
+            ));
+        }
+        let b = &self.balancer;
+        b.base_ejection.require_positive("balancer.base_ejection")?;
+        if b.max_ejection < b.base_ejection {
+            return Err(Invalid::new(
+                "balancer.max_ejection",
+                format!("at least balancer.base_ejection ({})", b.base_ejection),
+                b.max_ejection,
+            ));
+        }
+        if !(0.0..=1.0).contains(&b.max_ejected_share) {
+            return Err(Invalid::new(
+                "balancer.max_ejected_share",
+                "a share within 0.0..=1.0",
+                b.max_ejected_share,
+            ));
+        }
+        let p = &self.proxy;
+        p.connect_timeout
+            .require_positive("proxy.connect_timeout")?;
+        p.try_timeout.require_positive("proxy.try_timeout")?;
+        p.total_timeout.require_positive("proxy.total_timeout")?;
+        if p.max_tries == 0 {
+            return Err(Invalid::new("proxy.max_tries", "at least 1", 0));
+        }
+        self.shutdown.timeout.require_positive("shutdown.timeout")?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use svc::ConfigLoader;
+
+    fn load(flags: &[&str]) -> Result<Config, svc::ConfigError> {
+        ConfigLoader::new("")
+            .set(flags.iter().copied())
+            .load::<Config>()
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let c = load(&["discovery.nsqd_tcp_addresses=127.0.0.1:4150"]).unwrap();
+        assert_eq!(c.discovery.topic, "data_server_addr");
+        assert_eq!(c.discovery.ttl.get(), Duration::from_secs(10));
+        assert_eq!(c.discovery.prune_interval.get(), Duration::from_secs(2));
+        assert_eq!(
+            c.discovery.lookupd_poll_interval.get(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(c.balancer.strategy, Strategy::P2c);
+        assert_eq!(c.channel("a1"), "api-server-a1#ephemeral");
+        assert_eq!(
+            c.discovery.canary_topic(),
+            "data_server_addr.canary#ephemeral"
+        );
+        assert_eq!(c.discovery.canary_interval(), Duration::from_secs(1));
+        assert_eq!(c.discovery.canary_timeout(), Duration::from_millis(3000));
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let err = load(&[
+            "discovery.ttl=0s",
+            "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("discovery.ttl"), "{err}");
+        let err = load(&["balancer.strategy=fastest"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("balancer.strategy"), "{err}");
+        let err = load(&[]).unwrap_err().to_string();
+        assert!(err.contains("discovery.lookupd_http_addresses"), "{err}");
+        let err = load(&[
+            "discovery.channel=bad name",
+            "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("discovery.channel"), "{err}");
+    }
+}

@@ -1,0 +1,137 @@
+//! The heartbeat subscription: every message of `discovery.topic` goes into the registry, and every one is
+//! finished, malformed or not (a redelivery could not make a malformed body any better).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use discovery::{Outcome, Registry};
+use tokio::time::Instant;
+
+/// What the heartbeat consumer needs to know.
+#[derive(Debug, Clone)]
+pub struct SubscriptionConfig {
+    /// The heartbeat topic.
+    pub topic: String,
+    /// This instance's channel.
+    pub channel: String,
+    /// nsqlookupd HTTP addresses.
+    pub lookupd_http_addresses: Vec<String>,
+    /// nsqd TCP addresses.
+    pub nsqd_tcp_addresses: Vec<String>,
+    /// nsqlookupd poll interval.
+    pub lookupd_poll_interval: Duration,
+}
+
+/// Starts the heartbeat consumer feeding `registry`.
+pub fn subscribe(
+    cfg: &SubscriptionConfig,
+    registry: Registry,
+) -> Result<nsq::Consumer, nsq::Error> {
+    let log = Arc::new(RateLimitedLog::new(Duration::from_secs(5)));
+    let consumer_cfg = nsq::ConsumerConfig {
+        conn: nsq::Config {
+            // nsqd's output buffering would hold a lone heartbeat for up to 250 ms while RDY > 1.
+            output_buffer: nsq::OutputBuffer::Unbuffered,
+            heartbeat_interval: Some(Duration::from_secs(5)),
+            ..nsq::Config::default()
+        },
+        lookupd_http_addresses: cfg.lookupd_http_addresses.clone(),
+        nsqd_tcp_addresses: cfg.nsqd_tcp_addresses.clone(),
+        lookupd_poll_interval: cfg.lookupd_poll_interval,
+        // Heartbeats are tiny and handled in microseconds; a deep window keeps 10k servers flowing.
+        max_in_flight: 2500,
+        concurrency: 2,
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        // Never give up or requeue: every message is finished by the handler.
+        max_attempts: 0,
+        ..nsq::ConsumerConfig::default()
+    };
+    nsq::Consumer::start(
+        &cfg.topic,
+        &cfg.channel,
+        consumer_cfg,
+        move |msg: nsq::Message| {
+            let (registry, log) = (registry.clone(), Arc::clone(&log));
+            async move {
+                let outcome = registry.observe(
+                    msg.body(),
+                    msg.timestamp_ns(),
+                    Instant::now(),
+                    SystemTime::now(),
+                );
+                match &outcome {
+                    Outcome::Rejected(rejection) => {
+                        log.warn(|suppressed| {
+                            tracing::warn!(
+                                nsqd = msg.nsqd_address(),
+                                reason = rejection.reason().as_str(),
+                                suppressed,
+                                "heartbeat rejected: {}",
+                                rejection.detail()
+                            )
+                        });
+                    }
+                    Outcome::Joined | Outcome::Left | Outcome::Moved => {
+                        tracing::debug!(?outcome, "registry changed")
+                    }
+                    _ => {}
+                }
+                Ok::<(), nsq::HandlerError>(())
+            }
+        },
+    )
+}
+
+/// At most one log line per period; the next line says how many were left out in between, so a flood of
+/// garbage costs one line per period instead of one per message.
+#[derive(Debug)]
+pub struct RateLimitedLog {
+    period: Duration,
+    last: Mutex<Option<Instant>>,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    /// A limiter allowing one line per `period`.
+    pub fn new(period: Duration) -> Self {
+        RateLimitedLog {
+            period,
+            last: Mutex::new(None),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls `emit(suppressed_since_last_line)` if a line is due, else counts one suppressed line. Returns whether
+    /// it emitted.
+    pub fn warn(&self, emit: impl FnOnce(u64)) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|at| now.saturating_duration_since(at) < self.period) {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        *last = Some(now);
+        drop(last);
+        emit(self.suppressed.swap(0, Ordering::Relaxed));
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn one_line_per_period_with_the_count_left_out() {
+        let log = RateLimitedLog::new(Duration::from_secs(5));
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            log.warn(|n| lines.push(n));
+        }
+        tokio::time::advance(Duration::from_secs(6)).await;
+        log.warn(|n| lines.push(n));
+        assert_eq!(lines, vec![0, 99]);
+    }
+}

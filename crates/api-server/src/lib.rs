@@ -1,0 +1,45 @@
+//! The api-server: consumes data-server heartbeats from NSQ into a TTL registry, serves the registry on an admin
+//! listener (JSON, Server-Sent Events, health, metrics, a live dashboard) and reverse-proxies every request on its
+//! main listener to a live data server, load-balanced.
+//!
+//! - [`Config`]: the TOML configuration (`server`, `discovery`, `balancer`, `proxy`, `shutdown`).
+//! - [`run`]: binds both listeners, subscribes, runs until a [`Shutdown`](svc::Shutdown), then drains.
+//! - [`admin_router`], [`proxy_router`]: the two routers, over one [`AppState`].
+//! - Bus liveness is measured by a canary (see the `canary` module docs): while NSQ does not deliver, expiry is
+//!   frozen and `/registry` says `"self_preservation": true`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), api_server::RunError> {
+//! let config: api_server::Config = svc::ConfigLoader::new("API_SERVER")
+//!     .set(["discovery.lookupd_http_addresses=127.0.0.1:4161", "server.listen=127.0.0.1:0"])
+//!     .load()
+//!     .expect("valid config");
+//! let shutdown = svc::Shutdown::new();
+//! shutdown.trigger_on_signal();
+//! api_server::run(config, shutdown, |at| println!("proxy {} admin {}", at.proxy, at.admin)).await
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod admin;
+mod bus;
+mod canary;
+mod config;
+mod heartbeats;
+mod proxy;
+mod server;
+mod state;
+
+pub use admin::{RegistryDocument, SNAPSHOT_INTERVAL, admin_router};
+pub use bus::{Bus, BusView, NsqdProbe};
+pub use canary::CanaryConfig;
+pub use config::{
+    BalancerSection, CANARY_TOPIC_SUFFIX, Config, DEFAULT_LOOKUPD_POLL_INTERVAL,
+    DEFAULT_PRUNE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig,
+    ProxyConfig, ServerConfig, ShutdownConfig,
+};
+pub use heartbeats::{RateLimitedLog, SubscriptionConfig, subscribe};
+pub use proxy::{ProxyError, ProxyState, UpstreamClient, proxy_router};
+pub use server::{Listening, RunError, run};
+pub use state::{AppState, Metrics};

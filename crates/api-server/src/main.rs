@@ -1,0 +1,42 @@
+//! `api-server`: heartbeat discovery over NSQ and a load-balancing reverse proxy.
+
+use clap::Parser;
+
+/// Discovers data servers from NSQ heartbeats and reverse-proxies HTTP to them.
+#[derive(Debug, Parser)]
+#[command(name = "api-server", version, long_version = svc::long_version())]
+struct Args {
+    #[command(flatten)]
+    config: svc::ConfigArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config: api_server::Config = args
+        .config
+        .loader("API_SERVER")
+        .load()
+        .unwrap_or_else(|err| svc::exit_on_config_error(err));
+    svc::init_tracing("info");
+    let shutdown = svc::Shutdown::new();
+    shutdown.trigger_on_signal();
+    let origin = args.config.config.as_ref().map_or_else(
+        || "config (no file given)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    let result = api_server::run(config, shutdown, |at| {
+        // One line each, on stdout, so that scripts and tests can read the bound ports.
+        println!("proxy listening on http://{}", at.proxy);
+        println!("admin listening on http://{}", at.admin);
+    })
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(err @ api_server::RunError::Config { .. }) => {
+            eprintln!("error: {origin}: {err}");
+            std::process::exit(svc::CONFIG_ERROR_EXIT_CODE)
+        }
+        Err(err) => Err(err.into()),
+    }
+}

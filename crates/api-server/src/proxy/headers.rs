@@ -1,0 +1,135 @@
+//! Header rewriting: hop-by-hop headers out, forwarding headers and a request id in.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use rand::Rng;
+
+/// `X-Request-Id`.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Headers meaningful for one connection only (RFC 9110 7.6.1), never forwarded.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// The incoming request id when it is short printable ASCII, else a new random one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    let incoming = headers.get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    match incoming {
+        Some(v) => v.clone(),
+        None => {
+            let id = format!("{:032x}", rand::rng().random::<u128>());
+            HeaderValue::from_str(&id).expect("hex is a valid header value")
+        }
+    }
+}
+
+/// Adds `X-Forwarded-For` (appended to any earlier hops), `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239
+/// `Forwarded` and `X-Request-Id`, and drops `Host` so that the upstream sees its own address there.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, request_id: &HeaderValue) {
+    let host = headers.remove(header::HOST);
+    let ip = peer.ip();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut forwarded = format!("for={node};proto=http");
+    if let Some(host) = &host {
+        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+        if let Ok(h) = host.to_str() {
+            forwarded.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
+        }
+    }
+    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {forwarded}"),
+        None => forwarded,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED.clone(), v);
+    }
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("example.com"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        let id = request_id(&h);
+        assert_eq!(id.len(), 32);
+        add_forwarding(&mut h, "192.0.2.7:5000".parse().unwrap(), &id);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.7;proto=http;host=\"example.com\""
+        );
+        assert_eq!(h["x-request-id"], id);
+        assert!(!h.contains_key("host"));
+        let mut kept = HeaderMap::new();
+        kept.insert("x-request-id", HeaderValue::from_static("abc-1"));
+        assert_eq!(request_id(&kept), "abc-1");
+    }
+}

@@ -1,0 +1,236 @@
+//! Wiring: listeners, registry, subscription, canary, sweeper, and an orderly stop.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use discovery::{Balancer, BalancerConfig, EventKind, HmacKey, Registry, RegistryConfig};
+use svc::Shutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::admin::admin_router;
+use crate::bus::Bus;
+use crate::canary::{self, CanaryConfig};
+use crate::config::Config;
+use crate::heartbeats::{self, SubscriptionConfig};
+use crate::proxy::{ProxyState, proxy_router};
+use crate::state::AppState;
+
+/// Why the api-server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A config value that only turned out bad when used (a key file, a listen address).
+    #[error("{key}: {detail}")]
+    Config {
+        /// The dotted config key.
+        key: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Binding a listener failed.
+    #[error("{key}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The dotted config key.
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The NSQ subscription could not start.
+    #[error("cannot subscribe to NSQ: {0}")]
+    Nsq(#[from] nsq::Error),
+    /// A listener failed while serving.
+    #[error("serving failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// The bound addresses, known once both listeners are open.
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    /// Where the proxy listens.
+    pub proxy: SocketAddr,
+    /// Where the admin API listens.
+    pub admin: SocketAddr,
+}
+
+/// Runs the api-server until `shutdown` fires, then drains within `shutdown.timeout`. `on_listen` is called once
+/// both listeners are bound (main prints the addresses there).
+pub async fn run(
+    config: Config,
+    shutdown: Shutdown,
+    on_listen: impl FnOnce(Listening),
+) -> Result<(), RunError> {
+    // The key first: a bad key file is a config error, reported before anything listens.
+    let d = &config.discovery;
+    let hmac_key = match &d.hmac_key_file {
+        Some(path) => Some(HmacKey::from_file(path).map_err(|err| RunError::Config {
+            key: "discovery.hmac_key_file",
+            detail: err.to_string(),
+        })?),
+        None => None,
+    };
+    let bind = |key: &'static str, addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Bind { key, addr, source })
+    };
+    let proxy_listener = bind("server.listen", config.server.listen).await?;
+    let admin_listener = bind("server.admin_listen", config.server.admin_listen).await?;
+    let listening = Listening {
+        proxy: proxy_listener.local_addr().map_err(RunError::Serve)?,
+        admin: admin_listener.local_addr().map_err(RunError::Serve)?,
+    };
+
+    let mut registry_cfg = RegistryConfig::new(d.ttl.get());
+    registry_cfg.hmac_key = hmac_key;
+    registry_cfg.allowed_networks = d.allowed_networks.clone();
+    // Our own addresses can never register: the proxy would send requests to itself.
+    registry_cfg.self_addrs = vec![listening.proxy.to_string(), listening.admin.to_string()];
+    let config_error = |key: &'static str| {
+        move |err: discovery::ConfigError| RunError::Config {
+            key,
+            detail: err.to_string(),
+        }
+    };
+    let registry = Registry::new(registry_cfg).map_err(config_error("discovery"))?;
+    let balancer = Balancer::new(
+        registry.clone(),
+        BalancerConfig {
+            strategy: config.balancer.strategy,
+            base_ejection: config.balancer.base_ejection.get(),
+            max_ejection: config.balancer.max_ejection.get(),
+            max_ejected_share: config.balancer.max_ejected_share,
+            ..BalancerConfig::default()
+        },
+    )
+    .map_err(config_error("balancer"))?;
+
+    let instance = config.instance();
+    let channel = config.channel(&instance);
+    let bus = Bus::new(d.canary_timeout(), Instant::now());
+    let state = AppState::new(
+        instance.clone(),
+        balancer.clone(),
+        bus.clone(),
+        shutdown.clone(),
+    );
+    let lookupd: Vec<String> = d
+        .lookupd_http_addresses
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let nsqd: Vec<String> = d.nsqd_tcp_addresses.iter().map(|a| a.to_string()).collect();
+    let consumer = heartbeats::subscribe(
+        &SubscriptionConfig {
+            topic: d.topic.clone(),
+            channel: channel.clone(),
+            lookupd_http_addresses: lookupd.clone(),
+            nsqd_tcp_addresses: nsqd.clone(),
+            lookupd_poll_interval: d.lookupd_poll_interval.get(),
+        },
+        registry.clone(),
+    )?;
+    state.set_heartbeat_consumer(consumer);
+    tracing::info!(%instance, topic = %d.topic, %channel, strategy = config.balancer.strategy.as_str(), "subscribed");
+
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    let conns = state.clone();
+    tasks.push(tokio::spawn(canary::run(
+        CanaryConfig {
+            topic: d.canary_topic(),
+            channel,
+            instance,
+            interval: d.canary_interval(),
+            timeout: d.canary_timeout(),
+            poll_interval: d.lookupd_poll_interval.get(),
+            lookupd_http_addresses: lookupd,
+            nsqd_tcp_addresses: nsqd,
+        },
+        bus,
+        registry.clone(),
+        move || conns.heartbeat_connections(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(sweep(
+        balancer,
+        d.prune_interval.get(),
+        shutdown.clone(),
+    )));
+    tasks.push(tokio::spawn(count_events(state.clone(), shutdown.clone())));
+
+    on_listen(listening);
+    let admin = axum::serve(admin_listener, admin_router(state.clone()))
+        .with_graceful_shutdown(shutdown.wait());
+    let proxy = axum::serve(
+        proxy_listener,
+        proxy_router(ProxyState::new(state.clone(), &config.proxy))
+            .into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.wait());
+    let serving = async { tokio::try_join!(admin.into_future(), proxy.into_future()) };
+    let served = tokio::select! {
+        result = serving => result.map(|_| ()),
+        () = async {
+            shutdown.wait().await;
+            // In-flight proxied requests get shutdown.timeout to finish.
+            tokio::time::sleep(config.shutdown.timeout.get()).await;
+        } => {
+            tracing::warn!("requests still in flight after shutdown.timeout; closing anyway");
+            Ok(())
+        }
+    };
+    if let Some(consumer) = state.take_heartbeat_consumer() {
+        let report = consumer.stop(Duration::from_secs(2)).await;
+        tracing::info!(?report, "heartbeat subscription closed");
+    }
+    for task in tasks {
+        let _ = svc::with_timeout(task, Duration::from_secs(3)).await;
+    }
+    served.map_err(RunError::Serve)
+}
+
+/// Sweeps expired servers every `interval` (reads filter by deadline as well, so this only bounds how long an
+/// expired server stays in memory and when its `expire` event is sent) and returns ejected servers whose time is up.
+async fn sweep(balancer: Balancer, interval: Duration, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.wait() => return,
+        }
+        let now = Instant::now();
+        balancer.registry().sweep(now);
+        balancer.recover_due(now);
+    }
+}
+
+/// Counts registry events for `/metrics` and logs membership changes.
+async fn count_events(state: AppState, shutdown: Shutdown) {
+    let mut rx = state.registry().subscribe();
+    loop {
+        let event = tokio::select! {
+            received = rx.recv() => received,
+            () = shutdown.wait() => return,
+        };
+        match event {
+            Ok(event) => {
+                state.metrics().events.with(event.kind.as_str()).inc();
+                match event.kind {
+                    EventKind::Join | EventKind::Leave | EventKind::Expire => {
+                        tracing::info!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
+                    }
+                    EventKind::Eject | EventKind::Recover => {
+                        tracing::warn!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
+                    }
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!("event counter lagged; {n} events not counted")
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

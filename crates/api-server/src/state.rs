@@ -1,0 +1,235 @@
+//! What the handlers share: the registry, the balancer, the bus state, the heartbeat subscription and metrics.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use discovery::{Balancer, EventKind, Registry};
+use svc::{Counter, CounterVec, Histogram};
+use tokio::time::Instant;
+
+use crate::bus::Bus;
+
+/// Shared state of both listeners; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    instance: String,
+    registry: Registry,
+    balancer: Balancer,
+    bus: Bus,
+    metrics: Metrics,
+    shutdown: svc::Shutdown,
+    heartbeats: Mutex<Option<nsq::Consumer>>,
+}
+
+impl AppState {
+    /// State around a registry and its balancer.
+    pub fn new(
+        instance: String,
+        balancer: Balancer,
+        bus: Bus,
+        shutdown: svc::Shutdown,
+    ) -> AppState {
+        let registry = balancer.registry().clone();
+        let metrics = Metrics::new(&registry, &bus);
+        AppState {
+            inner: Arc::new(Inner {
+                instance,
+                registry,
+                balancer,
+                bus,
+                metrics,
+                shutdown,
+                heartbeats: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// This instance's name.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The balancer.
+    pub fn balancer(&self) -> &Balancer {
+        &self.inner.balancer
+    }
+
+    /// The bus state.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// Metrics handles.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The process's shutdown switch.
+    pub fn shutdown(&self) -> &svc::Shutdown {
+        &self.inner.shutdown
+    }
+
+    /// Hands the heartbeat consumer to the state, so readiness can see its connections.
+    pub fn set_heartbeat_consumer(&self, consumer: nsq::Consumer) {
+        *self.lock_consumer() = Some(consumer);
+    }
+
+    /// Takes the heartbeat consumer back, to stop it.
+    pub fn take_heartbeat_consumer(&self) -> Option<nsq::Consumer> {
+        self.lock_consumer().take()
+    }
+
+    /// Open nsqd connections of the heartbeat consumer.
+    pub fn heartbeat_connections(&self) -> i64 {
+        self.lock_consumer()
+            .as_ref()
+            .map_or(0, |c| c.stats().connections)
+    }
+
+    fn lock_consumer(&self) -> std::sync::MutexGuard<'_, Option<nsq::Consumer>> {
+        self.inner
+            .heartbeats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The process's metrics; `/metrics` renders them.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: svc::Registry,
+    discovery: Registry,
+    /// Registry events by kind (`expire` counts expirations).
+    pub events: CounterVec,
+    /// Proxied requests by final status code.
+    pub requests: CounterVec,
+    /// Proxied requests by upstream id.
+    pub upstream_requests: CounterVec,
+    /// Retries (tries after the first).
+    pub retries: Counter,
+    /// Passive-health ejections.
+    pub ejections: Counter,
+    /// Proxied request latency, until the response head.
+    pub latency: Histogram,
+}
+
+impl Metrics {
+    fn new(discovery: &Registry, bus: &Bus) -> Metrics {
+        let m = svc::Registry::new();
+        let live = discovery.clone();
+        m.gauge_fn("api_live_servers", "Data servers live now.", move || {
+            live.live_count(Instant::now()) as f64
+        });
+        let b = bus.clone();
+        m.gauge_fn(
+            "api_bus_alive",
+            "1 while canaries come back through NSQ, 0 while the bus is down (self-preservation).",
+            move || f64::from(u8::from(b.alive())),
+        );
+        let d = discovery.clone();
+        m.gauge_fn(
+            "api_self_preservation",
+            "1 while expiry is frozen because the bus is down.",
+            move || f64::from(u8::from(d.self_preservation())),
+        );
+        let b = bus.clone();
+        m.gauge_fn(
+            "api_heartbeat_connections",
+            "nsqd connections of the heartbeat consumer.",
+            move || b.heartbeat_connections() as f64,
+        );
+        let b = bus.clone();
+        m.counter_fn(
+            "api_canaries_published_total",
+            "Canaries published.",
+            move || b.counters().0 as f64,
+        );
+        let b = bus.clone();
+        m.counter_fn(
+            "api_canaries_received_total",
+            "Fresh canaries received.",
+            move || b.counters().1 as f64,
+        );
+        let b = bus.clone();
+        m.counter_fn(
+            "api_canary_publish_failures_total",
+            "Canary publishes that failed.",
+            move || b.counters().2 as f64,
+        );
+        let b = bus.clone();
+        m.counter_fn(
+            "api_bus_down_total",
+            "Times the bus was found down.",
+            move || b.counters().3 as f64,
+        );
+        let events = m.counter_vec(
+            "api_registry_events_total",
+            "Registry changes by kind; kind=\"expire\" counts expirations.",
+            "kind",
+        );
+        for kind in [
+            EventKind::Join,
+            EventKind::Leave,
+            EventKind::Expire,
+            EventKind::Eject,
+            EventKind::Recover,
+        ] {
+            events.with(kind.as_str());
+        }
+        Metrics {
+            events,
+            requests: m.counter_vec(
+                "api_proxy_requests_total",
+                "Proxied requests by final status.",
+                "status",
+            ),
+            upstream_requests: m.counter_vec(
+                "api_proxy_upstream_requests_total",
+                "Proxied tries by upstream id.",
+                "upstream",
+            ),
+            retries: m.counter("api_proxy_retries_total", "Tries after the first."),
+            ejections: m.counter("api_proxy_ejections_total", "Passive-health ejections."),
+            latency: m.histogram(
+                "api_proxy_request_duration_seconds",
+                "Time until the response head, all tries included.",
+                svc::LATENCY_BUCKETS,
+            ),
+            registry: m,
+            discovery: discovery.clone(),
+        }
+    }
+
+    /// Everything in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = self.registry.render();
+        // Two labels (outcome and reason) do not fit svc's one-label families, so this family is written here.
+        out.push_str("# HELP api_heartbeats_total Heartbeat messages by outcome (and reason when ignored or rejected).\n");
+        out.push_str("# TYPE api_heartbeats_total counter\n");
+        for c in self.discovery.outcome_counts() {
+            let _ = match c.reason {
+                Some(reason) => writeln!(
+                    out,
+                    "api_heartbeats_total{{outcome=\"{}\",reason=\"{reason}\"}} {}",
+                    c.outcome, c.count
+                ),
+                None => writeln!(
+                    out,
+                    "api_heartbeats_total{{outcome=\"{}\"}} {}",
+                    c.outcome, c.count
+                ),
+            };
+        }
+        out
+    }
+}

@@ -1,0 +1,159 @@
+//! Shared helpers of the api-server integration tests: real NSQ, real api-server processes, and heartbeats
+//! published by the test itself.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use discovery::{Heartbeat, State};
+use testkit::{ApiServer, NsqCluster};
+
+/// The heartbeat topic of the tests (the contract default).
+pub const TOPIC: &str = "data_server_addr";
+
+/// Generous bound for anything that should happen quickly: proves the mechanism, not the speed.
+pub const SOON: Duration = Duration::from_secs(15);
+
+/// The api-server binary cargo built for these tests.
+pub fn api_server_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_api-server"))
+}
+
+/// `--set` overrides for an api-server on `cluster` through nsqlookupd, with a short TTL.
+pub fn sets(cluster: &NsqCluster, ttl: &str) -> Vec<String> {
+    vec![
+        format!(
+            "discovery.lookupd_http_addresses={}",
+            cluster.lookupd_http()
+        ),
+        "discovery.lookupd_poll_interval=250ms".to_owned(),
+        format!("discovery.ttl={ttl}"),
+        "discovery.prune_interval=100ms".to_owned(),
+    ]
+}
+
+/// Starts an api-server with `sets` plus `extra`.
+pub async fn api_server(cluster: &NsqCluster, ttl: &str, extra: &[&str]) -> ApiServer {
+    let mut all = sets(cluster, ttl);
+    all.extend(extra.iter().map(|s| (*s).to_owned()));
+    ApiServer::start(&api_server_bin(), &all)
+        .await
+        .expect("api-server starts")
+}
+
+/// Publishes one body to nsqd `i` of `cluster`.
+pub async fn publish(cluster: &NsqCluster, i: usize, body: &[u8]) {
+    let producer = nsq::Producer::new(cluster.nsqd_tcp(i).to_string(), Default::default()).unwrap();
+    producer.publish(TOPIC, body).await.expect("publish");
+    producer.close(Duration::from_secs(1)).await;
+}
+
+/// Makes sure the heartbeat topic exists on every nsqd, so the api-server's consumer finds them through nsqlookupd.
+pub async fn create_topic(cluster: &NsqCluster) {
+    for i in 0..cluster.len() {
+        cluster
+            .create_topic(i, TOPIC, None)
+            .await
+            .expect("create topic");
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A fake data server's heartbeat loop (what `data-server` does), publishing every `interval` to nsqd chosen
+/// round robin, until stopped; `leave` sends a `leaving` heartbeat first.
+pub struct Announcer {
+    stop: Arc<AtomicBool>,
+    leave: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Announcer {
+    pub fn start(cluster: &NsqCluster, id: &str, addr: &str, interval: Duration) -> Announcer {
+        let addrs: Vec<String> = cluster
+            .nsqd_tcp_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let (stop, leave) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (s, l) = (Arc::clone(&stop), Arc::clone(&leave));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let w = Arc::clone(&wake);
+        let (id, addr) = (id.to_owned(), addr.to_owned());
+        let task = tokio::spawn(async move {
+            let producers: Vec<nsq::Producer> = addrs
+                .iter()
+                .map(|a| nsq::Producer::new(a.clone(), Default::default()).unwrap())
+                .collect();
+            let epoch = now_ms();
+            let mut seq = 0u64;
+            loop {
+                seq += 1;
+                let mut hb = Heartbeat::new(id.clone(), addr.clone(), epoch, seq);
+                hb.interval_ms = interval.as_millis() as u64;
+                hb.sent_at_ms = now_ms();
+                let leaving = l.load(Ordering::Acquire);
+                if leaving {
+                    hb.state = State::Leaving;
+                }
+                // Failover as a data server does: the next nsqd when one refuses.
+                for k in 0..producers.len() {
+                    let p = &producers[(seq as usize + k) % producers.len()];
+                    if p.publish(TOPIC, hb.encode()).await.is_ok() {
+                        break;
+                    }
+                }
+                if leaving || s.load(Ordering::Acquire) {
+                    return;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = w.notified() => {}
+                }
+            }
+        });
+        Announcer {
+            stop,
+            leave,
+            wake,
+            task,
+        }
+    }
+
+    /// Stops without a word, like SIGKILL.
+    pub async fn crash(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Announces `leaving` once, then stops, like SIGTERM.
+    pub async fn leave(self) {
+        self.leave.store(true, Ordering::Release);
+        self.wake.notify_one();
+        let _ = self.task.await;
+    }
+}
+
+/// Polls one `/metrics` sample until it reaches `at_least`; returns its value then (or the last one seen).
+pub async fn wait_metric(api: &ApiServer, sample: &str, at_least: f64) -> f64 {
+    let started = std::time::Instant::now();
+    loop {
+        let value = api.metric(sample).await.unwrap_or(0.0);
+        if value >= at_least || started.elapsed() > SOON {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,229 @@
+//! Discovery through real nsqd and nsqlookupd into a real api-server process.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use discovery::{Heartbeat, State};
+use serde_json::Value;
+use testkit::NsqCluster;
+
+fn ids(doc: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = doc["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_appears_long_before_an_interval_and_leaves_at_once() {
+    let cluster = NsqCluster::start(2).await.unwrap();
+    create_topic(&cluster).await;
+    let api = api_server(&cluster, "10s", &[]).await;
+    // Wait for the subscription, so the clock below measures discovery, not startup.
+    api.wait_registry(SOON, "a heartbeat connection", |d| {
+        d["bus"]["heartbeat_connections"].as_i64() == Some(2)
+    })
+    .await
+    .unwrap();
+
+    // An interval of 5 s: appearing well within it proves the first heartbeat is what registered it.
+    let announcer = Announcer::start(
+        &cluster,
+        "data-1",
+        "127.0.0.1:19001",
+        Duration::from_secs(5),
+    );
+    let started = Instant::now();
+    let doc = api
+        .wait_registry(SOON, "data-1 to join", |d| ids(d) == ["data-1"])
+        .await
+        .unwrap();
+    let joined_after = started.elapsed();
+    assert!(
+        joined_after < Duration::from_secs(2),
+        "joined after {joined_after:?}"
+    );
+    let server = &doc["servers"][0];
+    assert_eq!(server["addr"], "127.0.0.1:19001");
+    assert_eq!(server["state"], "up");
+    assert!(server["expires_in_ms"].as_u64().unwrap() > 8000, "{server}");
+    assert_eq!(doc["self_preservation"], false);
+
+    let started = Instant::now();
+    announcer.leave().await;
+    api.wait_registry(SOON, "data-1 to leave", |d| ids(d).is_empty())
+        .await
+        .unwrap();
+    let left_after = started.elapsed();
+    assert!(
+        left_after < Duration::from_secs(2),
+        "left after {left_after:?}, TTL is 10s"
+    );
+    let leaves = wait_metric(&api, "api_registry_events_total{kind=\"leave\"}", 1.0).await;
+    assert_eq!(leaves, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_server_expires_within_ttl_plus_prune_and_not_before_the_ttl() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let ttl = Duration::from_secs(2);
+    let api = api_server(&cluster, "2s", &[]).await;
+    let announcer = Announcer::start(
+        &cluster,
+        "data-1",
+        "127.0.0.1:19002",
+        Duration::from_millis(300),
+    );
+    api.wait_registry(SOON, "data-1 to join", |d| ids(d) == ["data-1"])
+        .await
+        .unwrap();
+    announcer.crash().await;
+    let crashed = Instant::now();
+    // The last heartbeat may have been sent up to one interval before the crash.
+    api.wait_registry(SOON, "data-1 to expire", |d| ids(d).is_empty())
+        .await
+        .unwrap();
+    let gone_after = crashed.elapsed();
+    assert!(
+        gone_after >= ttl - Duration::from_millis(300) - Duration::from_millis(50),
+        "expired after {gone_after:?}"
+    );
+    assert!(
+        gone_after < ttl + Duration::from_millis(100) + Duration::from_secs(1),
+        "expired after {gone_after:?}"
+    );
+    // The sweep reports the expiry (reads already hid the server).
+    let expired = wait_metric(&api, "api_registry_events_total{kind=\"expire\"}", 1.0).await;
+    assert_eq!(expired, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicated_reordered_and_replayed_heartbeats_never_resurrect() {
+    let cluster = NsqCluster::start(2).await.unwrap();
+    create_topic(&cluster).await;
+    let api = api_server(&cluster, "10s", &[]).await;
+    let addr = "127.0.0.1:19003";
+    let hb = |seq: u64, state: State| {
+        let mut hb = Heartbeat::new("data-r", addr, 7, seq);
+        hb.state = state;
+        hb.encode()
+    };
+    publish(&cluster, 0, &hb(5, State::Up)).await;
+    api.wait_registry(SOON, "data-r to join", |d| ids(d) == ["data-r"])
+        .await
+        .unwrap();
+    publish(&cluster, 1, &hb(6, State::Leaving)).await;
+    api.wait_registry(SOON, "data-r to leave", |d| ids(d).is_empty())
+        .await
+        .unwrap();
+    // Duplicates, older seqs and a replay of the whole run, through both nsqd.
+    for i in 0..2 {
+        for seq in [5, 4, 1, 6, 5, 3, 2] {
+            publish(&cluster, i, &hb(seq, State::Up)).await;
+        }
+    }
+    // Every one of them must have been processed before judging (14 ignored: tombstoned).
+    api.wait_registry(SOON, "all replays processed", |_| true)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        let tombstoned = api
+            .metric("api_heartbeats_total{outcome=\"ignored\",reason=\"tombstoned\"}")
+            .await
+            .unwrap();
+        assert!(api.server_ids().await.unwrap().is_empty(), "resurrected");
+        if tombstoned >= 14.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tombstoned = api
+        .metric("api_heartbeats_total{outcome=\"ignored\",reason=\"tombstoned\"}")
+        .await
+        .unwrap();
+    assert_eq!(tombstoned, 14.0, "{}", api.metrics().await.unwrap());
+    assert!(api.server_ids().await.unwrap().is_empty());
+
+    // Out of order while live: an older seq never moves the server back.
+    let mut a = Heartbeat::new("data-o", "127.0.0.1:19004", 1, 10);
+    publish(&cluster, 0, &a.encode()).await;
+    a.seq = 9;
+    a.addr = "127.0.0.1:19999".to_owned();
+    publish(&cluster, 1, &a.encode()).await;
+    publish(&cluster, 0, &a.encode()).await;
+    api.wait_registry(SOON, "data-o processed", |d| ids(d) == ["data-o"])
+        .await
+        .unwrap();
+    let out_of_order = "api_heartbeats_total{outcome=\"ignored\",reason=\"out_of_order\"}";
+    let started = Instant::now();
+    while api.metric(out_of_order).await.unwrap() < 2.0 && started.elapsed() < SOON {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(api.metric(out_of_order).await.unwrap(), 2.0);
+    let doc = api.registry().await.unwrap();
+    assert_eq!(doc["servers"][0]["addr"], "127.0.0.1:19004");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_host_port_from_to_nsq_registers() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let api = api_server(&cluster, "10s", &[]).await;
+    testkit::to_nsq(cluster.nsqd_tcp(0), TOPIC, &["127.0.0.1:19005"])
+        .await
+        .unwrap();
+    let doc = api
+        .wait_registry(SOON, "the plain server", |d| ids(d) == ["127.0.0.1:19005"])
+        .await
+        .unwrap();
+    assert_eq!(doc["servers"][0]["plain"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_servers_both_list_every_server() {
+    let cluster = NsqCluster::start(2).await.unwrap();
+    create_topic(&cluster).await;
+    let a = api_server(&cluster, "10s", &["server.instance=a"]).await;
+    let b = api_server(&cluster, "10s", &["server.instance=b"]).await;
+    for api in [&a, &b] {
+        api.wait_registry(SOON, "both nsqd subscribed", |d| {
+            d["bus"]["heartbeat_connections"].as_i64() == Some(2)
+        })
+        .await
+        .unwrap();
+    }
+    let mut announcers = Vec::new();
+    for n in 0..4 {
+        let addr = format!("127.0.0.1:{}", 19010 + n);
+        announcers.push(Announcer::start(
+            &cluster,
+            &format!("data-{n}"),
+            &addr,
+            Duration::from_millis(500),
+        ));
+    }
+    let all = ["data-0", "data-1", "data-2", "data-3"];
+    for api in [&a, &b] {
+        api.wait_registry(SOON, "all four servers", |d| ids(d) == all)
+            .await
+            .unwrap();
+    }
+    // And they stay listed over several intervals: no api-server steals the other's heartbeats.
+    for _ in 0..10 {
+        for api in [&a, &b] {
+            assert_eq!(api.server_ids().await.unwrap(), all);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for announcer in announcers {
+        announcer.crash().await;
+    }
+}

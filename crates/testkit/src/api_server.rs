@@ -1,0 +1,164 @@
+//! A real `api-server` process on free loopback ports, with helpers to read its admin API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::process::ManagedProcess;
+
+/// How long an api-server may take to print its bound addresses.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A running api-server. Dropping it kills the process.
+#[derive(Debug)]
+pub struct ApiServer {
+    process: ManagedProcess,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiServer {
+    /// Starts the binary at `program` with both listeners on `127.0.0.1:0` and `sets` as `--set key=value`
+    /// overrides, and waits until it printed the addresses it bound.
+    pub async fn start(program: &Path, sets: &[String]) -> Result<ApiServer> {
+        let dir = tempfile::Builder::new().prefix("api-server-").tempdir()?;
+        let mut args = vec![
+            "--set".to_owned(),
+            "server.listen=127.0.0.1:0".to_owned(),
+            "--set".to_owned(),
+            "server.admin_listen=127.0.0.1:0".to_owned(),
+        ];
+        for set in sets {
+            args.push("--set".to_owned());
+            args.push(set.clone());
+        }
+        let envs = vec![(
+            "RUST_LOG".to_owned(),
+            std::env::var("API_SERVER_TEST_LOG").unwrap_or_else(|_| "info".to_owned()),
+        )];
+        let mut process = ManagedProcess::spawn(
+            "api-server",
+            program,
+            args,
+            envs,
+            dir.path().join("api-server.log"),
+        )?;
+        let started = Instant::now();
+        let (proxy, admin) = loop {
+            let log = process.log();
+            if let (Some(proxy), Some(admin)) = (
+                bound(&log, "proxy listening on http://"),
+                bound(&log, "admin listening on http://"),
+            ) {
+                break (proxy, admin);
+            }
+            if let Some(status) = process.try_wait()? {
+                bail!("api-server exited with {status} before listening:\n{log}");
+            }
+            if started.elapsed() > START_TIMEOUT {
+                bail!("api-server did not print its addresses within {START_TIMEOUT:?}:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()?;
+        Ok(ApiServer {
+            process,
+            proxy,
+            admin,
+            http,
+            _dir: dir,
+        })
+    }
+
+    /// The proxy's address.
+    pub fn proxy(&self) -> SocketAddr {
+        self.proxy
+    }
+
+    /// The admin API's address.
+    pub fn admin(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The process (signals, log).
+    pub fn process(&mut self) -> &mut ManagedProcess {
+        &mut self.process
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+
+    /// `GET /registry` as JSON.
+    pub async fn registry(&self) -> Result<Value> {
+        let url = format!("http://{}/registry", self.admin);
+        let response = self.http.get(&url).send().await.context("GET /registry")?;
+        Ok(response.error_for_status()?.json().await?)
+    }
+
+    /// The ids listed by `/registry`, sorted.
+    pub async fn server_ids(&self) -> Result<Vec<String>> {
+        let doc = self.registry().await?;
+        let mut ids: Vec<String> = doc["servers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["id"].as_str().map(str::to_owned))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> Result<String> {
+        let url = format!("http://{}/metrics", self.admin);
+        Ok(self.http.get(&url).send().await?.text().await?)
+    }
+
+    /// The value of one sample line of `/metrics` (`name{labels}` exactly as rendered), 0 when absent.
+    pub async fn metric(&self, sample: &str) -> Result<f64> {
+        let text = self.metrics().await?;
+        Ok(text
+            .lines()
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0))
+    }
+
+    /// Polls `/registry` until `ready` accepts it; fails with the last document and the log after `timeout`.
+    pub async fn wait_registry(
+        &self,
+        timeout: Duration,
+        what: &str,
+        ready: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let started = Instant::now();
+        let mut last = Value::Null;
+        while started.elapsed() < timeout {
+            if let Ok(doc) = self.registry().await {
+                if ready(&doc) {
+                    return Ok(doc);
+                }
+                last = doc;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!(
+            "waited {timeout:?} for {what}; last /registry: {last}\n--- api-server log (tail) ---\n{}",
+            self.process.log_tail(40)
+        )
+    }
+}
+
+fn bound(log: &str, prefix: &str) -> Option<SocketAddr> {
+    log.lines()
+        .find_map(|line| line.trim().strip_prefix(prefix)?.parse().ok())
+}
