@@ -232,8 +232,7 @@ impl Config {
         cfg.interval = self.announce.interval.get();
         cfg.jitter = self.announce.jitter.get();
         cfg.key = key;
-        // A heartbeat older than one interval is useless; do not wait longer than that for one.
-        cfg.producer.publish_timeout = self.announce.interval.get().min(Duration::from_secs(5));
+        cfg.producer.publish_timeout = discovery::publish_timeout_for(cfg.interval);
         cfg
     }
 

@@ -17,6 +17,30 @@ fn options(cluster: &NsqCluster, interval: &str) -> DataServerOptions {
     opts
 }
 
+/// Polls `/metrics` until at least one publish failure is counted for `nsqd`.
+async fn wait_for_failures(server: &DataServer, nsqd: &str) {
+    let client = reqwest::Client::new();
+    let line = format!("data_server_publish_failures_total{{nsqd=\"{nsqd}\"}} ");
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
+        let text = metrics.text().await.unwrap();
+        let failures: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&line))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if failures >= 1 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure counted for {nsqd}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test]
 async fn first_heartbeat_arrives_well_before_the_first_interval_ends() {
     let cluster = NsqCluster::start(1).await.unwrap();
@@ -74,26 +98,37 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
     // A lost interval would leave a gap of at least 2 × 0.9 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
     // The dead nsqd's failures are counted under its address (it is picked first half the time).
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + GENEROUS;
-    loop {
-        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
-        let text = metrics.text().await.unwrap();
-        let line = format!("data_server_publish_failures_total{{nsqd=\"{dead}\"}} ");
-        let failures: u64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix(&line))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if failures >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failure counted for {dead}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for_failures(&server, &dead).await;
+    tap.stop().await;
+}
+
+#[tokio::test]
+async fn a_hung_nsqd_loses_no_interval_either() {
+    let cluster = NsqCluster::start(2).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let server = DataServer::start_with(options(&cluster, "1s"))
+        .await
+        .unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| hbs.len() >= 2)
+        .await;
+    // Stopped, not killed: connections stay open and nothing answers.
+    cluster.freeze(0).unwrap();
+    let frozen = Instant::now();
+    let got = tap
+        .wait_for(server.id(), GENEROUS, |hbs| {
+            hbs.iter().filter(|(at, _)| *at > frozen).count() >= 8
+        })
+        .await;
+    let times: Vec<Instant> = got
+        .iter()
+        .filter(|(at, _)| *at > frozen - Duration::from_secs(2))
+        .map(|(at, _)| *at)
+        .collect();
+    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    // Publish timeout 250 ms (a quarter interval), then failover; a lost interval is >= 1.8 s.
+    assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
+    wait_for_failures(&server, &cluster.nsqd_tcp(0).to_string()).await;
+    cluster.thaw(0).unwrap();
     tap.stop().await;
 }
 

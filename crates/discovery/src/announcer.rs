@@ -55,8 +55,16 @@ pub struct AnnouncerConfig {
     pub meta: BTreeMap<String, Value>,
     /// Signs every heartbeat when set.
     pub key: Option<HmacKey>,
-    /// Connection settings of the producers.
+    /// Connection settings of the producers. Keep `publish_timeout` well below `interval`
+    /// (see [`publish_timeout_for`]): a hung nsqd costs that much of a tick before failover.
     pub producer: nsq::ProducerConfig,
+}
+
+/// A publish timeout that lets a heartbeat fail over from a hung nsqd (one that accepts
+/// connections but never answers) well within its interval: a quarter of it, between 100 ms
+/// and 1 s. A healthy nsqd answers in about a millisecond.
+pub fn publish_timeout_for(interval: Duration) -> Duration {
+    (interval / 4).clamp(Duration::from_millis(100), Duration::from_secs(1))
 }
 
 impl AnnouncerConfig {
@@ -75,7 +83,10 @@ impl AnnouncerConfig {
             addr: addr.into(),
             meta: BTreeMap::new(),
             key: None,
-            producer: nsq::ProducerConfig::default(),
+            producer: nsq::ProducerConfig {
+                publish_timeout: publish_timeout_for(DEFAULT_INTERVAL),
+                ..nsq::ProducerConfig::default()
+            },
         }
     }
 }

@@ -42,7 +42,7 @@ mod signing;
 
 pub use announcer::{
     AnnounceError, Announcer, AnnouncerConfig, AnnouncerError, AnnouncerStats, DEFAULT_INTERVAL,
-    DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, RETRY_BASE, jittered,
+    DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, RETRY_BASE, jittered, publish_timeout_for,
 };
 pub use announcer_health::{AlwaysHealthy, AsyncHealth, Health};
 pub use backend::{Backend, MAX_WEIGHT};
