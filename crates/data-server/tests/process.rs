@@ -99,6 +99,15 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
     // The dead nsqd's failures are counted under its address (it is picked first half the time).
     wait_for_failures(&server, &dead).await;
+    // The leaving heartbeat fails over too.
+    let mut server = server;
+    server.signal(Signal::SIGTERM).unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| {
+        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
+    })
+    .await;
+    let exit = server.wait_exit(GENEROUS).await.unwrap();
+    assert_eq!(exit.code(), Some(0), "{}", server.log());
     tap.stop().await;
 }
 
