@@ -1,11 +1,12 @@
 //! The data-server's configuration: TOML file, `DATA_SERVER__SECTION__KEY` variables and
 //! `--set` flags, validated once into this typed form (see `svc::ConfigLoader`).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use discovery::{AnnouncerConfig, HmacKey, MAX_ID_BYTES};
+use discovery::{AnnouncerConfig, Heartbeat, HmacKey, MAX_ID_BYTES, MAX_WEIGHT};
 use serde::Deserialize;
 use svc::{Fraction, Host, HostPort, HumanDuration, Invalid, Validate};
 
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub advertise: Option<HostPort>,
     /// Stable identity (default: generated per run).
     pub id: Option<String>,
+    /// Metadata sent with every heartbeat; `weight` (1..=1000) is honoured by the balancer.
+    pub meta: BTreeMap<String, serde_json::Value>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +55,7 @@ impl Default for ServerConfig {
             listen: DEFAULT_LISTEN.parse().expect("a valid constant"),
             advertise: None,
             id: None,
+            meta: BTreeMap::new(),
         }
     }
 }
@@ -174,6 +178,7 @@ impl Validate for Config {
                 ));
             }
         }
+        self.validate_meta()?;
         self.shutdown.timeout.require_positive("shutdown.timeout")?;
         self.sidecar
             .health_timeout
@@ -182,6 +187,27 @@ impl Validate for Config {
 }
 
 impl Config {
+    fn validate_meta(&self) -> Result<(), Invalid> {
+        let meta = &self.server.meta;
+        if let Some(weight) = meta.get("weight") {
+            let ok = weight
+                .as_u64()
+                .is_some_and(|w| (1..=u64::from(MAX_WEIGHT)).contains(&w));
+            if !ok {
+                return Err(Invalid::new(
+                    "server.meta.weight",
+                    format!("an integer from 1 to {MAX_WEIGHT}"),
+                    weight,
+                ));
+            }
+        }
+        let mut probe = Heartbeat::new("probe", "127.0.0.1:1", 0, 0);
+        probe.meta = meta.clone();
+        probe.validate().map_err(|rejection| {
+            Invalid::new("server.meta", "a small table of metadata", rejection)
+        })
+    }
+
     /// The address to announce: `server.advertise`, else the bound address (loopback when it
     /// is unspecified, since nobody can connect to `0.0.0.0`).
     pub fn advertise_for(&self, bound: SocketAddr) -> String {
@@ -232,6 +258,7 @@ impl Config {
         cfg.interval = self.announce.interval.get();
         cfg.jitter = self.announce.jitter.get();
         cfg.key = key;
+        cfg.meta = self.server.meta.clone();
         cfg.producer.publish_timeout = discovery::publish_timeout_for(cfg.interval);
         cfg
     }
@@ -271,6 +298,14 @@ mod tests {
     }
 
     #[test]
+    fn meta_goes_into_the_heartbeats() {
+        let config = load(&["server.meta.weight=3", "server.meta.zone=\"eu-1\""]).unwrap();
+        let cfg = config.announcer_config("d".into(), "127.0.0.1:1".into(), None);
+        assert_eq!(cfg.meta["weight"], 3);
+        assert_eq!(cfg.meta["zone"], "eu-1");
+    }
+
+    #[test]
     fn bad_values_name_their_key() {
         for (set, key) in [
             (
@@ -287,6 +322,8 @@ mod tests {
                 "announce.hmac_key_file",
             ),
             ("server.bogus=1", "bogus"),
+            ("server.meta.weight=0", "server.meta.weight"),
+            ("server.meta.weight=\"heavy\"", "server.meta.weight"),
         ] {
             let err = load(&[set]).unwrap_err().to_string();
             assert!(err.contains(key), "{set}: {err}");

@@ -289,3 +289,45 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
     let exit = server.terminate(GENEROUS).await.unwrap();
     assert_eq!(exit.code(), Some(0), "{}", server.log());
 }
+
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_short() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let mut server = DataServer::start_with(options(&cluster, "1s"))
+        .await
+        .unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+    let slow = tokio::spawn(reqwest::get(server.url("/slow?ms=60000")));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + GENEROUS;
+    loop {
+        let text = client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "data_server_requests_in_flight") >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow request never in flight:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.signal(Signal::SIGTERM).unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| {
+        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
+    })
+    .await;
+    server.signal(Signal::SIGINT).unwrap();
+    let exit = server.wait_exit(GENEROUS).await.unwrap();
+    assert_eq!(exit.code(), Some(130), "{}", server.log());
+    assert!(slow.await.unwrap().is_err(), "the cut request fails");
+    tap.stop().await;
+}
