@@ -54,6 +54,7 @@ async fn first_heartbeat_arrives_well_before_the_first_interval_ends() {
         .await;
     let after = got[0].0 - started;
     // The interval is 30 s; the first heartbeat goes out as soon as the server listens.
+    eprintln!("first heartbeat {after:?} after spawning the process");
     assert!(
         after < Duration::from_secs(10),
         "first heartbeat after {after:?}"
@@ -95,6 +96,7 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
         .map(|(at, _)| *at)
         .collect();
     let max_gap = window.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!("nsqd killed: largest gap between heartbeats {max_gap:?} (interval 1s)");
     // A lost interval would leave a gap of at least 2 × 0.9 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
     // The dead nsqd's failures are counted under its address (it is picked first half the time).
@@ -134,6 +136,7 @@ async fn a_hung_nsqd_loses_no_interval_either() {
         .map(|(at, _)| *at)
         .collect();
     let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!("nsqd frozen: largest gap between heartbeats {max_gap:?} (interval 1s)");
     // Publish timeout 250 ms (a quarter interval), then failover; a lost interval is >= 1.8 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
     wait_for_failures(&server, &cluster.nsqd_tcp(0).to_string()).await;
@@ -202,6 +205,10 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
     assert!(
         *left_at < answered_at,
         "leaving is announced before draining ends"
+    );
+    eprintln!(
+        "leaving received {:?} before the in-flight request was answered",
+        answered_at - *left_at
     );
     let exit = server.wait_exit(GENEROUS).await.unwrap();
     assert_eq!(exit.code(), Some(0), "{}", server.log());

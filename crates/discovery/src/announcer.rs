@@ -156,9 +156,9 @@ pub struct AnnouncerStats {
     pub skipped_unhealthy: u64,
     /// Failed publishes per nsqd (also those another nsqd then took), in configuration order.
     pub publish_failures: Vec<(String, u64)>,
-    /// Whether the last health check passed.
+    /// Whether the last health check passed (`true` before the first).
     pub healthy: bool,
-    /// Whether the last heartbeat reached an nsqd.
+    /// Whether the last heartbeat reached an nsqd (`true` until one fails).
     pub reachable: bool,
     /// Whether [`Announcer::leave`] was called.
     pub left: bool,
