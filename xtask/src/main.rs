@@ -1,6 +1,7 @@
 //! `cargo xtask …`: the project's own commands.
 
 mod bench;
+mod up;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -21,8 +22,9 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
-    /// Run the whole stack locally (nsqlookupd, 2 nsqd, nsqadmin, data servers, api-server).
-    Up,
+    /// Run the whole stack locally (nsqlookupd, 2 nsqd, nsqadmin, archiver, api-server, data
+    /// servers); prints the URLs; Ctrl-C stops everything gracefully.
+    Up(up::UpArgs),
     /// Run one benchmark against its named peer, side by side (`--json` for one JSON object).
     Bench(bench::BenchArgs),
 }
@@ -35,12 +37,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args),
-        Cmd::Up => {
-            eprintln!(
-                "cargo xtask up: the local stack needs the data-server and api-server binaries, which are \
-                 not built yet (issues 4-6 and 8). Until then, `cargo xtask nsq` builds NSQ itself."
-            );
-            std::process::exit(1)
-        }
+        Cmd::Up(args) => up::run(args),
     }
 }

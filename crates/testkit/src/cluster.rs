@@ -40,6 +40,35 @@ pub struct ClusterOptions {
     pub nsqd_args: Vec<String>,
     /// Also give every nsqd an HTTPS port (needed when TLS flags are set).
     pub https: bool,
+    /// Use NSQ's standard ports (nsqlookupd 4160/4161, nsqd i on 4150+100i/4151+100i,
+    /// nsqadmin 4171) instead of free ones, failing clearly when one is taken.
+    pub standard_ports: bool,
+}
+
+/// NSQ's standard ports for nsqd `i`: (tcp, http, https).
+fn standard_nsqd_ports(i: usize) -> (u16, u16, u16) {
+    let base = 4150 + 100 * i as u16;
+    (base, base + 1, base + 2)
+}
+
+/// Fails with a clear message when `port` on 127.0.0.1 is taken.
+fn ensure_free(port: u16, what: &str) -> Result<()> {
+    std::net::TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "port {port} ({what}) on 127.0.0.1 is not available ({e}); stop whatever uses it \
+             (another `cargo xtask up`, or a local nsqd?) and try again"
+            )
+        })
+}
+
+/// A free port, or the standard one when asked (checked to be free).
+fn pick(standard: Option<u16>, what: &str) -> Result<u16> {
+    match standard {
+        Some(p) => ensure_free(p, what).map(|()| p),
+        None => Ok(free_port()),
+    }
 }
 
 /// One nsqd of the cluster.
@@ -63,6 +92,7 @@ pub struct NsqCluster {
     lookupd: ManagedProcess,
     nsqds: Vec<Nsqd>,
     admin: Option<(SocketAddr, ManagedProcess)>,
+    standard_ports: bool,
     lookupd_tcp: SocketAddr,
     lookupd_http: SocketAddr,
     http: reqwest::Client,
@@ -89,8 +119,11 @@ impl NsqCluster {
         let lookupd_bin = nsq_bin("nsqlookupd")?;
         let mut last_err = None;
         let mut started = None;
-        for _ in 0..PORT_RETRIES {
-            let (tcp, web) = (loopback(free_port()), loopback(free_port()));
+        let tries = if opts.standard_ports { 1 } else { PORT_RETRIES };
+        for _ in 0..tries {
+            let std_ports = opts.standard_ports;
+            let tcp = loopback(pick(std_ports.then_some(4160), "nsqlookupd TCP")?);
+            let web = loopback(pick(std_ports.then_some(4161), "nsqlookupd HTTP")?);
             let args = vec![
                 format!("--tcp-address={tcp}"),
                 format!("--http-address={web}"),
@@ -118,6 +151,7 @@ impl NsqCluster {
             lookupd,
             nsqds: Vec::new(),
             admin: None,
+            standard_ports: opts.standard_ports,
             lookupd_tcp,
             lookupd_http,
             http,
@@ -138,10 +172,15 @@ impl NsqCluster {
         std::fs::create_dir_all(&data_path)?;
         let bin = nsq_bin("nsqd")?;
         let mut last_err = None;
-        for _ in 0..PORT_RETRIES {
-            let tcp = loopback(free_port());
-            let web = loopback(free_port());
-            let https = opts.https.then(|| loopback(free_port()));
+        let tries = if opts.standard_ports { 1 } else { PORT_RETRIES };
+        for _ in 0..tries {
+            let std_ports = opts.standard_ports.then(|| standard_nsqd_ports(i));
+            let tcp = loopback(pick(std_ports.map(|p| p.0), &format!("nsqd{i} TCP"))?);
+            let web = loopback(pick(std_ports.map(|p| p.1), &format!("nsqd{i} HTTP"))?);
+            let https = match (opts.https, std_ports) {
+                (false, _) => None,
+                (true, s) => Some(loopback(pick(s.map(|p| p.2), &format!("nsqd{i} HTTPS"))?)),
+            };
             let mut args = vec![
                 format!("--tcp-address={tcp}"),
                 format!("--http-address={web}"),
@@ -249,6 +288,15 @@ impl NsqCluster {
             .collect()
     }
 
+    /// (name, log file) of every process of the cluster.
+    pub fn log_paths(&self) -> Vec<(String, PathBuf)> {
+        std::iter::once(&self.lookupd)
+            .chain(self.nsqds.iter().map(|n| &n.process))
+            .chain(self.admin.iter().map(|(_, p)| p))
+            .map(|p| (p.name().to_string(), p.log_path().to_path_buf()))
+            .collect()
+    }
+
     /// The log of nsqd `i` so far.
     pub fn nsqd_log(&self, i: usize) -> String {
         self.nsqds[i].process.log()
@@ -326,8 +374,9 @@ impl NsqCluster {
         }
         let bin = nsq_bin("nsqadmin")?;
         let mut last_err = None;
-        for _ in 0..PORT_RETRIES {
-            let web = loopback(free_port());
+        let tries = if self.standard_ports { 1 } else { PORT_RETRIES };
+        for _ in 0..tries {
+            let web = loopback(pick(self.standard_ports.then_some(4171), "nsqadmin HTTP")?);
             let mut p = ManagedProcess::spawn(
                 "nsqadmin",
                 &bin,

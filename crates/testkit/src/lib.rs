@@ -21,6 +21,7 @@ mod data_server;
 mod peers;
 mod process;
 mod project;
+mod stack;
 mod stats;
 
 pub use api_server::ApiServer;
@@ -34,4 +35,5 @@ pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
 pub use process::ManagedProcess;
 pub use project::project_bin;
+pub use stack::{Stack, StackOptions};
 pub use stats::{ChannelStats, ClientStats, LookupProducer, NsqdStats, TopicStats};

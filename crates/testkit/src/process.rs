@@ -92,10 +92,14 @@ impl ManagedProcess {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // SAFETY: prctl and setpgid are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)?;
+                // A process group of its own: a terminal's Ctrl-C reaches only the supervisor
+                // (a test or `cargo xtask up`), which then stops children in a chosen order.
+                nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))
+                    .map_err(std::io::Error::from)
             });
         }
         let child = cmd

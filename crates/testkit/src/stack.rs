@@ -1,0 +1,231 @@
+//! The whole system on loopback: nsqlookupd, nsqd, nsqadmin, data servers, an api-server and
+//! the archiver, started from the config files in `config/`. `cargo xtask up` runs this for
+//! people; the end-to-end tests run the very same code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::api_server::ApiServer;
+use crate::bins::workspace_root;
+use crate::cluster::{ClusterOptions, NsqCluster};
+use crate::data_server::{DataServer, DataServerOptions};
+use crate::process::ManagedProcess;
+use crate::project::project_bin;
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Number of nsqd.
+    pub nsqd: usize,
+    /// Number of data servers.
+    pub data_servers: usize,
+    /// Standard ports (NSQ's, proxy 8080, admin 8081) instead of free ones.
+    pub standard_ports: bool,
+    /// Heartbeat interval of the data servers.
+    pub announce_interval: String,
+    /// Registry TTL of the api-server.
+    pub ttl: String,
+    /// Where the archive database and logs go (default: a temporary directory).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            nsqd: 2,
+            data_servers: 3,
+            standard_ports: false,
+            announce_interval: "1s".into(),
+            ttl: "5s".into(),
+            state_dir: None,
+        }
+    }
+}
+
+/// A running stack. Dropping it kills everything; [`Stack::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct Stack {
+    // Field order is drop order: clients of NSQ before NSQ itself.
+    /// The data servers, in start order.
+    pub data: Vec<DataServer>,
+    /// The api-server.
+    pub api: ApiServer,
+    archiver: ManagedProcess,
+    nsqadmin: SocketAddr,
+    /// nsqlookupd and the nsqd.
+    pub cluster: NsqCluster,
+    opts: StackOptions,
+    archive_db: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn config(name: &str) -> PathBuf {
+    workspace_root().join("config").join(name)
+}
+
+impl Stack {
+    /// Starts everything and waits until the api-server lists every data server.
+    pub async fn start(opts: StackOptions) -> Result<Self> {
+        let (dir, state) = match &opts.state_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                (None, d.clone())
+            }
+            None => {
+                let t = tempfile::Builder::new().prefix("nsq-stack-").tempdir()?;
+                let p = t.path().to_path_buf();
+                (Some(t), p)
+            }
+        };
+        let mut cluster = NsqCluster::start_with(ClusterOptions {
+            nsqd: opts.nsqd,
+            standard_ports: opts.standard_ports,
+            ..Default::default()
+        })
+        .await?;
+        let nsqadmin = cluster.start_nsqadmin().await?;
+        let lookupd = cluster.lookupd_http().to_string();
+
+        let archive_db = state.join("archive.db");
+        let archiver = ManagedProcess::spawn(
+            "archiver",
+            project_bin("archiver")?,
+            vec![
+                "run".into(),
+                "-c".into(),
+                config("archiver.toml").display().to_string(),
+                "--set".into(),
+                format!("archive.database={}", archive_db.display()),
+                "--set".into(),
+                format!("archive.lookupd_http_addresses={lookupd}"),
+                "--set".into(),
+                "archive.lookupd_poll_interval=1s".into(),
+            ],
+            vec![],
+            state.join("archiver.log"),
+        )?;
+
+        let (proxy, admin) = if opts.standard_ports {
+            ("127.0.0.1:8080", "127.0.0.1:8081")
+        } else {
+            ("127.0.0.1:0", "127.0.0.1:0")
+        };
+        let api = ApiServer::start(
+            &project_bin("api-server")?,
+            &[
+                format!("server.listen={proxy}"),
+                format!("server.admin_listen={admin}"),
+                format!("discovery.lookupd_http_addresses={lookupd}"),
+                "discovery.lookupd_poll_interval=1s".into(),
+                format!("discovery.ttl={}", opts.ttl),
+                "discovery.prune_interval=500ms".into(),
+            ],
+        )
+        .await
+        .context("starting the api-server")?;
+
+        let mut stack = Self {
+            data: Vec::new(),
+            api,
+            archiver,
+            nsqadmin,
+            cluster,
+            opts,
+            archive_db,
+            _dir: dir,
+        };
+        for _ in 0..stack.opts.data_servers {
+            stack.add_data_server().await?;
+        }
+        let want = stack.data.len();
+        stack
+            .api
+            .wait_registry(
+                Duration::from_secs(30),
+                "every data server to register",
+                |doc| doc["servers"].as_array().is_some_and(|s| s.len() == want),
+            )
+            .await?;
+        Ok(stack)
+    }
+
+    /// Starts one more data server (named `data-N`) and returns its index.
+    pub async fn add_data_server(&mut self) -> Result<usize> {
+        let n = self.data.len() + 1;
+        let mut opts = DataServerOptions::new(self.cluster.nsqd_tcp_addresses());
+        opts.config_file = Some(config("data-server.toml"));
+        opts.interval = self.opts.announce_interval.clone();
+        opts.set.push(format!("server.id=data-{n}"));
+        self.data.push(DataServer::start_with(opts).await?);
+        Ok(self.data.len() - 1)
+    }
+
+    /// The proxy URL.
+    pub fn proxy_url(&self) -> String {
+        format!("http://{}", self.api.proxy())
+    }
+
+    /// The admin dashboard URL.
+    pub fn dashboard_url(&self) -> String {
+        format!("http://{}/", self.api.admin())
+    }
+
+    /// The nsqadmin URL.
+    pub fn nsqadmin_url(&self) -> String {
+        format!("http://{}/", self.nsqadmin)
+    }
+
+    /// The archive database file.
+    pub fn archive_db(&self) -> &PathBuf {
+        &self.archive_db
+    }
+
+    /// Every process as (name, log file), for following their output.
+    pub fn logs(&mut self) -> Vec<(String, PathBuf)> {
+        let mut v = self.cluster.log_paths();
+        v.push((
+            "archiver".to_string(),
+            self.archiver.log_path().to_path_buf(),
+        ));
+        v.push((
+            "api-server".into(),
+            self.api.process().log_path().to_path_buf(),
+        ));
+        for (i, d) in self.data.iter_mut().enumerate() {
+            v.push((
+                format!("data-{}", i + 1),
+                d.process().log_path().to_path_buf(),
+            ));
+        }
+        v
+    }
+
+    /// Pids of every process of the stack.
+    pub fn pids(&mut self) -> Vec<u32> {
+        let mut v = self.cluster.pids();
+        v.extend(self.archiver.pid());
+        v.extend(self.api.process().pid());
+        for d in &mut self.data {
+            v.extend(d.process().pid());
+        }
+        v
+    }
+
+    /// Graceful stop in dependency order: data servers (they announce leaving), the
+    /// api-server, the archiver (commits its open batch), then NSQ.
+    pub async fn shutdown(mut self) -> Result<()> {
+        let t = Duration::from_secs(15);
+        for d in &mut self.data {
+            d.terminate(t).await?;
+        }
+        self.api.process().terminate(t).await?;
+        self.archiver.terminate(t).await?;
+        for i in 0..self.cluster.len() {
+            self.cluster.stop(i).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask up`: the whole stack on this machine, no Docker. Ctrl-C stops it gracefully.
+
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use testkit::{Stack, StackOptions, nsq_bin_dir, workspace_root};
+
+/// Options of `cargo xtask up`.
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of data servers.
+    #[arg(long, default_value_t = 3)]
+    data_servers: usize,
+    /// Number of nsqd.
+    #[arg(long, default_value_t = 2)]
+    nsqd: usize,
+    /// Pick free ports instead of the standard ones (NSQ's, proxy 8080, admin 8081).
+    #[arg(long)]
+    free_ports: bool,
+    /// Directory for the archive database and the logs (default: target/stack).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    eprintln!("== building NSQ (first time only) and the project binaries");
+    let nsq = nsq_bin_dir()?;
+    eprintln!("   NSQ binaries: {}", nsq.display());
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(["build", "--workspace", "--bins"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        eprintln!(
+            "== starting nsqlookupd, {} nsqd, nsqadmin, archiver, api-server, {} data servers",
+            args.nsqd, args.data_servers
+        );
+        let state_dir = args
+            .state_dir
+            .unwrap_or_else(|| testkit::target_dir().join("stack"));
+        let mut stack = Stack::start(StackOptions {
+            nsqd: args.nsqd,
+            data_servers: args.data_servers,
+            standard_ports: !args.free_ports,
+            announce_interval: "2s".into(),
+            ttl: "6s".into(),
+            state_dir: Some(state_dir.clone()),
+        })
+        .await?;
+        println!();
+        println!("  proxy        {}", stack.proxy_url());
+        println!("  dashboard    {}", stack.dashboard_url());
+        println!("  registry     {}registry", stack.dashboard_url());
+        println!("  nsqadmin     {}", stack.nsqadmin_url());
+        println!("  nsqlookupd   http://{}/", stack.cluster.lookupd_http());
+        for i in 0..stack.cluster.len() {
+            println!(
+                "  nsqd{i}        tcp {}  http http://{}/",
+                stack.cluster.nsqd_tcp(i),
+                stack.cluster.nsqd_http(i)
+            );
+        }
+        println!("  archive      {}", stack.archive_db().display());
+        println!("  state        {}", state_dir.display());
+        println!("  pids         {:?}", stack.pids());
+        println!();
+        println!(
+            "try: curl {}/whoami    (Ctrl-C stops everything)",
+            stack.proxy_url()
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        // NSQ's daemons log every HTTP request; their logs stay in the state directory.
+        let followers: Vec<_> = stack
+            .logs()
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("nsq"))
+            .map(|(name, path)| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || follow(&name, &path, &stop))
+            })
+            .collect();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        eprintln!("== stopping: data servers (leaving), api-server, archiver, NSQ");
+        let result = stack.shutdown().await;
+        stop.store(true, Ordering::Relaxed);
+        for f in followers {
+            let _ = f.join();
+        }
+        result?;
+        eprintln!("== stopped; no process left behind");
+        Ok(())
+    })
+}
+
+/// Prints the lines appended to `path`, each prefixed with `name`, until `stop`.
+fn follow(name: &str, path: &std::path::Path, stop: &AtomicBool) {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return;
+    };
+    // Start at the end: what was written during start-up is noise once the table is shown.
+    let _ = file.seek(SeekFrom::End(0));
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(_) => print!("{name:>11} | {line}"),
+            Err(_) => return,
+        }
+    }
+}
