@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -95,38 +95,63 @@ async fn dashboard() -> Html<&'static str> {
     Html(include_str!("dashboard.html"))
 }
 
+/// Query of `GET /registry/events`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct EventsQuery {
+    /// End the stream (with an `end` event) after this many milliseconds; unset: never. Lets a headless browser
+    /// with a virtual-time budget, which waits for open requests, finish a page that streams.
+    pub max_ms: Option<u64>,
+}
+
 /// `GET /registry/events`: a `snapshot` first, then one event per change (`join`, `leave`, `expire`, `eject`,
 /// `recover`, each with the registry after it), and a `snapshot` every [`SNAPSHOT_INTERVAL`].
 async fn events(
     State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = state.registry().subscribe();
     let mut tick = tokio::time::interval(SNAPSHOT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let stream = futures::stream::unfold((state, rx, tick), |(state, mut rx, mut tick)| async {
-        let event = tokio::select! {
-            // Streams never end on their own; ending them at shutdown lets the listener drain.
-            () = state.shutdown().wait() => return None,
-            _ = tick.tick() => snapshot_event(&state),
-            received = rx.recv() => match received {
-                Ok(change) => {
-                    let body = serde_json::json!({
-                        "kind": change.kind,
-                        "id": change.id,
-                        "addr": change.addr,
-                        "registry": document(&state),
-                    });
-                    SseEvent::default()
-                        .event(change.kind.as_str())
-                        .data(body.to_string())
+    let end = query
+        .max_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
+    let open = state.metrics().event_streams.inc_guard();
+    let stream =
+        futures::stream::unfold(Some((state, rx, tick, open)), move |current| async move {
+            let (state, mut rx, mut tick, open) = current?;
+            let deadline = async {
+                match end {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
                 }
-                // Missed changes are covered by a fresh snapshot.
-                Err(broadcast::error::RecvError::Lagged(_)) => snapshot_event(&state),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            },
-        };
-        Some((Ok(event), (state, rx, tick)))
-    });
+            };
+            let event = tokio::select! {
+                // Streams never end on their own; ending them at shutdown lets the listener drain.
+                () = state.shutdown().wait() => return None,
+                () = deadline => {
+                    let end = SseEvent::default().event("end").data("{}");
+                    return Some((Ok(end), None));
+                }
+                _ = tick.tick() => snapshot_event(&state),
+                received = rx.recv() => match received {
+                    Ok(change) => {
+                        let body = serde_json::json!({
+                            "kind": change.kind,
+                            "id": change.id,
+                            "addr": change.addr,
+                            "registry": document(&state),
+                        });
+                        SseEvent::default()
+                            .event(change.kind.as_str())
+                            .data(body.to_string())
+                    }
+                    // Missed changes are covered by a fresh snapshot.
+                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot_event(&state),
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            Some((Ok(event), Some((state, rx, tick, open))))
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

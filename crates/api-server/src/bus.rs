@@ -52,6 +52,8 @@ struct Inner {
     alive: AtomicBool,
     heartbeat_connections: std::sync::atomic::AtomicI64,
     last_by_nsqd: Mutex<BTreeMap<String, Option<Instant>>>,
+    /// Kept apart from the per-nsqd map, which forgets an nsqd when nsqlookupd does (as when it dies).
+    last_any: Mutex<Option<Instant>>,
     canaries_published: AtomicU64,
     canaries_received: AtomicU64,
     publish_failures: AtomicU64,
@@ -68,6 +70,7 @@ impl Bus {
                 alive: AtomicBool::new(true),
                 heartbeat_connections: Default::default(),
                 last_by_nsqd: Mutex::new(BTreeMap::new()),
+                last_any: Mutex::new(None),
                 canaries_published: AtomicU64::new(0),
                 canaries_received: AtomicU64::new(0),
                 publish_failures: AtomicU64::new(0),
@@ -98,6 +101,12 @@ impl Bus {
         if let Some(last) = self.probes().get_mut(nsqd) {
             *last = Some(now);
         }
+        let mut any = self
+            .inner
+            .last_any
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *any = Some(any.map_or(now, |at| at.max(now)));
     }
 
     /// A canary was published (or failed to be).
@@ -139,7 +148,11 @@ impl Bus {
     }
 
     fn last_canary(&self) -> Option<Instant> {
-        self.probes().values().flatten().max().copied()
+        *self
+            .inner
+            .last_any
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether the bus counted as alive at the last evaluation.

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use discovery::{Balancer, EventKind, Registry};
-use svc::{Counter, CounterVec, Histogram};
+use svc::{Counter, CounterVec, Gauge, Histogram};
 use tokio::time::Instant;
 
 use crate::bus::Bus;
@@ -121,6 +121,8 @@ pub struct Metrics {
     pub ejections: Counter,
     /// Proxied request latency, until the response head.
     pub latency: Histogram,
+    /// Open `/registry/events` streams.
+    pub event_streams: Gauge,
 }
 
 impl Metrics {
@@ -205,6 +207,7 @@ impl Metrics {
                 "Time until the response head, all tries included.",
                 svc::LATENCY_BUCKETS,
             ),
+            event_streams: m.gauge("api_event_streams", "Open /registry/events streams."),
             registry: m,
             discovery: discovery.clone(),
         }
