@@ -9,9 +9,12 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use archiver::{NewMessage, Store, StoreError};
+use archiver::{BatchOutcome, NewMessage, Store, StoreError};
 use bytes::Bytes;
 use tokio::sync::oneshot;
+
+/// How often the writer logs its progress (when it stored anything).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// Why a message could not be stored (the batch's error, shared by all its messages).
 pub type StoreFailure = Arc<StoreError>;
@@ -72,10 +75,28 @@ pub fn is_fatal(err: &StoreError) -> bool {
     !matches!(err, StoreError::Busy { .. })
 }
 
+/// Where batches go: the [`Store`], or a stand-in in tests that need a failing disk.
+pub trait Sink: Send + 'static {
+    /// Stores a batch in one transaction ([`Store::insert_batch`]).
+    fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError>;
+    /// Moves the WAL into the database file ([`Store::checkpoint`]).
+    fn checkpoint(&self) -> Result<(), StoreError>;
+}
+
+impl Sink for Store {
+    fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError> {
+        Store::insert_batch(self, msgs)
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Store::checkpoint(self)
+    }
+}
+
 /// Starts the writer thread. `on_fatal` is called once, from the writer thread, when a fatal
 /// store error happens; every message after it is refused (so it is requeued, never finished).
 pub fn spawn(
-    store: Store,
+    store: impl Sink,
     limits: Limits,
     on_fatal: impl FnOnce(StoreFailure) + Send + 'static,
 ) -> (Sender<Command>, JoinHandle<Outcome>) {
@@ -87,8 +108,8 @@ pub fn spawn(
     (tx, handle)
 }
 
-fn run(
-    mut store: Store,
+fn run<S: Sink>(
+    mut store: S,
     rx: &Receiver<Command>,
     limits: Limits,
     on_fatal: impl FnOnce(StoreFailure),
@@ -97,6 +118,7 @@ fn run(
     let mut on_fatal = Some(on_fatal);
     let mut batch: Vec<Record> = Vec::with_capacity(limits.batch_size);
     let mut stopping = false;
+    let mut report = (Instant::now(), 0u64);
     while !stopping {
         match rx.recv() {
             Ok(Command::Store(r)) => batch.push(r),
@@ -115,6 +137,16 @@ fn run(
             }
         }
         commit(&mut store, &mut batch, &mut outcome, &mut on_fatal);
+        if report.0.elapsed() >= REPORT_EVERY && outcome.inserted > report.1 {
+            let rate = (outcome.inserted - report.1) as f64 / report.0.elapsed().as_secs_f64();
+            tracing::info!(
+                total = outcome.inserted,
+                duplicates = outcome.duplicates,
+                per_second = rate.round(),
+                "archive progress"
+            );
+            report = (Instant::now(), outcome.inserted);
+        }
     }
     // Anything still queued behind a Stop is refused: its handler requeues it.
     while let Ok(Command::Store(r)) = rx.try_recv() {
@@ -129,8 +161,8 @@ fn run(
     outcome
 }
 
-fn commit(
-    store: &mut Store,
+fn commit<S: Sink>(
+    store: &mut S,
     batch: &mut Vec<Record>,
     outcome: &mut Outcome,
     on_fatal: &mut Option<impl FnOnce(StoreFailure)>,
@@ -232,5 +264,82 @@ mod tests {
         let out = handle.join().unwrap();
         assert_eq!((out.inserted, out.duplicates), (5, 1));
         assert_eq!(Store::open(&path).unwrap().stats().unwrap().total, 5);
+    }
+
+    /// A disk that is full after `room` batches.
+    struct FullDisk {
+        room: usize,
+    }
+
+    impl Sink for FullDisk {
+        fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError> {
+            if self.room == 0 {
+                return Err(StoreError::DiskFull {
+                    path: "/full/archive.db".into(),
+                });
+            }
+            self.room -= 1;
+            Ok(BatchOutcome {
+                inserted: msgs.len(),
+                duplicates: 0,
+            })
+        }
+
+        fn checkpoint(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn after_a_fatal_error_nothing_is_acknowledged_and_the_archiver_is_told_once() {
+        let limits = Limits {
+            batch_size: 2,
+            batch_latency: Duration::from_millis(500),
+        };
+        let (told_tx, told) = std::sync::mpsc::channel();
+        let (tx, handle) = spawn(FullDisk { room: 1 }, limits, move |err| {
+            told_tx.send(err.to_string()).unwrap();
+        });
+        let send = |n| {
+            let (r, rx) = record(n);
+            tx.send(Command::Store(r)).unwrap();
+            rx
+        };
+        // First batch fits, second hits the full disk, third is refused without trying.
+        let first = [send(0), send(1)];
+        let second = [send(2), send(3)];
+        for rx in first {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        for rx in second {
+            let err = rx.blocking_recv().unwrap().unwrap_err();
+            assert!(matches!(*err, StoreError::DiskFull { .. }));
+        }
+        let third = send(4);
+        assert!(third.blocking_recv().unwrap().is_err());
+        tx.send(Command::Stop).unwrap();
+        let out = handle.join().unwrap();
+        assert_eq!(out.inserted, 2);
+        assert!(out.fatal.is_some());
+        let message = told.recv().unwrap();
+        assert!(message.starts_with("disk full while writing archive database"));
+        assert!(told.try_recv().is_err(), "told once");
+    }
+
+    #[test]
+    fn a_busy_database_is_not_fatal() {
+        let busy = StoreError::Busy {
+            path: "a.db".into(),
+            waited_ms: 5000,
+            cause: rusqlite_busy(),
+        };
+        assert!(!is_fatal(&busy));
+        assert!(is_fatal(&StoreError::DiskFull {
+            path: "a.db".into()
+        }));
+    }
+
+    fn rusqlite_busy() -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None)
     }
 }
