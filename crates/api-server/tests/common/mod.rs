@@ -157,3 +157,66 @@ pub async fn wait_metric(api: &ApiServer, sample: &str, at_least: f64) -> f64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A real `data-server` process announcing itself through `cluster`'s nsqd.
+pub struct DataServer {
+    pub process: testkit::ManagedProcess,
+    pub id: String,
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl DataServer {
+    pub async fn start(cluster: &NsqCluster, id: &str, interval: &str) -> DataServer {
+        let bin = testkit::project_bin("data-server").expect("the data-server binary");
+        let dir = tempfile::tempdir().unwrap();
+        let nsqd: Vec<String> = cluster
+            .nsqd_tcp_addresses()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let args = [
+            "server.listen=127.0.0.1:0".to_owned(),
+            format!("server.id={id}"),
+            format!("announce.nsqd_tcp_addresses={}", nsqd.join(",")),
+            format!("announce.interval={interval}"),
+            "announce.jitter=0".to_owned(),
+            "shutdown.timeout=5s".to_owned(),
+        ]
+        .into_iter()
+        .flat_map(|set| ["--set".to_owned(), set])
+        .collect();
+        let mut process = testkit::ManagedProcess::spawn(
+            format!("data-server {id}"),
+            bin,
+            args,
+            vec![("RUST_LOG".to_owned(), "info".to_owned())],
+            dir.path().join("data-server.log"),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let addr = loop {
+            let log = process.log();
+            if let Some(addr) = log
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("listening on ")?.parse().ok())
+            {
+                break addr;
+            }
+            if let Some(status) = process.try_wait().unwrap() {
+                panic!("data-server {id} exited with {status}:\n{log}");
+            }
+            assert!(
+                started.elapsed() < SOON,
+                "data-server {id} did not start:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        DataServer {
+            process,
+            id: id.to_owned(),
+            addr,
+            _dir: dir,
+        }
+    }
+}
