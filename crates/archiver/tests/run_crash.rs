@@ -90,7 +90,14 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
         let bodies: Vec<Vec<u8>> = chunk.iter().map(|&n| body(n)).collect();
         producer.multi_publish(topic, &bodies).await.unwrap();
     }
-    let mut archiver = spawn_archiver(dir.path(), run_args(&db, &cluster, &[topic]));
+    // This one finds nsqd through nsqlookupd instead of being told its address.
+    let mut args = run_args(&db, &cluster, &[topic]);
+    let direct = args
+        .iter()
+        .position(|a| a.starts_with("archive.nsqd_tcp_addresses="))
+        .unwrap();
+    args[direct] = format!("archive.lookupd_http_addresses={}", cluster.lookupd_http());
+    let mut archiver = spawn_archiver(dir.path(), args);
     eventually(
         "the burst to be under way",
         Duration::from_secs(30),
