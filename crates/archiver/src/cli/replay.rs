@@ -124,7 +124,9 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
     let mut range = Range {
         topic: Some(args.topic.clone()),
         from_ns,
-        to_ns,
+        // An open end means "up to now" for this run (a resumed run goes up to its own now),
+        // so a replay into a topic that is itself archived cannot chase its own output.
+        to_ns: to_ns.or(Some(now)),
         after: earlier.map(|p| p.last),
         limit: PAGE,
     };
