@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use super::*;
 use crate::announcer_transport::BoxFuture;
 use crate::heartbeat::{Message, decode};
+use crate::signing::HmacKey;
 
 type Log = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 

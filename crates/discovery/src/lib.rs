@@ -29,6 +29,7 @@
 
 mod addr;
 mod announcer;
+mod announcer_config;
 mod announcer_health;
 mod announcer_transport;
 mod backend;
@@ -40,9 +41,10 @@ mod registry;
 mod reject;
 mod signing;
 
-pub use announcer::{
-    AnnounceError, Announcer, AnnouncerConfig, AnnouncerError, AnnouncerStats, DEFAULT_INTERVAL,
-    DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, RETRY_BASE, jittered, publish_timeout_for,
+pub use announcer::{Announcer, HEALTH_RECHECK, RETRY_BASE, jittered};
+pub use announcer_config::{
+    AnnounceError, AnnouncerConfig, AnnouncerError, AnnouncerStats, DEFAULT_INTERVAL,
+    DEFAULT_JITTER, DEFAULT_TOPIC, publish_timeout_for,
 };
 pub use announcer_health::{AlwaysHealthy, AsyncHealth, Health};
 pub use backend::{Backend, MAX_WEIGHT};
