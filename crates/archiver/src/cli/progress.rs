@@ -16,10 +16,15 @@ pub struct Bar {
 }
 
 impl Bar {
+    /// Whether a bar would be drawn (stderr is a terminal): compute its total only then.
+    pub fn wanted() -> bool {
+        std::io::stderr().is_terminal()
+    }
+
     /// A bar towards `total`; drawn only when stderr is a terminal.
     pub fn new(total: u64) -> Self {
         Bar {
-            enabled: std::io::stderr().is_terminal(),
+            enabled: Self::wanted(),
             total,
             start: Instant::now(),
             last_draw: None,

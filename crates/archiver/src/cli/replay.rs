@@ -34,7 +34,8 @@ pub struct ReplayArgs {
     /// default: the oldest message
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub from: Option<String>,
-    /// End of the range, exclusive; default: no end. Give absolute times to resume a job later
+    /// End of the range, exclusive; default: the time this run starts. Give absolute times to
+    /// resume a job later
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub until: Option<String>,
     /// Topic to publish to (default: the archived topic)
@@ -147,7 +148,12 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
 
     let shutdown = Shutdown::new();
     let signal = shutdown.trigger_on_signal();
-    let mut bar = Bar::new(store.count(&range)?);
+    // Counting reads the whole range's index: only for a bar someone will see.
+    let mut bar = Bar::new(if Bar::wanted() {
+        store.count(&range)?
+    } else {
+        0
+    });
     let start = Instant::now();
     let mut totals = Totals::default();
     let mut finished = true;
