@@ -146,3 +146,34 @@ pub fn stats(config: Config, args: StatsArgs) -> anyhow::Result<()> {
         .and_then(|()| out.flush())
         .or_else(quiet_on_broken_pipe)
 }
+
+#[cfg(test)]
+mod tests {
+    use archiver::StoredMessage;
+
+    fn stored(body: &[u8]) -> StoredMessage {
+        StoredMessage {
+            seq: 7,
+            topic: "t".into(),
+            nsqd: "n:4150".into(),
+            msg_id: *b"0123456789abcdef",
+            nsqd_ts_ns: 1_000_000_000,
+            attempts: 2,
+            archived_at_ms: 5,
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn text_bodies_are_strings_and_binary_ones_hex() {
+        let v = super::to_json(&stored(b"{\"a\":1}\n"));
+        assert_eq!(v["body"], "{\"a\":1}\n");
+        assert_eq!(v["id"], "0123456789abcdef");
+        assert_eq!(v["time"], "1970-01-01T00:00:01.000000000Z");
+        // One line whatever the body holds.
+        assert!(!v.to_string().contains('\n'));
+        let v = super::to_json(&stored(&[0xff, 0x00, 0x41]));
+        assert_eq!(v["body_hex"], "ff0041");
+        assert!(v.get("body").is_none());
+    }
+}

@@ -234,6 +234,10 @@ async fn publish(producers: &[Producer], topic: &str, bodies: &[&[u8]]) -> anyho
         for p in producers {
             match p.multi_publish(topic, bodies).await {
                 Ok(()) => return Ok(()),
+                // The same bytes fail the same way on every nsqd: no point in retrying.
+                Err(err @ (nsq::Error::InvalidBody(_) | nsq::Error::InvalidName { .. })) => {
+                    return Err(anyhow::anyhow!("MPUB refused: {err}"));
+                }
                 Err(err) => {
                     tracing::warn!(nsqd = p.addr(), "MPUB failed: {err}");
                     last_err = Some(anyhow::anyhow!("MPUB to {} failed: {err}", p.addr()));
