@@ -25,6 +25,8 @@ pub const DEFAULT_RETENTION_INTERVAL: HumanDuration = HumanDuration::from_secs(6
 pub const DEFAULT_LOOKUPD_POLL_INTERVAL: HumanDuration = HumanDuration::from_secs(10);
 /// Bound on a graceful shutdown.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: HumanDuration = HumanDuration::from_secs(30);
+/// Largest max_in_flight accepted (nsqd allows a RDY of 2500 per connection by default).
+pub const MAX_IN_FLIGHT: u64 = 100_000;
 /// Largest batch accepted: a transaction of this many 1 MiB bodies is already a lot.
 pub const MAX_BATCH_SIZE: usize = 10_000;
 
@@ -139,6 +141,13 @@ impl Validate for Config {
             Some(_) => {}
         }
         for (i, topic) in a.topics.iter().enumerate() {
+            if a.topics[..i].contains(topic) {
+                return Err(Invalid::new(
+                    format!("archive.topics[{i}]"),
+                    "each topic once",
+                    format!("{topic:?} again"),
+                ));
+            }
             if nsq::validate_topic(topic).is_err() || nsq::is_ephemeral(topic) {
                 let found = format!("{topic:?}");
                 return Err(Invalid::new(
@@ -163,8 +172,13 @@ impl Validate for Config {
                 a.batch_size,
             ));
         }
-        if a.max_in_flight == 0 {
-            return Err(Invalid::new("archive.max_in_flight", "at least 1", 0));
+        if !(1..=MAX_IN_FLIGHT).contains(&a.max_in_flight) {
+            // One handler task per message in flight: bounded so a typo cannot spawn millions.
+            return Err(Invalid::new(
+                "archive.max_in_flight",
+                format!("1..={MAX_IN_FLIGHT}"),
+                a.max_in_flight,
+            ));
         }
         a.batch_latency.require_positive("archive.batch_latency")?;
         if let Some(t) = a.msg_timeout {
@@ -223,6 +237,8 @@ mod tests {
             err.contains("archive.topics[1]") && err.contains("\"bad topic\""),
             "{err}"
         );
+        let err = load(&["archive.database=a.db", "archive.topics=a,b,a"]).unwrap_err();
+        assert!(err.contains("archive.topics[2]"), "{err}");
         let err = load(&["archive.database=a.db", "archive.channel=x#ephemeral"]).unwrap_err();
         assert!(err.contains("archive.channel"), "{err}");
         let err = load(&[]).unwrap_err();
