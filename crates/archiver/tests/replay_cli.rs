@@ -162,6 +162,24 @@ async fn a_range_is_replayed_in_order_into_a_new_topic() {
         .collect();
     let bodies: Vec<&str> = lines.iter().map(|v| v["body"].as_str().unwrap()).collect();
     assert_eq!(bodies, ["m-0050", "m-0051", "m-0052"]);
+
+    // stats: counts per topic, first and last time, size.
+    let out = Command::new(ARCHIVER)
+        .args([
+            "stats",
+            "--json",
+            "--set",
+            &format!("archive.database={}", db.display()),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["total"], 300);
+    assert_eq!(stats["topics"][0]["topic"], "orders");
+    assert_eq!(stats["topics"][0]["first_ns"], BASE_NS);
+    assert_eq!(stats["topics"][0]["last"], "2023-11-14T22:13:20.299000000Z");
+    assert!(stats["db_bytes"].as_u64().unwrap() > 0);
 }
 
 #[tokio::test]
