@@ -172,6 +172,20 @@ pub struct ProxyConfig {
     pub total_timeout: HumanDuration,
     /// Most tries per request (first try included).
     pub max_tries: u32,
+    /// Retries may add at most this share of the requests (plus the floor below), so that retries cannot
+    /// multiply an outage.
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second, whatever the traffic (so a quiet proxy can still retry).
+    pub retry_budget_min_per_sec: f64,
+    /// Pause before a retry, jittered between 0.5x and 1.5x.
+    pub retry_backoff: HumanDuration,
+    /// Whether a 5xx answer counts as a failure of the server for passive health (ejection).
+    pub eject_on_5xx: bool,
+    /// Peers (CIDRs) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to; from anyone else
+    /// they are replaced, so a client cannot forge its address.
+    pub trusted_proxies: Vec<IpNet>,
+    /// One log line per proxied request (method, path, status, upstream, tries, duration) at info level.
+    pub access_log: bool,
 }
 
 impl Default for ProxyConfig {
@@ -181,6 +195,12 @@ impl Default for ProxyConfig {
             try_timeout: HumanDuration::from_secs(10),
             total_timeout: HumanDuration::from_secs(30),
             max_tries: 3,
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_sec: 10.0,
+            retry_backoff: HumanDuration::from_millis(5),
+            eject_on_5xx: false,
+            trusted_proxies: Vec::new(),
+            access_log: true,
         }
     }
 }
@@ -313,6 +333,20 @@ impl Validate for Config {
         p.total_timeout.require_positive("proxy.total_timeout")?;
         if p.max_tries == 0 {
             return Err(Invalid::new("proxy.max_tries", "at least 1", 0));
+        }
+        if !(0.0..=1.0).contains(&p.retry_budget_ratio) {
+            return Err(Invalid::new(
+                "proxy.retry_budget_ratio",
+                "a share within 0.0..=1.0",
+                p.retry_budget_ratio,
+            ));
+        }
+        if !(p.retry_budget_min_per_sec >= 0.0 && p.retry_budget_min_per_sec.is_finite()) {
+            return Err(Invalid::new(
+                "proxy.retry_budget_min_per_sec",
+                "a rate of at least 0",
+                p.retry_budget_min_per_sec,
+            ));
         }
         self.shutdown.timeout.require_positive("shutdown.timeout")?;
         Ok(())

@@ -1,9 +1,11 @@
 //! The reverse proxy on `server.listen`: every request goes to a live data server chosen by the balancer.
 
 mod body;
+mod budget;
 mod headers;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +21,8 @@ use tokio::time::Instant;
 use crate::config::ProxyConfig;
 use crate::state::AppState;
 pub use body::{GuardedBody, RetryableBody};
+pub use budget::RetryBudget;
+use budget::jittered;
 use headers::{X_REQUEST_ID, add_forwarding, request_id, strip_hop_by_hop};
 
 /// The one pooled HTTP/1.1 client all proxied requests share.
@@ -32,6 +36,11 @@ pub struct ProxyState {
     try_timeout: Duration,
     total_timeout: Duration,
     max_tries: u32,
+    budget: Arc<RetryBudget>,
+    backoff: Duration,
+    eject_on_5xx: bool,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
+    access_log: bool,
 }
 
 impl ProxyState {
@@ -50,6 +59,15 @@ impl ProxyState {
             try_timeout: cfg.try_timeout.get(),
             total_timeout: cfg.total_timeout.get(),
             max_tries: cfg.max_tries,
+            budget: Arc::new(RetryBudget::new(
+                cfg.retry_budget_ratio,
+                cfg.retry_budget_min_per_sec,
+                Instant::now(),
+            )),
+            backoff: cfg.retry_backoff.get(),
+            eject_on_5xx: cfg.eject_on_5xx,
+            trusted_proxies: cfg.trusted_proxies.clone().into(),
+            access_log: cfg.access_log,
         }
     }
 }
@@ -143,23 +161,28 @@ async fn proxy(
         Ok((response, upstream, tries)) => {
             let status = response.status();
             p.app.metrics().requests.with(status.as_str()).inc();
-            tracing::debug!(target: "api_server::access", %method, %path, status = status.as_u16(), %upstream, tries, ?elapsed);
+            if p.access_log {
+                tracing::info!(target: "api_server::access", %method, %path, status = status.as_u16(), %upstream, tries, ?elapsed);
+            }
             response
         }
         Err(err) => {
+            let text = err.to_string();
             let response = err.into_response();
             p.app
                 .metrics()
                 .requests
                 .with(response.status().as_str())
                 .inc();
-            tracing::info!(target: "api_server::access", %method, %path, status = response.status().as_u16(), ?elapsed, "proxy error");
+            if p.access_log {
+                tracing::info!(target: "api_server::access", %method, %path, status = response.status().as_u16(), upstream = "-", ?elapsed, "{text}");
+            }
             response
         }
     }
 }
 
-/// Tries live servers until one answers, a failure may not be retried, or tries or time run out.
+/// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
 async fn forward(
     p: &ProxyState,
     peer: SocketAddr,
@@ -170,18 +193,34 @@ async fn forward(
     let rid = || request_id.to_str().unwrap_or_default().to_owned();
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarding(&mut parts.headers, peer, &request_id);
+    let trusted = p.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
+    add_forwarding(&mut parts.headers, peer, &request_id, trusted);
     let path_and_query = parts
         .uri
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .to_owned();
+    let idempotent = is_idempotent(&parts.method);
     let body = RetryableBody::new(body);
     let deadline = started + p.total_timeout;
     let balancer = p.app.balancer();
+    let metrics = p.app.metrics();
+    p.budget.deposit(started);
     let mut tried: Vec<String> = Vec::new();
     let mut last_failure = String::new();
+    // Decides whether the failed try may be followed by another, taking a token from the budget if so.
+    let may_retry = |tries: u32, retryable: bool| {
+        retryable
+            && tries < p.max_tries
+            && Instant::now() < deadline
+            && p.budget.withdraw(Instant::now())
+    };
     for attempt in 0..p.max_tries {
+        if attempt > 0 {
+            metrics.retries.inc();
+            let pause = jittered(p.backoff).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
         let picked = {
             let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
             balancer.pick(&exclude)
@@ -189,17 +228,17 @@ async fn forward(
         let Some((backend, in_flight)) = picked else {
             break;
         };
-        if attempt > 0 {
-            p.app.metrics().retries.inc();
-        }
         let id = backend.id().to_owned();
-        p.app.metrics().upstream_requests.with(&id).inc();
+        metrics.upstream_requests.with(&id).inc();
         let uri: Uri = match format!("http://{}{path_and_query}", backend.addr()).parse() {
             Ok(uri) => uri,
             Err(err) => {
                 last_failure = format!("bad upstream address {:?}: {err}", backend.addr());
                 tried.push(id);
-                continue;
+                if may_retry(attempt + 1, !body.touched()) {
+                    continue;
+                }
+                break;
             }
         };
         let mut upstream = hyper::Request::new(body.clone());
@@ -211,7 +250,22 @@ async fn forward(
         let limit = p.try_timeout.min(budget);
         match tokio::time::timeout(limit, p.client.request(upstream)).await {
             Ok(Ok(response)) => {
-                balancer.report_success(&id);
+                let status = response.status();
+                if status.is_server_error() && p.eject_on_5xx {
+                    report_failure(p, &id);
+                } else {
+                    balancer.report_success(&id);
+                }
+                // A 502/503 from one server may be its own trouble: another may answer, if sending twice is safe.
+                let gateway = matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                );
+                if gateway && may_retry(attempt + 1, idempotent && !body.touched()) {
+                    last_failure = format!("{id} answered {status}");
+                    tried.push(id);
+                    continue;
+                }
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 head.headers
@@ -224,34 +278,22 @@ async fn forward(
                 let connect = err.is_connect();
                 last_failure = format!("{id} ({}): {err}", backend.addr());
                 tracing::warn!(request_id = %rid(), upstream = %id, connect, "upstream try failed: {err}");
-                if let FailureOutcome::Ejected(d) = balancer.report_failure(&id, Instant::now()) {
-                    p.app.metrics().ejections.inc();
-                    tracing::warn!(upstream = %id, "ejected for {d:?}");
-                }
+                report_failure(p, &id);
                 tried.push(id);
                 // A refused connection never saw the body; other failures may have consumed part of it, and
                 // only idempotent requests may be sent twice.
-                let retry = !body.touched() && (connect || is_idempotent(&parts.method));
-                if !retry {
+                if !may_retry(attempt + 1, !body.touched() && (connect || idempotent)) {
                     break;
                 }
             }
             Err(_) => {
                 drop(in_flight);
-                if let FailureOutcome::Ejected(_) = balancer.report_failure(&id, Instant::now()) {
-                    p.app.metrics().ejections.inc();
-                }
+                report_failure(p, &id);
                 return Err(ProxyError::Timeout {
                     request_id: rid(),
                     tries: attempt + 1,
                 });
             }
-        }
-        if Instant::now() >= deadline {
-            return Err(ProxyError::Timeout {
-                request_id: rid(),
-                tries: attempt + 1,
-            });
         }
     }
     if tried.is_empty() {
@@ -262,4 +304,11 @@ async fn forward(
         tries: tried.len() as u32,
         detail: last_failure,
     })
+}
+
+fn report_failure(p: &ProxyState, id: &str) {
+    if let FailureOutcome::Ejected(d) = p.app.balancer().report_failure(id, Instant::now()) {
+        p.app.metrics().ejections.inc();
+        tracing::warn!(upstream = %id, "ejected for {d:?}");
+    }
 }

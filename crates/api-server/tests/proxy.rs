@@ -236,7 +236,14 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
 
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let api = api_server(&cluster, "10s", &[]).await;
+    // Loopback peers are trusted proxies here, so their forwarding headers are appended to.
+    let api = api_server(
+        &cluster,
+        "10s",
+        &["proxy.trusted_proxies=[\"127.0.0.0/8\"]"],
+    )
+    .await;
+    let untrusting = api_server(&cluster, "10s", &[]).await;
     let _announcer = Announcer::start(
         &cluster,
         "echo",
@@ -244,6 +251,25 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
         Duration::from_secs(1),
     );
     wait_servers(&api, 1).await;
+    wait_servers(&untrusting, 1).await;
+    let forged: BTreeMap<String, String> = client()
+        .get(format!("http://{}/h", untrusting.proxy()))
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("forwarded", "for=203.0.113.9")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        forged["x-forwarded-for"], "127.0.0.1",
+        "untrusted hops are dropped"
+    );
+    assert!(
+        forged["forwarded"].starts_with("for=127.0.0.1;"),
+        "{forged:?}"
+    );
     let response = client()
         .get(format!("http://{}/h?x=1", api.proxy()))
         .header("connection", "keep-alive, x-hop")
@@ -312,4 +338,100 @@ async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_o
         .clone();
     assert!(ghost["ejections"].as_u64().unwrap() >= 1, "{doc}");
     assert!(api.metric("api_proxy_retries_total").await.unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_retries_when_every_server_fails() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    // Three servers that refuse every connection.
+    let _ghosts: Vec<Announcer> = (0..3)
+        .map(|n| {
+            let dead = format!("127.0.0.1:{}", testkit::free_port());
+            Announcer::start(
+                &cluster,
+                &format!("ghost-{n}"),
+                &dead,
+                Duration::from_secs(1),
+            )
+        })
+        .collect();
+    let api = api_server(
+        &cluster,
+        "10s",
+        &[
+            "proxy.retry_budget_ratio=0.2",
+            "proxy.retry_budget_min_per_sec=1",
+            "proxy.access_log=false",
+        ],
+    )
+    .await;
+    wait_servers(&api, 3).await;
+    let http = client();
+    let requests = 200;
+    for _ in 0..requests {
+        let response = http
+            .get(format!("http://{}/x", api.proxy()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["request_id"].is_string(), "{body}");
+    }
+    let retries = api.metric("api_proxy_retries_total").await.unwrap();
+    // Without a budget, 200 requests x 3 tries would be 400 retries.
+    let allowed = 0.2 * requests as f64 + 10.0 + 5.0;
+    assert!(
+        retries <= allowed,
+        "{retries} retries for {requests} requests"
+    );
+    assert!(
+        retries >= 0.2 * requests as f64 - 5.0,
+        "the budget allows some: {retries}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let mut staying = DataServer::start(&cluster, "ds-stay", "1s").await;
+    let mut leaving = DataServer::start(&cluster, "ds-leave", "1s").await;
+    let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
+    wait_servers(&api, 2).await;
+    let http = client();
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        *seen.entry(whoami(&http, &api).await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    leaving.process.signal(testkit::Signal::SIGTERM).unwrap();
+    // Requests keep flowing while it leaves: none may fail.
+    let mut after_leave = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let gone = !api
+            .server_ids()
+            .await
+            .unwrap()
+            .contains(&"ds-leave".to_owned());
+        let id = whoami(&http, &api)
+            .await
+            .expect("no client error during a leave");
+        if gone {
+            assert_eq!(
+                id, "ds-stay",
+                "a request sent after the leave was processed reached ds-leave"
+            );
+            after_leave += 1;
+            if after_leave == 100 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < SOON, "ds-leave never left");
+    }
+    assert!(leaving.process.wait_exit(SOON).await.unwrap().success());
+    staying.process.kill();
 }

@@ -57,9 +57,25 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-/// Adds `X-Forwarded-For` (appended to any earlier hops), `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239
-/// `Forwarded` and `X-Request-Id`, and drops `Host` so that the upstream sees its own address there.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: SocketAddr, request_id: &HeaderValue) {
+/// Adds `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded` and `X-Request-Id`,
+/// and drops `Host` so that the upstream sees its own address there. From a `trusted` peer (another proxy) the
+/// earlier hops are kept and appended to; from anyone else they are dropped, since a client could forge them.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+    trusted: bool,
+) {
+    if !trusted {
+        for name in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &FORWARDED,
+        ] {
+            headers.remove(name);
+        }
+    }
     let host = headers.remove(header::HOST);
     let ip = peer.ip();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -118,8 +134,19 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         let id = request_id(&h);
         assert_eq!(id.len(), 32);
-        add_forwarding(&mut h, "192.0.2.7:5000".parse().unwrap(), &id);
+        let mut untrusted = h.clone();
+        add_forwarding(&mut h, "192.0.2.7:5000".parse().unwrap(), &id, true);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        add_forwarding(
+            &mut untrusted,
+            "192.0.2.7:5000".parse().unwrap(),
+            &id,
+            false,
+        );
+        assert_eq!(
+            untrusted["x-forwarded-for"], "192.0.2.7",
+            "a client cannot forge hops"
+        );
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "example.com");
         assert_eq!(
