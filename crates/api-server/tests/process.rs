@@ -1,0 +1,149 @@
+//! The api-server binary as an operator meets it: config errors, version, health, readiness, graceful stop.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use testkit::{NsqCluster, Signal};
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(api_server_bin())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_config_exits_2_with_one_line_naming_the_key() {
+    let out = run(&[
+        "--set",
+        "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        "--set",
+        "discovery.ttl=0s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--set discovery.ttl: discovery.ttl"),
+        "{stderr}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("api-server.toml");
+    std::fs::write(&file, "[discovery]\nttl = \"10s\"\nlookupd = [\"x\"]\n").unwrap();
+    let out = run(&["-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(file.to_str().unwrap()) && stderr.contains("lookupd"),
+        "{stderr}"
+    );
+
+    let out = run(&[
+        "--set",
+        "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        "--set",
+        "discovery.hmac_key_file=/nonexistent/key",
+        "--set",
+        "server.listen=127.0.0.1:0",
+        "--set",
+        "server.admin_listen=127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("discovery.hmac_key_file"), "{stderr}");
+
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .starts_with("api-server ")
+    );
+}
+
+#[test]
+fn the_example_config_is_valid() {
+    let example = testkit::workspace_root().join("config/api-server.toml");
+    let config: api_server::Config = svc::ConfigLoader::new("")
+        .file(example)
+        .load()
+        .expect("config/api-server.toml loads");
+    assert_eq!(
+        config.discovery.lookupd_http_addresses[0].to_string(),
+        "127.0.0.1:4161"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let mut api = api_server(&cluster, "10s", &[]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let admin = api.admin();
+    let healthz = http
+        .get(format!("http://{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 200);
+    let readyz = http
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503, "no live server yet");
+
+    let _server = DataServer::start(&cluster, "ds-g", "1s").await;
+    api.wait_registry(SOON, "ds-g", |d| {
+        d["servers"].as_array().unwrap().len() == 1
+    })
+    .await
+    .unwrap();
+    let readyz = http
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200);
+    let body: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(body["live_servers"], 1);
+    assert_eq!(body["nsqd_connections"], 1);
+
+    // A request in flight when SIGTERM arrives is answered, then the process exits 0.
+    let slow = tokio::spawn({
+        let (http, url) = (http.clone(), format!("http://{}/slow?ms=1500", api.proxy()));
+        async move { http.get(url).send().await }
+    });
+    let started = std::time::Instant::now();
+    while api
+        .metric("api_proxy_upstream_requests_total{upstream=\"ds-g\"}")
+        .await
+        .unwrap()
+        < 1.0
+    {
+        assert!(started.elapsed() < SOON, "the slow request never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    api.process().signal(Signal::SIGTERM).unwrap();
+    let response = slow
+        .await
+        .unwrap()
+        .expect("the request in flight is answered");
+    assert_eq!(response.status(), 200);
+    let stopping = std::time::Instant::now();
+    let status = api.process().wait_exit(SOON).await.unwrap();
+    assert!(status.success(), "{status}\n{}", api.log());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}:\n{}",
+        stopping.elapsed(),
+        api.log()
+    );
+}
