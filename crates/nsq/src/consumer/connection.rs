@@ -117,6 +117,11 @@ async fn write_loop(mut writer: FrameWriter, mut rx: mpsc::UnboundedReceiver<Cmd
     let mut closing = false;
     while !closing {
         let Some(first) = rx.recv().await else { break };
+        if rx.is_empty() {
+            // Answers come in bursts (a batch of handlers finishing together): let the other
+            // ready tasks queue theirs so that one write carries them all.
+            tokio::task::yield_now().await;
+        }
         let mut next = Some(first);
         while let Some(cmd) = next.take() {
             match cmd {
