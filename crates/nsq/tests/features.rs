@@ -107,6 +107,7 @@ async fn tls_with_a_custom_ca_and_verification_on() {
             format!("--tls-cert={}", p("server.pem")),
             format!("--tls-key={}", p("server.key")),
         ],
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -158,6 +159,7 @@ async fn tls_with_a_client_certificate_required_by_nsqd() {
             // TLS on TCP only, so the harness can still check plain HTTP /ping.
             "--tls-required=tcp-https".into(),
         ],
+        ..Default::default()
     })
     .await
     .unwrap();
