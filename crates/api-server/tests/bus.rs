@@ -12,10 +12,11 @@ use testkit::NsqCluster;
 async fn all_nsqd_down_for_three_ttls_keeps_the_servers_and_says_so() {
     let mut cluster = NsqCluster::start(2).await.unwrap();
     create_topic(&cluster).await;
-    let ttl = Duration::from_secs(2);
+    // The bus must be found down (canary timeout + one interval) before a server's TTL runs out.
+    let ttl = Duration::from_secs(3);
     let api = api_server(
         &cluster,
-        "2s",
+        "3s",
         &[
             "discovery.canary_interval=200ms",
             "discovery.canary_timeout=1s",
