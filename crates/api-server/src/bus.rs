@@ -2,8 +2,9 @@
 //! dashboard read.
 //!
 //! The bus is alive while a canary published through the nsqd set came back within `canary_timeout` and the
-//! heartbeat consumer holds at least one nsqd connection. Either alone can lie: a connected consumer says nothing
-//! about delivery, and canaries can flow while the heartbeat subscription is gone.
+//! heartbeat consumer holds at least one nsqd connection (or no server is registered, so there is nothing to
+//! preserve). Either alone can lie: a connected consumer says nothing about delivery, and canaries can flow while
+//! the heartbeat subscription is gone.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -129,7 +130,10 @@ impl Bus {
         // Until the first canary could have come back (and the subscription connected), the bus gets the benefit
         // of the doubt: there is nothing to preserve yet anyway.
         let starting = last.is_none() && within(self.inner.started);
-        let alive = starting || (last.is_some_and(within) && heartbeat_connections > 0);
+        // Through nsqlookupd the subscription only finds nsqd that already have the heartbeat topic: with no server
+        // registered yet there may be none, and nothing to preserve either.
+        let subscribed = heartbeat_connections > 0 || registry.live_count(now) == 0;
+        let alive = starting || (last.is_some_and(within) && subscribed);
         let was = self.inner.alive.swap(alive, Ordering::AcqRel);
         if was != alive {
             if alive {
@@ -222,7 +226,11 @@ mod tests {
         assert!(bus.evaluate(&registry, 1, Instant::now()));
         assert!(!registry.self_preservation());
         assert_eq!(registry.live_count(Instant::now()), 1, "one TTL of grace");
-        // Canaries alone are not enough: the heartbeat subscription must be there too.
+        // Canaries alone are not enough while servers are registered: the heartbeat subscription must be there too.
         assert!(!bus.evaluate(&registry, 0, Instant::now()));
+        // With nobody registered there is nothing to preserve, and canaries alone decide.
+        let empty = Registry::new(RegistryConfig::new(Duration::from_secs(2))).unwrap();
+        bus.canary_received("n1:4150", Instant::now());
+        assert!(bus.evaluate(&empty, 0, Instant::now()));
     }
 }
