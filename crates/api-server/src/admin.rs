@@ -103,8 +103,9 @@ pub struct EventsQuery {
     pub max_ms: Option<u64>,
 }
 
-/// `GET /registry/events`: a `snapshot` first, then one event per change (`join`, `leave`, `expire`, `eject`,
-/// `recover`, each with the registry after it), and a `snapshot` every [`SNAPSHOT_INTERVAL`].
+/// `GET /registry/events`: a `snapshot` (`{"kind":"snapshot","registry":<as /registry>}`) first and every
+/// [`SNAPSHOT_INTERVAL`], and one event per change (`join`, `leave`, `expire`, `eject`, `recover`, each
+/// `{"kind","id","addr"}`).
 async fn events(
     State(state): State<AppState>,
     Query(query): Query<EventsQuery>,
@@ -135,11 +136,12 @@ async fn events(
                 _ = tick.tick() => snapshot_event(&state),
                 received = rx.recv() => match received {
                     Ok(change) => {
+                        // Only the change: with thousands of servers joining at once, a whole registry per event
+                        // would be quadratic. The periodic snapshot (or a fetch of /registry) carries the rest.
                         let body = serde_json::json!({
                             "kind": change.kind,
                             "id": change.id,
                             "addr": change.addr,
-                            "registry": document(&state),
                         });
                         SseEvent::default()
                             .event(change.kind.as_str())

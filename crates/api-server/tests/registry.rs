@@ -227,3 +227,49 @@ async fn two_api_servers_both_list_every_server() {
         announcer.crash().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_sends_a_snapshot_then_each_change() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let api = api_server(&cluster, "10s", &[]).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut response = http
+        .get(format!("http://{}/registry/events", api.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut text = String::new();
+    let mut read_until = async |needle: &str, text: &mut String| {
+        let started = Instant::now();
+        while !text.contains(needle) {
+            assert!(started.elapsed() < SOON, "no {needle:?} in {text}");
+            let chunk = tokio::time::timeout(SOON, response.chunk())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    read_until("event: snapshot", &mut text).await;
+    let mut hb = Heartbeat::new("data-sse", "127.0.0.1:19401", 3, 1);
+    publish(&cluster, 0, &hb.encode()).await;
+    read_until("event: join", &mut text).await;
+    hb.seq = 2;
+    hb.state = State::Leaving;
+    publish(&cluster, 0, &hb.encode()).await;
+    read_until("event: leave", &mut text).await;
+    let leave = text
+        .split("event: leave\n")
+        .nth(1)
+        .and_then(|rest| rest.lines().next())
+        .unwrap();
+    let data: Value = serde_json::from_str(leave.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        data,
+        serde_json::json!({"kind":"leave","id":"data-sse","addr":"127.0.0.1:19401"})
+    );
+    assert_eq!(api.metric("api_event_streams").await.unwrap(), 1.0);
+}
