@@ -391,3 +391,50 @@ async fn max_in_flight_can_change_at_runtime() {
     assert_eq!(consumer.stats().max_in_flight, 25);
     consumer.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn without_auto_response_messages_stay_in_flight_until_answered_from_another_thread() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let producer =
+        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Message>();
+    let cfg = ConsumerConfig {
+        max_in_flight: 10,
+        auto_response: false,
+        ..direct(&cluster, 0)
+    };
+    let consumer = Consumer::start("manual", "test", cfg, move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            tx.send(m).unwrap();
+            Ok(())
+        }
+    })
+    .unwrap();
+    producer
+        .multi_publish("manual", &[&b"a"[..], b"b", b"c"])
+        .await
+        .unwrap();
+    let in_flight = || async {
+        let s = cluster.stats(0, "manual", Some("test")).await.ok()?;
+        Some(s.channel("manual", "test")?.in_flight_count)
+    };
+    eventually(
+        Duration::from_secs(10),
+        "three messages held in flight",
+        || async { (in_flight().await? == 3).then_some(()) },
+    )
+    .await;
+    // A plain thread (like a database writer) answers them after its "commit".
+    let answered =
+        std::thread::spawn(move || (0..3).map(|_| rx.recv().unwrap().finish()).all(|f| f));
+    assert!(answered.join().unwrap());
+    eventually(Duration::from_secs(10), "nothing in flight", || async {
+        (in_flight().await? == 0).then_some(())
+    })
+    .await;
+    assert!(consumer.stop(Duration::from_secs(5)).await.clean);
+    let stats = cluster.stats(0, "manual", Some("test")).await.unwrap();
+    let ch = stats.channel("manual", "test").unwrap();
+    assert_eq!((ch.depth, ch.requeue_count, ch.timeout_count), (0, 0, 0));
+}

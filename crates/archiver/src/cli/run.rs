@@ -1,11 +1,11 @@
 //! `archiver run`: one consumer per topic on the durable archive channel, all feeding the
 //! writer thread; FIN only after commit; graceful stop on SIGTERM / SIGINT.
 //!
-//! **Finish after commit.** Each handler sends its message to the writer with a oneshot and
-//! awaits the answer; returning `Ok` is what FINs the message, and only a committed batch
-//! answers `Ok`. So that batches can fill, every topic's consumer runs as many handler tasks as
-//! it has messages in flight (`concurrency = max_in_flight`): they are cheap tasks that mostly
-//! wait. A store error answers `Err`, and the consumer REQueues the message with a delay.
+//! **Finish after commit.** The consumer runs with `auto_response: false`: the handler hands
+//! the message itself to the writer thread and returns at once, and the message stays in flight
+//! until the writer has committed the batch holding it; then the writer FINs it (a store error
+//! REQueues it with the consumer's delay). Batches fill from the whole `max_in_flight` window
+//! without a task or a reply channel per message.
 
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -17,7 +17,7 @@ use nsq::{Consumer, ConsumerConfig, HandlerError, Message};
 use svc::Shutdown;
 
 use super::config::Config;
-use super::writer::{self, Command, Limits, Record};
+use super::writer::{self, Command, Limits, Record, Reply};
 use super::{Setup, retention};
 
 /// Handler of one topic: hands each message to the writer and waits for its commit.
@@ -28,7 +28,6 @@ struct ArchiveHandler {
 
 impl nsq::Handler for ArchiveHandler {
     async fn handle(&self, msg: Message) -> Result<(), HandlerError> {
-        let (reply, committed) = tokio::sync::oneshot::channel();
         let record = Record {
             topic: Arc::clone(&self.topic),
             nsqd: msg.nsqd_address().to_owned(),
@@ -36,34 +35,18 @@ impl nsq::Handler for ArchiveHandler {
             nsqd_ts_ns: msg.timestamp_ns(),
             attempts: msg.attempts(),
             body: msg.body().clone(),
-            reply,
+            reply: Reply::Message(msg),
         };
-        if self.writer.send(Command::Store(record)).is_err() {
-            return Err("the archive writer has stopped".into());
-        }
-        match committed.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => Err(Box::new(StoreFailureError(err))),
-            Err(_) => Err("the archive writer has stopped".into()),
-        }
+        // Err requeues the message; Ok leaves it in flight for the writer to answer.
+        self.writer
+            .send(Command::Store(record))
+            .map_err(|_| "the archive writer has stopped".into())
     }
 
     async fn give_up(&self, _msg: &Message) {
         // Unreachable with max_attempts = 0; never finish a message we did not store.
     }
 }
-
-/// A shared store error as a handler error.
-#[derive(Debug)]
-struct StoreFailureError(writer::StoreFailure);
-
-impl std::fmt::Display for StoreFailureError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for StoreFailureError {}
 
 /// Runs the archiver until a signal (exit 0) or a fatal store error (exit 2, via `Err`).
 pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
@@ -118,7 +101,9 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
                 .map(ToString::to_string)
                 .collect(),
             max_in_flight: a.max_in_flight,
-            concurrency: usize::try_from(a.max_in_flight).unwrap_or(usize::MAX),
+            // The handler only queues the message; the writer answers it after commit.
+            concurrency: 1,
+            auto_response: false,
             lookupd_poll_interval: a.lookupd_poll_interval.get(),
             // Never give up on a message: giving up finishes it without storing it.
             max_attempts: 0,

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use archiver::{BatchOutcome, NewMessage, Store, StoreError};
 use bytes::Bytes;
+#[cfg(test)]
 use tokio::sync::oneshot;
 
 /// How often the writer logs its progress (when it stored anything).
@@ -35,7 +36,35 @@ pub struct Record {
     /// The body, untouched.
     pub body: Bytes,
     /// Answered once the batch holding it is committed (or failed).
-    pub reply: oneshot::Sender<Result<(), StoreFailure>>,
+    pub reply: Reply,
+}
+
+/// Who learns the fate of a record's batch.
+#[derive(Debug)]
+pub enum Reply {
+    /// The NSQ message itself: FIN after commit, REQ (consumer's delay policy) on failure.
+    /// Its consumer runs with `auto_response: false`, so it stays in flight until then.
+    Message(nsq::Message),
+    /// A waiting task (the writer's own tests, which run without nsqd).
+    #[cfg(test)]
+    Waiter(oneshot::Sender<Result<(), StoreFailure>>),
+}
+
+impl Reply {
+    fn send(self, result: Result<(), StoreFailure>) {
+        match (self, result) {
+            (Reply::Message(m), Ok(())) => {
+                m.finish();
+            }
+            (Reply::Message(m), Err(_)) => {
+                m.requeue(None);
+            }
+            #[cfg(test)]
+            (Reply::Waiter(tx), r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
 }
 
 /// What the writer thread is sent.
@@ -198,7 +227,7 @@ fn commit<S: Sink>(
                 "batch committed"
             );
             for r in batch.drain(..) {
-                let _ = r.reply.send(Ok(()));
+                r.reply.send(Ok(()));
             }
         }
         Err(err) => {
@@ -215,7 +244,7 @@ fn commit<S: Sink>(
                 }
             }
             for r in batch.drain(..) {
-                let _ = r.reply.send(Err(Arc::clone(&err)));
+                r.reply.send(Err(Arc::clone(&err)));
             }
         }
     }
@@ -234,7 +263,7 @@ mod tests {
             nsqd_ts_ns: i64::from(n),
             attempts: 1,
             body: Bytes::from(vec![n; 3]),
-            reply,
+            reply: Reply::Waiter(reply),
         };
         (r, rx)
     }

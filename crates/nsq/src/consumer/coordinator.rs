@@ -96,6 +96,7 @@ pub(crate) fn spawn<H: Handler>(
             Arc::clone(&shared),
             events_tx.clone(),
             cfg.max_attempts,
+            cfg.auto_response,
         ));
     }
     let mut targets = HashMap::new();
@@ -601,6 +602,7 @@ async fn handler_loop<H: Handler>(
     shared: Arc<Shared>,
     events: mpsc::UnboundedSender<Event>,
     max_attempts: u16,
+    auto_response: bool,
 ) {
     loop {
         let msg = { queue.lock().await.recv().await };
@@ -633,8 +635,8 @@ async fn handler_loop<H: Handler>(
         if !ok {
             shared.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
         }
-        if msg.has_responded() {
-            continue; // the handler answered itself
+        if msg.has_responded() || (!auto_response && ok) {
+            continue; // answered by the handler, or left for whoever holds the message
         }
         if ok {
             msg.finish();

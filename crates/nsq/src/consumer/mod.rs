@@ -74,6 +74,10 @@ pub struct ConsumerConfig {
     pub lookupd_timeout: Duration,
     /// Deliveries after which a message is given up (finished without handling); 0: never.
     pub max_attempts: u16,
+    /// Whether a handler's `Ok` finishes the message. When false, `Ok` leaves it in flight
+    /// until someone calls [`Message::finish`] or [`Message::requeue`] (from any thread, e.g.
+    /// once a batch holding it is committed); `Err` still requeues it.
+    pub auto_response: bool,
     /// Requeue delay unit: a failed message waits `requeue_delay` x attempts...
     pub requeue_delay: Duration,
     /// ...capped at this.
@@ -104,6 +108,7 @@ impl Default for ConsumerConfig {
             lookupd_poll_jitter: 0.3,
             lookupd_timeout: Duration::from_secs(10),
             max_attempts: 5,
+            auto_response: true,
             requeue_delay: Duration::from_secs(90),
             max_requeue_delay: Duration::from_secs(15 * 60),
             backoff_base: Duration::from_secs(1),
