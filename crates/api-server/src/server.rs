@@ -219,7 +219,12 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
             Ok(event) => {
                 state.metrics().events.with(event.kind.as_str()).inc();
                 match event.kind {
-                    EventKind::Join | EventKind::Leave | EventKind::Expire => {
+                    EventKind::Join => {
+                        tracing::info!(id = %event.id, addr = %event.addr, "server join")
+                    }
+                    EventKind::Leave | EventKind::Expire => {
+                        // Ids are per run, so per-upstream series would otherwise grow forever.
+                        state.metrics().upstream_requests.remove(&event.id);
                         tracing::info!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
                     }
                     EventKind::Eject | EventKind::Recover => {
