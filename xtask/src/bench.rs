@@ -230,10 +230,11 @@ async fn prefill(addr: &str, topic: &str, count: usize, size: usize) -> Result<(
 }
 
 async fn archive(a: &BenchArgs) -> Result<(f64, f64, &'static str)> {
-    let status = std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
-        .current_dir(testkit::workspace_root())
-        .args(["build", "--release", "--quiet", "-p", "archiver"])
-        .status()?;
+    let status =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+            .current_dir(testkit::workspace_root())
+            .args(["build", "--release", "--quiet", "-p", "archiver"])
+            .status()?;
     if !status.success() {
         bail!("building the archiver failed");
     }
@@ -287,7 +288,9 @@ async fn archive(a: &BenchArgs) -> Result<(f64, f64, &'static str)> {
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let stats = cluster.stats(0, "bench", Some("archive")).await?;
-        let ch = stats.channel("bench", "archive").context("archive channel")?;
+        let ch = stats
+            .channel("bench", "archive")
+            .context("archive channel")?;
         if ch.depth == 0 && ch.in_flight_count == 0 {
             break;
         }
@@ -311,10 +314,16 @@ async fn archive(a: &BenchArgs) -> Result<(f64, f64, &'static str)> {
         .await?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| format!("archiver stats: {}", String::from_utf8_lossy(&out.stderr)))?;
-    let (rows, bytes) = (v["total"].as_u64().unwrap_or(0), v["db_bytes"].as_u64().unwrap_or(0));
+    let (rows, bytes) = (
+        v["total"].as_u64().unwrap_or(0),
+        v["db_bytes"].as_u64().unwrap_or(0),
+    );
     if rows != backlog as u64 {
         bail!("archived {rows} rows, expected {backlog}");
     }
-    eprintln!("archive: {rows} rows, {bytes} bytes, {:.0} bytes/message", bytes as f64 / rows as f64);
+    eprintln!(
+        "archive: {rows} rows, {bytes} bytes, {:.0} bytes/message",
+        bytes as f64 / rows as f64
+    );
     Ok((ours, theirs, "bench_reader"))
 }

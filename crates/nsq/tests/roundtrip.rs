@@ -426,9 +426,8 @@ async fn without_auto_response_messages_stay_in_flight_until_answered_from_anoth
     )
     .await;
     // A plain thread (like a database writer) answers them after its "commit".
-    let answered =
-        std::thread::spawn(move || (0..3).map(|_| rx.recv().unwrap().finish()).all(|f| f));
-    assert!(answered.join().unwrap());
+    let answered = tokio::task::spawn_blocking(move || (0..3).all(|_| rx.recv().unwrap().finish()));
+    assert!(answered.await.unwrap());
     eventually(Duration::from_secs(10), "nothing in flight", || async {
         (in_flight().await? == 0).then_some(())
     })
