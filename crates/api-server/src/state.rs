@@ -89,6 +89,14 @@ impl AppState {
         self.lock_consumer().take()
     }
 
+    /// Counters of the heartbeat consumer (zeros before it starts or after it stopped).
+    pub fn heartbeat_consumer_stats(&self) -> nsq::ConsumerStats {
+        self.lock_consumer()
+            .as_ref()
+            .map(nsq::Consumer::stats)
+            .unwrap_or_default()
+    }
+
     /// Open nsqd connections of the heartbeat consumer.
     pub fn heartbeat_connections(&self) -> i64 {
         self.lock_consumer()
