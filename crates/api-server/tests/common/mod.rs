@@ -79,6 +79,17 @@ pub struct Announcer {
 
 impl Announcer {
     pub fn start(cluster: &NsqCluster, id: &str, addr: &str, interval: Duration) -> Announcer {
+        Announcer::start_with_meta(cluster, id, addr, interval, Default::default())
+    }
+
+    /// Like [`Announcer::start`], announcing `meta` (e.g. a `weight`).
+    pub fn start_with_meta(
+        cluster: &NsqCluster,
+        id: &str,
+        addr: &str,
+        interval: Duration,
+        meta: std::collections::BTreeMap<String, serde_json::Value>,
+    ) -> Announcer {
         let addrs: Vec<String> = cluster
             .nsqd_tcp_addresses()
             .iter()
@@ -104,6 +115,7 @@ impl Announcer {
                 let mut hb = Heartbeat::new(id.clone(), addr.clone(), epoch, seq);
                 hb.interval_ms = interval.as_millis() as u64;
                 hb.sent_at_ms = now_ms();
+                hb.meta = meta.clone();
                 let leaving = l.load(Ordering::Acquire);
                 if leaving {
                     hb.state = State::Leaving;
@@ -219,4 +231,34 @@ impl DataServer {
             _dir: dir,
         }
     }
+}
+
+/// A plain HTTP client for the proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// `GET /whoami` through the proxy: the answering server's id, or the error.
+pub async fn whoami(http: &reqwest::Client, api: &ApiServer) -> Result<String, String> {
+    let url = format!("http://{}/whoami", api.proxy());
+    let response = http.get(&url).send().await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("{status}: {body}"));
+    }
+    Ok(body["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Waits until `/registry` lists `n` servers.
+pub async fn wait_servers(api: &ApiServer, n: usize) {
+    api.wait_registry(SOON, &format!("{n} servers"), |d| {
+        d["servers"].as_array().unwrap().len() == n
+    })
+    .await
+    .unwrap();
 }

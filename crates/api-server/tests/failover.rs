@@ -1,0 +1,227 @@
+//! The proxy when servers fail: crashes, leaves, refused connections, slow answers, and the retry budget.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use testkit::NsqCluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_server() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let mut servers = Vec::new();
+    for n in 0..3 {
+        servers.push(DataServer::start(&cluster, &format!("ds-{n}"), "500ms").await);
+    }
+    let api = api_server(&cluster, "10s", &[]).await;
+    wait_servers(&api, 3).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, errors) =
+                (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+            let url = format!("http://{}/slow?ms=5", api.proxy());
+            tokio::spawn(async move {
+                let http = client();
+                while !stop.load(Ordering::Relaxed) {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            errors.lock().unwrap().push(format!("{other:?}"));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    while ok.load(Ordering::Relaxed) < 100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    servers[0].process.kill();
+    let before = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < before + 300 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "client errors: {:?}",
+        errors.lock().unwrap()
+    );
+    let doc = api.registry().await.unwrap();
+    let killed = doc["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "ds-0")
+        .cloned();
+    // Still within its TTL, so listed, but ejected by passive health.
+    let killed = killed.expect("ds-0 still within its TTL");
+    assert!(killed["ejections"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(api.metric("api_proxy_ejections_total").await.unwrap() >= 1.0);
+    assert!(
+        api.metric("api_registry_events_total{kind=\"eject\"}")
+            .await
+            .unwrap()
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_slower_than_the_try_timeout_gives_504_json() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let _server = DataServer::start(&cluster, "ds-slow", "1s").await;
+    let api = api_server(&cluster, "10s", &["proxy.try_timeout=300ms"]).await;
+    wait_servers(&api, 1).await;
+    let response = client()
+        .get(format!("http://{}/slow?ms=3000", api.proxy()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["request_id"], id);
+    assert_eq!(id.len(), 32, "a generated request id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_one() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let _server = DataServer::start(&cluster, "ds-live", "1s").await;
+    // Announced but not listening: every connection to it is refused.
+    let dead = format!("127.0.0.1:{}", testkit::free_port());
+    let _ghost = Announcer::start(&cluster, "ghost", &dead, Duration::from_secs(1));
+    let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
+    wait_servers(&api, 2).await;
+    let http = client();
+    for _ in 0..20 {
+        assert_eq!(whoami(&http, &api).await.unwrap(), "ds-live");
+    }
+    let doc = api.registry().await.unwrap();
+    let ghost = doc["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "ghost")
+        .unwrap()
+        .clone();
+    assert!(ghost["ejections"].as_u64().unwrap() >= 1, "{doc}");
+    assert!(api.metric("api_proxy_retries_total").await.unwrap() >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_stops_retries_when_every_server_fails() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    // Three servers that refuse every connection.
+    let _ghosts: Vec<Announcer> = (0..3)
+        .map(|n| {
+            let dead = format!("127.0.0.1:{}", testkit::free_port());
+            Announcer::start(
+                &cluster,
+                &format!("ghost-{n}"),
+                &dead,
+                Duration::from_secs(1),
+            )
+        })
+        .collect();
+    let api = api_server(
+        &cluster,
+        "10s",
+        &[
+            "proxy.retry_budget_ratio=0.2",
+            "proxy.retry_budget_min_per_sec=1",
+            "proxy.access_log=false",
+        ],
+    )
+    .await;
+    wait_servers(&api, 3).await;
+    let http = client();
+    let requests = 200;
+    for _ in 0..requests {
+        let response = http
+            .get(format!("http://{}/x", api.proxy()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(body["request_id"].is_string(), "{body}");
+    }
+    let retries = api.metric("api_proxy_retries_total").await.unwrap();
+    // Without a budget, 200 requests x 3 tries would be 400 retries.
+    let allowed = 0.2 * requests as f64 + 10.0 + 5.0;
+    assert!(
+        retries <= allowed,
+        "{retries} retries for {requests} requests"
+    );
+    assert!(
+        retries >= 0.2 * requests as f64 - 5.0,
+        "the budget allows some: {retries}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let mut staying = DataServer::start(&cluster, "ds-stay", "1s").await;
+    let mut leaving = DataServer::start(&cluster, "ds-leave", "1s").await;
+    let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
+    wait_servers(&api, 2).await;
+    let http = client();
+    let mut seen = BTreeMap::<String, usize>::new();
+    for _ in 0..20 {
+        *seen.entry(whoami(&http, &api).await.unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    leaving.process.signal(testkit::Signal::SIGTERM).unwrap();
+    // Requests keep flowing while it leaves: none may fail.
+    let mut after_leave = 0;
+    let started = std::time::Instant::now();
+    loop {
+        let gone = !api
+            .server_ids()
+            .await
+            .unwrap()
+            .contains(&"ds-leave".to_owned());
+        let id = whoami(&http, &api)
+            .await
+            .expect("no client error during a leave");
+        if gone {
+            assert_eq!(
+                id, "ds-stay",
+                "a request sent after the leave was processed reached ds-leave"
+            );
+            after_leave += 1;
+            if after_leave == 100 {
+                break;
+            }
+        }
+        assert!(started.elapsed() < SOON, "ds-leave never left");
+    }
+    assert!(leaving.process.wait_exit(SOON).await.unwrap().success());
+    staying.process.kill();
+}
