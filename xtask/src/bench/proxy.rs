@@ -1,0 +1,728 @@
+//! `proxy` and `failover`: the api-server's reverse proxy under wrk, against nginx.
+//!
+//! Everything listens on 127.0.0.1 and every child (nsqd, nsqlookupd, data servers, the
+//! api-server, nginx, wrk) is stopped before the scenario returns.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use testkit::{ApiServer, DataServer, DataServerOptions, ManagedProcess, NsqCluster, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{BenchArgs, Report, release_bins};
+
+/// The path every benchmark requests (a small JSON document).
+const PATH: &str = "/whoami";
+/// wrk threads (the same for every target).
+const WRK_THREADS: usize = 2;
+/// wrk connections unless `--count` says otherwise (the same for every target).
+const WRK_CONNECTIONS: usize = 64;
+/// Request rate of the open-loop comparison, unless half the measured maximum is lower.
+const FIXED_RATE: f64 = 2000.0;
+/// Connections of the open-loop generator (requests queue behind them when all are busy,
+/// and the wait counts: latency runs from the scheduled send time).
+const OPEN_LOOP_CONNECTIONS: usize = 64;
+/// Samples scheduled in the first part of an open-loop run are not recorded.
+const OPEN_LOOP_WARMUP: Duration = Duration::from_millis(500);
+/// One request of the open-loop generator gives up after this long (counted as an error).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// wrk against one data server directly, nginx, and the api-server in front of the same 3.
+pub async fn proxy(a: &BenchArgs) -> Result<Report> {
+    let bins = release_bins(&["api-server", "data-server"])?;
+    let connections = a.count.unwrap_or(WRK_CONNECTIONS);
+    let cluster = NsqCluster::start(1).await?;
+    let mut data = start_data_servers(&bins, &cluster, &[None, None, None]).await?;
+    let upstreams: Vec<SocketAddr> = data.iter().map(|d| d.listen_addr()).collect();
+    let mut api = start_api(&bins, &cluster).await?;
+    let mut nginx = Nginx::start(&upstreams).await?;
+
+    let direct_addr = upstreams[0];
+    let direct = wrk(direct_addr, connections, a.seconds).await?;
+    let via_nginx = wrk(nginx.addr, connections, a.seconds).await?;
+    let via_api = wrk(api.proxy(), connections, a.seconds).await?;
+
+    // Below saturation: half of the slowest measured maximum, at most FIXED_RATE.
+    let rate = FIXED_RATE
+        .min(0.5 * direct.requests_per_s.min(via_api.requests_per_s))
+        .max(100.0);
+    let open_direct = open_loop(direct_addr, rate, a.seconds).await?;
+    let open_api = open_loop(api.proxy(), rate, a.seconds).await?;
+
+    nginx.stop();
+    let status = api.process().terminate(Duration::from_secs(10)).await?;
+    if !status.success() {
+        bail!("api-server exited with {status} on SIGTERM");
+    }
+    for d in &mut data {
+        d.terminate(Duration::from_secs(10)).await?;
+    }
+    drop(cluster);
+
+    let mut r = Report::default();
+    r.add("seconds", a.seconds)
+        .add("wrk_threads", WRK_THREADS)
+        .add("wrk_connections", connections)
+        .add("path", PATH);
+    for (name, w) in [
+        ("direct", &direct),
+        ("nginx", &via_nginx),
+        ("api_server", &via_api),
+    ] {
+        r.add(&format!("{name}_req_per_s"), w.requests_per_s.round())
+            .add(&format!("{name}_p50_ms"), round3(w.p50_ms))
+            .add(&format!("{name}_p99_ms"), round3(w.p99_ms))
+            .add(&format!("{name}_errors"), w.non_2xx + w.socket_errors);
+    }
+    r.add("fixed_rate_req_per_s", rate.round())
+        .add("fixed_rate_direct_p50_ms", round3(open_direct.p50_ms))
+        .add("fixed_rate_direct_p99_ms", round3(open_direct.p99_ms))
+        .add("fixed_rate_api_server_p50_ms", round3(open_api.p50_ms))
+        .add("fixed_rate_api_server_p99_ms", round3(open_api.p99_ms))
+        .add(
+            "fixed_rate_samples",
+            format!("{}/{}", open_direct.samples, open_api.samples),
+        )
+        .add(
+            "fixed_rate_errors",
+            format!("{}/{}", open_direct.errors, open_api.errors),
+        )
+        .add("added_p99_ms", round3(open_api.p99_ms - open_direct.p99_ms));
+    r.ratio = Some(via_api.requests_per_s / via_nginx.requests_per_s);
+    Ok(r)
+}
+
+/// SIGKILL one of 3 data servers during a wrk run against the api-server, then restart it.
+pub async fn failover(a: &BenchArgs) -> Result<Report> {
+    let bins = release_bins(&["api-server", "data-server"])?;
+    let connections = a.count.unwrap_or(WRK_CONNECTIONS);
+    let seconds = a.seconds.max(3);
+    let cluster = NsqCluster::start(1).await?;
+    // Fixed ports, so the restarted server comes back where it was, with the same id.
+    let ports: Vec<Option<u16>> = (0..3).map(|_| Some(testkit::free_port())).collect();
+    let mut data = start_data_servers(&bins, &cluster, &ports).await?;
+    let mut api = start_api(&bins, &cluster).await?;
+    let victim_id = data[0].id().to_string();
+    let victim_addr = data[0].listen_addr();
+
+    let started = Instant::now();
+    let run = tokio::spawn(wrk(api.proxy(), connections, seconds));
+    let total = Duration::from_secs(seconds);
+
+    tokio::time::sleep_until((started + total / 3).into()).await;
+    data[0].kill();
+    let killed = Instant::now();
+    // Until the restart: when (if at all) the registry drops the killed server.
+    let mut removed_after: Option<Duration> = None;
+    while Instant::now() < started + total * 2 / 3 {
+        if removed_after.is_none()
+            && let Ok(doc) = api.registry().await
+            && !ids(&doc).contains(&victim_id)
+        {
+            removed_after = Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let restart = Instant::now();
+    let restarted = start_data_server(&bins, &cluster, 0, ports[0]).await?;
+    let listening_after = restart.elapsed();
+    let old = std::mem::replace(&mut data[0], restarted);
+    drop(old);
+    let baseline = whoami_count(victim_addr).await.unwrap_or(0.0);
+    // The restarted server counts as back when it answers proxied requests (its own
+    // /whoami counter grows past the one request the start-up check made).
+    let mut traffic_after: Option<Duration> = None;
+    let mut in_registry_after: Option<Duration> = None;
+    while Instant::now() < started + total && traffic_after.is_none() {
+        if in_registry_after.is_none()
+            && let Ok(doc) = api.registry().await
+            && ids(&doc).contains(&victim_id)
+        {
+            in_registry_after = Some(restart.elapsed());
+        }
+        if let Ok(n) = whoami_count(victim_addr).await
+            && n > baseline
+        {
+            traffic_after = Some(restart.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let w = run.await.context("the wrk task")??;
+
+    let status = api.process().terminate(Duration::from_secs(10)).await?;
+    if !status.success() {
+        bail!("api-server exited with {status} on SIGTERM");
+    }
+    for d in &mut data {
+        d.terminate(Duration::from_secs(10)).await?;
+    }
+    drop(cluster);
+
+    let ms = |d: Option<Duration>| match d {
+        Some(d) => serde_json::Value::from(round3(d.as_secs_f64() * 1000.0)),
+        None => serde_json::Value::Null,
+    };
+    let mut r = Report::default();
+    r.add("seconds", seconds)
+        .add("wrk_threads", WRK_THREADS)
+        .add("wrk_connections", connections)
+        .add("requests", w.requests)
+        .add("req_per_s", w.requests_per_s.round())
+        .add("p50_ms", round3(w.p50_ms))
+        .add("p99_ms", round3(w.p99_ms))
+        .add("non_2xx", w.non_2xx)
+        .add("socket_errors", w.socket_errors)
+        .add("killed_at_s", round3((killed - started).as_secs_f64()))
+        .add("restarted_at_s", round3((restart - started).as_secs_f64()))
+        .add("killed_left_registry_ms", ms(removed_after))
+        .add("restart_to_listening_ms", ms(Some(listening_after)))
+        .add("restart_to_registry_ms", ms(in_registry_after))
+        .add("restart_to_traffic_ms", ms(traffic_after));
+    Ok(r)
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn ids(doc: &serde_json::Value) -> Vec<String> {
+    doc["servers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn start_data_server(
+    bins: &Path,
+    cluster: &NsqCluster,
+    i: usize,
+    port: Option<u16>,
+) -> Result<DataServer> {
+    let mut set = vec![format!("server.id=data-{}", i + 1)];
+    if let Some(port) = port {
+        set.push(format!("server.listen=127.0.0.1:{port}"));
+    }
+    DataServer::start_with(DataServerOptions {
+        bin: Some(bins.join("data-server")),
+        set,
+        interval: "1s".into(),
+        envs: vec![("RUST_LOG".into(), "warn".into())],
+        ..DataServerOptions::new(cluster.nsqd_tcp_addresses())
+    })
+    .await
+    .with_context(|| format!("starting data-{}", i + 1))
+}
+
+async fn start_data_servers(
+    bins: &Path,
+    cluster: &NsqCluster,
+    ports: &[Option<u16>],
+) -> Result<Vec<DataServer>> {
+    let mut data = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        data.push(start_data_server(bins, cluster, i, *port).await?);
+    }
+    Ok(data)
+}
+
+/// An api-server on the cluster's lookupd, once it lists all 3 data servers and proxies.
+async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
+    let api = ApiServer::start(
+        &bins.join("api-server"),
+        &[
+            format!(
+                "discovery.lookupd_http_addresses={}",
+                cluster.lookupd_http()
+            ),
+            "discovery.lookupd_poll_interval=1s".into(),
+            "discovery.ttl=3s".into(),
+            "discovery.prune_interval=500ms".into(),
+        ],
+    )
+    .await?;
+    api.wait_registry(Duration::from_secs(30), "3 data servers", |d| {
+        ids(d).len() == 3
+    })
+    .await?;
+    let mut conn = None;
+    let mut buf = Vec::new();
+    let status = http_get(
+        api.proxy(),
+        &mut conn,
+        &request_bytes(api.proxy()),
+        &mut buf,
+    )
+    .await?;
+    if status != 200 {
+        bail!("GET {PATH} through the api-server answered {status}");
+    }
+    Ok(api)
+}
+
+/// `data_server_requests_total{route="/whoami"}` of one data server.
+async fn whoami_count(addr: SocketAddr) -> Result<f64> {
+    let mut conn = None;
+    let mut buf = Vec::new();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let status = tokio::time::timeout(
+        Duration::from_secs(1),
+        http_get(addr, &mut conn, req.as_bytes(), &mut buf),
+    )
+    .await??;
+    if status != 200 {
+        bail!("GET /metrics answered {status}");
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("data_server_requests_total{route=\"/whoami\"} ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0))
+}
+
+/// Debian's nginx as a child process, with everything in a temp dir.
+struct Nginx {
+    process: Option<ManagedProcess>,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(upstreams: &[SocketAddr]) -> Result<Nginx> {
+        let dir = tempfile::Builder::new().prefix("bench-nginx-").tempdir()?;
+        // Workers drop to `nobody` when the master runs as root; let them into the dir.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )?;
+        let d = dir.path().display();
+        let port = testkit::free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|u| format!("        server {u};\n"))
+            .collect();
+        let conf = format!(
+            "worker_processes auto;\n\
+             error_log {d}/error.log warn;\n\
+             pid {d}/nginx.pid;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n\
+             \x20   access_log off;\n\
+             \x20   client_body_temp_path {d}/client_body;\n\
+             \x20   proxy_temp_path {d}/proxy;\n\
+             \x20   fastcgi_temp_path {d}/fastcgi;\n\
+             \x20   uwsgi_temp_path {d}/uwsgi;\n\
+             \x20   scgi_temp_path {d}/scgi;\n\
+             \x20   upstream data {{\n{servers}        keepalive 64;\n    }}\n\
+             \x20   server {{\n\
+             \x20       listen 127.0.0.1:{port};\n\
+             \x20       location / {{\n\
+             \x20           proxy_pass http://data;\n\
+             \x20           proxy_http_version 1.1;\n\
+             \x20           proxy_set_header Connection \"\";\n\
+             \x20       }}\n\
+             \x20   }}\n\
+             }}\n"
+        );
+        let file = dir.path().join("nginx.conf");
+        std::fs::write(&file, conf)?;
+        let mut process = ManagedProcess::spawn(
+            "nginx",
+            "nginx",
+            vec![
+                "-e".into(),
+                format!("{d}/error.log"),
+                "-c".into(),
+                file.display().to_string(),
+                "-p".into(),
+                format!("{d}/"),
+                "-g".into(),
+                "daemon off;".into(),
+            ],
+            Vec::new(),
+            dir.path().join("nginx.out"),
+        )
+        .context("starting nginx (apt-get install -y nginx)")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            if let Some(status) = process.try_wait()? {
+                let err = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                bail!("nginx exited with {status}: {}{err}", process.log());
+            }
+            if Instant::now() > deadline {
+                bail!("nginx did not listen on {addr} within 10s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut nginx = Nginx {
+            process: Some(process),
+            addr,
+            _dir: dir,
+        };
+        let mut conn = None;
+        let mut buf = Vec::new();
+        let status = http_get(addr, &mut conn, &request_bytes(addr), &mut buf).await?;
+        if status != 200 {
+            nginx.stop();
+            bail!("GET {PATH} through nginx answered {status}");
+        }
+        Ok(nginx)
+    }
+
+    /// SIGTERM (the master stops its workers), SIGKILL after 5 s.
+    fn stop(&mut self) {
+        let Some(mut p) = self.process.take() else {
+            return;
+        };
+        if p.signal(Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = p.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        p.kill();
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// What wrk printed.
+#[derive(Debug, Default)]
+struct Wrk {
+    requests: u64,
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    socket_errors: u64,
+}
+
+/// `wrk --latency` against `http://addr/whoami`.
+async fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> Result<Wrk> {
+    let run = tokio::process::Command::new("wrk")
+        .args([
+            "-t".to_string(),
+            WRK_THREADS.to_string(),
+            "-c".into(),
+            connections.max(WRK_THREADS).to_string(),
+            "-d".into(),
+            format!("{seconds}s"),
+            "--timeout".into(),
+            "2s".into(),
+            "--latency".into(),
+            format!("http://{addr}{PATH}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(seconds + 30), run)
+        .await
+        .context("wrk did not finish in time")?
+        .context("running wrk (apt-get install -y wrk)")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("wrk failed: {text}");
+    }
+    parse_wrk(&text).with_context(|| format!("parsing wrk output:\n{text}"))
+}
+
+fn parse_wrk(text: &str) -> Result<Wrk> {
+    let mut w = Wrk::default();
+    let (mut p50, mut p99, mut rps) = (None, None, None);
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("50%") {
+            p50 = Some(wrk_ms(v.trim())?);
+        } else if let Some(v) = line.strip_prefix("99%") {
+            p99 = Some(wrk_ms(v.trim())?);
+        } else if let Some(v) = line.strip_prefix("Requests/sec:") {
+            rps = Some(v.trim().parse::<f64>()?);
+        } else if let Some(v) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            w.non_2xx = v.trim().parse()?;
+        } else if let Some(v) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            for part in v.split(',') {
+                if let Some(n) = part.split_whitespace().nth(1) {
+                    w.socket_errors += n.parse::<u64>()?;
+                }
+            }
+        } else if let Some((n, rest)) = line.split_once(" requests in ")
+            && rest.contains(" read")
+        {
+            w.requests = n.trim().parse()?;
+        }
+    }
+    w.p50_ms = p50.context("no 50% line")?;
+    w.p99_ms = p99.context("no 99% line")?;
+    w.requests_per_s = rps.context("no Requests/sec line")?;
+    Ok(w)
+}
+
+/// wrk's durations ("812.00us", "1.23ms", "2.00s", "1.50m") in milliseconds.
+fn wrk_ms(v: &str) -> Result<f64> {
+    let split = v
+        .find(|c: char| c.is_ascii_alphabetic())
+        .with_context(|| format!("no unit in {v:?}"))?;
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.parse()?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        "h" => n * 3_600_000.0,
+        _ => bail!("unknown unit in {v:?}"),
+    })
+}
+
+fn request_bytes(addr: SocketAddr) -> Vec<u8> {
+    format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()
+}
+
+/// One request on a kept-alive connection (opened when `conn` is empty); returns the status
+/// and leaves the whole response in `buf`. The connection is dropped on any error.
+async fn http_get(
+    addr: SocketAddr,
+    conn: &mut Option<TcpStream>,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<u16> {
+    let result = exchange(addr, conn, req, buf).await;
+    if result.is_err() {
+        *conn = None;
+    }
+    result
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    conn: &mut Option<TcpStream>,
+    req: &[u8],
+    buf: &mut Vec<u8>,
+) -> Result<u16> {
+    if conn.is_none() {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        *conn = Some(s);
+    }
+    let Some(s) = conn.as_mut() else {
+        bail!("no connection");
+    };
+    s.write_all(req).await?;
+    buf.clear();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("connection closed before the response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..head_end])?.to_owned();
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .context("no status")?
+        .parse()
+        .context("bad status")?;
+    let (mut length, mut chunked, mut close) = (None, false, false);
+    for line in head.lines().skip(1) {
+        if let Some((k, v)) = line.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+            match k.as_str() {
+                "content-length" => length = Some(v.parse::<usize>()?),
+                "transfer-encoding" => chunked = v.contains("chunked"),
+                "connection" => close = v.contains("close"),
+                _ => {}
+            }
+        }
+    }
+    let done = |buf: &Vec<u8>| match (length, chunked) {
+        (Some(n), _) => buf.len() >= head_end + n,
+        (None, true) => {
+            let body = &buf[head_end..];
+            body.starts_with(b"0\r\n\r\n") || body.ends_with(b"\r\n0\r\n\r\n")
+        }
+        // Read to the end.
+        (None, false) => false,
+    };
+    while !done(buf) {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            if length.is_none() && !chunked {
+                close = true;
+                break;
+            }
+            bail!("connection closed in the response body");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.drain(..head_end);
+    if close {
+        *conn = None;
+    }
+    Ok(status)
+}
+
+/// What the open-loop generator measured.
+#[derive(Debug)]
+struct OpenLoop {
+    samples: usize,
+    errors: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// Requests at a fixed rate for `seconds` (a fixed schedule, not waiting for answers), each
+/// latency measured from its scheduled send time, so a stall counts against every request
+/// that should have gone out during it (no coordinated omission).
+async fn open_loop(addr: SocketAddr, rate: f64, seconds: u64) -> Result<OpenLoop> {
+    let count = (rate * seconds as f64) as u64;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let rx = Arc::new(tokio::sync::Mutex::new(rx));
+    let start = Instant::now() + Duration::from_millis(200);
+    let record_from = start + OPEN_LOOP_WARMUP;
+    let req: Arc<[u8]> = request_bytes(addr).into();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..OPEN_LOOP_CONNECTIONS {
+        let (rx, req) = (rx.clone(), req.clone());
+        workers.spawn(async move {
+            let mut conn = None;
+            let mut buf = Vec::with_capacity(8192);
+            if let Ok(s) = TcpStream::connect(addr).await {
+                let _ = s.set_nodelay(true);
+                conn = Some(s);
+            }
+            let (mut latencies, mut errors) = (Vec::new(), 0u64);
+            loop {
+                let next = rx.lock().await.recv().await;
+                let Some(scheduled) = next else { break };
+                let answer = tokio::time::timeout(
+                    REQUEST_TIMEOUT,
+                    http_get(addr, &mut conn, &req, &mut buf),
+                )
+                .await;
+                let elapsed = scheduled.elapsed();
+                match answer {
+                    Ok(Ok(status)) if (200..300).contains(&status) => {
+                        if scheduled >= record_from {
+                            latencies.push(elapsed.as_secs_f64() * 1000.0);
+                        }
+                    }
+                    Ok(Ok(_)) => errors += 1,
+                    _ => {
+                        conn = None;
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        });
+    }
+    // The schedule runs on its own thread: thread::sleep wakes within tens of microseconds,
+    // where tokio's timer wheel would add up to a millisecond to every send.
+    let interval = 1.0 / rate;
+    let scheduler = std::thread::spawn(move || {
+        for i in 0..count {
+            let at = start + Duration::from_secs_f64(i as f64 * interval);
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if tx.send(at).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Duration::from_secs(seconds) + REQUEST_TIMEOUT + Duration::from_secs(10);
+    let mut latencies = Vec::with_capacity(count as usize);
+    let mut errors = 0;
+    let collect = async {
+        while let Some(done) = workers.join_next().await {
+            let (l, e) = done?;
+            latencies.extend(l);
+            errors += e;
+        }
+        anyhow::Ok(())
+    };
+    let finished = tokio::time::timeout(deadline, collect).await;
+    workers.abort_all();
+    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
+    finished.context("the open-loop run did not finish in time")??;
+    if latencies.is_empty() {
+        bail!("no successful request at {rate} req/s to {addr} ({errors} errors)");
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i]
+    };
+    Ok(OpenLoop {
+        samples: latencies.len(),
+        errors,
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_latency_output() {
+        let text = "Running 5s test @ http://127.0.0.1:1/whoami
+  2 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.20ms  300.00us   9.00ms   90.00%
+    Req/Sec    20.00k     1.00k   22.00k    70.00%
+  Latency Distribution
+     50%  812.00us
+     75%    1.10ms
+     90%    1.40ms
+     99%    2.50ms
+  200000 requests in 5.00s, 30.00MB read
+  Socket errors: connect 1, read 2, write 0, timeout 3
+  Non-2xx or 3xx responses: 4
+Requests/sec:  40000.50
+Transfer/sec:      6.00MB
+";
+        let w = parse_wrk(text).unwrap();
+        assert_eq!(w.requests, 200000);
+        assert!((w.p50_ms - 0.812).abs() < 1e-9);
+        assert!((w.p99_ms - 2.5).abs() < 1e-9);
+        assert!((w.requests_per_s - 40000.5).abs() < 1e-9);
+        assert_eq!((w.non_2xx, w.socket_errors), (4, 6));
+    }
+}
