@@ -129,6 +129,12 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    if removed_after.is_none()
+        && let Ok(doc) = api.registry().await
+        && !ids(&doc).contains(&victim_id)
+    {
+        removed_after = Some(killed.elapsed());
+    }
     let restart = Instant::now();
     let restarted = start_data_server(&bins, &cluster, 0, ports[0]).await?;
     let listening_after = restart.elapsed();
@@ -140,10 +146,8 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
     let mut traffic_after: Option<Duration> = None;
     // A SIGKILLed server stays listed until its TTL runs out; only a server that had left
     // can come back to the registry.
-    let listed_at_restart = match api.registry().await {
-        Ok(doc) => ids(&doc).contains(&victim_id),
-        Err(_) => false,
-    };
+    // (Checked before the restart, whose first heartbeat lists it again at once.)
+    let listed_at_restart = removed_after.is_none();
     let mut in_registry_after: Option<Duration> = None;
     while Instant::now() < started + total && traffic_after.is_none() {
         if !listed_at_restart
