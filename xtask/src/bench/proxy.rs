@@ -27,8 +27,10 @@ const FIXED_RATE: f64 = 2000.0;
 /// Connections of the open-loop generator (requests queue behind them when all are busy,
 /// and the wait counts: latency runs from the scheduled send time).
 const OPEN_LOOP_CONNECTIONS: usize = 64;
-/// Samples scheduled in the first part of an open-loop run are not recorded.
-const OPEN_LOOP_WARMUP: Duration = Duration::from_millis(500);
+/// Samples scheduled in the first part of an open-loop round are not recorded.
+const OPEN_LOOP_WARMUP: Duration = Duration::from_millis(100);
+/// Length of one open-loop round.
+const ROUND: Duration = Duration::from_secs(1);
 /// One request of the open-loop generator gives up after this long (counted as an error).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -51,8 +53,15 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     let rate = FIXED_RATE
         .min(0.5 * direct.requests_per_s.min(via_api.requests_per_s))
         .max(100.0);
-    let open_direct = open_loop(direct_addr, rate, a.seconds).await?;
-    let open_api = open_loop(api.proxy(), rate, a.seconds).await?;
+    // One-second rounds, alternating, so load that comes and goes on the machine falls on
+    // both sides alike.
+    let (mut direct_rounds, mut api_rounds) = (Vec::new(), Vec::new());
+    for _ in 0..a.seconds.max(1) {
+        direct_rounds.push(open_loop(direct_addr, rate, ROUND).await?);
+        api_rounds.push(open_loop(api.proxy(), rate, ROUND).await?);
+    }
+    let open_direct = OpenLoop::merge(direct_rounds)?;
+    let open_api = OpenLoop::merge(api_rounds)?;
 
     nginx.stop();
     let status = api.process().terminate(Duration::from_secs(10)).await?;
@@ -608,7 +617,7 @@ async fn exchange(
 }
 
 /// What the open-loop generator measured.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct OpenLoop {
     samples: usize,
     errors: u64,
@@ -616,11 +625,42 @@ struct OpenLoop {
     p99_ms: f64,
 }
 
-/// Requests at a fixed rate for `seconds` (a fixed schedule, not waiting for answers), each
+/// One open-loop round: latencies in ms and the error count.
+struct Round {
+    latencies: Vec<f64>,
+    errors: u64,
+}
+
+impl OpenLoop {
+    fn merge(rounds: Vec<Round>) -> Result<OpenLoop> {
+        let mut latencies = Vec::new();
+        let mut errors = 0;
+        for r in rounds {
+            latencies.extend(r.latencies);
+            errors += r.errors;
+        }
+        if latencies.is_empty() {
+            bail!("no successful open-loop request ({errors} errors)");
+        }
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
+            latencies[i]
+        };
+        Ok(OpenLoop {
+            samples: latencies.len(),
+            errors,
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+        })
+    }
+}
+
+/// Requests at a fixed rate for `length` (a fixed schedule, not waiting for answers), each
 /// latency measured from its scheduled send time, so a stall counts against every request
 /// that should have gone out during it (no coordinated omission).
-async fn open_loop(addr: SocketAddr, rate: f64, seconds: u64) -> Result<OpenLoop> {
-    let count = (rate * seconds as f64) as u64;
+async fn open_loop(addr: SocketAddr, rate: f64, length: Duration) -> Result<Round> {
+    let count = (rate * length.as_secs_f64()) as u64;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let start = Instant::now() + Duration::from_millis(200);
@@ -677,7 +717,7 @@ async fn open_loop(addr: SocketAddr, rate: f64, seconds: u64) -> Result<OpenLoop
             }
         }
     });
-    let deadline = Duration::from_secs(seconds) + REQUEST_TIMEOUT + Duration::from_secs(10);
+    let deadline = length + REQUEST_TIMEOUT + Duration::from_secs(10);
     let mut latencies = Vec::with_capacity(count as usize);
     let mut errors = 0;
     let collect = async {
@@ -692,20 +732,7 @@ async fn open_loop(addr: SocketAddr, rate: f64, seconds: u64) -> Result<OpenLoop
     workers.abort_all();
     let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
     finished.context("the open-loop run did not finish in time")??;
-    if latencies.is_empty() {
-        bail!("no successful request at {rate} req/s to {addr} ({errors} errors)");
-    }
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[i]
-    };
-    Ok(OpenLoop {
-        samples: latencies.len(),
-        errors,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-    })
+    Ok(Round { latencies, errors })
 }
 
 #[cfg(test)]
