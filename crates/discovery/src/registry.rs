@@ -92,6 +92,9 @@ struct Inner {
     frozen: AtomicBool,
     state: Mutex<Table>,
     snapshot: ArcSwap<Snapshot>,
+    /// Membership changed since `snapshot` was built. Set and cleared under the `state` lock;
+    /// the next reader rebuilds, so a burst of joins costs one rebuild, not one per join.
+    stale: AtomicBool,
     events: broadcast::Sender<Event>,
     counters: outcome::Counters,
 }
@@ -122,6 +125,7 @@ impl Registry {
                     bus_alive: true,
                 }),
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
+                stale: AtomicBool::new(false),
                 events,
                 counters: outcome::Counters::default(),
             }),
@@ -220,15 +224,9 @@ impl Registry {
             .is_ok_and(|age| age > self.inner.ttl)
     }
 
-    fn commit(&self, table: &Table, changes: Changes) -> Vec<Event> {
+    fn commit(&self, _table: &Table, changes: Changes) -> Vec<Event> {
         if changes.rebuild {
-            let mut backends: Vec<_> = table
-                .entries
-                .values()
-                .map(|e| Arc::clone(&e.backend))
-                .collect();
-            backends.sort_by(|a, b| a.id().cmp(b.id()));
-            self.inner.snapshot.store(Arc::new(Snapshot { backends }));
+            self.inner.stale.store(true, Ordering::Release);
         }
         for event in &changes.events {
             // No subscriber is fine: events are a courtesy, the table is the truth.
@@ -329,6 +327,18 @@ impl Registry {
     }
 
     pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        if self.inner.stale.load(Ordering::Acquire) {
+            let table = self.lock();
+            if self.inner.stale.swap(false, Ordering::AcqRel) {
+                let mut backends: Vec<_> = table
+                    .entries
+                    .values()
+                    .map(|e| Arc::clone(&e.backend))
+                    .collect();
+                backends.sort_by(|a, b| a.id().cmp(b.id()));
+                self.inner.snapshot.store(Arc::new(Snapshot { backends }));
+            }
+        }
         self.inner.snapshot.load()
     }
 

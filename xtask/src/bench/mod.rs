@@ -1,0 +1,165 @@
+//! `cargo xtask bench …`: our code against a named peer, side by side in one run. Each
+//! scenario returns a [`Report`]: a few named figures and the ratio against the peer.
+
+mod archive;
+mod discovery;
+mod nsq;
+mod proxy;
+
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+use serde_json::{Map, Value};
+use testkit::nsq_bin;
+
+/// Benchmark scenarios.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Scenario {
+    /// Our producer (MPUB batches) against NSQ's bench_writer.
+    NsqPublish,
+    /// Our consumer (no-op handler, auto finish) against NSQ's bench_reader.
+    NsqConsume,
+    /// The archiver (durable channel -> SQLite, finish after commit) against bench_reader
+    /// draining the same topic on the same nsqd.
+    Archive,
+    /// Time from a data server's first heartbeat to /registry, and from SIGTERM to removal.
+    DiscoveryLatency,
+    /// 10,000 simulated data servers heartbeating once a second through real nsqd.
+    RegistryScale,
+    /// wrk against one data server, nginx and the api-server in front of the same 3.
+    Proxy,
+    /// SIGKILL one of 3 data servers during a wrk run against the api-server, then restart it.
+    Failover,
+}
+
+/// Options shared by the scenarios.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which benchmark.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Seconds each side runs.
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Message size in bytes.
+    #[arg(long, default_value_t = 200)]
+    pub size: usize,
+    /// Messages per MPUB.
+    #[arg(long, default_value_t = 200)]
+    pub batch: usize,
+    /// Connections per side (the Go tools open one per GOMAXPROCS).
+    #[arg(long, default_value_t = 2)]
+    pub connections: usize,
+    /// RDY per connection when consuming.
+    #[arg(long, default_value_t = 2500)]
+    pub rdy: u64,
+    /// Iterations (discovery-latency) or simulated servers (registry-scale).
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// Print one JSON object on stdout instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a scenario measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Named figures, in print order.
+    pub figures: Vec<(String, Value)>,
+    /// Ours against the peer (higher is better), when the scenario has a peer.
+    pub ratio: Option<f64>,
+}
+
+impl Report {
+    /// Adds a figure.
+    pub fn add(&mut self, name: &str, value: impl Into<Value>) -> &mut Self {
+        self.figures.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let report = match args.scenario {
+            Scenario::NsqPublish => nsq::publish(&args).await?,
+            Scenario::NsqConsume => nsq::consume(&args).await?,
+            Scenario::Archive => archive::archive(&args).await?,
+            Scenario::DiscoveryLatency => discovery::latency(&args).await?,
+            Scenario::RegistryScale => discovery::scale(&args).await?,
+            Scenario::Proxy => proxy::proxy(&args).await?,
+            Scenario::Failover => proxy::failover(&args).await?,
+        };
+        let name = args
+            .scenario
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default();
+        if args.json {
+            let mut m = Map::new();
+            m.insert("scenario".into(), name.into());
+            for (k, v) in report.figures {
+                m.insert(k, v);
+            }
+            if let Some(r) = report.ratio {
+                m.insert("ratio".into(), (((r * 1000.0).round()) / 1000.0).into());
+            }
+            println!("{}", Value::Object(m));
+        } else {
+            println!("{name}:");
+            for (k, v) in &report.figures {
+                println!("  {k:<28} {v}");
+            }
+            if let Some(r) = report.ratio {
+                println!("  {:<28} {r:.3}", "ratio");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Runs a Go bench tool and returns the ops/s it printed.
+pub async fn go_tool(tool: &str, args: &[String], gomaxprocs: usize) -> Result<f64> {
+    let out = tokio::process::Command::new(nsq_bin(tool)?)
+        .args(args)
+        .env("GOMAXPROCS", gomaxprocs.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .with_context(|| format!("running {tool}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("{tool} failed: {text}");
+    }
+    // "[bench_writer] duration: 5.0s - 76.294mb/s - 400000.000ops/s - 2.500us/op"
+    text.split(" - ")
+        .find_map(|part| {
+            part.trim()
+                .strip_suffix("ops/s")
+                .and_then(|n| n.trim().parse::<f64>().ok())
+        })
+        .with_context(|| format!("no ops/s in {tool} output: {text}"))
+}
+
+/// Builds release binaries of the given packages and returns target/release.
+pub fn release_bins(packages: &[&str]) -> Result<std::path::PathBuf> {
+    let mut cmd =
+        std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(testkit::workspace_root())
+        .args(["build", "--release", "--quiet"]);
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    if !cmd.status()?.success() {
+        bail!("building {packages:?} in release failed");
+    }
+    Ok(testkit::target_dir().join("release"))
+}
