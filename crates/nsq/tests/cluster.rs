@@ -5,23 +5,10 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{consumer_config, eventually, logs};
-use nsq::{Consumer, ConsumerConfig, Message, Producer, ProducerConfig, Publisher};
+use common::{collect, consumer_config, eventually, logs};
+use nsq::{ConsumerConfig, Message, Producer, ProducerConfig, Publisher};
 use testkit::{NsqCluster, NsqTail, to_nsq};
 use tokio::sync::mpsc;
-
-fn collect(topic: &str, cfg: ConsumerConfig) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let consumer = Consumer::start(topic, "test", cfg, move |m: Message| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(m);
-            Ok(())
-        }
-    })
-    .unwrap();
-    (consumer, rx)
-}
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
     tokio::time::timeout(Duration::from_secs(15), rx.recv())

@@ -6,14 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{consumer_config, eventually};
-use nsq::{
-    Compression, Config, Consumer, ConsumerConfig, Error, Message, Producer, ProducerConfig,
-    TlsConfig,
-};
+use common::{collect, consumer_config, eventually};
+use nsq::{Compression, Config, ConsumerConfig, Error, Producer, ProducerConfig, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use testkit::{ClusterOptions, NsqCluster};
-use tokio::sync::mpsc;
 
 /// A CA and a server certificate for 127.0.0.1 / localhost, written as PEM into `dir`; plus a
 /// client certificate from the same CA.
@@ -33,19 +29,6 @@ fn make_certs(dir: &Path, prefix: &str) {
     issue(vec!["127.0.0.1".into(), "localhost".into()], "server");
     issue(vec!["client.test".into()], "client");
     std::fs::write(dir.join(format!("{prefix}ca.pem")), ca.pem()).unwrap();
-}
-
-fn collect(topic: &str, cfg: ConsumerConfig) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let c = Consumer::start(topic, "test", cfg, move |m: Message| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(m);
-            Ok(())
-        }
-    })
-    .unwrap();
-    (c, rx)
 }
 
 /// Publishes `bodies` and consumes them back with the same connection settings; returns the

@@ -6,24 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{consumer_config, eventually, logs};
+use common::{collect, consumer_config, eventually, logs};
 use nsq::{Consumer, ConsumerConfig, Error, Handler, Message, Producer, ProducerConfig};
 use testkit::NsqCluster;
 use tokio::sync::mpsc;
-
-/// A consumer that forwards every message to a channel and finishes it.
-fn collect(topic: &str, cfg: ConsumerConfig) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let consumer = Consumer::start(topic, "test", cfg, move |m: Message| {
-        let tx = tx.clone();
-        async move {
-            let _ = tx.send(m);
-            Ok(())
-        }
-    })
-    .unwrap();
-    (consumer, rx)
-}
 
 fn direct(cluster: &NsqCluster, i: usize) -> ConsumerConfig {
     ConsumerConfig {

@@ -10,7 +10,7 @@ use nix::sys::signal::Signal;
 
 use crate::bins::nsq_bin;
 use crate::process::ManagedProcess;
-use crate::stats::{LookupProducer, NsqdStats, Producers, unwrap_legacy};
+use crate::stats::{LookupProducer, NsqdStats, Producers, null_lists_to_empty, unwrap_legacy};
 
 /// How long a daemon may take to answer `/ping` after start.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -444,7 +444,9 @@ impl NsqCluster {
             url.push_str(&format!("&channel={c}"));
         }
         let v: serde_json::Value = self.http.get(url).send().await?.json().await?;
-        Ok(serde_json::from_value(unwrap_legacy(v))?)
+        let mut v = unwrap_legacy(v);
+        null_lists_to_empty(&mut v);
+        Ok(serde_json::from_value(v)?)
     }
 
     /// nsqlookupd `/lookup?topic=` producers (empty when the topic is unknown).

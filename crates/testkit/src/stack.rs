@@ -62,6 +62,29 @@ pub struct Stack {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// Waits until the archiver's durable channel exists, with a subscriber, on every nsqd.
+async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for i in 0..cluster.len() {
+        loop {
+            let s = cluster
+                .stats(i, "data_server_addr", Some("archive"))
+                .await?;
+            if s.channel("data_server_addr", "archive")
+                .is_some_and(|c| c.client_count > 0)
+            {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the archiver did not subscribe to nsqd{i} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+    Ok(())
+}
+
 fn config(name: &str) -> PathBuf {
     workspace_root().join("config").join(name)
 }
@@ -103,10 +126,24 @@ impl Stack {
                 format!("archive.lookupd_http_addresses={lookupd}"),
                 "--set".into(),
                 "archive.lookupd_poll_interval=1s".into(),
+                // Direct addresses too: SUB creates the durable channel at once, so it holds
+                // every message from the first heartbeat on (lookupd lists an nsqd only once the
+                // topic exists, which would be too late for the first messages).
+                "--set".into(),
+                format!(
+                    "archive.nsqd_tcp_addresses={}",
+                    cluster
+                        .nsqd_tcp_addresses()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             ],
             vec![],
             state.join("archiver.log"),
         )?;
+        wait_archive_channel(&cluster).await?;
 
         let (proxy, admin) = if opts.standard_ports {
             ("127.0.0.1:8080", "127.0.0.1:8081")

@@ -136,6 +136,25 @@ pub(crate) struct Producers {
     pub producers: Vec<LookupProducer>,
 }
 
+/// nsqd writes `null` for an empty list (`"topics": null` when the topic does not exist yet);
+/// the typed views read it as an empty list.
+pub(crate) fn null_lists_to_empty(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, child) in m.iter_mut() {
+                if child.is_null()
+                    && matches!(k.as_str(), "topics" | "channels" | "clients" | "producers")
+                {
+                    *child = serde_json::Value::Array(Vec::new());
+                }
+                null_lists_to_empty(child);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(null_lists_to_empty),
+        _ => {}
+    }
+}
+
 /// Accepts both response formats: the plain v1 body and the legacy
 /// `{"status_code":…,"status_txt":…,"data":…}` wrapper.
 pub(crate) fn unwrap_legacy(v: serde_json::Value) -> serde_json::Value {

@@ -4,7 +4,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use nsq::{Config, ConsumerConfig};
+use nsq::{Config, Consumer, ConsumerConfig, Message};
+use tokio::sync::mpsc;
 
 /// Polls `check` until it yields `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
@@ -47,4 +48,18 @@ pub fn logs() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A consumer on channel `test` that forwards every message to a channel and finishes it.
+pub fn collect(topic: &str, cfg: ConsumerConfig) -> (Consumer, mpsc::UnboundedReceiver<Message>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let consumer = Consumer::start(topic, "test", cfg, move |m: Message| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(m);
+            Ok(())
+        }
+    })
+    .unwrap();
+    (consumer, rx)
 }
