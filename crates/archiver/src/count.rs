@@ -1,9 +1,7 @@
 //! Counting the messages of a range, for progress bars and summaries.
 
-use rusqlite::ToSql;
-
 use crate::error::{AtPath, StoreError};
-use crate::query::Range;
+use crate::query::{Range, range_filters};
 use crate::store::Store;
 
 impl Store {
@@ -13,23 +11,7 @@ impl Store {
     pub fn count(&self, range: &Range) -> Result<u64, StoreError> {
         let path = self.path.as_path();
         let tx = self.conn.unchecked_transaction().at(path)?;
-        let mut filters = String::new();
-        let mut args: Vec<(&str, &dyn ToSql)> = Vec::new();
-        if let Some(from) = &range.from_ns {
-            filters.push_str(" AND nsqd_ts_ns >= :from");
-            args.push((":from", from));
-        }
-        if let Some(to) = &range.to_ns {
-            filters.push_str(" AND nsqd_ts_ns < :to");
-            args.push((":to", to));
-        }
-        if let Some(after) = &range.after {
-            filters.push_str(
-                " AND nsqd_ts_ns >= :after_ts AND (nsqd_ts_ns > :after_ts OR seq > :after_seq)",
-            );
-            args.push((":after_ts", &after.nsqd_ts_ns));
-            args.push((":after_seq", &after.seq));
-        }
+        let (filters, mut args) = range_filters(range);
         let topic_filter = if range.topic.is_some() {
             args.push((":topic", &range.topic));
             "topic_id = (SELECT id FROM topics WHERE name = :topic)"

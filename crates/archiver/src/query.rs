@@ -114,19 +114,11 @@ impl Store {
     }
 }
 
-/// The SQL and named arguments of one page for a few topics.
-///
-/// Each topic's first `limit` positions come from the `(topic_id, nsqd_ts_ns, seq)` index alone,
-/// already sorted; SQLite merges those short lists and only then fetches the rows picked. A
-/// single scan ordered by timestamp across topics would need a second timestamp index (bytes on
-/// every message) or a sort of the whole range.
-fn page_sql<'a>(
-    topic_ids: &[i64],
-    range: &'a Range,
-    limit: &'a i64,
-) -> (String, Vec<(&'static str, &'a dyn ToSql)>) {
+/// The `AND …` clauses (and their named arguments) that bound a query to `range`'s time span
+/// and resume point; shared by the page query and [`Store::count`].
+pub(crate) fn range_filters(range: &Range) -> (String, Vec<(&'static str, &dyn ToSql)>) {
     let mut filters = String::new();
-    let mut args: Vec<(&'static str, &'a dyn ToSql)> = Vec::new();
+    let mut args: Vec<(&'static str, &dyn ToSql)> = Vec::new();
     if let Some(from) = &range.from_ns {
         filters.push_str(" AND nsqd_ts_ns >= :from");
         args.push((":from", from));
@@ -144,6 +136,21 @@ fn page_sql<'a>(
         args.push((":after_ts", &after.nsqd_ts_ns));
         args.push((":after_seq", &after.seq));
     }
+    (filters, args)
+}
+
+/// The SQL and named arguments of one page for a few topics.
+///
+/// Each topic's first `limit` positions come from the `(topic_id, nsqd_ts_ns, seq)` index alone,
+/// already sorted; SQLite merges those short lists and only then fetches the rows picked. A
+/// single scan ordered by timestamp across topics would need a second timestamp index (bytes on
+/// every message) or a sort of the whole range.
+fn page_sql<'a>(
+    topic_ids: &[i64],
+    range: &'a Range,
+    limit: &'a i64,
+) -> (String, Vec<(&'static str, &'a dyn ToSql)>) {
+    let (filters, mut args) = range_filters(range);
     args.push((":limit", limit));
 
     let mut picks = String::new();
