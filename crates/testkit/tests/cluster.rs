@@ -1,24 +1,8 @@
 //! The harness itself, against real NSQ processes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use testkit::{ClusterOptions, NsqCluster, NsqTail, to_nsq};
-
-/// Polls `check` until it yields `Some`, failing the test after `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+use testkit::{ClusterOptions, NsqCluster, NsqTail, eventually, to_nsq};
 
 fn alive(pid: u32) -> bool {
     // Signal 0 checks for existence; children are reaped on drop, so a dead pid is gone.
