@@ -110,7 +110,8 @@ async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_o
     create_topic(&cluster).await;
     let _server = DataServer::start(&cluster, "ds-live", "1s").await;
     // Announced but not listening: every connection to it is refused.
-    let dead = format!("127.0.0.1:{}", testkit::free_port());
+    let refusing = testkit::RefusingPort::new();
+    let dead = refusing.addr().to_string();
     let _ghost = Announcer::start(&cluster, "ghost", &dead, Duration::from_secs(1));
     let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
     wait_servers(&api, 2).await;
@@ -135,9 +136,11 @@ async fn the_retry_budget_stops_retries_when_every_server_fails() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     // Three servers that refuse every connection.
+    let refusing: Vec<testkit::RefusingPort> =
+        (0..3).map(|_| testkit::RefusingPort::new()).collect();
     let _ghosts: Vec<Announcer> = (0..3)
         .map(|n| {
-            let dead = format!("127.0.0.1:{}", testkit::free_port());
+            let dead = refusing[n].addr().to_string();
             Announcer::start(
                 &cluster,
                 &format!("ghost-{n}"),

@@ -252,7 +252,8 @@ async fn signed_heartbeats_verify_and_tampered_ones_do_not() {
 
 #[tokio::test]
 async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
-    let dead = format!("127.0.0.1:{}", testkit::free_port());
+    let refusing = testkit::RefusingPort::new();
+    let dead = refusing.addr().to_string();
     let mut opts = DataServerOptions::new([dead]).bin(BIN);
     opts.interval = "200ms".into();
     let mut server = DataServer::start_with(opts).await.unwrap();

@@ -27,6 +27,38 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
 }
 
+/// A loopback port that refuses every connection and that nothing else can take while this
+/// lives: the socket is bound but never listens. (A merely free port can be taken by a
+/// process of a test running in parallel, which would then answer.)
+#[derive(Debug)]
+pub struct RefusingPort {
+    socket: tokio::net::TcpSocket,
+}
+
+impl RefusingPort {
+    /// Binds a fresh one.
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("creating a TCP socket");
+        socket
+            .bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("binding 127.0.0.1:0");
+        Self { socket }
+    }
+
+    /// Its address, `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        self.socket
+            .local_addr()
+            .expect("a bound socket has an address")
+    }
+}
+
+impl Default for RefusingPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }

@@ -30,7 +30,7 @@ pub use bins::{
     NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
     workspace_root,
 };
-pub use cluster::{ClusterOptions, NsqCluster, Nsqd, free_port};
+pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
 pub use data_server::{DataServer, DataServerOptions};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
