@@ -40,11 +40,14 @@ async fn malformed_unsigned_and_self_heartbeats_are_rejected_and_counted() {
     }
 
     let mut signed = Heartbeat::new("data-signed", "127.0.0.1:19101", 1, 1);
+    // With a key, the signed sent_at_ms must be recent (replay protection).
+    signed.sent_at_ms = now_ms();
     signed.sign(&HmacKey::from_bytes(KEY).unwrap());
     let unsigned = Heartbeat::new("data-unsigned", "127.0.0.1:19102", 1, 1);
     let own_open = Heartbeat::new("self-open", open.proxy().to_string(), 1, 1);
     let own_keyed_admin = {
         let mut hb = Heartbeat::new("self-keyed", keyed.admin().to_string(), 1, 1);
+        hb.sent_at_ms = now_ms();
         hb.sign(&HmacKey::from_bytes(KEY).unwrap());
         hb
     };

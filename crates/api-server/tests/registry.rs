@@ -152,22 +152,22 @@ async fn duplicated_reordered_and_replayed_heartbeats_never_resurrect() {
     assert_eq!(tombstoned, 14.0, "{}", api.metrics().await.unwrap());
     assert!(api.server_ids().await.unwrap().is_empty());
 
-    // Out of order while live: an older seq never moves the server back.
+    // Out of order while live: an older seq is ignored, and one at another address never moves the server (only a
+    // newer epoch may: one run never changes its address).
     let mut a = Heartbeat::new("data-o", "127.0.0.1:19004", 1, 10);
     publish(&cluster, 0, &a.encode()).await;
-    a.seq = 9;
-    a.addr = "127.0.0.1:19999".to_owned();
-    publish(&cluster, 1, &a.encode()).await;
-    publish(&cluster, 0, &a.encode()).await;
-    api.wait_registry(SOON, "data-o processed", |d| ids(d) == ["data-o"])
+    api.wait_registry(SOON, "data-o to join", |d| ids(d) == ["data-o"])
         .await
         .unwrap();
+    a.seq = 9;
+    publish(&cluster, 1, &a.encode()).await;
+    publish(&cluster, 0, &a.encode()).await;
+    a.addr = "127.0.0.1:19999".to_owned();
+    publish(&cluster, 1, &a.encode()).await;
     let out_of_order = "api_heartbeats_total{outcome=\"ignored\",reason=\"out_of_order\"}";
-    let started = Instant::now();
-    while api.metric(out_of_order).await.unwrap() < 2.0 && started.elapsed() < SOON {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(api.metric(out_of_order).await.unwrap(), 2.0);
+    let conflict = "api_heartbeats_total{outcome=\"rejected\",reason=\"id_conflict\"}";
+    assert_eq!(wait_metric(&api, out_of_order, 2.0).await, 2.0);
+    assert_eq!(wait_metric(&api, conflict, 1.0).await, 1.0);
     let doc = api.registry().await.unwrap();
     assert_eq!(doc["servers"][0]["addr"], "127.0.0.1:19004");
 }

@@ -204,8 +204,34 @@ fn decode_plain(text: &str, key: Option<&HmacKey>) -> Result<Message, Rejection>
                 ),
             ))
         }
+        // Broken JSON (an unclosed array, nesting past serde_json's depth limit, an unterminated string) is a JSON
+        // error too, as long as it cannot be the start of a bracketed IPv6 address.
+        Err(_) if looks_like_json(text) => {
+            let error = serde_json::from_str::<serde::de::IgnoredAny>(text)
+                .err()
+                .map_or_else(String::new, |e| e.to_string());
+            Err(Rejection::new(
+                RejectReason::BadJson,
+                format!("expected a JSON object or host:port, found broken JSON: {error}"),
+            ))
+        }
         Err(detail) => Err(Rejection::new(RejectReason::BadAddr, detail)),
     }
+}
+
+/// True for text that starts like a JSON array or string and not like `[ipv6]:port`: an IPv6 literal in brackets
+/// holds only hex digits, `:`, `.` and a `%zone` before its `]`.
+fn looks_like_json(text: &str) -> bool {
+    if text.starts_with('"') {
+        return true;
+    }
+    let Some(rest) = text.strip_prefix('[') else {
+        return false;
+    };
+    let inside = rest.split(']').next().unwrap_or(rest);
+    !inside
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'%' | b'_' | b'-'))
 }
 
 /// Every field as a raw JSON value, so each can be checked and reported precisely. Serde refuses duplicate keys

@@ -138,6 +138,12 @@ fn rejection_reasons() {
         (b"\"10.0.0.1:80\"", RejectReason::WrongType),
         (b"12345", RejectReason::WrongType),
         (b"hello", RejectReason::BadAddr),
+        (b"[1,2", RejectReason::BadJson),
+        (b"[{\"v\":1}", RejectReason::BadJson),
+        (b"\"10.0.0.1:80", RejectReason::BadJson),
+        (b"[::1]:80x", RejectReason::BadAddr),
+        (b"[fe80::1%eth0]:80", RejectReason::BadAddr),
+        (b"[10.0.0.1]", RejectReason::BadAddr),
         (b"10.0.0.1:0", RejectReason::BadAddr),
         (b"0.0.0.0:80", RejectReason::BadAddr),
         (b"[::]:80", RejectReason::BadAddr),
@@ -287,7 +293,10 @@ fn hostile_inputs_never_panic() {
         "}".repeat(depth / 2)
     );
     assert_eq!(reason(nested_meta.as_bytes()), RejectReason::BadJson);
-    assert_eq!(reason("[".repeat(depth).as_bytes()), RejectReason::BadAddr);
+    assert_eq!(reason("[".repeat(depth).as_bytes()), RejectReason::BadJson);
+    // Balanced, it is valid JSON (serde_json skips it without recursion): an array where an object belongs.
+    let deep_array = format!("{}{}", "[".repeat(depth / 2), "]".repeat(depth / 2));
+    assert_eq!(reason(deep_array.as_bytes()), RejectReason::WrongType);
     assert_eq!(reason("{".repeat(depth).as_bytes()), RejectReason::BadJson);
 
     let huge = format!(

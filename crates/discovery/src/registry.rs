@@ -38,7 +38,9 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 pub struct RegistryConfig {
     /// A server is live while its last heartbeat was received less than this long ago.
     pub ttl: Duration,
-    /// When set, only JSON heartbeats signed with this key are accepted (plain `host:port` bodies are refused).
+    /// When set, only JSON heartbeats signed with this key are accepted (plain `host:port` bodies are refused), and
+    /// only while their signed `sent_at_ms` is within one `ttl` of this host's clock, so that a captured heartbeat
+    /// cannot be replayed later to bring back a server that left or died.
     pub hmac_key: Option<HmacKey>,
     /// When not empty, only IP addresses inside these networks may register; hostnames are then refused too,
     /// because checking them would need a DNS answer that can change after the check.
@@ -170,6 +172,11 @@ impl Registry {
         if self.is_stale(nsqd_timestamp_ns, wall_now) {
             return Outcome::Ignored(IgnoreReason::Stale);
         }
+        if let (Some(_), Message::Json(hb)) = (&self.inner.key, &message) {
+            if let Err(rejection) = self.check_replay_window(hb.sent_at_ms, wall_now) {
+                return Outcome::Rejected(rejection);
+            }
+        }
         let update = match message {
             Message::Json(hb) => Update {
                 id: hb.id,
@@ -222,6 +229,33 @@ impl Registry {
         wall_now
             .duration_since(sent)
             .is_ok_and(|age| age > self.inner.ttl)
+    }
+
+    /// With a shared key, `sent_at_ms` is signed, so it bounds how long a captured heartbeat stays usable: one TTL
+    /// either way of this host's clock. Within that window `(epoch, seq)` ordering and the one-TTL tombstone refuse
+    /// a replay; after it, only this check does, because the registry forgets a server one TTL after its last
+    /// heartbeat or its leave. nsqd's timestamp cannot do this job: publishing the capture again renews it.
+    /// Hosts' clocks must therefore agree to well within one TTL when a key is configured.
+    fn check_replay_window(&self, sent_at_ms: u64, wall_now: SystemTime) -> Result<(), Rejection> {
+        let now_ms = wall_now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let ttl_ms = u64::try_from(self.inner.ttl.as_millis()).unwrap_or(u64::MAX);
+        if now_ms.abs_diff(sent_at_ms) <= ttl_ms {
+            return Ok(());
+        }
+        let (distance, side) = if sent_at_ms < now_ms {
+            (now_ms - sent_at_ms, "old")
+        } else {
+            (sent_at_ms - now_ms, "ahead of this host's clock")
+        };
+        Err(Rejection::new(
+            RejectReason::Replayed,
+            format!(
+                "expected a signed sent_at_ms within {ttl_ms} ms of now, found one {distance} ms {side}: \
+                 a replayed heartbeat, or clocks that disagree"
+            ),
+        ))
     }
 
     fn commit(&self, _table: &Table, changes: Changes) -> Vec<Event> {

@@ -5,8 +5,9 @@ use std::fmt;
 /// Why a message body was refused.
 ///
 /// [`RejectReason::as_str`] is a stable lowercase label meant for metrics (`reason="bad_json"`). Most reasons come
-/// from [`decode`](crate::decode); [`NotAllowed`](RejectReason::NotAllowed) and
-/// [`SelfAddress`](RejectReason::SelfAddress) come from the [`Registry`](crate::Registry) policy.
+/// from [`decode`](crate::decode); [`NotAllowed`](RejectReason::NotAllowed),
+/// [`SelfAddress`](RejectReason::SelfAddress), [`IdConflict`](RejectReason::IdConflict) and
+/// [`Replayed`](RejectReason::Replayed) come from the [`Registry`](crate::Registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -16,7 +17,8 @@ pub enum RejectReason {
     TooLarge,
     /// The body is not UTF-8.
     NotUtf8,
-    /// The body starts like a JSON object but is not valid JSON (syntax, nesting, duplicate field).
+    /// The body starts like JSON (an object, an array or a string) but is not valid JSON: syntax, truncation,
+    /// nesting deeper than serde_json's limit of 128, a duplicate field.
     BadJson,
     /// The body is JSON but not an object, or a field has the wrong JSON type.
     WrongType,
@@ -42,11 +44,17 @@ pub enum RejectReason {
     NotAllowed,
     /// The address is one of the api-server's own listen addresses; routing there would loop.
     SelfAddress,
+    /// The id is live at another address and this heartbeat does not prove a newer run (a larger `epoch`): two
+    /// servers share an id, or someone tries to take it over. The live holder keeps it.
+    IdConflict,
+    /// A shared key is configured and the signed `sent_at_ms` is more than one TTL away from this host's clock:
+    /// a captured heartbeat published again, or a sender whose clock is far off.
+    Replayed,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 18] = [
         RejectReason::Empty,
         RejectReason::TooLarge,
         RejectReason::NotUtf8,
@@ -63,6 +71,8 @@ impl RejectReason {
         RejectReason::BadSignature,
         RejectReason::NotAllowed,
         RejectReason::SelfAddress,
+        RejectReason::IdConflict,
+        RejectReason::Replayed,
     ];
 
     /// The metrics label, e.g. `"bad_json"`.
@@ -84,6 +94,8 @@ impl RejectReason {
             RejectReason::BadSignature => "bad_signature",
             RejectReason::NotAllowed => "not_allowed",
             RejectReason::SelfAddress => "self_address",
+            RejectReason::IdConflict => "id_conflict",
+            RejectReason::Replayed => "replayed",
         }
     }
 

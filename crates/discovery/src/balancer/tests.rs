@@ -357,7 +357,8 @@ async fn a_moved_server_starts_with_a_clean_health_record() {
         balancer.report_failure("a", Instant::now()),
         FailureOutcome::Ejected(_)
     ));
-    let moved = Heartbeat::new("a", "10.0.0.99:80", 1, 2).encode();
+    // A new run (epoch) at another address: only that may move an id.
+    let moved = Heartbeat::new("a", "10.0.0.99:80", 2, 1).encode();
     balancer
         .registry()
         .observe(&moved, 0, Instant::now(), SystemTime::now());

@@ -12,6 +12,7 @@ use super::{IgnoreReason, Outcome, Registry};
 use crate::backend::{Backend, PeerState, weight_from_meta};
 use crate::event::{Event, EventKind};
 use crate::heartbeat::State;
+use crate::reject::{RejectReason, Rejection, excerpt};
 
 #[derive(Debug)]
 pub(super) struct Table {
@@ -109,6 +110,13 @@ impl Registry {
         }
         // Deadlines only move forward (fetch_max): callers on several threads may pass instants slightly out of order.
         let deadline = self.inner.clock.ticks(now + self.inner.ttl);
+        if let Some(conflict) = table
+            .entries
+            .get(&update.id)
+            .and_then(|entry| conflict(entry, &update))
+        {
+            return conflict;
+        }
         let Some(entry) = table.entries.get_mut(&update.id) else {
             let state = Arc::clone(table.peers.entry(update.id.clone()).or_default());
             state.deadline.fetch_max(deadline, Ordering::AcqRel);
@@ -156,8 +164,8 @@ impl Registry {
         let state = Arc::clone(&old.state);
         let moved = old.addr() != update.addr;
         if moved {
-            // A newer heartbeat of the same id wins: the server was re-deployed or re-addressed. Subscribers see it
-            // leave the old address and join the new one.
+            // A newer run of the same id wins (see `conflict`): the server was re-deployed or re-addressed.
+            // Subscribers see it leave the old address and join the new one.
             changes.push(EventKind::Leave, &update.id, old.addr(), now);
             changes.push(EventKind::Join, &update.id, &update.addr, now);
             state.clear_ejection();
@@ -186,6 +194,13 @@ impl Registry {
     ) -> Outcome {
         // Only JSON heartbeats can say leaving, so the order is always present.
         let order = update.order.unwrap_or_default();
+        if let Some(conflict) = table
+            .entries
+            .get(&update.id)
+            .and_then(|entry| conflict(entry, &update))
+        {
+            return conflict;
+        }
         let known = match table.entries.get(&update.id) {
             Some(entry) => entry.order,
             None => table.tombstones.get(&update.id).map(|t| t.order),
@@ -213,4 +228,40 @@ impl Registry {
             None => Outcome::Ignored(IgnoreReason::NotRegistered),
         }
     }
+}
+
+/// A message for a live id at another address may only take the id over when it proves a newer run: a larger
+/// `epoch` than the holder's. One run never changes its address (the announcer's address is fixed), so a different
+/// address within the same or an older epoch, or from a plain body that carries no epoch at all, is a second server
+/// using the same id (or a takeover attempt): the live holder keeps the id, and the message is counted.
+fn conflict(entry: &Entry, update: &Update) -> Option<Outcome> {
+    let holder = entry.backend.addr();
+    if holder == update.addr {
+        return None;
+    }
+    let newer_run = matches!(
+        (update.order, entry.order),
+        (Some((epoch, _)), Some((held, _))) if epoch > held
+    );
+    if newer_run {
+        return None;
+    }
+    let detail = match (update.order, entry.order) {
+        (Some((epoch, _)), Some((held, _))) => format!(
+            "id {} is live at {} (epoch {held}); {} would need a newer epoch to take it over, found {epoch}",
+            excerpt(&update.id),
+            excerpt(holder),
+            excerpt(&update.addr)
+        ),
+        _ => format!(
+            "id {} is live at {}; {} cannot prove a newer run (a plain host:port body has no epoch)",
+            excerpt(&update.id),
+            excerpt(holder),
+            excerpt(&update.addr)
+        ),
+    };
+    Some(Outcome::Rejected(Rejection::new(
+        RejectReason::IdConflict,
+        detail,
+    )))
 }

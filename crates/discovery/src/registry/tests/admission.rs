@@ -65,6 +65,7 @@ async fn hmac_key_requires_valid_signatures() {
         RejectReason::Unsigned
     );
     let mut hb = Heartbeat::new("a", "10.0.0.1:80", 1, 1);
+    hb.sent_at_ms = wall_ms(SystemTime::now());
     hb.sign(&key);
     let signed = String::from_utf8(hb.encode()).unwrap();
     let forged = signed.replace("10.0.0.1:80", "10.6.6.6:80");
@@ -74,6 +75,75 @@ async fn hmac_key_requires_valid_signatures() {
     );
     assert!(live_ids(&reg).is_empty());
     assert_eq!(observe(&reg, signed.as_bytes()), Outcome::Joined);
+}
+
+fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[tokio::test(start_paused = true)]
+async fn signed_heartbeats_are_usable_for_one_ttl_so_replays_fail() {
+    let key = HmacKey::from_bytes(b"k").unwrap();
+    let mut config = RegistryConfig::new(TTL);
+    config.hmac_key = Some(key.clone());
+    let reg = Registry::new(config).unwrap();
+    let signed = |epoch, seq, sent_at_ms, state| {
+        let mut hb = Heartbeat::new("a", "10.0.0.1:80", epoch, seq);
+        hb.sent_at_ms = sent_at_ms;
+        hb.state = state;
+        hb.sign(&key);
+        hb.encode()
+    };
+    let wall = SystemTime::now();
+    let at = |body: &[u8], wall| reg.observe(body, 0, Instant::now(), wall);
+    let captured = signed(1, 1, wall_ms(wall), State::Up);
+    assert_eq!(at(&captured, wall), Outcome::Joined);
+    assert_eq!(
+        at(&signed(1, 2, wall_ms(wall), State::Up), wall),
+        Outcome::Refreshed
+    );
+    // Within the TTL, ordering refuses the replay (no seq rollback), and after a leave the tombstone does.
+    assert_eq!(
+        at(&captured, wall),
+        Outcome::Ignored(IgnoreReason::OutOfOrder)
+    );
+    assert_eq!(
+        at(&signed(1, 3, wall_ms(wall), State::Leaving), wall),
+        Outcome::Left
+    );
+    assert_eq!(
+        at(&captured, wall),
+        Outcome::Ignored(IgnoreReason::Tombstoned)
+    );
+    // One TTL later the tombstone is gone; the signed timestamp still refuses the capture.
+    advance(TTL + MS).await;
+    let later = wall + TTL + MS;
+    reg.sweep(Instant::now());
+    assert_eq!(rejected(at(&captured, later)), RejectReason::Replayed);
+    assert!(live_ids(&reg).is_empty());
+    // A timestamp too far ahead is refused too (else it would be replayable for longer); the edges are accepted.
+    let ttl_ms = TTL.as_millis() as u64;
+    assert_eq!(
+        rejected(at(
+            &signed(2, 1, wall_ms(later) + ttl_ms + 1, State::Up),
+            later
+        )),
+        RejectReason::Replayed
+    );
+    assert_eq!(
+        at(&signed(2, 1, wall_ms(later) + ttl_ms, State::Up), later),
+        Outcome::Joined
+    );
+    assert_eq!(
+        at(&signed(2, 2, wall_ms(later) - ttl_ms, State::Up), later),
+        Outcome::Refreshed
+    );
+    // Without a key nothing is signed, so sent_at_ms stays informational.
+    let open = registry();
+    assert_eq!(
+        observe(&open, &body("a", "10.0.0.1:80", 1, 1)),
+        Outcome::Joined
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -197,7 +197,7 @@ async fn newer_heartbeat_moves_the_address() {
     observe(&reg, &body("a", "10.0.0.1:80", 1, 1));
     let mut rx = reg.subscribe();
     assert_eq!(
-        observe(&reg, &body("a", "10.0.0.2:80", 1, 2)),
+        observe(&reg, &body("a", "10.0.0.2:80", 2, 1)),
         Outcome::Moved
     );
     assert_eq!(reg.live(Instant::now())[0].addr(), "10.0.0.2:80");
@@ -208,9 +208,75 @@ async fn newer_heartbeat_moves_the_address() {
             ev(EventKind::Join, "a", "10.0.0.2:80")
         ]
     );
+    // The old run's late heartbeat (NSQ does not order) cannot move it back.
     let stale_addr = observe(&reg, &body("a", "10.0.0.1:80", 1, 1));
-    assert_eq!(stale_addr, Outcome::Ignored(IgnoreReason::OutOfOrder));
+    assert_eq!(rejected(stale_addr), RejectReason::IdConflict);
     assert_eq!(reg.live(Instant::now())[0].addr(), "10.0.0.2:80");
+}
+
+#[tokio::test(start_paused = true)]
+async fn id_collision_keeps_the_live_holder() {
+    let reg = registry();
+    observe(&reg, &body("a", "10.0.0.1:80", 5, 1));
+    let mut rx = reg.subscribe();
+    // Same run (epoch), older run, same (epoch, seq), a leave: none takes over or removes the holder.
+    for hostile in [
+        body("a", "10.6.6.6:80", 5, 99),
+        body("a", "10.6.6.6:80", 4, 1),
+        body("a", "10.6.6.6:80", 5, 1),
+        leaving("a", "10.6.6.6:80", 5, 100),
+    ] {
+        let outcome = observe(&reg, &hostile);
+        assert_eq!(
+            rejected(outcome),
+            RejectReason::IdConflict,
+            "{}",
+            String::from_utf8_lossy(&hostile)
+        );
+    }
+    assert_eq!(reg.live(Instant::now())[0].addr(), "10.0.0.1:80");
+    assert!(drain(&mut rx).is_empty());
+    // The holder goes on as before: its seq was not touched by the hostile seq 99.
+    assert_eq!(
+        observe(&reg, &body("a", "10.0.0.1:80", 5, 2)),
+        Outcome::Refreshed
+    );
+
+    // Plain bodies carry no epoch: they cannot take an id over from a JSON holder, nor the reverse.
+    observe(&reg, &body("10.0.0.7:80", "10.0.0.8:80", 1, 1));
+    assert_eq!(
+        rejected(observe(&reg, b"10.0.0.7:80")),
+        RejectReason::IdConflict
+    );
+    observe(&reg, b"10.0.0.9:80");
+    assert_eq!(
+        rejected(observe(&reg, &body("10.0.0.9:80", "10.0.0.10:80", 1, 1))),
+        RejectReason::IdConflict
+    );
+    let addrs: Vec<String> = reg
+        .live(Instant::now())
+        .iter()
+        .map(|b| b.addr().to_owned())
+        .collect();
+    assert_eq!(addrs, ["10.0.0.8:80", "10.0.0.9:80", "10.0.0.1:80"]);
+    let conflicts = reg
+        .outcome_counts()
+        .into_iter()
+        .find(|c| c.reason == Some("id_conflict"))
+        .unwrap();
+    assert_eq!(conflicts.count, 6);
+
+    // A newer run may move the id; once the holder expired, anyone may take the id.
+    assert_eq!(
+        observe(&reg, &body("a", "10.6.6.6:80", 6, 1)),
+        Outcome::Moved
+    );
+    observe(&reg, &body("b", "10.0.0.2:80", 9, 1));
+    advance(TTL).await;
+    assert_eq!(
+        observe(&reg, &body("b", "10.0.0.3:80", 1, 1)),
+        Outcome::Joined
+    );
 }
 
 #[tokio::test(start_paused = true)]
