@@ -124,7 +124,23 @@ impl ConfigLoader {
     /// The error is one line naming where the bad value came from, its key and the problem;
     /// see [`exit_on_config_error`].
     pub fn load<T: DeserializeOwned + Validate>(&self) -> Result<T, ConfigError> {
-        let (base, mut table) = self.read_file()?;
+        let (base, table) = self.read_file()?;
+        self.load_table(base, table)
+    }
+
+    /// Like [`load`](Self::load), with `text` as the file's content (any file set is not read);
+    /// errors from the text name [`Origin::Text`]. For callers that already hold the TOML, such
+    /// as the fuzz targets, which feed it arbitrary input.
+    pub fn load_str<T: DeserializeOwned + Validate>(&self, text: &str) -> Result<T, ConfigError> {
+        let table = parse_table(text, &Origin::Text)?;
+        self.load_table(Origin::Text, table)
+    }
+
+    fn load_table<T: DeserializeOwned + Validate>(
+        &self,
+        base: Origin,
+        mut table: Table,
+    ) -> Result<T, ConfigError> {
         let env = self
             .env
             .clone()
@@ -168,22 +184,20 @@ impl ConfigLoader {
                 ));
             }
         };
-        match toml::from_str::<Table>(&text) {
-            Ok(table) => Ok((origin, table)),
-            Err(err) => {
-                // toml's own Display draws a multi-line snippet; the contract is one line.
-                let at = err.span().map_or(0, |span| span.start);
-                let (line, column) = line_and_column(&text, at);
-                let detail = format!("line {line}, column {column}: {}", err.message());
-                Err(ConfigError::new(
-                    ConfigErrorKind::Syntax,
-                    origin,
-                    None,
-                    detail,
-                ))
-            }
-        }
+        let table = parse_table(&text, &origin)?;
+        Ok((origin, table))
     }
+}
+
+/// Parses a config file's text into a TOML table; `origin` names it in a syntax error.
+fn parse_table(text: &str, origin: &Origin) -> Result<Table, ConfigError> {
+    toml::from_str::<Table>(text).map_err(|err| {
+        // toml's own Display draws a multi-line snippet; the contract is one line.
+        let at = err.span().map_or(0, |span| span.start);
+        let (line, column) = line_and_column(text, at);
+        let detail = format!("line {line}, column {column}: {}", err.message());
+        ConfigError::new(ConfigErrorKind::Syntax, origin.clone(), None, detail)
+    })
 }
 
 /// One override being re-read as another type after a type error at its key.

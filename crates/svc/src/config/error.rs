@@ -16,6 +16,8 @@ pub const CONFIG_ERROR_EXIT_CODE: i32 = 2;
 pub enum Origin {
     /// The TOML config file.
     File(PathBuf),
+    /// TOML text given to [`ConfigLoader::load_str`](crate::ConfigLoader::load_str).
+    Text,
     /// No config file was used, so the value is a default (or is missing).
     Defaults,
     /// An environment variable, by name.
@@ -29,6 +31,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::File(path) => write!(f, "{}", path.display()),
             Origin::Defaults => f.write_str("config (no file given)"),
+            Origin::Text => f.write_str("config text"),
             Origin::Env(name) => write!(f, "environment variable {name}"),
             Origin::Flag(key) => write!(f, "--set {key}"),
         }

@@ -440,3 +440,28 @@ fn helpers() {
     assert_eq!(origin_for("a.bc", &all, &base), Origin::Defaults);
     assert_eq!(origin_for("a.c", &all, &base), Origin::Defaults);
 }
+
+#[test]
+fn load_str_reads_text_like_a_file_and_overrides_still_apply() {
+    let loader = ConfigLoader::new("").set(["server.port_hint=7"]);
+    let config: Config = loader
+        .load_str("[announce]\ninterval = \"2s\"\n[server]\nport_hint = 3\n")
+        .unwrap();
+    assert_eq!(config.announce.interval, HumanDuration::from_secs(2));
+    assert_eq!(config.server.port_hint, 7);
+
+    let err = loader.load_str::<Config>("id = = 2").err().unwrap();
+    assert_eq!(err.kind(), ConfigErrorKind::Syntax);
+    assert_eq!(err.origin(), &Origin::Text);
+    assert!(
+        err.to_string()
+            .starts_with("config text: line 1, column 6: "),
+        "{err}"
+    );
+    let err = loader
+        .load_str::<Config>("[announce]\ninterval = \"0s\"\n")
+        .err()
+        .unwrap();
+    assert_eq!(err.origin(), &Origin::Text);
+    assert_eq!(err.key(), Some("announce.interval"));
+}
