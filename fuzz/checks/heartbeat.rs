@@ -1,0 +1,66 @@
+//! Invariants of the heartbeat decoder and its signing on arbitrary bytes, shared by the
+//! `heartbeat` fuzz target and the stable corpus test in `crates/discovery/tests/fuzz_corpus.rs`.
+//!
+//! Never panics; a key only ever adds a check (whatever decodes with it decodes the same
+//! without); a decoded heartbeat re-encodes, in wire and canonical form, to bodies that decode
+//! to the same value; signing it makes a body that verifies with that key and no other.
+
+use discovery::{HmacKey, Message, decode};
+
+/// Checks every invariant on `data`; panics on a violation.
+pub fn check(data: &[u8]) {
+    let key = HmacKey::from_bytes(b"fuzz key").expect("a non-empty key");
+    let other = HmacKey::from_bytes(b"other key").expect("a non-empty key");
+    let unsigned = decode(data, None);
+    let signed = decode(data, Some(&key));
+    if let Ok(message) = &signed {
+        assert_eq!(
+            unsigned.as_ref().ok(),
+            Some(message),
+            "a key only adds checks"
+        );
+    }
+    match unsigned {
+        Ok(Message::Json(hb)) => {
+            let again = decode(&hb.encode(), None);
+            assert_eq!(
+                again.ok(),
+                Some(Message::Json(hb.clone())),
+                "encode round trip"
+            );
+
+            let mut plain = hb.clone();
+            plain.sig = None;
+            let again = decode(&plain.canonical_bytes(), None);
+            assert_eq!(
+                again.ok(),
+                Some(Message::Json(plain.clone())),
+                "canonical round trip"
+            );
+
+            let mut resigned = plain;
+            resigned.sign(&key);
+            let body = resigned.encode();
+            let again = decode(&body, Some(&key));
+            assert_eq!(
+                again.ok(),
+                Some(Message::Json(resigned)),
+                "signed round trip"
+            );
+            assert!(
+                decode(&body, Some(&other)).is_err(),
+                "verified with the wrong key"
+            );
+            if signed.is_ok() {
+                assert_eq!(hb.verify(&key), Ok(()));
+            }
+        }
+        Ok(Message::Plain { addr }) => {
+            assert_eq!(addr, addr.trim());
+            assert!(signed.is_err(), "a plain body passed a signature check");
+            let again = decode(addr.as_bytes(), None);
+            assert_eq!(again.ok(), Some(Message::Plain { addr }));
+        }
+        Err(_) => assert!(signed.is_err(), "a key made a rejected body acceptable"),
+    }
+}
