@@ -1,6 +1,8 @@
 //! `cargo xtask …`: the project's own commands.
 
 mod bench;
+mod fuzz;
+mod soak;
 mod up;
 
 use anyhow::Result;
@@ -27,6 +29,14 @@ enum Cmd {
     Up(up::UpArgs),
     /// Run one benchmark against its named peer, side by side (`--json` for one JSON object).
     Bench(bench::BenchArgs),
+    /// Steady load through the proxy while system faults are injected at random (seeded), one
+    /// at a time; prints requests, failures, joins, leaves, expiries, false expiries and
+    /// archived vs published (`--json` for one object); fails unless all hold.
+    Soak(soak::SoakArgs),
+    /// Fuzz the frame, heartbeat and config targets in fuzz/ one after the other on their
+    /// corpora (nightly; installs cargo-fuzz if missing); prints executions, exec/s and corpus
+    /// size per target and fails on a crash, naming its input.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> Result<()> {
@@ -38,5 +48,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => bench::run(args),
         Cmd::Up(args) => up::run(args),
+        Cmd::Soak(args) => soak::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
     }
 }
