@@ -58,6 +58,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             announce_interval: "2s".into(),
             ttl: "6s".into(),
             state_dir: Some(state_dir.clone()),
+            ..Default::default()
         })
         .await?;
         println!();

@@ -16,6 +16,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct ApiServer {
     process: ManagedProcess,
+    program: std::path::PathBuf,
+    sets: Vec<String>,
     proxy: SocketAddr,
     admin: SocketAddr,
     http: reqwest::Client,
@@ -71,11 +73,41 @@ impl ApiServer {
             .build()?;
         Ok(ApiServer {
             process,
+            program: program.to_path_buf(),
+            sets: sets.to_vec(),
             proxy,
             admin,
             http,
             _dir: dir,
         })
+    }
+
+    /// A deploy of the api-server: SIGTERM (it drains in-flight requests, up to `timeout`), then
+    /// the same binary and settings again on the same proxy and admin ports. Returns once the new
+    /// run listens on both (a port the old run held may be briefly unavailable: retried).
+    pub async fn restart(&mut self, timeout: Duration) -> Result<()> {
+        self.process.terminate(timeout).await?;
+        let mut sets = self.sets.clone();
+        sets.push(format!("server.listen={}", self.proxy));
+        sets.push(format!("server.admin_listen={}", self.admin));
+        let deadline = Instant::now() + START_TIMEOUT;
+        let next = loop {
+            match ApiServer::start(&self.program, &sets).await {
+                Ok(next) if next.proxy == self.proxy && next.admin == self.admin => break next,
+                Ok(other) => bail!(
+                    "the restarted api-server bound {} and {}, not {} and {}",
+                    other.proxy,
+                    other.admin,
+                    self.proxy,
+                    self.admin
+                ),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let sets = std::mem::take(&mut self.sets);
+        *self = ApiServer { sets, ..next };
+        Ok(())
     }
 
     /// The proxy's address.

@@ -66,6 +66,7 @@ impl DataServerOptions {
 #[derive(Debug)]
 pub struct DataServer {
     process: ManagedProcess,
+    opts: DataServerOptions,
     listen: SocketAddr,
     id: String,
     addr: String,
@@ -81,8 +82,8 @@ impl DataServer {
 
     /// Starts a data-server, waits until it listens and reads `/whoami`.
     pub async fn start_with(opts: DataServerOptions) -> Result<Self> {
-        let bin = match opts.bin {
-            Some(bin) => bin,
+        let bin = match &opts.bin {
+            Some(bin) => bin.clone(),
             None => project_bin("data-server")?,
         };
         let dir = tempfile::tempdir()?;
@@ -100,12 +101,12 @@ impl DataServer {
             nsqd,
             format!("announce.interval={}", opts.interval),
         ];
-        for set in defaults.into_iter().chain(opts.set) {
+        for set in defaults.into_iter().chain(opts.set.iter().cloned()) {
             args.push("--set".to_owned());
             args.push(set);
         }
         let log = dir.path().join("data-server.log");
-        let mut process = ManagedProcess::spawn("data-server", bin, args, opts.envs, &log)?;
+        let mut process = ManagedProcess::spawn("data-server", bin, args, opts.envs.clone(), &log)?;
         let listen = wait_listening(&mut process, opts.startup_timeout).await?;
         let whoami: serde_json::Value = reqwest::get(format!("http://{listen}/whoami"))
             .await
@@ -120,6 +121,7 @@ impl DataServer {
                 .with_context(|| format!("/whoami has no {name}: {whoami}"))
         };
         Ok(DataServer {
+            opts,
             id: field("id")?,
             addr: field("addr")?,
             process,
@@ -176,6 +178,51 @@ impl DataServer {
     /// SIGKILL: a crash, with no leaving heartbeat.
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+
+    /// SIGSTOP: the process keeps its sockets (the kernel still accepts connections on its
+    /// listener) but answers nothing and stops announcing. Returns once every thread is stopped.
+    pub fn freeze(&self) -> Result<()> {
+        self.process.signal(Signal::SIGSTOP)?;
+        self.process.wait_stopped(true)
+    }
+
+    /// SIGCONT after [`DataServer::freeze`]; returns once it runs again.
+    pub fn thaw(&self) -> Result<()> {
+        self.process.signal(Signal::SIGCONT)?;
+        self.process.wait_stopped(false)
+    }
+
+    /// Starts it again with the same options, id and listen address (a new epoch), after the
+    /// current run exited or was stopped. A run still going is killed first.
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.process.kill();
+        let mut opts = self.opts.clone();
+        opts.set.push(format!("server.listen={}", self.listen));
+        if !opts.set.iter().any(|s| s.starts_with("server.id=")) {
+            opts.set.push(format!("server.id={}", self.id));
+        }
+        // The old listener is closed, but a port can stay briefly unavailable; retry.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let next = loop {
+            match DataServer::start_with(opts.clone()).await {
+                Ok(next) => break next,
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        // Keep the original options (without the pinned listen address) for the next restart.
+        let opts = std::mem::replace(&mut self.opts, DataServerOptions::new(Vec::<String>::new()));
+        *self = DataServer { opts, ..next };
+        Ok(())
+    }
+
+    /// A rolling-deploy step: SIGTERM (it announces `leaving` and drains), wait for the exit
+    /// (up to `timeout`), then [`DataServer::start_again`].
+    pub async fn restart(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let status = self.terminate(timeout).await?;
+        self.start_again().await?;
+        Ok(status)
     }
 }
 

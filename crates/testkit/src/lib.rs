@@ -15,9 +15,13 @@
 #![deny(missing_docs)]
 
 mod api_server;
+mod audit;
 mod bins;
 mod cluster;
 mod data_server;
+mod events;
+mod faults;
+mod load;
 mod peers;
 mod poll;
 mod process;
@@ -26,16 +30,20 @@ mod stack;
 mod stats;
 
 pub use api_server::ApiServer;
+pub use audit::{Archived, AuditReport, Ledger, PublishedRun, audit};
 pub use bins::{
     NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
     workspace_root,
 };
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
 pub use data_server::{DataServer, DataServerOptions};
+pub use events::{RegistryEvent, RegistryEvents};
+pub use faults::{Fault, FaultReport, FaultRun, SeededRng};
+pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
 pub use poll::eventually;
 pub use process::ManagedProcess;
 pub use project::project_bin;
-pub use stack::{Stack, StackOptions};
+pub use stack::{DURABLE_NSQD_ARGS, Stack, StackOptions};
 pub use stats::{ChannelStats, ClientStats, LookupProducer, NsqdStats, TopicStats};

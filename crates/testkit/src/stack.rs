@@ -30,7 +30,18 @@ pub struct StackOptions {
     pub ttl: String,
     /// Where the archive database and logs go (default: a temporary directory).
     pub state_dir: Option<PathBuf>,
+    /// Extra flags for every nsqd, e.g. [`DURABLE_NSQD_ARGS`].
+    pub nsqd_args: Vec<String>,
+    /// Extra `--set key=value` overrides for the api-server, applied last.
+    pub api_sets: Vec<String>,
 }
+
+/// nsqd flags that make every accepted message survive a SIGKILL of nsqd: with
+/// `--mem-queue-size=0` nsqd v1.3.0 writes each message to the topic's and then each durable
+/// channel's disk queue (`Topic.put` / `Channel.put` skip the memory queue, `diskqueue.writeOne`
+/// is a plain `write(2)`, so the bytes are in the page cache before PUB is answered) instead of
+/// holding up to 10,000 per queue in memory, which a crash loses.
+pub const DURABLE_NSQD_ARGS: &[&str] = &["--mem-queue-size=0"];
 
 impl Default for StackOptions {
     fn default() -> Self {
@@ -41,6 +52,8 @@ impl Default for StackOptions {
             announce_interval: "1s".into(),
             ttl: "5s".into(),
             state_dir: None,
+            nsqd_args: Vec::new(),
+            api_sets: Vec::new(),
         }
     }
 }
@@ -106,6 +119,7 @@ impl Stack {
         let mut cluster = NsqCluster::start_with(ClusterOptions {
             nsqd: opts.nsqd,
             standard_ports: opts.standard_ports,
+            nsqd_args: opts.nsqd_args.clone(),
             ..Default::default()
         })
         .await?;
@@ -150,19 +164,18 @@ impl Stack {
         } else {
             ("127.0.0.1:0", "127.0.0.1:0")
         };
-        let api = ApiServer::start(
-            &project_bin("api-server")?,
-            &[
-                format!("server.listen={proxy}"),
-                format!("server.admin_listen={admin}"),
-                format!("discovery.lookupd_http_addresses={lookupd}"),
-                "discovery.lookupd_poll_interval=1s".into(),
-                format!("discovery.ttl={}", opts.ttl),
-                "discovery.prune_interval=500ms".into(),
-            ],
-        )
-        .await
-        .context("starting the api-server")?;
+        let mut api_sets = vec![
+            format!("server.listen={proxy}"),
+            format!("server.admin_listen={admin}"),
+            format!("discovery.lookupd_http_addresses={lookupd}"),
+            "discovery.lookupd_poll_interval=1s".into(),
+            format!("discovery.ttl={}", opts.ttl),
+            "discovery.prune_interval=500ms".into(),
+        ];
+        api_sets.extend(opts.api_sets.iter().cloned());
+        let api = ApiServer::start(&project_bin("api-server")?, &api_sets)
+            .await
+            .context("starting the api-server")?;
 
         let mut stack = Self {
             data: Vec::new(),
@@ -213,6 +226,21 @@ impl Stack {
     /// The nsqadmin URL.
     pub fn nsqadmin_url(&self) -> String {
         format!("http://{}/", self.nsqadmin)
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &StackOptions {
+        &self.opts
+    }
+
+    /// The index of the data server with this id.
+    pub fn data_server_index(&self, id: &str) -> Option<usize> {
+        self.data.iter().position(|d| d.id() == id)
+    }
+
+    /// The archiver's log so far.
+    pub fn archiver_log(&self) -> String {
+        self.archiver.log()
     }
 
     /// The archive database file.
