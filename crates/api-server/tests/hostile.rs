@@ -1,8 +1,8 @@
 //! Hostile heartbeats published to the real topic on a real nsqd, read by a real api-server process: random bytes,
 //! size limits, truncated and deeply nested JSON, wrong types, out-of-range numbers, unroutable and self addresses,
-//! id collisions and replayed signed heartbeats. For each the user-visible result is checked: the process keeps
-//! serving, the server is not in `/registry`, and `/metrics` counts the message under its specific reason.
-//! (`malformed.rs` has the first, smaller set of cases; nothing here repeats it.)
+//! and id collisions (replayed signed heartbeats are in `replay.rs`). For each the user-visible result is checked:
+//! the process keeps serving, the server is not in `/registry`, and `/metrics` counts the message under its
+//! specific reason. (`malformed.rs` has the first, smaller set of cases; nothing here repeats it.)
 
 mod common;
 
@@ -11,19 +11,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use discovery::{Heartbeat, HmacKey, MAX_BODY_BYTES, State};
-use serde_json::Value;
-use testkit::{ApiServer, NsqCluster, eventually};
-
-/// `api_heartbeats_total` sample for an outcome, with its reason when it has one.
-fn sample(outcome: &str, reason: Option<&str>) -> String {
-    match reason {
-        Some(reason) => {
-            format!("api_heartbeats_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}")
-        }
-        None => format!("api_heartbeats_total{{outcome=\"{outcome}\"}}"),
-    }
-}
+use discovery::{Heartbeat, MAX_BODY_BYTES, State};
+use testkit::{ApiServer, NsqCluster};
 
 /// What each published body should be counted as, for comparing with `/metrics` at the end.
 #[derive(Default)]
@@ -31,7 +20,7 @@ struct Expected(BTreeMap<String, f64>);
 
 impl Expected {
     fn add(&mut self, outcome: &str, reason: Option<&str>) {
-        *self.0.entry(sample(outcome, reason)).or_default() += 1.0;
+        *self.0.entry(heartbeat_sample(outcome, reason)).or_default() += 1.0;
     }
 
     /// Waits until every expected counter has exactly its value (a message counted twice or under another reason
@@ -68,26 +57,6 @@ fn value(metrics: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// One producer for a whole test; nsqd's own refusals come back as errors.
-struct Publisher {
-    producer: nsq::Producer,
-}
-
-impl Publisher {
-    fn new(cluster: &NsqCluster) -> Publisher {
-        let producer =
-            nsq::Producer::new(cluster.nsqd_tcp(0).to_string(), Default::default()).unwrap();
-        Publisher { producer }
-    }
-
-    async fn publish(&self, topic: &str, body: &[u8]) {
-        self.producer
-            .publish(topic, body)
-            .await
-            .expect("nsqd takes the message");
-    }
-}
-
 /// Deterministic noise (xorshift64*), so a failure can be reproduced.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.max(1);
@@ -114,42 +83,6 @@ fn padded(id: &str, addr: &str, len: usize) -> Vec<u8> {
     let mut body = hb(id, addr, 1, 1);
     body.resize(len, b' ');
     body
-}
-
-fn server<'a>(doc: &'a Value, id: &str) -> Option<&'a Value> {
-    doc["servers"].as_array()?.iter().find(|s| s["id"] == id)
-}
-
-/// The process is alive, answers its admin API and its proxy.
-async fn assert_serving(api: &mut ApiServer) {
-    assert!(
-        api.process().try_wait().unwrap().is_none(),
-        "api-server exited:\n{}",
-        api.log()
-    );
-    let http = client();
-    for url in [
-        format!("http://{}/healthz", api.admin()),
-        format!("http://{}/whoami", api.proxy()),
-    ] {
-        let response = http.get(&url).send().await.expect(&url);
-        // The proxy may answer 502 for the made-up addresses registered here; any HTTP answer proves it serves.
-        assert!(
-            response.status().as_u16() < 600,
-            "{url}: {}",
-            response.status()
-        );
-    }
-}
-
-/// Nothing was requeued or left waiting: every hostile message was finished.
-async fn assert_all_finished(cluster: &NsqCluster, topic: &str) {
-    let stats = cluster.stats(0, topic, None).await.unwrap();
-    for channel in &stats.topic(topic).unwrap().channels {
-        assert_eq!(channel.depth, 0, "{channel:?}");
-        assert_eq!(channel.in_flight_count, 0, "{channel:?}");
-        assert_eq!(channel.requeue_count, 0, "{channel:?}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +333,7 @@ async fn hostile_heartbeats_never_admit_a_server_and_are_counted_by_reason() {
         "no hostile server admitted"
     );
     let doc = api.registry().await.unwrap();
-    let holder = server(&doc, "holder").unwrap();
+    let holder = find_server(&doc, "holder").unwrap();
     assert_eq!(
         holder["addr"], "127.0.0.1:19901",
         "the holder kept its address"
@@ -409,11 +342,11 @@ async fn hostile_heartbeats_never_admit_a_server_and_are_counted_by_reason() {
         holder["seq"], 5,
         "and its seq: the hostile seq 1000 was not applied"
     );
-    let max = server(&doc, "max-epoch").unwrap();
+    let max = find_server(&doc, "max-epoch").unwrap();
     assert_eq!(max["epoch"], u64::MAX);
     assert_eq!(max["seq"], u64::MAX);
     assert_eq!(
-        server(&doc, "127.0.0.1:19902").unwrap()["addr"],
+        find_server(&doc, "127.0.0.1:19902").unwrap()["addr"],
         "127.0.0.1:19903"
     );
 
@@ -423,136 +356,11 @@ async fn hostile_heartbeats_never_admit_a_server_and_are_counted_by_reason() {
     expected.add("moved", None);
     expected.wait_for(&api).await;
     let doc = api.registry().await.unwrap();
-    assert_eq!(server(&doc, "holder").unwrap()["addr"], "127.0.0.1:19966");
+    assert_eq!(
+        find_server(&doc, "holder").unwrap()["addr"],
+        "127.0.0.1:19966"
+    );
 
     assert_serving(&mut api).await;
     assert_all_finished(&cluster, TOPIC).await;
-}
-
-const KEY: &[u8] = b"hostile-test-key";
-const SIGNED_TOPIC: &str = "hostile_signed";
-
-fn signed(key: &HmacKey, id: &str, epoch: u64, seq: u64, state: State) -> Vec<u8> {
-    let mut hb = Heartbeat::new(id, "127.0.0.1:19990", epoch, seq);
-    hb.sent_at_ms = now_ms();
-    hb.state = state;
-    hb.sign(key);
-    hb.encode()
-}
-
-/// A captured signed heartbeat published again can neither roll a server's seq back, nor bring back a server that
-/// left or crashed: ordering and the tombstone refuse it within one TTL, the signed `sent_at_ms` after it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replayed_signed_heartbeats_revive_nothing() {
-    const TTL: Duration = Duration::from_secs(2);
-    let cluster = NsqCluster::start(1).await.unwrap();
-    cluster.create_topic(0, SIGNED_TOPIC, None).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("heartbeat.key");
-    std::fs::write(&key_file, KEY).unwrap();
-    let mut api = api_server(
-        &cluster,
-        "2s",
-        &[
-            "server.instance=replay",
-            &format!("discovery.topic={SIGNED_TOPIC}"),
-            &format!("discovery.hmac_key_file={}", key_file.display()),
-        ],
-    )
-    .await;
-    api.wait_registry(SOON, "the subscription", |d| {
-        d["bus"]["heartbeat_connections"].as_i64() == Some(1)
-    })
-    .await
-    .unwrap();
-    let key = HmacKey::from_bytes(KEY).unwrap();
-    let out = Publisher::new(&cluster);
-    let epoch = now_ms();
-    let count = |outcome: &'static str, reason: Option<&'static str>| {
-        let api = &api;
-        async move { api.metric(&sample(outcome, reason)).await.unwrap_or(0.0) }
-    };
-    let seq_of = |id: &'static str| {
-        let api = &api;
-        async move {
-            let doc = api.registry().await.ok()?;
-            server(&doc, id).map(|s| s["seq"].as_u64().unwrap_or(0))
-        }
-    };
-
-    // "leaver" leaves gracefully; "crasher" goes silent. Both captures are taken at the start.
-    let leaver_captured = signed(&key, "leaver", epoch, 1, State::Up);
-    let crasher_captured = signed(&key, "crasher", epoch, 1, State::Up);
-    out.publish(SIGNED_TOPIC, &leaver_captured).await;
-    out.publish(SIGNED_TOPIC, &crasher_captured).await;
-    out.publish(SIGNED_TOPIC, &signed(&key, "leaver", epoch, 2, State::Up))
-        .await;
-    eventually(SOON, "leaver at seq 2", || async {
-        (seq_of("leaver").await == Some(2)).then_some(())
-    })
-    .await;
-
-    // No seq rollback: the replay is out of order.
-    out.publish(SIGNED_TOPIC, &leaver_captured).await;
-    eventually(SOON, "the replay counted as out of order", || async {
-        (count("ignored", Some("out_of_order")).await == 1.0).then_some(())
-    })
-    .await;
-    assert_eq!(seq_of("leaver").await, Some(2));
-
-    // A forged seq (re-signed without the key) is refused by the signature.
-    let forged = String::from_utf8(signed(&key, "leaver", epoch, 3, State::Up))
-        .unwrap()
-        .replace("\"seq\":3", "\"seq\":99");
-    out.publish(SIGNED_TOPIC, forged.as_bytes()).await;
-
-    out.publish(
-        SIGNED_TOPIC,
-        &signed(&key, "leaver", epoch, 3, State::Leaving),
-    )
-    .await;
-    let left_at = Instant::now();
-    eventually(SOON, "leaver gone", || async {
-        (seq_of("leaver").await.is_none()).then_some(())
-    })
-    .await;
-
-    // Replay the capture again and again until well after the tombstone (one TTL after the leave) is gone. It never
-    // brings the server back. Then replay the crasher's, once it expired (one TTL after its only heartbeat).
-    let mut replays = 0.0;
-    while left_at.elapsed() < TTL + Duration::from_millis(500) {
-        out.publish(SIGNED_TOPIC, &leaver_captured).await;
-        replays += 1.0;
-        let ids = api.server_ids().await.unwrap();
-        assert!(
-            !ids.contains(&"leaver".to_owned()),
-            "the replay revived leaver: {ids:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eventually(SOON, "crasher expired", || async {
-        (seq_of("crasher").await.is_none()).then_some(())
-    })
-    .await;
-    out.publish(SIGNED_TOPIC, &crasher_captured).await;
-    eventually(SOON, "every replay counted", || async {
-        let refused =
-            count("ignored", Some("tombstoned")).await + count("rejected", Some("replayed")).await;
-        (refused == replays + 1.0).then_some(())
-    })
-    .await;
-    assert!(
-        count("rejected", Some("replayed")).await >= 2.0,
-        "the late replays are counted as replayed"
-    );
-    assert_eq!(count("rejected", Some("bad_signature")).await, 1.0);
-    assert_eq!(
-        count("joined", None).await,
-        2.0,
-        "only the two original joins"
-    );
-    assert!(api.server_ids().await.unwrap().is_empty());
-
-    assert_serving(&mut api).await;
-    assert_all_finished(&cluster, SIGNED_TOPIC).await;
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use discovery::{Heartbeat, State};
+use serde_json::Value;
 use testkit::{ApiServer, NsqCluster};
 
 /// The heartbeat topic of the tests (the contract default).
@@ -261,4 +262,71 @@ pub async fn wait_servers(api: &ApiServer, n: usize) {
     })
     .await
     .unwrap();
+}
+
+/// `api_heartbeats_total` sample for an outcome, with its reason when it has one.
+pub fn heartbeat_sample(outcome: &str, reason: Option<&str>) -> String {
+    match reason {
+        Some(reason) => {
+            format!("api_heartbeats_total{{outcome=\"{outcome}\",reason=\"{reason}\"}}")
+        }
+        None => format!("api_heartbeats_total{{outcome=\"{outcome}\"}}"),
+    }
+}
+
+/// One producer for a whole test; nsqd's own refusals come back as errors.
+pub struct Publisher {
+    producer: nsq::Producer,
+}
+
+impl Publisher {
+    pub fn new(cluster: &NsqCluster) -> Publisher {
+        let producer =
+            nsq::Producer::new(cluster.nsqd_tcp(0).to_string(), Default::default()).unwrap();
+        Publisher { producer }
+    }
+
+    pub async fn publish(&self, topic: &str, body: &[u8]) {
+        self.producer
+            .publish(topic, body)
+            .await
+            .expect("nsqd takes the message");
+    }
+}
+
+/// The server with `id` in a `/registry` document.
+pub fn find_server<'a>(doc: &'a Value, id: &str) -> Option<&'a Value> {
+    doc["servers"].as_array()?.iter().find(|s| s["id"] == id)
+}
+
+/// The process is alive, answers its admin API and its proxy.
+pub async fn assert_serving(api: &mut ApiServer) {
+    assert!(
+        api.process().try_wait().unwrap().is_none(),
+        "api-server exited:\n{}",
+        api.log()
+    );
+    let http = client();
+    for url in [
+        format!("http://{}/healthz", api.admin()),
+        format!("http://{}/whoami", api.proxy()),
+    ] {
+        let response = http.get(&url).send().await.expect(&url);
+        // The proxy may answer 502 for the made-up addresses registered here; any HTTP answer proves it serves.
+        assert!(
+            response.status().as_u16() < 600,
+            "{url}: {}",
+            response.status()
+        );
+    }
+}
+
+/// Nothing was requeued or left waiting: every hostile message was finished.
+pub async fn assert_all_finished(cluster: &NsqCluster, topic: &str) {
+    let stats = cluster.stats(0, topic, None).await.unwrap();
+    for channel in &stats.topic(topic).unwrap().channels {
+        assert_eq!(channel.depth, 0, "{channel:?}");
+        assert_eq!(channel.in_flight_count, 0, "{channel:?}");
+        assert_eq!(channel.requeue_count, 0, "{channel:?}");
+    }
 }
