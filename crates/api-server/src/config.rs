@@ -20,6 +20,12 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(2);
 /// Default of `shutdown.timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `server.header_read_timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `server.max_header_bytes` (nginx's default allows 4 header lines of 8 KiB each).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Smallest `server.max_header_bytes` (hyper reads requests in buffers of at least this size).
+pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 /// Suffix of the default canary topic, after `discovery.topic`.
 pub const CANARY_TOPIC_SUFFIX: &str = ".canary#ephemeral";
 
@@ -49,6 +55,10 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Name of this api-server instance (default: generated); used in the default channel name.
     pub instance: Option<String>,
+    /// Time a client gets to send a request's headers, on both listeners; slower ones are disconnected.
+    pub header_read_timeout: HumanDuration,
+    /// Largest request head (request line and headers) accepted, in bytes; bigger ones are answered 431.
+    pub max_header_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +67,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             instance: None,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }
 }
@@ -308,6 +320,16 @@ impl Validate for Config {
                 "server.admin_listen",
                 "an address other than server.listen",
                 self.server.admin_listen,
+            ));
+        }
+        self.server
+            .header_read_timeout
+            .require_positive("server.header_read_timeout")?;
+        if self.server.max_header_bytes < MIN_MAX_HEADER_BYTES {
+            return Err(Invalid::new(
+                "server.max_header_bytes",
+                format!("at least {MIN_MAX_HEADER_BYTES}"),
+                self.server.max_header_bytes,
             ));
         }
         let b = &self.balancer;

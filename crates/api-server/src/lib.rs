@@ -4,7 +4,8 @@
 //!
 //! - [`Config`]: the TOML configuration (`server`, `discovery`, `balancer`, `proxy`, `shutdown`).
 //! - [`run`]: binds both listeners, subscribes, runs until a [`Shutdown`](svc::Shutdown), then drains.
-//! - [`admin_router`], [`proxy_router`]: the two routers, over one [`AppState`].
+//! - [`admin_router`] and [`ProxyService`]: the two listeners' services, over one [`AppState`], served by one
+//!   HTTP/1.1 loop that bounds slow and oversized request heads.
 //! - Bus liveness is measured by a canary (see the `canary` module docs): while NSQ does not deliver, expiry is
 //!   frozen and `/registry` says `"self_preservation": true`.
 //!
@@ -28,6 +29,7 @@ mod canary;
 mod config;
 mod heartbeats;
 mod proxy;
+mod serve;
 mod server;
 mod state;
 
@@ -35,11 +37,12 @@ pub use admin::{RegistryDocument, SNAPSHOT_INTERVAL, admin_router};
 pub use bus::{Bus, BusView, NsqdProbe};
 pub use canary::CanaryConfig;
 pub use config::{
-    BalancerSection, CANARY_TOPIC_SUFFIX, Config, DEFAULT_LOOKUPD_POLL_INTERVAL,
-    DEFAULT_PRUNE_INTERVAL, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig,
-    ProxyConfig, ServerConfig, ShutdownConfig,
+    BalancerSection, CANARY_TOPIC_SUFFIX, Config, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_LOOKUPD_POLL_INTERVAL, DEFAULT_MAX_HEADER_BYTES, DEFAULT_PRUNE_INTERVAL,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
+    ServerConfig, ShutdownConfig,
 };
 pub use heartbeats::{RateLimitedLog, SubscriptionConfig, subscribe};
-pub use proxy::{ProxyError, ProxyState, UpstreamClient, proxy_router};
+pub use proxy::{ProxyBody, ProxyError, ProxyService, ProxyState, UpstreamBody, UpstreamClient};
 pub use server::{Listening, RunError, run};
 pub use state::{AppState, Metrics};

@@ -4,43 +4,53 @@ mod body;
 mod budget;
 mod headers;
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, Version};
-use axum::response::{IntoResponse, Response};
-use discovery::FailureOutcome;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::uri::{PathAndQuery, Scheme};
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use discovery::{Backend, FailureOutcome};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use svc::{Counter, CounterVec};
 use tokio::time::Instant;
 
 use crate::config::ProxyConfig;
 use crate::state::AppState;
-pub use body::{GuardedBody, RetryableBody};
+pub use body::{ProxyBody, UpstreamBody};
 pub use budget::RetryBudget;
 use budget::jittered;
 use headers::{X_REQUEST_ID, add_forwarding, request_id, strip_hop_by_hop};
 
 /// The one pooled HTTP/1.1 client all proxied requests share.
-pub type UpstreamClient = Client<HttpConnector, RetryableBody>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
-/// Proxy settings and the shared client.
+/// Proxy settings and the shared client; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ProxyState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     app: AppState,
     client: UpstreamClient,
     try_timeout: Duration,
     total_timeout: Duration,
     max_tries: u32,
-    budget: Arc<RetryBudget>,
+    budget: RetryBudget,
     backoff: Duration,
     eject_on_5xx: bool,
-    trusted_proxies: Arc<[ipnet::IpNet]>,
+    trusted_proxies: Vec<ipnet::IpNet>,
     access_log: bool,
+    statuses: StatusCounters,
 }
 
 impl ProxyState {
@@ -52,30 +62,78 @@ impl ProxyState {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
             .build(connector);
+        let statuses = StatusCounters::new(app.metrics().requests.clone());
         ProxyState {
-            app,
-            client,
-            try_timeout: cfg.try_timeout.get(),
-            total_timeout: cfg.total_timeout.get(),
-            max_tries: cfg.max_tries,
-            budget: Arc::new(RetryBudget::new(
-                cfg.retry_budget_ratio,
-                cfg.retry_budget_min_per_sec,
-                Instant::now(),
-            )),
-            backoff: cfg.retry_backoff.get(),
-            eject_on_5xx: cfg.eject_on_5xx,
-            trusted_proxies: cfg.trusted_proxies.clone().into(),
-            access_log: cfg.access_log,
+            inner: Arc::new(Inner {
+                app,
+                client,
+                try_timeout: cfg.try_timeout.get(),
+                total_timeout: cfg.total_timeout.get(),
+                max_tries: cfg.max_tries,
+                budget: RetryBudget::new(
+                    cfg.retry_budget_ratio,
+                    cfg.retry_budget_min_per_sec,
+                    Instant::now(),
+                ),
+                backoff: cfg.retry_backoff.get(),
+                eject_on_5xx: cfg.eject_on_5xx,
+                trusted_proxies: cfg.trusted_proxies.clone(),
+                access_log: cfg.access_log,
+                statuses,
+            }),
+        }
+    }
+
+    /// The service for one client connection from `peer`.
+    pub fn service(&self, peer: SocketAddr) -> ProxyService {
+        ProxyService {
+            state: self.clone(),
+            peer,
         }
     }
 }
 
-/// The proxy router: everything, any method, goes upstream. Serve it with connect info (`SocketAddr`) so that
-/// `X-Forwarded-For` can name the client.
-pub fn proxy_router(state: ProxyState) -> Router {
-    Router::new().fallback(proxy).with_state(state)
+/// The proxy as a hyper service: every request, any method, goes upstream.
+#[derive(Debug, Clone)]
+pub struct ProxyService {
+    state: ProxyState,
+    peer: SocketAddr,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        let peer = self.peer;
+        Box::pin(async move { Ok(proxy(&state.inner, peer, request).await) })
+    }
+}
+
+/// `api_proxy_requests_total` by status, each label looked up once rather than on every request.
+#[derive(Debug)]
+struct StatusCounters {
+    family: CounterVec,
+    by_code: Box<[OnceLock<Counter>]>,
+}
+
+impl StatusCounters {
+    fn new(family: CounterVec) -> StatusCounters {
+        StatusCounters {
+            family,
+            by_code: (100..1000).map(|_| OnceLock::new()).collect(),
+        }
+    }
+
+    fn get(&self, status: StatusCode) -> &Counter {
+        // StatusCode is always within 100..=999.
+        self.by_code[usize::from(status.as_u16()) - 100]
+            .get_or_init(|| self.family.with(status.as_str()))
+    }
 }
 
 /// Why a request got no upstream response.
@@ -116,6 +174,13 @@ impl ProxyError {
         }
     }
 
+    fn tries(&self) -> u32 {
+        match self {
+            ProxyError::NoServers { .. } => 0,
+            ProxyError::Upstream { tries, .. } | ProxyError::Timeout { tries, .. } => *tries,
+        }
+    }
+
     fn request_id(&self) -> &str {
         match self {
             ProxyError::NoServers { request_id }
@@ -125,16 +190,20 @@ impl ProxyError {
     }
 }
 
-impl IntoResponse for ProxyError {
-    fn into_response(self) -> Response {
+impl ProxyError {
+    fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
         let body = serde_json::json!({
             "error": self.to_string(),
-            "status": self.status().as_u16(),
+            "status": status.as_u16(),
             "request_id": self.request_id(),
         });
-        let mut response = (self.status(), axum::Json(body)).into_response();
+        let mut response = Response::new(ProxyBody::full(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(self.request_id()) {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+            headers.insert(X_REQUEST_ID.clone(), v);
         }
         response
     }
@@ -147,48 +216,46 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-async fn proxy(
-    State(p): State<ProxyState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    request: Request,
-) -> Response {
+async fn proxy(p: &Inner, peer: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
-    let result = forward(&p, peer, request, started).await;
+    // Only kept for the access log (a `Uri` clone shares its bytes).
+    let logged = p
+        .access_log
+        .then(|| (request.method().clone(), request.uri().clone()));
+    let result = forward(p, peer, request, started).await;
     let elapsed = started.elapsed();
     p.app.metrics().latency.observe_duration(elapsed);
-    match result {
-        Ok((response, upstream, tries)) => {
-            let status = response.status();
-            p.app.metrics().requests.with(status.as_str()).inc();
-            if p.access_log {
-                tracing::info!(target: "api_server::access", %method, %path, status = status.as_u16(), %upstream, tries, ?elapsed);
-            }
-            response
-        }
+    let (response, upstream, tries, failure) = match result {
+        Ok((response, upstream, tries)) => (response, Some(upstream), tries, None),
         Err(err) => {
-            let text = err.to_string();
-            let response = err.into_response();
-            p.app
-                .metrics()
-                .requests
-                .with(response.status().as_str())
-                .inc();
-            if p.access_log {
-                tracing::info!(target: "api_server::access", %method, %path, status = response.status().as_u16(), upstream = "-", ?elapsed, "{text}");
+            let (tries, text) = (err.tries(), err.to_string());
+            (err.into_response(), None, tries, Some(text))
+        }
+    };
+    let status = response.status();
+    p.statuses.get(status).inc();
+    if let Some((method, uri)) = logged {
+        let upstream = upstream.as_ref().map_or("-", |b| b.id());
+        let path = uri.path();
+        match failure {
+            None => {
+                tracing::info!(target: "api_server::access", %method, path, status = status.as_u16(), upstream, tries, ?elapsed)
             }
-            response
+            Some(text) => {
+                tracing::info!(target: "api_server::access", %method, path, status = status.as_u16(), upstream, tries, ?elapsed, "{text}")
+            }
         }
     }
+    response
 }
 
 /// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
 async fn forward(
-    p: &ProxyState,
+    p: &Inner,
     peer: SocketAddr,
-    request: Request,
+    request: Request<Incoming>,
     started: Instant,
-) -> Result<(Response, String, u32), ProxyError> {
+) -> Result<(Response<ProxyBody>, Arc<Backend>, u32), ProxyError> {
     let request_id = request_id(request.headers());
     let rid = || request_id.to_str().unwrap_or_default().to_owned();
     let (mut parts, body) = request.into_parts();
@@ -198,15 +265,15 @@ async fn forward(
     let path_and_query = parts
         .uri
         .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let idempotent = is_idempotent(&parts.method);
-    let body = RetryableBody::new(body);
+    let body = UpstreamBody::new(body);
     let deadline = started + p.total_timeout;
     let balancer = p.app.balancer();
     let metrics = p.app.metrics();
     p.budget.deposit(started);
-    let mut tried: Vec<String> = Vec::new();
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure = String::new();
     // Decides whether the failed try may be followed by another, taking a token from the budget if so.
     let may_retry = |tries: u32, retryable: bool| {
@@ -221,40 +288,43 @@ async fn forward(
             let pause = jittered(p.backoff).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
         }
-        let picked = {
-            let exclude: Vec<&str> = tried.iter().map(String::as_str).collect();
+        let picked = if tried.is_empty() {
+            balancer.pick(&[])
+        } else {
+            let exclude: Vec<&str> = tried.iter().map(|b| b.id()).collect();
             balancer.pick(&exclude)
         };
         let Some((backend, in_flight)) = picked else {
             break;
         };
-        let id = backend.id().to_owned();
-        metrics.upstream_requests.with(&id).inc();
-        let uri: Uri = match format!("http://{}{path_and_query}", backend.addr()).parse() {
+        metrics.upstream_requests.with(backend.id()).inc();
+        let uri = match upstream_uri(backend.addr(), &path_and_query) {
             Ok(uri) => uri,
             Err(err) => {
                 last_failure = format!("bad upstream address {:?}: {err}", backend.addr());
-                tried.push(id);
+                tried.push(backend);
                 if may_retry(attempt + 1, !body.touched()) {
                     continue;
                 }
                 break;
             }
         };
-        let mut upstream = hyper::Request::new(body.clone());
+        let mut upstream = Request::new(body.clone());
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = uri;
         *upstream.version_mut() = Version::HTTP_11;
         *upstream.headers_mut() = parts.headers.clone();
-        let budget = deadline.saturating_duration_since(Instant::now());
-        let limit = p.try_timeout.min(budget);
+        let limit = p
+            .try_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        let id = backend.id();
         match tokio::time::timeout(limit, p.client.request(upstream)).await {
             Ok(Ok(response)) => {
                 let status = response.status();
                 if status.is_server_error() && p.eject_on_5xx {
-                    report_failure(p, &id);
+                    report_failure(p, id);
                 } else {
-                    balancer.report_success(&id);
+                    balancer.report_success(id);
                 }
                 // A 502/503 from one server may be its own trouble: another may answer, if sending twice is safe.
                 let gateway = matches!(
@@ -263,23 +333,26 @@ async fn forward(
                 );
                 if gateway && may_retry(attempt + 1, idempotent && !body.touched()) {
                     last_failure = format!("{id} answered {status}");
-                    tried.push(id);
+                    tried.push(backend);
                     continue;
                 }
                 let (mut head, incoming) = response.into_parts();
                 strip_hop_by_hop(&mut head.headers);
                 head.headers
                     .insert(X_REQUEST_ID.clone(), request_id.clone());
-                let body = axum::body::Body::new(GuardedBody::new(incoming, in_flight));
-                return Ok((Response::from_parts(head, body), id, attempt + 1));
+                let body = ProxyBody::Upstream {
+                    inner: incoming,
+                    in_flight,
+                };
+                return Ok((Response::from_parts(head, body), backend, attempt + 1));
             }
             Ok(Err(err)) => {
                 drop(in_flight);
                 let connect = err.is_connect();
                 last_failure = format!("{id} ({}): {err}", backend.addr());
                 tracing::warn!(request_id = %rid(), upstream = %id, connect, "upstream try failed: {err}");
-                report_failure(p, &id);
-                tried.push(id);
+                report_failure(p, id);
+                tried.push(backend);
                 // A refused connection never saw the body; other failures may have consumed part of it, and
                 // only idempotent requests may be sent twice.
                 if !may_retry(attempt + 1, !body.touched() && (connect || idempotent)) {
@@ -288,7 +361,7 @@ async fn forward(
             }
             Err(_) => {
                 drop(in_flight);
-                report_failure(p, &id);
+                report_failure(p, id);
                 return Err(ProxyError::Timeout {
                     request_id: rid(),
                     tries: attempt + 1,
@@ -306,7 +379,16 @@ async fn forward(
     })
 }
 
-fn report_failure(p: &ProxyState, id: &str) {
+/// `http://addr/path?query`, sharing the path's bytes.
+fn upstream_uri(addr: &str, path_and_query: &PathAndQuery) -> Result<Uri, axum::http::Error> {
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(addr)
+        .path_and_query(path_and_query.clone())
+        .build()
+}
+
+fn report_failure(p: &Inner, id: &str) {
     if let FailureOutcome::Ejected(d) = p.app.balancer().report_failure(id, Instant::now()) {
         p.app.metrics().ejections.inc();
         tracing::warn!(upstream = %id, "ejected for {d:?}");

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use discovery::{Balancer, BalancerConfig, EventKind, HmacKey, Registry, RegistryConfig};
+use hyper_util::service::TowerToHyperService;
 use svc::Shutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -14,7 +15,8 @@ use crate::bus::Bus;
 use crate::canary::{self, CanaryConfig};
 use crate::config::Config;
 use crate::heartbeats::{self, SubscriptionConfig};
-use crate::proxy::{ProxyState, proxy_router};
+use crate::proxy::ProxyState;
+use crate::serve::{ConnectionErrors, HttpLimits, serve_http1};
 use crate::state::AppState;
 
 /// Why the api-server could not start or stopped with an error.
@@ -161,15 +163,33 @@ pub async fn run(
     tasks.push(tokio::spawn(count_events(state.clone(), shutdown.clone())));
 
     on_listen(listening);
-    let admin = axum::serve(admin_listener, admin_router(state.clone()))
-        .with_graceful_shutdown(shutdown.wait());
-    let proxy = axum::serve(
+    let limits = HttpLimits {
+        header_read_timeout: config.server.header_read_timeout.get(),
+        max_header_bytes: config.server.max_header_bytes,
+    };
+    let errors = ConnectionErrors::new(state.metrics().connection_errors.clone());
+    let admin_service = TowerToHyperService::new(admin_router(state.clone()));
+    let admin = serve_http1(
+        "admin",
+        admin_listener,
+        limits,
+        errors.clone(),
+        shutdown.clone(),
+        move |_peer| admin_service.clone(),
+    );
+    let proxy_state = ProxyState::new(state.clone(), &config.proxy);
+    let proxy = serve_http1(
+        "proxy",
         proxy_listener,
-        proxy_router(ProxyState::new(state.clone(), &config.proxy))
-            .into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.wait());
-    let serving = async { tokio::try_join!(admin.into_future(), proxy.into_future()) };
+        limits,
+        errors,
+        shutdown.clone(),
+        move |peer| proxy_state.service(peer),
+    );
+    let serving = async {
+        tokio::join!(admin, proxy);
+        Ok::<(), std::io::Error>(())
+    };
     let served = tokio::select! {
         result = serving => result.map(|_| ()),
         () = async {

@@ -131,6 +131,8 @@ pub struct Metrics {
     pub latency: Histogram,
     /// Open `/registry/events` streams.
     pub event_streams: Gauge,
+    /// Client connections the server closed, by reason (slow or oversized request heads, malformed requests).
+    pub connection_errors: CounterVec,
 }
 
 impl Metrics {
@@ -216,6 +218,11 @@ impl Metrics {
                 svc::LATENCY_BUCKETS,
             ),
             event_streams: m.gauge("api_event_streams", "Open /registry/events streams."),
+            connection_errors: m.counter_vec(
+                "api_http_connections_closed_total",
+                "Client connections closed by the server, by reason.",
+                "reason",
+            ),
             registry: m,
             discovery: discovery.clone(),
         }

@@ -9,7 +9,7 @@ use nsq::{Producer, ProducerConfig};
 use testkit::{ApiServer, DataServer, DataServerOptions, NsqCluster, Signal};
 use tokio::sync::mpsc;
 
-use super::{BenchArgs, Report, release_bins};
+use super::{BenchArgs, Report, cpu_ticks, release_bins};
 
 const TOPIC: &str = "data_server_addr";
 
@@ -191,15 +191,6 @@ pub async fn latency(a: &BenchArgs) -> Result<Report> {
         .add("leave_p99_ms", percentile_ms(&mut leaves, 0.99))
         .add("leave_max_ms", percentile_ms(&mut leaves, 1.0));
     Ok(r)
-}
-
-/// CPU time (user + system) of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After the command: state is field 3 of the whole line; utime and stime are 14 and 15.
-    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
 }
 
 fn peak_rss_kib(pid: u32) -> Result<u64> {

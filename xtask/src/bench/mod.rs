@@ -163,3 +163,25 @@ pub fn release_bins(packages: &[&str]) -> Result<std::path::PathBuf> {
     }
     Ok(testkit::target_dir().join("release"))
 }
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (USER_HZ, 100 on Linux).
+pub const TICKS_PER_S: f64 = 100.0;
+
+/// CPU time (user + system) of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat.rsplit_once(')').context("malformed /proc stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3 of the whole line; utime and stime are 14 and 15.
+    Ok(f[11].parse::<u64>()? + f[12].parse::<u64>()?)
+}
+
+/// CPU time of a process and its direct children (nginx's master and workers), in clock ticks.
+pub fn tree_cpu_ticks(pid: u32) -> Result<u64> {
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+    let mut total = cpu_ticks(pid)?;
+    for child in children.split_whitespace() {
+        total += cpu_ticks(child.parse()?).unwrap_or(0);
+    }
+    Ok(total)
+}

@@ -14,7 +14,7 @@ use testkit::{ApiServer, DataServer, DataServerOptions, ManagedProcess, NsqClust
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{BenchArgs, Report, release_bins};
+use super::{BenchArgs, Report, TICKS_PER_S, cpu_ticks, release_bins, tree_cpu_ticks};
 
 /// The path every benchmark requests (a small JSON document).
 const PATH: &str = "/whoami";
@@ -46,8 +46,16 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
 
     let direct_addr = upstreams[0];
     let direct = wrk(direct_addr, connections, a.seconds).await?;
+    // CPU per proxied request of each proxy (nginx: master and workers): a figure that does not depend on how the
+    // two cores were shared with wrk and the data servers.
+    let nginx_pid = nginx.pid()?;
+    let cpu0 = tree_cpu_ticks(nginx_pid)?;
     let via_nginx = wrk(nginx.addr, connections, a.seconds).await?;
+    let nginx_cpu_us = cpu_us_per_request(tree_cpu_ticks(nginx_pid)? - cpu0, via_nginx.requests);
+    let api_pid = api.process().pid().context("api-server pid")?;
+    let cpu0 = cpu_ticks(api_pid)?;
     let via_api = wrk(api.proxy(), connections, a.seconds).await?;
+    let api_cpu_us = cpu_us_per_request(cpu_ticks(api_pid)? - cpu0, via_api.requests);
 
     // Below saturation: half of the slowest measured maximum, at most FIXED_RATE.
     let rate = FIXED_RATE
@@ -88,7 +96,9 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
             .add(&format!("{name}_p99_ms"), round3(w.p99_ms))
             .add(&format!("{name}_errors"), w.non_2xx + w.socket_errors);
     }
-    r.add("fixed_rate_req_per_s", rate.round())
+    r.add("nginx_cpu_us_per_request", nginx_cpu_us)
+        .add("api_server_cpu_us_per_request", api_cpu_us)
+        .add("fixed_rate_req_per_s", rate.round())
         .add("fixed_rate_direct_p50_ms", round3(open_direct.p50_ms))
         .add("fixed_rate_direct_p99_ms", round3(open_direct.p99_ms))
         .add("fixed_rate_api_server_p50_ms", round3(open_api.p50_ms))
@@ -266,6 +276,8 @@ async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
             "discovery.lookupd_poll_interval=1s".into(),
             "discovery.ttl=3s".into(),
             "discovery.prune_interval=500ms".into(),
+            // nginx runs with `access_log off`: the same here, so both do the same work.
+            "proxy.access_log=false".into(),
         ],
     )
     .await?;
@@ -406,6 +418,14 @@ impl Nginx {
         Ok(nginx)
     }
 
+    /// The master's pid.
+    fn pid(&mut self) -> Result<u32> {
+        self.process
+            .as_ref()
+            .and_then(ManagedProcess::pid)
+            .context("nginx is not running")
+    }
+
     /// SIGTERM (the master stops its workers), SIGKILL after 5 s.
     fn stop(&mut self) {
         let Some(mut p) = self.process.take() else {
@@ -428,6 +448,12 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// CPU microseconds per request, to one decimal.
+fn cpu_us_per_request(ticks: u64, requests: u64) -> f64 {
+    let us = ticks as f64 / TICKS_PER_S * 1e6 / requests.max(1) as f64;
+    (us * 10.0).round() / 10.0
 }
 
 /// What wrk printed.

@@ -13,92 +13,125 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 ///
 /// A connect failure happens before hyper polls the body, so the untouched body can go to the next server: that is
 /// what makes "a connect failure is always retried" possible without buffering uploads. Once a try has read from
-/// it, [`RetryableBody::touched`] is true and no other try may use it.
+/// it, [`UpstreamBody::touched`] is true and no other try may use it. A request without a body (most of them)
+/// shares nothing and costs no allocation.
 #[derive(Debug, Clone)]
-pub struct RetryableBody {
-    slot: Arc<Mutex<Option<axum::body::Body>>>,
-    touched: Arc<AtomicBool>,
+pub struct UpstreamBody(Option<Arc<Shared>>);
+
+#[derive(Debug)]
+struct Shared {
+    touched: AtomicBool,
+    body: Mutex<Option<Incoming>>,
 }
 
-impl RetryableBody {
+impl UpstreamBody {
     /// Wraps the client's body.
-    pub fn new(body: axum::body::Body) -> Self {
-        RetryableBody {
-            slot: Arc::new(Mutex::new(Some(body))),
-            touched: Arc::new(AtomicBool::new(false)),
+    pub fn new(body: Incoming) -> Self {
+        if body.is_end_stream() {
+            return UpstreamBody(None);
         }
+        UpstreamBody(Some(Arc::new(Shared {
+            touched: AtomicBool::new(false),
+            body: Mutex::new(Some(body)),
+        })))
     }
 
-    /// Whether any try has read from the body.
+    /// Whether any try has read from the body (never, for an empty one).
     pub fn touched(&self) -> bool {
-        self.touched.load(Ordering::Acquire)
+        self.0
+            .as_ref()
+            .is_some_and(|s| s.touched.load(Ordering::Acquire))
     }
 
-    fn slot(&self) -> MutexGuard<'_, Option<axum::body::Body>> {
-        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    fn slot(shared: &Shared) -> MutexGuard<'_, Option<Incoming>> {
+        shared.body.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-impl Body for RetryableBody {
+impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = axum::Error;
+    type Error = hyper::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        self.touched.store(true, Ordering::Release);
-        let mut slot = self.slot();
-        match slot.as_mut() {
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let Some(shared) = &self.0 else {
+            return Poll::Ready(None);
+        };
+        shared.touched.store(true, Ordering::Release);
+        match UpstreamBody::slot(shared).as_mut() {
             Some(body) => Pin::new(body).poll_frame(cx),
             None => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.slot().as_ref().is_none_or(Body::is_end_stream)
+        self.0.as_ref().is_none_or(|s| {
+            UpstreamBody::slot(s)
+                .as_ref()
+                .is_none_or(Body::is_end_stream)
+        })
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.slot()
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
-    }
-}
-
-/// An upstream response body that keeps the server's in-flight count until the client has read it all (or gone).
-#[derive(Debug)]
-pub struct GuardedBody {
-    inner: Incoming,
-    _in_flight: InFlightGuard,
-}
-
-impl GuardedBody {
-    /// Holds `in_flight` for the life of `inner`.
-    pub fn new(inner: Incoming, in_flight: InFlightGuard) -> Self {
-        GuardedBody {
-            inner,
-            _in_flight: in_flight,
+        match &self.0 {
+            None => SizeHint::with_exact(0),
+            Some(s) => UpstreamBody::slot(s)
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Body::size_hint),
         }
     }
 }
 
-impl Body for GuardedBody {
+/// What the proxy answers with: the upstream's body, streamed, or a small body of its own (an error document).
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// An upstream response body; it keeps the server's in-flight count until the client has read it all (or gone).
+    Upstream {
+        /// The body.
+        inner: Incoming,
+        /// Held for the life of the body.
+        in_flight: InFlightGuard,
+    },
+    /// A complete body, sent as one frame.
+    Full(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A complete body.
+    pub fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match self.get_mut() {
+            ProxyBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Full(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+            ProxyBody::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }

@@ -1,46 +1,49 @@
-//! The retry budget: retries may add about `ratio` of the traffic, plus a small floor per second.
+//! The retry budget: retries may add about `ratio` of the recent traffic, plus a small floor per second.
 //!
-//! A token bucket: every request deposits `ratio` of a token, time deposits `min_per_sec` tokens per second, and a
-//! retry takes one whole token or does not happen. When every server fails, requests fail after one try each
-//! instead of `max_tries`, so a struggling backend set is not hit three times as hard.
+//! A decaying token bucket: every request deposits `ratio` of a token, time deposits `min_per_sec` tokens per
+//! second, and a retry takes one whole token or does not happen. The balance decays with a time constant of
+//! [`WINDOW`], so it stands for about the last ten seconds of traffic: after healthy traffic, a sudden burst of
+//! failures (a server killed with many requests in flight to it) can be retried in full, while a lasting outage
+//! of every server gets at most `ratio` extra tries per request instead of `max_tries` times the load.
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Tokens kept at most: a burst of this many retries after a quiet spell.
-const MAX_TOKENS_FLOOR: f64 = 10.0;
+/// The memory of the budget: deposits fade with this time constant.
+pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// A shared retry budget.
 #[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
     min_per_sec: f64,
-    max_tokens: f64,
     state: Mutex<(f64, Instant)>,
 }
 
 impl RetryBudget {
-    /// A budget of `ratio` retries per request plus `min_per_sec` per second.
+    /// A budget of `ratio` retries per request plus `min_per_sec` per second; it starts with the floor's share of
+    /// one window.
     pub fn new(ratio: f64, min_per_sec: f64, now: Instant) -> RetryBudget {
-        let max_tokens = MAX_TOKENS_FLOOR.max(min_per_sec);
         RetryBudget {
             ratio,
             min_per_sec,
-            max_tokens,
-            state: Mutex::new((min_per_sec.min(max_tokens), now)),
+            state: Mutex::new((min_per_sec * WINDOW.as_secs_f64(), now)),
         }
     }
 
     fn update<T>(&self, now: Instant, f: impl FnOnce(&mut f64) -> T) -> T {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let elapsed = now.saturating_duration_since(state.1).as_secs_f64();
-        state.0 = (state.0 + elapsed * self.min_per_sec).min(self.max_tokens);
-        state.1 = now;
-        let result = f(&mut state.0);
-        state.0 = state.0.min(self.max_tokens);
-        result
+        if elapsed > 0.0 {
+            // The exact solution of d(tokens)/dt = min_per_sec - tokens / WINDOW over `elapsed`.
+            let window = WINDOW.as_secs_f64();
+            let keep = (-elapsed / window).exp();
+            state.0 = state.0 * keep + self.min_per_sec * window * (1.0 - keep);
+            state.1 = now;
+        }
+        f(&mut state.0)
     }
 
     /// One request arrived.
@@ -72,29 +75,43 @@ pub fn jittered(base: Duration) -> Duration {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn retries_are_bounded_by_the_ratio_and_the_floor() {
-        let budget = RetryBudget::new(0.2, 0.0, Instant::now());
-        let mut retries = 0;
-        for _ in 0..1000 {
+    /// Requests at `per_sec` for `seconds`, each failing and asking for a retry; returns the retries granted.
+    async fn failing_traffic(budget: &RetryBudget, per_sec: u32, seconds: u32) -> u32 {
+        let mut granted = 0;
+        for _ in 0..per_sec * seconds {
+            tokio::time::advance(Duration::from_secs(1) / per_sec).await;
             budget.deposit(Instant::now());
             if budget.withdraw(Instant::now()) {
-                retries += 1;
-            }
-        }
-        assert!((195..=200).contains(&retries), "{retries}");
-
-        let floor = RetryBudget::new(0.0, 5.0, Instant::now());
-        let mut granted = 0;
-        for _ in 0..100 {
-            if floor.withdraw(Instant::now()) {
                 granted += 1;
             }
         }
-        assert_eq!(granted, 5, "the initial floor");
-        tokio::time::advance(Duration::from_secs(1)).await;
-        let later = (0..100).filter(|_| floor.withdraw(Instant::now())).count();
-        assert_eq!(later, 5, "five more per second");
+        granted
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_outage_gets_the_ratio_plus_the_floor() {
+        let budget = RetryBudget::new(0.2, 0.0, Instant::now());
+        // Long past the window, so any reserve is spent: what is left is the ratio.
+        let granted = failing_traffic(&budget, 1000, 60).await;
+        assert!((11_900..=12_000).contains(&granted), "{granted}");
+
+        let floor = RetryBudget::new(0.0, 5.0, Instant::now());
+        let reserve = (0..1000).filter(|_| floor.withdraw(Instant::now())).count();
+        assert_eq!(reserve, 50, "the floor's share of one window");
+        let granted = failing_traffic(&floor, 100, 60).await;
+        assert!((295..=300).contains(&granted), "five per second: {granted}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_after_healthy_traffic_is_retried_in_full() {
+        let budget = RetryBudget::new(0.2, 10.0, Instant::now());
+        for _ in 0..20_000 {
+            tokio::time::advance(Duration::from_micros(500)).await;
+            budget.deposit(Instant::now());
+        }
+        // 2,000 requests/s for 10 s: a server killed with 500 requests in flight costs no client an error.
+        let granted = (0..500).filter(|_| budget.withdraw(Instant::now())).count();
+        assert_eq!(granted, 500);
     }
 
     #[test]

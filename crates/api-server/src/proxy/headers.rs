@@ -1,5 +1,6 @@
 //! Header rewriting: hop-by-hop headers out, forwarding headers and a request id in.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,30 +13,36 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// Headers meaningful for one connection only (RFC 9110 7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers meaningful for one connection only (RFC 9110 7.6.1), never forwarded. Parsed names, so removing them
+/// costs a hash lookup each and no parsing.
+static HOP_BY_HOP: [&HeaderName; 9] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -51,8 +58,14 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     match incoming {
         Some(v) => v.clone(),
         None => {
-            let id = format!("{:032x}", rand::rng().random::<u128>());
-            HeaderValue::from_str(&id).expect("hex is a valid header value")
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            let mut n = rand::rng().random::<u128>();
+            let mut id = [0u8; 32];
+            for digit in id.iter_mut().rev() {
+                *digit = HEX[(n & 0xf) as usize];
+                n >>= 4;
+            }
+            HeaderValue::from_bytes(&id).expect("hex is a valid header value")
         }
     }
 }
@@ -78,30 +91,35 @@ pub fn add_forwarding(
     }
     let host = headers.remove(header::HOST);
     let ip = peer.ip();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {ip}"),
-        None => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let mut value = String::with_capacity(64);
+    if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        value.push_str(earlier);
+        value.push_str(", ");
+    }
+    let _ = write!(value, "{ip}");
+    if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut forwarded = format!("for={node};proto=http");
-    if let Some(host) = &host {
-        headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        if let Ok(h) = host.to_str() {
-            forwarded.push_str(&format!(";host=\"{}\"", h.replace(['"', '\\'], "")));
-        }
+
+    value.clear();
+    if let Some(earlier) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        value.push_str(earlier);
+        value.push_str(", ");
     }
-    let forwarded = match headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {forwarded}"),
-        None => forwarded,
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(value, "for={v4};proto=http"),
+        IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\";proto=http"),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Some(host) = host {
+        if let Ok(h) = host.to_str() {
+            value.push_str(";host=\"");
+            value.extend(h.chars().filter(|c| !matches!(c, '"' | '\\')));
+            value.push('"');
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+    if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(FORWARDED.clone(), v);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
