@@ -22,17 +22,23 @@ const GRACE: Duration = Duration::from_secs(3);
 /// A request on loopback takes about a millisecond; anything near this means the server was blocked.
 const NORMAL_LATENCY: Duration = Duration::from_millis(500);
 
-/// A cluster, one data server announcing through it, and an api-server routing to it.
+/// A cluster, an upstream announced through it, and an api-server routing to it.
 struct Setup {
     _cluster: NsqCluster,
-    _data: DataServer,
+    _announcer: Announcer,
     api: ApiServer,
 }
 
 async fn setup(instance: &str, extra: &[&str]) -> Setup {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let data = DataServer::start(&cluster, &format!("data-{instance}"), "200ms").await;
+    let upstream = upstream().await;
+    let announcer = Announcer::start(
+        &cluster,
+        &format!("upstream-{instance}"),
+        &upstream.to_string(),
+        Duration::from_millis(200),
+    );
     let mut sets = vec![format!("server.instance={instance}")];
     sets.extend(extra.iter().map(|s| (*s).to_owned()));
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
@@ -40,9 +46,38 @@ async fn setup(instance: &str, extra: &[&str]) -> Setup {
     wait_servers(&api, 1).await;
     Setup {
         _cluster: cluster,
-        _data: data,
+        _announcer: announcer,
         api,
     }
+}
+
+/// A minimal HTTP/1.1 upstream for the proxy to route to: answers every request with 200 and closes. (A
+/// `data-server` process would do too, but building it from here costs a minute whenever features differ.)
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = br#"{"id":"upstream"}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.write_all(body).await;
+            });
+        }
+    });
+    addr
 }
 
 /// One normal request to each listener succeeds within `NORMAL_LATENCY`.
