@@ -27,7 +27,7 @@ use crate::state::AppState;
 pub use body::{ProxyBody, UpstreamBody};
 pub use budget::RetryBudget;
 use budget::jittered;
-use headers::{X_REQUEST_ID, add_forwarding, request_id, strip_hop_by_hop};
+use headers::{PeerHeaders, X_REQUEST_ID, add_forwarding, request_id, strip_hop_by_hop};
 
 /// The one pooled HTTP/1.1 client all proxied requests share.
 pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
@@ -88,9 +88,14 @@ impl ProxyState {
 
     /// The service for one client connection from `peer`.
     pub fn service(&self, peer: SocketAddr) -> ProxyService {
+        let trusted = self
+            .inner
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&peer.ip()));
         ProxyService {
             state: self.clone(),
-            peer,
+            peer: Arc::new(PeerHeaders::new(peer, trusted)),
         }
     }
 }
@@ -99,7 +104,7 @@ impl ProxyState {
 #[derive(Debug, Clone)]
 pub struct ProxyService {
     state: ProxyState,
-    peer: SocketAddr,
+    peer: Arc<PeerHeaders>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for ProxyService {
@@ -109,8 +114,8 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
-        let peer = self.peer;
-        Box::pin(async move { Ok(proxy(&state.inner, peer, request).await) })
+        let peer = Arc::clone(&self.peer);
+        Box::pin(async move { Ok(proxy(&state.inner, &peer, request).await) })
     }
 }
 
@@ -216,7 +221,7 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-async fn proxy(p: &Inner, peer: SocketAddr, request: Request<Incoming>) -> Response<ProxyBody> {
+async fn proxy(p: &Inner, peer: &PeerHeaders, request: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
     // Only kept for the access log (a `Uri` clone shares its bytes).
     let logged = p
@@ -252,7 +257,7 @@ async fn proxy(p: &Inner, peer: SocketAddr, request: Request<Incoming>) -> Respo
 /// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
 async fn forward(
     p: &Inner,
-    peer: SocketAddr,
+    peer: &PeerHeaders,
     request: Request<Incoming>,
     started: Instant,
 ) -> Result<(Response<ProxyBody>, Arc<Backend>, u32), ProxyError> {
@@ -260,8 +265,7 @@ async fn forward(
     let rid = || request_id.to_str().unwrap_or_default().to_owned();
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let trusted = p.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
-    add_forwarding(&mut parts.headers, peer, &request_id, trusted);
+    add_forwarding(&mut parts.headers, peer, &request_id);
     let path_and_query = parts
         .uri
         .path_and_query()

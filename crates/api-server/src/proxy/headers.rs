@@ -1,9 +1,9 @@
 //! Header rewriting: hop-by-hop headers out, forwarding headers and a request id in.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
 use rand::Rng;
 
 /// `X-Request-Id`.
@@ -30,8 +30,17 @@ static HOP_BY_HOP: [&HeaderName; 9] = [
     &header::UPGRADE,
 ];
 
+/// Whether any of `names` is present: one pass over the (few) headers a request has, cheaper than a hash lookup
+/// per name when, as usual, none is.
+fn any_of(headers: &HeaderMap, names: &[&HeaderName]) -> bool {
+    headers.keys().any(|key| names.contains(&key))
+}
+
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !any_of(headers, &HOP_BY_HOP) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -70,56 +79,80 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     }
 }
 
-/// Adds `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded` and `X-Request-Id`,
-/// and drops `Host` so that the upstream sees its own address there. From a `trusted` peer (another proxy) the
-/// earlier hops are kept and appended to; from anyone else they are dropped, since a client could forge them.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    request_id: &HeaderValue,
+/// What the forwarding headers say about one client connection, worked out once when it is accepted.
+#[derive(Debug, Clone)]
+pub struct PeerHeaders {
+    /// The client's address alone, the whole `X-Forwarded-For` of a first hop.
+    forwarded_for: HeaderValue,
+    /// `for=<ip>;proto=http`, the start of this hop's `Forwarded` element.
+    node: String,
+    /// A trusted proxy's forwarding headers are kept and appended to.
     trusted: bool,
-) {
-    if !trusted {
-        for name in [
-            &X_FORWARDED_FOR,
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &FORWARDED,
-        ] {
+}
+
+impl PeerHeaders {
+    /// For a connection from `peer`; `trusted` when it is a proxy whose forwarding headers count.
+    pub fn new(peer: SocketAddr, trusted: bool) -> PeerHeaders {
+        let ip = peer.ip();
+        let node = match ip {
+            IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        PeerHeaders {
+            forwarded_for: HeaderValue::from_str(&ip.to_string())
+                .expect("an IP address is a valid header value"),
+            node,
+            trusted,
+        }
+    }
+}
+
+static FORWARDING: [&HeaderName; 4] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &FORWARDED,
+];
+
+/// `earlier, this` (a list header grown by one hop) or `this` alone.
+fn appended(earlier: Option<&HeaderValue>, this: &[u8]) -> Option<HeaderValue> {
+    let mut value = Vec::with_capacity(this.len() + earlier.map_or(0, |e| e.len() + 2));
+    if let Some(earlier) = earlier {
+        value.extend_from_slice(earlier.as_bytes());
+        value.extend_from_slice(b", ");
+    }
+    value.extend_from_slice(this);
+    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+}
+
+/// Adds `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded` and `X-Request-Id`,
+/// and drops `Host` so that the upstream sees its own address there. From a trusted peer (another proxy) the
+/// earlier hops are kept and appended to; from anyone else they are dropped, since a client could forge them.
+pub fn add_forwarding(headers: &mut HeaderMap, peer: &PeerHeaders, request_id: &HeaderValue) {
+    if !peer.trusted && any_of(headers, &FORWARDING) {
+        for name in FORWARDING {
             headers.remove(name);
         }
     }
     let host = headers.remove(header::HOST);
-    let ip = peer.ip();
-    let mut value = String::with_capacity(64);
-    if let Some(earlier) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        value.push_str(earlier);
-        value.push_str(", ");
-    }
-    let _ = write!(value, "{ip}");
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
+        None => Some(peer.forwarded_for.clone()),
+        earlier => appended(earlier, peer.forwarded_for.as_bytes()),
+    };
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
 
-    value.clear();
-    if let Some(earlier) = headers.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        value.push_str(earlier);
-        value.push_str(", ");
-    }
-    let _ = match ip {
-        IpAddr::V4(v4) => write!(value, "for={v4};proto=http"),
-        IpAddr::V6(v6) => write!(value, "for=\"[{v6}]\";proto=http"),
-    };
+    let mut element = Vec::with_capacity(peer.node.len() + 32);
+    element.extend_from_slice(peer.node.as_bytes());
     if let Some(host) = host {
-        if let Ok(h) = host.to_str() {
-            value.push_str(";host=\"");
-            value.extend(h.chars().filter(|c| !matches!(c, '"' | '\\')));
-            value.push('"');
-        }
+        element.extend_from_slice(b";host=\"");
+        element.extend(host.as_bytes().iter().filter(|&&b| b != b'"' && b != b'\\'));
+        element.push(b'"');
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = appended(headers.get(&FORWARDED), &element) {
         headers.insert(FORWARDED.clone(), v);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
@@ -153,14 +186,10 @@ mod tests {
         let id = request_id(&h);
         assert_eq!(id.len(), 32);
         let mut untrusted = h.clone();
-        add_forwarding(&mut h, "192.0.2.7:5000".parse().unwrap(), &id, true);
+        let peer = "192.0.2.7:5000".parse().unwrap();
+        add_forwarding(&mut h, &PeerHeaders::new(peer, true), &id);
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        add_forwarding(
-            &mut untrusted,
-            "192.0.2.7:5000".parse().unwrap(),
-            &id,
-            false,
-        );
+        add_forwarding(&mut untrusted, &PeerHeaders::new(peer, false), &id);
         assert_eq!(
             untrusted["x-forwarded-for"], "192.0.2.7",
             "a client cannot forge hops"

@@ -371,3 +371,31 @@ async fn a_moved_server_starts_with_a_clean_health_record() {
     assert_eq!(count(&counts(&balancer, 30), "a"), 10);
     drop(guard);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_server_returns_to_rotation_at_its_first_heartbeat() {
+    let balancer = setup(Strategy::RoundRobin, [None; 3]);
+    let mut rx = balancer.registry().subscribe();
+    assert!(matches!(
+        balancer.report_failure("a", Instant::now()),
+        FailureOutcome::Ejected(_)
+    ));
+    // The old run's heartbeats (same epoch) do not end the ejection...
+    let same_run = Heartbeat::new("a", "10.0.0.1:80", 1, 2).encode();
+    balancer
+        .registry()
+        .observe(&same_run, 0, Instant::now(), SystemTime::now());
+    assert_eq!(count(&counts(&balancer, 30), "a"), 0);
+    // ...a new run at the same address does, well before the ejection time is over.
+    let restarted = Heartbeat::new("a", "10.0.0.1:80", 2, 1).encode();
+    balancer
+        .registry()
+        .observe(&restarted, 0, Instant::now(), SystemTime::now());
+    assert_eq!(count(&counts(&balancer, 30), "a"), 10);
+    let seen = events(&mut rx);
+    assert!(
+        seen.contains(&(EventKind::Eject, "a".into()))
+            && seen.contains(&(EventKind::Recover, "a".into())),
+        "{seen:?}"
+    );
+}

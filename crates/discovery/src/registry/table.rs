@@ -143,6 +143,18 @@ impl Registry {
                 return Outcome::Ignored(IgnoreReason::OutOfOrder);
             }
         }
+        // A new epoch is a new run of the server, which announces itself only once healthy: whatever made the old
+        // run fail does not count against it, so an ejected server returns to rotation at once.
+        let restarted =
+            matches!((update.order, entry.order), (Some((new, _)), Some((old, _))) if new > old);
+        if restarted {
+            let state = &entry.backend.state;
+            let was_ejected = state.ejected.load(Ordering::Acquire);
+            state.clear_ejection();
+            if was_ejected {
+                changes.push(EventKind::Recover, &update.id, &update.addr, now);
+            }
+        }
         // Plain bodies refresh liveness only: they know nothing of seq, meta or interval.
         if update.order.is_some() {
             entry.order = update.order;
