@@ -71,8 +71,9 @@ async fn soak(args: SoakArgs) -> Result<()> {
         retry_refused: Some(Duration::from_secs(30)),
         ..LoadOptions::default()
     };
-    let started = Instant::now();
     let mut run = FaultRun::start(opts, load).await?;
+    // The soak's length counts from a running stack under load.
+    let started = Instant::now();
     while started.elapsed() < total {
         // A calm spell of 2-6 s between faults.
         let calm = Duration::from_millis(2000 + rng.below(4000) as u64);

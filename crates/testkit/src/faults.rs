@@ -332,6 +332,7 @@ impl FaultRun {
         match fault {
             Fault::NsqdKill => {
                 let i = rng.below(self.stack.cluster.len());
+                wait_queue_metadata(&self.stack, i).await?;
                 self.note(format!("{fault}: SIGKILL nsqd{i}, down for {ttl:?}"));
                 self.stack.cluster.kill(i);
                 tokio::time::sleep(ttl).await;
@@ -624,6 +625,30 @@ impl FaultRun {
         let FaultRun { stack, .. } = self;
         stack.shutdown().await
     }
+}
+
+/// Waits until nsqd `i` has written the metadata of the heartbeat topic's and the archive
+/// channel's disk queues. nsqd v1.3.0 (go-diskqueue v1.1.0) writes a queue's metadata file
+/// only at its first sync (`--sync-timeout`, 2 s, after the first message), and a queue
+/// restarted without one starts writing at offset 0 of its existing data file, overwriting
+/// messages not yet delivered (the restarted nsqd then logs `DISKQUEUE(…) reading at N …
+/// unexpected EOF` and `positive depth at tail (…), data loss`). A SIGKILL inside that first
+/// window loses data whatever the flags; a real deployment is past it after two seconds of
+/// traffic, so the kill waits for it.
+async fn wait_queue_metadata(stack: &Stack, i: usize) -> Result<()> {
+    let dir = stack.cluster.nsqd(i).data_path.clone();
+    let files = [
+        dir.join(format!("{TOPIC}.diskqueue.meta.dat")),
+        dir.join(format!("{TOPIC}:archive.diskqueue.meta.dat")),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !files.iter().all(|f| f.exists()) {
+        if Instant::now() >= deadline {
+            bail!("nsqd{i} never wrote {files:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 /// The ids `/registry` lists.
