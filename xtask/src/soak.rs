@@ -31,6 +31,10 @@ pub struct SoakArgs {
     /// Concurrent keep-alive clients of the load.
     #[arg(long, default_value_t = 4)]
     pub clients: usize,
+    /// Leave these faults out (repeatable, e.g. `--skip api-server-restart`); names as in the
+    /// fault list printed at the end.
+    #[arg(long, value_name = "FAULT")]
+    pub skip: Vec<String>,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
@@ -53,9 +57,31 @@ async fn soak(args: SoakArgs) -> Result<()> {
     });
     let total = Duration::from_secs_f64(args.minutes.max(0.0) * 60.0);
     eprintln!(
-        "soak: {:.1} min, seed {seed}, {} data servers, {} nsqd (replay with --seed {seed})",
-        args.minutes, args.data_servers, args.nsqd
+        "soak: {:.1} min, seed {seed}, {} data servers, {} nsqd (replay with --seed {seed}){}",
+        args.minutes,
+        args.data_servers,
+        args.nsqd,
+        if args.skip.is_empty() {
+            String::new()
+        } else {
+            format!(", skipping {:?}", args.skip)
+        }
     );
+    for name in &args.skip {
+        if !Fault::ALL.iter().any(|f| f.name() == name) {
+            bail!(
+                "--skip {name}: no such fault; the faults are {:?}",
+                Fault::ALL.map(Fault::name)
+            );
+        }
+    }
+    let faults: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|f| !args.skip.iter().any(|s| s == f.name()))
+        .collect();
+    if faults.is_empty() {
+        bail!("every fault is skipped");
+    }
     let mut rng = SeededRng::new(seed);
     let opts = StackOptions {
         nsqd: args.nsqd,
@@ -81,7 +107,7 @@ async fn soak(args: SoakArgs) -> Result<()> {
         if started.elapsed() >= total {
             break;
         }
-        let fault = Fault::ALL[rng.below(Fault::ALL.len())];
+        let fault = faults[rng.below(faults.len())];
         run.inject(fault, &mut rng).await?;
     }
     let report = run.finish().await?;
