@@ -51,11 +51,18 @@ struct Inner {
     trusted_proxies: Vec<ipnet::IpNet>,
     access_log: bool,
     statuses: StatusCounters,
+    /// Until then the registry may still be filling (see [`ProxyState::new`]).
+    warm_until: Instant,
 }
 
 impl ProxyState {
     /// A proxy over `app`'s balancer with a fresh keep-alive pool.
-    pub fn new(app: AppState, cfg: &ProxyConfig) -> ProxyState {
+    ///
+    /// A freshly started api-server knows no server until heartbeats arrive (its channel is new, so it hears only
+    /// heartbeats published after it subscribed). For `warmup` from now (the TTL: every live server announces
+    /// itself within it), a request that finds no live server waits for the first one, within its own deadline,
+    /// instead of being answered 503: a restarted api-server costs clients latency, not errors.
+    pub fn new(app: AppState, cfg: &ProxyConfig, warmup: Duration) -> ProxyState {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout.get()));
@@ -82,6 +89,7 @@ impl ProxyState {
                 trusted_proxies: cfg.trusted_proxies.clone(),
                 access_log: cfg.access_log,
                 statuses,
+                warm_until: Instant::now() + warmup,
             }),
         }
     }
@@ -277,6 +285,9 @@ async fn forward(
     let balancer = p.app.balancer();
     let metrics = p.app.metrics();
     p.budget.deposit(started);
+    if started < p.warm_until {
+        wait_for_a_server(p, deadline.min(p.warm_until)).await;
+    }
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure = String::new();
     // Decides whether the failed try may be followed by another, taking a token from the budget if so.
@@ -381,6 +392,25 @@ async fn forward(
         tries: tried.len() as u32,
         detail: last_failure,
     })
+}
+
+/// During warm-up: returns once a server is live, or at `until`.
+async fn wait_for_a_server(p: &Inner, until: Instant) {
+    let registry = p.app.registry();
+    // Subscribed before looking, so that a join between the two is not missed.
+    let mut events = registry.subscribe();
+    let limit = tokio::time::sleep_until(until);
+    tokio::pin!(limit);
+    while registry.live_count(Instant::now()) == 0 {
+        tokio::select! {
+            received = events.recv() => {
+                if matches!(received, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                    return;
+                }
+            }
+            () = &mut limit => return,
+        }
+    }
 }
 
 /// `http://addr/path?query`, sharing the path's bytes.

@@ -177,7 +177,7 @@ pub async fn run(
         shutdown.clone(),
         move |_peer| admin_service.clone(),
     );
-    let proxy_state = ProxyState::new(state.clone(), &config.proxy);
+    let proxy_state = ProxyState::new(state.clone(), &config.proxy, d.ttl.get());
     let proxy = serve_http1(
         "proxy",
         proxy_listener,

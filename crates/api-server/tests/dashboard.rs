@@ -18,6 +18,8 @@ async fn chromium(url: &str, mode: &str, profile: &Path, budget_ms: u32) -> Stri
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)"
     );
+    // Inside the profile directory, so it goes with it.
+    let log = profile.join("chromium.log");
     let run = tokio::process::Command::new(CHROMIUM)
         .args([
             "--headless",
@@ -34,16 +36,21 @@ async fn chromium(url: &str, mode: &str, profile: &Path, budget_ms: u32) -> Stri
             mode,
             url,
         ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(90), run)
-        .await
-        .expect("chromium finishes")
-        .expect("chromium runs");
+    let Ok(output) = tokio::time::timeout(Duration::from_secs(90), run).await else {
+        panic!(
+            "chromium did not finish {url} within 90 s; its log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    };
+    let output = output.expect("chromium runs");
     assert!(
         output.status.success(),
         "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     String::from_utf8(output.stdout).unwrap()
 }

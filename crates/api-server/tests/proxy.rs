@@ -12,7 +12,8 @@ use testkit::NsqCluster;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_live_server_gives_503_json_naming_the_request() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let api = api_server(&cluster, "10s", &[]).await;
+    // A fresh api-server holds requests for a first server during one TTL (warm-up), then answers 503.
+    let api = api_server(&cluster, "500ms", &[]).await;
     let response = client()
         .get(format!("http://{}/anything", api.proxy()))
         .header("x-request-id", "req-503")
@@ -24,6 +25,27 @@ async fn no_live_server_gives_503_json_naming_the_request() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["request_id"], "req-503");
     assert_eq!(body["error"], "no live data server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_api_server_holds_requests_until_the_first_heartbeat() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    // Built first: the api-server's warm-up (its TTL) is not for waiting on cargo.
+    testkit::project_bin("data-server").unwrap();
+    let api = api_server(&cluster, "10s", &[]).await;
+    // Sent before any data server exists: a restarted api-server must not answer it 503.
+    let early = tokio::spawn(
+        client()
+            .get(format!("http://{}/whoami", api.proxy()))
+            .send(),
+    );
+    let server = DataServer::start(&cluster, "ds-first", "1s").await;
+    let response = early.await.unwrap().unwrap();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], server.id.as_str());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
