@@ -20,6 +20,7 @@ mod bins;
 mod cluster;
 mod data_server;
 mod events;
+mod fault_report;
 mod faults;
 mod load;
 mod peers;
@@ -38,7 +39,8 @@ pub use bins::{
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
 pub use data_server::{DataServer, DataServerOptions};
 pub use events::{RegistryEvent, RegistryEvents};
-pub use faults::{Fault, FaultReport, FaultRun, SeededRng};
+pub use fault_report::FaultReport;
+pub use faults::{Fault, FaultRun, SeededRng};
 pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
