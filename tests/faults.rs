@@ -177,12 +177,17 @@ async fn api_server_restarted() {
 
 fn api_server_restart_checks(fault: Fault, r: &FaultReport) {
     // What clients see, precisely: while no api-server listens, connections to the proxy
-    // port are refused (nothing was sent). A request sent on a keep-alive connection just as
-    // the draining api-server closes it fails with `IncompleteMessage` (HTTP/1.1's close race;
-    // the client cannot know whether it was handled): open work in the api-server's shutdown.
-    // The new api-server holds requests until its registry hears the first heartbeat (its
-    // warm-up), so no `503 no live data server`. Requests in flight at SIGTERM are drained,
-    // not failed. Nothing else may fail.
+    // port are refused (nothing was sent). The draining api-server serves its open
+    // connections for `shutdown.drain_grace` with `Connection: close`, so no request is lost
+    // to a keep-alive connection closed under it (no `IncompleteMessage`). The new api-server
+    // holds requests until its registry hears the first heartbeat (its warm-up), so no
+    // `503 no live data server`. Nothing else may fail.
+    assert_eq!(
+        r.closed_while_draining,
+        0,
+        "{fault}: a keep-alive connection was closed under a request:\n{}",
+        r.failure_details.join("\n")
+    );
     assert_eq!(
         r.no_servers_after_restart,
         0,

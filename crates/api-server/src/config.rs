@@ -20,6 +20,8 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 pub const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(2);
 /// Default of `shutdown.timeout`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `shutdown.drain_grace`.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Default of `server.header_read_timeout`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `server.max_header_bytes` (nginx's default allows 4 header lines of 8 KiB each).
@@ -223,12 +225,16 @@ impl Default for ProxyConfig {
 pub struct ShutdownConfig {
     /// Bound on draining everything at shutdown.
     pub timeout: HumanDuration,
+    /// After the listeners close, open client connections are still served this long, each response saying
+    /// `Connection: close`, so that no client loses a request to a keep-alive connection closed under it.
+    pub drain_grace: HumanDuration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: DEFAULT_SHUTDOWN_TIMEOUT.into(),
+            drain_grace: DEFAULT_DRAIN_GRACE.into(),
         }
     }
 }
@@ -330,6 +336,13 @@ impl Validate for Config {
                 "server.max_header_bytes",
                 format!("at least {MIN_MAX_HEADER_BYTES}"),
                 self.server.max_header_bytes,
+            ));
+        }
+        if self.shutdown.drain_grace.get() >= self.shutdown.timeout.get() {
+            return Err(Invalid::new(
+                "shutdown.drain_grace",
+                format!("less than shutdown.timeout ({})", self.shutdown.timeout),
+                self.shutdown.drain_grace,
             ));
         }
         let b = &self.balancer;

@@ -290,6 +290,8 @@ async fn forward(
     }
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure = String::new();
+    // Whether the last try failed by timing out (then the answer is 504, not 502).
+    let mut timed_out = false;
     // Decides whether the failed try may be followed by another, taking a token from the budget if so.
     let may_retry = |tries: u32, retryable: bool| {
         retryable
@@ -348,6 +350,7 @@ async fn forward(
                 );
                 if gateway && may_retry(attempt + 1, idempotent && !body.touched()) {
                     last_failure = format!("{id} answered {status}");
+                    timed_out = false;
                     tried.push(backend);
                     continue;
                 }
@@ -363,6 +366,7 @@ async fn forward(
             }
             Ok(Err(err)) => {
                 drop(in_flight);
+                timed_out = false;
                 let connect = err.is_connect();
                 last_failure = format!("{id} ({}): {err}", backend.addr());
                 tracing::warn!(request_id = %rid(), upstream = %id, connect, "upstream try failed: {err}");
@@ -377,15 +381,30 @@ async fn forward(
             Err(_) => {
                 drop(in_flight);
                 report_failure(p, id);
-                return Err(ProxyError::Timeout {
-                    request_id: rid(),
-                    tries: attempt + 1,
-                });
+                tracing::warn!(request_id = %rid(), upstream = %id, "upstream try timed out after {limit:?}");
+                // A server that hangs (alive TCP, no answer) may have started the work: only an idempotent
+                // request whose body nobody read goes to another server, within the overall deadline.
+                if !may_retry(attempt + 1, idempotent && !body.touched()) {
+                    return Err(ProxyError::Timeout {
+                        request_id: rid(),
+                        tries: attempt + 1,
+                    });
+                }
+                last_failure = format!("{id} ({}): timed out after {limit:?}", backend.addr());
+                timed_out = true;
+                tried.push(backend);
+                continue;
             }
         }
     }
     if tried.is_empty() {
         return Err(ProxyError::NoServers { request_id: rid() });
+    }
+    if timed_out {
+        return Err(ProxyError::Timeout {
+            request_id: rid(),
+            tries: tried.len() as u32,
+        });
     }
     Err(ProxyError::Upstream {
         request_id: rid(),

@@ -3,19 +3,33 @@
 //! Written against hyper directly rather than `axum::serve`, for what a listener facing untrusted clients needs:
 //! a bound on the time to send request headers (a slowloris client holds a connection open by trickling a header
 //! a byte at a time), a bound on their size (answered with 431), `TCP_NODELAY`, accept errors (such as running
-//! out of file descriptors) that pause accepting instead of ending the server, and a drain on shutdown.
+//! out of file descriptors) that pause accepting instead of ending the server, and a drain on shutdown that does
+//! not race clients.
+//!
+//! The drain: closing an idle keep-alive connection races a client that is sending its next request on it at that
+//! moment, which then fails without an answer (hyper calls it `IncompleteMessage`). So on shutdown the listener
+//! closes (new connections are refused, and a client can try another instance), but open connections are served
+//! for a grace period with `Connection: close` on every response, so active clients finish their request and open
+//! a new connection elsewhere. Only connections still open after the grace are closed.
 
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use axum::http::header::CONNECTION;
+use axum::http::{HeaderValue, Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
-use hyper::service::HttpService;
+use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use svc::{CounterVec, Shutdown};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use crate::config::MIN_MAX_HEADER_BYTES;
 
@@ -29,6 +43,8 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// Largest request head (request line and headers) accepted; bigger ones get 431.
     pub max_header_bytes: usize,
+    /// How long open connections are still served, with `Connection: close`, after shutdown starts.
+    pub drain_grace: Duration,
 }
 
 /// Why connections were closed by the server rather than the client, for `/metrics`.
@@ -74,9 +90,9 @@ pub async fn serve_http1<S, B, F>(
     make_service: F,
 ) where
     F: Fn(SocketAddr) -> S,
-    S: HttpService<Incoming, ResBody = B> + Send + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    S::Error: Into<Box<dyn StdError + Send + Sync>> + Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
@@ -88,6 +104,8 @@ pub async fn serve_http1<S, B, F>(
         .max_buf_size(limits.max_header_bytes.max(MIN_MAX_HEADER_BYTES))
         .keep_alive(true);
     let graceful = GracefulShutdown::new();
+    let draining = Arc::new(AtomicBool::new(false));
+    let open = Arc::new(OpenConnections::default());
     let stop = shutdown.wait();
     tokio::pin!(stop);
     loop {
@@ -105,15 +123,91 @@ pub async fn serve_http1<S, B, F>(
         };
         // Responses are written whole; waiting to coalesce them only adds latency.
         let _ = stream.set_nodelay(true);
-        let connection =
-            graceful.watch(builder.serve_connection(TokioIo::new(stream), make_service(peer)));
+        let service = CloseWhenDraining {
+            inner: make_service(peer),
+            draining: Arc::clone(&draining),
+        };
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         let errors = errors.clone();
+        let open = OpenGuard::new(&open);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 errors.record(name, peer, &err);
             }
+            drop(open);
         });
     }
     drop(listener);
+    draining.store(true, Ordering::Release);
+    let grace = tokio::time::sleep(limits.drain_grace);
+    tokio::pin!(grace);
+    loop {
+        // Registered before looking, so that the last close between the two is not missed.
+        let closed = open.closed.notified();
+        if open.count.load(Ordering::Acquire) == 0 {
+            break;
+        }
+        tokio::select! {
+            () = closed => {}
+            () = &mut grace => break,
+        }
+    }
     graceful.shutdown().await;
+}
+
+/// Connections being served, and a signal when one closes.
+#[derive(Debug, Default)]
+struct OpenConnections {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+/// Counts a connection as open while it lives.
+struct OpenGuard(Arc<OpenConnections>);
+
+impl OpenGuard {
+    fn new(open: &Arc<OpenConnections>) -> OpenGuard {
+        open.count.fetch_add(1, Ordering::AcqRel);
+        OpenGuard(Arc::clone(open))
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.closed.notify_waiters();
+    }
+}
+
+/// A connection's service that, once the server drains, asks the client to close after each response.
+#[derive(Debug, Clone)]
+struct CloseWhenDraining<S> {
+    inner: S,
+    draining: Arc<AtomicBool>,
+}
+
+impl<S, B> Service<Request<Incoming>> for CloseWhenDraining<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let response = self.inner.call(request);
+        let draining = Arc::clone(&self.draining);
+        Box::pin(async move {
+            let mut response = response.await?;
+            if draining.load(Ordering::Acquire) {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response)
+        })
+    }
 }

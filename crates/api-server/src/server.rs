@@ -166,6 +166,7 @@ pub async fn run(
     let limits = HttpLimits {
         header_read_timeout: config.server.header_read_timeout.get(),
         max_header_bytes: config.server.max_header_bytes,
+        drain_grace: config.shutdown.drain_grace.get(),
     };
     let errors = ConnectionErrors::new(state.metrics().connection_errors.clone());
     let admin_service = TowerToHyperService::new(admin_router(state.clone()));

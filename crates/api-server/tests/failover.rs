@@ -105,6 +105,59 @@ async fn an_upstream_slower_than_the_try_timeout_gives_504_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_to_a_hung_server_is_answered_by_another_after_the_try_timeout() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let hung = DataServer::start(&cluster, "ds-hung", "1s").await;
+    let _live = DataServer::start(&cluster, "ds-live", "1s").await;
+    let api = api_server(
+        &cluster,
+        "10s",
+        &["proxy.try_timeout=300ms", "balancer.strategy=round_robin"],
+    )
+    .await;
+    wait_servers(&api, 2).await;
+    // Alive TCP, no answers: the kernel still accepts its connections.
+    hung.process.signal(testkit::Signal::SIGSTOP).unwrap();
+    hung.process.wait_stopped(true).unwrap();
+    let http = client();
+    for _ in 0..4 {
+        assert_eq!(whoami(&http, &api).await.unwrap(), "ds-live");
+    }
+    assert!(api.metric("api_proxy_retries_total").await.unwrap() >= 1.0);
+    // Not so a request that may have changed something: a POST is answered 504 rather than sent twice.
+    let upload = http
+        .post(format!("http://{}/echo", api.proxy()))
+        .body("once")
+        .build()
+        .unwrap();
+    // Round robin with the hung server ejected for a while: once it is back in rotation, the first POST to it
+    // times out.
+    let statuses = std::sync::Mutex::new(Vec::new());
+    testkit::eventually(
+        Duration::from_secs(10),
+        "a POST to reach the hung server",
+        || async {
+            let status = http
+                .execute(upload.try_clone()?)
+                .await
+                .ok()?
+                .status()
+                .as_u16();
+            statuses.lock().unwrap().push(status);
+            (status == 504).then_some(())
+        },
+    )
+    .await;
+    let statuses = statuses.into_inner().unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 504),
+        "{statuses:?}"
+    );
+    hung.process.signal(testkit::Signal::SIGCONT).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_one() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
