@@ -13,46 +13,71 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Runs headless Chromium on `url` with `mode` (`--dump-dom` or `--screenshot=FILE`); returns stdout. Virtual
 /// time (which the page's clock follows) runs on by `budget_ms` once the page has no open request.
-async fn chromium(url: &str, mode: &str, profile: &Path, budget_ms: u32) -> String {
+///
+/// Chromium itself sometimes hangs at start-up, before it opens any connection (seen about one run in three on
+/// this machine, with nothing on stderr): such a run is killed with all its helper processes and started again,
+/// up to three times.
+async fn chromium(url: &str, mode: &str, profiles: &Path, budget_ms: u32) -> String {
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)"
     );
-    // Inside the profile directory, so it goes with it.
-    let log = profile.join("chromium.log");
-    let run = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            &format!("--user-data-dir={}", profile.display()),
-            "--window-size=1200,800",
-            &format!("--virtual-time-budget={budget_ms}"),
-            mode,
-            url,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .output();
-    let Ok(output) = tokio::time::timeout(Duration::from_secs(90), run).await else {
-        panic!(
-            "chromium did not finish {url} within 90 s; its log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
+    let mut logs = Vec::new();
+    for attempt in 1..=3 {
+        // A fresh profile each run, so no run can hand over to what is left of another.
+        let profile = tempfile::tempdir_in(profiles).unwrap();
+        let (log, stdout) = (
+            profile.path().join("chromium.log"),
+            profile.path().join("stdout"),
         );
-    };
-    let output = output.expect("chromium runs");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+        let mut process = testkit::ManagedProcess::spawn_with_stdout(
+            "chromium",
+            CHROMIUM,
+            [
+                "--headless",
+                "--enable-logging=stderr",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                &format!("--user-data-dir={}", profile.path().display()),
+                "--window-size=1200,800",
+                &format!("--virtual-time-budget={budget_ms}"),
+                mode,
+                url,
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            &log,
+            &stdout,
+        )
+        .expect("chromium starts");
+        match process.wait_exit(Duration::from_secs(45)).await {
+            Ok(status) => {
+                process.kill_group();
+                assert!(
+                    status.success(),
+                    "chromium failed: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+                return std::fs::read_to_string(&stdout).unwrap();
+            }
+            Err(_) => {
+                process.kill_group();
+                logs.push(format!(
+                    "attempt {attempt}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    panic!(
+        "chromium did not finish {url} in 3 attempts of 45 s; its logs:\n{}",
+        logs.join("\n")
     );
-    String::from_utf8(output.stdout).unwrap()
 }
 
 fn artifact(name: &str) -> PathBuf {

@@ -215,6 +215,15 @@ impl ManagedProcess {
         }
     }
 
+    /// SIGKILL to the process and every process of its group (its own children, such as a browser's helper
+    /// processes), then reap it.
+    pub fn kill_group(&mut self) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        self.kill();
+    }
+
     /// Starts the same command again (after it exited or was killed).
     pub fn restart(&mut self) -> Result<()> {
         self.kill();
