@@ -76,7 +76,8 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
 
 #[tokio::test]
 async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
-    const BURST: usize = 20_000;
+    // Large enough that the archiver (even a fast one on a quiet machine) is still at it when SIGTERM lands.
+    const BURST: usize = 100_000;
     let cluster = NsqCluster::start(1).await.unwrap();
     let (dir, db) = workdir();
     let topic = "bursty";
@@ -108,8 +109,17 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
     let status = archiver.wait_exit(Duration::from_secs(20)).await.unwrap();
     assert!(status.success(), "{status:?}\n{}", archiver.log_tail(20));
 
-    let stats = cluster.stats(0, topic, Some("archive")).await.unwrap();
-    let ch = stats.channel(topic, "archive").unwrap();
+    // nsqd may still be copying the end of the burst from the topic to the channel.
+    let ch = eventually(
+        "nsqd to hand the whole burst to the archive channel",
+        Duration::from_secs(30),
+        || async {
+            let stats = cluster.stats(0, topic, Some("archive")).await.ok()?;
+            let ch = stats.channel(topic, "archive")?.clone();
+            (ch.message_count == BURST as u64).then_some(ch)
+        },
+    )
+    .await;
     assert_eq!(ch.in_flight_count, 0, "{ch:?}");
     assert_eq!(ch.requeue_count, 0, "{ch:?}");
     assert_eq!(ch.timeout_count, 0, "{ch:?}");
