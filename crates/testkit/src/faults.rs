@@ -516,8 +516,8 @@ async fn wait_queue_metadata(stack: &Stack, i: usize) -> Result<()> {
     Ok(())
 }
 
-/// The ids `/registry` lists.
-fn listed(doc: &serde_json::Value) -> BTreeSet<String> {
+/// The ids a `/registry` document lists.
+pub fn listed(doc: &serde_json::Value) -> BTreeSet<String> {
     doc["servers"]
         .as_array()
         .into_iter()

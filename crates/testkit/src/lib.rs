@@ -40,7 +40,7 @@ pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
 pub use data_server::{DataServer, DataServerOptions};
 pub use events::{RegistryEvent, RegistryEvents};
 pub use fault_report::FaultReport;
-pub use faults::{Fault, FaultRun, SeededRng};
+pub use faults::{Fault, FaultRun, SeededRng, listed};
 pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};

@@ -141,7 +141,7 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
     while Instant::now() < started + total * 2 / 3 {
         if removed_after.is_none()
             && let Ok(doc) = api.registry().await
-            && !ids(&doc).contains(&victim_id)
+            && !testkit::listed(&doc).contains(&victim_id)
         {
             removed_after = Some(killed.elapsed());
         }
@@ -150,7 +150,7 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
 
     if removed_after.is_none()
         && let Ok(doc) = api.registry().await
-        && !ids(&doc).contains(&victim_id)
+        && !testkit::listed(&doc).contains(&victim_id)
     {
         removed_after = Some(killed.elapsed());
     }
@@ -172,7 +172,7 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
         if !listed_at_restart
             && in_registry_after.is_none()
             && let Ok(doc) = api.registry().await
-            && ids(&doc).contains(&victim_id)
+            && testkit::listed(&doc).contains(&victim_id)
         {
             in_registry_after = Some(restart.elapsed());
         }
@@ -220,15 +220,6 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
-}
-
-fn ids(doc: &serde_json::Value) -> Vec<String> {
-    doc["servers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s["id"].as_str().map(str::to_owned))
-        .collect()
 }
 
 async fn start_data_server(
@@ -282,7 +273,7 @@ async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
     )
     .await?;
     api.wait_registry(Duration::from_secs(30), "3 data servers", |d| {
-        ids(d).len() == 3
+        testkit::listed(d).len() == 3
     })
     .await?;
     let mut conn = None;
