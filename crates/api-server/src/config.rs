@@ -61,6 +61,18 @@ pub struct ServerConfig {
     pub header_read_timeout: HumanDuration,
     /// Largest request head (request line and headers) accepted, in bytes; bigger ones are answered 431.
     pub max_header_bytes: usize,
+    /// Proxy worker threads; 0 (the default) means one per available core.
+    pub workers: usize,
+}
+
+impl ServerConfig {
+    /// The number of proxy worker threads to run.
+    pub fn workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -71,6 +83,7 @@ impl Default for ServerConfig {
             instance: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            workers: 0,
         }
     }
 }

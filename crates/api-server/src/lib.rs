@@ -4,8 +4,9 @@
 //!
 //! - [`Config`]: the TOML configuration (`server`, `discovery`, `balancer`, `proxy`, `shutdown`).
 //! - [`run`]: binds both listeners, subscribes, runs until a [`Shutdown`](svc::Shutdown), then drains.
-//! - [`admin_router`] and [`ProxyService`]: the two listeners' services, over one [`AppState`], served by one
-//!   HTTP/1.1 loop that bounds slow and oversized request heads.
+//! - [`admin_router`] and the proxy: the two listeners over one [`AppState`]. The admin listener is served by
+//!   hyper; the proxy by its own HTTP/1.1 engine on worker threads, one per core. Both bound slow and oversized
+//!   request heads.
 //! - Bus liveness is measured by a canary (see the `canary` module docs): while NSQ does not deliver, expiry is
 //!   frozen and `/registry` says `"self_preservation": true`.
 //!
@@ -43,6 +44,6 @@ pub use config::{
     ServerConfig, ShutdownConfig,
 };
 pub use heartbeats::{RateLimitedLog, SubscriptionConfig, subscribe};
-pub use proxy::{ProxyBody, ProxyError, ProxyService, ProxyState, UpstreamBody, UpstreamClient};
+pub use proxy::{ProxyError, ProxyState};
 pub use server::{Listening, RunError, run};
 pub use state::{AppState, Metrics};

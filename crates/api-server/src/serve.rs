@@ -62,6 +62,11 @@ impl ConnectionErrors {
         ConnectionErrors { counters }
     }
 
+    /// Counts one connection closed for `reason`.
+    pub fn count(&self, reason: &'static str) {
+        self.counters.with(reason).inc();
+    }
+
     fn record(&self, listener: &'static str, peer: SocketAddr, err: &hyper::Error) {
         let reason = if err.is_timeout() {
             "header_timeout"

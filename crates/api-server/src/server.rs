@@ -15,7 +15,7 @@ use crate::bus::Bus;
 use crate::canary::{self, CanaryConfig};
 use crate::config::Config;
 use crate::heartbeats::{self, SubscriptionConfig};
-use crate::proxy::ProxyState;
+use crate::proxy::{ProxyState, serve_proxy};
 use crate::serve::{ConnectionErrors, HttpLimits, serve_http1};
 use crate::state::AppState;
 
@@ -179,17 +179,17 @@ pub async fn run(
         move |_peer| admin_service.clone(),
     );
     let proxy_state = ProxyState::new(state.clone(), &config.proxy, d.ttl.get());
-    let proxy = serve_http1(
-        "proxy",
+    let proxy = serve_proxy(
         proxy_listener,
+        proxy_state,
         limits,
         errors,
         shutdown.clone(),
-        move |peer| proxy_state.service(peer),
+        config.server.workers(),
     );
     let serving = async {
-        tokio::join!(admin, proxy);
-        Ok::<(), std::io::Error>(())
+        let ((), proxy) = tokio::join!(admin, proxy);
+        proxy
     };
     let served = tokio::select! {
         result = serving => result.map(|_| ()),

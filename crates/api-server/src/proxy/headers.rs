@@ -1,81 +1,69 @@
-//! Header rewriting: hop-by-hop headers out, forwarding headers and a request id in.
+//! Forwarding headers and the request id, written straight into the upstream request head.
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use bytes::Bytes;
 use rand::Rng;
 
-/// `X-Request-Id`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+use super::h1::push_header;
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+/// Longest client-supplied `X-Request-Id` kept.
+const MAX_REQUEST_ID: usize = 128;
 
-/// Headers meaningful for one connection only (RFC 9110 7.6.1), never forwarded. Parsed names, so removing them
-/// costs a hash lookup each and no parsing.
-static HOP_BY_HOP: [&HeaderName; 9] = [
-    &header::CONNECTION,
-    &KEEP_ALIVE,
-    &PROXY_CONNECTION,
-    &header::PROXY_AUTHENTICATE,
-    &header::PROXY_AUTHORIZATION,
-    &header::TE,
-    &header::TRAILER,
-    &header::TRANSFER_ENCODING,
-    &header::UPGRADE,
-];
-
-/// Whether any of `names` is present: one pass over the (few) headers a request has, cheaper than a hash lookup
-/// per name when, as usual, none is.
-fn any_of(headers: &HeaderMap, names: &[&HeaderName]) -> bool {
-    headers.keys().any(|key| names.contains(&key))
+/// A request's id: the client's `X-Request-Id` when it is short printable ASCII, else a new random one. Held
+/// inline, so a request costs no allocation for it.
+#[derive(Clone, Copy)]
+pub struct RequestId {
+    bytes: [u8; MAX_REQUEST_ID],
+    len: u8,
 }
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !any_of(headers, &HOP_BY_HOP) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+impl std::fmt::Debug for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
-/// The incoming request id when it is short printable ASCII, else a new random one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    let incoming = headers.get(&X_REQUEST_ID).filter(|v| {
-        let b = v.as_bytes();
-        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-    });
-    match incoming {
-        Some(v) => v.clone(),
-        None => {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            let mut n = rand::rng().random::<u128>();
-            let mut id = [0u8; 32];
-            for digit in id.iter_mut().rev() {
-                *digit = HEX[(n & 0xf) as usize];
-                n >>= 4;
-            }
-            HeaderValue::from_bytes(&id).expect("hex is a valid header value")
+impl RequestId {
+    /// The client's id, if acceptable.
+    pub fn from_client(value: &[u8]) -> Option<RequestId> {
+        if value.is_empty()
+            || value.len() > MAX_REQUEST_ID
+            || !value.iter().all(u8::is_ascii_graphic)
+        {
+            return None;
         }
+        let mut id = RequestId {
+            bytes: [0; MAX_REQUEST_ID],
+            len: value.len() as u8,
+        };
+        id.bytes[..value.len()].copy_from_slice(value);
+        Some(id)
+    }
+
+    /// 32 random hex digits.
+    pub fn generate() -> RequestId {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut n = rand::rng().random::<u128>();
+        let mut id = RequestId {
+            bytes: [0; MAX_REQUEST_ID],
+            len: 32,
+        };
+        for digit in id.bytes[..32].iter_mut().rev() {
+            *digit = HEX[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        id
+    }
+
+    /// The id's bytes (printable ASCII).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only printable ASCII is ever stored.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -83,11 +71,11 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 #[derive(Debug, Clone)]
 pub struct PeerHeaders {
     /// The client's address alone, the whole `X-Forwarded-For` of a first hop.
-    forwarded_for: HeaderValue,
+    forwarded_for: String,
     /// `for=<ip>;proto=http`, the start of this hop's `Forwarded` element.
     node: String,
     /// A trusted proxy's forwarding headers are kept and appended to.
-    trusted: bool,
+    pub trusted: bool,
 }
 
 impl PeerHeaders {
@@ -99,111 +87,132 @@ impl PeerHeaders {
             IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
         };
         PeerHeaders {
-            forwarded_for: HeaderValue::from_str(&ip.to_string())
-                .expect("an IP address is a valid header value"),
+            forwarded_for: ip.to_string(),
             node,
             trusted,
         }
     }
 }
 
-static FORWARDING: [&HeaderName; 4] = [
-    &X_FORWARDED_FOR,
-    &X_FORWARDED_PROTO,
-    &X_FORWARDED_HOST,
-    &FORWARDED,
-];
-
-/// `earlier, this` (a list header grown by one hop) or `this` alone.
-fn appended(earlier: Option<&HeaderValue>, this: &[u8]) -> Option<HeaderValue> {
-    let mut value = Vec::with_capacity(this.len() + earlier.map_or(0, |e| e.len() + 2));
-    if let Some(earlier) = earlier {
-        value.extend_from_slice(earlier.as_bytes());
-        value.extend_from_slice(b", ");
-    }
-    value.extend_from_slice(this);
-    HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+/// Whether `name` is one of the forwarding headers (dropped from an untrusted client, who could forge them).
+pub fn is_forwarding(name: &str) -> bool {
+    [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+    ]
+    .iter()
+    .any(|h| h.eq_ignore_ascii_case(name))
 }
 
-/// Adds `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded` and `X-Request-Id`,
-/// and drops `Host` so that the upstream sees its own address there. From a trusted peer (another proxy) the
-/// earlier hops are kept and appended to; from anyone else they are dropped, since a client could forge them.
-pub fn add_forwarding(headers: &mut HeaderMap, peer: &PeerHeaders, request_id: &HeaderValue) {
-    if !peer.trusted && any_of(headers, &FORWARDING) {
-        for name in FORWARDING {
-            headers.remove(name);
+/// The forwarding headers a request arrived with from a trusted proxy (empty from anyone else).
+#[derive(Debug, Default)]
+pub struct EarlierHops<'a> {
+    /// `X-Forwarded-For` values, in order.
+    pub forwarded_for: Vec<&'a [u8]>,
+    /// `Forwarded` values, in order.
+    pub forwarded: Vec<&'a [u8]>,
+    /// `X-Forwarded-Host`, kept when the request has no `Host` of its own.
+    pub forwarded_host: Option<&'a [u8]>,
+}
+
+impl<'a> EarlierHops<'a> {
+    /// Records one forwarding header of a trusted peer's request.
+    pub fn add(&mut self, name: &str, value: &'a [u8]) {
+        if name.eq_ignore_ascii_case("x-forwarded-for") {
+            self.forwarded_for.push(value);
+        } else if name.eq_ignore_ascii_case("forwarded") {
+            self.forwarded.push(value);
+        } else if name.eq_ignore_ascii_case("x-forwarded-host") {
+            self.forwarded_host = Some(value);
         }
     }
-    let host = headers.remove(header::HOST);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR) {
-        None => Some(peer.forwarded_for.clone()),
-        earlier => appended(earlier, peer.forwarded_for.as_bytes()),
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+}
 
-    let mut element = Vec::with_capacity(peer.node.len() + 32);
-    element.extend_from_slice(peer.node.as_bytes());
+/// Appends `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`, RFC 7239 `Forwarded` and `X-Request-Id`
+/// to an upstream request head. Earlier hops (from a trusted proxy) come first in the list headers.
+pub fn push_forwarding(
+    out: &mut Vec<u8>,
+    peer: &PeerHeaders,
+    earlier: &EarlierHops<'_>,
+    host: Option<&[u8]>,
+    id: &RequestId,
+) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for v in &earlier.forwarded_for {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.forwarded_for.as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    if let Some(h) = host.or(earlier.forwarded_host) {
+        push_header(out, b"x-forwarded-host", h);
+    }
+    out.extend_from_slice(b"forwarded: ");
+    for v in &earlier.forwarded {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.node.as_bytes());
     if let Some(host) = host {
-        element.extend_from_slice(b";host=\"");
-        element.extend(host.as_bytes().iter().filter(|&&b| b != b'"' && b != b'\\'));
-        element.push(b'"');
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+        out.extend_from_slice(b";host=\"");
+        out.extend(host.iter().filter(|&&b| b != b'"' && b != b'\\'));
+        out.push(b'"');
     }
-    if let Some(v) = appended(headers.get(&FORWARDED), &element) {
-        headers.insert(FORWARDED.clone(), v);
-    }
-    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    out.extend_from_slice(b"\r\n");
+    push_header(out, b"x-request-id", id.as_bytes());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn hop_by_hop_and_connection_named_headers_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            "connection",
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("te", HeaderValue::from_static("trailers"));
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-kept"));
+    fn forwarding(peer: &PeerHeaders, earlier: &EarlierHops<'_>, host: Option<&str>) -> String {
+        let id = RequestId::from_client(b"abc-1").unwrap();
+        let mut out = Vec::new();
+        push_forwarding(&mut out, peer, earlier, host.map(str::as_bytes), &id);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
     fn forwarding_headers() {
-        let mut h = HeaderMap::new();
-        h.insert("host", HeaderValue::from_static("example.com"));
-        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
-        let id = request_id(&h);
-        assert_eq!(id.len(), 32);
-        let mut untrusted = h.clone();
         let peer = "192.0.2.7:5000".parse().unwrap();
-        add_forwarding(&mut h, &PeerHeaders::new(peer, true), &id);
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
-        add_forwarding(&mut untrusted, &PeerHeaders::new(peer, false), &id);
+        let mut earlier = EarlierHops::default();
+        earlier.add("X-Forwarded-For", b"10.0.0.1");
+        earlier.add("forwarded", b"for=10.0.0.1");
         assert_eq!(
-            untrusted["x-forwarded-for"], "192.0.2.7",
-            "a client cannot forge hops"
+            forwarding(&PeerHeaders::new(peer, true), &earlier, Some("example.com")),
+            "x-forwarded-for: 10.0.0.1, 192.0.2.7\r\n\
+             x-forwarded-proto: http\r\n\
+             x-forwarded-host: example.com\r\n\
+             forwarded: for=10.0.0.1, for=192.0.2.7;proto=http;host=\"example.com\"\r\n\
+             x-request-id: abc-1\r\n"
         );
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "example.com");
+        let v6 = "[2001:db8::1]:5000".parse().unwrap();
         assert_eq!(
-            h["forwarded"],
-            "for=192.0.2.7;proto=http;host=\"example.com\""
+            forwarding(
+                &PeerHeaders::new(v6, false),
+                &EarlierHops::default(),
+                Some("a\"b")
+            ),
+            "x-forwarded-for: 2001:db8::1\r\n\
+             x-forwarded-proto: http\r\n\
+             x-forwarded-host: a\"b\r\n\
+             forwarded: for=\"[2001:db8::1]\";proto=http;host=\"ab\"\r\n\
+             x-request-id: abc-1\r\n"
         );
-        assert_eq!(h["x-request-id"], id);
-        assert!(!h.contains_key("host"));
-        let mut kept = HeaderMap::new();
-        kept.insert("x-request-id", HeaderValue::from_static("abc-1"));
-        assert_eq!(request_id(&kept), "abc-1");
+    }
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(RequestId::from_client(b"abc-1").unwrap().as_str(), "abc-1");
+        assert!(RequestId::from_client(b"").is_none());
+        assert!(RequestId::from_client(b"a b").is_none());
+        assert!(RequestId::from_client(&[b'a'; 129]).is_none());
+        let g = RequestId::generate();
+        assert_eq!(g.as_str().len(), 32);
+        assert!(g.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(g.as_str(), RequestId::generate().as_str());
     }
 }

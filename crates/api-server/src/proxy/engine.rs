@@ -1,0 +1,1180 @@
+//! One client connection of the proxy: request heads in, tries upstream, responses out, on a worker thread.
+//!
+//! The proxy speaks HTTP/1.1 itself rather than through a general-purpose HTTP library: a request head is parsed
+//! in place (httparse) and rewritten once into the upstream head; the response head is rewritten straight into the
+//! bytes sent to the client, with as much of the body as has arrived, so a small exchange costs one write and one
+//! read on each side and no allocation. Bodies stream both ways through fixed buffers, framed as [`h1`] decides.
+//!
+//! Retries follow the rules in the crate docs. A request whose body is entirely in the buffer when its head is
+//! parsed (no body, or a small one) can be sent again; a streamed body cannot, once any of it has left the buffer,
+//! so such a request is only retried when its try failed before that (a refused connection, or a pooled connection
+//! the server had closed).
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::Method;
+use bytes::{Buf, BytesMut};
+use discovery::{Backend, InFlightGuard};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::h1::{
+    self, ChunkError, ConnectionTokens, Framing, FramingHeaders, Refusal, push_decimal, push_header,
+};
+use super::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
+use super::pool::{Pool, UPSTREAM_BUFFER, Upstream};
+use super::{Inner, ProxyError, is_idempotent, jittered, report_failure, wait_for_a_server};
+use crate::serve::{ConnectionErrors, HttpLimits};
+
+/// Initial read buffer of a client connection (it grows to `server.max_header_bytes` for a large head).
+const CLIENT_BUFFER: usize = 8 * 1024;
+/// Most headers in a request or response head.
+const MAX_HEADERS: usize = 100;
+/// Largest response head accepted from a data server.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What one proxy worker thread shares between its connections.
+pub(crate) struct Worker {
+    pub p: Arc<Inner>,
+    pub pool: RefCell<Pool>,
+    pub limits: HttpLimits,
+    pub errors: ConnectionErrors,
+    /// Set once shutdown starts: every response then says `Connection: close`.
+    pub draining: Arc<AtomicBool>,
+    /// Set when idle connections are to close (the end of the drain grace).
+    pub close_idle: Cell<bool>,
+    pub close_idle_now: Notify,
+}
+
+/// One client connection.
+struct Conn {
+    stream: TcpStream,
+    peer: PeerHeaders,
+    /// Bytes from the client not yet handled.
+    buf: BytesMut,
+    /// Bytes for the client: a response head and what fits of its body.
+    out: Vec<u8>,
+    /// The upstream request line, ending in `host: ` (each try adds its server's address).
+    up_line: Vec<u8>,
+    /// The rest of the upstream head after the host, blank line included.
+    up_rest: Vec<u8>,
+    /// One try's head (and a buffered body).
+    up_out: Vec<u8>,
+    /// Requests served on this connection.
+    served: u64,
+}
+
+/// A parsed request head, owned, once its bytes have been rewritten into `up_line` and `up_rest`.
+struct Req {
+    method: Method,
+    http10: bool,
+    framing: Framing,
+    keep_alive: bool,
+    expect_continue: bool,
+    id: RequestId,
+    /// The path, for the access log.
+    path: Option<String>,
+}
+
+/// How a request's body relates to the buffer when its head is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// No body.
+    None,
+    /// Entirely in the buffer: this many bytes, sent with the head and replayable.
+    Buffered(usize),
+    /// Still arriving: streamed after the head.
+    Streaming,
+}
+
+/// What happened to a request, for the access log and the connection.
+struct Done {
+    status: u16,
+    upstream: Option<Arc<Backend>>,
+    tries: u32,
+    failure: Option<String>,
+    /// Whether the client connection can carry another request.
+    keep: bool,
+}
+
+/// Serves one client connection until it closes, fails or the server drains.
+pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
+    let trusted = w.p.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let mut c = Conn {
+        stream,
+        peer: PeerHeaders::new(peer, trusted),
+        buf: BytesMut::with_capacity(CLIENT_BUFFER),
+        out: Vec::with_capacity(CLIENT_BUFFER),
+        up_line: Vec::with_capacity(256),
+        up_rest: Vec::with_capacity(1024),
+        up_out: Vec::with_capacity(2048),
+        served: 0,
+    };
+    loop {
+        let req = match read_head(w, &mut c).await {
+            Head::Request(req) => req,
+            Head::Closed => return,
+            Head::Timeout => {
+                // An idle keep-alive connection timing out is normal; one that never sent a whole head is not.
+                if c.served == 0 || !c.buf.is_empty() {
+                    w.errors.count("header_timeout");
+                    tracing::debug!(%peer, "connection closed: request head not received in time");
+                }
+                return;
+            }
+            Head::Refused(refusal) => {
+                w.errors.count(match refusal {
+                    Refusal::TooLarge => "header_too_large",
+                    _ => "malformed",
+                });
+                tracing::debug!(%peer, "request refused: {}", refusal.detail());
+                let (status, reason) = refusal.status();
+                c.out.clear();
+                write_json_error(&mut c.out, status, reason, refusal.detail(), None, true);
+                let _ = c.stream.write_all(&c.out).await;
+                return;
+            }
+        };
+        c.served += 1;
+        let started = Instant::now();
+        let done = handle(w, &mut c, &req, started).await;
+        let p = &w.p;
+        p.statuses.get(done.status).inc();
+        if let Some(path) = &req.path {
+            let elapsed = started.elapsed();
+            let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
+            let (method, status, tries) = (&req.method, done.status, done.tries);
+            match &done.failure {
+                None => {
+                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed)
+                }
+                Some(text) => {
+                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed, "{text}")
+                }
+            }
+        }
+        if !done.keep {
+            return;
+        }
+    }
+}
+
+enum Head {
+    Request(Req),
+    Closed,
+    Timeout,
+    Refused(Refusal),
+}
+
+/// Waits for the next request head, within `server.header_read_timeout`.
+async fn read_head(w: &Worker, c: &mut Conn) -> Head {
+    let deadline = Instant::now() + w.limits.header_read_timeout;
+    loop {
+        if !c.buf.is_empty() {
+            match parse_request(w, c) {
+                Ok(Some(req)) => return Head::Request(req),
+                Ok(None) if c.buf.len() >= w.limits.max_header_bytes => {
+                    return Head::Refused(Refusal::TooLarge);
+                }
+                Ok(None) => {}
+                Err(refusal) => return Head::Refused(refusal),
+            }
+        }
+        let idle = c.buf.is_empty();
+        if idle && w.close_idle.get() {
+            return Head::Closed;
+        }
+        if c.buf.capacity() - c.buf.len() < 1024 {
+            c.buf.reserve(CLIENT_BUFFER);
+        }
+        let read = tokio::select! {
+            biased;
+            read = c.stream.read_buf(&mut c.buf) => read,
+            () = tokio::time::sleep_until(deadline) => return Head::Timeout,
+            () = w.close_idle_now.notified(), if idle => return Head::Closed,
+        };
+        match read {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Parses the request head at the start of the buffer; on success its bytes are consumed and the upstream head is
+/// in `up_line` and `up_rest`.
+fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut headers);
+    let n = match r.parse(&c.buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(_) => return Err(Refusal::BadRequest("malformed request head")),
+    };
+    if n > w.limits.max_header_bytes {
+        return Err(Refusal::TooLarge);
+    }
+    let (Some(method), Some(target), Some(version)) = (r.method, r.path, r.version) else {
+        return Err(Refusal::BadRequest("malformed request line"));
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| Refusal::BadRequest("malformed method"))?;
+    if method == Method::CONNECT {
+        return Err(Refusal::NotImplemented("CONNECT is not proxied"));
+    }
+    let http10 = version == 0;
+    let (target, target_host) = origin_form(&method, target)?;
+
+    let mut connection = ConnectionTokens::default();
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+    }
+    let trusted = c.peer.trusted;
+    let mut framing = FramingHeaders::default();
+    let mut earlier = EarlierHops::default();
+    let mut host = None;
+    let mut id = None;
+    let mut expect_continue = false;
+    c.up_rest.clear();
+    c.up_rest.extend_from_slice(b"\r\n");
+    for h in r.headers.iter() {
+        let name = h.name;
+        if framing.add(name, h.value) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            if host.replace(h.value).is_some() {
+                return Err(Refusal::BadRequest("more than one Host header"));
+            }
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            id = id.or_else(|| RequestId::from_client(h.value));
+        } else if name.eq_ignore_ascii_case("expect")
+            && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        {
+            // Answered by the proxy itself when it is ready for the body.
+            expect_continue = true;
+        } else if is_forwarding(name) {
+            if trusted {
+                earlier.add(name, h.value);
+            }
+        } else if !(h1::is_hop_by_hop(name)
+            || (connection.names_others && h1::named_by_connection(r.headers, name)))
+        {
+            push_header(&mut c.up_rest, name.as_bytes(), h.value);
+        }
+    }
+    if host.is_none() && !http10 && target_host.is_none() {
+        return Err(Refusal::BadRequest("no Host header"));
+    }
+    let host = target_host.or(host);
+    let framing = framing.request(http10)?;
+    match framing {
+        Framing::Length(len) => {
+            c.up_rest.extend_from_slice(b"content-length: ");
+            push_decimal(&mut c.up_rest, len);
+            c.up_rest.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => c
+            .up_rest
+            .extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty if matches!(method, Method::POST | Method::PUT | Method::PATCH) => {
+            c.up_rest.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    let id = id.unwrap_or_else(RequestId::generate);
+    push_forwarding(&mut c.up_rest, &c.peer, &earlier, host, &id);
+    c.up_rest.extend_from_slice(b"\r\n");
+
+    c.up_line.clear();
+    c.up_line.extend_from_slice(method.as_str().as_bytes());
+    c.up_line.push(b' ');
+    c.up_line.extend_from_slice(target.as_bytes());
+    c.up_line.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+
+    let path =
+        w.p.access_log
+            .then(|| target.split('?').next().unwrap_or_default().to_owned());
+    let keep_alive = if http10 {
+        connection.keep_alive && !connection.close
+    } else {
+        !connection.close
+    };
+    let req = Req {
+        method,
+        http10,
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && framing != Framing::Empty,
+        id,
+        path,
+    };
+    c.buf.advance(n);
+    Ok(Some(req))
+}
+
+/// The request target as the upstream gets it (origin form), and the authority of an absolute-form target.
+fn origin_form<'a>(
+    method: &Method,
+    target: &'a str,
+) -> Result<(&'a str, Option<&'a [u8]>), Refusal> {
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" && method == Method::OPTIONS {
+        return Ok((target, None));
+    }
+    let scheme_len = if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") {
+        7
+    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case("https://") {
+        8
+    } else {
+        return Err(Refusal::BadRequest("malformed request target"));
+    };
+    let rest = &target[scheme_len..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() {
+        return Err(Refusal::BadRequest("malformed request target"));
+    }
+    // `http://host?q` has an empty path: "/" it is (the query of such a target is dropped).
+    let path = if path.starts_with('/') { path } else { "/" };
+    Ok((path, Some(authority.as_bytes())))
+}
+
+/// Why a try got no usable response head.
+#[derive(Debug)]
+enum TryError {
+    /// No connection (refused, unreachable, connect timeout): the server never saw the request.
+    Connect(io::Error),
+    /// Sending the request failed on a new connection: the server cannot have acted on it.
+    NotSent(String),
+    /// The connection failed after the request was sent, before a whole response head.
+    Failed(String),
+    /// The try ran out of time.
+    Timeout,
+    /// The client broke off or sent a malformed body: nothing to answer, or a 400.
+    Client(Option<ChunkError>),
+}
+
+/// Proxies one request: tries servers, writes the response (or an error) to the client.
+async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
+    let p = &*w.p;
+    let body = match req.framing {
+        Framing::Empty | Framing::UntilClose => Body::None,
+        Framing::Length(n) if c.buf.len() as u64 >= n => Body::Buffered(n as usize),
+        Framing::Length(_) => Body::Streaming,
+        Framing::Chunked => {
+            let mut parser = h1::ChunkedParser::default();
+            match parser.advance(&c.buf, |_| {}) {
+                Ok(k) if parser.done() => Body::Buffered(k),
+                Ok(_) => Body::Streaming,
+                Err(err) => return client_error(w, c, req, Some(err)).await,
+            }
+        }
+    };
+    let result = forward(w, c, req, body, started).await;
+    match result {
+        Ok(done) => done,
+        Err(Failure::Client(malformed)) => client_error(w, c, req, malformed).await,
+        Err(Failure::Proxy(err)) => {
+            p.app.metrics().latency.observe_duration(started.elapsed());
+            let (status, reason) = err.status();
+            // The client's body must have been read whole for the connection to carry another request.
+            let keep = match body {
+                Body::None => true,
+                Body::Buffered(k) => {
+                    c.buf.advance(k);
+                    true
+                }
+                Body::Streaming => false,
+            } && req.keep_alive
+                && !w.draining.load(Ordering::Acquire);
+            c.out.clear();
+            write_json_error(
+                &mut c.out,
+                status,
+                reason,
+                &err.to_string(),
+                Some(&req.id),
+                !keep,
+            );
+            let written = c.stream.write_all(&c.out).await.is_ok();
+            Done {
+                status,
+                upstream: None,
+                tries: err.tries(),
+                failure: Some(err.to_string()),
+                keep: keep && written,
+            }
+        }
+    }
+}
+
+/// A broken or malformed request body: 400 if it was malformed and nothing was answered yet; the connection closes.
+async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<ChunkError>) -> Done {
+    if let Some(err) = malformed {
+        w.errors.count("malformed");
+        c.out.clear();
+        write_json_error(
+            &mut c.out,
+            400,
+            "Bad Request",
+            &err.to_string(),
+            Some(&req.id),
+            true,
+        );
+        let _ = c.stream.write_all(&c.out).await;
+    }
+    Done {
+        status: if malformed.is_some() { 400 } else { 499 },
+        upstream: None,
+        tries: 0,
+        failure: Some(malformed.map_or_else(
+            || "the client closed the connection during the request".to_owned(),
+            |e| e.to_string(),
+        )),
+        keep: false,
+    }
+}
+
+enum Failure {
+    Proxy(ProxyError),
+    Client(Option<ChunkError>),
+}
+
+/// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
+async fn forward(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    body: Body,
+    started: Instant,
+) -> Result<Done, Failure> {
+    let p = &*w.p;
+    let deadline = started + p.total_timeout;
+    let balancer = p.app.balancer();
+    let metrics = p.app.metrics();
+    p.budget.deposit(started);
+    if started < p.warm_until {
+        wait_for_a_server(p, deadline.min(p.warm_until)).await;
+    }
+    let idempotent = is_idempotent(&req.method);
+    let replayable = body != Body::Streaming;
+    let rid = || req.id.as_str().to_owned();
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut last_failure = String::new();
+    // Whether the last try failed by timing out (then the answer is 504, not 502).
+    let mut timed_out = false;
+    // Decides whether the failed try may be followed by another, taking a token from the budget if so.
+    let may_retry = |tries: u32, retryable: bool| {
+        retryable
+            && tries < p.max_tries
+            && Instant::now() < deadline
+            && p.budget.withdraw(Instant::now())
+    };
+    for attempt in 0..p.max_tries {
+        if attempt > 0 {
+            metrics.retries.inc();
+            let pause = jittered(p.backoff).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+        }
+        let picked = if tried.is_empty() {
+            balancer.pick(&[])
+        } else {
+            let exclude: Vec<&str> = tried.iter().map(|b| b.id()).collect();
+            balancer.pick(&exclude)
+        };
+        let Some((backend, in_flight)) = picked else {
+            break;
+        };
+        metrics.upstream_requests.with(backend.id()).inc();
+        let now = Instant::now();
+        let try_deadline = now + p.try_timeout.min(deadline.saturating_duration_since(now));
+        let can_retry = replayable && attempt + 1 < p.max_tries && now < deadline;
+        let outcome = try_once(
+            w,
+            c,
+            req,
+            body,
+            &backend,
+            in_flight,
+            try_deadline,
+            started,
+            can_retry,
+        )
+        .await;
+        let id = backend.id();
+        let (err, retryable) = match outcome {
+            Ok(TryOk::Done(mut done)) => {
+                done.tries = attempt + 1;
+                done.upstream = Some(backend);
+                return Ok(done);
+            }
+            Ok(TryOk::Gateway(status)) => {
+                // A 502/503 from one server may be its own trouble: another may answer, if sending twice is safe.
+                last_failure = format!("{id} answered {status}");
+                timed_out = false;
+                tried.push(backend);
+                continue;
+            }
+            Err(TryError::Client(malformed)) => return Err(Failure::Client(malformed)),
+            Err(err @ TryError::Connect(_)) => (err, true),
+            Err(err @ TryError::NotSent(_)) => (err, true),
+            Err(err @ TryError::Failed(_)) => (err, idempotent && replayable),
+            Err(TryError::Timeout) => {
+                report_failure(p, id);
+                tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "upstream try timed out");
+                // A server that hangs (alive TCP, no answer) may have started the work: only an idempotent
+                // request that can be sent again goes to another server, within the overall deadline.
+                if !may_retry(attempt + 1, idempotent && replayable) {
+                    return Err(Failure::Proxy(ProxyError::Timeout {
+                        request_id: rid(),
+                        tries: attempt + 1,
+                    }));
+                }
+                last_failure = format!("{id} ({}): timed out", backend.addr());
+                timed_out = true;
+                tried.push(backend);
+                continue;
+            }
+        };
+        timed_out = false;
+        let text = match &err {
+            TryError::Connect(e) => format!("connect: {e}"),
+            TryError::NotSent(e) | TryError::Failed(e) => e.clone(),
+            TryError::Timeout | TryError::Client(_) => unreachable!("handled above"),
+        };
+        last_failure = format!("{id} ({}): {text}", backend.addr());
+        let connect = matches!(err, TryError::Connect(_));
+        tracing::warn!(request_id = %req.id.as_str(), upstream = %id, connect, "upstream try failed: {text}");
+        report_failure(p, id);
+        tried.push(backend);
+        if !may_retry(attempt + 1, retryable) {
+            break;
+        }
+    }
+    if tried.is_empty() {
+        return Err(Failure::Proxy(ProxyError::NoServers { request_id: rid() }));
+    }
+    if timed_out {
+        return Err(Failure::Proxy(ProxyError::Timeout {
+            request_id: rid(),
+            tries: tried.len() as u32,
+        }));
+    }
+    Err(Failure::Proxy(ProxyError::Upstream {
+        request_id: rid(),
+        tries: tried.len() as u32,
+        detail: last_failure,
+    }))
+}
+
+enum TryOk {
+    /// The response went to the client.
+    Done(Done),
+    /// The server answered 502 or 503 and the request may go elsewhere.
+    Gateway(u16),
+}
+
+/// One try on `backend`: a pooled or new connection, the request, the response head, then (when the response
+/// is kept) its body to the client.
+#[allow(clippy::too_many_arguments)]
+async fn try_once(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    body: Body,
+    backend: &Backend,
+    in_flight: InFlightGuard,
+    try_deadline: Instant,
+    started: Instant,
+    can_retry: bool,
+) -> Result<TryOk, TryError> {
+    let p = &*w.p;
+    // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
+    let mut fresh = false;
+    let (mut up, resp) = loop {
+        let pooled = if fresh {
+            None
+        } else {
+            w.pool.borrow_mut().take(backend.addr(), Instant::now())
+        };
+        let mut up = match pooled {
+            Some(up) => up,
+            None => connect(backend, p.connect_timeout, try_deadline).await?,
+        };
+        c.up_out.clear();
+        c.up_out.extend_from_slice(&c.up_line);
+        c.up_out.extend_from_slice(backend.addr().as_bytes());
+        c.up_out.extend_from_slice(&c.up_rest);
+        if let Body::Buffered(k) = body {
+            c.up_out.extend_from_slice(&c.buf[..k]);
+        }
+        match tokio::time::timeout_at(try_deadline, up.stream.write_all(&c.up_out)).await {
+            Err(_) => return Err(TryError::Timeout),
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if up.reused => {
+                tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
+                fresh = true;
+                continue;
+            }
+            Ok(Err(e)) => return Err(TryError::NotSent(format!("sending the request: {e}"))),
+        }
+        if body == Body::Streaming {
+            return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started).await;
+        }
+        let draining = w.draining.load(Ordering::Acquire);
+        let head = tokio::time::timeout_at(
+            try_deadline,
+            read_response_head(&mut up.stream, &mut up.buf, &mut c.out, req, draining),
+        )
+        .await;
+        match head {
+            Err(_) => return Err(TryError::Timeout),
+            // Most likely the server closed the pooled connection as the request went out; sending it again is
+            // safe only for an idempotent request.
+            Ok(Err(HeadError::Closed)) if up.reused && is_idempotent(&req.method) => {
+                tracing::debug!(upstream = %backend.id(), "pooled connection closed before a response");
+                fresh = true;
+            }
+            Ok(Err(e)) => return Err(TryError::Failed(e.to_string())),
+            Ok(Ok(resp)) => break (up, resp),
+        }
+    };
+    if server_status(w, backend, resp.status)
+        && can_retry
+        && is_idempotent(&req.method)
+        && p.budget.withdraw(Instant::now())
+    {
+        return Ok(TryOk::Gateway(resp.status));
+    }
+    p.app.metrics().latency.observe_duration(started.elapsed());
+    if let Body::Buffered(k) = body {
+        c.buf.advance(k);
+    }
+    let relayed = relay_body(
+        &mut up.stream,
+        &mut up.buf,
+        &mut c.stream,
+        &mut c.out,
+        resp.framing,
+        req.http10 && resp.framing == Framing::Chunked,
+    )
+    .await;
+    drop(in_flight);
+    let ok = relay_result(backend, &req.id, &relayed);
+    if ok && resp.reusable && up.buf.is_empty() {
+        w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
+    }
+    Ok(TryOk::Done(Done {
+        status: resp.status,
+        upstream: None,
+        tries: 0,
+        failure: None,
+        keep: ok && !resp.close_client,
+    }))
+}
+
+/// Reports the server's health from its status; true when the answer is a 502/503, which another server may
+/// replace if the request can be sent again (the connection is then dropped with its body unread).
+fn server_status(w: &Worker, backend: &Backend, status: u16) -> bool {
+    let p = &*w.p;
+    let id = backend.id();
+    if (500..600).contains(&status) && p.eject_on_5xx {
+        report_failure(p, id);
+    } else {
+        p.app.balancer().report_success(id);
+    }
+    status == 502 || status == 503
+}
+
+/// Logs a relay that broke off; true when it completed.
+fn relay_result(backend: &Backend, id: &RequestId, relayed: &Result<(), RelayError>) -> bool {
+    match relayed {
+        Ok(()) => true,
+        Err(RelayError::Upstream(e)) => {
+            tracing::warn!(request_id = %id.as_str(), upstream = %backend.id(), "response body broke off: {e}");
+            false
+        }
+        Err(RelayError::Client(e)) => {
+            tracing::debug!(request_id = %id.as_str(), "client went away during the response: {e}");
+            false
+        }
+    }
+}
+
+/// A try whose request body is still arriving: the body streams to the server while its response is awaited, and
+/// keeps streaming while the response goes back (a server may answer before it has read the whole body).
+#[allow(clippy::too_many_arguments)]
+async fn stream_exchange(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    backend: &Backend,
+    mut up: Upstream,
+    in_flight: InFlightGuard,
+    try_deadline: Instant,
+    started: Instant,
+) -> Result<TryOk, TryError> {
+    if req.expect_continue
+        && !req.http10
+        && c.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        return Err(TryError::Client(None));
+    }
+    let draining = w.draining.load(Ordering::Acquire);
+    let (resp, ok, body_done) = {
+        let Conn {
+            stream, buf, out, ..
+        } = &mut *c;
+        let (mut client_r, mut client_w) = stream.split();
+        let Upstream {
+            stream: up_stream,
+            buf: up_buf,
+            ..
+        } = &mut up;
+        let (mut up_r, mut up_w) = up_stream.split();
+        let send = send_body(&mut client_r, buf, &mut up_w, req.framing);
+        tokio::pin!(send);
+        let mut sent: Option<Result<(), BodyError>> = None;
+        let head = {
+            let head = tokio::time::timeout_at(
+                try_deadline,
+                read_response_head(&mut up_r, up_buf, out, req, draining),
+            );
+            tokio::pin!(head);
+            loop {
+                tokio::select! {
+                    biased;
+                    head = &mut head => break head,
+                    result = &mut send, if sent.is_none() => {
+                        match result {
+                            Err(BodyError::Client(e)) => {
+                                tracing::debug!(request_id = %req.id.as_str(), "client broke off the request body: {e}");
+                                return Err(TryError::Client(None));
+                            }
+                            Err(BodyError::Malformed(e)) => return Err(TryError::Client(Some(e))),
+                            // The server stopped reading: it may still answer (say, 413); the try deadline bounds
+                            // that.
+                            Err(BodyError::Upstream(e)) => {
+                                tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), "server stopped reading the request body: {e}");
+                                sent = Some(Err(BodyError::Upstream(e)));
+                            }
+                            Ok(()) => sent = Some(Ok(())),
+                        }
+                    }
+                }
+            }
+        };
+        let resp = match head {
+            Err(_) => return Err(TryError::Timeout),
+            Ok(Err(e)) => return Err(TryError::Failed(e.to_string())),
+            Ok(Ok(resp)) => resp,
+        };
+        server_status(w, backend, resp.status);
+        w.p.app
+            .metrics()
+            .latency
+            .observe_duration(started.elapsed());
+        let relay = relay_body(
+            &mut up_r,
+            up_buf,
+            &mut client_w,
+            out,
+            resp.framing,
+            req.http10 && resp.framing == Framing::Chunked,
+        );
+        tokio::pin!(relay);
+        let relayed = loop {
+            tokio::select! {
+                biased;
+                relayed = &mut relay => break relayed,
+                result = &mut send, if sent.is_none() => sent = Some(result),
+            }
+        };
+        let ok = relay_result(backend, &req.id, &relayed);
+        // The whole request body must have gone up for either connection to be reused.
+        (resp, ok, matches!(sent, Some(Ok(()))))
+    };
+    drop(in_flight);
+    if ok && body_done && resp.reusable && up.buf.is_empty() {
+        w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
+    }
+    Ok(TryOk::Done(Done {
+        status: resp.status,
+        upstream: None,
+        tries: 0,
+        failure: None,
+        keep: ok && body_done && !resp.close_client,
+    }))
+}
+
+/// A new connection to `backend`, within the connect timeout and the try's deadline.
+async fn connect(
+    backend: &Backend,
+    connect_timeout: Duration,
+    try_deadline: Instant,
+) -> Result<Upstream, TryError> {
+    let limit = (Instant::now() + connect_timeout).min(try_deadline);
+    let connecting = async {
+        match backend.socket_addr() {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(backend.addr()).await,
+        }
+    };
+    let stream = match tokio::time::timeout_at(limit, connecting).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(TryError::Connect(e)),
+        Err(_) => {
+            return Err(TryError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {connect_timeout:?}"),
+            )));
+        }
+    };
+    // Requests are written whole; waiting to coalesce them only adds latency.
+    let _ = stream.set_nodelay(true);
+    Ok(Upstream::new(stream))
+}
+
+/// What a response head said, once rewritten for the client into `out`.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    framing: Framing,
+    /// The upstream connection may carry another request once the body is read.
+    reusable: bool,
+    /// The client connection closes after this response.
+    close_client: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("reading the response: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+}
+
+/// Reads a response head (skipping interim 1xx responses) and writes the client's version of it into `out`.
+async fn read_response_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    req: &Req,
+    draining: bool,
+) -> Result<Resp, HeadError> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = resp.code.unwrap_or_default();
+                    if (100..200).contains(&status) {
+                        if status == 101 {
+                            return Err(HeadError::Malformed("101 to a request without Upgrade"));
+                        }
+                        // 100 Continue was answered by the proxy; other interim responses are dropped.
+                        buf.advance(n);
+                        continue;
+                    }
+                    let result = rewrite_response(&resp, out, req, draining);
+                    buf.advance(n);
+                    return result;
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+                    return Err(HeadError::Malformed("response head too large"));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(HeadError::Malformed("unparsable response head")),
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(UPSTREAM_BUFFER);
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Closed
+            } else {
+                HeadError::Malformed("connection closed inside the response head")
+            });
+        }
+    }
+}
+
+/// Writes the client's response head: hop-by-hop headers out, the proxy's own framing, `X-Request-Id` in.
+fn rewrite_response(
+    resp: &httparse::Response<'_, '_>,
+    out: &mut Vec<u8>,
+    req: &Req,
+    draining: bool,
+) -> Result<Resp, HeadError> {
+    let status = resp.code.unwrap_or_default();
+    if !(200..1000).contains(&status) {
+        return Err(HeadError::Malformed("status code out of range"));
+    }
+    let mut connection = ConnectionTokens::default();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+    }
+    let mut framing_headers = FramingHeaders::default();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // A HEAD or 304 response's Content-Length describes the body it does not have: it passes unchanged.
+    let keep_length = req.method == Method::HEAD || status == 304;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if framing_headers.add(name, h.value) {
+            if keep_length && name.eq_ignore_ascii_case("content-length") {
+                push_header(out, name.as_bytes(), h.value);
+            }
+            continue;
+        }
+        if h1::is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (connection.names_others && h1::named_by_connection(resp.headers, name))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    let framing = framing_headers
+        .response(status, req.method == Method::HEAD)
+        .ok_or(HeadError::Malformed("ambiguous response framing"))?;
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked if !req.http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty if !keep_length && status != 204 => {
+            out.extend_from_slice(b"content-length: 0\r\n")
+        }
+        _ => {}
+    }
+    push_header(out, b"x-request-id", req.id.as_bytes());
+    // HTTP/1.0 has no chunked coding, and a close-delimited body ends with the connection.
+    let close_client = !req.keep_alive
+        || draining
+        || framing == Framing::UntilClose
+        || (req.http10 && framing == Framing::Chunked);
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if req.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let http11 = resp.version == Some(1);
+    Ok(Resp {
+        status,
+        framing,
+        reusable: http11 && !connection.close && framing != Framing::UntilClose,
+        close_client,
+    })
+}
+
+#[derive(Debug)]
+enum RelayError {
+    Upstream(String),
+    Client(io::Error),
+}
+
+/// Sends the response head in `out` and the body after it, as `framing` delimits it; `dechunk` strips the chunked
+/// coding (for an HTTP/1.0 client).
+async fn relay_body<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    dechunk: bool,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, RelayError> {
+        buf.reserve(UPSTREAM_BUFFER);
+        r.read_buf(buf)
+            .await
+            .map_err(|e| RelayError::Upstream(e.to_string()))
+    };
+    match framing {
+        Framing::Empty => w.write_all(out).await.map_err(RelayError::Client),
+        Framing::Length(n) => {
+            let mut left = n;
+            let k = take(left, buf);
+            out.extend_from_slice(&buf[..k]);
+            buf.advance(k);
+            left -= k as u64;
+            w.write_all(out).await.map_err(RelayError::Client)?;
+            while left > 0 {
+                if read_more(r, buf).await? == 0 {
+                    return Err(RelayError::Upstream(format!(
+                        "closed with {left} bytes of the body unsent"
+                    )));
+                }
+                let k = take(left, buf);
+                w.write_all(&buf[..k]).await.map_err(RelayError::Client)?;
+                buf.advance(k);
+                left -= k as u64;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut parser = h1::ChunkedParser::default();
+            loop {
+                let k = parser
+                    .advance(buf, |data| {
+                        if dechunk {
+                            out.extend_from_slice(data)
+                        }
+                    })
+                    .map_err(|e| RelayError::Upstream(e.to_string()))?;
+                if !dechunk {
+                    out.extend_from_slice(&buf[..k]);
+                }
+                buf.advance(k);
+                w.write_all(out).await.map_err(RelayError::Client)?;
+                out.clear();
+                if parser.done() {
+                    return Ok(());
+                }
+                if read_more(r, buf).await? == 0 {
+                    return Err(RelayError::Upstream(
+                        "closed inside a chunked body".to_owned(),
+                    ));
+                }
+            }
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(buf);
+            buf.clear();
+            w.write_all(out).await.map_err(RelayError::Client)?;
+            while read_more(r, buf).await? > 0 {
+                w.write_all(buf).await.map_err(RelayError::Client)?;
+                buf.clear();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How many of the buffered bytes belong to a body with `left` bytes to go.
+fn take(left: u64, buf: &BytesMut) -> usize {
+    usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()))
+}
+
+#[derive(Debug)]
+enum BodyError {
+    Client(io::Error),
+    Malformed(ChunkError),
+    Upstream(io::Error),
+}
+
+/// Streams the rest of a request body from the client (its buffer first) to the server.
+async fn send_body<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    framing: Framing,
+) -> Result<(), BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let fill = async |r: &mut R, buf: &mut BytesMut| -> Result<(), BodyError> {
+        if buf.is_empty() {
+            buf.reserve(UPSTREAM_BUFFER);
+            if r.read_buf(buf).await.map_err(BodyError::Client)? == 0 {
+                return Err(BodyError::Client(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed inside the request body",
+                )));
+            }
+        }
+        Ok(())
+    };
+    match framing {
+        Framing::Length(mut left) => {
+            while left > 0 {
+                fill(r, buf).await?;
+                let k = take(left, buf);
+                w.write_all(&buf[..k]).await.map_err(BodyError::Upstream)?;
+                buf.advance(k);
+                left -= k as u64;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut parser = h1::ChunkedParser::default();
+            while !parser.done() {
+                fill(r, buf).await?;
+                let k = parser.advance(buf, |_| {}).map_err(BodyError::Malformed)?;
+                w.write_all(&buf[..k]).await.map_err(BodyError::Upstream)?;
+                buf.advance(k);
+            }
+            Ok(())
+        }
+        Framing::Empty | Framing::UntilClose => Ok(()),
+    }
+}
+
+/// A JSON error response from the proxy itself.
+fn write_json_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    error: &str,
+    id: Option<&RequestId>,
+    close: bool,
+) {
+    let mut body = serde_json::json!({ "error": error, "status": status });
+    if let Some(id) = id {
+        body["request_id"] = id.as_str().into();
+    }
+    let body = body.to_string();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    push_decimal(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    push_header(
+        out,
+        b"date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+    );
+    if let Some(id) = id {
+        push_header(out, b"x-request-id", id.as_bytes());
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+}

@@ -1,0 +1,227 @@
+//! The proxy listener: one accept loop hands each connection to the least busy worker thread, which serves it to
+//! the end on its own single-threaded runtime.
+//!
+//! Shutdown follows the same drain as the admin listener (see `crate::serve`): the listener closes, open
+//! connections are served for `shutdown.drain_grace` with `Connection: close` on every response, then idle
+//! connections close and those in the middle of a request finish it. If the caller stops waiting (at
+//! `shutdown.timeout`), dropping the returned future stops the workers and cancels what is left.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use svc::Shutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::ProxyState;
+use super::engine::{self, Worker};
+use super::pool::IDLE_TIMEOUT;
+use crate::serve::{ConnectionErrors, HttpLimits};
+
+/// Pause after a failed accept (EMFILE and the like), so a full table does not spin the loop.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+enum Message {
+    /// A new client connection.
+    Connection(std::net::TcpStream, SocketAddr),
+    /// The drain grace is over: close connections between requests.
+    CloseIdle,
+}
+
+/// Open connections, overall and per worker.
+#[derive(Debug, Default)]
+struct Open {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+/// Counts a connection as open (overall and on its worker) while it lives.
+struct OpenGuard {
+    all: Arc<Open>,
+    worker: Arc<AtomicUsize>,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.worker.fetch_sub(1, Ordering::AcqRel);
+        self.all.count.fetch_sub(1, Ordering::AcqRel);
+        self.all.closed.notify_waiters();
+    }
+}
+
+struct WorkerHandle {
+    tx: mpsc::UnboundedSender<Message>,
+    open: Arc<AtomicUsize>,
+    done: oneshot::Receiver<()>,
+}
+
+/// Serves the proxy on `listener` with `threads` worker threads until `shutdown` fires, then drains.
+pub(crate) async fn serve_proxy(
+    listener: TcpListener,
+    state: ProxyState,
+    limits: HttpLimits,
+    errors: ConnectionErrors,
+    shutdown: Shutdown,
+    threads: usize,
+) -> std::io::Result<()> {
+    let draining = Arc::new(AtomicBool::new(false));
+    let all = Arc::new(Open::default());
+    let mut workers = Vec::with_capacity(threads);
+    for n in 0..threads.max(1) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (done_tx, done) = oneshot::channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            p: Arc::clone(&state.inner),
+            pool: Default::default(),
+            limits,
+            errors: errors.clone(),
+            draining: Arc::clone(&draining),
+            close_idle: Default::default(),
+            close_idle_now: Notify::new(),
+        };
+        let (all, mine) = (Arc::clone(&all), Arc::clone(&open));
+        std::thread::Builder::new()
+            .name(format!("proxy-{n}"))
+            .spawn(move || {
+                run_worker(worker, rx, all, mine);
+                let _ = done_tx.send(());
+            })?;
+        workers.push(WorkerHandle { tx, open, done });
+    }
+
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                tracing::warn!(listener = "proxy", "accept failed: {err}; pausing");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        // Responses are written whole; waiting to coalesce them only adds latency.
+        let _ = stream.set_nodelay(true);
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%peer, "could not hand the connection to a worker: {err}");
+                continue;
+            }
+        };
+        let worker = workers
+            .iter()
+            .min_by_key(|w| w.open.load(Ordering::Acquire))
+            .expect("at least one worker");
+        worker.open.fetch_add(1, Ordering::AcqRel);
+        all.count.fetch_add(1, Ordering::AcqRel);
+        if worker.tx.send(Message::Connection(stream, peer)).is_err() {
+            // The worker thread is gone (it panicked): the connection is dropped with the message.
+            worker.open.fetch_sub(1, Ordering::AcqRel);
+            all.count.fetch_sub(1, Ordering::AcqRel);
+            tracing::error!("proxy worker thread stopped; connection from {peer} closed");
+        }
+    }
+    drop(listener);
+    draining.store(true, Ordering::Release);
+    let grace = tokio::time::sleep(limits.drain_grace);
+    tokio::pin!(grace);
+    wait_until_closed(&all, Some(grace.as_mut())).await;
+    for w in &workers {
+        let _ = w.tx.send(Message::CloseIdle);
+    }
+    wait_until_closed(&all, None).await;
+    let mut done = Vec::with_capacity(workers.len());
+    for w in workers {
+        drop(w.tx);
+        done.push(w.done);
+    }
+    for d in done {
+        let _ = d.await;
+    }
+    Ok(())
+}
+
+/// Returns once no connection is open, or when `limit` fires.
+async fn wait_until_closed(all: &Open, mut limit: Option<std::pin::Pin<&mut tokio::time::Sleep>>) {
+    loop {
+        // Registered before looking, so that the last close between the two is not missed.
+        let closed = all.closed.notified();
+        if all.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        match limit.as_mut() {
+            Some(limit) => tokio::select! {
+                () = closed => {}
+                () = limit.as_mut() => return,
+            },
+            None => closed.await,
+        }
+    }
+}
+
+/// One worker thread: its runtime, its connections, its pool. Returns when the accept loop drops its sender, which
+/// cancels whatever connections are still open.
+fn run_worker(
+    worker: Worker,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    all: Arc<Open>,
+    mine: Arc<AtomicUsize>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("proxy worker runtime: {err}");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let worker = Rc::new(worker);
+        let sweeper = Rc::clone(&worker);
+        tokio::task::spawn_local(async move {
+            let mut tick = tokio::time::interval(IDLE_TIMEOUT / 4);
+            loop {
+                tick.tick().await;
+                sweeper.pool.borrow_mut().sweep(tokio::time::Instant::now());
+            }
+        });
+        while let Some(message) = rx.recv().await {
+            match message {
+                Message::Connection(stream, peer) => {
+                    let guard = OpenGuard {
+                        all: Arc::clone(&all),
+                        worker: Arc::clone(&mine),
+                    };
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            tracing::warn!(%peer, "registering a connection: {err}");
+                            continue;
+                        }
+                    };
+                    let worker = Rc::clone(&worker);
+                    tokio::task::spawn_local(async move {
+                        engine::serve(&worker, stream, peer).await;
+                        drop(guard);
+                    });
+                }
+                Message::CloseIdle => {
+                    worker.close_idle.set(true);
+                    worker.close_idle_now.notify_waiters();
+                }
+            }
+        }
+    });
+}
