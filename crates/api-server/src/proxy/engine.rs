@@ -127,6 +127,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                     w.errors.count("header_timeout");
                     tracing::debug!(%peer, "connection closed: request head not received in time");
                 }
+                linger_close(&mut c.stream).await;
                 return;
             }
             Head::Refused(refusal) => {
@@ -138,7 +139,9 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                 let (status, reason) = refusal.status();
                 c.out.clear();
                 write_json_error(&mut c.out, status, reason, refusal.detail(), None, true);
-                let _ = c.stream.write_all(&c.out).await;
+                if c.stream.write_all(&c.out).await.is_ok() {
+                    linger_close(&mut c.stream).await;
+                }
                 return;
             }
         };
@@ -161,7 +164,32 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             }
         }
         if !done.keep {
+            linger_close(&mut c.stream).await;
             return;
+        }
+    }
+}
+
+/// How long a closing connection's unread input is still read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much of it at most.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes a connection from the server's side: the end of the response first (FIN), then what the client still
+/// sends (the rest of a refused request body, a pipelined request) is read and dropped for a moment. Closing a
+/// socket with unread input makes the kernel send a reset, which can destroy the response before the client reads
+/// it.
+async fn linger_close(stream: &mut TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
         }
     }
 }
