@@ -16,7 +16,7 @@ use clap::Args;
 use testkit::workspace_root;
 
 /// The targets in `fuzz/Cargo.toml`, in the order they run.
-pub const TARGETS: [&str; 3] = ["frame", "heartbeat", "config"];
+pub const TARGETS: [&str; 4] = ["frame", "heartbeat", "config", "chunked"];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Args, Debug)]

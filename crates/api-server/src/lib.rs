@@ -44,6 +44,9 @@ pub use config::{
     ServerConfig, ShutdownConfig,
 };
 pub use heartbeats::{RateLimitedLog, SubscriptionConfig, subscribe};
+/// HTTP/1.1 framing rules and the chunked-body parser of the proxy (public for the fuzz targets).
+#[doc(hidden)]
+pub use proxy::h1;
 pub use proxy::{ProxyError, ProxyState};
 pub use server::{Listening, RunError, run};
 pub use state::{AppState, Metrics};

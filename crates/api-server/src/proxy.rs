@@ -7,7 +7,7 @@
 
 mod budget;
 mod engine;
-mod h1;
+pub mod h1;
 mod headers;
 mod pool;
 mod workers;
