@@ -28,6 +28,8 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Smallest `server.max_header_bytes` (hyper reads requests in buffers of at least this size).
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
+/// Most proxy worker threads (`server.workers`).
+pub const MAX_WORKERS: usize = 256;
 /// Suffix of the default canary topic, after `discovery.topic`.
 pub const CANARY_TOPIC_SUFFIX: &str = ".canary#ephemeral";
 
@@ -351,6 +353,13 @@ impl Validate for Config {
                 self.server.max_header_bytes,
             ));
         }
+        if self.server.workers > MAX_WORKERS {
+            return Err(Invalid::new(
+                "server.workers",
+                format!("at most {MAX_WORKERS} (0: one per core)"),
+                self.server.workers,
+            ));
+        }
         if self.shutdown.drain_grace.get() >= self.shutdown.timeout.get() {
             return Err(Invalid::new(
                 "shutdown.drain_grace",
@@ -454,5 +463,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("discovery.channel"), "{err}");
+        let err = load(&[
+            "server.workers=100000",
+            "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("server.workers"), "{err}");
     }
 }

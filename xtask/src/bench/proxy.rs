@@ -63,12 +63,16 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
         .max(100.0);
     // One-second rounds, alternating, so load that comes and goes on the machine falls on
     // both sides alike.
-    let (mut direct_rounds, mut api_rounds) = (Vec::new(), Vec::new());
+    // nginx too, as the reference for what one more hop costs on this machine.
+    let (mut direct_rounds, mut nginx_rounds, mut api_rounds) =
+        (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..a.seconds.max(1) {
         direct_rounds.push(open_loop(direct_addr, rate, ROUND).await?);
+        nginx_rounds.push(open_loop(nginx.addr, rate, ROUND).await?);
         api_rounds.push(open_loop(api.proxy(), rate, ROUND).await?);
     }
     let open_direct = OpenLoop::merge(direct_rounds)?;
+    let open_nginx = OpenLoop::merge(nginx_rounds)?;
     let open_api = OpenLoop::merge(api_rounds)?;
 
     nginx.stop();
@@ -101,15 +105,27 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
         .add("fixed_rate_req_per_s", rate.round())
         .add("fixed_rate_direct_p50_ms", round3(open_direct.p50_ms))
         .add("fixed_rate_direct_p99_ms", round3(open_direct.p99_ms))
+        .add("fixed_rate_nginx_p50_ms", round3(open_nginx.p50_ms))
+        .add("fixed_rate_nginx_p99_ms", round3(open_nginx.p99_ms))
         .add("fixed_rate_api_server_p50_ms", round3(open_api.p50_ms))
         .add("fixed_rate_api_server_p99_ms", round3(open_api.p99_ms))
         .add(
             "fixed_rate_samples",
-            format!("{}/{}", open_direct.samples, open_api.samples),
+            format!(
+                "{}/{}/{}",
+                open_direct.samples, open_nginx.samples, open_api.samples
+            ),
         )
         .add(
             "fixed_rate_errors",
-            format!("{}/{}", open_direct.errors, open_api.errors),
+            format!(
+                "{}/{}/{}",
+                open_direct.errors, open_nginx.errors, open_api.errors
+            ),
+        )
+        .add(
+            "nginx_added_p99_ms",
+            round3(open_nginx.p99_ms - open_direct.p99_ms),
         )
         .add("added_p99_ms", round3(open_api.p99_ms - open_direct.p99_ms));
     r.ratio = Some(via_api.requests_per_s / via_nginx.requests_per_s);
