@@ -39,7 +39,7 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     let bins = release_bins(&["api-server", "data-server"])?;
     let connections = a.count.unwrap_or(WRK_CONNECTIONS);
     let cluster = NsqCluster::start(1).await?;
-    let mut data = start_data_servers(&bins, &cluster, &[None, None, None]).await?;
+    let data = start_data_servers(&bins, &cluster, &[None, None, None]).await?;
     let upstreams: Vec<SocketAddr> = data.iter().map(|d| d.listen_addr()).collect();
     let mut api = start_api(&bins, &cluster).await?;
     let mut nginx = Nginx::start(&upstreams).await?;
@@ -76,14 +76,7 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     let open_api = OpenLoop::merge(api_rounds)?;
 
     nginx.stop();
-    let status = api.process().terminate(Duration::from_secs(10)).await?;
-    if !status.success() {
-        bail!("api-server exited with {status} on SIGTERM");
-    }
-    for d in &mut data {
-        d.terminate(Duration::from_secs(10)).await?;
-    }
-    drop(cluster);
+    stop_stack(api, data, cluster).await?;
 
     let mut r = Report::default();
     r.add("seconds", a.seconds)
@@ -132,6 +125,24 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     Ok(r)
 }
 
+/// SIGTERM the api-server (which must exit cleanly: a benchmark that ends in a failed drain is not a result) and
+/// the data servers, then the NSQ processes.
+async fn stop_stack(
+    mut api: ApiServer,
+    mut data: Vec<DataServer>,
+    cluster: NsqCluster,
+) -> Result<()> {
+    let status = api.process().terminate(Duration::from_secs(10)).await?;
+    if !status.success() {
+        bail!("api-server exited with {status} on SIGTERM");
+    }
+    for d in &mut data {
+        d.terminate(Duration::from_secs(10)).await?;
+    }
+    drop(cluster);
+    Ok(())
+}
+
 /// SIGKILL one of 3 data servers during a wrk run against the api-server, then restart it.
 pub async fn failover(a: &BenchArgs) -> Result<Report> {
     let bins = release_bins(&["api-server", "data-server"])?;
@@ -141,7 +152,7 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
     // Fixed ports, so the restarted server comes back where it was, with the same id.
     let ports: Vec<Option<u16>> = (0..3).map(|_| Some(testkit::free_port())).collect();
     let mut data = start_data_servers(&bins, &cluster, &ports).await?;
-    let mut api = start_api(&bins, &cluster).await?;
+    let api = start_api(&bins, &cluster).await?;
     let victim_id = data[0].id().to_string();
     let victim_addr = data[0].listen_addr();
 
@@ -201,14 +212,7 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
     }
     let w = run.await.context("the wrk task")??;
 
-    let status = api.process().terminate(Duration::from_secs(10)).await?;
-    if !status.success() {
-        bail!("api-server exited with {status} on SIGTERM");
-    }
-    for d in &mut data {
-        d.terminate(Duration::from_secs(10)).await?;
-    }
-    drop(cluster);
+    stop_stack(api, data, cluster).await?;
 
     let ms = |d: Option<Duration>| match d {
         Some(d) => serde_json::Value::from(round3(d.as_secs_f64() * 1000.0)),
