@@ -238,9 +238,9 @@ async fn read_head(w: &Worker, c: &mut Conn) -> Head {
 /// Parses the request head at the start of the buffer; on success its bytes are consumed and the upstream head is
 /// in `up_line` and `up_rest`.
 fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut r = httparse::Request::new(&mut headers);
-    let n = match r.parse(&c.buf) {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut []);
+    let n = match r.parse_with_uninit_headers(&c.buf, &mut headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
@@ -648,34 +648,44 @@ async fn try_once(
         if let Body::Buffered(k) = body {
             c.up_out.extend_from_slice(&c.buf[..k]);
         }
-        match tokio::time::timeout_at(try_deadline, up.stream.write_all(&c.up_out)).await {
-            Err(_) => return Err(TryError::Timeout),
-            Ok(Ok(())) => {}
-            Ok(Err(e)) if up.reused => {
-                tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
-                fresh = true;
-                continue;
-            }
-            Ok(Err(e)) => return Err(TryError::NotSent(format!("sending the request: {e}"))),
-        }
         if body == Body::Streaming {
+            match tokio::time::timeout_at(try_deadline, up.stream.write_all(&c.up_out)).await {
+                Err(_) => return Err(TryError::Timeout),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if up.reused => {
+                    tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
+                    fresh = true;
+                    continue;
+                }
+                Ok(Err(e)) => return Err(TryError::NotSent(format!("sending the request: {e}"))),
+            }
             return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started).await;
         }
         let draining = w.draining.load(Ordering::Acquire);
-        let head = tokio::time::timeout_at(
-            try_deadline,
-            read_response_head(&mut up.stream, &mut up.buf, &mut c.out, req, draining),
-        )
+        // One timer for the whole try: the request out, the response head back.
+        let exchanged = tokio::time::timeout_at(try_deadline, async {
+            up.stream.write_all(&c.up_out).await.map_err(Step::Send)?;
+            read_response_head(&mut up.stream, &mut up.buf, &mut c.out, req, draining)
+                .await
+                .map_err(Step::Head)
+        })
         .await;
-        match head {
+        match exchanged {
             Err(_) => return Err(TryError::Timeout),
+            Ok(Err(Step::Send(e))) if up.reused => {
+                tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
+                fresh = true;
+            }
+            Ok(Err(Step::Send(e))) => {
+                return Err(TryError::NotSent(format!("sending the request: {e}")));
+            }
             // Most likely the server closed the pooled connection as the request went out; sending it again is
             // safe only for an idempotent request.
-            Ok(Err(HeadError::Closed)) if up.reused && is_idempotent(&req.method) => {
+            Ok(Err(Step::Head(HeadError::Closed))) if up.reused && is_idempotent(&req.method) => {
                 tracing::debug!(upstream = %backend.id(), "pooled connection closed before a response");
                 fresh = true;
             }
-            Ok(Err(e)) => return Err(TryError::Failed(e.to_string())),
+            Ok(Err(Step::Head(e))) => return Err(TryError::Failed(e.to_string())),
             Ok(Ok(resp)) => break (up, resp),
         }
     };
@@ -876,6 +886,12 @@ async fn connect(
     // Requests are written whole; waiting to coalesce them only adds latency.
     let _ = stream.set_nodelay(true);
     Ok(Upstream::new(stream))
+}
+
+/// Where a try without a streamed body failed.
+enum Step {
+    Send(io::Error),
+    Head(HeadError),
 }
 
 /// What a response head said, once rewritten for the client into `out`.
