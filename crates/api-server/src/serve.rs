@@ -56,7 +56,12 @@ pub struct ConnectionErrors {
 impl ConnectionErrors {
     /// Counts into `counters`, labelled by reason.
     pub fn new(counters: CounterVec) -> ConnectionErrors {
-        for reason in ["header_timeout", "header_too_large", "malformed"] {
+        for reason in [
+            "header_timeout",
+            "header_too_large",
+            "malformed",
+            "unsupported",
+        ] {
             counters.with(reason);
         }
         ConnectionErrors { counters }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use common::wire::*;
 use common::*;
 use sha2::{Digest, Sha256};
+use testkit::NsqCluster;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -262,9 +263,16 @@ async fn smuggling_attempts_and_malformed_heads_are_refused_before_the_upstream(
             upstream.last_head()
         );
     }
+    // The 501 is a refusal of something well-formed, counted apart.
     assert_eq!(
-        closed(api, "malformed", 5.0).await,
-        5.0,
+        closed(api, "malformed", 4.0).await,
+        4.0,
+        "{}",
+        api.metrics().await.unwrap()
+    );
+    assert_eq!(
+        closed(api, "unsupported", 1.0).await,
+        1.0,
         "{}",
         api.metrics().await.unwrap()
     );
@@ -379,6 +387,8 @@ async fn an_early_413_reaches_a_client_still_sending_its_body() {
     let mut wire = Wire::new(read);
     let response = wire.response(false).await;
     assert_eq!(response.status, 413, "{response:?}");
+    // The rest of the body cannot be told from a next request: the client is told the connection ends.
+    assert_eq!(response.header("connection"), Some("close"), "{response:?}");
     assert_eq!(response.json()["error"], "too large");
     // The rest of the body is not wanted: the proxy closes the connection rather than read it.
     wire.assert_closed("after the early 413").await;
@@ -387,4 +397,87 @@ async fn an_early_413_reaches_a_client_still_sending_its_body() {
         .await
         .expect("the client's writes end once the connection is closed");
     assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_errors_to_head_requests_have_no_body() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    // No data server: after its warm-up (one TTL) the proxy answers 503 itself.
+    let api = api_server(&cluster, "500ms", &[]).await;
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(
+        b"HEAD /x HTTP/1.1\r\nHost: h1.test\r\n\r\n\
+          GET /y HTTP/1.1\r\nHost: h1.test\r\nX-Request-Id: after-head\r\n\r\n",
+    )
+    .await;
+    let head = wire.response(true).await;
+    assert_eq!(head.status, 503, "{head:?}");
+    assert!(
+        head.header("content-length").is_some_and(|l| l != "0"),
+        "{head:?}"
+    );
+    // Had the HEAD answer carried its JSON body, it would be read here as the GET's answer.
+    let get = wire.response(false).await;
+    assert_eq!(get.status, 503, "{get:?}");
+    assert_eq!(get.json()["request_id"], "after-head");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_request_targets_are_answered() {
+    let upstream = chunked_hello().await;
+    let Setup { api, .. } = &with_upstreams(&[upstream.addr]).await;
+    // Not origin-form, not absolute-form, and not ASCII: refused, with an answer.
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send("GET ééééé HTTP/1.1\r\nHost: h1.test\r\n\r\n".as_bytes())
+        .await;
+    let refused = wire.response(false).await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    // An absolute-form target without a path keeps its query.
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(b"GET http://example.test?id=1 HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+        .await;
+    assert_eq!(wire.response(false).await.status, 200);
+    let head = upstream.last_head();
+    assert!(head.starts_with("GET /?id=1 HTTP/1.1\r\n"), "{head}");
+    assert_eq!(upstream.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_midway_is_cut_off_and_one_that_is_malformed_gets_502() {
+    // 5 of 100 promised bytes, then silence on an open connection.
+    let stalls = Scripted::start(|_| Reply {
+        bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello".to_vec(),
+        read_body: true,
+        after: After::Next,
+    })
+    .await;
+    let Setup { api, .. } = &with_upstreams_and(&[stalls.addr], &["proxy.try_timeout=1s"]).await;
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(b"GET /stall HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+        .await;
+    // The client sees the head and the 5 bytes, then the close (`fill` fails the test if it waits SOON).
+    while wire.fill().await > 0 {}
+    let got = String::from_utf8_lossy(&wire.buf).into_owned();
+    assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nhello"), "{got}");
+
+    // A chunked body that is malformed from its first byte: nothing has gone to the client, so it gets a 502.
+    let malformed = Scripted::start(|_| Reply {
+        bytes: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
+        read_body: true,
+        after: After::Close,
+    })
+    .await;
+    let Setup { api, .. } = &with_upstreams(&[malformed.addr]).await;
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(b"GET /bad HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+        .await;
+    let response = wire.response(false).await;
+    assert_eq!(response.status, 502, "{response:?}");
+    assert!(
+        response.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("malformed chunked body")),
+        "{response:?}"
+    );
 }

@@ -110,7 +110,7 @@ async fn a_range_is_replayed_in_order_into_a_new_topic() {
     );
 
     let expected: Vec<String> = (50..250).map(|i| format!("m-{i:04}")).collect();
-    eventually("200 replayed messages", Duration::from_secs(20), || async {
+    eventually(Duration::from_secs(20), "200 replayed messages", || async {
         (got.lock().unwrap().len() >= 200).then_some(())
     })
     .await;
@@ -225,7 +225,7 @@ async fn an_interrupted_replay_resumes_without_sending_anything_twice() {
     }
     .key();
     let store = Store::open(&db).unwrap();
-    let sent_before_kill = eventually("replay progress", Duration::from_secs(20), || async {
+    let sent_before_kill = eventually(Duration::from_secs(20), "replay progress", || async {
         let p = store.replay_progress(&key).unwrap()?;
         (p.sent >= 50).then_some(p.sent)
     })
@@ -250,8 +250,8 @@ async fn an_interrupted_replay_resumes_without_sending_anything_twice() {
     assert!(stdout.starts_with("done: replayed"), "{stdout}");
 
     eventually(
-        "every replayed message",
         Duration::from_secs(20),
+        "every replayed message",
         || async { (got.lock().unwrap().len() >= N).then_some(()) },
     )
     .await;

@@ -34,7 +34,7 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
     });
 
     for threshold in [1_500, 5_000] {
-        eventually("archived rows", Duration::from_secs(30), || async {
+        eventually(Duration::from_secs(30), "archived rows", || async {
             (rows(&db) >= threshold).then_some(())
         })
         .await;
@@ -44,14 +44,14 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
     }
     publisher.await.unwrap();
 
-    eventually("all 10,000 rows", Duration::from_secs(40), || async {
+    eventually(Duration::from_secs(40), "all 10,000 rows", || async {
         (rows(&db) >= TOTAL as u64).then_some(())
     })
     .await;
     // Every message is finished (nothing left for the channel), and no redelivery added a row.
     eventually(
-        "an empty archive channel",
         Duration::from_secs(20),
+        "an empty archive channel",
         || async {
             let stats = cluster.stats(0, TOPIC, Some("archive")).await.ok()?;
             let ch = stats.channel(TOPIC, "archive")?.clone();
@@ -100,8 +100,8 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
     args[direct] = format!("archive.lookupd_http_addresses={}", cluster.lookupd_http());
     let mut archiver = spawn_archiver(dir.path(), args);
     eventually(
-        "the burst to be under way",
         Duration::from_secs(30),
+        "the burst to be under way",
         || async { (rows(&db) >= 400).then_some(()) },
     )
     .await;
@@ -111,8 +111,8 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
 
     // nsqd may still be copying the end of the burst from the topic to the channel.
     let ch = eventually(
-        "nsqd to hand the whole burst to the archive channel",
         Duration::from_secs(30),
+        "nsqd to hand the whole burst to the archive channel",
         || async {
             let stats = cluster.stats(0, topic, Some("archive")).await.ok()?;
             let ch = stats.channel(topic, "archive")?.clone();

@@ -25,8 +25,8 @@ async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
     args.extend(["--set".into(), "archive.requeue_delay=1s".into()]);
     let mut archiver = spawn_archiver(dir.path(), args);
     eventually(
-        "the archiver to open its database",
         Duration::from_secs(20),
+        "the archiver to open its database",
         || async { archiver.log().contains("archiving").then_some(()) },
     )
     .await;
@@ -39,7 +39,7 @@ async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
     let bodies: Vec<Vec<u8>> = (0..N).map(body).collect();
     producer.multi_publish(topic, &bodies).await.unwrap();
 
-    let requeued = eventually("a requeue", Duration::from_secs(20), || async {
+    let requeued = eventually(Duration::from_secs(20), "a requeue", || async {
         let stats = cluster.stats(0, topic, Some("archive")).await.ok()?;
         let ch = stats.channel(topic, "archive")?.clone();
         (ch.requeue_count > 0).then_some(ch)
@@ -54,8 +54,8 @@ async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
     drop(lock);
 
     eventually(
-        "every message archived",
         Duration::from_secs(30),
+        "every message archived",
         || async { (rows(&db) >= N as u64).then_some(()) },
     )
     .await;
@@ -100,7 +100,7 @@ async fn retention_deletes_old_messages_in_the_background() {
     let mut args = run_args(&db, &cluster, &[topic]);
     args.extend(["--set".into(), "archive.retention=1d".into()]);
     let mut archiver = spawn_archiver(dir.path(), args);
-    eventually("retention", Duration::from_secs(20), || async {
+    eventually(Duration::from_secs(20), "retention", || async {
         (rows(&db) == 1).then_some(())
     })
     .await;

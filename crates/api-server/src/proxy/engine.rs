@@ -15,6 +15,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::http::Method;
@@ -133,13 +134,23 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             Head::Refused(refusal) => {
                 w.errors.count(match refusal {
                     Refusal::TooLarge => "header_too_large",
-                    _ => "malformed",
+                    Refusal::BadRequest(_) => "malformed",
+                    Refusal::NotImplemented(_) => "unsupported",
                 });
                 tracing::debug!(%peer, "request refused: {}", refusal.detail());
                 let (status, reason) = refusal.status();
+                w.p.statuses.get(status).inc();
                 c.out.clear();
-                write_json_error(&mut c.out, status, reason, refusal.detail(), None, true);
-                if c.stream.write_all(&c.out).await.is_ok() {
+                write_json_error(
+                    &mut c.out,
+                    status,
+                    reason,
+                    refusal.detail(),
+                    None,
+                    Persist::Close,
+                    false,
+                );
+                if let Ok(Ok(())) = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await {
                     linger_close(&mut c.stream).await;
                 }
                 return;
@@ -326,12 +337,16 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     c.up_line.clear();
     c.up_line.extend_from_slice(method.as_str().as_bytes());
     c.up_line.push(b' ');
+    if !target.starts_with(['/', '*']) {
+        c.up_line.push(b'/');
+    }
     c.up_line.extend_from_slice(target.as_bytes());
     c.up_line.extend_from_slice(b" HTTP/1.1\r\nhost: ");
 
-    let path =
-        w.p.access_log
-            .then(|| target.split('?').next().unwrap_or_default().to_owned());
+    let path = w.p.access_log.then(|| match target.split('?').next() {
+        Some(path) if !path.is_empty() => path.to_owned(),
+        _ => "/".to_owned(),
+    });
     let keep_alive = if http10 {
         connection.keep_alive && !connection.close
     } else {
@@ -361,9 +376,15 @@ fn origin_form<'a>(
     if target == "*" && method == Method::OPTIONS {
         return Ok((target, None));
     }
-    let scheme_len = if target.len() > 7 && target[..7].eq_ignore_ascii_case("http://") {
+    let starts = |scheme: &str| {
+        target
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+    };
+    let scheme_len = if starts("http://") {
         7
-    } else if target.len() > 8 && target[..8].eq_ignore_ascii_case("https://") {
+    } else if starts("https://") {
         8
     } else {
         return Err(Refusal::BadRequest("malformed request target"));
@@ -374,8 +395,7 @@ fn origin_form<'a>(
     if authority.is_empty() {
         return Err(Refusal::BadRequest("malformed request target"));
     }
-    // `http://host?q` has an empty path: "/" it is (the query of such a target is dropped).
-    let path = if path.starts_with('/') { path } else { "/" };
+    // `http://host` and `http://host?q` have an empty path: the caller puts "/" before what is left.
     Ok((path, Some(authority.as_bytes())))
 }
 
@@ -434,9 +454,17 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
                 reason,
                 &err.to_string(),
                 Some(&req.id),
-                !keep,
+                if keep {
+                    Persist::Keep { http10: req.http10 }
+                } else {
+                    Persist::Close
+                },
+                req.method == Method::HEAD,
             );
-            let written = c.stream.write_all(&c.out).await.is_ok();
+            let written = matches!(
+                bounded(p.try_timeout, c.stream.write_all(&c.out)).await,
+                Ok(Ok(()))
+            );
             Done {
                 status,
                 upstream: None,
@@ -459,9 +487,10 @@ async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<Chu
             "Bad Request",
             &err.to_string(),
             Some(&req.id),
-            true,
+            Persist::Close,
+            req.method == Method::HEAD,
         );
-        let _ = c.stream.write_all(&c.out).await;
+        let _ = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await;
     }
     Done {
         status: if malformed.is_some() { 400 } else { 499 },
@@ -512,9 +541,13 @@ async fn forward(
     };
     for attempt in 0..p.max_tries {
         if attempt > 0 {
-            metrics.retries.inc();
             let pause = jittered(p.backoff).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
+            if Instant::now() >= deadline {
+                // The backoff used up the overall deadline: no try that could only time out.
+                timed_out = true;
+                break;
+            }
         }
         let picked = if tried.is_empty() {
             balancer.pick(&[])
@@ -525,10 +558,23 @@ async fn forward(
         let Some((backend, in_flight)) = picked else {
             break;
         };
+        if attempt > 0 {
+            metrics.retries.inc();
+        }
         metrics.upstream_requests.with(backend.id()).inc();
         let now = Instant::now();
-        let try_deadline = now + p.try_timeout.min(deadline.saturating_duration_since(now));
-        let can_retry = replayable && attempt + 1 < p.max_tries && now < deadline;
+        let left = deadline.saturating_duration_since(now);
+        // A try cut short by the overall deadline rather than `proxy.try_timeout` says nothing about the server.
+        let cut_by_deadline = left < p.try_timeout;
+        let try_deadline = now + p.try_timeout.min(left);
+        // A 502/503 is replaced by another server's answer only if there may be another server to ask.
+        let tried_now = tried.len() + 1;
+        let can_retry = || {
+            replayable
+                && attempt + 1 < p.max_tries
+                && Instant::now() < deadline
+                && p.app.registry().live_count(Instant::now()) > tried_now
+        };
         let outcome = try_once(
             w,
             c,
@@ -538,7 +584,7 @@ async fn forward(
             in_flight,
             try_deadline,
             started,
-            can_retry,
+            &can_retry,
         )
         .await;
         let id = backend.id();
@@ -559,6 +605,13 @@ async fn forward(
             Err(err @ TryError::Connect(_)) => (err, true),
             Err(err @ TryError::NotSent(_)) => (err, true),
             Err(err @ TryError::Failed(_)) => (err, idempotent && replayable),
+            Err(TryError::Timeout) if cut_by_deadline => {
+                tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "overall deadline reached during a try");
+                return Err(Failure::Proxy(ProxyError::Timeout {
+                    request_id: rid(),
+                    tries: attempt + 1,
+                }));
+            }
             Err(TryError::Timeout) => {
                 report_failure(p, id);
                 tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "upstream try timed out");
@@ -626,7 +679,7 @@ async fn try_once(
     in_flight: InFlightGuard,
     try_deadline: Instant,
     started: Instant,
-    can_retry: bool,
+    can_retry: &dyn Fn() -> bool,
 ) -> Result<TryOk, TryError> {
     let p = &*w.p;
     // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
@@ -645,6 +698,7 @@ async fn try_once(
         c.up_out.extend_from_slice(&c.up_line);
         c.up_out.extend_from_slice(backend.addr().as_bytes());
         c.up_out.extend_from_slice(&c.up_rest);
+        let head_len = c.up_out.len();
         if let Body::Buffered(k) = body {
             c.up_out.extend_from_slice(&c.buf[..k]);
         }
@@ -664,7 +718,14 @@ async fn try_once(
         let draining = w.draining.load(Ordering::Acquire);
         // One timer for the whole try: the request out, the response head back.
         let exchanged = tokio::time::timeout_at(try_deadline, async {
-            up.stream.write_all(&c.up_out).await.map_err(Step::Send)?;
+            let mut sent = 0;
+            while sent < c.up_out.len() {
+                match up.stream.write(&c.up_out[sent..]).await {
+                    Ok(0) => return Err(Step::Send(sent, io::ErrorKind::WriteZero.into())),
+                    Ok(n) => sent += n,
+                    Err(e) => return Err(Step::Send(sent, e)),
+                }
+            }
             read_response_head(&mut up.stream, &mut up.buf, &mut c.out, req, draining)
                 .await
                 .map_err(Step::Head)
@@ -672,12 +733,16 @@ async fn try_once(
         .await;
         match exchanged {
             Err(_) => return Err(TryError::Timeout),
-            Ok(Err(Step::Send(e))) if up.reused => {
+            // Until its head is whole, the server cannot have acted on the request.
+            Ok(Err(Step::Send(sent, e))) if sent < head_len && up.reused => {
                 tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
                 fresh = true;
             }
-            Ok(Err(Step::Send(e))) => {
+            Ok(Err(Step::Send(sent, e))) if sent < head_len => {
                 return Err(TryError::NotSent(format!("sending the request: {e}")));
+            }
+            Ok(Err(Step::Send(_, e))) => {
+                return Err(TryError::Failed(format!("sending the request body: {e}")));
             }
             // Most likely the server closed the pooled connection as the request went out; sending it again is
             // safe only for an idempotent request.
@@ -690,8 +755,8 @@ async fn try_once(
         }
     };
     if server_status(w, backend, resp.status)
-        && can_retry
         && is_idempotent(&req.method)
+        && can_retry()
         && p.budget.withdraw(Instant::now())
     {
         return Ok(TryOk::Gateway(resp.status));
@@ -707,20 +772,17 @@ async fn try_once(
         &mut c.out,
         resp.framing,
         req.http10 && resp.framing == Framing::Chunked,
+        p.try_timeout,
     )
     .await;
     drop(in_flight);
-    let ok = relay_result(backend, &req.id, &relayed);
-    if ok && resp.reusable && up.buf.is_empty() {
+    let relayed = relay_outcome(w, backend, &req.id, relayed);
+    if relayed.ok && resp.reusable && up.buf.is_empty() {
         w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
     }
-    Ok(TryOk::Done(Done {
-        status: resp.status,
-        upstream: None,
-        tries: 0,
-        failure: None,
-        keep: ok && !resp.close_client,
-    }))
+    Ok(TryOk::Done(
+        finish(w, c, req, resp.status, resp.close_client, relayed).await,
+    ))
 }
 
 /// Reports the server's health from its status; true when the answer is a 502/503, which another server may
@@ -736,19 +798,98 @@ fn server_status(w: &Worker, backend: &Backend, status: u16) -> bool {
     status == 502 || status == 503
 }
 
-/// Logs a relay that broke off; true when it completed.
-fn relay_result(backend: &Backend, id: &RequestId, relayed: &Result<(), RelayError>) -> bool {
+/// How a relayed response ended.
+struct Relayed {
+    /// The whole response reached the client.
+    ok: bool,
+    /// The client got nothing at all: the upstream failed before the response head could go out.
+    unanswered: bool,
+    failure: Option<String>,
+}
+
+/// Logs and reports a relay that broke off.
+fn relay_outcome(
+    w: &Worker,
+    backend: &Backend,
+    id: &RequestId,
+    relayed: Result<(), RelayError>,
+) -> Relayed {
     match relayed {
-        Ok(()) => true,
-        Err(RelayError::Upstream(e)) => {
-            tracing::warn!(request_id = %id.as_str(), upstream = %backend.id(), "response body broke off: {e}");
-            false
+        Ok(()) => Relayed {
+            ok: true,
+            unanswered: false,
+            failure: None,
+        },
+        Err(RelayError::Upstream { detail, head_sent }) => {
+            tracing::warn!(request_id = %id.as_str(), upstream = %backend.id(), "response broke off: {detail}");
+            report_failure(&w.p, backend.id());
+            Relayed {
+                ok: false,
+                unanswered: !head_sent,
+                failure: Some(format!(
+                    "{} ({}): response broke off: {detail}",
+                    backend.id(),
+                    backend.addr()
+                )),
+            }
         }
         Err(RelayError::Client(e)) => {
             tracing::debug!(request_id = %id.as_str(), "client went away during the response: {e}");
-            false
+            Relayed {
+                ok: false,
+                unanswered: false,
+                failure: Some(format!("client went away during the response: {e}")),
+            }
         }
     }
+}
+
+/// The end of a try whose response was (or should have been) relayed: a 502 for a client that got nothing.
+async fn finish(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    status: u16,
+    close_client: bool,
+    relayed: Relayed,
+) -> Done {
+    if relayed.unanswered {
+        c.out.clear();
+        write_json_error(
+            &mut c.out,
+            502,
+            "Bad Gateway",
+            relayed
+                .failure
+                .as_deref()
+                .unwrap_or("bad upstream response"),
+            Some(&req.id),
+            Persist::Close,
+            req.method == Method::HEAD,
+        );
+        let _ = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await;
+    }
+    Done {
+        status: if relayed.unanswered { 502 } else { status },
+        upstream: None,
+        tries: 0,
+        keep: relayed.ok && !close_client,
+        failure: relayed.failure,
+    }
+}
+
+/// Rewrites a response head in `out` to end the connection after it (for a response that came before the whole
+/// request body went up: the rest of that body cannot be told from a next request).
+fn force_close(out: &mut Vec<u8>, req: &Req) {
+    const KEEP_ALIVE: &[u8] = b"connection: keep-alive\r\n";
+    let end = out.len().saturating_sub(2);
+    let cut = if req.http10 && out[..end].ends_with(KEEP_ALIVE) {
+        end - KEEP_ALIVE.len()
+    } else {
+        end
+    };
+    out.truncate(cut);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
 }
 
 /// A try whose request body is still arriving: the body streams to the server while its response is awaited, and
@@ -764,17 +905,18 @@ async fn stream_exchange(
     try_deadline: Instant,
     started: Instant,
 ) -> Result<TryOk, TryError> {
+    let idle = w.p.try_timeout;
     if req.expect_continue
         && !req.http10
-        && c.stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
+        && !matches!(
+            bounded(idle, c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")).await,
+            Ok(Ok(()))
+        )
     {
         return Err(TryError::Client(None));
     }
     let draining = w.draining.load(Ordering::Acquire);
-    let (resp, ok, body_done) = {
+    let (resp, relayed, body_done) = {
         let Conn {
             stream, buf, out, ..
         } = &mut *c;
@@ -785,7 +927,7 @@ async fn stream_exchange(
             ..
         } = &mut up;
         let (mut up_r, mut up_w) = up_stream.split();
-        let send = send_body(&mut client_r, buf, &mut up_w, req.framing);
+        let send = send_body(&mut client_r, buf, &mut up_w, req.framing, idle);
         tokio::pin!(send);
         let mut sent: Option<Result<(), BodyError>> = None;
         let head = {
@@ -817,11 +959,15 @@ async fn stream_exchange(
                 }
             }
         };
-        let resp = match head {
+        let mut resp = match head {
             Err(_) => return Err(TryError::Timeout),
             Ok(Err(e)) => return Err(TryError::Failed(e.to_string())),
             Ok(Ok(resp)) => resp,
         };
+        if !resp.close_client && !matches!(sent, Some(Ok(()))) {
+            force_close(out, req);
+            resp.close_client = true;
+        }
         server_status(w, backend, resp.status);
         w.p.app
             .metrics()
@@ -834,6 +980,7 @@ async fn stream_exchange(
             out,
             resp.framing,
             req.http10 && resp.framing == Framing::Chunked,
+            idle,
         );
         tokio::pin!(relay);
         let relayed = loop {
@@ -843,21 +990,26 @@ async fn stream_exchange(
                 result = &mut send, if sent.is_none() => sent = Some(result),
             }
         };
-        let ok = relay_result(backend, &req.id, &relayed);
         // The whole request body must have gone up for either connection to be reused.
-        (resp, ok, matches!(sent, Some(Ok(()))))
+        (resp, relayed, matches!(sent, Some(Ok(()))))
     };
     drop(in_flight);
-    if ok && body_done && resp.reusable && up.buf.is_empty() {
+    let relayed = relay_outcome(w, backend, &req.id, relayed);
+    if relayed.ok && body_done && resp.reusable && up.buf.is_empty() {
         w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
     }
-    Ok(TryOk::Done(Done {
-        status: resp.status,
-        upstream: None,
-        tries: 0,
-        failure: None,
-        keep: ok && body_done && !resp.close_client,
-    }))
+    // A response that came before the whole body was sent was marked close above.
+    Ok(TryOk::Done(
+        finish(
+            w,
+            c,
+            req,
+            resp.status,
+            resp.close_client || !body_done,
+            relayed,
+        )
+        .await,
+    ))
 }
 
 /// A new connection to `backend`, within the connect timeout and the try's deadline.
@@ -866,7 +1018,8 @@ async fn connect(
     connect_timeout: Duration,
     try_deadline: Instant,
 ) -> Result<Upstream, TryError> {
-    let limit = (Instant::now() + connect_timeout).min(try_deadline);
+    let own_limit = Instant::now() + connect_timeout;
+    let limit = own_limit.min(try_deadline);
     let connecting = async {
         match backend.socket_addr() {
             Some(addr) => TcpStream::connect(addr).await,
@@ -876,6 +1029,8 @@ async fn connect(
     let stream = match tokio::time::timeout_at(limit, connecting).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => return Err(TryError::Connect(e)),
+        // The try's time ran out first: a timeout of the try, not the server's failure to accept.
+        Err(_) if try_deadline < own_limit => return Err(TryError::Timeout),
         Err(_) => {
             return Err(TryError::Connect(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -890,7 +1045,8 @@ async fn connect(
 
 /// Where a try without a streamed body failed.
 enum Step {
-    Send(io::Error),
+    /// Sending failed after this many bytes.
+    Send(usize, io::Error),
     Head(HeadError),
 }
 
@@ -1042,12 +1198,29 @@ fn rewrite_response(
 
 #[derive(Debug)]
 enum RelayError {
-    Upstream(String),
+    /// The data server failed; `head_sent` says whether the client got the response head.
+    Upstream {
+        detail: String,
+        head_sent: bool,
+    },
     Client(io::Error),
 }
 
+/// `f` within `limit`, arming a timer only when it does not complete at once (a write usually does).
+async fn bounded<F: Future>(
+    limit: Duration,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut f = std::pin::pin!(f);
+    if let Poll::Ready(v) = futures::poll!(f.as_mut()) {
+        return Ok(v);
+    }
+    tokio::time::timeout(limit, f).await
+}
+
 /// Sends the response head in `out` and the body after it, as `framing` delimits it; `dechunk` strips the chunked
-/// coding (for an HTTP/1.0 client).
+/// coding (for an HTTP/1.0 client). Each read and write must make progress within `idle`: a data server that stops
+/// sending in the middle of a body, or a client that stops reading, is cut off.
 async fn relay_body<R, W>(
     r: &mut R,
     buf: &mut BytesMut,
@@ -1055,34 +1228,49 @@ async fn relay_body<R, W>(
     out: &mut Vec<u8>,
     framing: Framing,
     dechunk: bool,
+    idle: Duration,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, RelayError> {
+    let upstream = |detail: String, head_sent: bool| RelayError::Upstream { detail, head_sent };
+    let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, String> {
         buf.reserve(UPSTREAM_BUFFER);
-        r.read_buf(buf)
-            .await
-            .map_err(|e| RelayError::Upstream(e.to_string()))
+        match bounded(idle, r.read_buf(buf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("nothing more within {idle:?}")),
+        }
+    };
+    let send = async |w: &mut W, bytes: &[u8]| -> Result<(), RelayError> {
+        match bounded(idle, w.write_all(bytes)).await {
+            Ok(result) => result.map_err(RelayError::Client),
+            Err(_) => Err(RelayError::Client(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {idle:?}"),
+            ))),
+        }
     };
     match framing {
-        Framing::Empty => w.write_all(out).await.map_err(RelayError::Client),
+        Framing::Empty => send(w, out).await,
         Framing::Length(n) => {
             let mut left = n;
             let k = take(left, buf);
             out.extend_from_slice(&buf[..k]);
             buf.advance(k);
             left -= k as u64;
-            w.write_all(out).await.map_err(RelayError::Client)?;
+            send(w, out).await?;
             while left > 0 {
-                if read_more(r, buf).await? == 0 {
-                    return Err(RelayError::Upstream(format!(
-                        "closed with {left} bytes of the body unsent"
-                    )));
+                let read = read_more(r, buf).await.map_err(|d| upstream(d, true))?;
+                if read == 0 {
+                    return Err(upstream(
+                        format!("closed with {left} bytes of the body unsent"),
+                        true,
+                    ));
                 }
                 let k = take(left, buf);
-                w.write_all(&buf[..k]).await.map_err(RelayError::Client)?;
+                send(w, &buf[..k]).await?;
                 buf.advance(k);
                 left -= k as u64;
             }
@@ -1090,6 +1278,7 @@ where
         }
         Framing::Chunked => {
             let mut parser = h1::ChunkedParser::default();
+            let mut head_sent = false;
             loop {
                 let k = parser
                     .advance(buf, |data| {
@@ -1097,29 +1286,29 @@ where
                             out.extend_from_slice(data)
                         }
                     })
-                    .map_err(|e| RelayError::Upstream(e.to_string()))?;
+                    .map_err(|e| upstream(e.to_string(), head_sent))?;
                 if !dechunk {
                     out.extend_from_slice(&buf[..k]);
                 }
                 buf.advance(k);
-                w.write_all(out).await.map_err(RelayError::Client)?;
+                send(w, out).await?;
+                head_sent = true;
                 out.clear();
                 if parser.done() {
                     return Ok(());
                 }
-                if read_more(r, buf).await? == 0 {
-                    return Err(RelayError::Upstream(
-                        "closed inside a chunked body".to_owned(),
-                    ));
+                let read = read_more(r, buf).await.map_err(|d| upstream(d, true))?;
+                if read == 0 {
+                    return Err(upstream("closed inside a chunked body".to_owned(), true));
                 }
             }
         }
         Framing::UntilClose => {
             out.extend_from_slice(buf);
             buf.clear();
-            w.write_all(out).await.map_err(RelayError::Client)?;
-            while read_more(r, buf).await? > 0 {
-                w.write_all(buf).await.map_err(RelayError::Client)?;
+            send(w, out).await?;
+            while read_more(r, buf).await.map_err(|d| upstream(d, true))? > 0 {
+                send(w, buf).await?;
                 buf.clear();
             }
             Ok(())
@@ -1145,6 +1334,7 @@ async fn send_body<R, W>(
     buf: &mut BytesMut,
     w: &mut W,
     framing: Framing,
+    idle: Duration,
 ) -> Result<(), BodyError>
 where
     R: AsyncRead + Unpin,
@@ -1153,7 +1343,13 @@ where
     let fill = async |r: &mut R, buf: &mut BytesMut| -> Result<(), BodyError> {
         if buf.is_empty() {
             buf.reserve(UPSTREAM_BUFFER);
-            if r.read_buf(buf).await.map_err(BodyError::Client)? == 0 {
+            let read = bounded(idle, r.read_buf(buf)).await.map_err(|_| {
+                BodyError::Client(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no body bytes for {idle:?}"),
+                ))
+            })?;
+            if read.map_err(BodyError::Client)? == 0 {
                 return Err(BodyError::Client(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "closed inside the request body",
@@ -1162,12 +1358,21 @@ where
         }
         Ok(())
     };
+    let upload = async |w: &mut W, bytes: &[u8]| -> Result<(), BodyError> {
+        match bounded(idle, w.write_all(bytes)).await {
+            Ok(result) => result.map_err(BodyError::Upstream),
+            Err(_) => Err(BodyError::Upstream(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the server read nothing for {idle:?}"),
+            ))),
+        }
+    };
     match framing {
         Framing::Length(mut left) => {
             while left > 0 {
                 fill(r, buf).await?;
                 let k = take(left, buf);
-                w.write_all(&buf[..k]).await.map_err(BodyError::Upstream)?;
+                upload(w, &buf[..k]).await?;
                 buf.advance(k);
                 left -= k as u64;
             }
@@ -1178,7 +1383,7 @@ where
             while !parser.done() {
                 fill(r, buf).await?;
                 let k = parser.advance(buf, |_| {}).map_err(BodyError::Malformed)?;
-                w.write_all(&buf[..k]).await.map_err(BodyError::Upstream)?;
+                upload(w, &buf[..k]).await?;
                 buf.advance(k);
             }
             Ok(())
@@ -1187,14 +1392,24 @@ where
     }
 }
 
-/// A JSON error response from the proxy itself.
+/// What an error response says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Persist {
+    /// `Connection: close`, and the proxy closes it.
+    Close,
+    /// The connection stays open (an HTTP/1.0 client is told so).
+    Keep { http10: bool },
+}
+
+/// A JSON error response from the proxy itself; for a `HEAD` request, its head only.
 fn write_json_error(
     out: &mut Vec<u8>,
     status: u16,
     reason: &str,
     error: &str,
     id: Option<&RequestId>,
-    close: bool,
+    persist: Persist,
+    head: bool,
 ) {
     let mut body = serde_json::json!({ "error": error, "status": status });
     if let Some(id) = id {
@@ -1216,9 +1431,13 @@ fn write_json_error(
     if let Some(id) = id {
         push_header(out, b"x-request-id", id.as_bytes());
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
+    match persist {
+        Persist::Close => out.extend_from_slice(b"connection: close\r\n"),
+        Persist::Keep { http10: true } => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persist::Keep { http10: false } => {}
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(body.as_bytes());
+    if !head {
+        out.extend_from_slice(body.as_bytes());
+    }
 }

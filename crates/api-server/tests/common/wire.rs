@@ -38,9 +38,14 @@ pub async fn with_data_server(id: &str) -> (Setup, String) {
 
 /// An api-server in front of the scripted upstreams at `addrs`, each announced by heartbeats from this test.
 pub async fn with_upstreams(addrs: &[SocketAddr]) -> Setup {
+    with_upstreams_and(addrs, &[]).await
+}
+
+/// [`with_upstreams`], the api-server with `extra` settings.
+pub async fn with_upstreams_and(addrs: &[SocketAddr], extra: &[&str]) -> Setup {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let api = api_server(&cluster, "10s", &[]).await;
+    let api = api_server(&cluster, "10s", extra).await;
     let announcers = addrs
         .iter()
         .enumerate()

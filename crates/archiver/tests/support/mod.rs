@@ -1,9 +1,7 @@
 //! Shared by the tests that run the real `archiver` binary against real nsqd.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use archiver::{Range, Store, StoredMessage};
 use testkit::{ManagedProcess, NsqCluster};
@@ -69,21 +67,9 @@ pub fn rows(db: &Path) -> u64 {
         .map_or(0, |s| s.total)
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, failing after `timeout`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// Polls until `check` gives a value (testkit's, re-exported for the tests here).
+#[allow(unused_imports)] // not every test binary polls
+pub use testkit::eventually;
 
 /// A unique, partly non-UTF-8 body for message `n`.
 pub fn body(n: usize) -> Vec<u8> {
