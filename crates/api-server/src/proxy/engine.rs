@@ -35,7 +35,7 @@ use super::{Inner, ProxyError, is_idempotent, jittered, report_failure, wait_for
 use crate::serve::{ConnectionErrors, HttpLimits};
 
 /// Initial read buffer of a client connection (it grows to `server.max_header_bytes` for a large head).
-const CLIENT_BUFFER: usize = 8 * 1024;
+const CLIENT_BUFFER: usize = 4 * 1024;
 /// Most headers in a request or response head.
 const MAX_HEADERS: usize = 100;
 /// Largest response head accepted from a data server.
@@ -111,11 +111,12 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
     let mut c = Conn {
         stream,
         peer: PeerHeaders::new(peer, trusted),
+        // The write-side buffers grow to what this connection's requests need; an idle connection holds little.
         buf: BytesMut::with_capacity(CLIENT_BUFFER),
-        out: Vec::with_capacity(CLIENT_BUFFER),
-        up_line: Vec::with_capacity(256),
-        up_rest: Vec::with_capacity(1024),
-        up_out: Vec::with_capacity(2048),
+        out: Vec::new(),
+        up_line: Vec::new(),
+        up_rest: Vec::new(),
+        up_out: Vec::new(),
         served: 0,
     };
     loop {
