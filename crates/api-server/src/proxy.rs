@@ -3,13 +3,16 @@
 //! Connections are served by worker threads, one per core by default (`server.workers`), each with its own
 //! single-threaded runtime and its own pool of upstream connections, like nginx's worker processes: a request is
 //! read, forwarded, answered and its upstream connection pooled again on one thread, with no lock and no hand-off
-//! between threads. The HTTP/1.1 handling is in [`engine`], the wire rules in [`h1`].
+//! between threads. A connection is served in [`conn`], its tries upstream in [`tries`], the bytes on the wire in
+//! [`relay`], and the framing rules in [`h1`].
 
 mod budget;
-mod engine;
+mod conn;
 pub mod h1;
 mod headers;
 mod pool;
+mod relay;
+mod tries;
 mod workers;
 
 use std::sync::{Arc, OnceLock};

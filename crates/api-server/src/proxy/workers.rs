@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::ProxyState;
-use super::engine::{self, Worker};
+use super::conn::{self, Worker};
 use super::pool::IDLE_TIMEOUT;
 use crate::serve::{ConnectionErrors, HttpLimits};
 
@@ -213,7 +213,7 @@ fn run_worker(
                     };
                     let worker = Rc::clone(&worker);
                     tokio::task::spawn_local(async move {
-                        engine::serve(&worker, stream, peer).await;
+                        conn::serve(&worker, stream, peer).await;
                         drop(guard);
                     });
                 }

@@ -1,0 +1,535 @@
+//! One client connection of the proxy, on a worker thread: request heads in, answers out.
+//!
+//! The proxy speaks HTTP/1.1 itself rather than through a general-purpose HTTP library: a request head is parsed
+//! in place (httparse) and rewritten once into the upstream head ([`parse_request`]); the response head is
+//! rewritten straight into the bytes sent to the client, with as much of the body as has arrived, so a small
+//! exchange costs one write and one read on each side and no allocation. The tries upstream are in `tries`, the
+//! bytes on the wire in `relay`, the framing rules in `h1`.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::Method;
+use bytes::{Buf, BytesMut};
+use discovery::Backend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::Inner;
+use super::h1::{
+    self, ChunkError, ConnectionTokens, Framing, FramingHeaders, Refusal, push_decimal, push_header,
+};
+use super::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
+use super::pool::Pool;
+use super::relay::bounded;
+use super::tries::{Failure, forward};
+use crate::serve::{ConnectionErrors, HttpLimits};
+
+/// Initial read buffer of a client connection (it grows to `server.max_header_bytes` for a large head).
+const CLIENT_BUFFER: usize = 4 * 1024;
+/// Most headers in a request or response head.
+pub(super) const MAX_HEADERS: usize = 100;
+
+/// What one proxy worker thread shares between its connections.
+pub(crate) struct Worker {
+    pub p: Arc<Inner>,
+    pub pool: RefCell<Pool>,
+    pub limits: HttpLimits,
+    pub errors: ConnectionErrors,
+    /// Set once shutdown starts: every response then says `Connection: close`.
+    pub draining: Arc<AtomicBool>,
+    /// Set when idle connections are to close (the end of the drain grace).
+    pub close_idle: Cell<bool>,
+    pub close_idle_now: Notify,
+}
+
+/// One client connection.
+pub(super) struct Conn {
+    pub(super) stream: TcpStream,
+    pub(super) peer: PeerHeaders,
+    /// Bytes from the client not yet handled.
+    pub(super) buf: BytesMut,
+    /// Bytes for the client: a response head and what fits of its body.
+    pub(super) out: Vec<u8>,
+    /// The upstream request line, ending in `host: ` (each try adds its server's address).
+    pub(super) up_line: Vec<u8>,
+    /// The rest of the upstream head after the host, blank line included.
+    pub(super) up_rest: Vec<u8>,
+    /// One try's head (and a buffered body).
+    pub(super) up_out: Vec<u8>,
+    /// Requests served on this connection.
+    pub(super) served: u64,
+}
+
+/// A parsed request head, owned, once its bytes have been rewritten into `up_line` and `up_rest`.
+pub(super) struct Req {
+    pub(super) method: Method,
+    pub(super) http10: bool,
+    pub(super) framing: Framing,
+    pub(super) keep_alive: bool,
+    pub(super) expect_continue: bool,
+    pub(super) id: RequestId,
+    /// The path, for the access log.
+    pub(super) path: Option<String>,
+}
+
+/// How a request's body relates to the buffer when its head is parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Body {
+    /// No body.
+    None,
+    /// Entirely in the buffer: this many bytes, sent with the head and replayable.
+    Buffered(usize),
+    /// Still arriving: streamed after the head.
+    Streaming,
+}
+
+/// What happened to a request, for the access log and the connection.
+pub(super) struct Done {
+    pub(super) status: u16,
+    pub(super) upstream: Option<Arc<Backend>>,
+    pub(super) tries: u32,
+    pub(super) failure: Option<String>,
+    /// Whether the client connection can carry another request.
+    pub(super) keep: bool,
+}
+
+/// Serves one client connection until it closes, fails or the server drains.
+pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
+    let trusted = w.p.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
+    let mut c = Conn {
+        stream,
+        peer: PeerHeaders::new(peer, trusted),
+        // The write-side buffers grow to what this connection's requests need; an idle connection holds little.
+        buf: BytesMut::with_capacity(CLIENT_BUFFER),
+        out: Vec::new(),
+        up_line: Vec::new(),
+        up_rest: Vec::new(),
+        up_out: Vec::new(),
+        served: 0,
+    };
+    loop {
+        let req = match read_head(w, &mut c).await {
+            Head::Request(req) => req,
+            Head::Closed => return,
+            Head::Timeout => {
+                // An idle keep-alive connection timing out is normal; one that never sent a whole head is not.
+                if c.served == 0 || !c.buf.is_empty() {
+                    w.errors.count("header_timeout");
+                    tracing::debug!(%peer, "connection closed: request head not received in time");
+                }
+                linger_close(&mut c.stream).await;
+                return;
+            }
+            Head::Refused(refusal) => {
+                w.errors.count(match refusal {
+                    Refusal::TooLarge => "header_too_large",
+                    Refusal::BadRequest(_) => "malformed",
+                    Refusal::NotImplemented(_) => "unsupported",
+                });
+                tracing::debug!(%peer, "request refused: {}", refusal.detail());
+                let (status, reason) = refusal.status();
+                w.p.statuses.get(status).inc();
+                c.out.clear();
+                write_json_error(
+                    &mut c.out,
+                    status,
+                    reason,
+                    refusal.detail(),
+                    None,
+                    Persist::Close,
+                    false,
+                );
+                if let Ok(Ok(())) = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await {
+                    linger_close(&mut c.stream).await;
+                }
+                return;
+            }
+        };
+        c.served += 1;
+        let started = Instant::now();
+        let done = handle(w, &mut c, &req, started).await;
+        let p = &w.p;
+        p.statuses.get(done.status).inc();
+        if let Some(path) = &req.path {
+            let elapsed = started.elapsed();
+            let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
+            let (method, status, tries) = (&req.method, done.status, done.tries);
+            match &done.failure {
+                None => {
+                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed)
+                }
+                Some(text) => {
+                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed, "{text}")
+                }
+            }
+        }
+        if !done.keep {
+            linger_close(&mut c.stream).await;
+            return;
+        }
+    }
+}
+
+/// How long a closing connection's unread input is still read and dropped.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much of it at most.
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// Closes a connection from the server's side: the end of the response first (FIN), then what the client still
+/// sends (the rest of a refused request body, a pipelined request) is read and dropped for a moment. Closing a
+/// socket with unread input makes the kernel send a reset, which can destroy the response before the client reads
+/// it.
+async fn linger_close(stream: &mut TcpStream) {
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut sink = [0u8; 4096];
+    let mut drained = 0;
+    while drained < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => return,
+        }
+    }
+}
+
+enum Head {
+    Request(Req),
+    Closed,
+    Timeout,
+    Refused(Refusal),
+}
+
+/// Waits for the next request head, within `server.header_read_timeout`.
+async fn read_head(w: &Worker, c: &mut Conn) -> Head {
+    let deadline = Instant::now() + w.limits.header_read_timeout;
+    loop {
+        if !c.buf.is_empty() {
+            match parse_request(w, c) {
+                Ok(Some(req)) => return Head::Request(req),
+                Ok(None) if c.buf.len() >= w.limits.max_header_bytes => {
+                    return Head::Refused(Refusal::TooLarge);
+                }
+                Ok(None) => {}
+                Err(refusal) => return Head::Refused(refusal),
+            }
+        }
+        let idle = c.buf.is_empty();
+        if idle && w.close_idle.get() {
+            return Head::Closed;
+        }
+        if c.buf.capacity() - c.buf.len() < 1024 {
+            c.buf.reserve(CLIENT_BUFFER);
+        }
+        let read = tokio::select! {
+            biased;
+            read = c.stream.read_buf(&mut c.buf) => read,
+            () = tokio::time::sleep_until(deadline) => return Head::Timeout,
+            () = w.close_idle_now.notified(), if idle => return Head::Closed,
+        };
+        match read {
+            Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Parses the request head at the start of the buffer; on success its bytes are consumed and the upstream head is
+/// in `up_line` and `up_rest`.
+fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut r = httparse::Request::new(&mut []);
+    let n = match r.parse_with_uninit_headers(&c.buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::TooLarge),
+        Err(_) => return Err(Refusal::BadRequest("malformed request head")),
+    };
+    if n > w.limits.max_header_bytes {
+        return Err(Refusal::TooLarge);
+    }
+    let (Some(method), Some(target), Some(version)) = (r.method, r.path, r.version) else {
+        return Err(Refusal::BadRequest("malformed request line"));
+    };
+    let method = Method::from_bytes(method.as_bytes())
+        .map_err(|_| Refusal::BadRequest("malformed method"))?;
+    if method == Method::CONNECT {
+        return Err(Refusal::NotImplemented("CONNECT is not proxied"));
+    }
+    let http10 = version == 0;
+    let (target, target_host) = origin_form(&method, target)?;
+
+    let mut connection = ConnectionTokens::default();
+    for h in r.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+    }
+    let trusted = c.peer.trusted;
+    let mut framing = FramingHeaders::default();
+    let mut earlier = EarlierHops::default();
+    let mut host = None;
+    let mut id = None;
+    let mut expect_continue = false;
+    c.up_rest.clear();
+    c.up_rest.extend_from_slice(b"\r\n");
+    for h in r.headers.iter() {
+        let name = h.name;
+        if framing.add(name, h.value) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case("host") {
+            if host.replace(h.value).is_some() {
+                return Err(Refusal::BadRequest("more than one Host header"));
+            }
+        } else if name.eq_ignore_ascii_case("x-request-id") {
+            id = id.or_else(|| RequestId::from_client(h.value));
+        } else if name.eq_ignore_ascii_case("expect")
+            && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
+        {
+            // Answered by the proxy itself when it is ready for the body.
+            expect_continue = true;
+        } else if is_forwarding(name) {
+            if trusted {
+                earlier.add(name, h.value);
+            }
+        } else if !(h1::is_hop_by_hop(name)
+            || (connection.names_others && h1::named_by_connection(r.headers, name)))
+        {
+            push_header(&mut c.up_rest, name.as_bytes(), h.value);
+        }
+    }
+    if host.is_none() && !http10 && target_host.is_none() {
+        return Err(Refusal::BadRequest("no Host header"));
+    }
+    let host = target_host.or(host);
+    let framing = framing.request(http10)?;
+    match framing {
+        Framing::Length(len) => {
+            c.up_rest.extend_from_slice(b"content-length: ");
+            push_decimal(&mut c.up_rest, len);
+            c.up_rest.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked => c
+            .up_rest
+            .extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty if matches!(method, Method::POST | Method::PUT | Method::PATCH) => {
+            c.up_rest.extend_from_slice(b"content-length: 0\r\n");
+        }
+        Framing::Empty | Framing::UntilClose => {}
+    }
+    let id = id.unwrap_or_else(RequestId::generate);
+    push_forwarding(&mut c.up_rest, &c.peer, &earlier, host, &id);
+    c.up_rest.extend_from_slice(b"\r\n");
+
+    c.up_line.clear();
+    c.up_line.extend_from_slice(method.as_str().as_bytes());
+    c.up_line.push(b' ');
+    if !target.starts_with(['/', '*']) {
+        c.up_line.push(b'/');
+    }
+    c.up_line.extend_from_slice(target.as_bytes());
+    c.up_line.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+
+    let path = w.p.access_log.then(|| match target.split('?').next() {
+        Some(path) if !path.is_empty() => path.to_owned(),
+        _ => "/".to_owned(),
+    });
+    let keep_alive = if http10 {
+        connection.keep_alive && !connection.close
+    } else {
+        !connection.close
+    };
+    let req = Req {
+        method,
+        http10,
+        framing,
+        keep_alive,
+        expect_continue: expect_continue && framing != Framing::Empty,
+        id,
+        path,
+    };
+    c.buf.advance(n);
+    Ok(Some(req))
+}
+
+/// The request target as the upstream gets it (origin form), and the authority of an absolute-form target.
+fn origin_form<'a>(
+    method: &Method,
+    target: &'a str,
+) -> Result<(&'a str, Option<&'a [u8]>), Refusal> {
+    if target.starts_with('/') {
+        return Ok((target, None));
+    }
+    if target == "*" && method == Method::OPTIONS {
+        return Ok((target, None));
+    }
+    let starts = |scheme: &str| {
+        target
+            .as_bytes()
+            .get(..scheme.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(scheme.as_bytes()))
+    };
+    let scheme_len = if starts("http://") {
+        7
+    } else if starts("https://") {
+        8
+    } else {
+        return Err(Refusal::BadRequest("malformed request target"));
+    };
+    let rest = &target[scheme_len..];
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() {
+        return Err(Refusal::BadRequest("malformed request target"));
+    }
+    // `http://host` and `http://host?q` have an empty path: the caller puts "/" before what is left.
+    Ok((path, Some(authority.as_bytes())))
+}
+
+/// Proxies one request: tries servers, writes the response (or an error) to the client.
+async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
+    let p = &*w.p;
+    let body = match req.framing {
+        Framing::Empty | Framing::UntilClose => Body::None,
+        Framing::Length(n) if c.buf.len() as u64 >= n => Body::Buffered(n as usize),
+        Framing::Length(_) => Body::Streaming,
+        Framing::Chunked => {
+            let mut parser = h1::ChunkedParser::default();
+            match parser.advance(&c.buf, |_| {}) {
+                Ok(k) if parser.done() => Body::Buffered(k),
+                Ok(_) => Body::Streaming,
+                Err(err) => return client_error(w, c, req, Some(err)).await,
+            }
+        }
+    };
+    let result = forward(w, c, req, body, started).await;
+    match result {
+        Ok(done) => done,
+        Err(Failure::Client(malformed)) => client_error(w, c, req, malformed).await,
+        Err(Failure::Proxy(err)) => {
+            p.app.metrics().latency.observe_duration(started.elapsed());
+            let (status, reason) = err.status();
+            // The client's body must have been read whole for the connection to carry another request.
+            let keep = match body {
+                Body::None => true,
+                Body::Buffered(k) => {
+                    c.buf.advance(k);
+                    true
+                }
+                Body::Streaming => false,
+            } && req.keep_alive
+                && !w.draining.load(Ordering::Acquire);
+            c.out.clear();
+            write_json_error(
+                &mut c.out,
+                status,
+                reason,
+                &err.to_string(),
+                Some(&req.id),
+                if keep {
+                    Persist::Keep { http10: req.http10 }
+                } else {
+                    Persist::Close
+                },
+                req.method == Method::HEAD,
+            );
+            let written = matches!(
+                bounded(p.try_timeout, c.stream.write_all(&c.out)).await,
+                Ok(Ok(()))
+            );
+            Done {
+                status,
+                upstream: None,
+                tries: err.tries(),
+                failure: Some(err.to_string()),
+                keep: keep && written,
+            }
+        }
+    }
+}
+
+/// A broken or malformed request body: 400 if it was malformed and nothing was answered yet; the connection closes.
+async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<ChunkError>) -> Done {
+    if let Some(err) = malformed {
+        w.errors.count("malformed");
+        c.out.clear();
+        write_json_error(
+            &mut c.out,
+            400,
+            "Bad Request",
+            &err.to_string(),
+            Some(&req.id),
+            Persist::Close,
+            req.method == Method::HEAD,
+        );
+        let _ = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await;
+    }
+    Done {
+        status: if malformed.is_some() { 400 } else { 499 },
+        upstream: None,
+        tries: 0,
+        failure: Some(malformed.map_or_else(
+            || "the client closed the connection during the request".to_owned(),
+            |e| e.to_string(),
+        )),
+        keep: false,
+    }
+}
+
+/// What an error response says about the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Persist {
+    /// `Connection: close`, and the proxy closes it.
+    Close,
+    /// The connection stays open (an HTTP/1.0 client is told so).
+    Keep { http10: bool },
+}
+
+/// A JSON error response from the proxy itself; for a `HEAD` request, its head only.
+pub(super) fn write_json_error(
+    out: &mut Vec<u8>,
+    status: u16,
+    reason: &str,
+    error: &str,
+    id: Option<&RequestId>,
+    persist: Persist,
+    head: bool,
+) {
+    let mut body = serde_json::json!({ "error": error, "status": status });
+    if let Some(id) = id {
+        body["request_id"] = id.as_str().into();
+    }
+    let body = body.to_string();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: application/json\r\ncontent-length: ");
+    push_decimal(out, body.len() as u64);
+    out.extend_from_slice(b"\r\n");
+    push_header(
+        out,
+        b"date",
+        httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes(),
+    );
+    if let Some(id) = id {
+        push_header(out, b"x-request-id", id.as_bytes());
+    }
+    match persist {
+        Persist::Close => out.extend_from_slice(b"connection: close\r\n"),
+        Persist::Keep { http10: true } => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persist::Keep { http10: false } => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    if !head {
+        out.extend_from_slice(body.as_bytes());
+    }
+}

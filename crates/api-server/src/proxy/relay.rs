@@ -1,0 +1,361 @@
+//! Bytes on the wire: response heads read and rewritten for the client, bodies relayed both ways as their framing
+//! delimits them, each step bounded in time.
+
+use std::io;
+use std::task::Poll;
+use std::time::Duration;
+
+use axum::http::Method;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::conn::{MAX_HEADERS, Req};
+use super::h1::{
+    self, ChunkError, ConnectionTokens, Framing, FramingHeaders, push_decimal, push_header,
+};
+use super::pool::UPSTREAM_BUFFER;
+
+/// Largest response head accepted from a data server.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// What a response head said, once rewritten for the client into `out`.
+#[derive(Debug)]
+pub(super) struct Resp {
+    pub(super) status: u16,
+    pub(super) framing: Framing,
+    /// The upstream connection may carry another request once the body is read.
+    pub(super) reusable: bool,
+    /// The client connection closes after this response.
+    pub(super) close_client: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HeadError {
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("reading the response: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+}
+
+/// Reads a response head (skipping interim 1xx responses) and writes the client's version of it into `out`.
+pub(super) async fn read_response_head<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    out: &mut Vec<u8>,
+    req: &Req,
+    draining: bool,
+) -> Result<Resp, HeadError> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let status = resp.code.unwrap_or_default();
+                    if (100..200).contains(&status) {
+                        if status == 101 {
+                            return Err(HeadError::Malformed("101 to a request without Upgrade"));
+                        }
+                        // 100 Continue was answered by the proxy; other interim responses are dropped.
+                        buf.advance(n);
+                        continue;
+                    }
+                    let result = rewrite_response(&resp, out, req, draining);
+                    buf.advance(n);
+                    return result;
+                }
+                Ok(httparse::Status::Partial) if buf.len() >= MAX_RESPONSE_HEAD => {
+                    return Err(HeadError::Malformed("response head too large"));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(HeadError::Malformed("unparsable response head")),
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(UPSTREAM_BUFFER);
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(if buf.is_empty() {
+                HeadError::Closed
+            } else {
+                HeadError::Malformed("connection closed inside the response head")
+            });
+        }
+    }
+}
+
+/// Writes the client's response head: hop-by-hop headers out, the proxy's own framing, `X-Request-Id` in.
+fn rewrite_response(
+    resp: &httparse::Response<'_, '_>,
+    out: &mut Vec<u8>,
+    req: &Req,
+    draining: bool,
+) -> Result<Resp, HeadError> {
+    let status = resp.code.unwrap_or_default();
+    if !(200..1000).contains(&status) {
+        return Err(HeadError::Malformed("status code out of range"));
+    }
+    let mut connection = ConnectionTokens::default();
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+    }
+    let mut framing_headers = FramingHeaders::default();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    push_decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or_default().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // A HEAD or 304 response's Content-Length describes the body it does not have: it passes unchanged.
+    let keep_length = req.method == Method::HEAD || status == 304;
+    for h in resp.headers.iter() {
+        let name = h.name;
+        if framing_headers.add(name, h.value) {
+            if keep_length && name.eq_ignore_ascii_case("content-length") {
+                push_header(out, name.as_bytes(), h.value);
+            }
+            continue;
+        }
+        if h1::is_hop_by_hop(name)
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (connection.names_others && h1::named_by_connection(resp.headers, name))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    let framing = framing_headers
+        .response(status, req.method == Method::HEAD)
+        .ok_or(HeadError::Malformed("ambiguous response framing"))?;
+    match framing {
+        Framing::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        Framing::Chunked if !req.http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Empty if !keep_length && status != 204 => {
+            out.extend_from_slice(b"content-length: 0\r\n")
+        }
+        _ => {}
+    }
+    push_header(out, b"x-request-id", req.id.as_bytes());
+    // HTTP/1.0 has no chunked coding, and a close-delimited body ends with the connection.
+    let close_client = !req.keep_alive
+        || draining
+        || framing == Framing::UntilClose
+        || (req.http10 && framing == Framing::Chunked);
+    if close_client {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if req.http10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let http11 = resp.version == Some(1);
+    Ok(Resp {
+        status,
+        framing,
+        reusable: http11 && !connection.close && framing != Framing::UntilClose,
+        close_client,
+    })
+}
+
+#[derive(Debug)]
+pub(super) enum RelayError {
+    /// The data server failed; `head_sent` says whether the client got the response head.
+    Upstream {
+        detail: String,
+        head_sent: bool,
+    },
+    Client(io::Error),
+}
+
+/// `f` within `limit`, arming a timer only when it does not complete at once (a write usually does).
+pub(super) async fn bounded<F: Future>(
+    limit: Duration,
+    f: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut f = std::pin::pin!(f);
+    if let Poll::Ready(v) = futures::poll!(f.as_mut()) {
+        return Ok(v);
+    }
+    tokio::time::timeout(limit, f).await
+}
+
+/// Sends the response head in `out` and the body after it, as `framing` delimits it; `dechunk` strips the chunked
+/// coding (for an HTTP/1.0 client). Each read and write must make progress within `idle`: a data server that stops
+/// sending in the middle of a body, or a client that stops reading, is cut off.
+pub(super) async fn relay_body<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    out: &mut Vec<u8>,
+    framing: Framing,
+    dechunk: bool,
+    idle: Duration,
+) -> Result<(), RelayError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let upstream = |detail: String, head_sent: bool| RelayError::Upstream { detail, head_sent };
+    let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, String> {
+        buf.reserve(UPSTREAM_BUFFER);
+        match bounded(idle, r.read_buf(buf)).await {
+            Ok(Ok(n)) => Ok(n),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("nothing more within {idle:?}")),
+        }
+    };
+    let send = async |w: &mut W, bytes: &[u8]| -> Result<(), RelayError> {
+        match bounded(idle, w.write_all(bytes)).await {
+            Ok(result) => result.map_err(RelayError::Client),
+            Err(_) => Err(RelayError::Client(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {idle:?}"),
+            ))),
+        }
+    };
+    match framing {
+        Framing::Empty => send(w, out).await,
+        Framing::Length(n) => {
+            let mut left = n;
+            let k = take(left, buf);
+            out.extend_from_slice(&buf[..k]);
+            buf.advance(k);
+            left -= k as u64;
+            send(w, out).await?;
+            while left > 0 {
+                let read = read_more(r, buf).await.map_err(|d| upstream(d, true))?;
+                if read == 0 {
+                    return Err(upstream(
+                        format!("closed with {left} bytes of the body unsent"),
+                        true,
+                    ));
+                }
+                let k = take(left, buf);
+                send(w, &buf[..k]).await?;
+                buf.advance(k);
+                left -= k as u64;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut parser = h1::ChunkedParser::default();
+            let mut head_sent = false;
+            loop {
+                let k = parser
+                    .advance(buf, |data| {
+                        if dechunk {
+                            out.extend_from_slice(data)
+                        }
+                    })
+                    .map_err(|e| upstream(e.to_string(), head_sent))?;
+                if !dechunk {
+                    out.extend_from_slice(&buf[..k]);
+                }
+                buf.advance(k);
+                send(w, out).await?;
+                head_sent = true;
+                out.clear();
+                if parser.done() {
+                    return Ok(());
+                }
+                let read = read_more(r, buf).await.map_err(|d| upstream(d, true))?;
+                if read == 0 {
+                    return Err(upstream("closed inside a chunked body".to_owned(), true));
+                }
+            }
+        }
+        Framing::UntilClose => {
+            out.extend_from_slice(buf);
+            buf.clear();
+            send(w, out).await?;
+            while read_more(r, buf).await.map_err(|d| upstream(d, true))? > 0 {
+                send(w, buf).await?;
+                buf.clear();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// How many of the buffered bytes belong to a body with `left` bytes to go.
+fn take(left: u64, buf: &BytesMut) -> usize {
+    usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()))
+}
+
+#[derive(Debug)]
+pub(super) enum BodyError {
+    Client(io::Error),
+    Malformed(ChunkError),
+    Upstream(io::Error),
+}
+
+/// Streams the rest of a request body from the client (its buffer first) to the server.
+pub(super) async fn send_body<R, W>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    w: &mut W,
+    framing: Framing,
+    idle: Duration,
+) -> Result<(), BodyError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let fill = async |r: &mut R, buf: &mut BytesMut| -> Result<(), BodyError> {
+        if buf.is_empty() {
+            buf.reserve(UPSTREAM_BUFFER);
+            let read = bounded(idle, r.read_buf(buf)).await.map_err(|_| {
+                BodyError::Client(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no body bytes for {idle:?}"),
+                ))
+            })?;
+            if read.map_err(BodyError::Client)? == 0 {
+                return Err(BodyError::Client(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed inside the request body",
+                )));
+            }
+        }
+        Ok(())
+    };
+    let upload = async |w: &mut W, bytes: &[u8]| -> Result<(), BodyError> {
+        match bounded(idle, w.write_all(bytes)).await {
+            Ok(result) => result.map_err(BodyError::Upstream),
+            Err(_) => Err(BodyError::Upstream(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the server read nothing for {idle:?}"),
+            ))),
+        }
+    };
+    match framing {
+        Framing::Length(mut left) => {
+            while left > 0 {
+                fill(r, buf).await?;
+                let k = take(left, buf);
+                upload(w, &buf[..k]).await?;
+                buf.advance(k);
+                left -= k as u64;
+            }
+            Ok(())
+        }
+        Framing::Chunked => {
+            let mut parser = h1::ChunkedParser::default();
+            while !parser.done() {
+                fill(r, buf).await?;
+                let k = parser.advance(buf, |_| {}).map_err(BodyError::Malformed)?;
+                upload(w, &buf[..k]).await?;
+                buf.advance(k);
+            }
+            Ok(())
+        }
+        Framing::Empty | Framing::UntilClose => Ok(()),
+    }
+}

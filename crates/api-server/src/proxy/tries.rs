@@ -1,0 +1,588 @@
+//! The tries of one request: a server from the balancer, a pooled or new connection, the request, the response.
+//!
+//! Retries follow the rules in the crate docs. A request whose body is entirely in the buffer when its head is
+//! parsed (no body, or a small one) can be sent again; a streamed body cannot, once any of it has left the buffer,
+//! so such a request is only retried when its try failed before that (a refused connection, or a pooled connection
+//! the server had closed).
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::http::Method;
+use bytes::Buf;
+use discovery::{Backend, InFlightGuard};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::conn::{Body, Conn, Done, Persist, Req, Worker, write_json_error};
+use super::h1::{ChunkError, Framing};
+use super::headers::RequestId;
+use super::pool::Upstream;
+use super::relay::{
+    BodyError, HeadError, RelayError, bounded, read_response_head, relay_body, send_body,
+};
+use super::{ProxyError, is_idempotent, jittered, report_failure, wait_for_a_server};
+
+/// Why a try got no usable response head.
+#[derive(Debug)]
+enum TryError {
+    /// No connection (refused, unreachable, connect timeout): the server never saw the request.
+    Connect(io::Error),
+    /// Sending the request failed on a new connection: the server cannot have acted on it.
+    NotSent(String),
+    /// The connection failed after the request was sent, before a whole response head.
+    Failed(String),
+    /// The try ran out of time.
+    Timeout,
+    /// The client broke off or sent a malformed body: nothing to answer, or a 400.
+    Client(Option<ChunkError>),
+}
+
+pub(super) enum Failure {
+    Proxy(ProxyError),
+    Client(Option<ChunkError>),
+}
+
+/// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
+pub(super) async fn forward(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    body: Body,
+    started: Instant,
+) -> Result<Done, Failure> {
+    let p = &*w.p;
+    let deadline = started + p.total_timeout;
+    let balancer = p.app.balancer();
+    let metrics = p.app.metrics();
+    p.budget.deposit(started);
+    if started < p.warm_until {
+        wait_for_a_server(p, deadline.min(p.warm_until)).await;
+    }
+    let idempotent = is_idempotent(&req.method);
+    let replayable = body != Body::Streaming;
+    let rid = || req.id.as_str().to_owned();
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut last_failure = String::new();
+    // Whether the last try failed by timing out (then the answer is 504, not 502).
+    let mut timed_out = false;
+    // Decides whether the failed try may be followed by another, taking a token from the budget if so.
+    let may_retry = |tries: u32, retryable: bool| {
+        retryable
+            && tries < p.max_tries
+            && Instant::now() < deadline
+            && p.budget.withdraw(Instant::now())
+    };
+    for attempt in 0..p.max_tries {
+        if attempt > 0 {
+            let pause = jittered(p.backoff).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            if Instant::now() >= deadline {
+                // The backoff used up the overall deadline: no try that could only time out.
+                timed_out = true;
+                break;
+            }
+        }
+        let picked = if tried.is_empty() {
+            balancer.pick(&[])
+        } else {
+            let exclude: Vec<&str> = tried.iter().map(|b| b.id()).collect();
+            balancer.pick(&exclude)
+        };
+        let Some((backend, in_flight)) = picked else {
+            break;
+        };
+        if attempt > 0 {
+            metrics.retries.inc();
+        }
+        metrics.upstream_requests.with(backend.id()).inc();
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
+        // A try cut short by the overall deadline rather than `proxy.try_timeout` says nothing about the server.
+        let cut_by_deadline = left < p.try_timeout;
+        let try_deadline = now + p.try_timeout.min(left);
+        // A 502/503 is replaced by another server's answer only if there may be another server to ask.
+        let tried_now = tried.len() + 1;
+        let can_retry = || {
+            replayable
+                && attempt + 1 < p.max_tries
+                && Instant::now() < deadline
+                && p.app.registry().live_count(Instant::now()) > tried_now
+        };
+        let outcome = try_once(
+            w,
+            c,
+            req,
+            body,
+            &backend,
+            in_flight,
+            try_deadline,
+            started,
+            &can_retry,
+        )
+        .await;
+        let id = backend.id();
+        let (err, retryable) = match outcome {
+            Ok(TryOk::Done(mut done)) => {
+                done.tries = attempt + 1;
+                done.upstream = Some(backend);
+                return Ok(done);
+            }
+            Ok(TryOk::Gateway(status)) => {
+                // A 502/503 from one server may be its own trouble: another may answer, if sending twice is safe.
+                last_failure = format!("{id} answered {status}");
+                timed_out = false;
+                tried.push(backend);
+                continue;
+            }
+            Err(TryError::Client(malformed)) => return Err(Failure::Client(malformed)),
+            Err(err @ TryError::Connect(_)) => (err, true),
+            Err(err @ TryError::NotSent(_)) => (err, true),
+            Err(err @ TryError::Failed(_)) => (err, idempotent && replayable),
+            Err(TryError::Timeout) if cut_by_deadline => {
+                tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "overall deadline reached during a try");
+                return Err(Failure::Proxy(ProxyError::Timeout {
+                    request_id: rid(),
+                    tries: attempt + 1,
+                }));
+            }
+            Err(TryError::Timeout) => {
+                report_failure(p, id);
+                tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "upstream try timed out");
+                // A server that hangs (alive TCP, no answer) may have started the work: only an idempotent
+                // request that can be sent again goes to another server, within the overall deadline.
+                if !may_retry(attempt + 1, idempotent && replayable) {
+                    return Err(Failure::Proxy(ProxyError::Timeout {
+                        request_id: rid(),
+                        tries: attempt + 1,
+                    }));
+                }
+                last_failure = format!("{id} ({}): timed out", backend.addr());
+                timed_out = true;
+                tried.push(backend);
+                continue;
+            }
+        };
+        timed_out = false;
+        let text = match &err {
+            TryError::Connect(e) => format!("connect: {e}"),
+            TryError::NotSent(e) | TryError::Failed(e) => e.clone(),
+            TryError::Timeout | TryError::Client(_) => unreachable!("handled above"),
+        };
+        last_failure = format!("{id} ({}): {text}", backend.addr());
+        let connect = matches!(err, TryError::Connect(_));
+        tracing::warn!(request_id = %req.id.as_str(), upstream = %id, connect, "upstream try failed: {text}");
+        report_failure(p, id);
+        tried.push(backend);
+        if !may_retry(attempt + 1, retryable) {
+            break;
+        }
+    }
+    if tried.is_empty() {
+        return Err(Failure::Proxy(ProxyError::NoServers { request_id: rid() }));
+    }
+    if timed_out {
+        return Err(Failure::Proxy(ProxyError::Timeout {
+            request_id: rid(),
+            tries: tried.len() as u32,
+        }));
+    }
+    Err(Failure::Proxy(ProxyError::Upstream {
+        request_id: rid(),
+        tries: tried.len() as u32,
+        detail: last_failure,
+    }))
+}
+
+enum TryOk {
+    /// The response went to the client.
+    Done(Done),
+    /// The server answered 502 or 503 and the request may go elsewhere.
+    Gateway(u16),
+}
+
+/// One try on `backend`: a pooled or new connection, the request, the response head, then (when the response
+/// is kept) its body to the client.
+#[allow(clippy::too_many_arguments)]
+async fn try_once(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    body: Body,
+    backend: &Backend,
+    in_flight: InFlightGuard,
+    try_deadline: Instant,
+    started: Instant,
+    can_retry: &dyn Fn() -> bool,
+) -> Result<TryOk, TryError> {
+    let p = &*w.p;
+    // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
+    let mut fresh = false;
+    let (mut up, resp) = loop {
+        let pooled = if fresh {
+            None
+        } else {
+            w.pool.borrow_mut().take(backend.addr(), Instant::now())
+        };
+        let mut up = match pooled {
+            Some(up) => up,
+            None => connect(backend, p.connect_timeout, try_deadline).await?,
+        };
+        c.up_out.clear();
+        c.up_out.extend_from_slice(&c.up_line);
+        c.up_out.extend_from_slice(backend.addr().as_bytes());
+        c.up_out.extend_from_slice(&c.up_rest);
+        let head_len = c.up_out.len();
+        if let Body::Buffered(k) = body {
+            c.up_out.extend_from_slice(&c.buf[..k]);
+        }
+        if body == Body::Streaming {
+            match tokio::time::timeout_at(try_deadline, up.stream.write_all(&c.up_out)).await {
+                Err(_) => return Err(TryError::Timeout),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if up.reused => {
+                    tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
+                    fresh = true;
+                    continue;
+                }
+                Ok(Err(e)) => return Err(TryError::NotSent(format!("sending the request: {e}"))),
+            }
+            return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started).await;
+        }
+        let draining = w.draining.load(Ordering::Acquire);
+        // One timer for the whole try: the request out, the response head back.
+        let exchanged = tokio::time::timeout_at(try_deadline, async {
+            let mut sent = 0;
+            while sent < c.up_out.len() {
+                match up.stream.write(&c.up_out[sent..]).await {
+                    Ok(0) => return Err(Step::Send(sent, io::ErrorKind::WriteZero.into())),
+                    Ok(n) => sent += n,
+                    Err(e) => return Err(Step::Send(sent, e)),
+                }
+            }
+            read_response_head(&mut up.stream, &mut up.buf, &mut c.out, req, draining)
+                .await
+                .map_err(Step::Head)
+        })
+        .await;
+        match exchanged {
+            Err(_) => return Err(TryError::Timeout),
+            // Until its head is whole, the server cannot have acted on the request.
+            Ok(Err(Step::Send(sent, e))) if sent < head_len && up.reused => {
+                tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
+                fresh = true;
+            }
+            Ok(Err(Step::Send(sent, e))) if sent < head_len => {
+                return Err(TryError::NotSent(format!("sending the request: {e}")));
+            }
+            Ok(Err(Step::Send(_, e))) => {
+                return Err(TryError::Failed(format!("sending the request body: {e}")));
+            }
+            // Most likely the server closed the pooled connection as the request went out; sending it again is
+            // safe only for an idempotent request.
+            Ok(Err(Step::Head(HeadError::Closed))) if up.reused && is_idempotent(&req.method) => {
+                tracing::debug!(upstream = %backend.id(), "pooled connection closed before a response");
+                fresh = true;
+            }
+            Ok(Err(Step::Head(e))) => return Err(TryError::Failed(e.to_string())),
+            Ok(Ok(resp)) => break (up, resp),
+        }
+    };
+    if server_status(w, backend, resp.status)
+        && is_idempotent(&req.method)
+        && can_retry()
+        && p.budget.withdraw(Instant::now())
+    {
+        return Ok(TryOk::Gateway(resp.status));
+    }
+    p.app.metrics().latency.observe_duration(started.elapsed());
+    if let Body::Buffered(k) = body {
+        c.buf.advance(k);
+    }
+    let relayed = relay_body(
+        &mut up.stream,
+        &mut up.buf,
+        &mut c.stream,
+        &mut c.out,
+        resp.framing,
+        req.http10 && resp.framing == Framing::Chunked,
+        p.try_timeout,
+    )
+    .await;
+    drop(in_flight);
+    let relayed = relay_outcome(w, backend, &req.id, relayed);
+    if relayed.ok && resp.reusable && up.buf.is_empty() {
+        w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
+    }
+    Ok(TryOk::Done(
+        finish(w, c, req, resp.status, resp.close_client, relayed).await,
+    ))
+}
+
+/// Reports the server's health from its status; true when the answer is a 502/503, which another server may
+/// replace if the request can be sent again (the connection is then dropped with its body unread).
+fn server_status(w: &Worker, backend: &Backend, status: u16) -> bool {
+    let p = &*w.p;
+    let id = backend.id();
+    if (500..600).contains(&status) && p.eject_on_5xx {
+        report_failure(p, id);
+    } else {
+        p.app.balancer().report_success(id);
+    }
+    status == 502 || status == 503
+}
+
+/// How a relayed response ended.
+struct Relayed {
+    /// The whole response reached the client.
+    ok: bool,
+    /// The client got nothing at all: the upstream failed before the response head could go out.
+    unanswered: bool,
+    failure: Option<String>,
+}
+
+/// Logs and reports a relay that broke off.
+fn relay_outcome(
+    w: &Worker,
+    backend: &Backend,
+    id: &RequestId,
+    relayed: Result<(), RelayError>,
+) -> Relayed {
+    match relayed {
+        Ok(()) => Relayed {
+            ok: true,
+            unanswered: false,
+            failure: None,
+        },
+        Err(RelayError::Upstream { detail, head_sent }) => {
+            tracing::warn!(request_id = %id.as_str(), upstream = %backend.id(), "response broke off: {detail}");
+            report_failure(&w.p, backend.id());
+            Relayed {
+                ok: false,
+                unanswered: !head_sent,
+                failure: Some(format!(
+                    "{} ({}): response broke off: {detail}",
+                    backend.id(),
+                    backend.addr()
+                )),
+            }
+        }
+        Err(RelayError::Client(e)) => {
+            tracing::debug!(request_id = %id.as_str(), "client went away during the response: {e}");
+            Relayed {
+                ok: false,
+                unanswered: false,
+                failure: Some(format!("client went away during the response: {e}")),
+            }
+        }
+    }
+}
+
+/// The end of a try whose response was (or should have been) relayed: a 502 for a client that got nothing.
+async fn finish(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    status: u16,
+    close_client: bool,
+    relayed: Relayed,
+) -> Done {
+    if relayed.unanswered {
+        c.out.clear();
+        write_json_error(
+            &mut c.out,
+            502,
+            "Bad Gateway",
+            relayed
+                .failure
+                .as_deref()
+                .unwrap_or("bad upstream response"),
+            Some(&req.id),
+            Persist::Close,
+            req.method == Method::HEAD,
+        );
+        let _ = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await;
+    }
+    Done {
+        status: if relayed.unanswered { 502 } else { status },
+        upstream: None,
+        tries: 0,
+        keep: relayed.ok && !close_client,
+        failure: relayed.failure,
+    }
+}
+
+/// Rewrites a response head in `out` to end the connection after it (for a response that came before the whole
+/// request body went up: the rest of that body cannot be told from a next request).
+fn force_close(out: &mut Vec<u8>, req: &Req) {
+    const KEEP_ALIVE: &[u8] = b"connection: keep-alive\r\n";
+    let end = out.len().saturating_sub(2);
+    let cut = if req.http10 && out[..end].ends_with(KEEP_ALIVE) {
+        end - KEEP_ALIVE.len()
+    } else {
+        end
+    };
+    out.truncate(cut);
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+}
+
+/// A try whose request body is still arriving: the body streams to the server while its response is awaited, and
+/// keeps streaming while the response goes back (a server may answer before it has read the whole body).
+#[allow(clippy::too_many_arguments)]
+async fn stream_exchange(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    backend: &Backend,
+    mut up: Upstream,
+    in_flight: InFlightGuard,
+    try_deadline: Instant,
+    started: Instant,
+) -> Result<TryOk, TryError> {
+    let idle = w.p.try_timeout;
+    if req.expect_continue
+        && !req.http10
+        && !matches!(
+            bounded(idle, c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")).await,
+            Ok(Ok(()))
+        )
+    {
+        return Err(TryError::Client(None));
+    }
+    let draining = w.draining.load(Ordering::Acquire);
+    let (resp, relayed, body_done) = {
+        let Conn {
+            stream, buf, out, ..
+        } = &mut *c;
+        let (mut client_r, mut client_w) = stream.split();
+        let Upstream {
+            stream: up_stream,
+            buf: up_buf,
+            ..
+        } = &mut up;
+        let (mut up_r, mut up_w) = up_stream.split();
+        let send = send_body(&mut client_r, buf, &mut up_w, req.framing, idle);
+        tokio::pin!(send);
+        let mut sent: Option<Result<(), BodyError>> = None;
+        let head = {
+            let head = tokio::time::timeout_at(
+                try_deadline,
+                read_response_head(&mut up_r, up_buf, out, req, draining),
+            );
+            tokio::pin!(head);
+            loop {
+                tokio::select! {
+                    biased;
+                    head = &mut head => break head,
+                    result = &mut send, if sent.is_none() => {
+                        match result {
+                            Err(BodyError::Client(e)) => {
+                                tracing::debug!(request_id = %req.id.as_str(), "client broke off the request body: {e}");
+                                return Err(TryError::Client(None));
+                            }
+                            Err(BodyError::Malformed(e)) => return Err(TryError::Client(Some(e))),
+                            // The server stopped reading: it may still answer (say, 413); the try deadline bounds
+                            // that.
+                            Err(BodyError::Upstream(e)) => {
+                                tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), "server stopped reading the request body: {e}");
+                                sent = Some(Err(BodyError::Upstream(e)));
+                            }
+                            Ok(()) => sent = Some(Ok(())),
+                        }
+                    }
+                }
+            }
+        };
+        let mut resp = match head {
+            Err(_) => return Err(TryError::Timeout),
+            Ok(Err(e)) => return Err(TryError::Failed(e.to_string())),
+            Ok(Ok(resp)) => resp,
+        };
+        if !resp.close_client && !matches!(sent, Some(Ok(()))) {
+            force_close(out, req);
+            resp.close_client = true;
+        }
+        server_status(w, backend, resp.status);
+        w.p.app
+            .metrics()
+            .latency
+            .observe_duration(started.elapsed());
+        let relay = relay_body(
+            &mut up_r,
+            up_buf,
+            &mut client_w,
+            out,
+            resp.framing,
+            req.http10 && resp.framing == Framing::Chunked,
+            idle,
+        );
+        tokio::pin!(relay);
+        let relayed = loop {
+            tokio::select! {
+                biased;
+                relayed = &mut relay => break relayed,
+                result = &mut send, if sent.is_none() => sent = Some(result),
+            }
+        };
+        // The whole request body must have gone up for either connection to be reused.
+        (resp, relayed, matches!(sent, Some(Ok(()))))
+    };
+    drop(in_flight);
+    let relayed = relay_outcome(w, backend, &req.id, relayed);
+    if relayed.ok && body_done && resp.reusable && up.buf.is_empty() {
+        w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
+    }
+    // A response that came before the whole body was sent was marked close above.
+    Ok(TryOk::Done(
+        finish(
+            w,
+            c,
+            req,
+            resp.status,
+            resp.close_client || !body_done,
+            relayed,
+        )
+        .await,
+    ))
+}
+
+/// A new connection to `backend`, within the connect timeout and the try's deadline.
+async fn connect(
+    backend: &Backend,
+    connect_timeout: Duration,
+    try_deadline: Instant,
+) -> Result<Upstream, TryError> {
+    let own_limit = Instant::now() + connect_timeout;
+    let limit = own_limit.min(try_deadline);
+    let connecting = async {
+        match backend.socket_addr() {
+            Some(addr) => TcpStream::connect(addr).await,
+            None => TcpStream::connect(backend.addr()).await,
+        }
+    };
+    let stream = match tokio::time::timeout_at(limit, connecting).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(TryError::Connect(e)),
+        // The try's time ran out first: a timeout of the try, not the server's failure to accept.
+        Err(_) if try_deadline < own_limit => return Err(TryError::Timeout),
+        Err(_) => {
+            return Err(TryError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connect timed out after {connect_timeout:?}"),
+            )));
+        }
+    };
+    // Requests are written whole; waiting to coalesce them only adds latency.
+    let _ = stream.set_nodelay(true);
+    Ok(Upstream::new(stream))
+}
+
+/// Where a try without a streamed body failed.
+enum Step {
+    /// Sending failed after this many bytes.
+    Send(usize, io::Error),
+    Head(HeadError),
+}
