@@ -28,8 +28,9 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use svc::{CounterVec, Shutdown};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 use crate::config::MIN_MAX_HEADER_BYTES;
 
@@ -118,21 +119,7 @@ pub async fn serve_http1<S, B, F>(
     let open = Arc::new(OpenConnections::default());
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stop => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(listener = name, "accept failed: {err}; pausing");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        // Responses are written whole; waiting to coalesce them only adds latency.
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(name, &listener, stop.as_mut()).await {
         let service = CloseWhenDraining {
             inner: make_service(peer),
             draining: Arc::clone(&draining),
@@ -151,32 +138,69 @@ pub async fn serve_http1<S, B, F>(
     draining.store(true, Ordering::Release);
     let grace = tokio::time::sleep(limits.drain_grace);
     tokio::pin!(grace);
+    open.all_closed(Some(grace)).await;
+    graceful.shutdown().await;
+}
+
+/// The next connection on `listener`, with `TCP_NODELAY` set, or `None` once `stop` fires. A failed accept (EMFILE
+/// and the like) is logged and pauses the loop, so a full table neither ends the server nor spins it.
+pub(crate) async fn accept(
+    name: &'static str,
+    listener: &TcpListener,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
-        // Registered before looking, so that the last close between the two is not missed.
-        let closed = open.closed.notified();
-        if open.count.load(Ordering::Acquire) == 0 {
-            break;
-        }
-        tokio::select! {
-            () = closed => {}
-            () = &mut grace => break,
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = stop.as_mut() => return None,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                // Responses are written whole; waiting to coalesce them only adds latency.
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(err) => {
+                tracing::warn!(listener = name, "accept failed: {err}; pausing");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
         }
     }
-    graceful.shutdown().await;
 }
 
 /// Connections being served, and a signal when one closes.
 #[derive(Debug, Default)]
-struct OpenConnections {
+pub(crate) struct OpenConnections {
     count: AtomicUsize,
     closed: Notify,
 }
 
+impl OpenConnections {
+    /// Returns once no connection is open, or when `limit` fires (without one, only the former).
+    pub(crate) async fn all_closed(&self, mut limit: Option<Pin<&mut Sleep>>) {
+        loop {
+            // Registered before looking, so that the last close between the two is not missed.
+            let closed = self.closed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            match limit.as_mut() {
+                Some(limit) => tokio::select! {
+                    () = closed => {}
+                    () = limit.as_mut() => return,
+                },
+                None => closed.await,
+            }
+        }
+    }
+}
+
 /// Counts a connection as open while it lives.
-struct OpenGuard(Arc<OpenConnections>);
+pub(crate) struct OpenGuard(Arc<OpenConnections>);
 
 impl OpenGuard {
-    fn new(open: &Arc<OpenConnections>) -> OpenGuard {
+    /// Counts one more open connection until the guard is dropped.
+    pub(crate) fn new(open: &Arc<OpenConnections>) -> OpenGuard {
         open.count.fetch_add(1, Ordering::AcqRel);
         OpenGuard(Arc::clone(open))
     }

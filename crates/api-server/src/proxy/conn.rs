@@ -26,7 +26,7 @@ use super::h1::{
 };
 use super::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
 use super::pool::Pool;
-use super::relay::bounded;
+use super::relay::within;
 use super::tries::{Failure, forward};
 use crate::serve::{ConnectionErrors, HttpLimits};
 
@@ -145,7 +145,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                     Persist::Close,
                     false,
                 );
-                if let Ok(Ok(())) = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await {
+                if write_out(w, &mut c).await {
                     linger_close(&mut c.stream).await;
                 }
                 return;
@@ -174,6 +174,17 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             return;
         }
     }
+}
+
+/// Writes `out` to the client, within `proxy.try_timeout`; false when the client is gone or reads nothing.
+pub(super) async fn write_out(w: &Worker, c: &mut Conn) -> bool {
+    within(
+        w.p.try_timeout,
+        "the client read nothing",
+        c.stream.write_all(&c.out),
+    )
+    .await
+    .is_ok()
 }
 
 /// How long a closing connection's unread input is still read and dropped.
@@ -441,10 +452,7 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
                 },
                 req.method == Method::HEAD,
             );
-            let written = matches!(
-                bounded(p.try_timeout, c.stream.write_all(&c.out)).await,
-                Ok(Ok(()))
-            );
+            let written = write_out(w, c).await;
             Done {
                 status,
                 upstream: None,
@@ -470,7 +478,7 @@ async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<Chu
             Persist::Close,
             req.method == Method::HEAD,
         );
-        let _ = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await;
+        write_out(w, c).await;
     }
     Done {
         status: if malformed.is_some() { 400 } else { 499 },

@@ -175,7 +175,7 @@ pub(super) enum RelayError {
 }
 
 /// `f` within `limit`, arming a timer only when it does not complete at once (a write usually does).
-pub(super) async fn bounded<F: Future>(
+async fn bounded<F: Future>(
     limit: Duration,
     f: F,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
@@ -184,6 +184,20 @@ pub(super) async fn bounded<F: Future>(
         return Ok(v);
     }
     tokio::time::timeout(limit, f).await
+}
+
+/// An I/O step that must make progress within `idle`; running out of time is a `TimedOut` error saying `what`.
+pub(super) async fn within<T>(
+    idle: Duration,
+    what: &str,
+    step: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    bounded(idle, step).await.unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("{what} for {idle:?}"),
+        ))
+    })
 }
 
 /// Sends the response head in `out` and the body after it, as `framing` delimits it; `dechunk` strips the chunked
@@ -205,20 +219,14 @@ where
     let upstream = |detail: String, head_sent: bool| RelayError::Upstream { detail, head_sent };
     let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, String> {
         buf.reserve(UPSTREAM_BUFFER);
-        match bounded(idle, r.read_buf(buf)).await {
-            Ok(Ok(n)) => Ok(n),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("nothing more within {idle:?}")),
-        }
+        within(idle, "nothing more from the server", r.read_buf(buf))
+            .await
+            .map_err(|e| e.to_string())
     };
     let send = async |w: &mut W, bytes: &[u8]| -> Result<(), RelayError> {
-        match bounded(idle, w.write_all(bytes)).await {
-            Ok(result) => result.map_err(RelayError::Client),
-            Err(_) => Err(RelayError::Client(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the client read nothing for {idle:?}"),
-            ))),
-        }
+        within(idle, "the client read nothing", w.write_all(bytes))
+            .await
+            .map_err(RelayError::Client)
     };
     match framing {
         Framing::Empty => send(w, out).await,
@@ -311,13 +319,10 @@ where
     let fill = async |r: &mut R, buf: &mut BytesMut| -> Result<(), BodyError> {
         if buf.is_empty() {
             buf.reserve(UPSTREAM_BUFFER);
-            let read = bounded(idle, r.read_buf(buf)).await.map_err(|_| {
-                BodyError::Client(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no body bytes for {idle:?}"),
-                ))
-            })?;
-            if read.map_err(BodyError::Client)? == 0 {
+            let read = within(idle, "no body bytes", r.read_buf(buf))
+                .await
+                .map_err(BodyError::Client)?;
+            if read == 0 {
                 return Err(BodyError::Client(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "closed inside the request body",
@@ -327,13 +332,9 @@ where
         Ok(())
     };
     let upload = async |w: &mut W, bytes: &[u8]| -> Result<(), BodyError> {
-        match bounded(idle, w.write_all(bytes)).await {
-            Ok(result) => result.map_err(BodyError::Upstream),
-            Err(_) => Err(BodyError::Upstream(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("the server read nothing for {idle:?}"),
-            ))),
-        }
+        within(idle, "the server read nothing", w.write_all(bytes))
+            .await
+            .map_err(BodyError::Upstream)
     };
     match framing {
         Framing::Length(mut left) => {

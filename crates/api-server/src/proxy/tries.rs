@@ -17,12 +17,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{Body, Conn, Done, Persist, Req, Worker, write_json_error};
+use super::conn::{Body, Conn, Done, Persist, Req, Worker, write_json_error, write_out};
 use super::h1::{ChunkError, Framing};
 use super::headers::RequestId;
 use super::pool::Upstream;
 use super::relay::{
-    BodyError, HeadError, RelayError, bounded, read_response_head, relay_body, send_body,
+    BodyError, HeadError, RelayError, read_response_head, relay_body, send_body, within,
 };
 use super::{ProxyError, is_idempotent, jittered, report_failure, wait_for_a_server};
 
@@ -239,21 +239,9 @@ async fn try_once(
         if let Body::Buffered(k) = body {
             c.up_out.extend_from_slice(&c.buf[..k]);
         }
-        if body == Body::Streaming {
-            match tokio::time::timeout_at(try_deadline, up.stream.write_all(&c.up_out)).await {
-                Err(_) => return Err(TryError::Timeout),
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if up.reused => {
-                    tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
-                    fresh = true;
-                    continue;
-                }
-                Ok(Err(e)) => return Err(TryError::NotSent(format!("sending the request: {e}"))),
-            }
-            return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started).await;
-        }
         let draining = w.draining.load(Ordering::Acquire);
-        // One timer for the whole try: the request out, the response head back.
+        // One timer for the whole try: the request head (and a buffered body) out, the response head back. A
+        // streamed body goes after the head, in `stream_exchange`.
         let exchanged = tokio::time::timeout_at(try_deadline, async {
             let mut sent = 0;
             while sent < c.up_out.len() {
@@ -263,8 +251,12 @@ async fn try_once(
                     Err(e) => return Err(Step::Send(sent, e)),
                 }
             }
+            if body == Body::Streaming {
+                return Ok(None);
+            }
             read_response_head(&mut up.stream, &mut up.buf, &mut c.out, req, draining)
                 .await
+                .map(Some)
                 .map_err(Step::Head)
         })
         .await;
@@ -288,7 +280,11 @@ async fn try_once(
                 fresh = true;
             }
             Ok(Err(Step::Head(e))) => return Err(TryError::Failed(e.to_string())),
-            Ok(Ok(resp)) => break (up, resp),
+            Ok(Ok(None)) => {
+                return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started)
+                    .await;
+            }
+            Ok(Ok(Some(resp))) => break (up, resp),
         }
     };
     if server_status(w, backend, resp.status)
@@ -404,7 +400,7 @@ async fn finish(
             Persist::Close,
             req.method == Method::HEAD,
         );
-        let _ = bounded(w.p.try_timeout, c.stream.write_all(&c.out)).await;
+        write_out(w, c).await;
     }
     Done {
         status: if relayed.unanswered { 502 } else { status },
@@ -445,10 +441,13 @@ async fn stream_exchange(
     let idle = w.p.try_timeout;
     if req.expect_continue
         && !req.http10
-        && !matches!(
-            bounded(idle, c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")).await,
-            Ok(Ok(()))
+        && within(
+            idle,
+            "the client read nothing",
+            c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"),
         )
+        .await
+        .is_err()
     {
         return Err(TryError::Client(None));
     }
@@ -580,7 +579,7 @@ async fn connect(
     Ok(Upstream::new(stream))
 }
 
-/// Where a try without a streamed body failed.
+/// Where a try failed: sending the request head (and a buffered body), or reading the response head.
 enum Step {
     /// Sending failed after this many bytes.
     Send(usize, io::Error),

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
 
 use svc::Shutdown;
 use tokio::net::TcpListener;
@@ -19,36 +18,34 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::ProxyState;
 use super::conn::{self, Worker};
 use super::pool::IDLE_TIMEOUT;
-use crate::serve::{ConnectionErrors, HttpLimits};
-
-/// Pause after a failed accept (EMFILE and the like), so a full table does not spin the loop.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+use crate::serve::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, accept};
 
 enum Message {
-    /// A new client connection.
-    Connection(std::net::TcpStream, SocketAddr),
+    /// A new client connection, counted as open until its guard is dropped.
+    Connection(std::net::TcpStream, SocketAddr, WorkerGuard),
     /// The drain grace is over: close connections between requests.
     CloseIdle,
 }
 
-/// Open connections, overall and per worker.
-#[derive(Debug, Default)]
-struct Open {
-    count: AtomicUsize,
-    closed: Notify,
-}
-
-/// Counts a connection as open (overall and on its worker) while it lives.
-struct OpenGuard {
-    all: Arc<Open>,
+/// Counts a connection as open, overall and on its worker, while it lives (from its hand-off to its close).
+struct WorkerGuard {
+    _open: OpenGuard,
     worker: Arc<AtomicUsize>,
 }
 
-impl Drop for OpenGuard {
+impl WorkerGuard {
+    fn new(all: &Arc<OpenConnections>, worker: &Arc<AtomicUsize>) -> WorkerGuard {
+        worker.fetch_add(1, Ordering::AcqRel);
+        WorkerGuard {
+            _open: OpenGuard::new(all),
+            worker: Arc::clone(worker),
+        }
+    }
+}
+
+impl Drop for WorkerGuard {
     fn drop(&mut self) {
         self.worker.fetch_sub(1, Ordering::AcqRel);
-        self.all.count.fetch_sub(1, Ordering::AcqRel);
-        self.all.closed.notify_waiters();
     }
 }
 
@@ -68,7 +65,7 @@ pub(crate) async fn serve_proxy(
     threads: usize,
 ) -> std::io::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
-    let all = Arc::new(Open::default());
+    let all = Arc::new(OpenConnections::default());
     let mut workers = Vec::with_capacity(threads);
     for n in 0..threads.max(1) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -83,11 +80,10 @@ pub(crate) async fn serve_proxy(
             close_idle: Default::default(),
             close_idle_now: Notify::new(),
         };
-        let (all, mine) = (Arc::clone(&all), Arc::clone(&open));
         std::thread::Builder::new()
             .name(format!("proxy-{n}"))
             .spawn(move || {
-                run_worker(worker, rx, all, mine);
+                run_worker(worker, rx);
                 let _ = done_tx.send(());
             })?;
         workers.push(WorkerHandle { tx, open, done });
@@ -95,21 +91,7 @@ pub(crate) async fn serve_proxy(
 
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = &mut stop => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(err) => {
-                tracing::warn!(listener = "proxy", "accept failed: {err}; pausing");
-                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
-            }
-        };
-        // Responses are written whole; waiting to coalesce them only adds latency.
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept("proxy", &listener, stop.as_mut()).await {
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
@@ -121,12 +103,13 @@ pub(crate) async fn serve_proxy(
             .iter()
             .min_by_key(|w| w.open.load(Ordering::Acquire))
             .expect("at least one worker");
-        worker.open.fetch_add(1, Ordering::AcqRel);
-        all.count.fetch_add(1, Ordering::AcqRel);
-        if worker.tx.send(Message::Connection(stream, peer)).is_err() {
-            // The worker thread is gone (it panicked): the connection is dropped with the message.
-            worker.open.fetch_sub(1, Ordering::AcqRel);
-            all.count.fetch_sub(1, Ordering::AcqRel);
+        let guard = WorkerGuard::new(&all, &worker.open);
+        if worker
+            .tx
+            .send(Message::Connection(stream, peer, guard))
+            .is_err()
+        {
+            // The worker thread is gone (it panicked): the connection and its guard are dropped with the message.
             tracing::error!("proxy worker thread stopped; connection from {peer} closed");
         }
     }
@@ -134,11 +117,11 @@ pub(crate) async fn serve_proxy(
     draining.store(true, Ordering::Release);
     let grace = tokio::time::sleep(limits.drain_grace);
     tokio::pin!(grace);
-    wait_until_closed(&all, Some(grace.as_mut())).await;
+    all.all_closed(Some(grace)).await;
     for w in &workers {
         let _ = w.tx.send(Message::CloseIdle);
     }
-    wait_until_closed(&all, None).await;
+    all.all_closed(None).await;
     let mut done = Vec::with_capacity(workers.len());
     for w in workers {
         drop(w.tx);
@@ -150,32 +133,9 @@ pub(crate) async fn serve_proxy(
     Ok(())
 }
 
-/// Returns once no connection is open, or when `limit` fires.
-async fn wait_until_closed(all: &Open, mut limit: Option<std::pin::Pin<&mut tokio::time::Sleep>>) {
-    loop {
-        // Registered before looking, so that the last close between the two is not missed.
-        let closed = all.closed.notified();
-        if all.count.load(Ordering::Acquire) == 0 {
-            return;
-        }
-        match limit.as_mut() {
-            Some(limit) => tokio::select! {
-                () = closed => {}
-                () = limit.as_mut() => return,
-            },
-            None => closed.await,
-        }
-    }
-}
-
 /// One worker thread: its runtime, its connections, its pool. Returns when the accept loop drops its sender, which
 /// cancels whatever connections are still open.
-fn run_worker(
-    worker: Worker,
-    mut rx: mpsc::UnboundedReceiver<Message>,
-    all: Arc<Open>,
-    mine: Arc<AtomicUsize>,
-) {
+fn run_worker(worker: Worker, mut rx: mpsc::UnboundedReceiver<Message>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -199,11 +159,7 @@ fn run_worker(
         });
         while let Some(message) = rx.recv().await {
             match message {
-                Message::Connection(stream, peer) => {
-                    let guard = OpenGuard {
-                        all: Arc::clone(&all),
-                        worker: Arc::clone(&mine),
-                    };
+                Message::Connection(stream, peer, guard) => {
                     let stream = match tokio::net::TcpStream::from_std(stream) {
                         Ok(stream) => stream,
                         Err(err) => {
