@@ -2,11 +2,12 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use crate::poll::{retry, try_eventually};
 use crate::process::ManagedProcess;
 
 /// How long an api-server may take to print its bound addresses.
@@ -50,23 +51,14 @@ impl ApiServer {
             envs,
             dir.path().join("api-server.log"),
         )?;
-        let started = Instant::now();
-        let (proxy, admin) = loop {
-            let log = process.log();
-            if let (Some(proxy), Some(admin)) = (
-                bound(&log, "proxy listening on http://"),
-                bound(&log, "admin listening on http://"),
-            ) {
-                break (proxy, admin);
-            }
-            if let Some(status) = process.try_wait()? {
-                bail!("api-server exited with {status} before listening:\n{log}");
-            }
-            if started.elapsed() > START_TIMEOUT {
-                bail!("api-server did not print its addresses within {START_TIMEOUT:?}:\n{log}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let (proxy, admin) = process
+            .wait_log(START_TIMEOUT, "the proxy and admin addresses", |log| {
+                Some((
+                    bound(log, "proxy listening on http://")?,
+                    bound(log, "admin listening on http://")?,
+                ))
+            })
+            .await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .no_proxy()
@@ -90,21 +82,20 @@ impl ApiServer {
         let mut sets = self.sets.clone();
         sets.push(format!("server.listen={}", self.proxy));
         sets.push(format!("server.admin_listen={}", self.admin));
-        let deadline = Instant::now() + START_TIMEOUT;
-        let next = loop {
-            match ApiServer::start(&self.program, &sets).await {
-                Ok(next) if next.proxy == self.proxy && next.admin == self.admin => break next,
-                Ok(other) => bail!(
-                    "the restarted api-server bound {} and {}, not {} and {}",
-                    other.proxy,
-                    other.admin,
-                    self.proxy,
-                    self.admin
-                ),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let program = &self.program;
+        let next = retry(START_TIMEOUT, Duration::from_millis(100), async || {
+            ApiServer::start(program, &sets).await
+        })
+        .await?;
+        if (next.proxy, next.admin) != (self.proxy, self.admin) {
+            bail!(
+                "the restarted api-server bound {} and {}, not {} and {}",
+                next.proxy,
+                next.admin,
+                self.proxy,
+                self.admin
+            );
+        }
         let sets = std::mem::take(&mut self.sets);
         *self = ApiServer { sets, ..next };
         Ok(())
@@ -172,21 +163,23 @@ impl ApiServer {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let started = Instant::now();
         let mut last = Value::Null;
-        while started.elapsed() < timeout {
+        let waited = try_eventually(timeout, what, async || {
             if let Ok(doc) = self.registry().await {
                 if ready(&doc) {
-                    return Ok(doc);
+                    return Ok(Some(doc));
                 }
                 last = doc;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        bail!(
-            "waited {timeout:?} for {what}; last /registry: {last}\n--- api-server log (tail) ---\n{}",
-            self.process.log_tail(40)
-        )
+            Ok(None)
+        })
+        .await;
+        waited.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; last /registry: {last}\n--- api-server log (tail) ---\n{}",
+                self.process.log_tail(40)
+            )
+        })
     }
 }
 

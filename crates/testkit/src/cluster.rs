@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
 
 use crate::bins::nsq_bin;
+use crate::poll::{retry, try_eventually};
 use crate::process::ManagedProcess;
 use crate::stats::{LookupProducer, NsqdStats, Producers, null_lists_to_empty, unwrap_legacy};
 
@@ -18,6 +19,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts to start a daemon when a freshly picked port turned out to be taken.
 const PORT_RETRIES: usize = 4;
+/// Pause between two attempts to restart a process on its old ports.
+const RESTART_PAUSE: Duration = Duration::from_millis(100);
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_port() -> u16 {
@@ -250,20 +253,14 @@ impl NsqCluster {
     /// Waits until nsqlookupd's `/nodes` lists nsqd `i`.
     pub async fn wait_registered(&self, i: usize) -> Result<()> {
         let port = self.nsqds[i].tcp.port();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if self
-                .nodes()
-                .await
+        let what = format!("nsqlookupd to list nsqd{i} ({})", self.nsqds[i].tcp);
+        try_eventually(START_TIMEOUT, &what, async || {
+            let nodes = self.nodes().await;
+            Ok(nodes
                 .is_ok_and(|n| n.iter().any(|p| p.tcp_port == port))
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("nsqlookupd never listed nsqd{i} ({})", self.nsqds[i].tcp);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+                .then_some(()))
+        })
+        .await
     }
 
     /// Number of nsqd.
@@ -352,16 +349,13 @@ impl NsqCluster {
     /// nsqlookupd lists it.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         let web = self.nsqds[i].http;
-        let deadline = Instant::now() + START_TIMEOUT;
+        let (http, process) = (&self.http, &mut self.nsqds[i].process);
         // The old socket may linger briefly; retry until the port is ours again.
-        loop {
-            self.nsqds[i].process.restart()?;
-            match wait_ping(&self.http, &mut self.nsqds[i].process, web).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        retry(START_TIMEOUT, RESTART_PAUSE, async || {
+            process.restart()?;
+            wait_ping(http, process, web).await
+        })
+        .await?;
         self.wait_registered(i).await
     }
 
@@ -388,15 +382,12 @@ impl NsqCluster {
     /// Starts the nsqlookupd again on the same ports (nsqd re-register on their own).
     pub async fn restart_lookupd(&mut self) -> Result<()> {
         let web = self.lookupd_http;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            self.lookupd.restart()?;
-            match wait_ping(&self.http, &mut self.lookupd, web).await {
-                Ok(()) => return Ok(()),
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        let (http, lookupd) = (&self.http, &mut self.lookupd);
+        retry(START_TIMEOUT, RESTART_PAUSE, async || {
+            lookupd.restart()?;
+            wait_ping(http, lookupd, web).await
+        })
+        .await
     }
 
     /// Starts an nsqadmin pointed at the lookupd; returns its HTTP address.
@@ -531,26 +522,18 @@ async fn ping_once(http: &reqwest::Client, addr: SocketAddr, timeout: Duration) 
 
 /// Polls `GET /ping` until it answers, failing early (with the log) if the process exits.
 async fn wait_ping(http: &reqwest::Client, p: &mut ManagedProcess, addr: SocketAddr) -> Result<()> {
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
+    let what = format!("{} to answer http://{addr}/ping", p.name());
+    let answered = try_eventually(START_TIMEOUT, &what, async || {
         if let Some(status) = p.try_wait()? {
-            bail!(
-                "{} exited with {status} during start-up; log:\n{}",
-                p.name(),
-                p.log_tail(20)
-            );
+            bail!("{} exited with {status} during start-up", p.name());
         }
-        if ping_once(http, addr, Duration::from_millis(500)).await {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            p.kill();
-            bail!(
-                "{} did not answer http://{addr}/ping within {START_TIMEOUT:?}; log:\n{}",
-                p.name(),
-                p.log_tail(20)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(ping_once(http, addr, Duration::from_millis(500))
+            .await
+            .then_some(()))
+    })
+    .await;
+    answered.map_err(|e| {
+        p.kill();
+        anyhow::anyhow!("{e}; log:\n{}", p.log_tail(20))
+    })
 }

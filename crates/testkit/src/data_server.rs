@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use crate::Signal;
+use crate::poll::retry;
 use crate::process::ManagedProcess;
 use crate::project::project_bin;
 
@@ -203,14 +204,10 @@ impl DataServer {
             opts.set.push(format!("server.id={}", self.id));
         }
         // The old listener is closed, but a port can stay briefly unavailable; retry.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let next = loop {
-            match DataServer::start_with(opts.clone()).await {
-                Ok(next) => break next,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        };
+        let next = retry(Duration::from_secs(20), Duration::from_millis(100), async || {
+            DataServer::start_with(opts.clone()).await
+        })
+        .await?;
         // Keep the original options (without the pinned listen address) for the next restart.
         let opts = std::mem::replace(&mut self.opts, DataServerOptions::new(Vec::<String>::new()));
         *self = DataServer { opts, ..next };
@@ -226,23 +223,16 @@ impl DataServer {
     }
 }
 
-/// Polls the log for `listening on ADDR` (the first line the server prints).
+/// Waits for `listening on ADDR` in the log (the first line the server prints).
 async fn wait_listening(process: &mut ManagedProcess, timeout: Duration) -> Result<SocketAddr> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = process.log();
-        if let Some(rest) = log.lines().find_map(|l| l.strip_prefix("listening on ")) {
-            return rest
-                .trim()
-                .parse()
-                .with_context(|| format!("bad address in {rest:?}"));
-        }
-        if let Some(status) = process.try_wait()? {
-            bail!("data-server exited with {status} before listening:\n{log}");
-        }
-        if Instant::now() >= deadline {
-            bail!("data-server did not print `listening on` within {timeout:?}:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let line = process
+        .wait_log(timeout, "`listening on ADDR`", |log| {
+            log.lines()
+                .find_map(|l| l.strip_prefix("listening on "))
+                .map(str::to_owned)
+        })
+        .await?;
+    line.trim()
+        .parse()
+        .with_context(|| format!("bad address in {line:?}"))
 }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use crate::poll::try_eventually;
+
 /// One change of the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryEvent {
@@ -47,14 +49,11 @@ impl RegistryEvents {
             connects,
             task,
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while me.connects() == 0 {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "could not open {admin}/registry/events"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let what = format!("{admin}/registry/events to open");
+        try_eventually(Duration::from_secs(10), &what, async || {
+            Ok((me.connects() > 0).then_some(()))
+        })
+        .await?;
         Ok(me)
     }
 

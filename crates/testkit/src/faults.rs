@@ -14,12 +14,15 @@ use crate::audit::{Archived, Ledger, audit};
 use crate::events::{RegistryEvent, RegistryEvents};
 use crate::fault_report::FaultReport;
 use crate::load::{Load, LoadOptions, LoadReport};
+use crate::poll::{retry, try_eventually};
 use crate::stack::{Stack, StackOptions};
 
 /// The heartbeat topic of the stack.
 const TOPIC: &str = "data_server_addr";
 /// How long the system may take to converge after a fault is repaired.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Pause between two reads of the archive (each runs `archiver query`) while one is incomplete.
+const AUDIT_PAUSE: Duration = Duration::from_millis(250);
 
 /// One fault of the system-level suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -349,14 +352,23 @@ impl FaultRun {
             self.ledger.record(ds).await?;
         }
         // The archiver commits in batches of at most 50 ms; a few seconds is plenty.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let audit_report = loop {
-            let archived = Archived::read(self.stack.archive_db(), TOPIC).await?;
-            let report = audit(&self.ledger, &archived);
-            if report.missing.is_empty() || Instant::now() >= deadline {
-                break report;
+        // Read again (each read runs `archiver query`) while something is missing; after the
+        // deadline the last report, with what is missing, is the answer.
+        let (db, ledger) = (self.stack.archive_db(), &self.ledger);
+        let audited = retry(Duration::from_secs(30), AUDIT_PAUSE, async || {
+            // Ok: done (complete, or the archive could not be read); Err: something is missing.
+            match Archived::read(db, TOPIC).await {
+                Ok(archived) => match audit(ledger, &archived) {
+                    report if report.missing.is_empty() => Ok(Ok(report)),
+                    report => Err(report),
+                },
+                Err(e) => Ok(Err(e)),
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        })
+        .await;
+        let audit_report = match audited {
+            Ok(read) => read?,
+            Err(incomplete) => incomplete,
         };
         let events = self.events.all();
         let count = |kind: &str| events.iter().filter(|e| e.kind == kind).count() as u64;
@@ -506,14 +518,11 @@ async fn wait_queue_metadata(stack: &Stack, i: usize) -> Result<()> {
         dir.join(format!("{TOPIC}.diskqueue.meta.dat")),
         dir.join(format!("{TOPIC}:archive.diskqueue.meta.dat")),
     ];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !files.iter().all(|f| f.exists()) {
-        if Instant::now() >= deadline {
-            bail!("nsqd{i} never wrote {files:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
+    let what = format!("nsqd{i} to write {files:?}");
+    try_eventually(Duration::from_secs(30), &what, async || {
+        Ok(files.iter().all(|f| f.exists()).then_some(()))
+    })
+    .await
 }
 
 /// The ids a `/registry` document lists.

@@ -1,5 +1,7 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
-//! NSQ's own command-line tools as peers, and faults on demand.
+//! the project's binaries ([`DataServer`], [`ApiServer`]), heartbeats from inside a test
+//! ([`Announcer`]), NSQ's own command-line tools as peers, faults on demand, and waiting with a
+//! deadline ([`eventually`], [`try_eventually`], [`retry`]).
 //!
 //! Every process a test starts is killed when its handle drops (also while a test panics, when
 //! its log is printed too) and, should the test process die without unwinding, by the kernel.
@@ -14,6 +16,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod announcer;
 mod api_server;
 mod audit;
 mod bins;
@@ -30,6 +33,7 @@ mod project;
 mod stack;
 mod stats;
 
+pub use announcer::Announcer;
 pub use api_server::ApiServer;
 pub use audit::{Archived, AuditReport, Ledger, PublishedRun, audit};
 pub use bins::{
@@ -44,7 +48,7 @@ pub use faults::{Fault, FaultRun, SeededRng, listed};
 pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
-pub use poll::eventually;
+pub use poll::{POLL_INTERVAL, eventually, retry, try_eventually};
 pub use process::ManagedProcess;
 pub use project::project_bin;
 pub use stack::{DURABLE_NSQD_ARGS, Stack, StackOptions};

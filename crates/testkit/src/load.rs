@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
+use crate::poll::try_eventually;
+
 /// How to generate load.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -205,16 +207,12 @@ impl Load {
     /// failing after `timeout`.
     pub async fn wait_more_ok(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
         let target = self.ok() + n;
-        let deadline = Instant::now() + timeout;
-        while self.ok() < target {
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "fewer than {n} requests succeeded within {timeout:?} ({} failures so far)",
-                self.failed()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        let what = format!("{n} more requests to succeed");
+        let waited = try_eventually(timeout, &what, async || {
+            Ok((self.ok() >= target).then_some(()))
+        })
+        .await;
+        waited.map_err(|e| anyhow::anyhow!("{e} ({} failures so far)", self.failed()))
     }
 
     /// What was seen so far, without stopping.

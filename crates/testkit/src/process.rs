@@ -8,6 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+use crate::poll::try_eventually;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -178,16 +180,31 @@ impl ManagedProcess {
 
     /// Waits up to `timeout` for the process to exit, polling without blocking the runtime.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait()? {
-                return Ok(status);
+        let what = format!("{} to exit", self.name);
+        try_eventually(timeout, &what, async || self.try_wait()).await
+    }
+
+    /// Polls the log until `found` picks a value out of it (e.g. the address printed in
+    /// `listening on ADDR`). Fails early when the process exits, and after `timeout`, naming
+    /// `what` and showing the log.
+    pub async fn wait_log<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut found: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
+        let waited = try_eventually(timeout, what, async || {
+            let log = self.log();
+            if let Some(v) = found(&log) {
+                return Ok(Some(v));
             }
-            if Instant::now() >= deadline {
-                bail!("{} did not exit within {timeout:?}", self.name);
+            match self.try_wait()? {
+                Some(status) => bail!("{} exited with {status} before {what}", self.name),
+                None => Ok(None),
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await;
+        waited.map_err(|e| anyhow::anyhow!("{e:#}; {} log:\n{}", self.name, self.log()))
     }
 
     /// SIGKILL and reap.

@@ -12,6 +12,7 @@ use crate::api_server::ApiServer;
 use crate::bins::workspace_root;
 use crate::cluster::{ClusterOptions, NsqCluster};
 use crate::data_server::{DataServer, DataServerOptions};
+use crate::poll::try_eventually;
 use crate::process::ManagedProcess;
 use crate::project::project_bin;
 
@@ -77,25 +78,26 @@ pub struct Stack {
 
 /// Waits until the archiver's durable channel exists, with a subscriber, on every nsqd.
 async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    for i in 0..cluster.len() {
-        loop {
-            let s = cluster
-                .stats(i, "data_server_addr", Some("archive"))
-                .await?;
-            if s.channel("data_server_addr", "archive")
-                .is_some_and(|c| c.client_count > 0)
-            {
-                break;
+    let mut unsubscribed = 0;
+    let waited = try_eventually(
+        Duration::from_secs(30),
+        "the archiver to subscribe",
+        async || {
+            for i in 0..cluster.len() {
+                let s = cluster
+                    .stats(i, "data_server_addr", Some("archive"))
+                    .await?;
+                let channel = s.channel("data_server_addr", "archive");
+                if !channel.is_some_and(|c| c.client_count > 0) {
+                    unsubscribed = i;
+                    return Ok(None);
+                }
             }
-            anyhow::ensure!(
-                std::time::Instant::now() < deadline,
-                "the archiver did not subscribe to nsqd{i} within 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-    Ok(())
+            Ok(Some(()))
+        },
+    )
+    .await;
+    waited.map_err(|e| e.context(format!("the archiver did not subscribe to nsqd{unsubscribed}")))
 }
 
 fn config(name: &str) -> PathBuf {
