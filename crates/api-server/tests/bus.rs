@@ -26,7 +26,7 @@ async fn all_nsqd_down_for_three_ttls_keeps_the_servers_and_says_so() {
     let announcers: Vec<Announcer> = (0..2)
         .map(|n| {
             let addr = format!("127.0.0.1:{}", 19201 + n);
-            Announcer::start(
+            announcer(
                 &cluster,
                 &format!("data-{n}"),
                 &addr,

@@ -91,7 +91,7 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
-    let announcer = Announcer::start(
+    let announcer = announcer(
         &cluster,
         "data-dash",
         "127.0.0.1:19301",
@@ -137,7 +137,7 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
     });
     let streaming = wait_metric(&api, "api_event_streams", 1.0).await;
     assert_eq!(streaming, 1.0, "the page opened the event stream");
-    announcer.leave().await;
+    announcer.leave().await.unwrap();
     api.wait_registry(SOON, "data-dash to leave", |d| {
         d["servers"].as_array().unwrap().is_empty()
     })

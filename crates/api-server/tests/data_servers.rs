@@ -26,7 +26,7 @@ async fn a_data_server_joins_within_one_hop_and_leaves_at_once_on_sigterm() {
     .await
     .unwrap();
     // A 5 s interval: showing up well within it proves the first heartbeat did it.
-    let mut server = DataServer::start(&cluster, "ds-1", "5s").await;
+    let mut server = data_server(&cluster, "ds-1", "5s").await;
     let started = Instant::now();
     let doc = api
         .wait_registry(SOON, "ds-1 to join", |d| listed(d, "ds-1"))
@@ -37,9 +37,9 @@ async fn a_data_server_joins_within_one_hop_and_leaves_at_once_on_sigterm() {
         "joined after {:?}",
         started.elapsed()
     );
-    assert_eq!(doc["servers"][0]["addr"], server.addr.to_string());
+    assert_eq!(doc["servers"][0]["addr"], server.addr());
 
-    server.process.signal(Signal::SIGTERM).unwrap();
+    server.signal(Signal::SIGTERM).unwrap();
     let stopped = Instant::now();
     api.wait_registry(SOON, "ds-1 to leave", |d| !listed(d, "ds-1"))
         .await
@@ -49,7 +49,7 @@ async fn a_data_server_joins_within_one_hop_and_leaves_at_once_on_sigterm() {
         left_after < Duration::from_secs(2),
         "left after {left_after:?} (TTL 10s)"
     );
-    let status = server.process.wait_exit(SOON).await.unwrap();
+    let status = server.wait_exit(SOON).await.unwrap();
     assert!(status.success(), "{status}");
     assert_eq!(
         wait_metric(&api, "api_registry_events_total{kind=\"leave\"}", 1.0).await,
@@ -65,13 +65,17 @@ async fn a_sigkilled_data_server_expires_within_ttl_plus_prune_not_before_the_tt
     let prune = Duration::from_millis(100);
     let interval = Duration::from_millis(300);
     let api = api_server(&cluster, "2s", &[]).await;
-    let mut server = DataServer::start(&cluster, "ds-kill", "300ms").await;
+    let mut server = data_server(&cluster, "ds-kill", "300ms").await;
     api.wait_registry(SOON, "ds-kill to join", |d| listed(d, "ds-kill"))
         .await
         .unwrap();
     // Let it heartbeat a few times, then crash it.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    server.process.kill();
+    api.wait_registry(SOON, "three heartbeats of ds-kill", |d| {
+        find_server(d, "ds-kill").is_some_and(|s| s["seq"].as_u64() >= Some(3))
+    })
+    .await
+    .unwrap();
+    server.kill();
     let killed = Instant::now();
     api.wait_registry(SOON, "ds-kill to expire", |d| !listed(d, "ds-kill"))
         .await

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use testkit::NsqCluster;
+use testkit::{NsqCluster, eventually};
+
+/// Bound for the load of a test to reach a number of answers (generous: proves the failover, not the speed).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_server() {
@@ -16,7 +19,7 @@ async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_
     create_topic(&cluster).await;
     let mut servers = Vec::new();
     for n in 0..3 {
-        servers.push(DataServer::start(&cluster, &format!("ds-{n}"), "500ms").await);
+        servers.push(data_server(&cluster, &format!("ds-{n}"), "500ms").await);
     }
     let api = api_server(&cluster, "10s", &[]).await;
     wait_servers(&api, 3).await;
@@ -45,14 +48,14 @@ async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_
             })
         })
         .collect();
-    while ok.load(Ordering::Relaxed) < 100 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    servers[0].process.kill();
+    let answered = |n: usize| {
+        let ok = &ok;
+        move || std::future::ready((ok.load(Ordering::Relaxed) >= n).then_some(()))
+    };
+    eventually(LOAD_TIMEOUT, "100 answers", answered(100)).await;
+    servers[0].kill();
     let before = ok.load(Ordering::Relaxed);
-    while ok.load(Ordering::Relaxed) < before + 300 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(LOAD_TIMEOUT, "300 more answers", answered(before + 300)).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
@@ -86,7 +89,7 @@ async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_
 async fn an_upstream_slower_than_the_try_timeout_gives_504_json() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let _server = DataServer::start(&cluster, "ds-slow", "1s").await;
+    let _server = data_server(&cluster, "ds-slow", "1s").await;
     let api = api_server(&cluster, "10s", &["proxy.try_timeout=300ms"]).await;
     wait_servers(&api, 1).await;
     let response = client()
@@ -108,8 +111,8 @@ async fn an_upstream_slower_than_the_try_timeout_gives_504_json() {
 async fn a_get_to_a_hung_server_is_answered_by_another_after_the_try_timeout() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let hung = DataServer::start(&cluster, "ds-hung", "1s").await;
-    let _live = DataServer::start(&cluster, "ds-live", "1s").await;
+    let hung = data_server(&cluster, "ds-hung", "1s").await;
+    let _live = data_server(&cluster, "ds-live", "1s").await;
     let api = api_server(
         &cluster,
         "10s",
@@ -118,8 +121,7 @@ async fn a_get_to_a_hung_server_is_answered_by_another_after_the_try_timeout() {
     .await;
     wait_servers(&api, 2).await;
     // Alive TCP, no answers: the kernel still accepts its connections.
-    hung.process.signal(testkit::Signal::SIGSTOP).unwrap();
-    hung.process.wait_stopped(true).unwrap();
+    hung.freeze().unwrap();
     let http = client();
     for _ in 0..4 {
         assert_eq!(whoami(&http, &api).await.unwrap(), "ds-live");
@@ -154,18 +156,18 @@ async fn a_get_to_a_hung_server_is_answered_by_another_after_the_try_timeout() {
         statuses.iter().all(|s| *s == 200 || *s == 504),
         "{statuses:?}"
     );
-    hung.process.signal(testkit::Signal::SIGCONT).unwrap();
+    hung.thaw().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_one() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let _server = DataServer::start(&cluster, "ds-live", "1s").await;
+    let _server = data_server(&cluster, "ds-live", "1s").await;
     // Announced but not listening: every connection to it is refused.
     let refusing = testkit::RefusingPort::new();
     let dead = refusing.addr().to_string();
-    let _ghost = Announcer::start(&cluster, "ghost", &dead, Duration::from_secs(1));
+    let _ghost = announcer(&cluster, "ghost", &dead, Duration::from_secs(1));
     let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
     wait_servers(&api, 2).await;
     let http = client();
@@ -194,7 +196,7 @@ async fn the_retry_budget_stops_retries_when_every_server_fails() {
     let _ghosts: Vec<Announcer> = (0..3)
         .map(|n| {
             let dead = refusing[n].addr().to_string();
-            Announcer::start(
+            announcer(
                 &cluster,
                 &format!("ghost-{n}"),
                 &dead,
@@ -242,8 +244,8 @@ async fn the_retry_budget_stops_retries_when_every_server_fails() {
 async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let mut staying = DataServer::start(&cluster, "ds-stay", "1s").await;
-    let mut leaving = DataServer::start(&cluster, "ds-leave", "1s").await;
+    let mut staying = data_server(&cluster, "ds-stay", "1s").await;
+    let mut leaving = data_server(&cluster, "ds-leave", "1s").await;
     let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
     wait_servers(&api, 2).await;
     let http = client();
@@ -253,7 +255,7 @@ async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
     }
     assert_eq!(seen.len(), 2, "{seen:?}");
 
-    leaving.process.signal(testkit::Signal::SIGTERM).unwrap();
+    leaving.signal(testkit::Signal::SIGTERM).unwrap();
     // Requests keep flowing while it leaves: none may fail.
     let mut after_leave = 0;
     let started = std::time::Instant::now();
@@ -278,6 +280,6 @@ async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
         }
         assert!(started.elapsed() < SOON, "ds-leave never left");
     }
-    assert!(leaving.process.wait_exit(SOON).await.unwrap().success());
-    staying.process.kill();
+    assert!(leaving.wait_exit(SOON).await.unwrap().success());
+    staying.kill();
 }

@@ -8,11 +8,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use discovery::{Heartbeat, MAX_BODY_BYTES, State};
-use testkit::{ApiServer, NsqCluster};
+use testkit::{ApiServer, NsqCluster, try_eventually};
 
 /// What each published body should be counted as, for comparing with `/metrics` at the end.
 #[derive(Default)]
@@ -26,27 +26,27 @@ impl Expected {
     /// Waits until every expected counter has exactly its value (a message counted twice or under another reason
     /// fails), and returns the metrics text; on timeout, fails listing the counters that differ.
     async fn wait_for(&self, api: &ApiServer) -> String {
-        let deadline = Instant::now() + SOON;
-        loop {
+        let reached = try_eventually(SOON, "the expected heartbeat counters", || async {
             let text = api.metrics().await.unwrap_or_default();
-            let wrong: Vec<String> = self
-                .0
-                .iter()
-                .filter(|(sample, n)| value(&text, sample) != **n)
-                .map(|(sample, n)| {
-                    format!("{sample}: expected {n}, found {}", value(&text, sample))
-                })
-                .collect();
-            if wrong.is_empty() {
-                return text;
+            Ok(self.differing(&text).is_empty().then_some(text))
+        })
+        .await;
+        match reached {
+            Ok(text) => text,
+            Err(e) => {
+                let text = api.metrics().await.unwrap_or_default();
+                panic!("{e}:\n{}\n\n{text}", self.differing(&text).join("\n"))
             }
-            assert!(
-                Instant::now() < deadline,
-                "after {SOON:?}:\n{}\n\n{text}",
-                wrong.join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The counters whose value in `text` is not the expected one.
+    fn differing(&self, text: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(sample, n)| value(text, sample) != **n)
+            .map(|(sample, n)| format!("{sample}: expected {n}, found {}", value(text, sample)))
+            .collect()
     }
 }
 

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use testkit::{NsqCluster, Signal};
+use testkit::{NsqCluster, Signal, eventually};
 
 fn run(args: &[&str]) -> std::process::Output {
     Command::new(api_server_bin())
@@ -100,7 +100,7 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
         .unwrap();
     assert_eq!(readyz.status(), 503, "no live server yet");
 
-    let _server = DataServer::start(&cluster, "ds-g", "1s").await;
+    let _server = data_server(&cluster, "ds-g", "1s").await;
     api.wait_registry(SOON, "ds-g", |d| {
         d["servers"].as_array().unwrap().len() == 1
     })
@@ -121,16 +121,11 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
         let (http, url) = (http.clone(), format!("http://{}/slow?ms=1500", api.proxy()));
         async move { http.get(url).send().await }
     });
-    let started = std::time::Instant::now();
-    while api
-        .metric("api_proxy_upstream_requests_total{upstream=\"ds-g\"}")
-        .await
-        .unwrap()
-        < 1.0
-    {
-        assert!(started.elapsed() < SOON, "the slow request never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(SOON, "the slow request to start", || async {
+        let sample = "api_proxy_upstream_requests_total{upstream=\"ds-g\"}";
+        (api.metric(sample).await.unwrap() >= 1.0).then_some(())
+    })
+    .await;
     api.process().signal(Signal::SIGTERM).unwrap();
     let response = slow
         .await

@@ -40,12 +40,12 @@ async fn a_fresh_api_server_holds_requests_until_the_first_heartbeat() {
             .get(format!("http://{}/whoami", api.proxy()))
             .send(),
     );
-    let server = DataServer::start(&cluster, "ds-first", "1s").await;
+    let server = data_server(&cluster, "ds-first", "1s").await;
     let response = early.await.unwrap().unwrap();
     let status = response.status();
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["id"], server.id.as_str());
+    assert_eq!(body["id"], server.id());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,7 +54,7 @@ async fn every_strategy_spreads_requests_over_three_servers() {
     create_topic(&cluster).await;
     let mut servers = Vec::new();
     for n in 0..3 {
-        servers.push(DataServer::start(&cluster, &format!("ds-{n}"), "1s").await);
+        servers.push(data_server(&cluster, &format!("ds-{n}"), "1s").await);
     }
     let http = client();
     for strategy in ["p2c", "round_robin", "random"] {
@@ -88,7 +88,7 @@ async fn every_strategy_spreads_requests_over_three_servers() {
 async fn twenty_megabytes_pass_both_ways_intact() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let _server = DataServer::start(&cluster, "ds-big", "1s").await;
+    let _server = data_server(&cluster, "ds-big", "1s").await;
     let mut api = api_server(&cluster, "10s", &[]).await;
     wait_servers(&api, 1).await;
     let pid = api.process().pid().unwrap();
@@ -167,7 +167,7 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
     )
     .await;
     let untrusting = api_server(&cluster, "10s", &[]).await;
-    let _announcer = Announcer::start(
+    let _announcer = announcer(
         &cluster,
         "echo",
         &upstream.to_string(),
@@ -256,21 +256,14 @@ async fn weights_from_heartbeat_meta_shift_the_share() {
         &["balancer.strategy=random", "proxy.access_log=false"],
     )
     .await;
-    let weight = |w: u64| BTreeMap::from([("weight".to_owned(), serde_json::json!(w))]);
-    let _light = Announcer::start_with_meta(
-        &cluster,
-        "light",
-        &addrs[0].to_string(),
-        Duration::from_secs(1),
-        weight(1),
-    );
-    let _heavy = Announcer::start_with_meta(
-        &cluster,
-        "heavy",
-        &addrs[1].to_string(),
-        Duration::from_secs(1),
-        weight(3),
-    );
+    let weighted = |id: &str, addr: &str, weight: u64| {
+        let mut cfg = Announcer::config(&cluster, id, addr, Duration::from_secs(1));
+        cfg.meta
+            .insert("weight".to_owned(), serde_json::json!(weight));
+        Announcer::start_with(cfg).expect("the announcer starts")
+    };
+    let _light = weighted("light", &addrs[0].to_string(), 1);
+    let _heavy = weighted("heavy", &addrs[1].to_string(), 3);
     wait_servers(&api, 2).await;
     let http = client();
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();

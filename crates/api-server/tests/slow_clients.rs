@@ -34,7 +34,7 @@ async fn setup(instance: &str, extra: &[&str]) -> Setup {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let upstream = upstream().await;
-    let announcer = Announcer::start(
+    let announcer = announcer(
         &cluster,
         &format!("upstream-{instance}"),
         &upstream.to_string(),

@@ -40,7 +40,10 @@ impl Announcer {
         addr: &str,
         interval: Duration,
     ) -> AnnouncerConfig {
-        let nsqd = cluster.nsqd_tcp_addresses().into_iter().map(|a| a.to_string());
+        let nsqd = cluster
+            .nsqd_tcp_addresses()
+            .into_iter()
+            .map(|a| a.to_string());
         let mut cfg = AnnouncerConfig::new(id, addr, nsqd);
         cfg.interval = interval;
         cfg.jitter = 0.0;

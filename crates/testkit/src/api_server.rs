@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -83,8 +84,8 @@ impl ApiServer {
         sets.push(format!("server.listen={}", self.proxy));
         sets.push(format!("server.admin_listen={}", self.admin));
         let program = &self.program;
-        let next = retry(START_TIMEOUT, Duration::from_millis(100), async || {
-            ApiServer::start(program, &sets).await
+        let next = retry(START_TIMEOUT, Duration::from_millis(100), || {
+            ApiServer::start(program, &sets)
         })
         .await?;
         if (next.proxy, next.admin) != (self.proxy, self.admin) {
@@ -163,18 +164,20 @@ impl ApiServer {
         what: &str,
         ready: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let mut last = Value::Null;
-        let waited = try_eventually(timeout, what, async || {
-            if let Ok(doc) = self.registry().await {
+        let last = Mutex::new(Value::Null);
+        let (this, ready, seen) = (self, &ready, &last);
+        let waited = try_eventually(timeout, what, move || async move {
+            if let Ok(doc) = this.registry().await {
                 if ready(&doc) {
                     return Ok(Some(doc));
                 }
-                last = doc;
+                *seen.lock().unwrap_or_else(PoisonError::into_inner) = doc;
             }
             Ok(None)
         })
         .await;
         waited.map_err(|e| {
+            let last = last.into_inner().unwrap_or_else(PoisonError::into_inner);
             anyhow::anyhow!(
                 "{e}; last /registry: {last}\n--- api-server log (tail) ---\n{}",
                 self.process.log_tail(40)

@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use nix::sys::signal::Signal;
 
 use crate::bins::nsq_bin;
-use crate::poll::{retry, try_eventually};
+use crate::poll::try_eventually;
 use crate::process::ManagedProcess;
 use crate::stats::{LookupProducer, NsqdStats, Producers, null_lists_to_empty, unwrap_legacy};
 
@@ -19,8 +19,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Attempts to start a daemon when a freshly picked port turned out to be taken.
 const PORT_RETRIES: usize = 4;
-/// Pause between two attempts to restart a process on its old ports.
-const RESTART_PAUSE: Duration = Duration::from_millis(100);
+/// How long one `GET /ping` may take while waiting for a process to answer.
+const PING_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
 pub fn free_port() -> u16 {
@@ -254,8 +254,9 @@ impl NsqCluster {
     pub async fn wait_registered(&self, i: usize) -> Result<()> {
         let port = self.nsqds[i].tcp.port();
         let what = format!("nsqlookupd to list nsqd{i} ({})", self.nsqds[i].tcp);
-        try_eventually(START_TIMEOUT, &what, async || {
-            let nodes = self.nodes().await;
+        let this = &*self;
+        try_eventually(START_TIMEOUT, &what, move || async move {
+            let nodes = this.nodes().await;
             Ok(nodes
                 .is_ok_and(|n| n.iter().any(|p| p.tcp_port == port))
                 .then_some(()))
@@ -349,13 +350,8 @@ impl NsqCluster {
     /// nsqlookupd lists it.
     pub async fn restart(&mut self, i: usize) -> Result<()> {
         let web = self.nsqds[i].http;
-        let (http, process) = (&self.http, &mut self.nsqds[i].process);
-        // The old socket may linger briefly; retry until the port is ours again.
-        retry(START_TIMEOUT, RESTART_PAUSE, async || {
-            process.restart()?;
-            wait_ping(http, process, web).await
-        })
-        .await?;
+        // The old socket may linger briefly: started again until the port is ours.
+        restart_until_ping(&self.http, &mut self.nsqds[i].process, web).await?;
         self.wait_registered(i).await
     }
 
@@ -382,12 +378,7 @@ impl NsqCluster {
     /// Starts the nsqlookupd again on the same ports (nsqd re-register on their own).
     pub async fn restart_lookupd(&mut self) -> Result<()> {
         let web = self.lookupd_http;
-        let (http, lookupd) = (&self.http, &mut self.lookupd);
-        retry(START_TIMEOUT, RESTART_PAUSE, async || {
-            lookupd.restart()?;
-            wait_ping(http, lookupd, web).await
-        })
-        .await
+        restart_until_ping(&self.http, &mut self.lookupd, web).await
     }
 
     /// Starts an nsqadmin pointed at the lookupd; returns its HTTP address.
@@ -523,13 +514,42 @@ async fn ping_once(http: &reqwest::Client, addr: SocketAddr, timeout: Duration) 
 /// Polls `GET /ping` until it answers, failing early (with the log) if the process exits.
 async fn wait_ping(http: &reqwest::Client, p: &mut ManagedProcess, addr: SocketAddr) -> Result<()> {
     let what = format!("{} to answer http://{addr}/ping", p.name());
-    let answered = try_eventually(START_TIMEOUT, &what, async || {
-        if let Some(status) = p.try_wait()? {
-            bail!("{} exited with {status} during start-up", p.name());
+    let answered = try_eventually(START_TIMEOUT, &what, || {
+        let exited = p.try_wait();
+        let name = p.name().to_owned();
+        async move {
+            if let Some(status) = exited? {
+                bail!("{name} exited with {status} during start-up");
+            }
+            Ok(ping_once(http, addr, PING_TIMEOUT).await.then_some(()))
         }
-        Ok(ping_once(http, addr, Duration::from_millis(500))
-            .await
-            .then_some(()))
+    })
+    .await;
+    answered.map_err(|e| {
+        p.kill();
+        anyhow::anyhow!("{e}; log:\n{}", p.log_tail(20))
+    })
+}
+
+/// Starts `p` again on its old ports and polls `GET /ping` until it answers; a run that exits
+/// (its port still held by the previous one) is started again.
+async fn restart_until_ping(
+    http: &reqwest::Client,
+    p: &mut ManagedProcess,
+    addr: SocketAddr,
+) -> Result<()> {
+    p.restart()?;
+    let what = format!("{} to answer http://{addr}/ping", p.name());
+    let answered = try_eventually(START_TIMEOUT, &what, || {
+        let restarted = match p.try_wait() {
+            Ok(Some(_)) => p.restart(),
+            Ok(None) => Ok(()),
+            Err(e) => Err(e),
+        };
+        async move {
+            restarted?;
+            Ok(ping_once(http, addr, PING_TIMEOUT).await.then_some(()))
+        }
     })
     .await;
     answered.map_err(|e| {

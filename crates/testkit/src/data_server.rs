@@ -204,8 +204,8 @@ impl DataServer {
             opts.set.push(format!("server.id={}", self.id));
         }
         // The old listener is closed, but a port can stay briefly unavailable; retry.
-        let next = retry(Duration::from_secs(20), Duration::from_millis(100), async || {
-            DataServer::start_with(opts.clone()).await
+        let next = retry(Duration::from_secs(20), Duration::from_millis(100), || {
+            DataServer::start_with(opts.clone())
         })
         .await?;
         // Keep the original options (without the pinned listen address) for the next restart.

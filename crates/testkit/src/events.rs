@@ -50,8 +50,8 @@ impl RegistryEvents {
             task,
         };
         let what = format!("{admin}/registry/events to open");
-        try_eventually(Duration::from_secs(10), &what, async || {
-            Ok((me.connects() > 0).then_some(()))
+        try_eventually(Duration::from_secs(10), &what, || {
+            std::future::ready(Ok((me.connects() > 0).then_some(())))
         })
         .await?;
         Ok(me)

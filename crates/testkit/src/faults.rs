@@ -355,7 +355,7 @@ impl FaultRun {
         // Read again (each read runs `archiver query`) while something is missing; after the
         // deadline the last report, with what is missing, is the answer.
         let (db, ledger) = (self.stack.archive_db(), &self.ledger);
-        let audited = retry(Duration::from_secs(30), AUDIT_PAUSE, async || {
+        let audited = retry(Duration::from_secs(30), AUDIT_PAUSE, move || async move {
             // Ok: done (complete, or the archive could not be read); Err: something is missing.
             match Archived::read(db, TOPIC).await {
                 Ok(archived) => match audit(ledger, &archived) {
@@ -519,8 +519,8 @@ async fn wait_queue_metadata(stack: &Stack, i: usize) -> Result<()> {
         dir.join(format!("{TOPIC}:archive.diskqueue.meta.dat")),
     ];
     let what = format!("nsqd{i} to write {files:?}");
-    try_eventually(Duration::from_secs(30), &what, async || {
-        Ok(files.iter().all(|f| f.exists()).then_some(()))
+    try_eventually(Duration::from_secs(30), &what, || {
+        std::future::ready(Ok(files.iter().all(|f| f.exists()).then_some(())))
     })
     .await
 }

@@ -208,8 +208,8 @@ impl Load {
     pub async fn wait_more_ok(&self, n: u64, timeout: Duration) -> anyhow::Result<()> {
         let target = self.ok() + n;
         let what = format!("{n} more requests to succeed");
-        let waited = try_eventually(timeout, &what, async || {
-            Ok((self.ok() >= target).then_some(()))
+        let waited = try_eventually(timeout, &what, || {
+            std::future::ready(Ok((self.ok() >= target).then_some(())))
         })
         .await;
         waited.map_err(|e| anyhow::anyhow!("{e} ({} failures so far)", self.failed()))

@@ -8,8 +8,11 @@
 //! - [`retry`]: an operation that fails until the world is ready (a port still held by the
 //!   previous run); a timeout returns the operation's last error, which says more than "timed out".
 //!
-//! The checks are async closures, so they may borrow (also mutably) what they poll.
+//! A check is a closure returning a future (`|| async move { … }`, or `|| ready(…)` after a
+//! synchronous step such as `try_wait`), not an async closure: futures of async closures can fail
+//! to be `Send` for a `tokio::spawn`, and testkit's waits run inside spawned tasks.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -19,22 +22,26 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Polls `check` every 20 ms until it yields `Some`, and panics (failing the test) naming `what`
 /// after `timeout`.
-pub async fn eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Option<T>,
-) -> T {
-    let polled = try_eventually(timeout, what, async || Ok(check().await)).await;
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let polled = try_eventually(timeout, what, || {
+        let checked = check();
+        async move { Ok(checked.await) }
+    })
+    .await;
     polled.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Polls `check` every 20 ms until it yields `Ok(Some)`; an `Err` from `check` ends the wait with
 /// that error at once, and after `timeout` the error is "timed out after … waiting for `what`".
-pub async fn try_eventually<T>(
-    timeout: Duration,
-    what: &str,
-    mut check: impl AsyncFnMut() -> Result<Option<T>>,
-) -> Result<T> {
+pub async fn try_eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check().await? {
@@ -48,11 +55,11 @@ pub async fn try_eventually<T>(
 }
 
 /// Runs `attempt` until it succeeds, `pause` apart; after `timeout` returns its last error.
-pub async fn retry<T, E>(
-    timeout: Duration,
-    pause: Duration,
-    mut attempt: impl AsyncFnMut() -> Result<T, E>,
-) -> Result<T, E> {
+pub async fn retry<T, E, F, Fut>(timeout: Duration, pause: Duration, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
         match attempt().await {
@@ -70,9 +77,9 @@ mod tests {
     #[tokio::test]
     async fn eventually_returns_the_first_value() {
         let mut calls = 0;
-        let v = eventually(Duration::from_secs(5), "the third call", async || {
+        let v = eventually(Duration::from_secs(5), "the third call", || {
             calls += 1;
-            (calls == 3).then_some(calls)
+            std::future::ready((calls == 3).then_some(calls))
         })
         .await;
         assert_eq!(v, 3);
@@ -80,13 +87,14 @@ mod tests {
 
     #[tokio::test]
     async fn try_eventually_stops_at_an_error_and_names_a_timeout() {
-        let err = try_eventually(Duration::from_secs(5), "never", async || -> Result<Option<()>> {
-            bail!("gone")
+        let err = try_eventually(Duration::from_secs(5), "never", || async {
+            let gone: Result<Option<()>> = Err(anyhow::anyhow!("gone"));
+            gone
         })
         .await
         .unwrap_err();
         assert_eq!(err.to_string(), "gone");
-        let err = try_eventually(Duration::ZERO, "the moon", async || Ok(None::<()>))
+        let err = try_eventually(Duration::ZERO, "the moon", || async { Ok(None::<()>) })
             .await
             .unwrap_err();
         assert!(err.to_string().contains("waiting for the moon"), "{err}");
@@ -95,9 +103,9 @@ mod tests {
     #[tokio::test]
     async fn retry_gives_the_last_error() {
         let mut n = 0;
-        let err = retry(Duration::ZERO, Duration::ZERO, async || -> Result<(), u32> {
+        let err = retry(Duration::ZERO, Duration::ZERO, || {
             n += 1;
-            Err(n)
+            std::future::ready(Err::<(), u32>(n))
         })
         .await;
         assert_eq!(err, Err(1));

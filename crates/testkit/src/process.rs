@@ -181,7 +181,7 @@ impl ManagedProcess {
     /// Waits up to `timeout` for the process to exit, polling without blocking the runtime.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let what = format!("{} to exit", self.name);
-        try_eventually(timeout, &what, async || self.try_wait()).await
+        try_eventually(timeout, &what, || std::future::ready(self.try_wait())).await
     }
 
     /// Polls the log until `found` picks a value out of it (e.g. the address printed in
@@ -193,15 +193,19 @@ impl ManagedProcess {
         what: &str,
         mut found: impl FnMut(&str) -> Option<T>,
     ) -> Result<T> {
-        let waited = try_eventually(timeout, what, async || {
-            let log = self.log();
-            if let Some(v) = found(&log) {
-                return Ok(Some(v));
-            }
-            match self.try_wait()? {
-                Some(status) => bail!("{} exited with {status} before {what}", self.name),
-                None => Ok(None),
-            }
+        let waited = try_eventually(timeout, what, || {
+            let found = match found(&self.log()) {
+                Some(v) => Ok(Some(v)),
+                None => match self.try_wait() {
+                    Ok(Some(status)) => Err(anyhow::anyhow!(
+                        "{} exited with {status} before {what}",
+                        self.name
+                    )),
+                    Ok(None) => Ok(None),
+                    Err(e) => Err(e),
+                },
+            };
+            std::future::ready(found)
         })
         .await;
         waited.map_err(|e| anyhow::anyhow!("{e:#}; {} log:\n{}", self.name, self.log()))

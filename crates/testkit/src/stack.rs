@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -78,18 +79,20 @@ pub struct Stack {
 
 /// Waits until the archiver's durable channel exists, with a subscriber, on every nsqd.
 async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
-    let mut unsubscribed = 0;
+    // The first nsqd without a subscriber, for the timeout message.
+    let unsubscribed = AtomicUsize::new(0);
+    let waiting_for = &unsubscribed;
     let waited = try_eventually(
         Duration::from_secs(30),
         "the archiver to subscribe",
-        async || {
+        move || async move {
             for i in 0..cluster.len() {
                 let s = cluster
                     .stats(i, "data_server_addr", Some("archive"))
                     .await?;
                 let channel = s.channel("data_server_addr", "archive");
                 if !channel.is_some_and(|c| c.client_count > 0) {
-                    unsubscribed = i;
+                    waiting_for.store(i, Ordering::Relaxed);
                     return Ok(None);
                 }
             }
@@ -97,7 +100,8 @@ async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
         },
     )
     .await;
-    waited.map_err(|e| e.context(format!("the archiver did not subscribe to nsqd{unsubscribed}")))
+    let i = unsubscribed.load(Ordering::Relaxed);
+    waited.map_err(|e| e.context(format!("the archiver did not subscribe to nsqd{i}")))
 }
 
 fn config(name: &str) -> PathBuf {

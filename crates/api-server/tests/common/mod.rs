@@ -1,18 +1,16 @@
-//! Shared helpers of the api-server integration tests: real NSQ, real api-server processes, and heartbeats
-//! published by the test itself.
+//! Shared helpers of the api-server integration tests: real NSQ, real api-server and data-server
+//! processes, and heartbeats published by the test itself (all three through testkit).
 
 #![allow(dead_code)]
 
 pub mod wire;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use discovery::{Heartbeat, State};
 use serde_json::Value;
-use testkit::{ApiServer, NsqCluster};
+pub use testkit::{Announcer, DataServer};
+use testkit::{ApiServer, DataServerOptions, NsqCluster, try_eventually};
 
 /// The heartbeat topic of the tests (the contract default).
 pub const TOPIC: &str = "data_server_addr";
@@ -71,169 +69,39 @@ pub fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-/// A fake data server's heartbeat loop (what `data-server` does), publishing every `interval` to nsqd chosen
-/// round robin, until stopped; `leave` sends a `leaving` heartbeat first.
-pub struct Announcer {
-    stop: Arc<AtomicBool>,
-    leave: Arc<AtomicBool>,
-    wake: Arc<tokio::sync::Notify>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Announcer {
-    pub fn start(cluster: &NsqCluster, id: &str, addr: &str, interval: Duration) -> Announcer {
-        Announcer::start_with_meta(cluster, id, addr, interval, Default::default())
-    }
-
-    /// Like [`Announcer::start`], announcing `meta` (e.g. a `weight`).
-    pub fn start_with_meta(
-        cluster: &NsqCluster,
-        id: &str,
-        addr: &str,
-        interval: Duration,
-        meta: std::collections::BTreeMap<String, serde_json::Value>,
-    ) -> Announcer {
-        let addrs: Vec<String> = cluster
-            .nsqd_tcp_addresses()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let (stop, leave) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicBool::new(false)),
-        );
-        let (s, l) = (Arc::clone(&stop), Arc::clone(&leave));
-        let wake = Arc::new(tokio::sync::Notify::new());
-        let w = Arc::clone(&wake);
-        let (id, addr) = (id.to_owned(), addr.to_owned());
-        let task = tokio::spawn(async move {
-            let producers: Vec<nsq::Producer> = addrs
-                .iter()
-                .map(|a| nsq::Producer::new(a.clone(), Default::default()).unwrap())
-                .collect();
-            let epoch = now_ms();
-            let mut seq = 0u64;
-            loop {
-                seq += 1;
-                let mut hb = Heartbeat::new(id.clone(), addr.clone(), epoch, seq);
-                hb.interval_ms = interval.as_millis() as u64;
-                hb.sent_at_ms = now_ms();
-                hb.meta = meta.clone();
-                let leaving = l.load(Ordering::Acquire);
-                if leaving {
-                    hb.state = State::Leaving;
-                }
-                // Failover as a data server does: the next nsqd when one refuses.
-                for k in 0..producers.len() {
-                    let p = &producers[(seq as usize + k) % producers.len()];
-                    if p.publish(TOPIC, hb.encode()).await.is_ok() {
-                        break;
-                    }
-                }
-                if leaving || s.load(Ordering::Acquire) {
-                    return;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    () = w.notified() => {}
-                }
-            }
-        });
-        Announcer {
-            stop,
-            leave,
-            wake,
-            task,
-        }
-    }
-
-    /// Stops without a word, like SIGKILL.
-    pub async fn crash(self) {
-        self.task.abort();
-        let _ = self.task.await;
-    }
-
-    /// Announces `leaving` once, then stops, like SIGTERM.
-    pub async fn leave(self) {
-        self.leave.store(true, Ordering::Release);
-        self.wake.notify_one();
-        let _ = self.task.await;
-    }
-}
-
-/// Polls one `/metrics` sample until it reaches `at_least`; returns its value then (or the last one seen).
+/// Polls one `/metrics` sample until it reaches `at_least`; returns its value then (or, after
+/// [`SOON`], the value then, for the caller's assertion to show).
 pub async fn wait_metric(api: &ApiServer, sample: &str, at_least: f64) -> f64 {
-    let started = std::time::Instant::now();
-    loop {
+    let what = format!("{sample} >= {at_least}");
+    let reached = try_eventually(SOON, &what, || async {
         let value = api.metric(sample).await.unwrap_or(0.0);
-        if value >= at_least || started.elapsed() > SOON {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok((value >= at_least).then_some(value))
+    })
+    .await;
+    match reached {
+        Ok(value) => value,
+        Err(_) => api.metric(sample).await.unwrap_or(0.0),
     }
 }
 
-/// A real `data-server` process announcing itself through `cluster`'s nsqd.
-pub struct DataServer {
-    pub process: testkit::ManagedProcess,
-    pub id: String,
-    pub addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
+/// A real `data-server` process with id `id` announcing through `cluster`'s nsqd every
+/// `interval` (without jitter).
+pub async fn data_server(cluster: &NsqCluster, id: &str, interval: &str) -> DataServer {
+    let mut opts = DataServerOptions::new(cluster.nsqd_tcp_addresses())
+        .set(format!("server.id={id}"))
+        .set("announce.jitter=0")
+        .set("shutdown.timeout=5s");
+    opts.interval = interval.to_owned();
+    opts.envs.push(("RUST_LOG".to_owned(), "info".to_owned()));
+    DataServer::start_with(opts)
+        .await
+        .unwrap_or_else(|e| panic!("data-server {id} starts: {e:#}"))
 }
 
-impl DataServer {
-    pub async fn start(cluster: &NsqCluster, id: &str, interval: &str) -> DataServer {
-        let bin = testkit::project_bin("data-server").expect("the data-server binary");
-        let dir = tempfile::tempdir().unwrap();
-        let nsqd: Vec<String> = cluster
-            .nsqd_tcp_addresses()
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let args = [
-            "server.listen=127.0.0.1:0".to_owned(),
-            format!("server.id={id}"),
-            format!("announce.nsqd_tcp_addresses={}", nsqd.join(",")),
-            format!("announce.interval={interval}"),
-            "announce.jitter=0".to_owned(),
-            "shutdown.timeout=5s".to_owned(),
-        ]
-        .into_iter()
-        .flat_map(|set| ["--set".to_owned(), set])
-        .collect();
-        let mut process = testkit::ManagedProcess::spawn(
-            format!("data-server {id}"),
-            bin,
-            args,
-            vec![("RUST_LOG".to_owned(), "info".to_owned())],
-            dir.path().join("data-server.log"),
-        )
-        .unwrap();
-        let started = std::time::Instant::now();
-        let addr = loop {
-            let log = process.log();
-            if let Some(addr) = log
-                .lines()
-                .find_map(|l| l.trim().strip_prefix("listening on ")?.parse().ok())
-            {
-                break addr;
-            }
-            if let Some(status) = process.try_wait().unwrap() {
-                panic!("data-server {id} exited with {status}:\n{log}");
-            }
-            assert!(
-                started.elapsed() < SOON,
-                "data-server {id} did not start:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        DataServer {
-            process,
-            id: id.to_owned(),
-            addr,
-            _dir: dir,
-        }
-    }
+/// Heartbeats for `id` at `addr` every `interval`, published by the test itself (no server
+/// needs to listen at `addr`).
+pub fn announcer(cluster: &NsqCluster, id: &str, addr: &str, interval: Duration) -> Announcer {
+    Announcer::start(cluster, id, addr, interval).expect("the announcer starts")
 }
 
 /// A plain HTTP client for the proxy.

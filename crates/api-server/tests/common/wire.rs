@@ -24,9 +24,9 @@ pub async fn with_data_server(id: &str) -> (Setup, String) {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
-    let server = DataServer::start(&cluster, id, "250ms").await;
+    let server = data_server(&cluster, id, "250ms").await;
     wait_servers(&api, 1).await;
-    let id = server.id.clone();
+    let id = server.id().to_owned();
     let setup = Setup {
         _cluster: cluster,
         _announcers: Vec::new(),
@@ -50,7 +50,7 @@ pub async fn with_upstreams_and(addrs: &[SocketAddr], extra: &[&str]) -> Setup {
         .iter()
         .enumerate()
         .map(|(i, addr)| {
-            Announcer::start(
+            announcer(
                 &cluster,
                 &format!("scripted-{i}"),
                 &addr.to_string(),
