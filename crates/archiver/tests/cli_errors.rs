@@ -1,12 +1,12 @@
 //! Unusable databases and bad names end the archiver with one clear line and status 2, before
 //! it takes a single message.
 
-mod support;
+mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 
-use support::ARCHIVER;
+use common::ARCHIVER;
 
 fn run(db: &std::path::Path, sets: &[&str]) -> Output {
     let mut cmd = Command::new(ARCHIVER);

@@ -1,16 +1,16 @@
 //! `archiver replay` and `archiver query` against a real nsqd: a range goes to a new topic in
 //! original order; a replay killed mid-way and run again sends every message exactly once.
 
-mod support;
+mod common;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use archiver::{NewMessage, ReplayJob, Store};
+use common::ARCHIVER;
 use nsq::{Consumer, ConsumerConfig, Message};
-use support::{ARCHIVER, eventually};
-use testkit::{ManagedProcess, NsqCluster, Signal};
+use testkit::{ManagedProcess, NsqCluster, Signal, eventually};
 
 const BASE_NS: i64 = 1_700_000_000_000_000_000;
 

@@ -1,13 +1,13 @@
 //! `archiver run` against a real nsqd: crashes lose and duplicate nothing; SIGTERM drains.
 
-mod support;
+mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
+use common::{body, read_archive, rows, run_args, spawn_archiver, workdir};
 use nsq::{Producer, ProducerConfig};
-use support::{body, eventually, read_all, rows, run_args, spawn_archiver, workdir};
-use testkit::{NsqCluster, Signal};
+use testkit::{NsqCluster, Signal, eventually};
 
 const TOPIC: &str = "crashy";
 const TOTAL: usize = 10_000;
@@ -62,7 +62,7 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
     let status = archiver.terminate(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "{status:?}");
 
-    let all = read_all(&db);
+    let all = read_archive(&db);
     assert_eq!(all.len(), TOTAL);
     let bodies: HashSet<Vec<u8>> = all.iter().map(|m| m.body.clone()).collect();
     let expected: HashSet<Vec<u8>> = (0..TOTAL).map(body).collect();

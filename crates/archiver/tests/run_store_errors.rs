@@ -1,14 +1,14 @@
 //! `archiver run` when the database misbehaves while it runs: a store error finishes nothing
 //! (the messages are requeued and archived later, once), and retention runs in the background.
 
-mod support;
+mod common;
 
 use std::time::Duration;
 
 use archiver::{NewMessage, Store};
+use common::{body, read_archive, rows, run_args, spawn_archiver, workdir};
 use nsq::{Producer, ProducerConfig};
-use support::{body, eventually, read_all, rows, run_args, spawn_archiver, workdir};
-use testkit::NsqCluster;
+use testkit::{NsqCluster, eventually};
 
 #[tokio::test]
 async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
@@ -61,7 +61,7 @@ async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
     .await;
     let status = archiver.terminate(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "{status:?}");
-    assert_eq!(read_all(&db).len(), N);
+    assert_eq!(read_archive(&db).len(), N);
     let log = archiver.log();
     assert!(
         log.contains("batch not stored") && log.contains("locked"),
@@ -105,5 +105,5 @@ async fn retention_deletes_old_messages_in_the_background() {
     })
     .await;
     archiver.terminate(Duration::from_secs(15)).await.unwrap();
-    assert_eq!(read_all(&db)[0].msg_id, [b'c'; 16]);
+    assert_eq!(read_archive(&db)[0].msg_id, [b'c'; 16]);
 }

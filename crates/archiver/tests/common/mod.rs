@@ -1,7 +1,11 @@
-//! Helpers shared by the integration tests: owned messages and whole-range reads.
+//! Helpers shared by the archiver's integration tests: owned messages and whole-range reads of a
+//! [`Store`], and the real `archiver` binary run against real nsqd.
 #![allow(dead_code)] // each test binary uses a different subset
 
+use std::path::{Path, PathBuf};
+
 use archiver::{BatchOutcome, NewMessage, Range, Store, StoredMessage};
+use testkit::{ManagedProcess, NsqCluster};
 
 /// An owned message, so tests can build batches without juggling lifetimes.
 #[derive(Debug, Clone)]
@@ -75,4 +79,71 @@ pub fn assert_same(stored: &StoredMessage, sent: &Msg) {
     assert_eq!(stored.nsqd_ts_ns, sent.nsqd_ts_ns);
     assert_eq!(stored.attempts, sent.attempts);
     assert_eq!(stored.body, sent.body, "body of seq {}", stored.seq);
+}
+
+// --- The `archiver` binary against real nsqd ---
+
+/// The binary cargo built for these tests.
+pub const ARCHIVER: &str = env!("CARGO_BIN_EXE_archiver");
+
+/// `--set` flags for a small, fast archiver reading `topics` from nsqd 0 of `cluster`.
+pub fn run_args(db: &Path, cluster: &NsqCluster, topics: &[&str]) -> Vec<String> {
+    let mut args = vec!["run".to_owned()];
+    for set in [
+        format!("archive.database={}", db.display()),
+        format!("archive.topics={}", topics.join(",")),
+        format!("archive.nsqd_tcp_addresses={}", cluster.nsqd_tcp(0)),
+        "archive.batch_size=200".to_owned(),
+        "archive.batch_latency=20ms".to_owned(),
+        "archive.max_in_flight=400".to_owned(),
+        // Messages in flight to a killed archiver come back after this, not after nsqd's 60s.
+        "archive.msg_timeout=2s".to_owned(),
+        "shutdown.timeout=10s".to_owned(),
+    ] {
+        args.push("--set".to_owned());
+        args.push(set);
+    }
+    args
+}
+
+/// Starts `archiver run` with its log in `dir`.
+pub fn spawn_archiver(dir: &Path, args: Vec<String>) -> ManagedProcess {
+    ManagedProcess::spawn(
+        "archiver",
+        ARCHIVER,
+        args,
+        vec![("RUST_LOG".into(), "info".into())],
+        dir.join("archiver.log"),
+    )
+    .expect("starting the archiver")
+}
+
+/// Every message of the database at `db`, in original order.
+pub fn read_archive(db: &Path) -> Vec<StoredMessage> {
+    let store = Store::open(db).expect("opening the archive");
+    read_all(&store, &Range::all(1000))
+}
+
+/// Rows in the archive (0 while it does not exist yet).
+pub fn rows(db: &Path) -> u64 {
+    if !db.exists() {
+        return 0;
+    }
+    Store::open(db)
+        .and_then(|s| s.stats())
+        .map_or(0, |s| s.total)
+}
+
+/// A unique, partly non-UTF-8 body for message `n`.
+pub fn body(n: usize) -> Vec<u8> {
+    let mut b = format!("msg-{n:06}-").into_bytes();
+    b.extend((0..(n % 40) as u8).map(|i| i.wrapping_mul(37).wrapping_add(200)));
+    b
+}
+
+/// A temporary directory that also holds the archive.
+pub fn workdir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("archive.db");
+    (dir, db)
 }
