@@ -5,21 +5,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Tap;
+use common::{Tap, until};
 use discovery::{Announcer, AnnouncerConfig, State};
 use testkit::NsqCluster;
 
 const GENEROUS: Duration = Duration::from_secs(30);
-
-async fn until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + GENEROUS;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 #[tokio::test]
 async fn an_unhealthy_service_stops_announcing_and_resumes_when_healthy() {

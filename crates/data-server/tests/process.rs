@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, Tap, key_file, metric};
 use discovery::{HmacKey, State, decode};
-use testkit::{DataServer, DataServerOptions, NsqCluster, Signal};
+use testkit::{DataServer, DataServerOptions, NsqCluster, Signal, eventually, try_eventually};
 
 const GENEROUS: Duration = Duration::from_secs(30);
 
@@ -17,28 +17,39 @@ fn options(cluster: &NsqCluster, interval: &str) -> DataServerOptions {
     opts
 }
 
+/// `/metrics` of `server` as text.
+async fn metrics_of(server: &DataServer) -> String {
+    let response = reqwest::get(server.url("/metrics")).await.unwrap();
+    response.text().await.unwrap()
+}
+
+/// Polls `/metrics` until `ready` accepts it and returns it; fails the test after [`GENEROUS`],
+/// showing the metrics then.
+async fn wait_metrics(server: &DataServer, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let reached = try_eventually(GENEROUS, what, || async {
+        let text = metrics_of(server).await;
+        Ok(ready(&text).then_some(text))
+    })
+    .await;
+    match reached {
+        Ok(text) => text,
+        Err(e) => panic!("{e}:\n{}", metrics_of(server).await),
+    }
+}
+
 /// Polls `/metrics` until at least one publish failure is counted for `nsqd`.
 async fn wait_for_failures(server: &DataServer, nsqd: &str) {
-    let client = reqwest::Client::new();
     let line = format!("data_server_publish_failures_total{{nsqd=\"{nsqd}\"}} ");
-    let deadline = Instant::now() + GENEROUS;
-    loop {
-        let metrics = client.get(server.url("/metrics")).send().await.unwrap();
-        let text = metrics.text().await.unwrap();
+    let what = format!("a failure counted for {nsqd}");
+    wait_metrics(server, &what, |text| {
         let failures: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix(&line))
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        if failures >= 1 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failure counted for {nsqd}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        failures >= 1
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -164,26 +175,10 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
         }
     });
     // Wait until the slow request is in flight (the metrics request itself is the other one).
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + GENEROUS;
-    loop {
-        let text = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("data_server_requests_in_flight 2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slow request never in flight:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_metrics(&server, "the slow request in flight", |text| {
+        text.contains("data_server_requests_in_flight 2")
+    })
+    .await;
 
     server.signal(Signal::SIGTERM).unwrap();
     let got = tap
@@ -258,24 +253,13 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
     opts.interval = "200ms".into();
     let mut server = DataServer::start_with(opts).await.unwrap();
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + GENEROUS;
-    loop {
+    eventually(GENEROUS, "5 failed heartbeats", || async {
         let response = client.get(server.url("/healthz")).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        let metrics = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&metrics, "data_server_heartbeats_failed_total") >= 5 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{metrics}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        let metrics = metrics_of(&server).await;
+        (metric(&metrics, "data_server_heartbeats_failed_total") >= 5).then_some(())
+    })
+    .await;
     let health: serde_json::Value = client
         .get(server.url("/healthz"))
         .send()
@@ -308,26 +292,10 @@ async fn a_second_signal_cuts_the_drain_short() {
     tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
         .await;
     let slow = tokio::spawn(reqwest::get(server.url("/slow?ms=60000")));
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + GENEROUS;
-    loop {
-        let text = client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric(&text, "data_server_requests_in_flight") >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "slow request never in flight:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_metrics(&server, "the slow request in flight", |text| {
+        metric(text, "data_server_requests_in_flight") >= 2
+    })
+    .await;
     server.signal(Signal::SIGTERM).unwrap();
     tap.wait_for(server.id(), GENEROUS, |hbs| {
         hbs.iter().any(|(_, hb)| hb.state == State::Leaving)

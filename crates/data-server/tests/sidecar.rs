@@ -5,13 +5,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as Axum;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::{BIN, Tap};
+use common::{BIN, Tap, until};
 use discovery::State;
 use testkit::{ManagedProcess, NsqCluster, Signal};
 
@@ -29,14 +29,6 @@ async fn health(Axum(h): Axum<Health>) -> StatusCode {
     } else {
         h.failed_probes.fetch_add(1, Ordering::SeqCst);
         StatusCode::SERVICE_UNAVAILABLE
-    }
-}
-
-async fn until(what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + GENEROUS;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

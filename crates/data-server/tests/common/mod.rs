@@ -6,11 +6,23 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use discovery::{Heartbeat, HmacKey, Message, decode};
+use testkit::{eventually, try_eventually};
 
 /// The binary under test, built by cargo for this crate's integration tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_data-server");
 /// Topic of the heartbeats (the default).
 pub const TOPIC: &str = "data_server_addr";
+
+/// Bound for [`until`].
+const UNTIL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `done` until it holds; fails the test naming `what` after 30 s.
+pub async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    eventually(UNTIL_TIMEOUT, what, || {
+        std::future::ready(done().then_some(()))
+    })
+    .await
+}
 
 /// One received message: when, and the raw body.
 #[derive(Clone, Debug)]
@@ -90,18 +102,13 @@ impl Tap {
         timeout: Duration,
         done: impl Fn(&[(Instant, Heartbeat)]) -> bool,
     ) -> Vec<(Instant, Heartbeat)> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("the heartbeats of {id}");
+        let reached = try_eventually(timeout, &what, || {
             let got = self.of(id);
-            if done(&got) {
-                return got;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "condition not met within {timeout:?}; received {got:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            std::future::ready(Ok(done(&got).then_some(got)))
+        })
+        .await;
+        reached.unwrap_or_else(|e| panic!("{e}; received {:?}", self.of(id)))
     }
 
     pub async fn stop(mut self) {
