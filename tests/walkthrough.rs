@@ -5,9 +5,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use testkit::{Stack, StackOptions, project_bin, workspace_root};
+use testkit::{Stack, StackOptions, eventually, project_bin, retry, workspace_root};
 
 async fn whoami(http: &reqwest::Client, proxy: &str) -> anyhow::Result<String> {
     let resp = http.get(format!("{proxy}/whoami")).send().await?;
@@ -118,42 +118,43 @@ async fn walkthrough() {
         })
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while whoami(&http, &proxy).await.unwrap() != "data-4" {
-        assert!(Instant::now() < deadline, "data-4 never got a request");
-    }
+    eventually(Duration::from_secs(10), "a request to data-4", || async {
+        (whoami(&http, &proxy).await.unwrap() == "data-4").then_some(())
+    })
+    .await;
 
     // 4. The archive holds the heartbeats, including data-1's leaving one.
     let db = stack.archive_db().display().to_string();
     let archiver = project_bin("archiver").unwrap();
     let config = workspace_root().join("config/archiver.toml");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = tokio::process::Command::new(&archiver)
-            .args(["query", "-c"])
-            .arg(&config)
-            .args([
-                "--set",
-                &format!("archive.database={db}"),
-                "--topic",
-                "data_server_addr",
-            ])
-            .output()
-            .await
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        if out.status.success() && text.contains("data-4") && text.contains("leaving") {
-            assert!(text.lines().count() >= 4, "several heartbeats archived");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "archive lacks heartbeats: {}\n{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    // Each check runs `archiver query`: a quarter of a second apart.
+    let archived = retry(
+        Duration::from_secs(20),
+        Duration::from_millis(250),
+        || async {
+            let out = tokio::process::Command::new(&archiver)
+                .args(["query", "-c"])
+                .arg(&config)
+                .args([
+                    "--set",
+                    &format!("archive.database={db}"),
+                    "--topic",
+                    "data_server_addr",
+                ])
+                .output()
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && text.contains("data-4") && text.contains("leaving") {
+                Ok(text)
+            } else {
+                Err(format!("{text}\n{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        },
+    )
+    .await;
+    let text = archived.unwrap_or_else(|e| panic!("archive lacks heartbeats: {e}"));
+    assert!(text.lines().count() >= 4, "several heartbeats archived");
 
     // 5. Shutdown leaves no process behind.
     let pids = stack.pids();
