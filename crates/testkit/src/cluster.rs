@@ -254,7 +254,7 @@ impl NsqCluster {
     pub async fn wait_registered(&self, i: usize) -> Result<()> {
         let port = self.nsqds[i].tcp.port();
         let what = format!("nsqlookupd to list nsqd{i} ({})", self.nsqds[i].tcp);
-        let this = &*self;
+        let this = self;
         try_eventually(START_TIMEOUT, &what, move || async move {
             let nodes = this.nodes().await;
             Ok(nodes

@@ -91,7 +91,7 @@ async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
                     .stats(i, "data_server_addr", Some("archive"))
                     .await?;
                 let channel = s.channel("data_server_addr", "archive");
-                if !channel.is_some_and(|c| c.client_count > 0) {
+                if channel.is_none_or(|c| c.client_count == 0) {
                     waiting_for.store(i, Ordering::Relaxed);
                     return Ok(None);
                 }
