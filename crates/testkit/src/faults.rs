@@ -501,15 +501,15 @@ impl FaultRun {
 /// window loses data whatever the flags; a real deployment is past it after two seconds of
 /// traffic, so the kill waits for it.
 async fn wait_queue_metadata(stack: &Stack, i: usize) -> Result<()> {
-    let dir = stack.cluster.nsqd(i).data_path.clone();
-    let files = [
-        dir.join(format!("{TOPIC}.diskqueue.meta.dat")),
-        dir.join(format!("{TOPIC}:archive.diskqueue.meta.dat")),
-    ];
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !files.iter().all(|f| f.exists()) {
+    let written = || {
+        let c = &stack.cluster;
+        c.durable_depth(i, TOPIC, None).is_some()
+            && c.durable_depth(i, TOPIC, Some("archive")).is_some()
+    };
+    while !written() {
         if Instant::now() >= deadline {
-            bail!("nsqd{i} never wrote {files:?}");
+            bail!("nsqd{i} never wrote the metadata of {TOPIC} and {TOPIC}:archive");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
