@@ -80,6 +80,17 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// `config/api-server.toml` and the README's config table name exactly the keys of
+/// `api_server::Config`, and every value the file sets is the default, but for the local stack's
+/// nsqlookupd.
+#[test]
+fn the_example_file_and_the_readme_match_the_defaults() {
+    testkit::check_config_docs::<api_server::Config>(
+        "api-server",
+        &["discovery.lookupd_http_addresses"],
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight() {
     let cluster = NsqCluster::start(1).await.unwrap();

@@ -18,6 +18,7 @@ mod api_server;
 mod audit;
 mod bins;
 mod cluster;
+mod config_docs;
 mod data_server;
 mod events;
 mod fault_report;
@@ -36,6 +37,7 @@ pub use bins::{
     NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
     workspace_root,
 };
+pub use config_docs::check_config_docs;
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
 pub use data_server::{DataServer, DataServerOptions};
 pub use events::{RegistryEvent, RegistryEvents};
