@@ -145,7 +145,10 @@ async fn a_second_signal_cuts_the_drain_short() {
         .unwrap();
     // Without the second signal the drain would wait a minute for the frozen nsqd.
     let mut args = run_args(&db, &cluster, &[topic]);
-    let timeout = args.iter().position(|a| a == "shutdown.timeout=10s").unwrap();
+    let timeout = args
+        .iter()
+        .position(|a| a == "shutdown.timeout=10s")
+        .unwrap();
     args[timeout] = "shutdown.timeout=60s".to_owned();
     let mut archiver = spawn_archiver(dir.path(), args);
     let producer =

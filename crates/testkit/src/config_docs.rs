@@ -175,7 +175,9 @@ fn check_readme_row(readme: &str, binary: &str, keys: &BTreeSet<String>) -> Vec<
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         cells.len() > 3 && cells[2] == cell
     }) else {
-        return vec![format!("README.md has no configuration table row for {cell}")];
+        return vec![format!(
+            "README.md has no configuration table row for {cell}"
+        )];
     };
     let listed = row.split('|').map(str::trim).nth(3).unwrap_or_default();
     let mut problems = Vec::new();
@@ -190,7 +192,9 @@ fn check_readme_row(readme: &str, binary: &str, keys: &BTreeSet<String>) -> Vec<
             None => keys.iter().filter(|k| *k == name).collect(),
         };
         if !item.starts_with('`') || matching.is_empty() {
-            problems.push(format!("README.md lists {item:?} for {cell}, which is not a key"));
+            problems.push(format!(
+                "README.md lists {item:?} for {cell}, which is not a key"
+            ));
         }
         covered.extend(matching);
     }

@@ -37,8 +37,8 @@ pub use bins::{
     NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
     workspace_root,
 };
-pub use config_docs::check_config_docs;
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
+pub use config_docs::check_config_docs;
 pub use data_server::{DataServer, DataServerOptions};
 pub use events::{RegistryEvent, RegistryEvents};
 pub use fault_report::FaultReport;
