@@ -1,5 +1,6 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
-//! NSQ's own command-line tools as peers, and faults on demand.
+//! NSQ's own command-line tools as peers, and faults on demand; and the check that ties each
+//! binary's example config and README row to its config type ([`check_config_docs`]).
 //!
 //! Every process a test starts is killed when its handle drops (also while a test panics, when
 //! its log is printed too) and, should the test process die without unwinding, by the kernel.
