@@ -1,5 +1,6 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
-//! NSQ's own command-line tools as peers, and faults on demand.
+//! NSQ's own command-line tools as peers, and faults on demand; and the check that ties each
+//! binary's example config and README row to its config type ([`check_config_docs`]).
 //!
 //! Every process a test starts is killed when its handle drops (also while a test panics, when
 //! its log is printed too) and, should the test process die without unwinding, by the kernel.
@@ -18,6 +19,7 @@ mod api_server;
 mod audit;
 mod bins;
 mod cluster;
+mod config_docs;
 mod data_server;
 mod events;
 mod fault_report;
@@ -37,6 +39,7 @@ pub use bins::{
     workspace_root,
 };
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
+pub use config_docs::check_config_docs;
 pub use data_server::{DataServer, DataServerOptions};
 pub use events::{RegistryEvent, RegistryEvents};
 pub use fault_report::FaultReport;
