@@ -33,7 +33,7 @@ mod announcer_config;
 mod announcer_health;
 mod announcer_transport;
 mod backend;
-mod balancer;
+mod balance;
 mod error;
 mod event;
 mod heartbeat;
@@ -48,7 +48,7 @@ pub use announcer_config::{
 };
 pub use announcer_health::{AlwaysHealthy, AsyncHealth, Health};
 pub use backend::{Backend, MAX_WEIGHT};
-pub use balancer::{
+pub use balance::{
     BackendStats, Balancer, BalancerConfig, FailureOutcome, InFlightGuard, Strategy,
 };
 pub use error::ConfigError;
