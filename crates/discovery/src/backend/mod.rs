@@ -1,12 +1,15 @@
-//! What the proxy routes to: a live server, and the per-id counters that outlive snapshot rebuilds.
+//! What the proxy routes to: a live server, and the per-id state that outlives snapshot rebuilds (`peer.rs`).
+
+mod peer;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use serde_json::Value;
-use tokio::time::Instant;
+
+pub use peer::InFlightGuard;
+pub(crate) use peer::{Clock, FailureStreak, PeerState};
 
 /// Largest weight honoured; bigger announced weights are clamped so one server cannot starve the rest.
 pub const MAX_WEIGHT: u32 = 1000;
@@ -18,7 +21,7 @@ pub struct Backend {
     addr: String,
     socket_addr: Option<SocketAddr>,
     weight: u32,
-    pub(crate) state: Arc<PeerState>,
+    state: Arc<PeerState>,
 }
 
 impl Backend {
@@ -60,7 +63,12 @@ impl Backend {
 
     /// Requests currently proxied to this server.
     pub fn in_flight(&self) -> u64 {
-        self.state.in_flight.load(Ordering::Relaxed)
+        self.state.in_flight()
+    }
+
+    /// The state shared by every `Backend` built for this id: liveness, requests in flight, passive health.
+    pub(crate) fn peer(&self) -> &Arc<PeerState> {
+        &self.state
     }
 }
 
@@ -70,65 +78,6 @@ pub(crate) fn weight_from_meta(meta: &BTreeMap<String, Value>) -> u32 {
         Some(w) if w > 0 => u32::try_from(w).unwrap_or(MAX_WEIGHT).min(MAX_WEIGHT),
         _ => 1,
     }
-}
-
-/// Per-id state, keyed by id in the registry and shared by every `Backend` built for that id, so that in-flight
-/// counts and ejections survive snapshot rebuilds (a rebuild happens on every join/leave of any server).
-/// Times are [`Clock`] ticks so they fit in atomics and can be read without a lock on the proxy path.
-#[derive(Debug, Default)]
-pub(crate) struct PeerState {
-    /// Expiry deadline; refreshed in place by heartbeats, so a refresh needs no rebuild.
-    pub(crate) deadline: AtomicU64,
-    pub(crate) in_flight: AtomicU64,
-    /// Out of rotation until this tick (0: never ejected).
-    pub(crate) ejected_until: AtomicU64,
-    /// Set on ejection, cleared by whoever first sees the time is over and emits `Recover`.
-    pub(crate) ejected: AtomicBool,
-    pub(crate) consecutive_failures: AtomicU32,
-    pub(crate) consecutive_ejections: AtomicU32,
-    pub(crate) ejections: AtomicU64,
-    pub(crate) failures: AtomicU64,
-}
-
-impl PeerState {
-    /// Forgets passive-health history, for a server that moved: its failures belonged to the old address.
-    pub(crate) fn clear_ejection(&self) {
-        self.ejected_until.store(0, Ordering::Relaxed);
-        self.ejected.store(false, Ordering::Release);
-        self.consecutive_failures.store(0, Ordering::Relaxed);
-        self.consecutive_ejections.store(0, Ordering::Relaxed);
-    }
-
-    /// Nothing in flight and no ejection pending: forgetting it loses nothing a user would notice.
-    pub(crate) fn is_idle(&self, now: u64) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && self.ejected_until.load(Ordering::Relaxed) <= now
-    }
-}
-
-/// Monotonic time as nanoseconds since the registry was created, to store instants in `AtomicU64`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Clock {
-    base: Instant,
-}
-
-impl Clock {
-    pub(crate) fn new(base: Instant) -> Clock {
-        Clock { base }
-    }
-
-    pub(crate) fn ticks(&self, at: Instant) -> u64 {
-        let nanos = at.saturating_duration_since(self.base).as_nanos();
-        u64::try_from(nanos).unwrap_or(u64::MAX)
-    }
-}
-
-/// The set the proxy reads, swapped atomically; rebuilt only when membership, an address or a weight changes.
-/// It may hold servers that expired since the last sweep: readers filter by deadline.
-#[derive(Debug, Default)]
-pub(crate) struct Snapshot {
-    /// Sorted by id, so round robin walks a stable order.
-    pub(crate) backends: Vec<Arc<Backend>>,
 }
 
 #[cfg(test)]
@@ -146,12 +95,5 @@ mod tests {
         assert_eq!(weight_from_meta(&meta(json!(2.5))), 1);
         assert_eq!(weight_from_meta(&meta(json!("4"))), 1);
         assert_eq!(weight_from_meta(&meta(json!(u64::MAX))), MAX_WEIGHT);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn clock_ticks_follow_virtual_time() {
-        let clock = Clock::new(Instant::now());
-        tokio::time::advance(std::time::Duration::from_millis(1500)).await;
-        assert_eq!(clock.ticks(Instant::now()), 1_500_000_000);
     }
 }

@@ -1,15 +1,14 @@
 //! Passive health: ejecting servers that fail requests, with growing ejection times and a cap on how many may be out.
 
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::Balancer;
-use crate::backend::Backend;
+use crate::backend::FailureStreak;
 use crate::event::{Event, EventKind};
-use crate::registry::is_live;
+use crate::registry::LiveSet;
 
 /// What [`Balancer::report_failure`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,114 +49,64 @@ impl Balancer {
     /// consecutive ejection up to `max_ejection`, unless that would take out more than `max_ejected_share` of the
     /// live set. Ejections are broadcast as [`EventKind::Eject`].
     pub fn report_failure(&self, id: &str, now: Instant) -> FailureOutcome {
-        let registry = &self.inner.registry;
-        let snapshot = registry.snapshot();
-        let Some(backend) = snapshot.backends.iter().find(|b| b.id() == id) else {
+        let live = self.inner.registry.live_set(now);
+        let Some(backend) = live.find(id) else {
             return FailureOutcome::Unknown;
         };
-        let state = &backend.state;
-        state.failures.fetch_add(1, Ordering::Relaxed);
-        let clock = registry.clock();
-        let now_ticks = clock.ticks(now);
+        let peer = backend.peer();
+        let config = &self.inner.config;
         let _decision = self
             .inner
             .eject_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if state.ejected_until.load(Ordering::Relaxed) > now_ticks {
-            // Requests that were in flight when it was ejected: no news.
-            return FailureOutcome::Counted;
+        let now_ticks = live.now_ticks();
+        match peer.record_failure(now_ticks) {
+            FailureStreak::AlreadyEjected => return FailureOutcome::Counted,
+            FailureStreak::Consecutive(streak) if streak < config.failure_threshold => {
+                return FailureOutcome::Counted;
+            }
+            FailureStreak::Consecutive(_) => {}
         }
-        let streak = state
-            .consecutive_failures
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        if streak < self.inner.config.failure_threshold {
-            return FailureOutcome::Counted;
-        }
-        let frozen = registry.self_preservation();
-        let live = snapshot
-            .backends
-            .iter()
-            .filter(|b| is_live(b, now_ticks, frozen));
-        let live_count = live.clone().count();
+        let live_count = live.live().count();
         let ejected = live
-            .filter(|b| b.state.ejected_until.load(Ordering::Relaxed) > now_ticks)
+            .live()
+            .filter(|b| b.peer().is_ejected(now_ticks))
             .count();
         // Rounded down: one server of one is never ejected, one of two or three may be.
-        let allowed = (self.inner.config.max_ejected_share * live_count as f64).floor() as usize;
+        let allowed = (config.max_ejected_share * live_count as f64).floor() as usize;
         if ejected + 1 > allowed {
             return FailureOutcome::KeptByShareLimit;
         }
-        let nth = state
-            .consecutive_ejections
-            .fetch_add(1, Ordering::Relaxed)
-            .saturating_add(1);
-        let duration = ejection_time(
-            self.inner.config.base_ejection,
-            self.inner.config.max_ejection,
-            nth,
-        );
-        state
-            .ejected_until
-            .store(clock.ticks(now + duration), Ordering::Relaxed);
-        state.ejected.store(true, Ordering::Release);
-        state.ejections.fetch_add(1, Ordering::Relaxed);
-        state.consecutive_failures.store(0, Ordering::Relaxed);
-        registry.emit(Event::new(EventKind::Eject, id, backend.addr(), now));
+        let duration = peer.eject(now, live.clock(), |nth| {
+            ejection_time(config.base_ejection, config.max_ejection, nth)
+        });
+        live.emit(Event::new(EventKind::Eject, id, backend.addr(), now));
         FailureOutcome::Ejected(duration)
     }
 
     /// Reports a successful request: the failure streak ends, and unless the server is ejected right now, so does
     /// the ejection streak (the next ejection starts again at the base time).
     pub fn report_success(&self, id: &str) {
-        let snapshot = self.inner.registry.snapshot();
-        let Some(backend) = snapshot.backends.iter().find(|b| b.id() == id) else {
-            return;
-        };
-        let state = &backend.state;
-        // Read before writing: on the hot path the counters are nearly always zero already, and a plain load
-        // keeps the cache line shared between cores.
-        if state.consecutive_failures.load(Ordering::Relaxed) != 0 {
-            state.consecutive_failures.store(0, Ordering::Relaxed);
-        }
-        if !state.ejected.load(Ordering::Acquire)
-            && state.consecutive_ejections.load(Ordering::Relaxed) != 0
-        {
-            state.consecutive_ejections.store(0, Ordering::Relaxed);
-        }
+        self.inner
+            .registry
+            .with_backend(id, |backend| backend.peer().record_success());
     }
 
     /// Returns ejected servers whose time is over to rotation and broadcasts [`EventKind::Recover`] for each.
     /// [`pick`](Balancer::pick) does this too; call it periodically so recoveries show without traffic.
     pub fn recover_due(&self, now: Instant) -> Vec<Event> {
-        let registry = &self.inner.registry;
-        let snapshot = registry.snapshot();
-        self.recover(&snapshot.backends, registry.clock().ticks(now), now)
+        self.recover(&self.inner.registry.live_set(now))
     }
 
-    pub(super) fn recover(
-        &self,
-        backends: &[Arc<Backend>],
-        now_ticks: u64,
-        now: Instant,
-    ) -> Vec<Event> {
+    /// Every server of `live` whose ejection is over returns to rotation, with a `Recover` event each.
+    pub(super) fn recover(&self, live: &LiveSet<'_>) -> Vec<Event> {
         let mut events = Vec::new();
-        for backend in backends {
-            let state = &backend.state;
-            if !state.ejected.load(Ordering::Acquire)
-                || state.ejected_until.load(Ordering::Relaxed) > now_ticks
-            {
-                continue;
-            }
-            // Only the thread that flips the flag reports the recovery, so it is reported once.
-            if state
-                .ejected
-                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-            {
-                let event = Event::new(EventKind::Recover, backend.id(), backend.addr(), now);
-                self.inner.registry.emit(event.clone());
+        for backend in live.all() {
+            if backend.peer().try_recover(live.now_ticks()) {
+                let event =
+                    Event::new(EventKind::Recover, backend.id(), backend.addr(), live.now());
+                live.emit(event.clone());
                 events.push(event);
             }
         }
@@ -166,24 +115,18 @@ impl Balancer {
 
     /// Passive-health figures of every live server, sorted by id.
     pub fn stats(&self, now: Instant) -> Vec<BackendStats> {
-        let registry = &self.inner.registry;
-        let snapshot = registry.snapshot();
-        let now_ticks = registry.clock().ticks(now);
-        let frozen = registry.self_preservation();
-        snapshot
-            .backends
-            .iter()
-            .filter(|b| is_live(b, now_ticks, frozen))
+        let live = self.inner.registry.live_set(now);
+        live.live()
             .map(|b| {
-                let until = b.state.ejected_until.load(Ordering::Relaxed);
+                let peer = b.peer().stats(live.now_ticks());
                 BackendStats {
                     id: b.id().to_owned(),
                     addr: b.addr().to_owned(),
                     weight: b.weight(),
-                    in_flight: b.in_flight(),
-                    failures: b.state.failures.load(Ordering::Relaxed),
-                    ejections: b.state.ejections.load(Ordering::Relaxed),
-                    ejected_for_ms: (until > now_ticks).then(|| (until - now_ticks) / 1_000_000),
+                    in_flight: peer.in_flight,
+                    failures: peer.failures,
+                    ejections: peer.ejections,
+                    ejected_for_ms: peer.ejected_for_ms,
                 }
             })
             .collect()

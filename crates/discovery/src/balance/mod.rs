@@ -1,60 +1,26 @@
 //! Choosing a live server for each proxied request.
+//!
+//! - this file: the [`Balancer`] and its settings, and the pick itself;
+//! - `strategy/`: how to choose among candidates, one file per strategy behind one trait, the names in one list;
+//! - `health.rs`: passive health, ejecting servers that fail and returning them to rotation.
+//!
+//! The balancer reads the registry only through a `LiveSet` (the servers live at one instant, and an event sink).
 
 mod health;
+mod strategy;
 
-use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::time::Instant;
 
-use crate::backend::{Backend, PeerState};
+use crate::backend::{Backend, InFlightGuard};
 use crate::error::ConfigError;
-use crate::registry::{Registry, is_live};
+use crate::registry::Registry;
+use strategy::{Candidates, Select};
 
 pub use health::{BackendStats, FailureOutcome};
-
-/// How to choose among the live servers.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Power of two random choices: sample two servers (by weight), take the one with fewer requests in flight
-    /// per unit of weight. Nearly as good as least-loaded, without herding on one server.
-    #[default]
-    P2c,
-    /// Each server in turn (weights ignored).
-    RoundRobin,
-    /// Uniformly at random, in proportion to weight.
-    Random,
-}
-
-impl Strategy {
-    /// `"p2c"`, `"round_robin"` or `"random"`, as in the config file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Strategy::P2c => "p2c",
-            Strategy::RoundRobin => "round_robin",
-            Strategy::Random => "random",
-        }
-    }
-}
-
-impl FromStr for Strategy {
-    type Err = ConfigError;
-
-    fn from_str(s: &str) -> Result<Strategy, ConfigError> {
-        match s {
-            "p2c" => Ok(Strategy::P2c),
-            "round_robin" => Ok(Strategy::RoundRobin),
-            "random" => Ok(Strategy::Random),
-            other => Err(ConfigError::UnknownStrategy(other.to_owned())),
-        }
-    }
-}
+pub use strategy::Strategy;
 
 /// Selection and passive-health settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -96,29 +62,10 @@ pub struct Balancer {
 struct Inner {
     registry: Registry,
     config: BalancerConfig,
-    next: AtomicUsize,
+    /// The configured strategy, built once (with any state of its own).
+    selector: Box<dyn Select>,
     /// Serialises ejection decisions so that concurrent failures cannot together exceed the ejectable share.
     eject_lock: Mutex<()>,
-}
-
-/// Counts one request in flight to a server until dropped.
-#[derive(Debug)]
-#[must_use = "the request counts as in flight only while the guard lives"]
-pub struct InFlightGuard {
-    state: Arc<PeerState>,
-}
-
-impl InFlightGuard {
-    fn new(state: Arc<PeerState>) -> InFlightGuard {
-        state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlightGuard { state }
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl Balancer {
@@ -139,8 +86,8 @@ impl Balancer {
         Ok(Balancer {
             inner: Arc::new(Inner {
                 registry,
+                selector: config.strategy.selector(),
                 config,
-                next: AtomicUsize::new(0),
                 eject_lock: Mutex::new(()),
             }),
         })
@@ -166,86 +113,15 @@ impl Balancer {
     /// Ejected servers are skipped; if every remaining server is ejected, one of them is chosen anyway, since trying
     /// a server that failed recently beats refusing the request outright.
     pub fn pick_at(&self, exclude: &[&str], now: Instant) -> Option<(Arc<Backend>, InFlightGuard)> {
-        let registry = &self.inner.registry;
-        let snapshot = registry.snapshot();
-        let now_ticks = registry.clock().ticks(now);
-        let frozen = registry.self_preservation();
-        self.recover(&snapshot.backends, now_ticks, now);
-
-        let eligible =
-            |b: &&Arc<Backend>| is_live(b, now_ticks, frozen) && !exclude.contains(&b.id());
-        let healthy = |b: &&Arc<Backend>| {
-            eligible(b) && b.state.ejected_until.load(Ordering::Relaxed) <= now_ticks
+        let live = self.inner.registry.live_set(now);
+        self.recover(&live);
+        let choose = |healthy_only| {
+            Candidates::new(live.live(), exclude, healthy_only, live.now_ticks())
+                .and_then(|candidates| self.inner.selector.select(&candidates))
         };
-        let chosen = self
-            .choose(snapshot.backends.iter().filter(healthy))
-            .or_else(|| self.choose(snapshot.backends.iter().filter(eligible)))?;
-        Some((
-            Arc::clone(chosen),
-            InFlightGuard::new(Arc::clone(&chosen.state)),
-        ))
+        let chosen = choose(true).or_else(|| choose(false))?;
+        Some((Arc::clone(chosen), chosen.peer().enter()))
     }
-
-    /// Two passes over a cheap, cloneable iterator instead of collecting candidates: no allocation per pick.
-    fn choose<'a, I>(&self, candidates: I) -> Option<&'a Arc<Backend>>
-    where
-        I: Iterator<Item = &'a Arc<Backend>> + Clone,
-    {
-        let (count, total_weight) = candidates.clone().fold((0usize, 0u64), |(n, w), b| {
-            (n + 1, w + u64::from(b.weight()))
-        });
-        if count == 0 {
-            return None;
-        }
-        match self.inner.config.strategy {
-            Strategy::RoundRobin => {
-                let turn = self.inner.next.fetch_add(1, Ordering::Relaxed) % count;
-                candidates.clone().nth(turn).or_else(|| candidates.last())
-            }
-            Strategy::Random => {
-                by_weight(candidates, rand::rng().random_range(0..total_weight), None)
-            }
-            Strategy::P2c => {
-                let mut rng = rand::rng();
-                let first = by_weight(candidates.clone(), rng.random_range(0..total_weight), None)?;
-                if count == 1 {
-                    return Some(first);
-                }
-                let rest = total_weight - u64::from(first.weight());
-                let second = by_weight(candidates, rng.random_range(0..rest.max(1)), Some(first))?;
-                Some(less_loaded(first, second))
-            }
-        }
-    }
-}
-
-/// The candidate at offset `point` of the weight line, skipping `skip`. Should concurrent ejections shrink the set
-/// between the two passes, the last candidate seen stands in.
-fn by_weight<'a>(
-    candidates: impl Iterator<Item = &'a Arc<Backend>>,
-    mut point: u64,
-    skip: Option<&Arc<Backend>>,
-) -> Option<&'a Arc<Backend>> {
-    let mut last = None;
-    for backend in candidates {
-        if skip.is_some_and(|s| Arc::ptr_eq(s, backend)) {
-            continue;
-        }
-        let weight = u64::from(backend.weight());
-        if point < weight {
-            return Some(backend);
-        }
-        point -= weight;
-        last = Some(backend);
-    }
-    last
-}
-
-/// Fewer in flight per unit of weight; ties go to `a`, itself a weighted random sample.
-fn less_loaded<'a>(a: &'a Arc<Backend>, b: &'a Arc<Backend>) -> &'a Arc<Backend> {
-    let load_a = u128::from(a.in_flight()) * u128::from(b.weight());
-    let load_b = u128::from(b.in_flight()) * u128::from(a.weight());
-    if load_b < load_a { b } else { a }
 }
 
 #[cfg(test)]
