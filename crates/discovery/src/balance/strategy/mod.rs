@@ -139,7 +139,8 @@ impl<'a> Candidates<'a> {
     pub(crate) fn iter(&self) -> impl Iterator<Item = &'a Arc<Backend>> + Clone + use<'a> {
         let (exclude, healthy_only, now) = (self.exclude, self.healthy_only, self.now_ticks);
         self.live.clone().filter(move |b| {
-            !exclude.contains(&b.id()) && !(healthy_only && b.peer().is_ejected(now))
+            let skipped = healthy_only && b.peer().is_ejected(now);
+            !skipped && !exclude.contains(&b.id())
         })
     }
 
