@@ -346,6 +346,12 @@ fn config_validation_and_strategy_names() {
         "least_conn".parse::<Strategy>(),
         Err(ConfigError::UnknownStrategy("least_conn".into()))
     );
+    // The names in the message come from the one list of strategies.
+    assert_eq!(
+        ConfigError::UnknownStrategy("least_conn".into()).to_string(),
+        r#"unknown balancer strategy "least_conn": expected "p2c", "round_robin" or "random""#
+    );
+    assert_eq!(Strategy::ALL.len(), 3);
     assert_eq!(Strategy::default(), Strategy::P2c);
 }
 

@@ -1,4 +1,12 @@
 //! The TTL registry: which data servers are live, fed by heartbeat message bodies.
+//!
+//! - this file: [`Registry`] and every method of it, the write path (observe, sweep, bus state) and the reads;
+//! - `table.rs`: the data behind the lock; `rules.rs`: pure checks (staleness, replay, order, id takeover);
+//!   `policy.rs`: who may register; `config.rs`: settings and defaults;
+//! - `live.rs`: `LiveSet`, all the balancer reads (the servers live at one instant, and the event sink);
+//! - `view.rs`: what the admin API shows; `outcome.rs`: what happened to each message, counted for metrics.
+//!
+//! Per-server liveness and health state is `backend::PeerState`, shared with the balancer.
 
 mod config;
 mod live;
