@@ -338,7 +338,7 @@ fn config_validation_and_strategy_names() {
     });
     assert_eq!(threshold, ConfigError::ZeroFailureThreshold);
 
-    for s in [Strategy::P2c, Strategy::RoundRobin, Strategy::Random] {
+    for s in Strategy::ALL {
         assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
         assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
     }
