@@ -33,7 +33,7 @@ mod announcer_config;
 mod announcer_health;
 mod announcer_transport;
 mod backend;
-mod balancer;
+mod balance;
 mod error;
 mod event;
 mod heartbeat;
@@ -47,10 +47,8 @@ pub use announcer_config::{
     DEFAULT_JITTER, DEFAULT_TOPIC, publish_timeout_for,
 };
 pub use announcer_health::{AlwaysHealthy, AsyncHealth, Health};
-pub use backend::{Backend, MAX_WEIGHT};
-pub use balancer::{
-    BackendStats, Balancer, BalancerConfig, FailureOutcome, InFlightGuard, Strategy,
-};
+pub use backend::{Backend, InFlightGuard, MAX_WEIGHT};
+pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, Strategy};
 pub use error::ConfigError;
 pub use event::{Event, EventKind};
 pub use heartbeat::{
