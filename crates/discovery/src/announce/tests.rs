@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::*;
 use super::transport::BoxFuture;
 use crate::heartbeat::{Message, decode};
-use crate::signing::HmacKey;
+use crate::heartbeat::HmacKey;
 
 type Log = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 

@@ -1,13 +1,26 @@
-//! The heartbeat message, version 1: types, encoding and validated decoding of untrusted bodies.
+//! The heartbeat message, version 1: the types and their wire spec (on [`Heartbeat`]), with one file per step.
+//!
+//! - `decode.rs`: untrusted bytes to a validated [`Message`], the announced address parsed once (`addr.rs`) and
+//!   handed to the registry with it;
+//! - `encode.rs`: the canonical bytes, which are both what is signed and the body an announcer publishes;
+//! - `sign.rs`: the shared [`HmacKey`] that signs and verifies them.
+//!
+//! Everything here is pure: no I/O apart from reading a key file in [`HmacKey::from_file`].
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-use crate::addr::ServerAddr;
-use crate::reject::{RejectReason, Rejection, excerpt};
-use crate::signing::{self, HmacKey};
+use crate::reject::{RejectReason, Rejection};
+
+pub(crate) mod addr;
+mod decode;
+mod encode;
+mod sign;
+
+pub(crate) use decode::{Decoded, decode_with_addr};
+pub use decode::decode;
+pub use sign::{HmacKey, KeyError, MAX_KEY_BYTES};
 
 /// The only heartbeat version this crate reads and writes.
 pub const VERSION: u64 = 1;
@@ -41,6 +54,41 @@ impl State {
 }
 
 /// A version 1 JSON heartbeat (the `v` field is implied).
+///
+/// # Wire format, version 1
+///
+/// A message body is either a JSON object or a plain `host:port` (what existing Go services publish), in UTF-8,
+/// at most [`MAX_BODY_BYTES`], surrounded by optional whitespace. The JSON fields are those of this struct plus
+/// `"v": 1`; `v`, `id`, `addr`, `epoch`, `seq` and `state` are required, `sent_at_ms` and `interval_ms` default to
+/// 0 and `meta` to `{}`, and `sig` is present when the sender signs. Unknown fields are ignored, so a field can be
+/// added to v1 without breaking receivers as long as ignoring it changes nothing a v1 receiver does; anything a
+/// receiver must understand needs `v: 2`. The address is a `host:port` with a port of 1 to 65535 written in plain
+/// digits, and an IPv4 address, an `[IPv6]` address or a DNS name that is neither unspecified, multicast nor
+/// broadcast; see [`decode`] for what is refused and why.
+///
+/// # Canonical encoding (what `sig` covers)
+///
+/// The signed bytes are the heartbeat re-serialized from its parsed fields, never the bytes received, so that field
+/// order, whitespace and escaping chosen by the sender do not matter:
+///
+/// ```text
+/// {"v":1,"id":<str>,"addr":<str>,"epoch":<u64>,"seq":<u64>,"sent_at_ms":<u64>,"interval_ms":<u64>,"state":<"up"|"leaving">,"meta":<value>}
+/// ```
+///
+/// - exactly these keys in exactly this order, no whitespace anywhere; `sig` itself is left out;
+/// - absent optional fields take their defaults first (`sent_at_ms`, `interval_ms`: 0; `meta`: `{}`);
+/// - integers in plain decimal without leading zeros or `+` (a `-` only for negative integers inside `meta`);
+/// - strings in double quotes, escaping only `"` as `\"`, `\` as `\\`, the controls U+0008, U+0009, U+000A,
+///   U+000C, U+000D as `\b \t \n \f \r`, other controls below U+0020 as `\u00xx` (lowercase hex); everything else,
+///   including non-ASCII and `/`, as raw UTF-8;
+/// - objects (at any depth inside `meta`) with keys sorted by their UTF-8 bytes; arrays in order;
+///   `null`, `true`, `false` as such; non-integer numbers as serde_json prints them (shortest round-trip form),
+///   so signers in other languages should keep floats out of `meta`.
+///
+/// Unknown top-level fields are tolerated for forward compatibility but are not signed: a v1 reader ignores them,
+/// so changing them cannot change what it does. The signature is the lowercase hex HMAC-SHA256 of these bytes
+/// under the shared [`HmacKey`]. The wire form written by [`Heartbeat::encode`] is this canonical text with
+/// `,"sig":"<64 lowercase hex>"` inserted before the closing brace.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     /// Stable identity of the server, 1..=[`MAX_ID_BYTES`] bytes without control characters.
@@ -59,7 +107,8 @@ pub struct Heartbeat {
     pub state: State,
     /// Free-form metadata; `"weight"` (a positive integer) is used by the balancer.
     pub meta: BTreeMap<String, Value>,
-    /// Lowercase hex HMAC-SHA256 over [the canonical encoding](crate::HmacKey), when signed.
+    /// Lowercase hex HMAC-SHA256 over [the canonical encoding](Heartbeat#canonical-encoding-what-sig-covers), when
+    /// signed.
     pub sig: Option<String>,
 }
 
@@ -82,15 +131,12 @@ impl Heartbeat {
     /// Checks what [`decode`] checks beyond JSON types: id, address and meta bounds. Announcers call it once at
     /// start-up so that a bad configuration fails early instead of being rejected by every receiver.
     pub fn validate(&self) -> Result<(), Rejection> {
-        validate_id(&self.id)?;
-        ServerAddr::parse_announced(&self.addr)
-            .map_err(|d| Rejection::new(RejectReason::BadAddr, d))?;
-        validate_meta(&self.meta)
+        decode::validate(self).map(drop)
     }
 
-    /// The bytes `sig` covers (see [`HmacKey`] for the exact rules).
+    /// The bytes `sig` covers (see [the canonical encoding](Heartbeat#canonical-encoding-what-sig-covers)).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        signing::canonical(self)
+        encode::canonical(self)
     }
 
     /// Sets `sig` for the current field values; sign again after changing any field.
@@ -154,253 +200,5 @@ impl Message {
     }
 }
 
-/// Decodes and validates an untrusted message body. Never panics, whatever the bytes.
-///
-/// A body whose first non-blank byte is `{` is a JSON heartbeat; anything else must be a plain `host:port`,
-/// optionally surrounded by whitespace. With a `key`, JSON heartbeats must carry a valid `sig` and plain bodies are
-/// refused as [`Unsigned`](RejectReason::Unsigned) (they cannot carry one). Unknown JSON fields are ignored.
-pub fn decode(body: &[u8], key: Option<&HmacKey>) -> Result<Message, Rejection> {
-    if body.len() > MAX_BODY_BYTES {
-        return Err(Rejection::new(
-            RejectReason::TooLarge,
-            format!(
-                "expected at most {MAX_BODY_BYTES} bytes, found {}",
-                body.len()
-            ),
-        ));
-    }
-    let text = std::str::from_utf8(body)
-        .map_err(|e| Rejection::new(RejectReason::NotUtf8, format!("expected UTF-8 text: {e}")))?;
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(Rejection::new(
-            RejectReason::Empty,
-            "expected a heartbeat, found an empty body",
-        ));
-    }
-    if text.starts_with('{') {
-        decode_json(text, key).map(Message::Json)
-    } else {
-        decode_plain(text, key)
-    }
-}
-
-fn decode_plain(text: &str, key: Option<&HmacKey>) -> Result<Message, Rejection> {
-    match ServerAddr::parse_announced(text) {
-        Ok(_) if key.is_some() => Err(Rejection::new(
-            RejectReason::Unsigned,
-            "a shared key is configured: plain host:port bodies cannot be signed",
-        )),
-        Ok(_) => Ok(Message::Plain {
-            addr: text.to_owned(),
-        }),
-        // Valid JSON that is not an object (array, string, number...) is a type error, not a bad address.
-        Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
-            Err(Rejection::new(
-                RejectReason::WrongType,
-                format!(
-                    "expected a JSON object or host:port, found {}",
-                    excerpt(text)
-                ),
-            ))
-        }
-        // Broken JSON (an unclosed array, nesting past serde_json's depth limit, an unterminated string) is a JSON
-        // error too, as long as it cannot be the start of a bracketed IPv6 address.
-        Err(_) if looks_like_json(text) => {
-            let error = serde_json::from_str::<serde::de::IgnoredAny>(text)
-                .err()
-                .map_or_else(String::new, |e| e.to_string());
-            Err(Rejection::new(
-                RejectReason::BadJson,
-                format!("expected a JSON object or host:port, found broken JSON: {error}"),
-            ))
-        }
-        Err(detail) => Err(Rejection::new(RejectReason::BadAddr, detail)),
-    }
-}
-
-/// True for text that starts like a JSON array or string and not like `[ipv6]:port`: an IPv6 literal in brackets
-/// holds only hex digits, `:`, `.` and a `%zone` before its `]`.
-fn looks_like_json(text: &str) -> bool {
-    if text.starts_with('"') {
-        return true;
-    }
-    let Some(rest) = text.strip_prefix('[') else {
-        return false;
-    };
-    let inside = rest.split(']').next().unwrap_or(rest);
-    !inside
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'%' | b'_' | b'-'))
-}
-
-/// Every field as a raw JSON value, so each can be checked and reported precisely. Serde refuses duplicate keys
-/// here (ambiguous input) and skips unknown ones (forward compatibility).
-#[derive(Deserialize)]
-struct Wire {
-    v: Option<Value>,
-    id: Option<Value>,
-    addr: Option<Value>,
-    epoch: Option<Value>,
-    seq: Option<Value>,
-    sent_at_ms: Option<Value>,
-    interval_ms: Option<Value>,
-    state: Option<Value>,
-    meta: Option<Value>,
-    sig: Option<Value>,
-}
-
-fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Heartbeat, Rejection> {
-    // serde_json bounds nesting (128 levels), so hostile depth is an error, not a stack overflow.
-    let wire: Wire = serde_json::from_str(text).map_err(|e| {
-        Rejection::new(
-            RejectReason::BadJson,
-            format!("expected a JSON heartbeat: {e}"),
-        )
-    })?;
-    match wire.v {
-        None => return Err(missing("v")),
-        Some(Value::Number(ref n)) if n.as_u64() == Some(VERSION) => {}
-        Some(Value::Number(n)) => {
-            return Err(Rejection::new(
-                RejectReason::UnsupportedVersion,
-                format!("expected v = {VERSION}, found {n}"),
-            ));
-        }
-        Some(other) => return Err(wrong_type("v", "a number", &other)),
-    }
-    let state = match string(wire.state, "state")?.as_str() {
-        "up" => State::Up,
-        "leaving" => State::Leaving,
-        other => {
-            return Err(Rejection::new(
-                RejectReason::BadState,
-                format!(
-                    "expected state \"up\" or \"leaving\", found {}",
-                    excerpt(other)
-                ),
-            ));
-        }
-    };
-    let meta = match wire.meta {
-        None => BTreeMap::new(),
-        Some(Value::Object(map)) => map.into_iter().collect(),
-        Some(other) => return Err(wrong_type("meta", "an object", &other)),
-    };
-    let sig = match wire.sig {
-        None => None,
-        Some(Value::String(s)) => Some(s),
-        Some(other) => return Err(wrong_type("sig", "a string", &other)),
-    };
-    let hb = Heartbeat {
-        id: string(wire.id, "id")?,
-        addr: string(wire.addr, "addr")?,
-        epoch: number(wire.epoch, "epoch")?.ok_or_else(|| missing("epoch"))?,
-        seq: number(wire.seq, "seq")?.ok_or_else(|| missing("seq"))?,
-        sent_at_ms: number(wire.sent_at_ms, "sent_at_ms")?.unwrap_or(0),
-        interval_ms: number(wire.interval_ms, "interval_ms")?.unwrap_or(0),
-        state,
-        meta,
-        sig,
-    };
-    hb.validate()?;
-    if let Some(key) = key {
-        hb.verify(key)?;
-    }
-    Ok(hb)
-}
-
-fn missing(field: &str) -> Rejection {
-    Rejection::new(
-        RejectReason::MissingField,
-        format!("expected field {field:?}, found none (or null)"),
-    )
-}
-
-fn wrong_type(field: &str, expected: &str, found: &Value) -> Rejection {
-    let found = match found {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    };
-    Rejection::new(
-        RejectReason::WrongType,
-        format!("expected {field:?} to be {expected}, found {found}"),
-    )
-}
-
-fn string(value: Option<Value>, field: &str) -> Result<String, Rejection> {
-    match value {
-        None => Err(missing(field)),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(wrong_type(field, "a string", &other)),
-    }
-}
-
-/// `Ok(None)` when absent; integers in `0..=u64::MAX` only (serde_json reads larger ones as floats).
-fn number(value: Option<Value>, field: &str) -> Result<Option<u64>, Rejection> {
-    match value {
-        None => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-            Rejection::new(
-                RejectReason::BadNumber,
-                format!("expected {field:?} to be an integer in 0..=2^64-1, found {n}"),
-            )
-        }),
-        Some(other) => Err(wrong_type(field, "a number", &other)),
-    }
-}
-
-fn validate_id(id: &str) -> Result<(), Rejection> {
-    let bad = |why: String| Err(Rejection::new(RejectReason::BadId, why));
-    if id.is_empty() {
-        return bad("expected a non-empty id, found \"\"".to_owned());
-    }
-    if id.len() > MAX_ID_BYTES {
-        return bad(format!(
-            "expected an id of at most {MAX_ID_BYTES} bytes, found {} bytes",
-            id.len()
-        ));
-    }
-    if id.chars().any(char::is_control) {
-        return bad(format!(
-            "expected an id without control characters, found {}",
-            excerpt(id)
-        ));
-    }
-    Ok(())
-}
-
-fn validate_meta(meta: &BTreeMap<String, Value>) -> Result<(), Rejection> {
-    // Iterative so that a locally built, absurdly deep value cannot overflow the stack here.
-    let mut stack: Vec<(&Value, usize)> = meta.values().map(|v| (v, 2)).collect();
-    while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth > MAX_META_DEPTH {
-            return Err(Rejection::new(
-                RejectReason::MetaTooLarge,
-                format!("expected meta nested at most {MAX_META_DEPTH} levels deep, found deeper"),
-            ));
-        }
-        stack.extend(children.map(|c| (c, depth + 1)));
-    }
-    let len = signing::canonical_meta_len(meta);
-    if len > MAX_META_BYTES {
-        return Err(Rejection::new(
-            RejectReason::MetaTooLarge,
-            format!("expected meta of at most {MAX_META_BYTES} bytes, found {len} bytes"),
-        ));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-#[path = "heartbeat_tests.rs"]
 mod tests;
