@@ -50,9 +50,9 @@ mod subscribe;
 use heartbeat::addr;
 
 pub use announce::{
-    AlwaysHealthy, AnnounceError, Announcer, AnnouncerConfig, AnnouncerConfigError,
-    AnnouncerStats, AsyncHealth, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK,
-    Health, RETRY_BASE, jittered, publish_timeout_for,
+    AlwaysHealthy, AnnounceError, Announcer, AnnouncerConfig, AnnouncerConfigError, AnnouncerStats,
+    AsyncHealth, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, Health,
+    RETRY_BASE, jittered, publish_timeout_for,
 };
 pub use backend::{Backend, MAX_WEIGHT};
 pub use balancer::{

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::reject::Rejection;
 use crate::heartbeat::HmacKey;
+use crate::reject::Rejection;
 
 /// Topic heartbeats go to unless configured otherwise (contract).
 pub const DEFAULT_TOPIC: &str = "data_server_addr";

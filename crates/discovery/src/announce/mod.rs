@@ -28,8 +28,8 @@ pub use config::{
 pub use health::{AlwaysHealthy, AsyncHealth, Health};
 pub use report::{AnnounceError, AnnouncerStats};
 
-use transport::{Delivery, Transport};
 use crate::heartbeat::{Heartbeat, State};
+use transport::{Delivery, Transport};
 
 /// First retry delay after a tick no nsqd took; doubles per failure, capped at the interval.
 pub const RETRY_BASE: Duration = Duration::from_millis(250);
@@ -130,7 +130,9 @@ impl Announcer {
         }
         let mut probe = Heartbeat::new(cfg.id.clone(), cfg.addr.clone(), 0, 0);
         probe.meta = cfg.meta.clone();
-        probe.validate().map_err(AnnouncerConfigError::BadHeartbeat)?;
+        probe
+            .validate()
+            .map_err(AnnouncerConfigError::BadHeartbeat)?;
         let per_nsqd = transport.addrs().into_iter().map(|a| (a, 0)).collect();
         let counters = Counters {
             per_nsqd: Mutex::new(per_nsqd),

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::*;
 use super::transport::BoxFuture;
-use crate::heartbeat::{Message, decode};
+use super::*;
 use crate::heartbeat::HmacKey;
+use crate::heartbeat::{Message, decode};
 
 type Log = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 
@@ -264,7 +264,10 @@ fn bad_configs_are_refused() {
     let mut cfg = base();
     cfg.addr = "0.0.0.0:9000".into();
     let err = Announcer::with_transport(cfg, fake()).unwrap_err();
-    assert!(matches!(err, AnnouncerConfigError::BadHeartbeat(_)), "{err}");
+    assert!(
+        matches!(err, AnnouncerConfigError::BadHeartbeat(_)),
+        "{err}"
+    );
     let empty: [&str; 0] = [];
     let err = Announcer::new(AnnouncerConfig::new("d", "127.0.0.1:1", empty)).unwrap_err();
     assert!(matches!(err, AnnouncerConfigError::NoNsqd));

@@ -33,6 +33,18 @@ pub(crate) fn canonical(hb: &Heartbeat) -> Vec<u8> {
     out
 }
 
+/// The body an announcer publishes: the canonical encoding, with `,"sig":"…"` before the closing brace when signed.
+pub(crate) fn wire(hb: &Heartbeat) -> Vec<u8> {
+    let mut out = canonical(hb);
+    if let Some(sig) = &hb.sig {
+        out.pop(); // the closing brace
+        out.extend_from_slice(b",\"sig\":");
+        out.extend_from_slice(serde_json::to_string(sig).unwrap_or_default().as_bytes());
+        out.push(b'}');
+    }
+    out
+}
+
 /// Length of `meta` in canonical form, for the size limit.
 pub(crate) fn canonical_meta_len(meta: &BTreeMap<String, Value>) -> usize {
     let mut out = Vec::new();

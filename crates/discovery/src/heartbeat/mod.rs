@@ -18,8 +18,8 @@ mod decode;
 mod encode;
 mod sign;
 
-pub(crate) use decode::{Decoded, decode_with_addr};
 pub use decode::decode;
+pub(crate) use decode::{Decoded, decode_with_addr};
 pub use sign::{HmacKey, KeyError, MAX_KEY_BYTES};
 
 /// The only heartbeat version this crate reads and writes.
@@ -158,14 +158,7 @@ impl Heartbeat {
 
     /// The JSON body to publish: the canonical encoding, plus `sig` when signed.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.canonical_bytes();
-        if let Some(sig) = &self.sig {
-            out.pop(); // the closing brace
-            out.extend_from_slice(b",\"sig\":");
-            out.extend_from_slice(serde_json::to_string(sig).unwrap_or_default().as_bytes());
-            out.push(b'}');
-        }
-        out
+        encode::wire(self)
     }
 }
 
