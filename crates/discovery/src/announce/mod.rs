@@ -5,6 +5,10 @@
 //! random one and fails over to the others within the same tick, so losing an nsqd costs no
 //! interval. When none takes it the announcer retries with backoff and logs once per change of
 //! state, not once per tick.
+//!
+//! Beside this file: `config.rs` (settings, and [`AnnouncerConfigError`] for settings refused at start-up),
+//! `health.rs` (the check that gates each tick), `report.rs` ([`AnnounceError`] for one heartbeat not published,
+//! and the counters), `transport.rs` (the seam between the loop and NSQ) and `tests.rs` (virtual-time tests).
 
 use std::collections::HashSet;
 use std::future::Future;
