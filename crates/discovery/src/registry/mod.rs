@@ -25,13 +25,10 @@ use arc_swap::ArcSwap;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::addr::ServerAddr;
 use crate::backend::{Backend, Clock, weight_from_meta};
 use crate::error::ConfigError;
 use crate::event::{Event, EventKind, EventSink};
-use crate::heartbeat::{Message, State, decode};
-use crate::reject::{RejectReason, Rejection};
-use crate::signing::HmacKey;
+use crate::heartbeat::{Decoded, HmacKey, Message, State, decode_with_addr};
 use live::Snapshot;
 use table::{Changes, Entry, Table, Tombstone, Update};
 
@@ -124,13 +121,9 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let message = match decode(body, self.inner.key.as_ref()) {
-            Ok(message) => message,
+        let Decoded { message, addr } = match decode_with_addr(body, self.inner.key.as_ref()) {
+            Ok(decoded) => decoded,
             Err(rejection) => return Outcome::Rejected(rejection),
-        };
-        let addr = match ServerAddr::parse_announced(message.addr()) {
-            Ok(addr) => addr,
-            Err(detail) => return Outcome::Rejected(Rejection::new(RejectReason::BadAddr, detail)),
         };
         if let Err(rejection) = self.inner.policy.check(message.addr(), &addr) {
             return Outcome::Rejected(rejection);

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::addr::{Host, ServerAddr};
+use crate::heartbeat::addr::{Host, ServerAddr};
 use crate::error::ConfigError;
 use crate::reject::{RejectReason, Rejection, excerpt};
 

@@ -1,5 +1,6 @@
 use super::*;
 use crate::heartbeat::Heartbeat;
+use crate::reject::RejectReason;
 use serde_json::json;
 use std::time::UNIX_EPOCH;
 use tokio::sync::broadcast::error::TryRecvError;
