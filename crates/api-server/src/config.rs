@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use discovery::Strategy;
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use svc::{HostPort, HumanDuration, Invalid, Validate};
 
 /// Contract default of `discovery.topic`.
@@ -34,7 +34,7 @@ pub const MAX_WORKERS: usize = 256;
 pub const CANARY_TOPIC_SUFFIX: &str = ".canary#ephemeral";
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`
@@ -50,7 +50,7 @@ pub struct Config {
 }
 
 /// `[server]`: where to listen.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// The proxy listener (port 0 picks a free port).
@@ -91,7 +91,7 @@ impl Default for ServerConfig {
 }
 
 /// `[discovery]`: where heartbeats come from and how long they count.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DiscoveryConfig {
     /// The heartbeat topic.
@@ -164,7 +164,7 @@ impl DiscoveryConfig {
 }
 
 /// `[balancer]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalancerSection {
     /// `p2c` (default), `round_robin` or `random`.
@@ -190,7 +190,7 @@ impl Default for BalancerSection {
 }
 
 /// `[proxy]`: timeouts and retries of proxied requests.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// Bound on opening a connection to a data server.
@@ -235,7 +235,7 @@ impl Default for ProxyConfig {
 }
 
 /// `[shutdown]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// Bound on draining everything at shutdown.

@@ -28,7 +28,6 @@ mod admin;
 mod bus;
 mod canary;
 mod config;
-mod heartbeats;
 mod proxy;
 mod serve;
 mod server;
@@ -43,7 +42,6 @@ pub use config::{
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
     ServerConfig, ShutdownConfig,
 };
-pub use heartbeats::{RateLimitedLog, SubscriptionConfig, subscribe};
 /// HTTP/1.1 framing rules and the chunked-body parser of the proxy (public for the fuzz targets).
 #[doc(hidden)]
 pub use proxy::h1;

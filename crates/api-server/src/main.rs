@@ -39,6 +39,7 @@ async fn serve() -> anyhow::Result<()> {
         .unwrap_or_else(|err| svc::exit_on_config_error(err));
     svc::init_tracing("info");
     let shutdown = svc::Shutdown::new();
+    // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE.
     shutdown.trigger_on_signal();
     let origin = args.config.config.as_ref().map_or_else(
         || "config (no file given)".to_owned(),

@@ -14,7 +14,6 @@ use crate::admin::admin_router;
 use crate::bus::Bus;
 use crate::canary::{self, CanaryConfig};
 use crate::config::Config;
-use crate::heartbeats::{self, SubscriptionConfig};
 use crate::proxy::{ProxyState, serve_proxy};
 use crate::serve::{ConnectionErrors, HttpLimits, serve_http1};
 use crate::state::AppState;
@@ -124,8 +123,8 @@ pub async fn run(
         .map(|a| a.to_string())
         .collect();
     let nsqd: Vec<String> = d.nsqd_tcp_addresses.iter().map(|a| a.to_string()).collect();
-    let consumer = heartbeats::subscribe(
-        &SubscriptionConfig {
+    let consumer = discovery::subscribe(
+        &discovery::SubscriptionConfig {
             topic: d.topic.clone(),
             channel: channel.clone(),
             lookupd_http_addresses: lookupd.clone(),

@@ -80,6 +80,17 @@ fn the_example_config_is_valid() {
     );
 }
 
+/// `config/api-server.toml` and the README's config table name exactly the keys of
+/// `api_server::Config`, and every value the file sets is the default, but for the local stack's
+/// nsqlookupd.
+#[test]
+fn the_example_file_and_the_readme_match_the_defaults() {
+    testkit::check_config_docs::<api_server::Config>(
+        "api-server",
+        &["discovery.lookupd_http_addresses"],
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight() {
     let cluster = NsqCluster::start(1).await.unwrap();
@@ -141,4 +152,58 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
         stopping.elapsed(),
         api.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_cuts_the_drain_short() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    // Without the second signal the drain would wait up to a minute for the slow request.
+    let mut api = api_server(&cluster, "10s", &["shutdown.timeout=60s"]).await;
+    let _server = data_server(&cluster, "ds-f", "1s").await;
+    api.wait_registry(SOON, "ds-f", |d| {
+        d["servers"].as_array().unwrap().len() == 1
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let slow = tokio::spawn({
+        let url = format!("http://{}/slow?ms=60000", api.proxy());
+        async move { http.get(url).send().await }
+    });
+    eventually(SOON, "the slow request to be proxied", || async {
+        let sample = "api_proxy_upstream_requests_total{upstream=\"ds-f\"}";
+        (api.metric(sample).await.ok()? >= 1.0).then_some(())
+    })
+    .await;
+
+    api.process().signal(Signal::SIGTERM).unwrap();
+    eventually(SOON, "the drain to start", || async {
+        api.log()
+            .contains("SIGTERM received, shutting down gracefully (send another to force)")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        api.process().try_wait().unwrap().is_none(),
+        "the drain waits for the slow request:\n{}",
+        api.log()
+    );
+    let forced = std::time::Instant::now();
+    api.process().signal(Signal::SIGINT).unwrap();
+    let status = api.process().wait_exit(SOON).await.unwrap();
+    assert_eq!(status.code(), Some(svc::FORCED_EXIT_CODE), "{}", api.log());
+    assert!(
+        forced.elapsed() < Duration::from_secs(5),
+        "exited {:?} after the second signal",
+        forced.elapsed()
+    );
+    assert!(
+        api.log().contains(
+            "SIGINT received again, exiting at once without finishing the graceful shutdown"
+        ),
+        "{}",
+        api.log()
+    );
+    assert!(slow.await.unwrap().is_err(), "the cut request fails");
 }

@@ -1,4 +1,5 @@
-//! `archiver run` against a real nsqd: crashes lose and duplicate nothing; SIGTERM drains.
+//! `archiver run` against a real nsqd: crashes lose and duplicate nothing; SIGTERM drains, a
+//! second signal cuts the drain short.
 
 mod common;
 
@@ -131,4 +132,68 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
     );
     // Whatever was not archived is still waiting in nsqd, and nothing is in both places.
     assert_eq!(stored + ch.depth as u64, BURST as u64, "{ch:?}");
+}
+
+#[tokio::test]
+async fn a_second_signal_cuts_the_drain_short() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let (dir, db) = workdir();
+    let topic = "stuck";
+    cluster
+        .create_topic(0, topic, Some("archive"))
+        .await
+        .unwrap();
+    // Without the second signal the drain would wait a minute for the frozen nsqd.
+    let mut args = run_args(&db, &cluster, &[topic]);
+    let timeout = args
+        .iter()
+        .position(|a| a == "shutdown.timeout=10s")
+        .unwrap();
+    args[timeout] = "shutdown.timeout=60s".to_owned();
+    let mut archiver = spawn_archiver(dir.path(), args);
+    let producer =
+        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    producer.publish(topic, &body(0)).await.unwrap();
+    eventually(Duration::from_secs(30), "the first row", || async {
+        (rows(&db) >= 1).then_some(())
+    })
+    .await;
+
+    // A stopped nsqd never acknowledges the CLS the drain waits for.
+    cluster.freeze(0).unwrap();
+    archiver.signal(Signal::SIGTERM).unwrap();
+    eventually(Duration::from_secs(15), "the drain to start", || async {
+        archiver
+            .log()
+            .contains("SIGTERM received, shutting down gracefully (send another to force)")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        archiver.try_wait().unwrap().is_none(),
+        "the drain waits for nsqd:\n{}",
+        archiver.log_tail(20)
+    );
+    let forced = std::time::Instant::now();
+    archiver.signal(Signal::SIGTERM).unwrap();
+    let status = archiver.wait_exit(Duration::from_secs(15)).await.unwrap();
+    assert_eq!(
+        status.code(),
+        Some(svc::FORCED_EXIT_CODE),
+        "{}",
+        archiver.log_tail(20)
+    );
+    assert!(
+        forced.elapsed() < Duration::from_secs(5),
+        "exited {:?} after the second signal",
+        forced.elapsed()
+    );
+    assert!(
+        archiver.log().contains(
+            "SIGTERM received again, exiting at once without finishing the graceful shutdown"
+        ),
+        "{}",
+        archiver.log_tail(20)
+    );
+    cluster.thaw(0).unwrap();
 }

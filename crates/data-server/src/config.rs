@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use discovery::{AnnouncerConfig, Heartbeat, HmacKey, MAX_ID_BYTES, MAX_WEIGHT};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use svc::{Fraction, Host, HostPort, HumanDuration, Invalid, Validate};
 
 /// Prefix of the environment variables that override keys (`DATA_SERVER__ANNOUNCE__INTERVAL`).
@@ -22,7 +22,7 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: HumanDuration = HumanDuration::from_secs(10)
 pub const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration::from_secs(1);
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[server]`: where to listen and how to be known.
@@ -36,7 +36,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to listen on; port 0 picks a free port (the bound address is then announced).
@@ -61,7 +61,7 @@ impl Default for ServerConfig {
 }
 
 /// `[announce]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnnounceConfig {
     /// NSQ topic of the heartbeats.
@@ -90,7 +90,7 @@ impl Default for AnnounceConfig {
 }
 
 /// `[shutdown]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// Bound on the leaving heartbeat, and then on draining in-flight requests.
@@ -106,7 +106,7 @@ impl Default for ShutdownConfig {
 }
 
 /// `[sidecar]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SidecarConfig {
     /// Bound on one probe of the health URL; a slower answer counts as unhealthy.

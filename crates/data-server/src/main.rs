@@ -57,7 +57,8 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async move {
         let shutdown = Shutdown::new();
-        handle_signals(shutdown.clone()).context("installing signal handlers")?;
+        // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE.
+        shutdown.trigger_on_signal();
         let result = match cli.command {
             None => data_server::run(config, shutdown).await,
             Some(Command::Sidecar {
@@ -68,29 +69,5 @@ fn main() -> anyhow::Result<()> {
         };
         anyhow::Ok(result?)
     })?;
-    Ok(())
-}
-
-/// The first SIGTERM/SIGINT starts the graceful shutdown; a second one exits at once (an
-/// impatient operator pressing Ctrl-C again) instead of waiting for the drain. Both handlers
-/// are installed up front so that a quick second signal is not missed.
-fn handle_signals(shutdown: Shutdown) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::spawn(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        tracing::info!("{name} received, shutting down gracefully (send another to force)");
-        shutdown.trigger();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        eprintln!("second signal: exiting without finishing the graceful shutdown");
-        std::process::exit(130);
-    });
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use discovery::{Announcer, AnnouncerError, KeyError};
+use discovery::{Announcer, AnnouncerConfigError, KeyError};
 use svc::{Shutdown, with_timeout};
 use tokio::net::TcpListener;
 
@@ -35,7 +35,7 @@ pub enum ServerError {
     Key(#[from] KeyError),
     /// The announcer refused its settings.
     #[error(transparent)]
-    Announcer(#[from] AnnouncerError),
+    Announcer(#[from] AnnouncerConfigError),
     /// The sidecar's HTTP client for health probes could not be built.
     #[error("health probe client: {0}")]
     HealthClient(String),

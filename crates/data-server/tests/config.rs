@@ -115,3 +115,11 @@ fn version_and_help() {
         "{help}"
     );
 }
+
+/// `config/data-server.toml` and the README's config table name exactly the keys of
+/// `data_server::Config`, and every value the file sets is the default, but for the port.
+#[test]
+fn the_example_file_and_the_readme_match_the_defaults() {
+    // Port 0, so that the example runs next to anything on 8080.
+    testkit::check_config_docs::<data_server::Config>("data-server", &["server.listen"]);
+}

@@ -32,6 +32,6 @@ pub enum ConfigError {
     #[error("balancer failure_threshold must be at least 1, found 0")]
     ZeroFailureThreshold,
     /// An unknown strategy name.
-    #[error("unknown balancer strategy {0:?}: expected \"p2c\", \"round_robin\" or \"random\"")]
+    #[error("unknown balancer strategy {0:?}: expected {names}", names = crate::Strategy::expected_names())]
     UnknownStrategy(String),
 }

@@ -1,5 +1,6 @@
 //! Membership and health changes, broadcast to subscribers (the admin API's event stream, logs).
 
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 /// What changed.
@@ -55,5 +56,30 @@ impl Event {
             addr: addr.to_owned(),
             at,
         }
+    }
+}
+
+/// Where the registry and the balancer send their events: a broadcast to every subscriber.
+#[derive(Debug)]
+pub(crate) struct EventSink {
+    sender: broadcast::Sender<Event>,
+}
+
+impl EventSink {
+    /// A sink buffering up to `capacity` events per subscriber.
+    pub(crate) fn new(capacity: usize) -> EventSink {
+        let (sender, _) = broadcast::channel(capacity.max(1));
+        EventSink { sender }
+    }
+
+    /// Sends `event` to every subscriber.
+    pub(crate) fn emit(&self, event: Event) {
+        // No subscriber is fine: events are a courtesy, the table is the truth.
+        let _ = self.sender.send(event);
+    }
+
+    /// A receiver of every future event.
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.sender.subscribe()
     }
 }

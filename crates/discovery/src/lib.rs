@@ -1,13 +1,22 @@
-//! Heartbeat service discovery over NSQ: the pure logic, with no I/O of its own.
+//! Heartbeat service discovery over NSQ: servers announce themselves, api-servers subscribe, keep who is live and
+//! pick one per request. Both ends of a heartbeat live in this crate.
 //!
-//! - [`Heartbeat`], [`decode`]: the version 1 heartbeat message (JSON, or a plain `host:port` body), validated and
-//!   optionally HMAC-signed with an [`HmacKey`] over a canonical encoding.
-//! - [`Registry`]: the servers heard from within a TTL, ordered by `(epoch, seq)`, with tombstones for graceful
-//!   leaves, self-preservation while the bus is down, [`Event`]s for subscribers and counters for metrics.
-//! - [`Balancer`]: picks a live server per request (`p2c`, `round_robin`, `random`), counts requests in flight and
-//!   ejects failing servers for a while.
+//! Modules that do I/O, through the [`nsq`] client crate:
+//! - `announce`: the [`Announcer`] publishes this server's [`Heartbeat`] to a random nsqd every interval (with
+//!   jitter) while a [`Health`] check passes, fails over between nsqd, and publishes `leaving` on shutdown.
+//! - `subscribe`: [`subscribe`] starts an NSQ consumer of the heartbeat topic (nsqd found through nsqlookupd, or
+//!   given directly) that feeds every message into a [`Registry`].
 //!
-//! Time is always passed in (`tokio::time::Instant`), so everything runs in virtual time under test.
+//! Pure modules, with no I/O and no tasks of their own (time is always passed in as `tokio::time::Instant`, so
+//! everything runs in virtual time under test):
+//! - `heartbeat`: the version 1 message ([`Heartbeat`], [`Message`]), its wire format and the canonical bytes that
+//!   an [`HmacKey`] signs, and [`decode`] of untrusted bodies with a [`Rejection`] for every refusal. The one
+//!   exception is [`HmacKey::from_file`], which reads the key file.
+//! - `registry`: the [`Registry`] of servers heard from within a TTL, ordered by `(epoch, seq)`, with tombstones
+//!   for graceful leaves, self-preservation while the bus is down, [`Event`]s for subscribers and counters for
+//!   metrics.
+//! - `balancer`: the [`Balancer`] picks a live server per request (`p2c`, `round_robin`, `random`), counts requests
+//!   in flight and ejects failing servers for a while.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -27,39 +36,32 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-mod addr;
-mod announcer;
-mod announcer_config;
-mod announcer_health;
-mod announcer_transport;
+mod announce;
 mod backend;
-mod balancer;
+mod balance;
 mod error;
 mod event;
 mod heartbeat;
 mod registry;
 mod reject;
-mod signing;
+mod subscribe;
 
-pub use announcer::{Announcer, HEALTH_RECHECK, RETRY_BASE, jittered};
-pub use announcer_config::{
-    AnnounceError, AnnouncerConfig, AnnouncerError, AnnouncerStats, DEFAULT_INTERVAL,
-    DEFAULT_JITTER, DEFAULT_TOPIC, publish_timeout_for,
+pub use announce::{
+    AlwaysHealthy, AnnounceError, Announcer, AnnouncerConfig, AnnouncerConfigError, AnnouncerStats,
+    AsyncHealth, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, Health,
+    RETRY_BASE, jittered, publish_timeout_for,
 };
-pub use announcer_health::{AlwaysHealthy, AsyncHealth, Health};
-pub use backend::{Backend, MAX_WEIGHT};
-pub use balancer::{
-    BackendStats, Balancer, BalancerConfig, FailureOutcome, InFlightGuard, Strategy,
-};
+pub use backend::{Backend, InFlightGuard, MAX_WEIGHT};
+pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, Strategy};
 pub use error::ConfigError;
 pub use event::{Event, EventKind};
 pub use heartbeat::{
-    Heartbeat, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_META_BYTES, MAX_META_DEPTH, Message, State,
-    VERSION, decode,
+    Heartbeat, HmacKey, KeyError, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_META_BYTES,
+    MAX_META_DEPTH, Message, State, VERSION, decode,
 };
 pub use registry::{
     DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, IgnoreReason, Outcome, OutcomeCount, Registry,
     RegistryConfig, RegistryView, ServerView,
 };
 pub use reject::{RejectReason, Rejection};
-pub use signing::{HmacKey, KeyError, MAX_KEY_BYTES};
+pub use subscribe::{SubscriptionConfig, subscribe};

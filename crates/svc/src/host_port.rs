@@ -76,6 +76,13 @@ pub struct ParseHostPortError {
     reason: String,
 }
 
+impl ParseHostPortError {
+    /// What is wrong, without the text: for callers that quote untrusted input only in part.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
 impl FromStr for HostPort {
     type Err = ParseHostPortError;
 
@@ -231,6 +238,8 @@ mod tests {
     #[test]
     fn rejects_with_a_reason() {
         assert_eq!(reason("localhost"), "missing \":port\"");
+        let err = "localhost".parse::<HostPort>().unwrap_err();
+        assert_eq!(err.reason(), "missing \":port\"");
         assert_eq!(
             reason("localhost:0"),
             "the port must be from 1 to 65535, not 0"

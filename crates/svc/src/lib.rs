@@ -78,5 +78,5 @@ pub use metrics::{
     Counter, CounterVec, Family, Gauge, GaugeF64, GaugeGuard, GaugeVec, Histogram, HistogramVec,
     LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry,
 };
-pub use shutdown::{DrainTimeout, Shutdown, shutdown_signal, with_timeout};
+pub use shutdown::{DrainTimeout, FORCED_EXIT_CODE, Shutdown, shutdown_signal, with_timeout};
 pub use version::{VERSION, long_version};

@@ -1,5 +1,5 @@
-//! Graceful shutdown: the signals that start it, a token components drain on, and a bound on
-//! how long draining may take.
+//! Graceful shutdown: the signals that start it (and a second one that cuts it short), a token
+//! components drain on, and a bound on how long draining may take.
 //!
 //! Shutdown is an argument: long-running components take a [`Shutdown`] (or its
 //! [`CancellationToken`], or the future from [`Shutdown::wait`]) and stop taking new work when
@@ -12,52 +12,83 @@ use tokio_util::sync::CancellationToken;
 
 use crate::duration::HumanDuration;
 
-/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C).
-///
-/// The handlers are installed when this is called, not when first polled, so a signal that
-/// arrives in between is not lost. Installing a handler replaces the default action (exit) for
-/// the rest of the process; a second signal therefore does not kill it, so a binary that wants
-/// "press Ctrl-C twice to force" calls this again after the first one.
-///
-/// Must be called within a Tokio runtime. If a handler cannot be installed (which does not
-/// happen on a normal Unix system) the error is logged and only the other signal is awaited.
-pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+/// Exit status of a process whose graceful shutdown was cut short by a second SIGTERM/SIGINT
+/// (see [`Shutdown::trigger_on_signal`]): 130, the shell's 128 + SIGINT, whichever signal it was,
+/// so that a supervisor can tell "forced" from a clean stop (0) or a failure (1, 2).
+pub const FORCED_EXIT_CODE: i32 = 130;
+
+/// The process's SIGTERM and SIGINT handlers, installed when built so that no signal arriving
+/// later is lost. Installing a handler replaces the default action (exit) for the rest of the
+/// process: from then on only this code decides what a signal does.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())
-            .inspect_err(|err| tracing::error!("cannot listen for SIGTERM: {err}"))
-            .ok();
-        let mut int = signal(SignalKind::interrupt())
-            .inspect_err(|err| tracing::error!("cannot listen for SIGINT: {err}"))
-            .ok();
-        async move {
-            let term = async {
-                match term.as_mut() {
-                    Some(stream) => stream.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            let int = async {
-                match int.as_mut() {
-                    Some(stream) => stream.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = term => tracing::info!("SIGTERM received, shutting down"),
-                _ = int => tracing::info!("SIGINT received, shutting down"),
-            }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must be called within a Tokio runtime. If a handler cannot be installed (which does not
+    /// happen on a normal Unix system) the error is logged and only the other signal is awaited.
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .inspect_err(|err| tracing::error!("cannot listen for SIGTERM: {err}"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .inspect_err(|err| tracing::error!("cannot listen for SIGINT: {err}"))
+                .ok();
+            Signals { term, int }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        async {
+
+    /// The name of the next signal received.
+    async fn next(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn recv(stream: Option<&mut tokio::signal::unix::Signal>) {
+                match stream {
+                    Some(stream) => {
+                        stream.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(self.term.as_mut()) => "SIGTERM",
+                () = recv(self.int.as_mut()) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
             if let Err(err) = tokio::signal::ctrl_c().await {
                 tracing::error!("cannot listen for Ctrl-C: {err}");
                 std::future::pending::<()>().await;
             }
+            "Ctrl-C"
         }
+    }
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT (Ctrl-C), logging which.
+///
+/// The handlers are installed when this is called, not when first polled, so a signal that
+/// arrives in between is not lost. Installing a handler replaces the default action (exit) for
+/// the rest of the process, so a later signal does nothing unless someone listens for it:
+/// binaries use [`Shutdown::trigger_on_signal`], which also honours a second signal.
+///
+/// Must be called within a Tokio runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let mut signals = Signals::install();
+    async move {
+        let name = signals.next().await;
+        tracing::info!("{name} received, shutting down");
     }
 }
 
@@ -104,17 +135,36 @@ impl Shutdown {
         }
     }
 
-    /// Spawns a task that triggers this switch on SIGTERM or SIGINT (see [`shutdown_signal`]).
-    /// The handlers are installed before this returns.
+    /// Spawns the process's signal handling, the same in every binary: the first SIGTERM or
+    /// SIGINT triggers this switch (the graceful drain); a second one, e.g. an impatient operator
+    /// pressing Ctrl-C again, exits the process at once with [`FORCED_EXIT_CODE`] instead of
+    /// waiting for the drain. Each logs one line:
+    ///
+    /// - `SIGTERM received, shutting down gracefully (send another to force)`
+    /// - `SIGINT received again, exiting at once without finishing the graceful shutdown`
+    ///
+    /// The handlers are installed before this returns, so a quick second signal is not missed.
+    /// The task runs until the process ends; keep it running through the drain (aborting it
+    /// would leave a second signal ignored).
     pub fn trigger_on_signal(&self) -> tokio::task::JoinHandle<()> {
-        let signal = shutdown_signal();
-        let token = self.token.clone();
+        self.on_signals(|| std::process::exit(FORCED_EXIT_CODE))
+    }
+
+    /// [`trigger_on_signal`](Self::trigger_on_signal) with the forced exit as an argument, so
+    /// tests can observe it without ending the test process.
+    fn on_signals(&self, force: impl FnOnce() + Send + 'static) -> tokio::task::JoinHandle<()> {
+        let mut signals = Signals::install();
+        let shutdown = self.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                () = signal => token.cancel(),
-                // Nothing left to do once triggered by other means.
-                () = token.cancelled() => {}
-            }
+            let name = signals.next().await;
+            tracing::info!("{name} received, shutting down gracefully (send another to force)");
+            shutdown.trigger();
+            let name = signals.next().await;
+            // The fmt subscriber writes stderr synchronously, so this line is out before the exit.
+            tracing::warn!(
+                "{name} received again, exiting at once without finishing the graceful shutdown"
+            );
+            force();
         })
     }
 }
@@ -189,15 +239,26 @@ mod tests {
         assert!(!shutdown.is_triggered());
     }
 
+    // The only test that raises signals: handlers are process-wide, so a second such test
+    // running in parallel would see this one's signals as its own.
     #[tokio::test]
-    async fn sigterm_triggers_shutdown() {
+    async fn a_first_signal_drains_and_a_second_forces() {
         let shutdown = Shutdown::new();
-        let task = shutdown.trigger_on_signal();
-        // The handler is installed already, so this signal cannot kill the test process.
+        let (forced_tx, forced) = tokio::sync::oneshot::channel();
+        let task = shutdown.on_signals(move || {
+            let _ = forced_tx.send(());
+        });
+        // The handlers are installed already, so these signals cannot kill the test process.
         nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM).unwrap();
         tokio::time::timeout(Duration::from_secs(10), shutdown.wait())
             .await
             .expect("SIGTERM triggers the shutdown");
+        assert!(!task.is_finished(), "still listening for a second signal");
+        nix::sys::signal::raise(nix::sys::signal::Signal::SIGINT).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), forced)
+            .await
+            .expect("a second signal forces the exit")
+            .unwrap();
         task.await.unwrap();
     }
 }

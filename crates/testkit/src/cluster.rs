@@ -332,6 +332,23 @@ impl NsqCluster {
         self.nsqds[i].process.log()
     }
 
+    /// The depth that nsqd `i` has made durable for a topic's disk queue (`channel: None`) or a
+    /// channel's: the first line of the queue's metadata file, `None` while the file does not
+    /// exist yet (go-diskqueue writes it only at its first sync).
+    ///
+    /// This, not `/stats`, is what a SIGKILL keeps: `/stats` counts a message once it is in the
+    /// queue's data file, but the metadata (how far it is written and read) is synced after that,
+    /// and a message the topic has handed to a channel is gone from the topic's metadata before
+    /// it is in the channel's. A kill between the two loses it inside nsqd.
+    pub fn durable_depth(&self, i: usize, topic: &str, channel: Option<&str>) -> Option<u64> {
+        let name = match channel {
+            Some(c) => format!("{topic}:{c}.diskqueue.meta.dat"),
+            None => format!("{topic}.diskqueue.meta.dat"),
+        };
+        let text = std::fs::read_to_string(self.nsqds[i].data_path.join(name)).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// SIGKILL nsqd `i` (a crash: in-memory messages are lost).
     pub fn kill(&mut self, i: usize) {
         self.nsqds[i].process.kill();

@@ -513,14 +513,12 @@ impl FaultRun {
 /// window loses data whatever the flags; a real deployment is past it after two seconds of
 /// traffic, so the kill waits for it.
 async fn wait_queue_metadata(stack: &Stack, i: usize) -> Result<()> {
-    let dir = stack.cluster.nsqd(i).data_path.clone();
-    let files = [
-        dir.join(format!("{TOPIC}.diskqueue.meta.dat")),
-        dir.join(format!("{TOPIC}:archive.diskqueue.meta.dat")),
-    ];
-    let what = format!("nsqd{i} to write {files:?}");
+    let what = format!("nsqd{i} to write the metadata of {TOPIC} and {TOPIC}:archive");
     try_eventually(Duration::from_secs(30), &what, || {
-        std::future::ready(Ok(files.iter().all(|f| f.exists()).then_some(())))
+        let c = &stack.cluster;
+        let written = c.durable_depth(i, TOPIC, None).is_some()
+            && c.durable_depth(i, TOPIC, Some("archive")).is_some();
+        std::future::ready(Ok(written.then_some(())))
     })
     .await
 }

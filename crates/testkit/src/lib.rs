@@ -1,7 +1,8 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
 //! the project's binaries ([`DataServer`], [`ApiServer`]), heartbeats from inside a test
-//! ([`Announcer`]), NSQ's own command-line tools as peers, faults on demand, and waiting with a
-//! deadline ([`eventually`], [`try_eventually`], [`retry`]).
+//! ([`Announcer`]), NSQ's own command-line tools as peers, faults on demand, waiting with a
+//! deadline ([`eventually`], [`try_eventually`], [`retry`]), and the check that ties each
+//! binary's example config and README row to its config type ([`check_config_docs`]).
 //!
 //! Every process a test starts is killed when its handle drops (also while a test panics, when
 //! its log is printed too) and, should the test process die without unwinding, by the kernel.
@@ -21,6 +22,7 @@ mod api_server;
 mod audit;
 mod bins;
 mod cluster;
+mod config_docs;
 mod data_server;
 mod events;
 mod fault_report;
@@ -41,6 +43,7 @@ pub use bins::{
     workspace_root,
 };
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
+pub use config_docs::check_config_docs;
 pub use data_server::{DataServer, DataServerOptions};
 pub use events::{RegistryEvent, RegistryEvents};
 pub use fault_report::FaultReport;

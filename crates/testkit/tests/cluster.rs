@@ -79,6 +79,21 @@ async fn kill_and_restart_keeps_port_and_disk_messages() {
             .await
             .unwrap();
     }
+    // Kill only once all three are on disk in the channel's queue and gone from the topic's: a
+    // PUB is answered when the message is in the topic's queue, and nsqd moves it to the
+    // channel's queue afterwards, committing the topic's read position first. A kill right after
+    // the last PUB could lose the third message inside nsqd (or, with the channel's metadata
+    // synced first, deliver it twice), which is not what this test is about.
+    eventually(
+        Duration::from_secs(10),
+        "the three messages durable in the channel's disk queue",
+        || async {
+            (cluster.durable_depth(0, "durable", None) == Some(0)
+                && cluster.durable_depth(0, "durable", Some("keep")) == Some(3))
+            .then_some(())
+        },
+    )
+    .await;
     cluster.kill(0);
     assert!(
         !cluster.ping(0, Duration::from_millis(300)).await,
@@ -91,6 +106,14 @@ async fn kill_and_restart_keeps_port_and_disk_messages() {
         .channel("durable", "keep")
         .expect("channel survives restart");
     assert_eq!(channel.depth, 3, "messages on disk survive SIGKILL");
+    assert_eq!(
+        stats
+            .topic("durable")
+            .expect("topic survives restart")
+            .depth,
+        0,
+        "nothing is moved to the channel a second time"
+    );
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use svc::{HostPort, HumanDuration, Invalid, Validate};
 
 /// Prefix of the environment variables that override keys (`ARCHIVER__ARCHIVE__DATABASE`).
@@ -31,7 +31,7 @@ pub const MAX_IN_FLIGHT: u64 = 100_000;
 pub const MAX_BATCH_SIZE: usize = 10_000;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// `[archive]`
@@ -41,7 +41,7 @@ pub struct Config {
 }
 
 /// `[archive]`: what to archive, where, and how.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Archive {
     /// The SQLite file (required).
@@ -103,7 +103,7 @@ impl Archive {
 }
 
 /// `[shutdown]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownSection {
     /// Bound on draining at SIGTERM / SIGINT.
@@ -245,5 +245,20 @@ mod tests {
         assert!(err.contains("archive.database"), "{err}");
         let err = load(&["archive.database=a.db", "archive.batch_size=0"]).unwrap_err();
         assert!(err.contains("archive.batch_size"), "{err}");
+    }
+
+    /// `config/archiver.toml` and the README's config table name exactly the keys of
+    /// [`Config`], and every value the file sets is the default, but for what the archiver
+    /// needs to run at all (there is no default database, topic or nsqd).
+    #[test]
+    fn the_example_file_and_the_readme_match_the_defaults() {
+        testkit::check_config_docs::<Config>(
+            "archiver",
+            &[
+                "archive.database",
+                "archive.topics",
+                "archive.lookupd_http_addresses",
+            ],
+        );
     }
 }

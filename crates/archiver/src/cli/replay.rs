@@ -147,7 +147,8 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
     };
 
     let shutdown = Shutdown::new();
-    let signal = shutdown.trigger_on_signal();
+    // A first SIGTERM/SIGINT stops after the current batch, a second exits at once.
+    shutdown.trigger_on_signal();
     // Counting reads the whole range's index: only for a bar someone will see.
     let mut bar = Bar::new(if Bar::wanted() {
         store.count(&range)?
@@ -195,7 +196,6 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
             _ => break,
         }
     }
-    signal.abort();
     bar.finish();
     let state = match (finished, args.dry_run) {
         (true, true) => "dry run",

@@ -1,5 +1,5 @@
 //! `archiver run`: one consumer per topic on the durable archive channel, all feeding the
-//! writer thread; FIN only after commit; graceful stop on SIGTERM / SIGINT.
+//! writer thread; FIN only after commit; graceful stop on SIGTERM / SIGINT, forced on a second.
 //!
 //! **Finish after commit.** The consumer runs with `auto_response: false`: the handler hands
 //! the message itself to the writer thread and returns at once, and the message stays in flight
@@ -68,7 +68,9 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     // Opened before subscribing: a bad database must not take a single message.
     let store = Store::open(&database)?;
     let shutdown = Shutdown::new();
-    let signal = shutdown.trigger_on_signal();
+    // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE; the
+    // task keeps listening through the drain for that second one.
+    shutdown.trigger_on_signal();
     let limits = Limits {
         batch_size: a.batch_size,
         batch_latency: a.batch_latency.get(),
@@ -131,7 +133,6 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     );
 
     shutdown.wait().await;
-    signal.abort();
     let timeout = config.shutdown.timeout.get();
     let stops = consumers.into_iter().map(|c| c.stop(timeout));
     let reports = futures_join_all(stops).await;

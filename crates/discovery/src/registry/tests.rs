@@ -1,6 +1,8 @@
 use super::*;
 use crate::heartbeat::Heartbeat;
+use crate::reject::RejectReason;
 use serde_json::json;
+use std::time::UNIX_EPOCH;
 use tokio::sync::broadcast::error::TryRecvError;
 use tokio::time::advance;
 

@@ -1,84 +1,47 @@
 //! The TTL registry: which data servers are live, fed by heartbeat message bodies.
+//!
+//! - this file: [`Registry`] and every method of it, the write path (observe, sweep, bus state) and the reads;
+//! - `table.rs`: the data behind the lock; `rules.rs`: pure checks (staleness, replay, order, id takeover);
+//!   `policy.rs`: who may register; `config.rs`: settings and defaults;
+//! - `live.rs`: `LiveSet`, all the balancer reads (the servers live at one instant, and the event sink);
+//! - `view.rs`: what the admin API shows; `outcome.rs`: what happened to each message, counted for metrics.
+//!
+//! Per-server liveness and health state is `backend::PeerState`, shared with the balancer.
 
+mod config;
+mod live;
 mod outcome;
 mod policy;
+mod rules;
 mod table;
 mod view;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use ipnet::IpNet;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::addr::ServerAddr;
-use crate::backend::{Backend, Clock, Snapshot};
+use crate::backend::{Backend, Clock, weight_from_meta};
 use crate::error::ConfigError;
-use crate::event::{Event, EventKind};
-use crate::heartbeat::{Message, State, decode};
-use crate::reject::{RejectReason, Rejection};
-use crate::signing::HmacKey;
-use table::{Changes, Table, Update};
+use crate::event::{Event, EventKind, EventSink};
+use crate::heartbeat::{Decoded, HmacKey, Message, State, decode_with_addr};
+use live::Snapshot;
+use table::{Changes, Entry, Table, Tombstone, Update};
 
+pub use config::{DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, RegistryConfig};
+pub(crate) use live::{Live, LiveSet};
 pub use outcome::{IgnoreReason, Outcome, OutcomeCount};
 pub use view::{RegistryView, ServerView};
-
-/// The contract default for `discovery.ttl`.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
-/// Events buffered per subscriber before a slow one starts missing some.
-pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
-
-/// How the registry decides who may register and for how long.
-#[derive(Debug, Clone)]
-pub struct RegistryConfig {
-    /// A server is live while its last heartbeat was received less than this long ago.
-    pub ttl: Duration,
-    /// When set, only JSON heartbeats signed with this key are accepted (plain `host:port` bodies are refused), and
-    /// only while their signed `sent_at_ms` is within one `ttl` of this host's clock, so that a captured heartbeat
-    /// cannot be replayed later to bring back a server that left or died.
-    pub hmac_key: Option<HmacKey>,
-    /// When not empty, only IP addresses inside these networks may register; hostnames are then refused too,
-    /// because checking them would need a DNS answer that can change after the check.
-    pub allowed_networks: Vec<IpNet>,
-    /// The api-server's own listen addresses (proxy and admin), which may never register: routing there would
-    /// loop. Compared as socket addresses; `0.0.0.0:p` / `[::]:p` also match loopback and `local_ips` on port p.
-    pub self_addrs: Vec<String>,
-    /// This host's own IPs, for matching unspecified self addresses (optional).
-    pub local_ips: Vec<IpAddr>,
-    /// Broadcast buffer per event subscriber.
-    pub event_capacity: usize,
-}
-
-impl RegistryConfig {
-    /// Defaults with the given TTL: no key, every network allowed, no self addresses.
-    pub fn new(ttl: Duration) -> RegistryConfig {
-        RegistryConfig {
-            ttl,
-            hmac_key: None,
-            allowed_networks: Vec::new(),
-            self_addrs: Vec::new(),
-            local_ips: Vec::new(),
-            event_capacity: DEFAULT_EVENT_CAPACITY,
-        }
-    }
-}
-
-impl Default for RegistryConfig {
-    fn default() -> Self {
-        RegistryConfig::new(DEFAULT_TTL)
-    }
-}
 
 /// The live set of data servers. A cheap `Clone` handle; all methods take `&self`.
 ///
 /// Writers ([`observe`](Registry::observe), [`sweep`](Registry::sweep)) serialise on a mutex; the proxy's read
-/// path ([`live`](Registry::live), the [`Balancer`](crate::Balancer)) only loads an atomically swapped snapshot
-/// and compares deadlines, so an expired server is never returned even between sweeps.
+/// path ([`live`](Registry::live), the [`Balancer`](crate::Balancer) through a `LiveSet`) only loads an atomically
+/// swapped snapshot and compares deadlines, so an expired server is never returned even between sweeps.
 #[derive(Debug, Clone)]
 pub struct Registry {
     inner: Arc<Inner>,
@@ -97,7 +60,7 @@ struct Inner {
     /// Membership changed since `snapshot` was built. Set and cleared under the `state` lock;
     /// the next reader rebuilds, so a burst of joins costs one rebuild, not one per join.
     stale: AtomicBool,
-    events: broadcast::Sender<Event>,
+    events: EventSink,
     counters: outcome::Counters,
 }
 
@@ -112,7 +75,7 @@ impl Registry {
             &config.self_addrs,
             config.local_ips,
         )?;
-        let (events, _) = broadcast::channel(config.event_capacity.max(1));
+        let events = EventSink::new(config.event_capacity);
         Ok(Registry {
             inner: Arc::new(Inner {
                 ttl: config.ttl,
@@ -158,22 +121,20 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let message = match decode(body, self.inner.key.as_ref()) {
-            Ok(message) => message,
+        let Decoded { message, addr } = match decode_with_addr(body, self.inner.key.as_ref()) {
+            Ok(decoded) => decoded,
             Err(rejection) => return Outcome::Rejected(rejection),
-        };
-        let addr = match ServerAddr::parse_announced(message.addr()) {
-            Ok(addr) => addr,
-            Err(detail) => return Outcome::Rejected(Rejection::new(RejectReason::BadAddr, detail)),
         };
         if let Err(rejection) = self.inner.policy.check(message.addr(), &addr) {
             return Outcome::Rejected(rejection);
         }
-        if self.is_stale(nsqd_timestamp_ns, wall_now) {
+        if rules::is_stale(nsqd_timestamp_ns, wall_now, self.inner.ttl) {
             return Outcome::Ignored(IgnoreReason::Stale);
         }
         if let (Some(_), Message::Json(hb)) = (&self.inner.key, &message) {
-            if let Err(rejection) = self.check_replay_window(hb.sent_at_ms, wall_now) {
+            if let Err(rejection) =
+                rules::check_replay_window(hb.sent_at_ms, wall_now, self.inner.ttl)
+            {
                 return Outcome::Rejected(rejection);
             }
         }
@@ -217,45 +178,154 @@ impl Registry {
         outcome
     }
 
-    fn is_stale(&self, nsqd_timestamp_ns: i64, wall_now: SystemTime) -> bool {
-        let Ok(ns) = u64::try_from(nsqd_timestamp_ns) else {
-            return false;
-        };
-        if ns == 0 {
-            return false;
+    /// An entry past its deadline is gone even if no sweep ran yet: treat the message as a new join.
+    fn expire_if_due(&self, table: &mut Table, id: &str, now: Instant, changes: &mut Changes) {
+        if self.inner.frozen.load(Ordering::Acquire) {
+            return;
         }
-        let sent = UNIX_EPOCH + Duration::from_nanos(ns);
-        // A timestamp ahead of our clock (skew) is not stale.
-        wall_now
-            .duration_since(sent)
-            .is_ok_and(|age| age > self.inner.ttl)
+        let now_ticks = self.inner.clock.ticks(now);
+        let due = table
+            .entries
+            .get(id)
+            .is_some_and(|e| e.backend.peer().is_expired(now_ticks));
+        if !due {
+            return;
+        }
+        if let Some(entry) = table.entries.remove(id) {
+            changes.push(EventKind::Expire, id, entry.backend.addr(), now);
+        }
     }
 
-    /// With a shared key, `sent_at_ms` is signed, so it bounds how long a captured heartbeat stays usable: one TTL
-    /// either way of this host's clock. Within that window `(epoch, seq)` ordering and the one-TTL tombstone refuse
-    /// a replay; after it, only this check does, because the registry forgets a server one TTL after its last
-    /// heartbeat or its leave. nsqd's timestamp cannot do this job: publishing the capture again renews it.
-    /// Hosts' clocks must therefore agree to well within one TTL when a key is configured.
-    fn check_replay_window(&self, sent_at_ms: u64, wall_now: SystemTime) -> Result<(), Rejection> {
-        let now_ms = wall_now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let ttl_ms = u64::try_from(self.inner.ttl.as_millis()).unwrap_or(u64::MAX);
-        if now_ms.abs_diff(sent_at_ms) <= ttl_ms {
-            return Ok(());
+    fn upsert(
+        &self,
+        table: &mut Table,
+        update: Update,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> Outcome {
+        if let Some(tombstone) = table.tombstones.get(&update.id) {
+            // Plain bodies carry no epoch, so they cannot prove they come from a newer run.
+            let same_run = update
+                .order
+                .is_none_or(|(epoch, _)| epoch <= tombstone.order.0);
+            if same_run {
+                return Outcome::Ignored(IgnoreReason::Tombstoned);
+            }
+            table.tombstones.remove(&update.id);
         }
-        let (distance, side) = if sent_at_ms < now_ms {
-            (now_ms - sent_at_ms, "old")
-        } else {
-            (sent_at_ms - now_ms, "ahead of this host's clock")
+        let deadline = self.inner.clock.ticks(now + self.inner.ttl);
+        if let Some(conflict) = table
+            .entries
+            .get(&update.id)
+            .and_then(|entry| rules::conflict(entry, &update))
+        {
+            return conflict;
+        }
+        let Some(entry) = table.entries.get_mut(&update.id) else {
+            let peer = Arc::clone(table.peers.entry(update.id.clone()).or_default());
+            peer.extend_deadline(deadline);
+            let weight = weight_from_meta(&update.meta);
+            let backend = Backend::new(&update.id, &update.addr, update.socket_addr, weight, peer);
+            changes.push(EventKind::Join, &update.id, &update.addr, now);
+            table.entries.insert(
+                update.id,
+                Entry {
+                    backend: Arc::new(backend),
+                    order: update.order,
+                    interval_ms: update.interval_ms,
+                    meta: update.meta,
+                    last_seen: now,
+                },
+            );
+            return Outcome::Joined;
         };
-        Err(Rejection::new(
-            RejectReason::Replayed,
-            format!(
-                "expected a signed sent_at_ms within {ttl_ms} ms of now, found one {distance} ms {side}: \
-                 a replayed heartbeat, or clocks that disagree"
-            ),
-        ))
+        if let (Some(order), Some(current)) = (update.order, entry.order) {
+            if let Some(reason) = rules::not_newer(order, current) {
+                return Outcome::Ignored(reason);
+            }
+        }
+        // A new epoch is a new run of the server, which announces itself only once healthy: whatever made the old
+        // run fail does not count against it, so an ejected server returns to rotation at once.
+        let restarted =
+            matches!((update.order, entry.order), (Some((new, _)), Some((old, _))) if new > old);
+        if restarted && entry.backend.peer().clear_ejection() {
+            changes.push(EventKind::Recover, &update.id, &update.addr, now);
+        }
+        // Plain bodies refresh liveness only: they know nothing of seq, meta or interval.
+        if update.order.is_some() {
+            entry.order = update.order;
+            entry.interval_ms = update.interval_ms;
+            entry.meta = update.meta;
+        }
+        entry.last_seen = now;
+        entry.backend.peer().extend_deadline(deadline);
+
+        let weight = weight_from_meta(&entry.meta);
+        let old = &entry.backend;
+        if old.addr() == update.addr && old.weight() == weight {
+            return Outcome::Refreshed;
+        }
+        let peer = Arc::clone(old.peer());
+        let moved = old.addr() != update.addr;
+        if moved {
+            // A newer run of the same id wins (see `rules::conflict`): the server was re-deployed or re-addressed.
+            // Subscribers see it leave the old address and join the new one.
+            changes.push(EventKind::Leave, &update.id, old.addr(), now);
+            changes.push(EventKind::Join, &update.id, &update.addr, now);
+            peer.clear_ejection();
+        }
+        entry.backend = Arc::new(Backend::new(
+            &update.id,
+            &update.addr,
+            update.socket_addr,
+            weight,
+            peer,
+        ));
+        changes.rebuild = true;
+        if moved {
+            Outcome::Moved
+        } else {
+            Outcome::Refreshed
+        }
+    }
+
+    fn leave(
+        &self,
+        table: &mut Table,
+        update: Update,
+        now: Instant,
+        changes: &mut Changes,
+    ) -> Outcome {
+        // Only JSON heartbeats can say leaving, so the order is always present.
+        let order = update.order.unwrap_or_default();
+        if let Some(conflict) = table
+            .entries
+            .get(&update.id)
+            .and_then(|entry| rules::conflict(entry, &update))
+        {
+            return conflict;
+        }
+        let known = match table.entries.get(&update.id) {
+            Some(entry) => entry.order,
+            None => table.tombstones.get(&update.id).map(|t| t.order),
+        };
+        if let Some(reason) = known.and_then(|current| rules::not_newer(order, current)) {
+            return Outcome::Ignored(reason);
+        }
+        table.tombstones.insert(
+            update.id.clone(),
+            Tombstone {
+                order,
+                until: now + self.inner.ttl,
+            },
+        );
+        match table.entries.remove(&update.id) {
+            Some(entry) => {
+                changes.push(EventKind::Leave, &update.id, entry.backend.addr(), now);
+                Outcome::Left
+            }
+            None => Outcome::Ignored(IgnoreReason::NotRegistered),
+        }
     }
 
     fn commit(&self, _table: &Table, changes: Changes) -> Vec<Event> {
@@ -263,8 +333,7 @@ impl Registry {
             self.inner.stale.store(true, Ordering::Release);
         }
         for event in &changes.events {
-            // No subscriber is fine: events are a courtesy, the table is the truth.
-            let _ = self.inner.events.send(event.clone());
+            self.inner.events.emit(event.clone());
         }
         changes.events
     }
@@ -305,11 +374,7 @@ impl Registry {
         } else {
             let grace = self.inner.clock.ticks(now + self.inner.ttl);
             for entry in table.entries.values() {
-                entry
-                    .backend
-                    .state
-                    .deadline
-                    .fetch_max(grace, Ordering::AcqRel);
+                entry.backend.peer().extend_deadline(grace);
             }
         }
         // Deadlines are extended before the freeze lifts, so no reader sees a spurious expiry in between.
@@ -328,25 +393,36 @@ impl Registry {
 
     /// Live servers at `now`, sorted by id (lock-free).
     pub fn live(&self, now: Instant) -> Vec<Arc<Backend>> {
-        let now_ticks = self.inner.clock.ticks(now);
-        let frozen = self.self_preservation();
-        self.snapshot()
-            .backends
-            .iter()
-            .filter(|b| is_live(b, now_ticks, frozen))
-            .cloned()
-            .collect()
+        self.live_set(now).live().cloned().collect()
     }
 
     /// Number of live servers at `now` (lock-free).
     pub fn live_count(&self, now: Instant) -> usize {
+        self.live_set(now).live().count()
+    }
+
+    /// Live servers with their details, sorted by id, for the admin API.
+    pub fn servers(&self, now: Instant) -> Vec<ServerView> {
         let now_ticks = self.inner.clock.ticks(now);
+        let table = self.lock();
         let frozen = self.self_preservation();
-        self.snapshot()
-            .backends
+        let mut servers: Vec<ServerView> = table
+            .entries
             .iter()
-            .filter(|b| is_live(b, now_ticks, frozen))
-            .count()
+            .filter(|(_, e)| e.backend.peer().is_live(now_ticks, frozen))
+            .map(|(id, e)| ServerView::new(id, e, now, now_ticks))
+            .collect();
+        servers.sort_by(|a, b| a.id.cmp(&b.id));
+        servers
+    }
+
+    /// Everything `GET /registry` shows.
+    pub fn view(&self, now: Instant) -> RegistryView {
+        RegistryView {
+            servers: self.servers(now),
+            self_preservation: self.self_preservation(),
+            ttl_ms: u64::try_from(self.inner.ttl.as_millis()).unwrap_or(u64::MAX),
+        }
     }
 
     /// A receiver of every future [`Event`] (join, leave, expire from the registry; eject, recover from the
@@ -360,7 +436,30 @@ impl Registry {
         self.inner.counters.snapshot()
     }
 
-    pub(crate) fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+    /// The servers at `now` and the event sink: all the balancer reads of the registry (lock-free, no allocation).
+    pub(crate) fn live_set(&self, now: Instant) -> LiveSet<'_> {
+        LiveSet::new(
+            self.snapshot(),
+            self.inner.clock,
+            now,
+            self.self_preservation(),
+            &self.inner.events,
+        )
+    }
+
+    /// `f` applied to the server with this id (live or not yet swept), if there is one: for a caller that needs no
+    /// time, so no clock is read.
+    pub(crate) fn with_backend<R>(&self, id: &str, f: impl FnOnce(&Backend) -> R) -> Option<R> {
+        let snapshot = self.snapshot();
+        snapshot
+            .backends
+            .iter()
+            .find(|b| b.id() == id)
+            .map(|b| f(b))
+    }
+
+    /// The current snapshot, rebuilt first if membership changed since the last read.
+    fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         if self.inner.stale.load(Ordering::Acquire) {
             let table = self.lock();
             if self.inner.stale.swap(false, Ordering::AcqRel) {
@@ -374,14 +473,6 @@ impl Registry {
             }
         }
         self.inner.snapshot.load()
-    }
-
-    pub(crate) fn clock(&self) -> Clock {
-        self.inner.clock
-    }
-
-    pub(crate) fn emit(&self, event: Event) {
-        let _ = self.inner.events.send(event);
     }
 
     fn lock(&self) -> MutexGuard<'_, Table> {
@@ -398,7 +489,7 @@ fn expire_due(table: &mut Table, now: Instant, now_ticks: u64, changes: &mut Cha
     let mut expired: Vec<String> = table
         .entries
         .iter()
-        .filter(|(_, e)| e.backend.state.deadline.load(Ordering::Acquire) <= now_ticks)
+        .filter(|(_, e)| e.backend.peer().is_expired(now_ticks))
         .map(|(id, _)| id.clone())
         .collect();
     expired.sort();
@@ -407,10 +498,6 @@ fn expire_due(table: &mut Table, now: Instant, now_ticks: u64, changes: &mut Cha
             changes.push(EventKind::Expire, &id, entry.backend.addr(), now);
         }
     }
-}
-
-pub(crate) fn is_live(backend: &Backend, now_ticks: u64, frozen: bool) -> bool {
-    frozen || backend.state.deadline.load(Ordering::Acquire) > now_ticks
 }
 
 #[cfg(test)]

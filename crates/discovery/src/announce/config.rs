@@ -1,12 +1,12 @@
-//! The announcer's settings, errors and counters.
+//! The announcer's settings, and why a set of them cannot work.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::heartbeat::HmacKey;
 use crate::reject::Rejection;
-use crate::signing::HmacKey;
 
 /// Topic heartbeats go to unless configured otherwise (contract).
 pub const DEFAULT_TOPIC: &str = "data_server_addr";
@@ -86,10 +86,13 @@ impl std::fmt::Debug for AnnouncerConfig {
     }
 }
 
-/// An [`AnnouncerConfig`] that cannot work.
+/// An [`AnnouncerConfig`] that cannot work, returned once by [`Announcer::new`](crate::Announcer::new).
+///
+/// Not to be confused with [`AnnounceError`](crate::AnnounceError), which is one heartbeat that a running announcer
+/// could not publish.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum AnnouncerError {
+pub enum AnnouncerConfigError {
     /// No nsqd to publish to.
     #[error("announce: expected at least one nsqd TCP address, found none")]
     NoNsqd,
@@ -105,41 +108,4 @@ pub enum AnnouncerError {
     /// The NSQ client refused the settings (topic name, producer settings).
     #[error("announce: {0}")]
     Nsq(#[from] nsq::Error),
-}
-
-/// Why one heartbeat was not published.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AnnounceError {
-    /// [`Announcer::leave`](crate::Announcer::leave) was called already: nothing more is announced.
-    #[error("the announcer has left: no more heartbeats")]
-    Left,
-    /// Every nsqd failed; one entry per nsqd tried, with its error.
-    #[error("no nsqd took the heartbeat: {}", .0.iter().map(|(a, e)| format!("{a}: {e}")).collect::<Vec<_>>().join("; "))]
-    AllFailed(Vec<(String, String)>),
-    /// The NSQ client refused the message itself (so no nsqd would take it).
-    #[error("heartbeat refused before publishing: {0}")]
-    Refused(String),
-}
-
-/// A snapshot of an announcer's counters, for metrics and health pages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AnnouncerStats {
-    /// `up` heartbeats an nsqd took.
-    pub heartbeats_sent: u64,
-    /// `leaving` heartbeats an nsqd took.
-    pub leaving_sent: u64,
-    /// Heartbeats no nsqd took.
-    pub failed_heartbeats: u64,
-    /// Ticks skipped because the health check failed.
-    pub skipped_unhealthy: u64,
-    /// Failed publishes per nsqd (also those another nsqd then took), in configuration order.
-    pub publish_failures: Vec<(String, u64)>,
-    /// Whether the last health check passed (`true` before the first).
-    pub healthy: bool,
-    /// Whether the last heartbeat reached an nsqd (`true` until one fails).
-    pub reachable: bool,
-    /// Whether [`Announcer::leave`](crate::Announcer::leave) was called.
-    pub left: bool,
 }

@@ -5,6 +5,10 @@
 //! random one and fails over to the others within the same tick, so losing an nsqd costs no
 //! interval. When none takes it the announcer retries with backoff and logs once per change of
 //! state, not once per tick.
+//!
+//! Beside this file: `config.rs` (settings, and [`AnnouncerConfigError`] for settings refused at start-up),
+//! `health.rs` (the check that gates each tick), `report.rs` ([`AnnounceError`] for one heartbeat not published,
+//! and the counters), `transport.rs` (the seam between the loop and NSQ) and `tests.rs` (virtual-time tests).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -16,10 +20,20 @@ use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep_until};
 
-use crate::announcer_config::{AnnounceError, AnnouncerConfig, AnnouncerError, AnnouncerStats};
-use crate::announcer_health::Health;
-use crate::announcer_transport::{Delivery, Transport};
+mod config;
+mod health;
+mod report;
+mod transport;
+
+pub use config::{
+    AnnouncerConfig, AnnouncerConfigError, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC,
+    publish_timeout_for,
+};
+pub use health::{AlwaysHealthy, AsyncHealth, Health};
+pub use report::{AnnounceError, AnnouncerStats};
+
 use crate::heartbeat::{Heartbeat, State};
+use transport::{Delivery, Transport};
 
 /// First retry delay after a tick no nsqd took; doubles per failure, capped at the interval.
 pub const RETRY_BASE: Duration = Duration::from_millis(250);
@@ -99,9 +113,9 @@ impl std::fmt::Debug for Announcer {
 impl Announcer {
     /// Checks the configuration and prepares one producer per nsqd (connections are made by the
     /// first heartbeat). The epoch is the current time in ms.
-    pub fn new(cfg: AnnouncerConfig) -> Result<Announcer, AnnouncerError> {
+    pub fn new(cfg: AnnouncerConfig) -> Result<Announcer, AnnouncerConfigError> {
         if cfg.nsqd_tcp_addresses.is_empty() {
-            return Err(AnnouncerError::NoNsqd);
+            return Err(AnnouncerConfigError::NoNsqd);
         }
         nsq::validate_topic(&cfg.topic)?;
         let publisher = nsq::Publisher::new(&cfg.nsqd_tcp_addresses, cfg.producer.clone())?;
@@ -111,16 +125,18 @@ impl Announcer {
     pub(crate) fn with_transport(
         cfg: AnnouncerConfig,
         transport: Box<dyn Transport>,
-    ) -> Result<Announcer, AnnouncerError> {
+    ) -> Result<Announcer, AnnouncerConfigError> {
         if cfg.interval.is_zero() {
-            return Err(AnnouncerError::ZeroInterval);
+            return Err(AnnouncerConfigError::ZeroInterval);
         }
         if !(0.0..1.0).contains(&cfg.jitter) {
-            return Err(AnnouncerError::BadJitter(cfg.jitter));
+            return Err(AnnouncerConfigError::BadJitter(cfg.jitter));
         }
         let mut probe = Heartbeat::new(cfg.id.clone(), cfg.addr.clone(), 0, 0);
         probe.meta = cfg.meta.clone();
-        probe.validate().map_err(AnnouncerError::BadHeartbeat)?;
+        probe
+            .validate()
+            .map_err(AnnouncerConfigError::BadHeartbeat)?;
         let per_nsqd = transport.addrs().into_iter().map(|a| (a, 0)).collect();
         let counters = Counters {
             per_nsqd: Mutex::new(per_nsqd),
@@ -392,5 +408,4 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-#[path = "announcer_tests.rs"]
 mod tests;

@@ -1,6 +1,16 @@
-//! `host:port` validation for announced addresses and for the api-server's own listen addresses.
+//! The announced `host:port`, parsed once in [`decode`](super::decode) and handed to the registry, and the
+//! api-server's own listen addresses it is compared with.
+//!
+//! The `host:port` syntax and the host-name rules are [`svc::HostPort`]'s, the same as in every config file. What
+//! is added here is the policy for addresses that come from the network and are dialled by the proxy: bounded
+//! length, a port in plain digits, no unspecified (announced), multicast or broadcast IP, IPv4-mapped IPv6 in its
+//! IPv4 form, no root dot and no all-digit last label in names, names compared in lowercase.
 
 use std::net::{IpAddr, SocketAddr};
+
+use svc::HostPort;
+
+use crate::reject::excerpt;
 
 /// Longest accepted `host:port`: a 253-byte DNS name, a colon and five digits (bracketed IPv6 is shorter).
 pub(crate) const MAX_ADDR_BYTES: usize = 253 + 1 + 5;
@@ -60,30 +70,38 @@ fn parse(text: &str, allow_unspecified: bool) -> Result<ServerAddr, String> {
             text.len()
         ));
     }
-    if let Ok(sa) = text.parse::<SocketAddr>() {
-        return ip_addr(sa.ip(), sa.port(), allow_unspecified);
+    // IP literals as the standard library reads them, which is also how they are dialled (it takes a numeric
+    // IPv6 scope and zero-padded ports, which announcers have always been allowed to send).
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return ip_addr(addr.ip(), addr.port(), allow_unspecified);
     }
-    let Some((host, port)) = text.rsplit_once(':') else {
+    let parsed = text.parse::<HostPort>().map_err(|err| {
+        format!(
+            "expected host:port, found {} ({})",
+            excerpt(text),
+            err.reason()
+        )
+    })?;
+    // HostPort also takes `+80` and `000080`; an announced port is plain digits.
+    let port_text = text.rsplit_once(':').map_or("", |(_, port)| port);
+    if port_text.len() > 5 || !port_text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
-            "expected host:port, found {}",
-            crate::reject::excerpt(text)
-        ));
-    };
-    let port = parse_port(port)?;
-    if host.contains(':') {
-        return Err(format!(
-            "expected an IPv6 host in brackets ([::1]:80), found {}",
-            crate::reject::excerpt(text)
+            "expected a port in 1..=65535, found {}",
+            excerpt(port_text)
         ));
     }
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return ip_addr(ip, port, allow_unspecified);
+    let port = parsed.port();
+    match parsed.host() {
+        svc::Host::Ipv4(ip) => ip_addr(IpAddr::V4(*ip), port, allow_unspecified),
+        svc::Host::Ipv6(ip) => ip_addr(IpAddr::V6(*ip), port, allow_unspecified),
+        svc::Host::Name(name) => {
+            check_name(name)?;
+            Ok(ServerAddr {
+                host: Host::Name(name.to_ascii_lowercase()),
+                port,
+            })
+        }
     }
-    check_hostname(host)?;
-    Ok(ServerAddr {
-        host: Host::Name(host.to_ascii_lowercase()),
-        port,
-    })
 }
 
 fn ip_addr(ip: IpAddr, port: u16, allow_unspecified: bool) -> Result<ServerAddr, String> {
@@ -106,48 +124,20 @@ fn ip_addr(ip: IpAddr, port: u16, allow_unspecified: bool) -> Result<ServerAddr,
     })
 }
 
-/// Decimal digits only: `str::parse::<u16>` would also take a leading `+`.
-fn parse_port(port: &str) -> Result<u16, String> {
-    let valid = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
-    match port.parse::<u16>() {
-        Ok(p) if valid && p != 0 => Ok(p),
-        _ => Err(format!(
-            "expected a port in 1..=65535, found {}",
-            crate::reject::excerpt(port)
-        )),
-    }
-}
-
-/// RFC 1123 names, plus `_` (container and compose service names use it). The last label may not be all digits,
-/// so a malformed IPv4 literal such as `999.1.1.1` is not mistaken for a name.
-fn check_hostname(host: &str) -> Result<(), String> {
+/// Stricter than a config file on two points: the announced text must name one server as written (no root dot,
+/// which would make `a.example.` and `a.example` two servers), and a last label of digits only is a mistyped IPv4
+/// address such as `10.0.0.256`, never a name.
+fn check_name(name: &str) -> Result<(), String> {
     let bad = |why: &str| {
         Err(format!(
             "expected a host name or IP, found {} ({why})",
-            crate::reject::excerpt(host)
+            excerpt(name)
         ))
     };
-    if host.is_empty() {
-        return bad("empty host");
+    if name.ends_with('.') {
+        return bad("a name may not end with '.'");
     }
-    if host.len() > 253 {
-        return bad("longer than 253 bytes");
-    }
-    for label in host.split('.') {
-        if label.is_empty() || label.len() > 63 {
-            return bad("each dot-separated label must be 1..=63 bytes");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            return bad("only letters, digits, '-', '_' and '.' are allowed");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return bad("a label may not start or end with '-'");
-        }
-    }
-    let last = host.rsplit('.').next().unwrap_or(host);
+    let last = name.rsplit('.').next().unwrap_or(name);
     if last.bytes().all(|b| b.is_ascii_digit()) {
         return bad("not a valid IP, and a name's last label cannot be all digits");
     }
@@ -187,7 +177,11 @@ mod tests {
             "host:0",
             "host:65536",
             "host:+80",
+            "host:080x",
+            "host:000080",
             "host:80x",
+            "host.:80",
+            "a.b.123:80",
             "0.0.0.0:80",
             "[::]:80",
             "[::ffff:0.0.0.0]:80",
@@ -208,6 +202,14 @@ mod tests {
         }
         let long = format!("{}:80", "a".repeat(300));
         assert!(ServerAddr::parse_announced(&long).is_err());
+    }
+
+    #[test]
+    fn details_quote_only_an_excerpt() {
+        let long = format!("{}.example:80", "a".repeat(240));
+        let detail = ServerAddr::parse_announced(&long).unwrap_err();
+        assert!(detail.len() < 200, "{detail}");
+        assert!(detail.contains("63"), "{detail}");
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! The heartbeat subscription: every message of `discovery.topic` goes into the registry, and every one is
-//! finished, malformed or not (a redelivery could not make a malformed body any better).
+//! The heartbeat consumer, the receiving half of what [`announce`](crate::Announcer) sends: an NSQ consumer on the
+//! heartbeat topic (nsqd found through nsqlookupd, or given directly) whose every message goes into a
+//! [`Registry`]. Every message is finished, malformed or not: a redelivery could not make a malformed body any
+//! better. Rejections are logged at most once per 5 s, with the count left out in between.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use discovery::{Outcome, Registry};
+use crate::{Outcome, Registry};
 use tokio::time::Instant;
 
-/// What the heartbeat consumer needs to know.
+/// Where to consume heartbeats from.
 #[derive(Debug, Clone)]
 pub struct SubscriptionConfig {
     /// The heartbeat topic.
@@ -23,7 +25,9 @@ pub struct SubscriptionConfig {
     pub lookupd_poll_interval: Duration,
 }
 
-/// Starts the heartbeat consumer feeding `registry`.
+/// Starts the heartbeat consumer feeding `registry`; it runs until the returned consumer is stopped.
+///
+/// Each message is handed to [`Registry::observe`] with nsqd's timestamp and the current time.
 pub fn subscribe(
     cfg: &SubscriptionConfig,
     registry: Registry,
@@ -87,7 +91,7 @@ pub fn subscribe(
 /// At most one log line per period; the next line says how many were left out in between, so a flood of
 /// garbage costs one line per period instead of one per message.
 #[derive(Debug)]
-pub struct RateLimitedLog {
+pub(crate) struct RateLimitedLog {
     period: Duration,
     last: Mutex<Option<Instant>>,
     suppressed: AtomicU64,
@@ -95,7 +99,7 @@ pub struct RateLimitedLog {
 
 impl RateLimitedLog {
     /// A limiter allowing one line per `period`.
-    pub fn new(period: Duration) -> Self {
+    pub(crate) fn new(period: Duration) -> Self {
         RateLimitedLog {
             period,
             last: Mutex::new(None),
@@ -105,7 +109,7 @@ impl RateLimitedLog {
 
     /// Calls `emit(suppressed_since_last_line)` if a line is due, else counts one suppressed line. Returns whether
     /// it emitted.
-    pub fn warn(&self, emit: impl FnOnce(u64)) -> bool {
+    pub(crate) fn warn(&self, emit: impl FnOnce(u64)) -> bool {
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         if last.is_some_and(|at| now.saturating_duration_since(at) < self.period) {

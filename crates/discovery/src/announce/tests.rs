@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::transport::BoxFuture;
 use super::*;
-use crate::announcer_transport::BoxFuture;
+use crate::heartbeat::HmacKey;
 use crate::heartbeat::{Message, decode};
-use crate::signing::HmacKey;
 
 type Log = Arc<Mutex<Vec<(Instant, Vec<u8>)>>>;
 
@@ -256,20 +256,23 @@ fn bad_configs_are_refused() {
     let mut cfg = base();
     cfg.interval = Duration::ZERO;
     let err = Announcer::with_transport(cfg, fake()).unwrap_err();
-    assert!(matches!(err, AnnouncerError::ZeroInterval));
+    assert!(matches!(err, AnnouncerConfigError::ZeroInterval));
     let mut cfg = base();
     cfg.jitter = 1.5;
     let err = Announcer::with_transport(cfg, fake()).unwrap_err();
-    assert!(matches!(err, AnnouncerError::BadJitter(_)));
+    assert!(matches!(err, AnnouncerConfigError::BadJitter(_)));
     let mut cfg = base();
     cfg.addr = "0.0.0.0:9000".into();
     let err = Announcer::with_transport(cfg, fake()).unwrap_err();
-    assert!(matches!(err, AnnouncerError::BadHeartbeat(_)), "{err}");
+    assert!(
+        matches!(err, AnnouncerConfigError::BadHeartbeat(_)),
+        "{err}"
+    );
     let empty: [&str; 0] = [];
     let err = Announcer::new(AnnouncerConfig::new("d", "127.0.0.1:1", empty)).unwrap_err();
-    assert!(matches!(err, AnnouncerError::NoNsqd));
+    assert!(matches!(err, AnnouncerConfigError::NoNsqd));
     let mut cfg = base();
     cfg.topic = "bad topic".into();
     let err = Announcer::new(cfg).unwrap_err();
-    assert!(matches!(err, AnnouncerError::Nsq(_)), "{err}");
+    assert!(matches!(err, AnnouncerConfigError::Nsq(_)), "{err}");
 }

@@ -1,158 +1,18 @@
-//! The heartbeat message, version 1: types, encoding and validated decoding of untrusted bodies.
+//! Decoding of untrusted message bodies into a [`Message`]: every field checked, the address parsed once and
+//! handed on with the message.
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::addr::ServerAddr;
+use super::addr::ServerAddr;
+use super::encode::canonical_meta_len;
+use super::{
+    Heartbeat, HmacKey, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_META_BYTES, MAX_META_DEPTH, Message,
+    State, VERSION,
+};
 use crate::reject::{RejectReason, Rejection, excerpt};
-use crate::signing::{self, HmacKey};
-
-/// The only heartbeat version this crate reads and writes.
-pub const VERSION: u64 = 1;
-/// Largest accepted message body; a heartbeat is a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// Longest accepted `id`, in bytes.
-pub const MAX_ID_BYTES: usize = 128;
-/// Largest accepted `meta`, in bytes of its canonical encoding.
-pub const MAX_META_BYTES: usize = 8 * 1024;
-/// Deepest accepted nesting inside `meta` (`{"a":{}}` has depth 2).
-pub const MAX_META_DEPTH: usize = 16;
-
-/// What a heartbeat says about its sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    /// Serving; keep routing to it.
-    Up,
-    /// Shutting down gracefully; stop routing to it now.
-    Leaving,
-}
-
-impl State {
-    /// `"up"` or `"leaving"`, as on the wire.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Up => "up",
-            State::Leaving => "leaving",
-        }
-    }
-}
-
-/// A version 1 JSON heartbeat (the `v` field is implied).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Heartbeat {
-    /// Stable identity of the server, 1..=[`MAX_ID_BYTES`] bytes without control characters.
-    pub id: String,
-    /// Where to reach it: `host:port`.
-    pub addr: String,
-    /// One run of the process (e.g. its boot time in ms); a restart must use a larger epoch.
-    pub epoch: u64,
-    /// Counts up within an epoch.
-    pub seq: u64,
-    /// Sender's wall clock, ms since the Unix epoch (informational: clocks differ, nsqd's timestamp decides staleness).
-    pub sent_at_ms: u64,
-    /// How often the sender announces, in ms (informational).
-    pub interval_ms: u64,
-    /// Up or leaving.
-    pub state: State,
-    /// Free-form metadata; `"weight"` (a positive integer) is used by the balancer.
-    pub meta: BTreeMap<String, Value>,
-    /// Lowercase hex HMAC-SHA256 over [the canonical encoding](crate::HmacKey), when signed.
-    pub sig: Option<String>,
-}
-
-impl Heartbeat {
-    /// An unsigned `up` heartbeat with empty meta and zero times.
-    pub fn new(id: impl Into<String>, addr: impl Into<String>, epoch: u64, seq: u64) -> Heartbeat {
-        Heartbeat {
-            id: id.into(),
-            addr: addr.into(),
-            epoch,
-            seq,
-            sent_at_ms: 0,
-            interval_ms: 0,
-            state: State::Up,
-            meta: BTreeMap::new(),
-            sig: None,
-        }
-    }
-
-    /// Checks what [`decode`] checks beyond JSON types: id, address and meta bounds. Announcers call it once at
-    /// start-up so that a bad configuration fails early instead of being rejected by every receiver.
-    pub fn validate(&self) -> Result<(), Rejection> {
-        validate_id(&self.id)?;
-        ServerAddr::parse_announced(&self.addr)
-            .map_err(|d| Rejection::new(RejectReason::BadAddr, d))?;
-        validate_meta(&self.meta)
-    }
-
-    /// The bytes `sig` covers (see [`HmacKey`] for the exact rules).
-    pub fn canonical_bytes(&self) -> Vec<u8> {
-        signing::canonical(self)
-    }
-
-    /// Sets `sig` for the current field values; sign again after changing any field.
-    pub fn sign(&mut self, key: &HmacKey) {
-        self.sig = Some(key.sign_hex(&self.canonical_bytes()));
-    }
-
-    /// Checks `sig` against `key`: [`Unsigned`](RejectReason::Unsigned) when absent,
-    /// [`BadSignature`](RejectReason::BadSignature) when malformed or wrong.
-    pub fn verify(&self, key: &HmacKey) -> Result<(), Rejection> {
-        match &self.sig {
-            None => Err(Rejection::new(
-                RejectReason::Unsigned,
-                "a shared key is configured: expected a sig field, found none",
-            )),
-            Some(sig) => key.verify_hex(&self.canonical_bytes(), sig),
-        }
-    }
-
-    /// The JSON body to publish: the canonical encoding, plus `sig` when signed.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = self.canonical_bytes();
-        if let Some(sig) = &self.sig {
-            out.pop(); // the closing brace
-            out.extend_from_slice(b",\"sig\":");
-            out.extend_from_slice(serde_json::to_string(sig).unwrap_or_default().as_bytes());
-            out.push(b'}');
-        }
-        out
-    }
-}
-
-/// A decoded, validated message body.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Message {
-    /// A JSON heartbeat.
-    Json(Heartbeat),
-    /// A plain `host:port` body (what existing Go services publish): the address is also the id, and the registry
-    /// treats every one as fresh since it has no `(epoch, seq)`.
-    Plain {
-        /// The address, whitespace trimmed.
-        addr: String,
-    },
-}
-
-impl Message {
-    /// The server's identity (the address for plain bodies).
-    pub fn id(&self) -> &str {
-        match self {
-            Message::Json(hb) => &hb.id,
-            Message::Plain { addr } => addr,
-        }
-    }
-
-    /// The server's `host:port`.
-    pub fn addr(&self) -> &str {
-        match self {
-            Message::Json(hb) => &hb.addr,
-            Message::Plain { addr } => addr,
-        }
-    }
-}
 
 /// Decodes and validates an untrusted message body. Never panics, whatever the bytes.
 ///
@@ -160,6 +20,20 @@ impl Message {
 /// optionally surrounded by whitespace. With a `key`, JSON heartbeats must carry a valid `sig` and plain bodies are
 /// refused as [`Unsigned`](RejectReason::Unsigned) (they cannot carry one). Unknown JSON fields are ignored.
 pub fn decode(body: &[u8], key: Option<&HmacKey>) -> Result<Message, Rejection> {
+    decode_with_addr(body, key).map(|decoded| decoded.message)
+}
+
+/// A decoded message with its address already parsed, so that the registry does not parse it again.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Decoded {
+    /// What the sender said.
+    pub(crate) message: Message,
+    /// [`Message::addr`], parsed and checked.
+    pub(crate) addr: ServerAddr,
+}
+
+/// [`decode`], keeping the parsed address.
+pub(crate) fn decode_with_addr(body: &[u8], key: Option<&HmacKey>) -> Result<Decoded, Rejection> {
     if body.len() > MAX_BODY_BYTES {
         return Err(Rejection::new(
             RejectReason::TooLarge,
@@ -179,20 +53,23 @@ pub fn decode(body: &[u8], key: Option<&HmacKey>) -> Result<Message, Rejection> 
         ));
     }
     if text.starts_with('{') {
-        decode_json(text, key).map(Message::Json)
+        decode_json(text, key)
     } else {
         decode_plain(text, key)
     }
 }
 
-fn decode_plain(text: &str, key: Option<&HmacKey>) -> Result<Message, Rejection> {
+fn decode_plain(text: &str, key: Option<&HmacKey>) -> Result<Decoded, Rejection> {
     match ServerAddr::parse_announced(text) {
         Ok(_) if key.is_some() => Err(Rejection::new(
             RejectReason::Unsigned,
             "a shared key is configured: plain host:port bodies cannot be signed",
         )),
-        Ok(_) => Ok(Message::Plain {
-            addr: text.to_owned(),
+        Ok(addr) => Ok(Decoded {
+            message: Message::Plain {
+                addr: text.to_owned(),
+            },
+            addr,
         }),
         // Valid JSON that is not an object (array, string, number...) is a type error, not a bad address.
         Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok() => {
@@ -250,7 +127,7 @@ struct Wire {
     sig: Option<Value>,
 }
 
-fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Heartbeat, Rejection> {
+fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Decoded, Rejection> {
     // serde_json bounds nesting (128 levels), so hostile depth is an error, not a stack overflow.
     let wire: Wire = serde_json::from_str(text).map_err(|e| {
         Rejection::new(
@@ -303,11 +180,23 @@ fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Heartbeat, Rejection
         meta,
         sig,
     };
-    hb.validate()?;
+    let addr = validate(&hb)?;
     if let Some(key) = key {
         hb.verify(key)?;
     }
-    Ok(hb)
+    Ok(Decoded {
+        message: Message::Json(hb),
+        addr,
+    })
+}
+
+/// What [`Heartbeat::validate`] checks, returning the parsed address.
+pub(super) fn validate(hb: &Heartbeat) -> Result<ServerAddr, Rejection> {
+    validate_id(&hb.id)?;
+    let addr = ServerAddr::parse_announced(&hb.addr)
+        .map_err(|detail| Rejection::new(RejectReason::BadAddr, detail))?;
+    validate_meta(&hb.meta)?;
+    Ok(addr)
 }
 
 fn missing(field: &str) -> Rejection {
@@ -391,7 +280,7 @@ fn validate_meta(meta: &BTreeMap<String, Value>) -> Result<(), Rejection> {
         }
         stack.extend(children.map(|c| (c, depth + 1)));
     }
-    let len = signing::canonical_meta_len(meta);
+    let len = canonical_meta_len(meta);
     if len > MAX_META_BYTES {
         return Err(Rejection::new(
             RejectReason::MetaTooLarge,
@@ -400,7 +289,3 @@ fn validate_meta(meta: &BTreeMap<String, Value>) -> Result<(), Rejection> {
     }
     Ok(())
 }
-
-#[cfg(test)]
-#[path = "heartbeat_tests.rs"]
-mod tests;

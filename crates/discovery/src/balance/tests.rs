@@ -338,13 +338,18 @@ fn config_validation_and_strategy_names() {
     });
     assert_eq!(threshold, ConfigError::ZeroFailureThreshold);
 
-    for s in [Strategy::P2c, Strategy::RoundRobin, Strategy::Random] {
+    for s in Strategy::ALL {
         assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
         assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
     }
     assert_eq!(
         "least_conn".parse::<Strategy>(),
         Err(ConfigError::UnknownStrategy("least_conn".into()))
+    );
+    // The names in the message come from the one list of strategies.
+    assert_eq!(
+        ConfigError::UnknownStrategy("least_conn".into()).to_string(),
+        r#"unknown balancer strategy "least_conn": expected "p2c", "round_robin" or "random""#
     );
     assert_eq!(Strategy::default(), Strategy::P2c);
 }

@@ -1,0 +1,33 @@
+//! Power of two random choices: two servers drawn by weight, the less loaded of them taken.
+
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::{Candidates, Select};
+use crate::backend::Backend;
+
+/// Nearly as good as least-loaded, without every picker herding onto the same least-loaded server.
+#[derive(Debug, Default)]
+pub(super) struct P2c;
+
+impl Select for P2c {
+    fn select<'a>(&self, candidates: &Candidates<'a>) -> Option<&'a Arc<Backend>> {
+        let mut rng = rand::rng();
+        let total = candidates.total_weight();
+        let first = candidates.at_weight(rng.random_range(0..total), None)?;
+        if candidates.len() == 1 {
+            return Some(first);
+        }
+        let rest = total - u64::from(first.weight());
+        let second = candidates.at_weight(rng.random_range(0..rest.max(1)), Some(first))?;
+        Some(less_loaded(first, second))
+    }
+}
+
+/// Fewer in flight per unit of weight; ties go to `a`, itself a weighted random sample.
+fn less_loaded<'a>(a: &'a Arc<Backend>, b: &'a Arc<Backend>) -> &'a Arc<Backend> {
+    let load_a = u128::from(a.in_flight()) * u128::from(b.weight());
+    let load_b = u128::from(b.in_flight()) * u128::from(a.weight());
+    if load_b < load_a { b } else { a }
+}

@@ -1,0 +1,107 @@
+//! What the balancer reads of the registry: the servers live at one instant, and where to send health events.
+//!
+//! This is the whole interface between the two: the balancer never sees the table, the lock or the deadlines.
+
+use std::slice;
+use std::sync::Arc;
+
+use arc_swap::Guard;
+use tokio::time::Instant;
+
+use crate::backend::{Backend, Clock};
+use crate::event::{Event, EventSink};
+
+/// The set the proxy reads, swapped atomically; rebuilt only when membership, an address or a weight changes.
+/// It may hold servers that expired since the last sweep: readers filter by deadline.
+#[derive(Debug, Default)]
+pub(crate) struct Snapshot {
+    /// Sorted by id, so round robin walks a stable order.
+    pub(crate) backends: Vec<Arc<Backend>>,
+}
+
+/// The registry at one instant, as the balancer sees it. Taking one loads the snapshot (an atomic load, no lock
+/// unless membership changed since the last read) and allocates nothing, so it suits every proxied request.
+pub(crate) struct LiveSet<'r> {
+    snapshot: Guard<Arc<Snapshot>>,
+    clock: Clock,
+    now: Instant,
+    now_ticks: u64,
+    frozen: bool,
+    events: &'r EventSink,
+}
+
+impl<'r> LiveSet<'r> {
+    pub(super) fn new(
+        snapshot: Guard<Arc<Snapshot>>,
+        clock: Clock,
+        now: Instant,
+        frozen: bool,
+        events: &'r EventSink,
+    ) -> LiveSet<'r> {
+        LiveSet {
+            snapshot,
+            clock,
+            now,
+            now_ticks: clock.ticks(now),
+            frozen,
+            events,
+        }
+    }
+
+    /// The servers live at this instant, in id order.
+    pub(crate) fn live(&self) -> Live<'_> {
+        Live {
+            rest: self.snapshot.backends.iter(),
+            now_ticks: self.now_ticks,
+            frozen: self.frozen,
+        }
+    }
+
+    /// Every server of the snapshot in id order, including any that expired since the last sweep.
+    pub(crate) fn all(&self) -> &[Arc<Backend>] {
+        &self.snapshot.backends
+    }
+
+    /// The server with this id, live or not yet swept.
+    pub(crate) fn find(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.snapshot.backends.iter().find(|b| b.id() == id)
+    }
+
+    /// The instant this set was taken at.
+    pub(crate) fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// [`now`](LiveSet::now) in the registry's clock ticks, as per-server state stores time.
+    pub(crate) fn now_ticks(&self) -> u64 {
+        self.now_ticks
+    }
+
+    /// The registry's clock, to turn later instants into ticks.
+    pub(crate) fn clock(&self) -> Clock {
+        self.clock
+    }
+
+    /// Broadcasts a health event (eject, recover) to the registry's subscribers.
+    pub(crate) fn emit(&self, event: Event) {
+        self.events.emit(event);
+    }
+}
+
+/// The live servers of a [`LiveSet`], in id order. Cheap to clone, so selection can walk it twice instead of
+/// collecting it.
+#[derive(Clone)]
+pub(crate) struct Live<'a> {
+    rest: slice::Iter<'a, Arc<Backend>>,
+    now_ticks: u64,
+    frozen: bool,
+}
+
+impl<'a> Iterator for Live<'a> {
+    type Item = &'a Arc<Backend>;
+
+    fn next(&mut self) -> Option<&'a Arc<Backend>> {
+        let (now, frozen) = (self.now_ticks, self.frozen);
+        self.rest.find(|b| b.peer().is_live(now, frozen))
+    }
+}
