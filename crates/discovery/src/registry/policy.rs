@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::heartbeat::addr::{Host, ServerAddr};
 use crate::error::ConfigError;
+use crate::heartbeat::addr::{Host, ServerAddr};
 use crate::reject::{RejectReason, Rejection, excerpt};
 
 /// Address checks applied to every message after decoding.
