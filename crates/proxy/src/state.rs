@@ -1,92 +1,86 @@
-//! The reverse proxy on `server.listen`: every request goes to a live data server chosen by the balancer.
-//!
-//! Connections are served by worker threads, one per core by default (`server.workers`), each with its own
-//! single-threaded runtime and its own pool of upstream connections, like nginx's worker processes: a request is
-//! read, forwarded, answered and its upstream connection pooled again on one thread, with no lock and no hand-off
-//! between threads. A connection is served in [`conn`], its tries upstream in [`tries`], the bytes on the wire in
-//! [`relay`], and the framing rules in [`h1`].
-
-mod budget;
-mod conn;
-pub mod h1;
-mod headers;
-mod pool;
-mod relay;
-mod tries;
-mod workers;
+//! What every worker thread of the proxy shares: its settings, metrics and balancer, the retry budget, the
+//! counters by status; and the few steps that consult them on the way of a request.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::http::Method;
-use discovery::FailureOutcome;
+use discovery::{Balancer, FailureOutcome, Registry};
+use http::Method;
 use svc::{Counter, CounterVec};
 use tokio::time::Instant;
 
-use crate::config::ProxyConfig;
-use crate::state::AppState;
-pub use budget::RetryBudget;
-use budget::jittered;
-pub(crate) use workers::serve_proxy;
+use crate::budget::RetryBudget;
+use crate::{ProxyMetrics, ProxySettings};
 
-/// Proxy settings over the application state; cheap to clone.
+/// The proxy: its settings over a balancer, and the metrics it counts into; cheap to clone. [`serve`](crate::serve)
+/// runs it on a listener.
 #[derive(Debug, Clone)]
-pub struct ProxyState {
-    inner: Arc<Inner>,
+pub struct Proxy {
+    pub(crate) inner: Arc<Inner>,
 }
 
+/// The settings as the hot path reads them, with the state all workers share.
 #[derive(Debug)]
-struct Inner {
-    app: AppState,
-    connect_timeout: Duration,
-    try_timeout: Duration,
-    total_timeout: Duration,
-    max_tries: u32,
-    budget: RetryBudget,
-    backoff: Duration,
-    eject_on_5xx: bool,
-    trusted_proxies: Vec<ipnet::IpNet>,
-    access_log: bool,
-    statuses: StatusCounters,
-    /// Until then the registry may still be filling (see [`ProxyState::new`]).
-    warm_until: Instant,
+pub(crate) struct Inner {
+    pub(crate) balancer: Balancer,
+    pub(crate) metrics: ProxyMetrics,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) try_timeout: Duration,
+    pub(crate) total_timeout: Duration,
+    pub(crate) max_tries: u32,
+    pub(crate) budget: RetryBudget,
+    pub(crate) backoff: Duration,
+    pub(crate) eject_on_5xx: bool,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) access_log: bool,
+    pub(crate) statuses: StatusCounters,
+    /// Until then the registry may still be filling (see [`Proxy::new`]).
+    pub(crate) warm_until: Instant,
 }
 
-impl ProxyState {
-    /// A proxy over `app`'s balancer.
+impl Proxy {
+    /// A proxy to the servers `balancer` picks, counting into `metrics`.
     ///
     /// A freshly started api-server knows no server until heartbeats arrive (its channel is new, so it hears only
-    /// heartbeats published after it subscribed). For `warmup` from now (the TTL: every live server announces
-    /// itself within it), a request that finds no live server waits for the first one, within its own deadline,
-    /// instead of being answered 503: a restarted api-server costs clients latency, not errors.
-    pub fn new(app: AppState, cfg: &ProxyConfig, warmup: Duration) -> ProxyState {
-        let statuses = StatusCounters::new(app.metrics().requests.clone());
-        ProxyState {
+    /// heartbeats published after it subscribed). For `settings.warmup` from now (the TTL: every live server
+    /// announces itself within it), a request that finds no live server waits for the first one, within its own
+    /// deadline, instead of being answered 503: a restarted api-server costs clients latency, not errors.
+    pub fn new(settings: ProxySettings, balancer: Balancer, metrics: ProxyMetrics) -> Proxy {
+        let statuses = StatusCounters::new(metrics.requests.clone());
+        let now = Instant::now();
+        Proxy {
             inner: Arc::new(Inner {
-                app,
-                connect_timeout: cfg.connect_timeout.get(),
-                try_timeout: cfg.try_timeout.get(),
-                total_timeout: cfg.total_timeout.get(),
-                max_tries: cfg.max_tries,
+                balancer,
+                metrics,
+                connect_timeout: settings.connect_timeout,
+                try_timeout: settings.try_timeout,
+                total_timeout: settings.total_timeout,
+                max_tries: settings.max_tries,
                 budget: RetryBudget::new(
-                    cfg.retry_budget_ratio,
-                    cfg.retry_budget_min_per_sec,
-                    Instant::now(),
+                    settings.retry_budget_ratio,
+                    settings.retry_budget_min_per_sec,
+                    now,
                 ),
-                backoff: cfg.retry_backoff.get(),
-                eject_on_5xx: cfg.eject_on_5xx,
-                trusted_proxies: cfg.trusted_proxies.clone(),
-                access_log: cfg.access_log,
+                backoff: settings.retry_backoff,
+                eject_on_5xx: settings.eject_on_5xx,
+                trusted_proxies: settings.trusted_proxies,
+                access_log: settings.access_log,
                 statuses,
-                warm_until: Instant::now() + warmup,
+                warm_until: now + settings.warmup,
             }),
         }
     }
 }
 
+impl Inner {
+    pub(crate) fn registry(&self) -> &Registry {
+        self.balancer.registry()
+    }
+}
+
 /// `api_proxy_requests_total` by status, each label looked up once rather than on every request.
 #[derive(Debug)]
-struct StatusCounters {
+pub(crate) struct StatusCounters {
     family: CounterVec,
     by_code: Box<[OnceLock<Counter>]>,
 }
@@ -99,60 +93,13 @@ impl StatusCounters {
         }
     }
 
-    fn get(&self, status: u16) -> &Counter {
+    pub(crate) fn get(&self, status: u16) -> &Counter {
         let i = usize::from(status.clamp(100, 999)) - 100;
         self.by_code[i].get_or_init(|| self.family.with(&(i + 100).to_string()))
     }
 }
 
-/// Why a request got no upstream response.
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    /// No live data server.
-    #[error("no live data server")]
-    NoServers {
-        /// The request id.
-        request_id: String,
-    },
-    /// Every try failed.
-    #[error("upstream failed after {tries} tries: {detail}")]
-    Upstream {
-        /// The request id.
-        request_id: String,
-        /// Tries made.
-        tries: u32,
-        /// The last failure.
-        detail: String,
-    },
-    /// The upstream did not answer in time.
-    #[error("upstream timed out after {tries} tries")]
-    Timeout {
-        /// The request id.
-        request_id: String,
-        /// Tries made.
-        tries: u32,
-    },
-}
-
-impl ProxyError {
-    /// Status code and reason phrase of the answer.
-    fn status(&self) -> (u16, &'static str) {
-        match self {
-            ProxyError::NoServers { .. } => (503, "Service Unavailable"),
-            ProxyError::Upstream { .. } => (502, "Bad Gateway"),
-            ProxyError::Timeout { .. } => (504, "Gateway Timeout"),
-        }
-    }
-
-    fn tries(&self) -> u32 {
-        match self {
-            ProxyError::NoServers { .. } => 0,
-            ProxyError::Upstream { tries, .. } | ProxyError::Timeout { tries, .. } => *tries,
-        }
-    }
-}
-
-fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -160,8 +107,8 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// During warm-up: returns once a server is live, or at `until`.
-async fn wait_for_a_server(p: &Inner, until: Instant) {
-    let registry = p.app.registry();
+pub(crate) async fn wait_for_a_server(p: &Inner, until: Instant) {
+    let registry = p.registry();
     // Subscribed before looking, so that a join between the two is not missed.
     let mut events = registry.subscribe();
     let limit = tokio::time::sleep_until(until);
@@ -178,9 +125,10 @@ async fn wait_for_a_server(p: &Inner, until: Instant) {
     }
 }
 
-fn report_failure(p: &Inner, id: &str) {
-    if let FailureOutcome::Ejected(d) = p.app.balancer().report_failure(id, Instant::now()) {
-        p.app.metrics().ejections.inc();
+/// Reports a failure of server `id` to passive health, counting an ejection if it caused one.
+pub(crate) fn report_failure(p: &Inner, id: &str) {
+    if let FailureOutcome::Ejected(d) = p.balancer.report_failure(id, Instant::now()) {
+        p.metrics.ejections.inc();
         tracing::warn!(upstream = %id, "ejected for {d:?}");
     }
 }
