@@ -159,6 +159,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             let elapsed = started.elapsed();
             let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
             let (method, status, tries) = (&req.method, done.status, done.tries);
+            // The target keeps the api-server's name: it is how operators filter the access log (its README).
             match &done.failure {
                 None => {
                     tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed)
