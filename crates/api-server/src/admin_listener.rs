@@ -27,7 +27,8 @@ use hyper::server::conn::http1;
 use hyper::service::Service;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use proxy::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, accept};
+use proxy::listener::{OpenConnections, OpenGuard, accept};
+use proxy::{ConnectionErrors, HttpLimits};
 use svc::Shutdown;
 use tokio::net::TcpListener;
 

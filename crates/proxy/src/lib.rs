@@ -85,7 +85,7 @@ mod tries;
 mod workers;
 
 pub use error::ProxyError;
-pub use listener::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, accept};
+pub use listener::{ConnectionErrors, HttpLimits};
 pub use settings::{ProxyMetrics, ProxySettings};
 pub use state::Proxy;
 pub use workers::serve;
