@@ -1,10 +1,10 @@
 //! Invariants of the proxy's chunked-body parser on arbitrary bytes, shared by the `chunked` fuzz target and the
-//! stable corpus replay in `crates/api-server/tests/fuzz_corpus.rs`.
+//! stable corpus replay in `crates/proxy/tests/fuzz_corpus.rs`.
 //!
 //! The first byte chooses where the rest is split in two; the parser must give the same answer however its input
 //! arrives (a proxy that frames a body differently depending on TCP segmentation can be made to smuggle requests).
 
-use api_server::h1::ChunkedParser;
+use proxy::h1::ChunkedParser;
 
 /// What parsing all of an input said.
 #[derive(Debug, PartialEq, Eq)]

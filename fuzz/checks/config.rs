@@ -1,8 +1,8 @@
 //! Invariants of config loading on arbitrary TOML text, shared by the `config` fuzz target and
 //! the stable corpus tests of the api-server, data-server and archiver crates.
 //!
-//! Never panics; an error is one line that names the text as its origin (the contract of
-//! `svc::ConfigError`); loading is deterministic.
+//! Never panics; an error is one line that names the text as its origin (as ARCHITECTURE.md §4.7
+//! promises for `svc::ConfigError`); loading is deterministic.
 
 use std::fmt::Debug;
 

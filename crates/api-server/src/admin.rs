@@ -22,7 +22,7 @@ use crate::state::AppState;
 /// dashboard between changes.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// `GET /registry`: the contract's fields, plus the bus state and who answers.
+/// `GET /registry`: the fields of ARCHITECTURE.md §4.4, plus the bus state and who answers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RegistryDocument {
     /// servers, self_preservation, ttl_ms.

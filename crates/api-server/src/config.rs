@@ -422,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_the_contract() {
+    fn defaults_are_the_documented_ones() {
         let c = load(&["discovery.nsqd_tcp_addresses=127.0.0.1:4150"]).unwrap();
         assert_eq!(c.discovery.topic, "data_server_addr");
         assert_eq!(c.discovery.ttl.get(), Duration::from_secs(10));

@@ -5,8 +5,8 @@
 //! - [`Config`]: the TOML configuration (`server`, `discovery`, `balancer`, `proxy`, `shutdown`).
 //! - [`run`]: binds both listeners, subscribes, runs until a [`Shutdown`](svc::Shutdown), then drains.
 //! - [`admin_router`] and the proxy: the two listeners over one [`AppState`]. The admin listener is served by
-//!   hyper; the proxy by its own HTTP/1.1 engine on worker threads, one per core. Both bound slow and oversized
-//!   request heads.
+//!   hyper (`admin_listener`); the proxy by the `proxy` crate's HTTP/1.1 engine on worker threads, one per core,
+//!   which `run` hands its `[proxy]` settings, metrics and balancer. Both bound slow and oversized request heads.
 //! - Bus liveness is measured by a canary (see the `canary` module docs): while NSQ does not deliver, expiry is
 //!   frozen and `/registry` says `"self_preservation": true`.
 //!
@@ -25,12 +25,11 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admin_listener;
 mod bus;
 mod canary;
 mod config;
-mod proxy;
-mod serve;
-mod server;
+mod run;
 mod state;
 
 pub use admin::{RegistryDocument, SNAPSHOT_INTERVAL, admin_router};
@@ -42,9 +41,5 @@ pub use config::{
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
     ServerConfig, ShutdownConfig,
 };
-/// HTTP/1.1 framing rules and the chunked-body parser of the proxy (public for the fuzz targets).
-#[doc(hidden)]
-pub use proxy::h1;
-pub use proxy::{ProxyError, ProxyState};
-pub use server::{Listening, RunError, run};
+pub use run::{Listening, RunError, run};
 pub use state::{AppState, Metrics};

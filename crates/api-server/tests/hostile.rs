@@ -107,7 +107,7 @@ async fn hostile_heartbeats_never_admit_a_server_and_are_counted_by_reason() {
             "127.0.0.1:19902",
             hb("127.0.0.1:19902", "127.0.0.1:19903", epoch, 1),
         ),
-        // The largest epoch and seq the contract allows (u64) are valid.
+        // The largest epoch and seq heartbeat v1 allows (u64, ARCHITECTURE.md §4.1) are valid.
         (
             "max-epoch",
             hb("max-epoch", "127.0.0.1:19801", u64::MAX, u64::MAX),

@@ -96,10 +96,11 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
 
     // WAL: readers (query, stats, replay) never block the writer and the writer never blocks
     // them; one append per commit instead of a rollback journal's copy-and-sync.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .at(path)
-        .map_err(|e| refine_read_only(path, e))?;
+    let mode: String = when_not_busy(|| {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+    })
+    .at(path)
+    .map_err(|e| refine_read_only(path, e))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::CannotOpen {
             path: path.to_path_buf(),
@@ -137,17 +138,42 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
     Ok(conn)
 }
 
+/// Runs `op` again while SQLite answers `SQLITE_BUSY` at once, for up to [`BUSY_TIMEOUT`].
+///
+/// Switching a new file to WAL needs an exclusive lock, taken from the shared lock the pragma
+/// already holds; when two processes do it at once, SQLite does not wait (waiting would deadlock)
+/// and fails one of them immediately, whatever the busy timeout. The other one finishes quickly.
+fn when_not_busy<T>(mut op: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match op() {
+            Err(e)
+                if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Reads the header fields and the catalogue size, without writing.
+///
+/// One statement, so one read transaction: another process creating the schema between separate
+/// reads would show its tables without its `application_id`, and a healthy new archive would be
+/// refused as somebody else's file (seen when `archiver run` and a reader opened a new file at
+/// once).
 fn identify(conn: &Connection, path: &Path) -> Result<Identity, StoreError> {
     // The first read of a file that is not SQLite fails here with SQLITE_NOTADB -> Corrupt.
-    let app_id: i32 = conn
-        .pragma_query_value(None, "application_id", |row| row.get(0))
-        .at(path)?;
-    let version: i32 = conn
-        .pragma_query_value(None, "user_version", |row| row.get(0))
-        .at(path)?;
-    let objects: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+    let (app_id, version, objects): (i32, i32, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id), \
+                    (SELECT user_version FROM pragma_user_version), \
+                    (SELECT count(*) FROM sqlite_schema)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
         .at(path)?;
     match app_id {
         APPLICATION_ID if version == SCHEMA_VERSION => Ok(Identity::Current),

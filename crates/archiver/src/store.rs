@@ -260,6 +260,31 @@ mod tests {
     }
 
     #[test]
+    fn openers_racing_on_a_new_file_all_see_one_archive() {
+        // `archiver run` and `archiver stats` (or two archivers) may open a new file at once: one
+        // creates the schema while the others look at the file. Each must find either an empty
+        // file or a complete archive, never "tables but no application_id".
+        for round in 0..100 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.db");
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (path, barrier) = (path.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Store::open(&path).map(drop)
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().unwrap();
+                assert!(opened.is_ok(), "round {round}: {opened:?}");
+            }
+        }
+    }
+
+    #[test]
     fn a_read_only_connection_is_refused_as_read_only() {
         // Permission bits do not stop root, so the tests in tests/open_errors.rs may not be able
         // to make a file read-only; opening it with SQLITE_OPEN_READ_ONLY shows what SQLite does

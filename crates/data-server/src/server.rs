@@ -1,4 +1,4 @@
-//! Running the data-server: bind, announce, serve, and shut down in the contract's order
+//! Running the data-server: bind, announce, serve, and shut down in the order of ARCHITECTURE.md §4.8
 //! (leaving heartbeat, stop accepting, drain in-flight requests).
 
 use std::future::IntoFuture;

@@ -192,7 +192,7 @@ impl ConfigLoader {
 /// Parses a config file's text into a TOML table; `origin` names it in a syntax error.
 fn parse_table(text: &str, origin: &Origin) -> Result<Table, ConfigError> {
     toml::from_str::<Table>(text).map_err(|err| {
-        // toml's own Display draws a multi-line snippet; the contract is one line.
+        // toml's own Display draws a multi-line snippet; a config error is one line.
         let at = err.span().map_or(0, |span| span.start);
         let (line, column) = line_and_column(text, at);
         let detail = format!("line {line}, column {column}: {}", err.message());

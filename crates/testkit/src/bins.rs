@@ -1,4 +1,4 @@
-//! Where the NSQ binaries come from (a contract of DESIGN.md), in this order:
+//! Where the NSQ binaries come from (ARCHITECTURE.md §4.9), in this order:
 //! 1. the directory named by `NSQ_BIN_DIR`;
 //! 2. `nsqd` and the other programs on `PATH`;
 //! 3. `target/nsq/bin/`, built from `tools/nsq` with the Go toolchain when it is missing or stale.
@@ -63,7 +63,7 @@ pub fn built_bin_dir() -> PathBuf {
     target_dir().join("nsq").join("bin")
 }
 
-/// The directory holding every NSQ program, found in the contract's order; builds
+/// The directory holding every NSQ program, found in the order of ARCHITECTURE.md §4.9; builds
 /// `target/nsq/bin/` when neither `NSQ_BIN_DIR` nor `PATH` has them. The answer is computed
 /// once per process.
 pub fn nsq_bin_dir() -> Result<PathBuf> {

@@ -23,11 +23,14 @@ use crate::workspace_root;
 /// `section.key` -> value, for a config of `[section]` tables.
 type Keys = BTreeMap<String, Value>;
 
-/// Checks `config/<binary>.toml` and the README's config table row of `binary` against the config
-/// type `C` (its `Default` being the defaults): every key of the file exists in `C`; every key the
-/// file sets, except `site_values`, equals `C`'s default; every key of `C` appears in the file
-/// (set or commented); the README's key list for `binary` names exactly the keys of `C`
-/// (`section.*` standing for a whole section). Panics listing every difference found.
+/// Checks `config/<binary>.toml`, the README's config table row of `binary` and the `binary` table
+/// of ARCHITECTURE.md's configuration section against the config type `C` (its `Default` being the
+/// defaults): every key of the file exists in `C`; every key the file sets, except `site_values`,
+/// equals `C`'s default; every key of `C` appears in the file (set or commented); the README's key
+/// list for `binary` names exactly the keys of `C` (`section.*` standing for a whole section);
+/// ARCHITECTURE.md's table has one row per key of `C`, and a default cell that starts with a
+/// literal (`` `5s` ``) states `C`'s default (a computed default is written in words). Panics
+/// listing every difference found.
 pub fn check_config_docs<C>(binary: &str, site_values: &[&str])
 where
     C: Default + Serialize + DeserializeOwned,
@@ -36,15 +39,18 @@ where
     let example = root.join("config").join(format!("{binary}.toml"));
     let text = read(&example);
     let readme = read(&root.join("README.md"));
+    let architecture = read(&root.join("ARCHITECTURE.md"));
+    let defaults = flatten(&defaults::<C>());
     let mut problems = check_example::<C>(&text, site_values);
     problems.extend(check_readme_row(
         &readme,
         binary,
-        &flatten(&defaults::<C>()).into_keys().collect(),
+        &defaults.keys().cloned().collect(),
     ));
+    problems.extend(check_architecture_table(&architecture, binary, &defaults));
     assert!(
         problems.is_empty(),
-        "config/{binary}.toml and README.md disagree with the {binary}'s config type:\n- {}",
+        "config/{binary}.toml, README.md and ARCHITECTURE.md disagree with the {binary}'s config type:\n- {}",
         problems.join("\n- ")
     );
 }
@@ -204,6 +210,55 @@ fn check_readme_row(readme: &str, binary: &str, keys: &BTreeSet<String>) -> Vec<
     problems
 }
 
+/// The differences between ARCHITECTURE.md's table for `binary` (the table after the line
+/// `**<binary>**`) and `defaults`.
+fn check_architecture_table(doc: &str, binary: &str, defaults: &Keys) -> Vec<String> {
+    let title = format!("**{binary}**");
+    let Some(start) = doc.lines().position(|l| l.trim().starts_with(&title)) else {
+        return vec![format!(
+            "ARCHITECTURE.md has no configuration table for {binary}"
+        )];
+    };
+    let rows = doc
+        .lines()
+        .skip(start + 1)
+        .skip_while(|l| l.trim().is_empty())
+        .take_while(|l| l.trim_start().starts_with('|'))
+        .skip(2); // header and separator
+    let mut problems = Vec::new();
+    let mut listed = BTreeSet::new();
+    for row in rows {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let key = cells.get(1).copied().unwrap_or_default().trim_matches('`');
+        let cell = cells.get(2).copied().unwrap_or_default();
+        listed.insert(key.to_owned());
+        let Some(default) = defaults.get(key) else {
+            problems.push(format!(
+                "ARCHITECTURE.md lists `{key}` for {binary}, which is not a key"
+            ));
+            continue;
+        };
+        let literal = cell.strip_prefix('`').and_then(|rest| rest.split_once('`'));
+        if let Some((literal, _)) = literal {
+            let actual = match default {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            if literal != actual {
+                problems.push(format!(
+                    "ARCHITECTURE.md gives `{key}` the default `{literal}`; the code's is `{actual}`"
+                ));
+            }
+        }
+    }
+    for key in defaults.keys().filter(|k| !listed.contains(*k)) {
+        problems.push(format!(
+            "ARCHITECTURE.md does not list `{key}` for {binary}"
+        ));
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +299,37 @@ timeout = 10
 # [server.meta]
 # zone = \"local\"
 ";
+
+    #[test]
+    fn the_architecture_table_must_list_every_key_with_its_default() {
+        let defaults = flatten(&defaults::<Config>());
+        let doc = "\
+**demo** (`src/config.rs`)
+
+| key | default | notes |
+|---|---|---|
+| `server.listen` | `127.0.0.1:8080` | |
+| `server.id` | none (random) | computed, in words |
+| `server.meta` | `{}` | |
+| `server.timeout` | `10` | |
+
+More text.
+";
+        assert_eq!(
+            check_architecture_table(doc, "demo", &defaults),
+            Vec::<String>::new()
+        );
+        let drifted = doc
+            .replace("`10` |", "`11` |")
+            .replace("| `server.meta` | `{}` | |\n", "");
+        assert_eq!(
+            check_architecture_table(&drifted, "demo", &defaults),
+            [
+                "ARCHITECTURE.md gives `server.timeout` the default `11`; the code's is `10`",
+                "ARCHITECTURE.md does not list `server.meta` for demo",
+            ]
+        );
+    }
 
     #[test]
     fn a_file_in_the_documented_style_passes() {

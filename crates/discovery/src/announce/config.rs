@@ -8,11 +8,11 @@ use serde_json::Value;
 use crate::heartbeat::HmacKey;
 use crate::reject::Rejection;
 
-/// Topic heartbeats go to unless configured otherwise (contract).
+/// Topic heartbeats go to unless configured otherwise (ARCHITECTURE.md §4.3).
 pub const DEFAULT_TOPIC: &str = "data_server_addr";
-/// Time between heartbeats unless configured otherwise (contract).
+/// Time between heartbeats unless configured otherwise (ARCHITECTURE.md §4.3).
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
-/// Relative jitter of each wait unless configured otherwise (contract).
+/// Relative jitter of each wait unless configured otherwise (ARCHITECTURE.md §4.3).
 pub const DEFAULT_JITTER: f64 = 0.1;
 
 /// Settings of an [`Announcer`](crate::Announcer).

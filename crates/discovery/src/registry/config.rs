@@ -7,7 +7,7 @@ use ipnet::IpNet;
 
 use crate::HmacKey;
 
-/// The contract default for `discovery.ttl`.
+/// The default of `discovery.ttl` (ARCHITECTURE.md §4.3).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
 /// Events buffered per subscriber before a slow one starts missing some.
 pub const DEFAULT_EVENT_CAPACITY: usize = 1024;

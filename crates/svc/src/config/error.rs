@@ -1,13 +1,13 @@
 //! One-line configuration errors, and the validation hook that reports in the same shape.
 //!
 //! Every error reads `<where>: <key>: <problem>`, where `<where>` is the file, the environment
-//! variable or the `--set` flag that supplied the offending value: the contract is that a bad
-//! config exits with status 2 and one message naming the file, the key and the problem.
+//! variable or the `--set` flag that supplied the offending value. ARCHITECTURE.md (§4.3, §4.7) promises
+//! that a bad config exits with status 2 and one message naming the file, the key and the problem.
 
 use std::fmt;
 use std::path::PathBuf;
 
-/// Exit status of a binary whose configuration is bad (contract).
+/// Exit status of a binary whose configuration is bad (ARCHITECTURE.md §4.7).
 pub const CONFIG_ERROR_EXIT_CODE: i32 = 2;
 
 /// Where a configuration value came from.
@@ -79,7 +79,7 @@ impl ConfigError {
         key: Option<String>,
         detail: String,
     ) -> Self {
-        // A value echoed back could hold a newline; the contract is one line.
+        // A value echoed back could hold a newline; the message must stay one line.
         let detail = detail.replace('\n', "\\n");
         ConfigError {
             kind,
@@ -105,7 +105,7 @@ impl ConfigError {
     }
 }
 
-/// Prints `error: <the one-line message>` to stderr and exits with status 2 (contract).
+/// Prints `error: <the one-line message>` to stderr and exits with status 2 (ARCHITECTURE.md §4.7).
 pub fn exit_on_config_error(err: ConfigError) -> ! {
     eprintln!("error: {err}");
     std::process::exit(CONFIG_ERROR_EXIT_CODE)
@@ -168,8 +168,8 @@ pub trait Validate {
 }
 
 /// Rewrites one of serde's messages (deserializing at `path`) into the one-line detail and
-/// the key to report. serde words errors as "invalid type: X, expected Y"; the contract asks
-/// for "expected Y, found X", and unknown keys should name their table.
+/// the key to report. serde words errors as "invalid type: X, expected Y"; ours say
+/// "expected Y, found X", and unknown keys should name their table.
 pub(crate) fn describe_serde_error(path: &str, message: &str) -> (ConfigErrorKind, String, String) {
     let names = backticked(message);
     if message.starts_with("unknown field `") {

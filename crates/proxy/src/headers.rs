@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use rand::Rng;
 
-use super::h1::push_header;
+use crate::h1::push_header;
 
 /// Longest client-supplied `X-Request-Id` kept.
 const MAX_REQUEST_ID: usize = 128;

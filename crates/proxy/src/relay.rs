@@ -5,32 +5,32 @@ use std::io;
 use std::task::Poll;
 use std::time::Duration;
 
-use axum::http::Method;
 use bytes::{Buf, BytesMut};
+use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::conn::{MAX_HEADERS, Req};
-use super::h1::{
+use crate::conn::{MAX_HEADERS, Req};
+use crate::h1::{
     self, ChunkError, ConnectionTokens, Framing, FramingHeaders, push_decimal, push_header,
 };
-use super::pool::UPSTREAM_BUFFER;
+use crate::pool::UPSTREAM_BUFFER;
 
 /// Largest response head accepted from a data server.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 /// What a response head said, once rewritten for the client into `out`.
 #[derive(Debug)]
-pub(super) struct Resp {
-    pub(super) status: u16,
-    pub(super) framing: Framing,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) framing: Framing,
     /// The upstream connection may carry another request once the body is read.
-    pub(super) reusable: bool,
+    pub(crate) reusable: bool,
     /// The client connection closes after this response.
-    pub(super) close_client: bool,
+    pub(crate) close_client: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub(super) enum HeadError {
+pub(crate) enum HeadError {
     #[error("connection closed before a response")]
     Closed,
     #[error("reading the response: {0}")]
@@ -40,7 +40,7 @@ pub(super) enum HeadError {
 }
 
 /// Reads a response head (skipping interim 1xx responses) and writes the client's version of it into `out`.
-pub(super) async fn read_response_head<R: AsyncRead + Unpin>(
+pub(crate) async fn read_response_head<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
     out: &mut Vec<u8>,
@@ -165,7 +165,7 @@ fn rewrite_response(
 }
 
 #[derive(Debug)]
-pub(super) enum RelayError {
+pub(crate) enum RelayError {
     /// The data server failed; `head_sent` says whether the client got the response head.
     Upstream {
         detail: String,
@@ -187,7 +187,7 @@ async fn bounded<F: Future>(
 }
 
 /// An I/O step that must make progress within `idle`; running out of time is a `TimedOut` error saying `what`.
-pub(super) async fn within<T>(
+pub(crate) async fn within<T>(
     idle: Duration,
     what: &str,
     step: impl Future<Output = io::Result<T>>,
@@ -203,7 +203,7 @@ pub(super) async fn within<T>(
 /// Sends the response head in `out` and the body after it, as `framing` delimits it; `dechunk` strips the chunked
 /// coding (for an HTTP/1.0 client). Each read and write must make progress within `idle`: a data server that stops
 /// sending in the middle of a body, or a client that stops reading, is cut off.
-pub(super) async fn relay_body<R, W>(
+pub(crate) async fn relay_body<R, W>(
     r: &mut R,
     buf: &mut BytesMut,
     w: &mut W,
@@ -298,14 +298,14 @@ fn take(left: u64, buf: &BytesMut) -> usize {
 }
 
 #[derive(Debug)]
-pub(super) enum BodyError {
+pub(crate) enum BodyError {
     Client(io::Error),
     Malformed(ChunkError),
     Upstream(io::Error),
 }
 
 /// Streams the rest of a request body from the client (its buffer first) to the server.
-pub(super) async fn send_body<R, W>(
+pub(crate) async fn send_body<R, W>(
     r: &mut R,
     buf: &mut BytesMut,
     w: &mut W,

@@ -1,53 +1,75 @@
 //! The tries of one request: a server from the balancer, a pooled or new connection, the request, the response.
 //!
-//! Retries follow the rules in the crate docs. A request whose body is entirely in the buffer when its head is
-//! parsed (no body, or a small one) can be sent again; a streamed body cannot, once any of it has left the buffer,
-//! so such a request is only retried when its try failed before that (a refused connection, or a pooled connection
-//! the server had closed).
+//! What a failed try means (another try or not, whose fault, which answer) is decided in [`blame`](crate::blame);
+//! this module describes each failure to it and applies the verdict. A request whose body is entirely in the buffer
+//! when its head is parsed (no body, or a small one) can be sent again; a streamed body cannot, once any of it has
+//! left the buffer, so such a request is only retried when its try failed before that (a refused connection, or a
+//! pooled connection the server had closed).
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::Method;
 use bytes::Buf;
 use discovery::{Backend, InFlightGuard};
+use http::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::conn::{Body, Conn, Done, Persist, Req, Worker, write_json_error, write_out};
-use super::h1::{ChunkError, Framing};
-use super::headers::RequestId;
-use super::pool::Upstream;
-use super::relay::{
+use crate::blame::{self, Blame, RequestFacts, Retry, TryFailure};
+use crate::budget::jittered;
+use crate::conn::{Body, Conn, Done, Persist, Req, Worker, write_json_error, write_out};
+use crate::error::ProxyError;
+use crate::h1::{ChunkError, Framing};
+use crate::headers::RequestId;
+use crate::pool::Upstream;
+use crate::relay::{
     BodyError, HeadError, RelayError, read_response_head, relay_body, send_body, within,
 };
-use super::{ProxyError, is_idempotent, jittered, report_failure, wait_for_a_server};
+use crate::state::{is_idempotent, report_failure, wait_for_a_server};
 
 /// Why a try got no usable response head.
 #[derive(Debug)]
-enum TryError {
-    /// No connection (refused, unreachable, connect timeout): the server never saw the request.
-    Connect(io::Error),
-    /// Sending the request failed on a new connection: the server cannot have acted on it.
-    NotSent(String),
-    /// The connection failed after the request was sent, before a whole response head.
-    Failed(String),
-    /// The try ran out of time.
-    Timeout,
-    /// The client broke off or sent a malformed body: nothing to answer, or a 400.
-    Client(Option<ChunkError>),
+struct TryError {
+    /// What happened, for [`blame::judge`].
+    failure: TryFailure,
+    /// What went wrong, for the log and the answer's detail (empty when the failure says it all).
+    detail: String,
+    /// The client's malformed body, answered with 400.
+    malformed: Option<ChunkError>,
 }
 
-pub(super) enum Failure {
+impl TryError {
+    fn new(failure: TryFailure, detail: String) -> TryError {
+        TryError {
+            failure,
+            detail,
+            malformed: None,
+        }
+    }
+
+    fn of(failure: TryFailure) -> TryError {
+        TryError::new(failure, String::new())
+    }
+}
+
+/// The facts of `req` that decide what a failure of its try allows.
+fn facts(req: &Req, body: Body) -> RequestFacts {
+    RequestFacts {
+        idempotent: is_idempotent(&req.method),
+        replayable: body != Body::Streaming,
+    }
+}
+
+pub(crate) enum Failure {
     Proxy(ProxyError),
     Client(Option<ChunkError>),
 }
 
 /// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
-pub(super) async fn forward(
+pub(crate) async fn forward(
     w: &Worker,
     c: &mut Conn,
     req: &Req,
@@ -56,25 +78,20 @@ pub(super) async fn forward(
 ) -> Result<Done, Failure> {
     let p = &*w.p;
     let deadline = started + p.total_timeout;
-    let balancer = p.app.balancer();
-    let metrics = p.app.metrics();
+    let balancer = &p.balancer;
+    let metrics = &p.metrics;
     p.budget.deposit(started);
     if started < p.warm_until {
         wait_for_a_server(p, deadline.min(p.warm_until)).await;
     }
-    let idempotent = is_idempotent(&req.method);
-    let replayable = body != Body::Streaming;
     let rid = || req.id.as_str().to_owned();
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut last_failure = String::new();
-    // Whether the last try failed by timing out (then the answer is 504, not 502).
-    let mut timed_out = false;
-    // Decides whether the failed try may be followed by another, taking a token from the budget if so.
-    let may_retry = |tries: u32, retryable: bool| {
-        retryable
-            && tries < p.max_tries
-            && Instant::now() < deadline
-            && p.budget.withdraw(Instant::now())
+    // The answer when the tries end without a response: that of the last failure.
+    let mut last_status = 502;
+    // Whether a try that failed may be followed by another, taking a token from the budget if so.
+    let may_retry = |tries: u32| {
+        tries < p.max_tries && Instant::now() < deadline && p.budget.withdraw(Instant::now())
     };
     for attempt in 0..p.max_tries {
         if attempt > 0 {
@@ -82,7 +99,7 @@ pub(super) async fn forward(
             tokio::time::sleep(pause).await;
             if Instant::now() >= deadline {
                 // The backoff used up the overall deadline: no try that could only time out.
-                timed_out = true;
+                last_status = 504;
                 break;
             }
         }
@@ -107,10 +124,9 @@ pub(super) async fn forward(
         // A 502/503 is replaced by another server's answer only if there may be another server to ask.
         let tried_now = tried.len() + 1;
         let can_retry = || {
-            replayable
-                && attempt + 1 < p.max_tries
+            attempt + 1 < p.max_tries
                 && Instant::now() < deadline
-                && p.app.registry().live_count(Instant::now()) > tried_now
+                && p.registry().live_count(Instant::now()) > tried_now
         };
         let outcome = try_once(
             w,
@@ -125,66 +141,59 @@ pub(super) async fn forward(
         )
         .await;
         let id = backend.id();
-        let (err, retryable) = match outcome {
+        let err = match outcome {
             Ok(TryOk::Done(mut done)) => {
                 done.tries = attempt + 1;
                 done.upstream = Some(backend);
                 return Ok(done);
             }
             Ok(TryOk::Gateway(status)) => {
-                // A 502/503 from one server may be its own trouble: another may answer, if sending twice is safe.
                 last_failure = format!("{id} answered {status}");
-                timed_out = false;
+                last_status = 502;
                 tried.push(backend);
                 continue;
             }
-            Err(TryError::Client(malformed)) => return Err(Failure::Client(malformed)),
-            Err(err @ TryError::Connect(_)) => (err, true),
-            Err(err @ TryError::NotSent(_)) => (err, true),
-            Err(err @ TryError::Failed(_)) => (err, idempotent && replayable),
-            Err(TryError::Timeout) if cut_by_deadline => {
-                tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "overall deadline reached during a try");
-                return Err(Failure::Proxy(ProxyError::Timeout {
-                    request_id: rid(),
-                    tries: attempt + 1,
-                }));
+            Err(err) => err,
+        };
+        let failure = match err.failure {
+            TryFailure::TimedOut | TryFailure::TimedOutDuringUpload if cut_by_deadline => {
+                TryFailure::DeadlineReached
             }
-            Err(TryError::Timeout) => {
-                report_failure(p, id);
-                tracing::warn!(request_id = %req.id.as_str(), upstream = %id, "upstream try timed out");
-                // A server that hangs (alive TCP, no answer) may have started the work: only an idempotent
-                // request that can be sent again goes to another server, within the overall deadline.
-                if !may_retry(attempt + 1, idempotent && replayable) {
-                    return Err(Failure::Proxy(ProxyError::Timeout {
-                        request_id: rid(),
-                        tries: attempt + 1,
-                    }));
-                }
+            failure => failure,
+        };
+        let verdict = blame::judge(failure, facts(req, body));
+        match verdict.blame {
+            Blame::Client => return Err(Failure::Client(err.malformed)),
+            Blame::Server => report_failure(p, id),
+            Blame::Proxy => {}
+        }
+        let request_id = req.id.as_str();
+        match failure {
+            TryFailure::DeadlineReached => {
+                tracing::warn!(request_id, upstream = %id, "overall deadline reached during a try");
+                last_failure = format!("{id} ({}): overall deadline reached", backend.addr());
+            }
+            TryFailure::TimedOut | TryFailure::TimedOutDuringUpload => {
+                tracing::warn!(request_id, upstream = %id, "upstream try timed out");
                 last_failure = format!("{id} ({}): timed out", backend.addr());
-                timed_out = true;
-                tried.push(backend);
-                continue;
             }
-        };
-        timed_out = false;
-        let text = match &err {
-            TryError::Connect(e) => format!("connect: {e}"),
-            TryError::NotSent(e) | TryError::Failed(e) => e.clone(),
-            TryError::Timeout | TryError::Client(_) => unreachable!("handled above"),
-        };
-        last_failure = format!("{id} ({}): {text}", backend.addr());
-        let connect = matches!(err, TryError::Connect(_));
-        tracing::warn!(request_id = %req.id.as_str(), upstream = %id, connect, "upstream try failed: {text}");
-        report_failure(p, id);
+            _ => {
+                let text = &err.detail;
+                let connect = failure == TryFailure::Connect;
+                tracing::warn!(request_id, upstream = %id, connect, "upstream try failed: {text}");
+                last_failure = format!("{id} ({}): {text}", backend.addr());
+            }
+        }
+        last_status = verdict.status;
         tried.push(backend);
-        if !may_retry(attempt + 1, retryable) {
+        if !(verdict.retry == Retry::OtherServer && may_retry(attempt + 1)) {
             break;
         }
     }
     if tried.is_empty() {
         return Err(Failure::Proxy(ProxyError::NoServers { request_id: rid() }));
     }
-    if timed_out {
+    if last_status == 504 {
         return Err(Failure::Proxy(ProxyError::Timeout {
             request_id: rid(),
             tries: tried.len() as u32,
@@ -260,41 +269,42 @@ async fn try_once(
                 .map_err(Step::Head)
         })
         .await;
-        match exchanged {
-            Err(_) => return Err(TryError::Timeout),
-            // Until its head is whole, the server cannot have acted on the request.
-            Ok(Err(Step::Send(sent, e))) if sent < head_len && up.reused => {
-                tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {e}");
-                fresh = true;
-            }
-            Ok(Err(Step::Send(sent, e))) if sent < head_len => {
-                return Err(TryError::NotSent(format!("sending the request: {e}")));
-            }
-            Ok(Err(Step::Send(_, e))) => {
-                return Err(TryError::Failed(format!("sending the request body: {e}")));
-            }
-            // Most likely the server closed the pooled connection as the request went out; sending it again is
-            // safe only for an idempotent request.
-            Ok(Err(Step::Head(HeadError::Closed))) if up.reused && is_idempotent(&req.method) => {
-                tracing::debug!(upstream = %backend.id(), "pooled connection closed before a response");
-                fresh = true;
-            }
-            Ok(Err(Step::Head(e))) => return Err(TryError::Failed(e.to_string())),
+        let (failure, detail) = match exchanged {
+            Err(_) => return Err(TryError::of(TryFailure::TimedOut)),
             Ok(Ok(None)) => {
                 return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started)
                     .await;
             }
             Ok(Ok(Some(resp))) => break (up, resp),
+            // Until its head is whole, the server cannot have acted on the request.
+            Ok(Err(Step::Send(sent, e))) if sent < head_len => (
+                TryFailure::HeadNotSent { pooled: up.reused },
+                format!("sending the request: {e}"),
+            ),
+            Ok(Err(Step::Send(_, e))) => (
+                TryFailure::BodyNotSent,
+                format!("sending the request body: {e}"),
+            ),
+            Ok(Err(Step::Head(HeadError::Closed))) => (
+                TryFailure::ClosedBeforeResponse { pooled: up.reused },
+                HeadError::Closed.to_string(),
+            ),
+            Ok(Err(Step::Head(e))) => (TryFailure::BadResponse, e.to_string()),
+        };
+        if blame::judge(failure, facts(req, body)).retry == Retry::SameServer {
+            tracing::debug!(upstream = %backend.id(), "pooled connection closed by the server: {detail}");
+            fresh = true;
+            continue;
         }
+        return Err(TryError::new(failure, detail));
     };
-    if server_status(w, backend, resp.status)
-        && is_idempotent(&req.method)
+    if server_status(w, backend, resp.status, facts(req, body))
         && can_retry()
         && p.budget.withdraw(Instant::now())
     {
         return Ok(TryOk::Gateway(resp.status));
     }
-    p.app.metrics().latency.observe_duration(started.elapsed());
+    p.metrics.latency.observe_duration(started.elapsed());
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
@@ -318,17 +328,18 @@ async fn try_once(
     ))
 }
 
-/// Reports the server's health from its status; true when the answer is a 502/503, which another server may
-/// replace if the request can be sent again (the connection is then dropped with its body unread).
-fn server_status(w: &Worker, backend: &Backend, status: u16) -> bool {
+/// Reports the server's health from its status; true when another server may replace the answer (a 502/503 for a
+/// request that can be sent again; the connection is then dropped with its body unread).
+fn server_status(w: &Worker, backend: &Backend, status: u16, facts: RequestFacts) -> bool {
     let p = &*w.p;
     let id = backend.id();
-    if (500..600).contains(&status) && p.eject_on_5xx {
+    let judged = blame::judge_status(status, p.eject_on_5xx, facts);
+    if judged.server_failed {
         report_failure(p, id);
     } else {
-        p.app.balancer().report_success(id);
+        p.balancer.report_success(id);
     }
-    status == 502 || status == 503
+    judged.retry
 }
 
 /// How a relayed response ended.
@@ -449,9 +460,10 @@ async fn stream_exchange(
         .await
         .is_err()
     {
-        return Err(TryError::Client(None));
+        return Err(TryError::of(TryFailure::ClientGone));
     }
     let draining = w.draining.load(Ordering::Acquire);
+    let up_pooled = up.reused;
     let (resp, relayed, body_done) = {
         let Conn {
             stream, buf, out, ..
@@ -480,9 +492,14 @@ async fn stream_exchange(
                         match result {
                             Err(BodyError::Client(e)) => {
                                 tracing::debug!(request_id = %req.id.as_str(), "client broke off the request body: {e}");
-                                return Err(TryError::Client(None));
+                                return Err(TryError::of(TryFailure::ClientGone));
                             }
-                            Err(BodyError::Malformed(e)) => return Err(TryError::Client(Some(e))),
+                            Err(BodyError::Malformed(e)) => {
+                                return Err(TryError {
+                                    malformed: Some(e),
+                                    ..TryError::of(TryFailure::ClientMalformed)
+                                });
+                            }
                             // The server stopped reading: it may still answer (say, 413); the try deadline bounds
                             // that.
                             Err(BodyError::Upstream(e)) => {
@@ -496,19 +513,25 @@ async fn stream_exchange(
             }
         };
         let mut resp = match head {
-            Err(_) => return Err(TryError::Timeout),
-            Ok(Err(e)) => return Err(TryError::Failed(e.to_string())),
+            // Time ran out with the body still going up, or all sent and the server silent.
+            Err(_) if sent.is_none() => return Err(TryError::of(TryFailure::TimedOutDuringUpload)),
+            Err(_) => return Err(TryError::of(TryFailure::TimedOut)),
+            Ok(Err(HeadError::Closed)) => {
+                return Err(TryError::new(
+                    TryFailure::ClosedBeforeResponse { pooled: up_pooled },
+                    HeadError::Closed.to_string(),
+                ));
+            }
+            Ok(Err(e)) => return Err(TryError::new(TryFailure::BadResponse, e.to_string())),
             Ok(Ok(resp)) => resp,
         };
         if !resp.close_client && !matches!(sent, Some(Ok(()))) {
             force_close(out, req);
             resp.close_client = true;
         }
-        server_status(w, backend, resp.status);
-        w.p.app
-            .metrics()
-            .latency
-            .observe_duration(started.elapsed());
+        // The answer is relayed whatever it is: part of the body has gone up and cannot be sent elsewhere.
+        server_status(w, backend, resp.status, facts(req, Body::Streaming));
+        w.p.metrics.latency.observe_duration(started.elapsed());
         let relay = relay_body(
             &mut up_r,
             up_buf,
@@ -564,14 +587,14 @@ async fn connect(
     };
     let stream = match tokio::time::timeout_at(limit, connecting).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return Err(TryError::Connect(e)),
+        Ok(Err(e)) => return Err(TryError::new(TryFailure::Connect, format!("connect: {e}"))),
         // The try's time ran out first: a timeout of the try, not the server's failure to accept.
-        Err(_) if try_deadline < own_limit => return Err(TryError::Timeout),
+        Err(_) if try_deadline < own_limit => return Err(TryError::of(TryFailure::TimedOut)),
         Err(_) => {
-            return Err(TryError::Connect(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connect timed out after {connect_timeout:?}"),
-            )));
+            return Err(TryError::new(
+                TryFailure::Connect,
+                format!("connect: connect timed out after {connect_timeout:?}"),
+            ));
         }
     };
     // Requests are written whole; waiting to coalesce them only adds latency.

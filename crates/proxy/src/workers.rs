@@ -1,9 +1,9 @@
 //! The proxy listener: one accept loop hands each connection to the least busy worker thread, which serves it to
 //! the end on its own single-threaded runtime.
 //!
-//! Shutdown follows the same drain as the admin listener (see `crate::serve`): the listener closes, open
-//! connections are served for `shutdown.drain_grace` with `Connection: close` on every response, then idle
-//! connections close and those in the middle of a request finish it. If the caller stops waiting (at
+//! Shutdown follows the same drain as the api-server's admin listener: the listener closes, open connections are
+//! served for [`HttpLimits::drain_grace`] with `Connection: close` on every response, then idle connections close
+//! and those in the middle of a request finish it. If the caller stops waiting (the api-server's
 //! `shutdown.timeout`), dropping the returned future stops the workers and cancels what is left.
 
 use std::net::SocketAddr;
@@ -11,14 +11,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use svc::Shutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::ProxyState;
-use super::conn::{self, Worker};
-use super::pool::IDLE_TIMEOUT;
-use crate::serve::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, accept};
+use crate::conn::{self, Worker};
+use crate::listener::{HttpLimits, OpenConnections, OpenGuard, accept};
+use crate::pool::IDLE_TIMEOUT;
+use crate::state::Proxy;
 
 enum Message {
     /// A new client connection, counted as open until its guard is dropped.
@@ -55,14 +54,15 @@ struct WorkerHandle {
     done: oneshot::Receiver<()>,
 }
 
-/// Serves the proxy on `listener` with `threads` worker threads until `shutdown` fires, then drains.
-pub(crate) async fn serve_proxy(
+/// Serves `proxy` on `listener` with `threads` worker threads (at least one) until `shutdown` completes, then
+/// drains; returns once every connection has closed and every worker thread has stopped. Fails only when a worker
+/// thread cannot be started.
+pub async fn serve(
     listener: TcpListener,
-    state: ProxyState,
+    proxy: Proxy,
     limits: HttpLimits,
-    errors: ConnectionErrors,
-    shutdown: Shutdown,
     threads: usize,
+    shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let all = Arc::new(OpenConnections::default());
@@ -72,10 +72,9 @@ pub(crate) async fn serve_proxy(
         let (done_tx, done) = oneshot::channel();
         let open = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
-            p: Arc::clone(&state.inner),
+            p: Arc::clone(&proxy.inner),
             pool: Default::default(),
             limits,
-            errors: errors.clone(),
             draining: Arc::clone(&draining),
             close_idle: Default::default(),
             close_idle_now: Notify::new(),
@@ -89,9 +88,8 @@ pub(crate) async fn serve_proxy(
         workers.push(WorkerHandle { tx, open, done });
     }
 
-    let stop = shutdown.wait();
-    tokio::pin!(stop);
-    while let Some((stream, peer)) = accept("proxy", &listener, stop.as_mut()).await {
+    tokio::pin!(shutdown);
+    while let Some((stream, peer)) = accept("proxy", &listener, shutdown.as_mut()).await {
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {

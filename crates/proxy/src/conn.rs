@@ -12,35 +12,34 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::http::Method;
 use bytes::{Buf, BytesMut};
 use discovery::Backend;
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Inner;
-use super::h1::{
+use crate::h1::{
     self, ChunkError, ConnectionTokens, Framing, FramingHeaders, Refusal, push_decimal, push_header,
 };
-use super::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
-use super::pool::Pool;
-use super::relay::within;
-use super::tries::{Failure, forward};
-use crate::serve::{ConnectionErrors, HttpLimits};
+use crate::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
+use crate::listener::HttpLimits;
+use crate::pool::Pool;
+use crate::relay::within;
+use crate::state::Inner;
+use crate::tries::{Failure, forward};
 
 /// Initial read buffer of a client connection (it grows to `server.max_header_bytes` for a large head).
 const CLIENT_BUFFER: usize = 4 * 1024;
 /// Most headers in a request or response head.
-pub(super) const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// What one proxy worker thread shares between its connections.
 pub(crate) struct Worker {
     pub p: Arc<Inner>,
     pub pool: RefCell<Pool>,
     pub limits: HttpLimits,
-    pub errors: ConnectionErrors,
     /// Set once shutdown starts: every response then says `Connection: close`.
     pub draining: Arc<AtomicBool>,
     /// Set when idle connections are to close (the end of the drain grace).
@@ -49,38 +48,38 @@ pub(crate) struct Worker {
 }
 
 /// One client connection.
-pub(super) struct Conn {
-    pub(super) stream: TcpStream,
-    pub(super) peer: PeerHeaders,
+pub(crate) struct Conn {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: PeerHeaders,
     /// Bytes from the client not yet handled.
-    pub(super) buf: BytesMut,
+    pub(crate) buf: BytesMut,
     /// Bytes for the client: a response head and what fits of its body.
-    pub(super) out: Vec<u8>,
+    pub(crate) out: Vec<u8>,
     /// The upstream request line, ending in `host: ` (each try adds its server's address).
-    pub(super) up_line: Vec<u8>,
+    pub(crate) up_line: Vec<u8>,
     /// The rest of the upstream head after the host, blank line included.
-    pub(super) up_rest: Vec<u8>,
+    pub(crate) up_rest: Vec<u8>,
     /// One try's head (and a buffered body).
-    pub(super) up_out: Vec<u8>,
+    pub(crate) up_out: Vec<u8>,
     /// Requests served on this connection.
-    pub(super) served: u64,
+    pub(crate) served: u64,
 }
 
 /// A parsed request head, owned, once its bytes have been rewritten into `up_line` and `up_rest`.
-pub(super) struct Req {
-    pub(super) method: Method,
-    pub(super) http10: bool,
-    pub(super) framing: Framing,
-    pub(super) keep_alive: bool,
-    pub(super) expect_continue: bool,
-    pub(super) id: RequestId,
+pub(crate) struct Req {
+    pub(crate) method: Method,
+    pub(crate) http10: bool,
+    pub(crate) framing: Framing,
+    pub(crate) keep_alive: bool,
+    pub(crate) expect_continue: bool,
+    pub(crate) id: RequestId,
     /// The path, for the access log.
-    pub(super) path: Option<String>,
+    pub(crate) path: Option<String>,
 }
 
 /// How a request's body relates to the buffer when its head is parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Body {
+pub(crate) enum Body {
     /// No body.
     None,
     /// Entirely in the buffer: this many bytes, sent with the head and replayable.
@@ -90,13 +89,13 @@ pub(super) enum Body {
 }
 
 /// What happened to a request, for the access log and the connection.
-pub(super) struct Done {
-    pub(super) status: u16,
-    pub(super) upstream: Option<Arc<Backend>>,
-    pub(super) tries: u32,
-    pub(super) failure: Option<String>,
+pub(crate) struct Done {
+    pub(crate) status: u16,
+    pub(crate) upstream: Option<Arc<Backend>>,
+    pub(crate) tries: u32,
+    pub(crate) failure: Option<String>,
     /// Whether the client connection can carry another request.
-    pub(super) keep: bool,
+    pub(crate) keep: bool,
 }
 
 /// Serves one client connection until it closes, fails or the server drains.
@@ -120,14 +119,14 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             Head::Timeout => {
                 // An idle keep-alive connection timing out is normal; one that never sent a whole head is not.
                 if c.served == 0 || !c.buf.is_empty() {
-                    w.errors.count("header_timeout");
+                    w.p.metrics.connections_closed.count("header_timeout");
                     tracing::debug!(%peer, "connection closed: request head not received in time");
                 }
                 linger_close(&mut c.stream).await;
                 return;
             }
             Head::Refused(refusal) => {
-                w.errors.count(match refusal {
+                w.p.metrics.connections_closed.count(match refusal {
                     Refusal::TooLarge => "header_too_large",
                     Refusal::BadRequest(_) => "malformed",
                     Refusal::NotImplemented(_) => "unsupported",
@@ -160,6 +159,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             let elapsed = started.elapsed();
             let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
             let (method, status, tries) = (&req.method, done.status, done.tries);
+            // The target keeps the api-server's name: it is how operators filter the access log (its README).
             match &done.failure {
                 None => {
                     tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed)
@@ -177,7 +177,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
 }
 
 /// Writes `out` to the client, within `proxy.try_timeout`; false when the client is gone or reads nothing.
-pub(super) async fn write_out(w: &Worker, c: &mut Conn) -> bool {
+pub(crate) async fn write_out(w: &Worker, c: &mut Conn) -> bool {
     within(
         w.p.try_timeout,
         "the client read nothing",
@@ -426,7 +426,7 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
         Ok(done) => done,
         Err(Failure::Client(malformed)) => client_error(w, c, req, malformed).await,
         Err(Failure::Proxy(err)) => {
-            p.app.metrics().latency.observe_duration(started.elapsed());
+            p.metrics.latency.observe_duration(started.elapsed());
             let (status, reason) = err.status();
             // The client's body must have been read whole for the connection to carry another request.
             let keep = match body {
@@ -467,7 +467,7 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
 /// A broken or malformed request body: 400 if it was malformed and nothing was answered yet; the connection closes.
 async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<ChunkError>) -> Done {
     if let Some(err) = malformed {
-        w.errors.count("malformed");
+        w.p.metrics.connections_closed.count("malformed");
         c.out.clear();
         write_json_error(
             &mut c.out,
@@ -494,7 +494,7 @@ async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<Chu
 
 /// What an error response says about the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Persist {
+pub(crate) enum Persist {
     /// `Connection: close`, and the proxy closes it.
     Close,
     /// The connection stays open (an HTTP/1.0 client is told so).
@@ -502,7 +502,7 @@ pub(super) enum Persist {
 }
 
 /// A JSON error response from the proxy itself; for a `HEAD` request, its head only.
-pub(super) fn write_json_error(
+pub(crate) fn write_json_error(
     out: &mut Vec<u8>,
     status: u16,
     reason: &str,

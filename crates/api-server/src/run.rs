@@ -1,22 +1,24 @@
-//! Wiring: listeners, registry, subscription, canary, sweeper, and an orderly stop.
+//! The binary's lifecycle ([`run`]): the listeners bound, the registry, subscription, canary and sweeper started,
+//! the proxy engine handed its settings, metrics and balancer, and an orderly stop.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use discovery::{Balancer, BalancerConfig, EventKind, HmacKey, Registry, RegistryConfig};
 use hyper_util::service::TowerToHyperService;
+use proxy::{ConnectionErrors, HttpLimits};
 use svc::Shutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::admin::admin_router;
+use crate::admin_listener::serve_http1;
 use crate::bus::Bus;
 use crate::canary::{self, CanaryConfig};
 use crate::config::Config;
-use crate::proxy::{ProxyState, serve_proxy};
-use crate::serve::{ConnectionErrors, HttpLimits, serve_http1};
-use crate::state::AppState;
+use crate::config::ProxyConfig;
+use crate::state::{AppState, Metrics};
 
 /// Why the api-server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -177,14 +179,17 @@ pub async fn run(
         shutdown.clone(),
         move |_peer| admin_service.clone(),
     );
-    let proxy_state = ProxyState::new(state.clone(), &config.proxy, d.ttl.get());
-    let proxy = serve_proxy(
+    let engine = proxy::Proxy::new(
+        proxy_settings(&config.proxy, d.ttl.get()),
+        state.balancer().clone(),
+        proxy_metrics(state.metrics(), errors),
+    );
+    let proxy = proxy::serve(
         proxy_listener,
-        proxy_state,
+        engine,
         limits,
-        errors,
-        shutdown.clone(),
         config.server.workers(),
+        shutdown.wait(),
     );
     let serving = async {
         let ((), proxy) = tokio::join!(admin, proxy);
@@ -209,6 +214,35 @@ pub async fn run(
         let _ = svc::with_timeout(task, Duration::from_secs(3)).await;
     }
     served.map_err(RunError::Serve)
+}
+
+/// The proxy engine's settings from `[proxy]`; `warmup` is the TTL (see [`proxy::Proxy::new`]).
+fn proxy_settings(cfg: &ProxyConfig, warmup: Duration) -> proxy::ProxySettings {
+    proxy::ProxySettings {
+        connect_timeout: cfg.connect_timeout.get(),
+        try_timeout: cfg.try_timeout.get(),
+        total_timeout: cfg.total_timeout.get(),
+        max_tries: cfg.max_tries,
+        retry_budget_ratio: cfg.retry_budget_ratio,
+        retry_budget_min_per_sec: cfg.retry_budget_min_per_sec,
+        retry_backoff: cfg.retry_backoff.get(),
+        eject_on_5xx: cfg.eject_on_5xx,
+        trusted_proxies: cfg.trusted_proxies.clone(),
+        access_log: cfg.access_log,
+        warmup,
+    }
+}
+
+/// The proxy engine's handles into the process's metrics.
+fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::ProxyMetrics {
+    proxy::ProxyMetrics {
+        requests: m.requests.clone(),
+        upstream_requests: m.upstream_requests.clone(),
+        retries: m.retries.clone(),
+        ejections: m.ejections.clone(),
+        latency: m.latency.clone(),
+        connections_closed,
+    }
 }
 
 /// Sweeps expired servers every `interval` (reads filter by deadline as well, so this only bounds how long an

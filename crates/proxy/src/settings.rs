@@ -1,0 +1,57 @@
+//! What the proxy is told by its owner: the settings of proxied requests and the metrics they count into.
+//!
+//! The api-server builds both from its own configuration (`[proxy]`) and metrics registry, so this crate knows
+//! neither the config file nor the metric names.
+
+use std::time::Duration;
+
+use svc::{Counter, CounterVec, Histogram};
+
+use crate::listener::ConnectionErrors;
+
+/// Timeouts, retries and headers of proxied requests.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Bound on opening a connection to a data server.
+    pub connect_timeout: Duration,
+    /// Bound on one try, until the response head arrives; also the bound on each step of relaying a body.
+    pub try_timeout: Duration,
+    /// Bound on all tries of one request together.
+    pub total_timeout: Duration,
+    /// Most tries per request (first try included).
+    pub max_tries: u32,
+    /// Retries may add at most this share of the requests (plus the floor below).
+    pub retry_budget_ratio: f64,
+    /// Retries always allowed per second, whatever the traffic.
+    pub retry_budget_min_per_sec: f64,
+    /// Pause before a retry, jittered between 0.5x and 1.5x.
+    pub retry_backoff: Duration,
+    /// Whether a 5xx answer counts as a failure of the server for passive health (ejection).
+    pub eject_on_5xx: bool,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to; from anyone else they are
+    /// replaced, so a client cannot forge its address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// One log line per proxied request (target `api_server::access`).
+    pub access_log: bool,
+    /// How long after the start a request that finds no live server waits for one (see [`Proxy::new`]).
+    ///
+    /// [`Proxy::new`]: crate::Proxy::new
+    pub warmup: Duration,
+}
+
+/// Metric handles the proxy counts into; cheap to clone (each handle is shared with the registry that renders it).
+#[derive(Debug, Clone)]
+pub struct ProxyMetrics {
+    /// Proxied requests by final status code (label: the status).
+    pub requests: CounterVec,
+    /// Tries by upstream id (label: the server's id).
+    pub upstream_requests: CounterVec,
+    /// Retries (tries after the first).
+    pub retries: Counter,
+    /// Passive-health ejections caused by the proxy's reports.
+    pub ejections: Counter,
+    /// Time until the response head, all tries included.
+    pub latency: Histogram,
+    /// Client connections the proxy closed, by reason (slow or oversized heads, malformed or unsupported requests).
+    pub connections_closed: ConnectionErrors,
+}
