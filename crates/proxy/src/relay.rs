@@ -76,7 +76,14 @@ pub(crate) async fn read_response_head<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(UPSTREAM_BUFFER);
         }
-        if r.read_buf(buf).await? == 0 {
+        let read = match r.read_buf(buf).await {
+            Ok(n) => n,
+            // A request that crosses the server's close of an idle connection is answered by a reset
+            // rather than the FIN: as with the FIN, no byte of a response came, so it is the same case.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset && buf.is_empty() => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if read == 0 {
             return Err(if buf.is_empty() {
                 HeadError::Closed
             } else {
@@ -358,5 +365,67 @@ where
             Ok(())
         }
         Framing::Empty | Framing::UntilClose => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::Context;
+
+    use tokio::io::ReadBuf;
+
+    use super::*;
+    use crate::headers::RequestId;
+
+    /// A connection whose next read fails with `kind` after yielding `bytes`.
+    struct Failing {
+        bytes: &'static [u8],
+        kind: io::ErrorKind,
+    }
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.bytes.is_empty() {
+                return Poll::Ready(Err(self.kind.into()));
+            }
+            buf.put_slice(self.bytes);
+            self.bytes = &[];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn head_from(bytes: &'static [u8], kind: io::ErrorKind) -> HeadError {
+        let req = Req {
+            method: Method::GET,
+            http10: false,
+            framing: Framing::Empty,
+            keep_alive: true,
+            expect_continue: false,
+            id: RequestId::generate(),
+            path: None,
+        };
+        let mut conn = Failing { bytes, kind };
+        let (mut buf, mut out) = (BytesMut::new(), Vec::new());
+        match read_response_head(&mut conn, &mut buf, &mut out, &req, false).await {
+            Ok(_) => panic!("a response head from {bytes:?}"),
+            Err(err) => err,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_before_any_response_byte_is_a_close() {
+        // What a pooled connection gives when the request crossed the server's close.
+        let err = head_from(b"", io::ErrorKind::ConnectionReset).await;
+        assert!(matches!(err, HeadError::Closed), "{err:?}");
+        // Once part of a response came, a reset is a broken response, not a closed connection.
+        let err = head_from(b"HTTP/1.1 200 OK\r\n", io::ErrorKind::ConnectionReset).await;
+        assert!(matches!(err, HeadError::Io(_)), "{err:?}");
+        let err = head_from(b"", io::ErrorKind::BrokenPipe).await;
+        assert!(matches!(err, HeadError::Io(_)), "{err:?}");
     }
 }
