@@ -16,7 +16,7 @@ use common::wire::*;
 use common::*;
 use sha2::{Digest, Sha256};
 use testkit::NsqCluster;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -164,6 +164,7 @@ async fn chunked_hello() -> Scripted {
     Scripted::start(|_| Reply {
         bytes: b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec(),
         read_body: true,
+        head_first: false,
         after: After::Next,
     })
     .await
@@ -357,6 +358,50 @@ async fn pooled_connections_closed_by_the_upstream_are_replaced() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_answered_while_the_body_streams_keeps_the_connection() {
+    // The answer's head comes back before the client has sent the whole body; the rest of the answer comes once
+    // the body is in. Nothing about it ends the connection.
+    let upstream = Scripted::start(|_| Reply {
+        head_first: true,
+        ..Reply::ok("200 OK", "", b"done")
+    })
+    .await;
+    let Setup { api, .. } = &with_upstreams(&[upstream.addr]).await;
+    let mut stream = TcpStream::connect(api.proxy()).await.unwrap();
+    stream
+        .write_all(b"PUT /stream HTTP/1.1\r\nHost: h1.test\r\nContent-Length: 10\r\n\r\nfirst")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(SOON, stream.read(&mut chunk))
+            .await
+            .expect("the response head before the rest of the body")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    stream.write_all(b"later").await.unwrap();
+    let mut wire = Wire::new(stream);
+    wire.buf.extend_from_slice(&got[head_end..]);
+    let body = wire.take(4).await;
+    assert_eq!(body, b"done");
+    // The connection is still in step.
+    wire.send(b"GET /again HTTP/1.1\r\nHost: h1.test\r\n\r\n")
+        .await;
+    let next = wire.response(false).await;
+    assert_eq!(next.status, 200, "{next:?}");
+    assert_eq!(upstream.requests(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_413_reaches_a_client_still_sending_its_body() {
     // Answers as soon as it has the head, then closes with the body unread.
     let upstream = Scripted::start(|_| Reply {
@@ -448,6 +493,7 @@ async fn a_body_that_stops_midway_is_cut_off_and_one_that_is_malformed_gets_502(
     let stalls = Scripted::start(|_| Reply {
         bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nhello".to_vec(),
         read_body: true,
+        head_first: false,
         after: After::Next,
     })
     .await;
@@ -465,6 +511,7 @@ async fn a_body_that_stops_midway_is_cut_off_and_one_that_is_malformed_gets_502(
     let malformed = Scripted::start(|_| Reply {
         bytes: b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec(),
         read_body: true,
+        head_first: false,
         after: After::Close,
     })
     .await;

@@ -525,7 +525,16 @@ async fn stream_exchange(
             Ok(Err(e)) => return Err(TryError::new(TryFailure::BadResponse, e.to_string())),
             Ok(Ok(resp)) => resp,
         };
-        if !resp.close_client && !matches!(sent, Some(Ok(()))) {
+        // An answer that came before the whole body went up. If the upload already failed, or the answer is an error
+        // (a 413 or 401 says the server will not read the rest), the client is told now that the connection ends.
+        // A success (a server that streams its answer while it reads, like an echo) is relayed as it comes while the
+        // body keeps going up, and the connection is kept if the body was all sent by the end; closing it then
+        // needs no announcement. Announcing it here, when the head happened to arrive first, closed connections at
+        // random under load.
+        if !resp.close_client
+            && !matches!(sent, Some(Ok(())))
+            && (sent.is_some() || resp.status >= 400)
+        {
             force_close(out, req);
             resp.close_client = true;
         }
@@ -549,6 +558,10 @@ async fn stream_exchange(
                 result = &mut send, if sent.is_none() => sent = Some(result),
             }
         };
+        // The body may have been finished in the same turn as the answer (a server answers once it has it all).
+        if sent.is_none() {
+            sent = futures::FutureExt::now_or_never(&mut send);
+        }
         // The whole request body must have gone up for either connection to be reused.
         (resp, relayed, matches!(sent, Some(Ok(()))))
     };

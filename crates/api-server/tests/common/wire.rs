@@ -278,6 +278,9 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// Whether the request body is read before answering; false answers early and leaves it unread.
     pub read_body: bool,
+    /// Whether the response head goes out as soon as the request head is in, and the rest of the answer only once
+    /// the body is read (a server that streams its answer while it reads, like an echo).
+    pub head_first: bool,
     pub after: After,
 }
 
@@ -303,6 +306,7 @@ impl Reply {
         Reply {
             bytes,
             read_body: true,
+            head_first: false,
             after: After::Next,
         }
     }
@@ -336,10 +340,18 @@ impl Scripted {
                         };
                         seen.lock().unwrap().push(head.clone());
                         let reply = script(&head);
+                        let mut bytes = &reply.bytes[..];
+                        if reply.head_first {
+                            let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                            if conn.stream.write_all(&bytes[..end]).await.is_err() {
+                                return;
+                            }
+                            bytes = &bytes[end..];
+                        }
                         if reply.read_body && !conn.skip_body(&head).await {
                             return;
                         }
-                        if conn.stream.write_all(&reply.bytes).await.is_err() {
+                        if conn.stream.write_all(bytes).await.is_err() {
                             return;
                         }
                         match reply.after {
