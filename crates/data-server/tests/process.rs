@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BIN, Tap, key_file, metric};
+use common::{BIN, Tap, get, get_json, get_text, key_file, metric};
 use discovery::{HmacKey, State, decode};
 use testkit::{DataServer, DataServerOptions, NsqCluster, Signal, eventually, try_eventually};
 
@@ -19,8 +19,7 @@ fn options(cluster: &NsqCluster, interval: &str) -> DataServerOptions {
 
 /// `/metrics` of `server` as text.
 async fn metrics_of(server: &DataServer) -> String {
-    let response = reqwest::get(server.url("/metrics")).await.unwrap();
-    response.text().await.unwrap()
+    get_text(&reqwest::Client::new(), server.url("/metrics")).await
 }
 
 /// Polls `/metrics` until `ready` accepts it and returns it; fails the test after [`GENEROUS`],
@@ -35,6 +34,22 @@ async fn wait_metrics(server: &DataServer, what: &str, ready: impl Fn(&str) -> b
         Ok(text) => text,
         Err(e) => panic!("{e}:\n{}", metrics_of(server).await),
     }
+}
+
+/// Waits for eight heartbeats of `id` after `since` (eight intervals of an outage), and returns
+/// the largest gap between its heartbeats from 2 s before `since` on.
+async fn largest_gap_after(tap: &Tap, id: &str, since: Instant) -> Duration {
+    let got = tap
+        .wait_for(id, GENEROUS, |hbs| {
+            hbs.iter().filter(|(at, _)| *at > since).count() >= 8
+        })
+        .await;
+    let times: Vec<Instant> = got
+        .iter()
+        .filter(|(at, _)| *at > since - Duration::from_secs(2))
+        .map(|(at, _)| *at)
+        .collect();
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap()
 }
 
 /// Polls `/metrics` until at least one publish failure is counted for `nsqd`.
@@ -94,19 +109,7 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
         .await;
     let dead = cluster.nsqd_tcp(0).to_string();
     cluster.kill(0);
-    let killed = Instant::now();
-    // Eight intervals with one nsqd gone.
-    let got = tap
-        .wait_for(server.id(), GENEROUS, |hbs| {
-            hbs.iter().filter(|(at, _)| *at > killed).count() >= 8
-        })
-        .await;
-    let window: Vec<Instant> = got
-        .iter()
-        .filter(|(at, _)| *at > killed - Duration::from_secs(2))
-        .map(|(at, _)| *at)
-        .collect();
-    let max_gap = window.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let max_gap = largest_gap_after(&tap, server.id(), Instant::now()).await;
     eprintln!("nsqd killed: largest gap between heartbeats {max_gap:?} (interval 1s)");
     // A lost interval would leave a gap of at least 2 × 0.9 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
@@ -115,10 +118,7 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
     // The leaving heartbeat fails over too.
     let mut server = server;
     server.signal(Signal::SIGTERM).unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| {
-        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-    })
-    .await;
+    tap.wait_for_leaving(server.id(), GENEROUS).await;
     let exit = server.wait_exit(GENEROUS).await.unwrap();
     assert_eq!(exit.code(), Some(0), "{}", server.log());
     tap.stop().await;
@@ -135,18 +135,7 @@ async fn a_hung_nsqd_loses_no_interval_either() {
         .await;
     // Stopped, not killed: connections stay open and nothing answers.
     cluster.freeze(0).unwrap();
-    let frozen = Instant::now();
-    let got = tap
-        .wait_for(server.id(), GENEROUS, |hbs| {
-            hbs.iter().filter(|(at, _)| *at > frozen).count() >= 8
-        })
-        .await;
-    let times: Vec<Instant> = got
-        .iter()
-        .filter(|(at, _)| *at > frozen - Duration::from_secs(2))
-        .map(|(at, _)| *at)
-        .collect();
-    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let max_gap = largest_gap_after(&tap, server.id(), Instant::now()).await;
     eprintln!("nsqd frozen: largest gap between heartbeats {max_gap:?} (interval 1s)");
     // Publish timeout 250 ms (a quarter interval), then failover; a lost interval is >= 1.8 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
@@ -181,11 +170,7 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
     .await;
 
     server.signal(Signal::SIGTERM).unwrap();
-    let got = tap
-        .wait_for(server.id(), GENEROUS, |hbs| {
-            hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-        })
-        .await;
+    let got = tap.wait_for_leaving(server.id(), GENEROUS).await;
     let (left_at, leaving) = got
         .iter()
         .find(|(_, hb)| hb.state == State::Leaving)
@@ -254,20 +239,13 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
     let mut server = DataServer::start_with(opts).await.unwrap();
     let client = reqwest::Client::new();
     eventually(GENEROUS, "5 failed heartbeats", || async {
-        let response = client.get(server.url("/healthz")).send().await.unwrap();
+        let response = get(&client, server.url("/healthz")).await;
         assert_eq!(response.status(), 200);
         let metrics = metrics_of(&server).await;
         (metric(&metrics, "data_server_heartbeats_failed_total") >= 5).then_some(())
     })
     .await;
-    let health: serde_json::Value = client
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = get_json(&client, server.url("/healthz")).await;
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["nsqd_reachable"], false, "{health}");
     let log = server.log();
@@ -297,10 +275,7 @@ async fn a_second_signal_cuts_the_drain_short() {
     })
     .await;
     server.signal(Signal::SIGTERM).unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| {
-        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-    })
-    .await;
+    tap.wait_for_leaving(server.id(), GENEROUS).await;
     server.signal(Signal::SIGINT).unwrap();
     let exit = server.wait_exit(GENEROUS).await.unwrap();
     assert_eq!(exit.code(), Some(130), "{}", server.log());

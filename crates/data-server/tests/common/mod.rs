@@ -1,11 +1,12 @@
-//! Shared by the integration tests: a consumer that records every heartbeat it receives.
+//! Shared by the integration tests: a consumer that records every heartbeat it receives, and
+//! short forms of the HTTP requests they make.
 
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use discovery::{Heartbeat, HmacKey, Message, decode};
+use discovery::{Heartbeat, HmacKey, Message, State, decode};
 use testkit::{eventually, try_eventually};
 
 /// The binary under test, built by cargo for this crate's integration tests.
@@ -95,6 +96,15 @@ impl Tap {
             .collect()
     }
 
+    /// Polls until the leaving heartbeat of `id` has arrived, or panics after `timeout`; returns
+    /// all heartbeats of `id` then.
+    pub async fn wait_for_leaving(&self, id: &str, timeout: Duration) -> Vec<(Instant, Heartbeat)> {
+        self.wait_for(id, timeout, |hbs| {
+            hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
+        })
+        .await
+    }
+
     /// Polls until `done` holds for the heartbeats of `id`, or panics after `timeout`.
     pub async fn wait_for(
         &self,
@@ -131,4 +141,19 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
+}
+
+/// GETs `url` and returns the response, whatever its status (panics if the request fails).
+pub async fn get(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> reqwest::Response {
+    client.get(url).send().await.unwrap()
+}
+
+/// GETs `url` and parses the body as JSON (panics if the request or the parse fails).
+pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
+    get(client, url).await.json().await.unwrap()
+}
+
+/// GETs `url` and returns the body as text (panics if the request fails).
+pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    get(client, url).await.text().await.unwrap()
 }
