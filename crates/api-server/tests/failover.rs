@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -249,10 +248,7 @@ async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
     let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
     wait_servers(&api, 2).await;
     let http = client();
-    let mut seen = BTreeMap::<String, usize>::new();
-    for _ in 0..20 {
-        *seen.entry(whoami(&http, &api).await.unwrap()).or_default() += 1;
-    }
+    let seen = count_whoami(&http, &api, 20).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
 
     leaving.signal(testkit::Signal::SIGTERM).unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use sha2::{Digest, Sha256};
 use testkit::NsqCluster;
+use testkit::http::send_json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_live_server_gives_503_json_naming_the_request() {
@@ -60,12 +61,7 @@ async fn every_strategy_spreads_requests_over_three_servers() {
     for strategy in ["p2c", "round_robin", "random"] {
         let api = api_server(&cluster, "10s", &[&format!("balancer.strategy={strategy}")]).await;
         wait_servers(&api, 3).await;
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for _ in 0..300 {
-            *counts
-                .entry(whoami(&http, &api).await.unwrap())
-                .or_default() += 1;
-        }
+        let counts = count_whoami(&http, &api, 300).await;
         assert_eq!(counts.len(), 3, "{strategy}: {counts:?}");
         for (id, n) in &counts {
             let (low, high) = if strategy == "round_robin" {
@@ -146,8 +142,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
     use axum::http::HeaderMap;
     // An upstream that answers with the headers it received.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
         let map: BTreeMap<String, String> = headers
             .iter()
@@ -155,7 +149,7 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
             .collect();
         axum::Json(map)
     });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let upstream = serve_in_process(app).await;
 
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
@@ -175,16 +169,11 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
     );
     wait_servers(&api, 1).await;
     wait_servers(&untrusting, 1).await;
-    let forged: BTreeMap<String, String> = client()
+    let forging = client()
         .get(format!("http://{}/h", untrusting.proxy()))
         .header("x-forwarded-for", "203.0.113.9")
-        .header("forwarded", "for=203.0.113.9")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .header("forwarded", "for=203.0.113.9");
+    let forged: BTreeMap<String, String> = send_json(forging).await;
     assert_eq!(
         forged["x-forwarded-for"], "127.0.0.1",
         "untrusted hops are dropped"
@@ -242,11 +231,9 @@ async fn weights_from_heartbeat_meta_shift_the_share() {
     // Two upstreams in the test process, one announcing weight 3.
     let mut addrs = Vec::new();
     for name in ["light", "heavy"] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(listener.local_addr().unwrap());
         let app = axum::Router::new()
             .fallback(move || async move { axum::Json(serde_json::json!({ "id": name })) });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addrs.push(serve_in_process(app).await);
     }
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
@@ -266,12 +253,7 @@ async fn weights_from_heartbeat_meta_shift_the_share() {
     let _heavy = weighted("heavy", &addrs[1].to_string(), 3);
     wait_servers(&api, 2).await;
     let http = client();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..400 {
-        *counts
-            .entry(whoami(&http, &api).await.unwrap())
-            .or_default() += 1;
-    }
+    let counts = count_whoami(&http, &api, 400).await;
     let heavy = counts.get("heavy").copied().unwrap_or(0);
     assert!(
         (240..=360).contains(&heavy),

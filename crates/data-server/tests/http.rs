@@ -1,12 +1,10 @@
 //! The HTTP endpoints, served by `app()` on a real socket (no NSQ involved).
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::{get, get_json, get_text};
 use data_server::{AppState, app, pattern_byte};
 use sha2::{Digest, Sha256};
+use testkit::http::{get, get_json, get_text, send, send_json};
 
 async fn serve() -> (SocketAddr, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -19,7 +17,7 @@ async fn serve() -> (SocketAddr, reqwest::Client) {
 #[tokio::test]
 async fn whoami_and_healthz() {
     let (addr, client) = serve().await;
-    let who = get_json(&client, format!("http://{addr}/whoami")).await;
+    let who: serde_json::Value = get_json(&client, format!("http://{addr}/whoami")).await;
     assert_eq!(who["id"], "data-1");
     assert_eq!(who["addr"], addr.to_string());
     let health = get(&client, format!("http://{addr}/healthz")).await;
@@ -60,27 +58,15 @@ async fn twenty_megabytes_stream_both_ways() {
     let body: Vec<u8> = (0..size as u64).map(|i| (i * 7 % 256) as u8).collect();
     let digest = hex::encode(Sha256::digest(&body));
 
-    let echoed = client
+    let echo = client
         .post(format!("http://{addr}/echo"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body(body.clone());
+    let echoed = send(echo).await.bytes().await.unwrap();
     assert_eq!(echoed.len(), size);
     assert!(echoed[..] == body[..], "echo returns the body unchanged");
 
-    let uploaded: serde_json::Value = client
-        .put(format!("http://{addr}/upload"))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let uploaded: serde_json::Value =
+        send_json(client.put(format!("http://{addr}/upload")).body(body)).await;
     assert_eq!(uploaded["bytes"], size);
     assert_eq!(uploaded["sha256"], digest);
 
@@ -100,7 +86,7 @@ async fn twenty_megabytes_stream_both_ways() {
 async fn slow_waits_and_bounds_are_enforced() {
     let (addr, client) = serve().await;
     let started = std::time::Instant::now();
-    let slow = get_json(&client, format!("http://{addr}/slow?ms=200")).await;
+    let slow: serde_json::Value = get_json(&client, format!("http://{addr}/slow?ms=200")).await;
     assert!(started.elapsed() >= std::time::Duration::from_millis(200));
     assert_eq!(slow["slept_ms"], 200);
     let too_slow = get(&client, format!("http://{addr}/slow?ms=600000")).await;

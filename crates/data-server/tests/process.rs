@@ -5,8 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BIN, Tap, get, get_json, get_text, key_file, metric};
+use common::{BIN, Tap, key_file, metric};
 use discovery::{HmacKey, State, decode};
+use testkit::http::{get, get_json, get_text};
 use testkit::{DataServer, DataServerOptions, NsqCluster, Signal, eventually, try_eventually};
 
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -34,6 +35,19 @@ async fn wait_metrics(server: &DataServer, what: &str, ready: impl Fn(&str) -> b
         Ok(text) => text,
         Err(e) => panic!("{e}:\n{}", metrics_of(server).await),
     }
+}
+
+/// One nsqd, a tap on it, and a data server heartbeating every second whose first heartbeat the
+/// tap has received. The cluster is returned to be kept alive.
+async fn heartbeating_every_second() -> (NsqCluster, Tap, DataServer) {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let server = DataServer::start_with(options(&cluster, "1s"))
+        .await
+        .unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+    (cluster, tap, server)
 }
 
 /// Waits for eight heartbeats of `id` after `since` (eight intervals of an outage), and returns
@@ -146,13 +160,7 @@ async fn a_hung_nsqd_loses_no_interval_either() {
 
 #[tokio::test]
 async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
-    let mut server = DataServer::start_with(options(&cluster, "1s"))
-        .await
-        .unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
-        .await;
+    let (_cluster, tap, mut server) = heartbeating_every_second().await;
 
     let slow = tokio::spawn({
         let url = server.url("/slow?ms=2000");
@@ -245,7 +253,7 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
         (metric(&metrics, "data_server_heartbeats_failed_total") >= 5).then_some(())
     })
     .await;
-    let health = get_json(&client, server.url("/healthz")).await;
+    let health: serde_json::Value = get_json(&client, server.url("/healthz")).await;
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["nsqd_reachable"], false, "{health}");
     let log = server.log();
@@ -262,13 +270,7 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
 
 #[tokio::test]
 async fn a_second_signal_cuts_the_drain_short() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
-    let mut server = DataServer::start_with(options(&cluster, "1s"))
-        .await
-        .unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
-        .await;
+    let (_cluster, tap, mut server) = heartbeating_every_second().await;
     let slow = tokio::spawn(reqwest::get(server.url("/slow?ms=60000")));
     wait_metrics(&server, "the slow request in flight", |text| {
         metric(text, "data_server_requests_in_flight") >= 2

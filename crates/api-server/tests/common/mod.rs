@@ -5,6 +5,8 @@
 
 pub mod wire;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +125,29 @@ pub async fn whoami(http: &reqwest::Client, api: &ApiServer) -> Result<String, S
         return Err(format!("{status}: {body}"));
     }
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Sends `n` `GET /whoami` through the proxy, each of which must succeed, and counts the answers
+/// by server id.
+pub async fn count_whoami(
+    http: &reqwest::Client,
+    api: &ApiServer,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(whoami(http, api).await.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+/// Serves `app` on a fresh loopback port of the test process (an upstream whose answers the test
+/// writes itself) and returns its address.
+pub async fn serve_in_process(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
 }
 
 /// Waits until `/registry` lists `n` servers.

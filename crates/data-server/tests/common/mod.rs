@@ -1,5 +1,4 @@
-//! Shared by the integration tests: a consumer that records every heartbeat it receives, and
-//! short forms of the HTTP requests they make.
+//! Shared by the integration tests: a consumer that records every heartbeat it receives.
 
 #![allow(dead_code)]
 
@@ -141,19 +140,4 @@ pub fn metric(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map_or(0, |v| v as u64)
-}
-
-/// GETs `url` and returns the response, whatever its status (panics if the request fails).
-pub async fn get(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> reqwest::Response {
-    client.get(url).send().await.unwrap()
-}
-
-/// GETs `url` and parses the body as JSON (panics if the request or the parse fails).
-pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> serde_json::Value {
-    get(client, url).await.json().await.unwrap()
-}
-
-/// GETs `url` and returns the body as text (panics if the request fails).
-pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
-    get(client, url).await.text().await.unwrap()
 }

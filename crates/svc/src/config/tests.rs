@@ -112,6 +112,13 @@ fn error(loader: ConfigLoader) -> ConfigError {
     loader.load::<Config>().expect_err("the config is bad")
 }
 
+/// A config file holding `text`, and the error that loading it alone gives.
+fn file_error(text: &str) -> (NamedTempFile, ConfigError) {
+    let f = file(text);
+    let err = error(loader(&f, &[]));
+    (f, err)
+}
+
 #[test]
 fn file_values_override_defaults() {
     let f = file("[announce]\ninterval = \"1m30s\"\nnsqd_tcp_addresses = [\"nsqd:4150\"]\n");
@@ -190,8 +197,7 @@ fn override_values_are_retried_as_strings() {
 
 #[test]
 fn unknown_key_names_file_table_and_allowed_keys() {
-    let f = file("[announce]\nintervall = \"5s\"\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[announce]\nintervall = \"5s\"\n");
     assert_eq!(err.kind(), ConfigErrorKind::UnknownKey);
     assert_eq!(err.key(), Some("announce.intervall"));
     assert_eq!(
@@ -211,8 +217,7 @@ fn unknown_key_names_file_table_and_allowed_keys() {
 
 #[test]
 fn wrong_type_says_expected_and_found() {
-    let f = file("[server]\nport_hint = \"eighty\"\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[server]\nport_hint = \"eighty\"\n");
     assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
     assert_eq!(
         err.to_string(),
@@ -250,8 +255,7 @@ fn bad_duration_from_file_and_from_env() {
 
 #[test]
 fn zero_interval_is_rejected_by_validate() {
-    let f = file("[announce]\ninterval = \"0s\"\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[announce]\ninterval = \"0s\"\n");
     assert_eq!(err.kind(), ConfigErrorKind::Validation);
     assert_eq!(err.origin(), &Origin::File(f.path().to_owned()));
     assert_eq!(
@@ -307,8 +311,7 @@ fn fraction_out_of_range() {
 
 #[test]
 fn syntax_errors_are_one_line_with_line_and_column() {
-    let f = file("[server]\nlisten = \"127.0.0.1:1\"\nid = = 2\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[server]\nlisten = \"127.0.0.1:1\"\nid = = 2\n");
     assert_eq!(err.kind(), ConfigErrorKind::Syntax);
     let text = err.to_string();
     assert!(!text.contains('\n'), "{text}");
