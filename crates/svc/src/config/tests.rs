@@ -238,14 +238,9 @@ fn wrong_type_says_expected_and_found() {
 
 #[test]
 fn bad_duration_from_file_and_from_env() {
-    let f = file("[announce]\ninterval = \"5 seconds\"\n");
-    assert_eq!(
-        error(loader(&f, &[])).to_string(),
-        in_file(
-            &f,
-            r#"announce.interval: expected a duration like "5s" or "250ms", found "5 seconds" (unknown unit "seconds"; use ns, us, ms, s, m, h or d)"#
-        )
-    );
+    let (f, err) = file_error("[announce]\ninterval = \"5 seconds\"\n");
+    let rest = r#"announce.interval: expected a duration like "5s" or "250ms", found "5 seconds" (unknown unit "seconds"; use ns, us, ms, s, m, h or d)"#;
+    assert_eq!(err.to_string(), in_file(&f, rest));
     let err = error(loader(&f, &[("DATA_SERVER__ANNOUNCE__INTERVAL", "5")]));
     assert_eq!(
         err.to_string(),
@@ -275,14 +270,9 @@ fn zero_interval_is_rejected_by_validate() {
 
 #[test]
 fn bad_host_port_in_a_list_names_the_element() {
-    let f = file("[announce]\nnsqd_tcp_addresses = [\"nsqd:4150\", \"nsqd\"]\n");
-    assert_eq!(
-        error(loader(&f, &[])).to_string(),
-        in_file(
-            &f,
-            r#"announce.nsqd_tcp_addresses[1]: expected host:port like "127.0.0.1:4150", "[::1]:4150" or "nsqd:4150", found "nsqd" (missing ":port")"#
-        )
-    );
+    let (f, err) = file_error("[announce]\nnsqd_tcp_addresses = [\"nsqd:4150\", \"nsqd\"]\n");
+    let rest = r#"announce.nsqd_tcp_addresses[1]: expected host:port like "127.0.0.1:4150", "[::1]:4150" or "nsqd:4150", found "nsqd" (missing ":port")"#;
+    assert_eq!(err.to_string(), in_file(&f, rest));
     let err = error(loader(&file(""), &[]).set(["announce.nsqd_tcp_addresses=a:1,b:0"]));
     assert_eq!(err.key(), Some("announce.nsqd_tcp_addresses[1]"));
     assert!(
