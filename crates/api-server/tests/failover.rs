@@ -16,10 +16,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_server() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let mut servers = Vec::new();
-    for n in 0..3 {
-        servers.push(data_server(&cluster, &format!("ds-{n}"), "500ms").await);
-    }
+    let mut servers = data_servers(&cluster, 3, "500ms").await;
     let api = api_server(&cluster, "10s", &[]).await;
     wait_servers(&api, 3).await;
 

@@ -16,6 +16,13 @@ fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The stderr of a run that must have stopped at a bad config (exit status 2).
+#[track_caller]
+fn config_error(out: std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8(out.stderr).unwrap()
+}
+
 #[test]
 fn bad_config_exits_2_with_one_line_naming_the_key() {
     let out = run(&[
@@ -24,8 +31,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
         "--set",
         "discovery.ttl=0s",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = config_error(out);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("--set discovery.ttl: discovery.ttl"),
@@ -36,8 +42,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
     let file = dir.path().join("api-server.toml");
     std::fs::write(&file, "[discovery]\nttl = \"10s\"\nlookupd = [\"x\"]\n").unwrap();
     let out = run(&["-c", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = config_error(out);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains(file.to_str().unwrap()) && stderr.contains("lookupd"),
@@ -54,8 +59,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
         "--set",
         "server.admin_listen=127.0.0.1:0",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = config_error(out);
     assert!(stderr.contains("discovery.hmac_key_file"), "{stderr}");
 
     let out = run(&["--version"]);

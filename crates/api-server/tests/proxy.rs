@@ -53,10 +53,7 @@ async fn a_fresh_api_server_holds_requests_until_the_first_heartbeat() {
 async fn every_strategy_spreads_requests_over_three_servers() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let mut servers = Vec::new();
-    for n in 0..3 {
-        servers.push(data_server(&cluster, &format!("ds-{n}"), "1s").await);
-    }
+    let servers = data_servers(&cluster, 3, "1s").await;
     let http = client();
     for strategy in ["p2c", "round_robin", "random"] {
         let api = api_server(&cluster, "10s", &[&format!("balancer.strategy={strategy}")]).await;

@@ -100,6 +100,15 @@ pub async fn data_server(cluster: &NsqCluster, id: &str, interval: &str) -> Data
         .unwrap_or_else(|e| panic!("data-server {id} starts: {e:#}"))
 }
 
+/// `n` data servers started one after the other like [`data_server`], with ids `ds-0`, `ds-1`, ...
+pub async fn data_servers(cluster: &NsqCluster, n: usize, interval: &str) -> Vec<DataServer> {
+    let mut servers = Vec::new();
+    for i in 0..n {
+        servers.push(data_server(cluster, &format!("ds-{i}"), interval).await);
+    }
+    servers
+}
+
 /// Heartbeats for `id` at `addr` every `interval`, published by the test itself (no server
 /// needs to listen at `addr`).
 pub fn announcer(cluster: &NsqCluster, id: &str, addr: &str, interval: Duration) -> Announcer {

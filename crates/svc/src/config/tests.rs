@@ -387,6 +387,11 @@ fn config_args_build_the_loader() {
         #[command(flatten)]
         config: ConfigArgs,
     }
+    // What the loader the flags build gives, with no environment.
+    let load = |cli: &Cli| -> Config {
+        let loader = cli.config.loader("DATA_SERVER");
+        loader.with_env(NO_ENV).load().unwrap()
+    };
     let f = file("[announce]\ntopic = \"from_file\"\n");
     let path = f.path().to_str().unwrap();
     let cli = Cli::try_parse_from([
@@ -399,24 +404,14 @@ fn config_args_build_the_loader() {
         "server.id=x",
     ])
     .unwrap();
-    let config: Config = cli
-        .config
-        .loader("DATA_SERVER")
-        .with_env(NO_ENV)
-        .load()
-        .unwrap();
+    let config = load(&cli);
     assert_eq!(config.announce.topic, "from_file");
     assert_eq!(config.announce.interval, HumanDuration::from_secs(2));
     assert_eq!(config.server.id.as_deref(), Some("x"));
 
     let cli = Cli::try_parse_from(["bin"]).unwrap();
     assert!(cli.config.config.is_none());
-    let config: Config = cli
-        .config
-        .loader("DATA_SERVER")
-        .with_env(NO_ENV)
-        .load()
-        .unwrap();
+    let config = load(&cli);
     assert_eq!(config, Config::default());
 }
 
