@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{collect, consumer_config, eventually};
+use common::{collect, consumer_config, eventually, producer_to};
 use nsq::{Compression, Config, ConsumerConfig, Error, Producer, ProducerConfig, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use testkit::{ClusterOptions, NsqCluster};
@@ -238,7 +238,7 @@ async fn auth_when_nsqd_requires_it() {
     let client = round_trip(&cluster, "authed", good, &[b"secret stuff".to_vec()]).await;
     assert!(client.authed);
 
-    let none = Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let none = producer_to(&cluster, 0);
     let err = none.publish("authed", b"x").await.unwrap_err();
     assert!(
         matches!(err, Error::Auth(ref m) if m.contains("no secret")),

@@ -3,10 +3,16 @@
 
 use std::time::Duration;
 
-use nsq::{Config, Consumer, ConsumerConfig, Message};
+use nsq::{Config, Consumer, ConsumerConfig, Message, Producer, ProducerConfig};
+use testkit::NsqCluster;
 use tokio::sync::mpsc;
 
 pub use testkit::eventually;
+
+/// A producer with the default settings for nsqd `i` of `cluster`.
+pub fn producer_to(cluster: &NsqCluster, i: usize) -> Producer {
+    Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap()
+}
 
 /// A consumer configuration for tests: fast reconnects and lookups.
 pub fn consumer_config() -> ConsumerConfig {
