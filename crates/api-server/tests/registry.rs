@@ -26,11 +26,7 @@ async fn a_server_appears_long_before_an_interval_and_leaves_at_once() {
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
     // Wait for the subscription, so the clock below measures discovery, not startup.
-    api.wait_registry(SOON, "a heartbeat connection", |d| {
-        d["bus"]["heartbeat_connections"].as_i64() == Some(2)
-    })
-    .await
-    .unwrap();
+    wait_subscribed(&api, 2).await;
 
     // An interval of 5 s: appearing well within it proves the first heartbeat is what registered it.
     let announcer = announcer(
@@ -195,11 +191,7 @@ async fn two_api_servers_both_list_every_server() {
     let a = api_server(&cluster, "10s", &["server.instance=a"]).await;
     let b = api_server(&cluster, "10s", &["server.instance=b"]).await;
     for api in [&a, &b] {
-        api.wait_registry(SOON, "both nsqd subscribed", |d| {
-            d["bus"]["heartbeat_connections"].as_i64() == Some(2)
-        })
-        .await
-        .unwrap();
+        wait_subscribed(api, 2).await;
     }
     let mut announcers = Vec::new();
     for n in 0..4 {

@@ -159,6 +159,17 @@ pub async fn serve_in_process(app: axum::Router) -> SocketAddr {
     addr
 }
 
+/// Waits until the heartbeat consumer holds `n` nsqd connections: the api-server has subscribed,
+/// so that what a test measures or sends from then on is not lost to startup.
+pub async fn wait_subscribed(api: &ApiServer, n: i64) {
+    let what = format!("{n} heartbeat connections");
+    api.wait_registry(SOON, &what, |d| {
+        d["bus"]["heartbeat_connections"].as_i64() == Some(n)
+    })
+    .await
+    .unwrap();
+}
+
 /// Waits until `/registry` lists `n` servers.
 pub async fn wait_servers(api: &ApiServer, n: usize) {
     api.wait_registry(SOON, &format!("{n} servers"), |d| {
