@@ -63,14 +63,8 @@ async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_
         errors.lock().unwrap()
     );
     let doc = api.registry().await.unwrap();
-    let killed = doc["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "ds-0")
-        .cloned();
     // Still within its TTL, so listed, but ejected by passive health.
-    let killed = killed.expect("ds-0 still within its TTL");
+    let killed = find_server(&doc, "ds-0").expect("ds-0 still within its TTL");
     assert!(killed["ejections"].as_u64().unwrap() >= 1, "{doc}");
     assert!(api.metric("api_proxy_ejections_total").await.unwrap() >= 1.0);
     assert!(
@@ -171,13 +165,7 @@ async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_o
         assert_eq!(whoami(&http, &api).await.unwrap(), "ds-live");
     }
     let doc = api.registry().await.unwrap();
-    let ghost = doc["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "ghost")
-        .unwrap()
-        .clone();
+    let ghost = find_server(&doc, "ghost").unwrap();
     assert!(ghost["ejections"].as_u64().unwrap() >= 1, "{doc}");
     assert!(api.metric("api_proxy_retries_total").await.unwrap() >= 1.0);
 }

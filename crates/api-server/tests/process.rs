@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use testkit::http::get;
 use testkit::{NsqCluster, Signal, eventually};
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -102,17 +103,9 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
     let mut api = api_server(&cluster, "10s", &[]).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let admin = api.admin();
-    let healthz = http
-        .get(format!("http://{admin}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let healthz = get(&http, format!("http://{admin}/healthz")).await;
     assert_eq!(healthz.status(), 200);
-    let readyz = http
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let readyz = get(&http, format!("http://{admin}/readyz")).await;
     assert_eq!(readyz.status(), 503, "no live server yet");
 
     let _server = data_server(&cluster, "ds-g", "1s").await;
@@ -121,11 +114,7 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
     })
     .await
     .unwrap();
-    let readyz = http
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let readyz = get(&http, format!("http://{admin}/readyz")).await;
     assert_eq!(readyz.status(), 200);
     let body: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(body["live_servers"], 1);

@@ -23,6 +23,12 @@ async fn metrics_of(server: &DataServer) -> String {
     get_text(&reqwest::Client::new(), server.url("/metrics")).await
 }
 
+/// Waits for `server` to exit and checks the exit code, showing its log if it differs.
+async fn assert_exits_with(server: &mut DataServer, code: i32) {
+    let exit = server.wait_exit(GENEROUS).await.unwrap();
+    assert_eq!(exit.code(), Some(code), "{}", server.log());
+}
+
 /// Polls `/metrics` until `ready` accepts it and returns it; fails the test after [`GENEROUS`],
 /// showing the metrics then.
 async fn wait_metrics(server: &DataServer, what: &str, ready: impl Fn(&str) -> bool) -> String {
@@ -133,8 +139,7 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
     let mut server = server;
     server.signal(Signal::SIGTERM).unwrap();
     tap.wait_for_leaving(server.id(), GENEROUS).await;
-    let exit = server.wait_exit(GENEROUS).await.unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", server.log());
+    assert_exits_with(&mut server, 0).await;
     tap.stop().await;
 }
 
@@ -198,8 +203,7 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
         "leaving received {:?} before the in-flight request was answered",
         answered_at - *left_at
     );
-    let exit = server.wait_exit(GENEROUS).await.unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", server.log());
+    assert_exits_with(&mut server, 0).await;
     tap.stop().await;
 }
 
@@ -279,8 +283,7 @@ async fn a_second_signal_cuts_the_drain_short() {
     server.signal(Signal::SIGTERM).unwrap();
     tap.wait_for_leaving(server.id(), GENEROUS).await;
     server.signal(Signal::SIGINT).unwrap();
-    let exit = server.wait_exit(GENEROUS).await.unwrap();
-    assert_eq!(exit.code(), Some(130), "{}", server.log());
+    assert_exits_with(&mut server, 130).await;
     assert!(slow.await.unwrap().is_err(), "the cut request fails");
     tap.stop().await;
 }
