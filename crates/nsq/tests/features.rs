@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{collect, consumer_config, eventually, producer_to};
+use common::{collect, consumer_config, eventually, producer_to, recv_within};
 use nsq::{Compression, Config, ConsumerConfig, Error, Producer, ProducerConfig, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use testkit::{ClusterOptions, NsqCluster};
@@ -89,10 +89,7 @@ async fn round_trip(
     let (consumer, mut rx) = collect(topic, cfg);
     let mut got = Vec::new();
     for _ in bodies {
-        let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("message")
-            .unwrap();
+        let m = recv_within(&mut rx, Duration::from_secs(10)).await;
         got.push(m.body().to_vec());
     }
     got.sort();

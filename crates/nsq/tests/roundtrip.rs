@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{collect, consumer_config, eventually, logs, producer_to};
+use common::{collect, consumer_config, eventually, logs, producer_to, recv_within};
 use nsq::{Consumer, ConsumerConfig, Error, Handler, Message, Producer, ProducerConfig};
 use testkit::NsqCluster;
 use tokio::sync::mpsc;
@@ -18,11 +18,8 @@ fn direct(cluster: &NsqCluster, i: usize) -> ConsumerConfig {
     }
 }
 
-async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a message within 10s")
-        .unwrap()
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    recv_within(rx, Duration::from_secs(10)).await
 }
 
 #[tokio::test]
@@ -137,14 +134,8 @@ async fn requeue_redelivers_with_attempts_plus_one() {
     })
     .unwrap();
     producer.publish("req", b"again").await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = recv(&mut rx).await;
+    let second = recv(&mut rx).await;
     assert_eq!((first, second), (1, 2));
     consumer.stop(Duration::from_secs(5)).await;
     let stats = cluster.stats(0, "req", Some("test")).await.unwrap();
@@ -232,10 +223,7 @@ async fn touch_keeps_a_message_past_a_short_msg_timeout() {
     })
     .unwrap();
     producer.publish("touch", b"slow work").await.unwrap();
-    let attempts = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let attempts = recv(&mut rx).await;
     assert_eq!(attempts, 1);
     let report = consumer.stop(Duration::from_secs(5)).await;
     assert!(report.clean);
