@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
+use testkit::http::get;
 use testkit::{NsqCluster, eventually};
 
 /// Bound for the load of a test to reach a number of answers (generous: proves the failover, not the speed).
@@ -202,11 +203,7 @@ async fn the_retry_budget_stops_retries_when_every_server_fails() {
     let http = client();
     let requests = 200;
     for _ in 0..requests {
-        let response = http
-            .get(format!("http://{}/x", api.proxy()))
-            .send()
-            .await
-            .unwrap();
+        let response = get(&http, format!("http://{}/x", api.proxy())).await;
         assert_eq!(response.status(), 502);
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["request_id"].is_string(), "{body}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use sha2::{Digest, Sha256};
 use testkit::NsqCluster;
-use testkit::http::send_json;
+use testkit::http::{get, send_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_live_server_gives_503_json_naming_the_request() {
@@ -88,11 +88,8 @@ async fn twenty_megabytes_pass_both_ways_intact() {
     let http = client();
     const SIZE: usize = 20 * 1024 * 1024;
     // Warm up the paths, so the measurement below sees the transfers, not first-use allocations.
-    let _ = http
-        .get(format!("http://{}/bytes/100000", api.proxy()))
-        .send()
+    let _ = get(&http, format!("http://{}/bytes/100000", api.proxy()))
         .await
-        .unwrap()
         .bytes()
         .await;
     let peak_before = peak_rss_kib(pid);
@@ -110,11 +107,7 @@ async fn twenty_megabytes_pass_both_ways_intact() {
     assert_eq!(body["bytes"], SIZE as u64);
     assert_eq!(body["sha256"], expected);
 
-    let response = http
-        .get(format!("http://{}/bytes/{SIZE}", api.proxy()))
-        .send()
-        .await
-        .unwrap();
+    let response = get(&http, format!("http://{}/bytes/{SIZE}", api.proxy())).await;
     assert_eq!(response.status(), 200);
     let bytes = response.bytes().await.unwrap();
     assert_eq!(bytes.len(), SIZE);

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use discovery::{Heartbeat, State};
 use serde_json::Value;
+use testkit::http::get;
 use testkit::{NsqCluster, eventually};
 
 fn ids(doc: &Value) -> Vec<String> {
@@ -227,11 +228,7 @@ async fn the_event_stream_sends_a_snapshot_then_each_change() {
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut response = http
-        .get(format!("http://{}/registry/events", api.admin()))
-        .send()
-        .await
-        .unwrap();
+    let mut response = get(&http, format!("http://{}/registry/events", api.admin())).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut text = String::new();
     let mut read_until = async |needle: &str, text: &mut String| {
