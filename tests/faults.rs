@@ -38,7 +38,7 @@ fn load_options() -> LoadOptions {
 
 /// Runs one fault under load, checks the report with `check` while the stack still runs (so
 /// that a failure prints every process's log), then shuts the stack down gracefully.
-async fn run(fault: Fault, check: impl FnOnce(&FaultReport)) {
+async fn run(fault: Fault, check: impl FnOnce(Fault, &FaultReport)) {
     let mut run = FaultRun::start(stack_options(), load_options())
         .await
         .expect("starting the stack under load");
@@ -62,7 +62,7 @@ async fn run(fault: Fault, check: impl FnOnce(&FaultReport)) {
             eprintln!("--- nsqd{i} log ---\n{}", run.stack.cluster.nsqd_log(i));
         }
     }
-    check(&report);
+    check(fault, &report);
     run.shutdown().await.expect("graceful shutdown");
 }
 
@@ -84,27 +84,37 @@ fn assert_registry_and_archive(fault: Fault, r: &FaultReport) {
     assert!(r.audit.published > 0, "{fault}: nothing was published");
 }
 
-/// Zero failed requests and zero expiries.
-fn assert_invisible(fault: Fault, r: &FaultReport) {
+/// Fails the test unless `count` is 0, saying `what` it counts and listing every failed request.
+#[track_caller]
+fn assert_zero(fault: Fault, r: &FaultReport, count: u64, what: &str) {
     assert_eq!(
-        r.failures,
+        count,
         0,
-        "{fault}: {} of {} requests failed:\n{}",
-        r.failures,
-        r.requests,
+        "{fault}: {what}:\n{}",
         r.failure_details.join("\n")
     );
+}
+
+/// Zero failed requests.
+#[track_caller]
+fn assert_no_failures(fault: Fault, r: &FaultReport) {
+    let what = format!("{} of {} requests failed", r.failures, r.requests);
+    assert_zero(fault, r, r.failures, &what);
+}
+
+/// Zero failed requests and zero expiries.
+fn assert_invisible(fault: Fault, r: &FaultReport) {
+    assert_no_failures(fault, r);
     assert_eq!(r.expiries, 0, "{fault}: no server may expire");
     assert_registry_and_archive(fault, r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nsqd_killed_and_restarted_under_load() {
-    let fault = Fault::NsqdKill;
     // With --mem-queue-size=0 every message nsqd accepted is in its disk queues, and nothing
     // is lost. (The kill waits until nsqd wrote its queues' first metadata; before that, nsqd
     // v1.3.0 loses undelivered messages on restart: see `Fault::NsqdKill`.)
-    run(fault, |r| {
+    run(Fault::NsqdKill, |fault, r| {
         assert!(
             r.nsqd_reported_loss.is_empty(),
             "{:?}",
@@ -117,27 +127,23 @@ async fn nsqd_killed_and_restarted_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nsqd_frozen_then_thawed() {
-    let fault = Fault::NsqdFreeze;
-    run(fault, |r| assert_invisible(fault, r)).await;
+    run(Fault::NsqdFreeze, assert_invisible).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nsqlookupd_down_for_several_poll_intervals() {
-    let fault = Fault::LookupdDown;
-    run(fault, |r| assert_invisible(fault, r)).await;
+    run(Fault::LookupdDown, assert_invisible).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_nsqd_down_for_three_ttls() {
-    let fault = Fault::AllNsqdDown;
     // Self-preservation: the registry freezes instead of expiring everyone.
-    run(fault, |r| assert_invisible(fault, r)).await;
+    run(Fault::AllNsqdDown, assert_invisible).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_server_frozen_until_expired() {
-    let fault = Fault::DataServerFreeze;
-    run(fault, |r| data_server_freeze_checks(fault, r)).await;
+    run(Fault::DataServerFreeze, data_server_freeze_checks).await;
 }
 
 fn data_server_freeze_checks(fault: Fault, r: &FaultReport) {
@@ -147,21 +153,13 @@ fn data_server_freeze_checks(fault: Fault, r: &FaultReport) {
     // freeze longer than `proxy.try_timeout` would turn each of them into a 504 instead: the
     // proxy does not retry a timed-out try.
     assert!(r.expiries >= 1, "the frozen server expires");
-    assert_eq!(
-        r.failures,
-        0,
-        "{fault}: {} of {} requests failed:\n{}",
-        r.failures,
-        r.requests,
-        r.failure_details.join("\n")
-    );
+    assert_no_failures(fault, r);
     assert_registry_and_archive(fault, r);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_deploy_of_every_data_server() {
-    let fault = Fault::RollingDeploy;
-    run(fault, |r| {
+    run(Fault::RollingDeploy, |fault, r| {
         assert_eq!(r.leaves, 3, "each data server left once");
         assert!(r.joins >= 3, "each data server joined again");
         assert_invisible(fault, r);
@@ -171,8 +169,7 @@ async fn rolling_deploy_of_every_data_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_restarted() {
-    let fault = Fault::ApiServerRestart;
-    run(fault, |r| api_server_restart_checks(fault, r)).await;
+    run(Fault::ApiServerRestart, api_server_restart_checks).await;
 }
 
 fn api_server_restart_checks(fault: Fault, r: &FaultReport) {
@@ -182,23 +179,23 @@ fn api_server_restart_checks(fault: Fault, r: &FaultReport) {
     // to a keep-alive connection closed under it (no `IncompleteMessage`). The new api-server
     // holds requests until its registry hears the first heartbeat (its warm-up), so no
     // `503 no live data server`. Nothing else may fail.
-    assert_eq!(
+    assert_zero(
+        fault,
+        r,
         r.closed_while_draining,
-        0,
-        "{fault}: a keep-alive connection was closed under a request:\n{}",
-        r.failure_details.join("\n")
+        "a keep-alive connection was closed under a request",
     );
-    assert_eq!(
+    assert_zero(
+        fault,
+        r,
         r.no_servers_after_restart,
-        0,
-        "{fault}: the restarted api-server answered 503 before its first heartbeat:\n{}",
-        r.failure_details.join("\n")
+        "the restarted api-server answered 503 before its first heartbeat",
     );
-    assert_eq!(
+    assert_zero(
+        fault,
+        r,
         r.unexpected_failures(),
-        0,
-        "{fault}: failures other than refused connections and closed keep-alive connections:\n{}",
-        r.failure_details.join("\n")
+        "failures other than refused connections and closed keep-alive connections",
     );
     eprintln!(
         "{fault}: {} refused while restarting, {} closed while draining, of {} requests",

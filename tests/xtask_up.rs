@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use testkit::http::get_json;
 use testkit::project_bin;
 
 fn alive(pid: u32) -> bool {
@@ -60,14 +61,7 @@ fn xtask_up_serves_and_ctrl_c_leaves_nothing_behind() {
             .unwrap();
         let mut ids = std::collections::HashSet::new();
         for _ in 0..60 {
-            let v: serde_json::Value = http
-                .get(format!("{proxy}/whoami"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v: serde_json::Value = get_json(&http, format!("{proxy}/whoami")).await;
             ids.insert(v["id"].as_str().unwrap().to_string());
         }
         ids

@@ -160,30 +160,23 @@ impl Metrics {
             "nsqd connections of the heartbeat consumer.",
             move || b.heartbeat_connections() as f64,
         );
-        let b = bus.clone();
-        m.counter_fn(
-            "api_canaries_published_total",
-            "Canaries published.",
-            move || b.counters().0 as f64,
-        );
-        let b = bus.clone();
-        m.counter_fn(
-            "api_canaries_received_total",
-            "Fresh canaries received.",
-            move || b.counters().1 as f64,
-        );
-        let b = bus.clone();
-        m.counter_fn(
-            "api_canary_publish_failures_total",
-            "Canary publishes that failed.",
-            move || b.counters().2 as f64,
-        );
-        let b = bus.clone();
-        m.counter_fn(
-            "api_bus_down_total",
-            "Times the bus was found down.",
-            move || b.counters().3 as f64,
-        );
+        // The bus's counters, in the order `Bus::counters` returns them.
+        let bus_counters = [
+            ("api_canaries_published_total", "Canaries published."),
+            ("api_canaries_received_total", "Fresh canaries received."),
+            (
+                "api_canary_publish_failures_total",
+                "Canary publishes that failed.",
+            ),
+            ("api_bus_down_total", "Times the bus was found down."),
+        ];
+        for (i, (name, help)) in bus_counters.into_iter().enumerate() {
+            let b = bus.clone();
+            m.counter_fn(name, help, move || {
+                let (published, received, failed, down) = b.counters();
+                [published, received, failed, down][i] as f64
+            });
+        }
         let events = m.counter_vec(
             "api_registry_events_total",
             "Registry changes by kind; kind=\"expire\" counts expirations.",

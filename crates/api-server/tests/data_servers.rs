@@ -20,11 +20,7 @@ async fn a_data_server_joins_within_one_hop_and_leaves_at_once_on_sigterm() {
     let cluster = NsqCluster::start(2).await.unwrap();
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
-    api.wait_registry(SOON, "both nsqd subscribed", |d| {
-        d["bus"]["heartbeat_connections"].as_i64() == Some(2)
-    })
-    .await
-    .unwrap();
+    wait_subscribed(&api, 2).await;
     // A 5 s interval: showing up well within it proves the first heartbeat did it.
     let mut server = data_server(&cluster, "ds-1", "5s").await;
     let started = Instant::now();

@@ -2,12 +2,12 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
+use testkit::http::get;
 use testkit::{NsqCluster, eventually};
 
 /// Bound for the load of a test to reach a number of answers (generous: proves the failover, not the speed).
@@ -17,10 +17,7 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_server() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let mut servers = Vec::new();
-    for n in 0..3 {
-        servers.push(data_server(&cluster, &format!("ds-{n}"), "500ms").await);
-    }
+    let mut servers = data_servers(&cluster, 3, "500ms").await;
     let api = api_server(&cluster, "10s", &[]).await;
     wait_servers(&api, 3).await;
 
@@ -67,14 +64,8 @@ async fn a_sigkill_during_a_request_stream_costs_clients_nothing_and_ejects_the_
         errors.lock().unwrap()
     );
     let doc = api.registry().await.unwrap();
-    let killed = doc["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "ds-0")
-        .cloned();
     // Still within its TTL, so listed, but ejected by passive health.
-    let killed = killed.expect("ds-0 still within its TTL");
+    let killed = find_server(&doc, "ds-0").expect("ds-0 still within its TTL");
     assert!(killed["ejections"].as_u64().unwrap() >= 1, "{doc}");
     assert!(api.metric("api_proxy_ejections_total").await.unwrap() >= 1.0);
     assert!(
@@ -175,13 +166,7 @@ async fn a_refused_connection_is_retried_on_another_server_and_ejects_the_dead_o
         assert_eq!(whoami(&http, &api).await.unwrap(), "ds-live");
     }
     let doc = api.registry().await.unwrap();
-    let ghost = doc["servers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == "ghost")
-        .unwrap()
-        .clone();
+    let ghost = find_server(&doc, "ghost").unwrap();
     assert!(ghost["ejections"].as_u64().unwrap() >= 1, "{doc}");
     assert!(api.metric("api_proxy_retries_total").await.unwrap() >= 1.0);
 }
@@ -218,11 +203,7 @@ async fn the_retry_budget_stops_retries_when_every_server_fails() {
     let http = client();
     let requests = 200;
     for _ in 0..requests {
-        let response = http
-            .get(format!("http://{}/x", api.proxy()))
-            .send()
-            .await
-            .unwrap();
+        let response = get(&http, format!("http://{}/x", api.proxy())).await;
         assert_eq!(response.status(), 502);
         let body: serde_json::Value = response.json().await.unwrap();
         assert!(body["request_id"].is_string(), "{body}");
@@ -249,10 +230,7 @@ async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
     let api = api_server(&cluster, "10s", &["balancer.strategy=round_robin"]).await;
     wait_servers(&api, 2).await;
     let http = client();
-    let mut seen = BTreeMap::<String, usize>::new();
-    for _ in 0..20 {
-        *seen.entry(whoami(&http, &api).await.unwrap()).or_default() += 1;
-    }
+    let seen = count_whoami(&http, &api, 20).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
 
     leaving.signal(testkit::Signal::SIGTERM).unwrap();

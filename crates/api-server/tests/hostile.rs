@@ -90,11 +90,7 @@ async fn hostile_heartbeats_never_admit_a_server_and_are_counted_by_reason() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let mut api = api_server(&cluster, "60s", &["server.instance=hostile"]).await;
-    api.wait_registry(SOON, "the subscription", |d| {
-        d["bus"]["heartbeat_connections"].as_i64() == Some(1)
-    })
-    .await
-    .unwrap();
+    wait_subscribed(&api, 1).await;
     let out = Publisher::new(&cluster);
     let mut expected = Expected::default();
     let epoch = now_ms();

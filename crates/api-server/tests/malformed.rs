@@ -32,11 +32,7 @@ async fn malformed_unsigned_and_self_heartbeats_are_rejected_and_counted() {
     )
     .await;
     for api in [&open, &keyed] {
-        api.wait_registry(SOON, "the subscription", |d| {
-            d["bus"]["heartbeat_connections"].as_i64() == Some(1)
-        })
-        .await
-        .unwrap();
+        wait_subscribed(api, 1).await;
     }
 
     let mut signed = Heartbeat::new("data-signed", "127.0.0.1:19101", 1, 1);

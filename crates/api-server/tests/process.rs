@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use testkit::http::get;
 use testkit::{NsqCluster, Signal, eventually};
 
 fn run(args: &[&str]) -> std::process::Output {
@@ -16,6 +17,13 @@ fn run(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// The stderr of a run that must have stopped at a bad config (exit status 2).
+#[track_caller]
+fn config_error(out: std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(2));
+    String::from_utf8(out.stderr).unwrap()
+}
+
 #[test]
 fn bad_config_exits_2_with_one_line_naming_the_key() {
     let out = run(&[
@@ -24,8 +32,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
         "--set",
         "discovery.ttl=0s",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = config_error(out);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains("--set discovery.ttl: discovery.ttl"),
@@ -36,8 +43,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
     let file = dir.path().join("api-server.toml");
     std::fs::write(&file, "[discovery]\nttl = \"10s\"\nlookupd = [\"x\"]\n").unwrap();
     let out = run(&["-c", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = config_error(out);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(
         stderr.contains(file.to_str().unwrap()) && stderr.contains("lookupd"),
@@ -54,8 +60,7 @@ fn bad_config_exits_2_with_one_line_naming_the_key() {
         "--set",
         "server.admin_listen=127.0.0.1:0",
     ]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8(out.stderr).unwrap();
+    let stderr = config_error(out);
     assert!(stderr.contains("discovery.hmac_key_file"), "{stderr}");
 
     let out = run(&["--version"]);
@@ -98,17 +103,9 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
     let mut api = api_server(&cluster, "10s", &[]).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let admin = api.admin();
-    let healthz = http
-        .get(format!("http://{admin}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let healthz = get(&http, format!("http://{admin}/healthz")).await;
     assert_eq!(healthz.status(), 200);
-    let readyz = http
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let readyz = get(&http, format!("http://{admin}/readyz")).await;
     assert_eq!(readyz.status(), 503, "no live server yet");
 
     let _server = data_server(&cluster, "ds-g", "1s").await;
@@ -117,11 +114,7 @@ async fn health_readiness_and_a_graceful_stop_that_finishes_requests_in_flight()
     })
     .await
     .unwrap();
-    let readyz = http
-        .get(format!("http://{admin}/readyz"))
-        .send()
-        .await
-        .unwrap();
+    let readyz = get(&http, format!("http://{admin}/readyz")).await;
     assert_eq!(readyz.status(), 200);
     let body: serde_json::Value = readyz.json().await.unwrap();
     assert_eq!(body["live_servers"], 1);

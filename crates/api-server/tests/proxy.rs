@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use sha2::{Digest, Sha256};
 use testkit::NsqCluster;
+use testkit::http::{get, send_json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_live_server_gives_503_json_naming_the_request() {
@@ -52,20 +53,12 @@ async fn a_fresh_api_server_holds_requests_until_the_first_heartbeat() {
 async fn every_strategy_spreads_requests_over_three_servers() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let mut servers = Vec::new();
-    for n in 0..3 {
-        servers.push(data_server(&cluster, &format!("ds-{n}"), "1s").await);
-    }
+    let servers = data_servers(&cluster, 3, "1s").await;
     let http = client();
     for strategy in ["p2c", "round_robin", "random"] {
         let api = api_server(&cluster, "10s", &[&format!("balancer.strategy={strategy}")]).await;
         wait_servers(&api, 3).await;
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        for _ in 0..300 {
-            *counts
-                .entry(whoami(&http, &api).await.unwrap())
-                .or_default() += 1;
-        }
+        let counts = count_whoami(&http, &api, 300).await;
         assert_eq!(counts.len(), 3, "{strategy}: {counts:?}");
         for (id, n) in &counts {
             let (low, high) = if strategy == "round_robin" {
@@ -95,11 +88,8 @@ async fn twenty_megabytes_pass_both_ways_intact() {
     let http = client();
     const SIZE: usize = 20 * 1024 * 1024;
     // Warm up the paths, so the measurement below sees the transfers, not first-use allocations.
-    let _ = http
-        .get(format!("http://{}/bytes/100000", api.proxy()))
-        .send()
+    let _ = get(&http, format!("http://{}/bytes/100000", api.proxy()))
         .await
-        .unwrap()
         .bytes()
         .await;
     let peak_before = peak_rss_kib(pid);
@@ -117,11 +107,7 @@ async fn twenty_megabytes_pass_both_ways_intact() {
     assert_eq!(body["bytes"], SIZE as u64);
     assert_eq!(body["sha256"], expected);
 
-    let response = http
-        .get(format!("http://{}/bytes/{SIZE}", api.proxy()))
-        .send()
-        .await
-        .unwrap();
+    let response = get(&http, format!("http://{}/bytes/{SIZE}", api.proxy())).await;
     assert_eq!(response.status(), 200);
     let bytes = response.bytes().await.unwrap();
     assert_eq!(bytes.len(), SIZE);
@@ -146,8 +132,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
     use axum::http::HeaderMap;
     // An upstream that answers with the headers it received.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
     let app = axum::Router::new().fallback(|headers: HeaderMap| async move {
         let map: BTreeMap<String, String> = headers
             .iter()
@@ -155,7 +139,7 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
             .collect();
         axum::Json(map)
     });
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let upstream = serve_in_process(app).await;
 
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
@@ -175,16 +159,11 @@ async fn forwarding_headers_arrive_and_hop_by_hop_headers_do_not() {
     );
     wait_servers(&api, 1).await;
     wait_servers(&untrusting, 1).await;
-    let forged: BTreeMap<String, String> = client()
+    let forging = client()
         .get(format!("http://{}/h", untrusting.proxy()))
         .header("x-forwarded-for", "203.0.113.9")
-        .header("forwarded", "for=203.0.113.9")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .header("forwarded", "for=203.0.113.9");
+    let forged: BTreeMap<String, String> = send_json(forging).await;
     assert_eq!(
         forged["x-forwarded-for"], "127.0.0.1",
         "untrusted hops are dropped"
@@ -242,11 +221,9 @@ async fn weights_from_heartbeat_meta_shift_the_share() {
     // Two upstreams in the test process, one announcing weight 3.
     let mut addrs = Vec::new();
     for name in ["light", "heavy"] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(listener.local_addr().unwrap());
         let app = axum::Router::new()
             .fallback(move || async move { axum::Json(serde_json::json!({ "id": name })) });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        addrs.push(serve_in_process(app).await);
     }
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
@@ -266,12 +243,7 @@ async fn weights_from_heartbeat_meta_shift_the_share() {
     let _heavy = weighted("heavy", &addrs[1].to_string(), 3);
     wait_servers(&api, 2).await;
     let http = client();
-    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-    for _ in 0..400 {
-        *counts
-            .entry(whoami(&http, &api).await.unwrap())
-            .or_default() += 1;
-    }
+    let counts = count_whoami(&http, &api, 400).await;
     let heavy = counts.get("heavy").copied().unwrap_or(0);
     assert!(
         (240..=360).contains(&heavy),

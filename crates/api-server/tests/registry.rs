@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use discovery::{Heartbeat, State};
 use serde_json::Value;
+use testkit::http::get;
 use testkit::{NsqCluster, eventually};
 
 fn ids(doc: &Value) -> Vec<String> {
@@ -26,11 +27,7 @@ async fn a_server_appears_long_before_an_interval_and_leaves_at_once() {
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
     // Wait for the subscription, so the clock below measures discovery, not startup.
-    api.wait_registry(SOON, "a heartbeat connection", |d| {
-        d["bus"]["heartbeat_connections"].as_i64() == Some(2)
-    })
-    .await
-    .unwrap();
+    wait_subscribed(&api, 2).await;
 
     // An interval of 5 s: appearing well within it proves the first heartbeat is what registered it.
     let announcer = announcer(
@@ -195,11 +192,7 @@ async fn two_api_servers_both_list_every_server() {
     let a = api_server(&cluster, "10s", &["server.instance=a"]).await;
     let b = api_server(&cluster, "10s", &["server.instance=b"]).await;
     for api in [&a, &b] {
-        api.wait_registry(SOON, "both nsqd subscribed", |d| {
-            d["bus"]["heartbeat_connections"].as_i64() == Some(2)
-        })
-        .await
-        .unwrap();
+        wait_subscribed(api, 2).await;
     }
     let mut announcers = Vec::new();
     for n in 0..4 {
@@ -235,11 +228,7 @@ async fn the_event_stream_sends_a_snapshot_then_each_change() {
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut response = http
-        .get(format!("http://{}/registry/events", api.admin()))
-        .send()
-        .await
-        .unwrap();
+    let mut response = get(&http, format!("http://{}/registry/events", api.admin())).await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut text = String::new();
     let mut read_until = async |needle: &str, text: &mut String| {

@@ -40,11 +40,7 @@ async fn replayed_signed_heartbeats_revive_nothing() {
         ],
     )
     .await;
-    api.wait_registry(SOON, "the subscription", |d| {
-        d["bus"]["heartbeat_connections"].as_i64() == Some(1)
-    })
-    .await
-    .unwrap();
+    wait_subscribed(&api, 1).await;
     let key = HmacKey::from_bytes(KEY).unwrap();
     let out = Publisher::new(&cluster);
     let epoch = now_ms();

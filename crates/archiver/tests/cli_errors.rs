@@ -22,6 +22,15 @@ fn run(db: &std::path::Path, sets: &[&str]) -> Output {
     cmd.output().unwrap()
 }
 
+/// A new, empty archive at `db`, all in that one file: checkpointed, with no `-wal` or `-shm`
+/// file beside it (so that the test can change the file's bytes or mode alone).
+fn new_archive_file(db: &std::path::Path) {
+    archiver::Store::open(db).unwrap().checkpoint().unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+}
+
 /// Exit status 2 and exactly one line on stderr, containing `needle`.
 fn assert_one_line_exit_2(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -48,13 +57,10 @@ fn another_programs_database_exits_2() {
     let db = dir.path().join("theirs.db");
     // An archive whose header then says it belongs to another program (application_id, at
     // offset 68 of the SQLite header).
-    archiver::Store::open(&db).unwrap().checkpoint().unwrap();
+    new_archive_file(&db);
     let mut bytes = std::fs::read(&db).unwrap();
     bytes[68..72].copy_from_slice(&7i32.to_be_bytes());
     std::fs::write(&db, bytes).unwrap();
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
     let out = run(&db, &["archive.topics=t"]);
     assert_one_line_exit_2(&out, "is not an archiver database");
 }
@@ -65,10 +71,7 @@ fn a_read_only_database_exits_2() {
     let sub = dir.path().join("ro");
     std::fs::create_dir(&sub).unwrap();
     let db = sub.join("archive.db");
-    archiver::Store::open(&db).unwrap().checkpoint().unwrap();
-    for suffix in ["-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
+    new_archive_file(&db);
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o555)).unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

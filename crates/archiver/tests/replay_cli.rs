@@ -67,6 +67,22 @@ fn replay(db: &std::path::Path, cluster: &NsqCluster, extra: &[&str]) -> Vec<Str
     args
 }
 
+/// Runs `archiver replay` with `extra` to its end and returns its stdout; fails the test, showing
+/// stdout and stderr, unless it exits successfully.
+fn replay_to_success(db: &std::path::Path, cluster: &NsqCluster, extra: &[&str]) -> String {
+    let out = Command::new(ARCHIVER)
+        .args(replay(db, cluster, extra))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 fn ts(i: i64) -> String {
     (BASE_NS + i * 1_000_000).to_string()
 }
@@ -94,16 +110,7 @@ async fn a_range_is_replayed_in_order_into_a_new_topic() {
         "--until",
         &until,
     ];
-    let out = Command::new(ARCHIVER)
-        .args(replay(&db, &cluster, &extra))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_to_success(&db, &cluster, &extra);
     assert!(
         stdout.starts_with("done: replayed 200 messages"),
         "{stdout}"
@@ -237,16 +244,7 @@ async fn an_interrupted_replay_resumes_without_sending_anything_twice() {
         "the replay finished before it was interrupted"
     );
 
-    let out = Command::new(ARCHIVER)
-        .args(replay(&db, &cluster, &job))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = replay_to_success(&db, &cluster, &job);
     assert!(stdout.starts_with("done: replayed"), "{stdout}");
 
     eventually(

@@ -6,22 +6,16 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{body, read_archive, rows, run_args, spawn_archiver, workdir};
+use common::{archived_topic, body, read_archive, rows, run_args, spawn_archiver};
 use nsq::{Producer, ProducerConfig};
-use testkit::{NsqCluster, Signal, eventually};
+use testkit::{Signal, eventually};
 
 const TOPIC: &str = "crashy";
 const TOTAL: usize = 10_000;
 
 #[tokio::test]
 async fn two_sigkills_lose_and_duplicate_nothing() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let (dir, db) = workdir();
-    // The channel exists before the first publish, so nsqd keeps every message for it.
-    cluster
-        .create_topic(0, TOPIC, Some("archive"))
-        .await
-        .unwrap();
+    let (cluster, dir, db) = archived_topic(TOPIC).await;
     let mut archiver = spawn_archiver(dir.path(), run_args(&db, &cluster, &[TOPIC]));
 
     let nsqd = cluster.nsqd_tcp(0).to_string();
@@ -79,13 +73,8 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
 async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
     // Large enough that the archiver (even a fast one on a quiet machine) is still at it when SIGTERM lands.
     const BURST: usize = 100_000;
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let (dir, db) = workdir();
     let topic = "bursty";
-    cluster
-        .create_topic(0, topic, Some("archive"))
-        .await
-        .unwrap();
+    let (cluster, dir, db) = archived_topic(topic).await;
     let producer =
         Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
     for chunk in (0..BURST).collect::<Vec<_>>().chunks(500) {
@@ -136,13 +125,8 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
 
 #[tokio::test]
 async fn a_second_signal_cuts_the_drain_short() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let (dir, db) = workdir();
     let topic = "stuck";
-    cluster
-        .create_topic(0, topic, Some("archive"))
-        .await
-        .unwrap();
+    let (cluster, dir, db) = archived_topic(topic).await;
     // Without the second signal the drain would wait a minute for the frozen nsqd.
     let mut args = run_args(&db, &cluster, &[topic]);
     let timeout = args

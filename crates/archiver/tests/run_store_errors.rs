@@ -6,20 +6,15 @@ mod common;
 use std::time::Duration;
 
 use archiver::{NewMessage, Store};
-use common::{body, read_archive, rows, run_args, spawn_archiver, workdir};
+use common::{archived_topic, body, read_archive, rows, run_args, spawn_archiver, workdir};
 use nsq::{Producer, ProducerConfig};
 use testkit::{NsqCluster, eventually};
 
 #[tokio::test]
 async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
     const N: usize = 50;
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let (dir, db) = workdir();
     let topic = "locked";
-    cluster
-        .create_topic(0, topic, Some("archive"))
-        .await
-        .unwrap();
+    let (cluster, dir, db) = archived_topic(topic).await;
     Store::open(&db).unwrap();
     let mut args = run_args(&db, &cluster, &[topic]);
     args.extend(["--set".into(), "archive.requeue_delay=1s".into()]);

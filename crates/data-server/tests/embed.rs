@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::{Tap, until};
-use discovery::{Announcer, AnnouncerConfig, State};
+use discovery::{Announcer, AnnouncerConfig};
 use testkit::NsqCluster;
 
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -64,10 +64,7 @@ async fn an_unhealthy_service_stops_announcing_and_resumes_when_healthy() {
 
     announcer.leave().await.unwrap();
     task.await.unwrap();
-    tap.wait_for("embedded-1", GENEROUS, |hbs| {
-        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-    })
-    .await;
+    tap.wait_for_leaving("embedded-1", GENEROUS).await;
     announcer.close(Duration::from_secs(1)).await;
     tap.stop().await;
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use data_server::{AppState, app, pattern_byte};
 use sha2::{Digest, Sha256};
+use testkit::http::{get, get_json, get_text, send, send_json};
 
 async fn serve() -> (SocketAddr, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -16,21 +17,10 @@ async fn serve() -> (SocketAddr, reqwest::Client) {
 #[tokio::test]
 async fn whoami_and_healthz() {
     let (addr, client) = serve().await;
-    let who: serde_json::Value = client
-        .get(format!("http://{addr}/whoami"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let who: serde_json::Value = get_json(&client, format!("http://{addr}/whoami")).await;
     assert_eq!(who["id"], "data-1");
     assert_eq!(who["addr"], addr.to_string());
-    let health = client
-        .get(format!("http://{addr}/healthz"))
-        .send()
-        .await
-        .unwrap();
+    let health = get(&client, format!("http://{addr}/healthz")).await;
     assert_eq!(health.status(), 200);
 }
 
@@ -38,7 +28,7 @@ async fn whoami_and_healthz() {
 async fn kv_put_get_delete() {
     let (addr, client) = serve().await;
     let url = format!("http://{addr}/kv/greeting");
-    assert_eq!(client.get(&url).send().await.unwrap().status(), 404);
+    assert_eq!(get(&client, &url).await.status(), 404);
     assert_eq!(
         client
             .put(&url)
@@ -53,12 +43,9 @@ async fn kv_put_get_delete() {
         client.put(&url).body("hi").send().await.unwrap().status(),
         204
     );
-    assert_eq!(
-        client.get(&url).send().await.unwrap().text().await.unwrap(),
-        "hi"
-    );
+    assert_eq!(get_text(&client, &url).await, "hi");
     assert_eq!(client.delete(&url).send().await.unwrap().status(), 204);
-    let missing = client.get(&url).send().await.unwrap();
+    let missing = get(&client, &url).await;
     assert_eq!(missing.status(), 404);
     let error: serde_json::Value = missing.json().await.unwrap();
     assert!(error["error"].as_str().unwrap().contains("greeting"));
@@ -71,35 +58,19 @@ async fn twenty_megabytes_stream_both_ways() {
     let body: Vec<u8> = (0..size as u64).map(|i| (i * 7 % 256) as u8).collect();
     let digest = hex::encode(Sha256::digest(&body));
 
-    let echoed = client
+    let echo = client
         .post(format!("http://{addr}/echo"))
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .body(body.clone());
+    let echoed = send(echo).await.bytes().await.unwrap();
     assert_eq!(echoed.len(), size);
     assert!(echoed[..] == body[..], "echo returns the body unchanged");
 
-    let uploaded: serde_json::Value = client
-        .put(format!("http://{addr}/upload"))
-        .body(body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let uploaded: serde_json::Value =
+        send_json(client.put(format!("http://{addr}/upload")).body(body)).await;
     assert_eq!(uploaded["bytes"], size);
     assert_eq!(uploaded["sha256"], digest);
 
-    let response = client
-        .get(format!("http://{addr}/bytes/{size}"))
-        .send()
-        .await
-        .unwrap();
+    let response = get(&client, format!("http://{addr}/bytes/{size}")).await;
     assert_eq!(response.content_length(), Some(size as u64));
     let bytes = response.bytes().await.unwrap();
     assert_eq!(bytes.len(), size);
@@ -115,27 +86,12 @@ async fn twenty_megabytes_stream_both_ways() {
 async fn slow_waits_and_bounds_are_enforced() {
     let (addr, client) = serve().await;
     let started = std::time::Instant::now();
-    let slow: serde_json::Value = client
-        .get(format!("http://{addr}/slow?ms=200"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let slow: serde_json::Value = get_json(&client, format!("http://{addr}/slow?ms=200")).await;
     assert!(started.elapsed() >= std::time::Duration::from_millis(200));
     assert_eq!(slow["slept_ms"], 200);
-    let too_slow = client
-        .get(format!("http://{addr}/slow?ms=600000"))
-        .send()
-        .await
-        .unwrap();
+    let too_slow = get(&client, format!("http://{addr}/slow?ms=600000")).await;
     assert_eq!(too_slow.status(), 400);
-    let too_big = client
-        .get(format!("http://{addr}/bytes/99999999999"))
-        .send()
-        .await
-        .unwrap();
+    let too_big = get(&client, format!("http://{addr}/bytes/99999999999")).await;
     assert_eq!(too_big.status(), 400);
 }
 
@@ -143,25 +99,10 @@ async fn slow_waits_and_bounds_are_enforced() {
 async fn metrics_count_requests_by_route() {
     let (addr, client) = serve().await;
     for key in ["a", "b", "c"] {
-        client
-            .get(format!("http://{addr}/kv/{key}"))
-            .send()
-            .await
-            .unwrap();
+        get(&client, format!("http://{addr}/kv/{key}")).await;
     }
-    client
-        .get(format!("http://{addr}/nowhere"))
-        .send()
-        .await
-        .unwrap();
-    let text = client
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    get(&client, format!("http://{addr}/nowhere")).await;
+    let text = get_text(&client, format!("http://{addr}/metrics")).await;
     assert!(
         text.contains("data_server_requests_total{route=\"/kv/{key}\"} 3"),
         "{text}"

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{BIN, Tap, key_file, metric};
 use discovery::{HmacKey, State, decode};
+use testkit::http::{get, get_json, get_text};
 use testkit::{DataServer, DataServerOptions, NsqCluster, Signal, eventually, try_eventually};
 
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -19,8 +20,13 @@ fn options(cluster: &NsqCluster, interval: &str) -> DataServerOptions {
 
 /// `/metrics` of `server` as text.
 async fn metrics_of(server: &DataServer) -> String {
-    let response = reqwest::get(server.url("/metrics")).await.unwrap();
-    response.text().await.unwrap()
+    get_text(&reqwest::Client::new(), server.url("/metrics")).await
+}
+
+/// Waits for `server` to exit and checks the exit code, showing its log if it differs.
+async fn assert_exits_with(server: &mut DataServer, code: i32) {
+    let exit = server.wait_exit(GENEROUS).await.unwrap();
+    assert_eq!(exit.code(), Some(code), "{}", server.log());
 }
 
 /// Polls `/metrics` until `ready` accepts it and returns it; fails the test after [`GENEROUS`],
@@ -35,6 +41,35 @@ async fn wait_metrics(server: &DataServer, what: &str, ready: impl Fn(&str) -> b
         Ok(text) => text,
         Err(e) => panic!("{e}:\n{}", metrics_of(server).await),
     }
+}
+
+/// One nsqd, a tap on it, and a data server heartbeating every second whose first heartbeat the
+/// tap has received. The cluster is returned to be kept alive.
+async fn heartbeating_every_second() -> (NsqCluster, Tap, DataServer) {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let server = DataServer::start_with(options(&cluster, "1s"))
+        .await
+        .unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+    (cluster, tap, server)
+}
+
+/// Waits for eight heartbeats of `id` after `since` (eight intervals of an outage), and returns
+/// the largest gap between its heartbeats from 2 s before `since` on.
+async fn largest_gap_after(tap: &Tap, id: &str, since: Instant) -> Duration {
+    let got = tap
+        .wait_for(id, GENEROUS, |hbs| {
+            hbs.iter().filter(|(at, _)| *at > since).count() >= 8
+        })
+        .await;
+    let times: Vec<Instant> = got
+        .iter()
+        .filter(|(at, _)| *at > since - Duration::from_secs(2))
+        .map(|(at, _)| *at)
+        .collect();
+    times.windows(2).map(|w| w[1] - w[0]).max().unwrap()
 }
 
 /// Polls `/metrics` until at least one publish failure is counted for `nsqd`.
@@ -94,19 +129,7 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
         .await;
     let dead = cluster.nsqd_tcp(0).to_string();
     cluster.kill(0);
-    let killed = Instant::now();
-    // Eight intervals with one nsqd gone.
-    let got = tap
-        .wait_for(server.id(), GENEROUS, |hbs| {
-            hbs.iter().filter(|(at, _)| *at > killed).count() >= 8
-        })
-        .await;
-    let window: Vec<Instant> = got
-        .iter()
-        .filter(|(at, _)| *at > killed - Duration::from_secs(2))
-        .map(|(at, _)| *at)
-        .collect();
-    let max_gap = window.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let max_gap = largest_gap_after(&tap, server.id(), Instant::now()).await;
     eprintln!("nsqd killed: largest gap between heartbeats {max_gap:?} (interval 1s)");
     // A lost interval would leave a gap of at least 2 × 0.9 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
@@ -115,12 +138,8 @@ async fn killing_one_of_two_nsqd_loses_no_interval() {
     // The leaving heartbeat fails over too.
     let mut server = server;
     server.signal(Signal::SIGTERM).unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| {
-        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-    })
-    .await;
-    let exit = server.wait_exit(GENEROUS).await.unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", server.log());
+    tap.wait_for_leaving(server.id(), GENEROUS).await;
+    assert_exits_with(&mut server, 0).await;
     tap.stop().await;
 }
 
@@ -135,18 +154,7 @@ async fn a_hung_nsqd_loses_no_interval_either() {
         .await;
     // Stopped, not killed: connections stay open and nothing answers.
     cluster.freeze(0).unwrap();
-    let frozen = Instant::now();
-    let got = tap
-        .wait_for(server.id(), GENEROUS, |hbs| {
-            hbs.iter().filter(|(at, _)| *at > frozen).count() >= 8
-        })
-        .await;
-    let times: Vec<Instant> = got
-        .iter()
-        .filter(|(at, _)| *at > frozen - Duration::from_secs(2))
-        .map(|(at, _)| *at)
-        .collect();
-    let max_gap = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    let max_gap = largest_gap_after(&tap, server.id(), Instant::now()).await;
     eprintln!("nsqd frozen: largest gap between heartbeats {max_gap:?} (interval 1s)");
     // Publish timeout 250 ms (a quarter interval), then failover; a lost interval is >= 1.8 s.
     assert!(max_gap < Duration::from_millis(1700), "gap of {max_gap:?}");
@@ -157,13 +165,7 @@ async fn a_hung_nsqd_loses_no_interval_either() {
 
 #[tokio::test]
 async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
-    let mut server = DataServer::start_with(options(&cluster, "1s"))
-        .await
-        .unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
-        .await;
+    let (_cluster, tap, mut server) = heartbeating_every_second().await;
 
     let slow = tokio::spawn({
         let url = server.url("/slow?ms=2000");
@@ -181,11 +183,7 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
     .await;
 
     server.signal(Signal::SIGTERM).unwrap();
-    let got = tap
-        .wait_for(server.id(), GENEROUS, |hbs| {
-            hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-        })
-        .await;
+    let got = tap.wait_for_leaving(server.id(), GENEROUS).await;
     let (left_at, leaving) = got
         .iter()
         .find(|(_, hb)| hb.state == State::Leaving)
@@ -205,8 +203,7 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
         "leaving received {:?} before the in-flight request was answered",
         answered_at - *left_at
     );
-    let exit = server.wait_exit(GENEROUS).await.unwrap();
-    assert_eq!(exit.code(), Some(0), "{}", server.log());
+    assert_exits_with(&mut server, 0).await;
     tap.stop().await;
 }
 
@@ -254,20 +251,13 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
     let mut server = DataServer::start_with(opts).await.unwrap();
     let client = reqwest::Client::new();
     eventually(GENEROUS, "5 failed heartbeats", || async {
-        let response = client.get(server.url("/healthz")).send().await.unwrap();
+        let response = get(&client, server.url("/healthz")).await;
         assert_eq!(response.status(), 200);
         let metrics = metrics_of(&server).await;
         (metric(&metrics, "data_server_heartbeats_failed_total") >= 5).then_some(())
     })
     .await;
-    let health: serde_json::Value = client
-        .get(server.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = get_json(&client, server.url("/healthz")).await;
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["nsqd_reachable"], false, "{health}");
     let log = server.log();
@@ -284,26 +274,16 @@ async fn with_every_nsqd_down_healthz_keeps_answering_and_logs_once() {
 
 #[tokio::test]
 async fn a_second_signal_cuts_the_drain_short() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
-    let mut server = DataServer::start_with(options(&cluster, "1s"))
-        .await
-        .unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
-        .await;
+    let (_cluster, tap, mut server) = heartbeating_every_second().await;
     let slow = tokio::spawn(reqwest::get(server.url("/slow?ms=60000")));
     wait_metrics(&server, "the slow request in flight", |text| {
         metric(text, "data_server_requests_in_flight") >= 2
     })
     .await;
     server.signal(Signal::SIGTERM).unwrap();
-    tap.wait_for(server.id(), GENEROUS, |hbs| {
-        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-    })
-    .await;
+    tap.wait_for_leaving(server.id(), GENEROUS).await;
     server.signal(Signal::SIGINT).unwrap();
-    let exit = server.wait_exit(GENEROUS).await.unwrap();
-    assert_eq!(exit.code(), Some(130), "{}", server.log());
+    assert_exits_with(&mut server, 130).await;
     assert!(slow.await.unwrap().is_err(), "the cut request fails");
     tap.stop().await;
 }

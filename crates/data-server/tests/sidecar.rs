@@ -12,7 +12,6 @@ use axum::extract::State as Axum;
 use axum::http::StatusCode;
 use axum::routing::get;
 use common::{BIN, Tap, until};
-use discovery::State;
 use testkit::{ManagedProcess, NsqCluster, Signal};
 
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -88,10 +87,7 @@ async fn sidecar_announces_while_the_health_url_answers_2xx() {
         .await;
 
     sidecar.signal(Signal::SIGTERM).unwrap();
-    tap.wait_for("legacy-1", GENEROUS, |hbs| {
-        hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
-    })
-    .await;
+    tap.wait_for_leaving("legacy-1", GENEROUS).await;
     let exit = sidecar.wait_exit(GENEROUS).await.unwrap();
     assert_eq!(exit.code(), Some(0), "{}", sidecar.log());
     tap.stop().await;

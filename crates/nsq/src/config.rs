@@ -109,6 +109,14 @@ impl Config {
             .map(|hb| hb * 2 + Duration::from_secs(1))
     }
 
+    /// The rustls client settings for `tls`, built once per client and shared by its
+    /// connections; `None` without TLS.
+    pub(crate) fn tls_client_config(
+        &self,
+    ) -> crate::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+        self.tls.as_ref().map(crate::tls::client_config).transpose()
+    }
+
     /// Checks the ranges nsqd would refuse in IDENTIFY, before connecting.
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));

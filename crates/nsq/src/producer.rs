@@ -119,12 +119,7 @@ impl Producer {
     /// A producer for the nsqd TCP address `addr` (`host:port`). Does not connect yet.
     pub fn new(addr: impl Into<String>, cfg: ProducerConfig) -> Result<Self> {
         cfg.conn.validate()?;
-        let tls = cfg
-            .conn
-            .tls
-            .as_ref()
-            .map(crate::tls::client_config)
-            .transpose()?;
+        let tls = cfg.conn.tls_client_config()?;
         Ok(Self {
             inner: Arc::new(Inner {
                 addr: addr.into(),

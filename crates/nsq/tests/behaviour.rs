@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{consumer_config, eventually};
+use common::{consumer_config, eventually, producer_to};
 use nsq::{Consumer, ConsumerConfig, Error, Message, Producer, ProducerConfig};
 use testkit::NsqCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -14,8 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn heartbeats_are_answered_while_every_handler_is_busy() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let mut cfg = ConsumerConfig {
         nsqd_tcp_addresses: vec![cluster.nsqd_tcp(0).to_string()],
         ..consumer_config()
@@ -59,8 +58,7 @@ async fn heartbeats_are_answered_while_every_handler_is_busy() {
 #[tokio::test]
 async fn failing_handlers_pause_deliveries_then_probe_and_recover() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let failing = Arc::new(AtomicBool::new(true));
     let f = Arc::clone(&failing);
     let cfg = ConsumerConfig {

@@ -5,16 +5,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{collect, consumer_config, eventually, logs};
+use common::{collect, consumer_config, eventually, logs, producer_to, recv_within};
 use nsq::{ConsumerConfig, Message, Producer, ProducerConfig, Publisher};
 use testkit::{NsqCluster, NsqTail, to_nsq};
 use tokio::sync::mpsc;
 
 async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
-    tokio::time::timeout(Duration::from_secs(15), rx.recv())
-        .await
-        .expect("a message within 15s")
-        .unwrap()
+    recv_within(rx, Duration::from_secs(15)).await
 }
 
 #[tokio::test]
@@ -237,8 +234,7 @@ async fn interop_with_to_nsq_and_nsq_tail() {
             .then_some(())
     })
     .await;
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     producer.publish("interop2", b"one").await.unwrap();
     producer
         .multi_publish("interop2", &[&b"two"[..], b"three"])

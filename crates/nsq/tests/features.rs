@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{collect, consumer_config, eventually};
+use common::{collect, consumer_config, eventually, producer_to, recv_within};
 use nsq::{Compression, Config, ConsumerConfig, Error, Producer, ProducerConfig, TlsConfig};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use testkit::{ClusterOptions, NsqCluster};
@@ -31,6 +31,45 @@ fn make_certs(dir: &Path, prefix: &str) {
     std::fs::write(dir.join(format!("{prefix}ca.pem")), ca.pem()).unwrap();
 }
 
+/// A producer to the cluster's one nsqd with the connection settings `conn`.
+fn producer(cluster: &NsqCluster, conn: Config) -> Producer {
+    let cfg = ProducerConfig {
+        conn,
+        ..Default::default()
+    };
+    Producer::new(cluster.nsqd_tcp(0).to_string(), cfg).unwrap()
+}
+
+/// Connection settings with TLS on, trusting the CA in the PEM file `ca` (no client certificate).
+fn trusting(ca: PathBuf) -> Config {
+    Config {
+        tls: Some(TlsConfig {
+            ca_file: Some(ca),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// One nsqd with HTTPS on, serving the server certificate that [`make_certs`] wrote into `dir`,
+/// plus `more_args`.
+async fn tls_cluster(dir: &Path, more_args: &[&str]) -> NsqCluster {
+    let p = |n: &str| dir.join(n).display().to_string();
+    let mut nsqd_args = vec![
+        format!("--tls-cert={}", p("server.pem")),
+        format!("--tls-key={}", p("server.key")),
+    ];
+    nsqd_args.extend(more_args.iter().map(|a| a.to_string()));
+    NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        https: true,
+        nsqd_args,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 /// Publishes `bodies` and consumes them back with the same connection settings; returns the
 /// consumer's client entry in nsqd's /stats.
 async fn round_trip(
@@ -39,14 +78,7 @@ async fn round_trip(
     conn: Config,
     bodies: &[Vec<u8>],
 ) -> testkit::ClientStats {
-    let producer = Producer::new(
-        cluster.nsqd_tcp(0).to_string(),
-        ProducerConfig {
-            conn: conn.clone(),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let producer = producer(cluster, conn.clone());
     producer.multi_publish(topic, bodies).await.unwrap();
     let cfg = ConsumerConfig {
         conn,
@@ -57,10 +89,7 @@ async fn round_trip(
     let (consumer, mut rx) = collect(topic, cfg);
     let mut got = Vec::new();
     for _ in bodies {
-        let m = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-            .await
-            .expect("message")
-            .unwrap();
+        let m = recv_within(&mut rx, Duration::from_secs(10)).await;
         got.push(m.body().to_vec());
     }
     got.sort();
@@ -82,46 +111,15 @@ fn bodies() -> Vec<Vec<u8>> {
 async fn tls_with_a_custom_ca_and_verification_on() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), "");
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    let cluster = NsqCluster::start_with(ClusterOptions {
-        nsqd: 1,
-        https: true,
-        nsqd_args: vec![
-            format!("--tls-cert={}", p("server.pem")),
-            format!("--tls-key={}", p("server.key")),
-        ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let conn = Config {
-        tls: Some(TlsConfig {
-            ca_file: Some(dir.path().join("ca.pem")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let cluster = tls_cluster(dir.path(), &[]).await;
+    let conn = trusting(dir.path().join("ca.pem"));
     let client = round_trip(&cluster, "tls", conn, &bodies()).await;
     assert!(client.tls, "nsqd reports the consumer on TLS");
 
     // A certificate from another CA is refused: verification is on by default.
     let other = tempfile::tempdir().unwrap();
     make_certs(other.path(), "");
-    let wrong = Config {
-        tls: Some(TlsConfig {
-            ca_file: Some(other.path().join("ca.pem")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let producer = Producer::new(
-        cluster.nsqd_tcp(0).to_string(),
-        ProducerConfig {
-            conn: wrong,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let producer = producer(&cluster, trusting(other.path().join("ca.pem")));
     let err = producer.publish("tls", b"x").await.unwrap_err();
     assert!(matches!(err, Error::Tls(_)), "{err}");
 }
@@ -130,22 +128,17 @@ async fn tls_with_a_custom_ca_and_verification_on() {
 async fn tls_with_a_client_certificate_required_by_nsqd() {
     let dir = tempfile::tempdir().unwrap();
     make_certs(dir.path(), "");
-    let p = |n: &str| dir.path().join(n).display().to_string();
-    let cluster = NsqCluster::start_with(ClusterOptions {
-        nsqd: 1,
-        https: true,
-        nsqd_args: vec![
-            format!("--tls-cert={}", p("server.pem")),
-            format!("--tls-key={}", p("server.key")),
-            format!("--tls-root-ca-file={}", p("ca.pem")),
-            "--tls-client-auth-policy=require-verify".into(),
+    let root_ca = format!("--tls-root-ca-file={}", dir.path().join("ca.pem").display());
+    let cluster = tls_cluster(
+        dir.path(),
+        &[
+            &root_ca,
+            "--tls-client-auth-policy=require-verify",
             // TLS on TCP only, so the harness can still check plain HTTP /ping.
-            "--tls-required=tcp-https".into(),
+            "--tls-required=tcp-https",
         ],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    )
+    .await;
     let with_cert = Config {
         tls: Some(TlsConfig {
             ca_file: Some(dir.path().join("ca.pem")),
@@ -157,21 +150,7 @@ async fn tls_with_a_client_certificate_required_by_nsqd() {
     };
     let client = round_trip(&cluster, "mtls", with_cert, &[b"hello".to_vec()]).await;
     assert!(client.tls);
-    let without = Config {
-        tls: Some(TlsConfig {
-            ca_file: Some(dir.path().join("ca.pem")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let producer = Producer::new(
-        cluster.nsqd_tcp(0).to_string(),
-        ProducerConfig {
-            conn: without,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let producer = producer(&cluster, trusting(dir.path().join("ca.pem")));
     assert!(
         producer.publish("mtls", b"x").await.is_err(),
         "no client certificate, no entry"
@@ -256,23 +235,19 @@ async fn auth_when_nsqd_requires_it() {
     let client = round_trip(&cluster, "authed", good, &[b"secret stuff".to_vec()]).await;
     assert!(client.authed);
 
-    let none = Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let none = producer_to(&cluster, 0);
     let err = none.publish("authed", b"x").await.unwrap_err();
     assert!(
         matches!(err, Error::Auth(ref m) if m.contains("no secret")),
         "{err}"
     );
-    let bad = Producer::new(
-        cluster.nsqd_tcp(0).to_string(),
-        ProducerConfig {
-            conn: Config {
-                auth_secret: Some("wrong".into()),
-                ..Default::default()
-            },
+    let bad = producer(
+        &cluster,
+        Config {
+            auth_secret: Some("wrong".into()),
             ..Default::default()
         },
-    )
-    .unwrap();
+    );
     assert!(matches!(
         bad.publish("authed", b"x").await,
         Err(Error::Auth(_))

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{collect, consumer_config, eventually, logs};
+use common::{collect, consumer_config, eventually, logs, producer_to, recv_within};
 use nsq::{Consumer, ConsumerConfig, Error, Handler, Message, Producer, ProducerConfig};
 use testkit::NsqCluster;
 use tokio::sync::mpsc;
@@ -18,19 +18,15 @@ fn direct(cluster: &NsqCluster, i: usize) -> ConsumerConfig {
     }
 }
 
-async fn recv(rx: &mut mpsc::UnboundedReceiver<Message>) -> Message {
-    tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .expect("a message within 10s")
-        .unwrap()
+async fn recv<T>(rx: &mut mpsc::UnboundedReceiver<T>) -> T {
+    recv_within(rx, Duration::from_secs(10)).await
 }
 
 #[tokio::test]
 async fn pub_mpub_dpub_round_trip() {
     logs();
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let (consumer, mut rx) = collect(
         "rt",
         ConsumerConfig {
@@ -72,8 +68,7 @@ async fn pub_mpub_dpub_round_trip() {
 #[tokio::test]
 async fn bad_input_is_refused_before_the_wire_and_the_connection_survives() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     producer.publish("ok", b"x").await.unwrap();
     assert!(matches!(
         producer.publish("bad topic", b"x").await,
@@ -107,8 +102,7 @@ async fn pointing_at_the_http_port_says_so() {
 #[tokio::test]
 async fn pipelined_publishes_each_get_their_own_result() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let mut tasks = Vec::new();
     for i in 0..200 {
         let p = producer.clone();
@@ -126,8 +120,7 @@ async fn pipelined_publishes_each_get_their_own_result() {
 #[tokio::test]
 async fn requeue_redelivers_with_attempts_plus_one() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let consumer = Consumer::start("req", "test", direct(&cluster, 0), move |m: Message| {
         let tx = tx.clone();
@@ -141,14 +134,8 @@ async fn requeue_redelivers_with_attempts_plus_one() {
     })
     .unwrap();
     producer.publish("req", b"again").await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let first = recv(&mut rx).await;
+    let second = recv(&mut rx).await;
     assert_eq!((first, second), (1, 2));
     consumer.stop(Duration::from_secs(5)).await;
     let stats = cluster.stats(0, "req", Some("test")).await.unwrap();
@@ -173,8 +160,7 @@ impl Handler for GivesUp {
 #[tokio::test]
 async fn max_attempts_gives_up_and_calls_the_hook() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let handled = Arc::new(AtomicUsize::new(0));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cfg = ConsumerConfig {
@@ -219,8 +205,7 @@ async fn max_attempts_gives_up_and_calls_the_hook() {
 #[tokio::test]
 async fn touch_keeps_a_message_past_a_short_msg_timeout() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let mut cfg = direct(&cluster, 0);
     cfg.conn.msg_timeout = Some(Duration::from_secs(1));
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -238,10 +223,7 @@ async fn touch_keeps_a_message_past_a_short_msg_timeout() {
     })
     .unwrap();
     producer.publish("touch", b"slow work").await.unwrap();
-    let attempts = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let attempts = recv(&mut rx).await;
     assert_eq!(attempts, 1);
     let report = consumer.stop(Duration::from_secs(5)).await;
     assert!(report.clean);
@@ -287,8 +269,7 @@ async fn an_idle_consumer_survives_several_heartbeats() {
 async fn graceful_stop_with_a_slow_handler_finishes_everything_exactly_once() {
     logs();
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let bodies: Vec<String> = (0..40).map(|i| format!("job-{i}")).collect();
     producer.multi_publish("drain", &bodies).await.unwrap();
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
@@ -381,8 +362,7 @@ async fn max_in_flight_can_change_at_runtime() {
 #[tokio::test]
 async fn without_auto_response_messages_stay_in_flight_until_answered_from_another_thread() {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let producer =
-        Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
+    let producer = producer_to(&cluster, 0);
     let (tx, rx) = std::sync::mpsc::channel::<Message>();
     let cfg = ConsumerConfig {
         max_in_flight: 10,

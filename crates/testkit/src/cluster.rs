@@ -482,31 +482,24 @@ impl NsqCluster {
 
     /// nsqlookupd `/lookup?topic=` producers (empty when the topic is unknown).
     pub async fn lookup(&self, topic: &str) -> Result<Vec<LookupProducer>> {
-        let url = format!("http://{}/lookup?topic={topic}", self.lookupd_http);
-        let resp = self
-            .http
-            .get(url)
-            .header("Accept", "application/vnd.nsq; version=1.0")
-            .send()
-            .await?;
+        let resp = self.lookupd_get(&format!("/lookup?topic={topic}")).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
-        let v: serde_json::Value = resp.error_for_status()?.json().await?;
-        Ok(serde_json::from_value::<Producers>(unwrap_legacy(v))?.producers)
+        producers_of(resp).await
     }
 
     /// nsqlookupd `/nodes`: every registered nsqd.
     pub async fn nodes(&self) -> Result<Vec<LookupProducer>> {
-        let url = format!("http://{}/nodes", self.lookupd_http);
-        let resp = self
-            .http
-            .get(url)
-            .header("Accept", "application/vnd.nsq; version=1.0")
-            .send()
-            .await?;
-        let v: serde_json::Value = resp.error_for_status()?.json().await?;
-        Ok(serde_json::from_value::<Producers>(unwrap_legacy(v))?.producers)
+        producers_of(self.lookupd_get("/nodes").await?).await
+    }
+
+    /// `GET path` on nsqlookupd's HTTP port, asking for the versioned (v1.0) answers.
+    async fn lookupd_get(&self, path: &str) -> Result<reqwest::Response> {
+        let url = format!("http://{}{path}", self.lookupd_http);
+        let request = self.http.get(url);
+        let versioned = request.header("Accept", "application/vnd.nsq; version=1.0");
+        Ok(versioned.send().await?)
     }
 
     /// Whether nsqd `i` answers `/ping` within `timeout`.
@@ -573,4 +566,10 @@ async fn restart_until_ping(
         p.kill();
         anyhow::anyhow!("{e}; log:\n{}", p.log_tail(20))
     })
+}
+
+/// The producers in an nsqlookupd answer (`/lookup` or `/nodes`), failing on an error status.
+async fn producers_of(resp: reqwest::Response) -> Result<Vec<LookupProducer>> {
+    let v: serde_json::Value = resp.error_for_status()?.json().await?;
+    Ok(serde_json::from_value::<Producers>(unwrap_legacy(v))?.producers)
 }

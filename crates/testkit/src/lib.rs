@@ -1,8 +1,9 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
 //! the project's binaries ([`DataServer`], [`ApiServer`]), heartbeats from inside a test
 //! ([`Announcer`]), NSQ's own command-line tools as peers, faults on demand, waiting with a
-//! deadline ([`eventually`], [`try_eventually`], [`retry`]), and the check that ties each
-//! binary's example config and README row to its config type ([`check_config_docs`]).
+//! deadline ([`eventually`], [`try_eventually`], [`retry`]), short forms of HTTP requests
+//! ([`http`]), and the check that ties each binary's example config and README row to its
+//! config type ([`check_config_docs`]).
 //!
 //! Every process a test starts is killed when its handle drops (also while a test panics, when
 //! its log is printed too) and, should the test process die without unwinding, by the kernel.
@@ -27,6 +28,7 @@ mod data_server;
 mod events;
 mod fault_report;
 mod faults;
+pub mod http;
 mod load;
 mod peers;
 mod poll;

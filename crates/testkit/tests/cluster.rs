@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use testkit::http::get_text;
 use testkit::{ClusterOptions, NsqCluster, NsqTail, eventually, to_nsq};
 
 fn alive(pid: u32) -> bool {
@@ -43,15 +44,7 @@ async fn two_nsqd_publish_show_in_stats_and_lookup() {
     .await;
 
     let admin = cluster.start_nsqadmin().await.unwrap();
-    let page = cluster
-        .http()
-        .get(format!("http://{admin}/api/nodes"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(cluster.http(), format!("http://{admin}/api/nodes")).await;
     assert!(
         page.contains(&expected[0].to_string()) && page.contains(&expected[1].to_string()),
         "nsqadmin lists both nsqd: {page}"

@@ -5,6 +5,8 @@
 
 pub mod wire;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -98,6 +100,15 @@ pub async fn data_server(cluster: &NsqCluster, id: &str, interval: &str) -> Data
         .unwrap_or_else(|e| panic!("data-server {id} starts: {e:#}"))
 }
 
+/// `n` data servers started one after the other like [`data_server`], with ids `ds-0`, `ds-1`, ...
+pub async fn data_servers(cluster: &NsqCluster, n: usize, interval: &str) -> Vec<DataServer> {
+    let mut servers = Vec::new();
+    for i in 0..n {
+        servers.push(data_server(cluster, &format!("ds-{i}"), interval).await);
+    }
+    servers
+}
+
 /// Heartbeats for `id` at `addr` every `interval`, published by the test itself (no server
 /// needs to listen at `addr`).
 pub fn announcer(cluster: &NsqCluster, id: &str, addr: &str, interval: Duration) -> Announcer {
@@ -123,6 +134,40 @@ pub async fn whoami(http: &reqwest::Client, api: &ApiServer) -> Result<String, S
         return Err(format!("{status}: {body}"));
     }
     Ok(body["id"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Sends `n` `GET /whoami` through the proxy, each of which must succeed, and counts the answers
+/// by server id.
+pub async fn count_whoami(
+    http: &reqwest::Client,
+    api: &ApiServer,
+    n: usize,
+) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for _ in 0..n {
+        *counts.entry(whoami(http, api).await.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+/// Serves `app` on a fresh loopback port of the test process (an upstream whose answers the test
+/// writes itself) and returns its address.
+pub async fn serve_in_process(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Waits until the heartbeat consumer holds `n` nsqd connections: the api-server has subscribed,
+/// so that what a test measures or sends from then on is not lost to startup.
+pub async fn wait_subscribed(api: &ApiServer, n: i64) {
+    let what = format!("{n} heartbeat connections");
+    api.wait_registry(SOON, &what, |d| {
+        d["bus"]["heartbeat_connections"].as_i64() == Some(n)
+    })
+    .await
+    .unwrap();
 }
 
 /// Waits until `/registry` lists `n` servers.

@@ -141,6 +141,18 @@ pub fn body(n: usize) -> Vec<u8> {
     b
 }
 
+/// One nsqd where `topic` and its `archive` channel already exist, so that nsqd keeps every
+/// message published from now on for the archiver; and a [`workdir`].
+pub async fn archived_topic(topic: &str) -> (NsqCluster, tempfile::TempDir, PathBuf) {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let (dir, db) = workdir();
+    cluster
+        .create_topic(0, topic, Some("archive"))
+        .await
+        .unwrap();
+    (cluster, dir, db)
+}
+
 /// A temporary directory that also holds the archive.
 pub fn workdir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use discovery::{Heartbeat, HmacKey, Message, decode};
+use discovery::{Heartbeat, HmacKey, Message, State, decode};
 use testkit::{eventually, try_eventually};
 
 /// The binary under test, built by cargo for this crate's integration tests.
@@ -93,6 +93,15 @@ impl Tap {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Polls until the leaving heartbeat of `id` has arrived, or panics after `timeout`; returns
+    /// all heartbeats of `id` then.
+    pub async fn wait_for_leaving(&self, id: &str, timeout: Duration) -> Vec<(Instant, Heartbeat)> {
+        self.wait_for(id, timeout, |hbs| {
+            hbs.iter().any(|(_, hb)| hb.state == State::Leaving)
+        })
+        .await
     }
 
     /// Polls until `done` holds for the heartbeats of `id`, or panics after `timeout`.

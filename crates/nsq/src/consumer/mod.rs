@@ -237,12 +237,7 @@ impl Consumer {
         if cfg.concurrency == 0 {
             return Err(Error::Config("concurrency must be at least 1".into()));
         }
-        let tls = cfg
-            .conn
-            .tls
-            .as_ref()
-            .map(crate::tls::client_config)
-            .transpose()?;
+        let tls = cfg.conn.tls_client_config()?;
         let shared = Arc::new(Shared {
             stats: Counters::default(),
             in_flight: AtomicI64::new(0),

@@ -3,10 +3,24 @@
 
 use std::time::Duration;
 
-use nsq::{Config, Consumer, ConsumerConfig, Message};
+use nsq::{Config, Consumer, ConsumerConfig, Message, Producer, ProducerConfig};
+use testkit::NsqCluster;
 use tokio::sync::mpsc;
 
 pub use testkit::eventually;
+
+/// A producer with the default settings for nsqd `i` of `cluster`.
+pub fn producer_to(cluster: &NsqCluster, i: usize) -> Producer {
+    Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap()
+}
+
+/// The next item `rx` gets; fails the test when none comes `within`, or the senders are gone.
+pub async fn recv_within<T>(rx: &mut mpsc::UnboundedReceiver<T>, within: Duration) -> T {
+    tokio::time::timeout(within, rx.recv())
+        .await
+        .unwrap_or_else(|_| panic!("nothing received within {within:?}"))
+        .expect("a sender is still there")
+}
 
 /// A consumer configuration for tests: fast reconnects and lookups.
 pub fn consumer_config() -> ConsumerConfig {

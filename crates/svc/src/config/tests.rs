@@ -100,8 +100,23 @@ fn loader(file: &NamedTempFile, env: &[(&str, &str)]) -> ConfigLoader {
         .with_env(env.iter().copied())
 }
 
+/// No environment variables at all.
+const NO_ENV: [(&str, &str); 0] = [];
+
+/// What an error about `file` says: its path, then `rest`.
+fn in_file(file: &NamedTempFile, rest: &str) -> String {
+    format!("{}: {rest}", file.path().display())
+}
+
 fn error(loader: ConfigLoader) -> ConfigError {
     loader.load::<Config>().expect_err("the config is bad")
+}
+
+/// A config file holding `text`, and the error that loading it alone gives.
+fn file_error(text: &str) -> (NamedTempFile, ConfigError) {
+    let f = file(text);
+    let err = error(loader(&f, &[]));
+    (f, err)
 }
 
 #[test]
@@ -182,15 +197,14 @@ fn override_values_are_retried_as_strings() {
 
 #[test]
 fn unknown_key_names_file_table_and_allowed_keys() {
-    let f = file("[announce]\nintervall = \"5s\"\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[announce]\nintervall = \"5s\"\n");
     assert_eq!(err.kind(), ConfigErrorKind::UnknownKey);
     assert_eq!(err.key(), Some("announce.intervall"));
     assert_eq!(
         err.to_string(),
-        format!(
-            r#"{}: unknown key "intervall" in [announce] (expected one of: topic, nsqd_tcp_addresses, interval, jitter)"#,
-            f.path().display()
+        in_file(
+            &f,
+            r#"unknown key "intervall" in [announce] (expected one of: topic, nsqd_tcp_addresses, interval, jitter)"#
         )
     );
     let err = error(loader(&file(""), &[]).set(["serve.listen=x"]));
@@ -203,14 +217,13 @@ fn unknown_key_names_file_table_and_allowed_keys() {
 
 #[test]
 fn wrong_type_says_expected_and_found() {
-    let f = file("[server]\nport_hint = \"eighty\"\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[server]\nport_hint = \"eighty\"\n");
     assert_eq!(err.kind(), ConfigErrorKind::InvalidValue);
     assert_eq!(
         err.to_string(),
-        format!(
-            r#"{}: server.port_hint: expected u16, found string "eighty""#,
-            f.path().display()
+        in_file(
+            &f,
+            r#"server.port_hint: expected u16, found string "eighty""#
         )
     );
     let err = error(loader(
@@ -225,14 +238,9 @@ fn wrong_type_says_expected_and_found() {
 
 #[test]
 fn bad_duration_from_file_and_from_env() {
-    let f = file("[announce]\ninterval = \"5 seconds\"\n");
-    assert_eq!(
-        error(loader(&f, &[])).to_string(),
-        format!(
-            r#"{}: announce.interval: expected a duration like "5s" or "250ms", found "5 seconds" (unknown unit "seconds"; use ns, us, ms, s, m, h or d)"#,
-            f.path().display()
-        )
-    );
+    let (f, err) = file_error("[announce]\ninterval = \"5 seconds\"\n");
+    let rest = r#"announce.interval: expected a duration like "5s" or "250ms", found "5 seconds" (unknown unit "seconds"; use ns, us, ms, s, m, h or d)"#;
+    assert_eq!(err.to_string(), in_file(&f, rest));
     let err = error(loader(&f, &[("DATA_SERVER__ANNOUNCE__INTERVAL", "5")]));
     assert_eq!(
         err.to_string(),
@@ -242,15 +250,14 @@ fn bad_duration_from_file_and_from_env() {
 
 #[test]
 fn zero_interval_is_rejected_by_validate() {
-    let f = file("[announce]\ninterval = \"0s\"\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[announce]\ninterval = \"0s\"\n");
     assert_eq!(err.kind(), ConfigErrorKind::Validation);
     assert_eq!(err.origin(), &Origin::File(f.path().to_owned()));
     assert_eq!(
         err.to_string(),
-        format!(
-            r#"{}: announce.interval: expected a duration like "5s" or "250ms", found "0s" (must be > 0)"#,
-            f.path().display()
+        in_file(
+            &f,
+            r#"announce.interval: expected a duration like "5s" or "250ms", found "0s" (must be > 0)"#
         )
     );
     let err = error(loader(&f, &[]).set(["announce.interval=0ms"]));
@@ -263,14 +270,9 @@ fn zero_interval_is_rejected_by_validate() {
 
 #[test]
 fn bad_host_port_in_a_list_names_the_element() {
-    let f = file("[announce]\nnsqd_tcp_addresses = [\"nsqd:4150\", \"nsqd\"]\n");
-    assert_eq!(
-        error(loader(&f, &[])).to_string(),
-        format!(
-            r#"{}: announce.nsqd_tcp_addresses[1]: expected host:port like "127.0.0.1:4150", "[::1]:4150" or "nsqd:4150", found "nsqd" (missing ":port")"#,
-            f.path().display()
-        )
-    );
+    let (f, err) = file_error("[announce]\nnsqd_tcp_addresses = [\"nsqd:4150\", \"nsqd\"]\n");
+    let rest = r#"announce.nsqd_tcp_addresses[1]: expected host:port like "127.0.0.1:4150", "[::1]:4150" or "nsqd:4150", found "nsqd" (missing ":port")"#;
+    assert_eq!(err.to_string(), in_file(&f, rest));
     let err = error(loader(&file(""), &[]).set(["announce.nsqd_tcp_addresses=a:1,b:0"]));
     assert_eq!(err.key(), Some("announce.nsqd_tcp_addresses[1]"));
     assert!(
@@ -299,12 +301,11 @@ fn fraction_out_of_range() {
 
 #[test]
 fn syntax_errors_are_one_line_with_line_and_column() {
-    let f = file("[server]\nlisten = \"127.0.0.1:1\"\nid = = 2\n");
-    let err = error(loader(&f, &[]));
+    let (f, err) = file_error("[server]\nlisten = \"127.0.0.1:1\"\nid = = 2\n");
     assert_eq!(err.kind(), ConfigErrorKind::Syntax);
     let text = err.to_string();
     assert!(!text.contains('\n'), "{text}");
-    let prefix = format!("{}: line 3, column 6: ", f.path().display());
+    let prefix = in_file(&f, "line 3, column 6: ");
     assert!(text.starts_with(&prefix), "{text}");
 }
 
@@ -327,22 +328,20 @@ fn missing_files_fail_unless_optional() {
         "{text}"
     );
 
-    let no_env: [(&str, &str); 0] = [];
     let config: Config = ConfigLoader::new("X")
         .optional_file(&absent)
-        .with_env(no_env)
+        .with_env(NO_ENV)
         .load()
         .unwrap();
     assert_eq!(config, Config::default());
-    let config: Config = ConfigLoader::new("X").with_env(no_env).load().unwrap();
+    let config: Config = ConfigLoader::new("X").with_env(NO_ENV).load().unwrap();
     assert_eq!(config, Config::default());
 }
 
 #[test]
 fn missing_required_key() {
-    let no_env: [(&str, &str); 0] = [];
     let err = ConfigLoader::new("ARCHIVER")
-        .with_env(no_env)
+        .with_env(NO_ENV)
         .load::<Required>()
         .unwrap_err();
     assert_eq!(err.kind(), ConfigErrorKind::MissingKey);
@@ -362,10 +361,7 @@ fn missing_required_key() {
     let err = loader(&f, &[]).load::<Required>().unwrap_err();
     assert_eq!(
         err.to_string(),
-        format!(
-            "{}: archive.database: missing required key",
-            f.path().display()
-        )
+        in_file(&f, "archive.database: missing required key")
     );
 }
 
@@ -391,6 +387,11 @@ fn config_args_build_the_loader() {
         #[command(flatten)]
         config: ConfigArgs,
     }
+    // What the loader the flags build gives, with no environment.
+    let load = |cli: &Cli| -> Config {
+        let loader = cli.config.loader("DATA_SERVER");
+        loader.with_env(NO_ENV).load().unwrap()
+    };
     let f = file("[announce]\ntopic = \"from_file\"\n");
     let path = f.path().to_str().unwrap();
     let cli = Cli::try_parse_from([
@@ -403,25 +404,14 @@ fn config_args_build_the_loader() {
         "server.id=x",
     ])
     .unwrap();
-    let no_env: [(&str, &str); 0] = [];
-    let config: Config = cli
-        .config
-        .loader("DATA_SERVER")
-        .with_env(no_env)
-        .load()
-        .unwrap();
+    let config = load(&cli);
     assert_eq!(config.announce.topic, "from_file");
     assert_eq!(config.announce.interval, HumanDuration::from_secs(2));
     assert_eq!(config.server.id.as_deref(), Some("x"));
 
     let cli = Cli::try_parse_from(["bin"]).unwrap();
     assert!(cli.config.config.is_none());
-    let config: Config = cli
-        .config
-        .loader("DATA_SERVER")
-        .with_env(no_env)
-        .load()
-        .unwrap();
+    let config = load(&cli);
     assert_eq!(config, Config::default());
 }
 
