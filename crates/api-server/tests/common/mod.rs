@@ -14,7 +14,7 @@ use serde_json::Value;
 pub use testkit::{Announcer, DataServer};
 use testkit::{ApiServer, DataServerOptions, NsqCluster, try_eventually};
 
-/// The heartbeat topic of the tests (the contract default).
+/// The heartbeat topic of the tests (the default of ARCHITECTURE.md §4.3).
 pub const TOPIC: &str = "data_server_addr";
 
 /// Generous bound for anything that should happen quickly: proves the mechanism, not the speed.
