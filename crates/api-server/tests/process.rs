@@ -182,21 +182,8 @@ async fn a_second_signal_cuts_the_drain_short() {
         "the drain waits for the slow request:\n{}",
         api.log()
     );
-    let forced = std::time::Instant::now();
-    api.process().signal(Signal::SIGINT).unwrap();
-    let status = api.process().wait_exit(SOON).await.unwrap();
-    assert_eq!(status.code(), Some(svc::FORCED_EXIT_CODE), "{}", api.log());
-    assert!(
-        forced.elapsed() < Duration::from_secs(5),
-        "exited {:?} after the second signal",
-        forced.elapsed()
-    );
-    assert!(
-        api.log().contains(
-            "SIGINT received again, exiting at once without finishing the graceful shutdown"
-        ),
-        "{}",
-        api.log()
-    );
+    api.process()
+        .assert_forced_exit(Signal::SIGINT, svc::FORCED_EXIT_CODE)
+        .await;
     assert!(slow.await.unwrap().is_err(), "the cut request fails");
 }

@@ -158,26 +158,8 @@ async fn a_second_signal_cuts_the_drain_short() {
         "the drain waits for nsqd:\n{}",
         archiver.log_tail(20)
     );
-    let forced = std::time::Instant::now();
-    archiver.signal(Signal::SIGTERM).unwrap();
-    let status = archiver.wait_exit(Duration::from_secs(15)).await.unwrap();
-    assert_eq!(
-        status.code(),
-        Some(svc::FORCED_EXIT_CODE),
-        "{}",
-        archiver.log_tail(20)
-    );
-    assert!(
-        forced.elapsed() < Duration::from_secs(5),
-        "exited {:?} after the second signal",
-        forced.elapsed()
-    );
-    assert!(
-        archiver.log().contains(
-            "SIGTERM received again, exiting at once without finishing the graceful shutdown"
-        ),
-        "{}",
-        archiver.log_tail(20)
-    );
+    archiver
+        .assert_forced_exit(Signal::SIGTERM, svc::FORCED_EXIT_CODE)
+        .await;
     cluster.thaw(0).unwrap();
 }

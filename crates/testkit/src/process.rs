@@ -184,6 +184,26 @@ impl ManagedProcess {
         try_eventually(timeout, &what, || std::future::ready(self.try_wait())).await
     }
 
+    /// Sends `signal` as the second shutdown signal and checks what `svc::Shutdown::trigger_on_signal`
+    /// promises: the process exits with `code` (`svc::FORCED_EXIT_CODE`) within 5 s, logging that it
+    /// cut its graceful shutdown short. Panics, showing the log, otherwise.
+    pub async fn assert_forced_exit(&mut self, signal: Signal, code: i32) {
+        let forced = Instant::now();
+        self.signal(signal).unwrap();
+        let status = self.wait_exit(Duration::from_secs(15)).await.unwrap();
+        assert_eq!(status.code(), Some(code), "{}", self.log_tail(20));
+        assert!(
+            forced.elapsed() < Duration::from_secs(5),
+            "exited {:?} after the second signal",
+            forced.elapsed()
+        );
+        let line = format!(
+            "{} received again, exiting at once without finishing the graceful shutdown",
+            signal.as_str()
+        );
+        assert!(self.log().contains(&line), "{}", self.log_tail(20));
+    }
+
     /// Polls the log until `found` picks a value out of it (e.g. the address printed in
     /// `listening on ADDR`). Fails early when the process exits, and after `timeout`, naming
     /// `what` and showing the log.
