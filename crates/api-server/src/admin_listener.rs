@@ -81,6 +81,13 @@ pub async fn serve_http1<S, B, F>(
     let stop = shutdown.wait();
     tokio::pin!(stop);
     while let Some((stream, peer)) = accept(name, &listener, stop.as_mut()).await {
+        if open.count() >= limits.max_connections {
+            // This listener's own reserve is full: closed at once, so that it never takes what the others need.
+            errors.count("over_capacity");
+            tracing::debug!(listener = name, %peer, "connection refused: listener at its connection limit");
+            drop(stream);
+            continue;
+        }
         let service = CloseWhenDraining {
             inner: make_service(peer),
             draining: Arc::clone(&draining),

@@ -24,6 +24,19 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(1);
 /// Default of `server.header_read_timeout`.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default of `server.keepalive_timeout` (nginx's `keepalive_timeout` is 75 s; clients that pool connections keep
+/// them longer than a short timeout, Go's for 90 s, and would race its close).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// Default of `server.body_read_timeout` (nginx's `client_body_timeout`).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default of `server.send_timeout` (nginx's `send_timeout`).
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections the admin listener serves at once, whatever the proxy's load: its own reserve, so that `/healthz`,
+/// `/readyz` and `/metrics` answer during a flood of proxy clients.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+/// File descriptors kept out of the proxy's default `server.max_connections`: the admin listener's reserve, NSQ
+/// and nsqlookupd connections, logs and the like.
+pub const FD_RESERVE: usize = 256;
 /// Default of `server.max_header_bytes` (nginx's default allows 4 header lines of 8 KiB each).
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Smallest `server.max_header_bytes` (hyper reads requests in buffers of at least this size).
@@ -59,8 +72,20 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// Name of this api-server instance (default: generated); used in the default channel name.
     pub instance: Option<String>,
-    /// Time a client gets to send a request's headers, on both listeners; slower ones are disconnected.
+    /// Time a client gets to send a request's headers, on both listeners, from the request's first byte (from the
+    /// accept for a connection's first request); slower ones are disconnected.
     pub header_read_timeout: HumanDuration,
+    /// How long a kept-alive client connection may sit idle between requests.
+    pub keepalive_timeout: HumanDuration,
+    /// Longest pause allowed in a request body (a stalled upload, or `Expect: 100-continue` and no body): then
+    /// 408, the client's fault, counted, no server blamed. A body that keeps moving may take as long as it takes.
+    pub body_read_timeout: HumanDuration,
+    /// Longest pause allowed in the client's reading of a response; then the connection is closed.
+    pub send_timeout: HumanDuration,
+    /// Most proxy client connections open at once; beyond it a new connection gets a fast 503 and is closed.
+    /// Default: half of the open-file limit (raised to its hard limit at start) less a reserve, since each client
+    /// connection may hold one to a data server.
+    pub max_connections: Option<usize>,
     /// Largest request head (request line and headers) accepted, in bytes; bigger ones are answered 431.
     pub max_header_bytes: usize,
     /// Proxy worker threads; 0 (the default) means one per available core.
@@ -68,6 +93,14 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// `max_connections` in effect, given the process's open-file limit.
+    pub fn max_connections(&self, nofile_limit: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let limit = usize::try_from(nofile_limit).unwrap_or(usize::MAX);
+            (limit.saturating_sub(FD_RESERVE) / 2).max(1)
+        })
+    }
+
     /// The number of proxy worker threads to run.
     pub fn workers(&self) -> usize {
         match self.workers {
@@ -84,6 +117,10 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             instance: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT.into(),
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT.into(),
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT.into(),
+            send_timeout: DEFAULT_SEND_TIMEOUT.into(),
+            max_connections: None,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             workers: 0,
         }
@@ -195,10 +232,14 @@ impl Default for BalancerSection {
 pub struct ProxyConfig {
     /// Bound on opening a connection to a data server.
     pub connect_timeout: HumanDuration,
-    /// Bound on one try, until the response head arrives.
+    /// Bound on waiting for a data server: for the response head once it has the whole request, and for each
+    /// pause while it reads the request body or sends the response.
     pub try_timeout: HumanDuration,
-    /// Bound on all tries of one request together.
+    /// Bound on finding a server and getting a response head, all tries together; never on a body that keeps
+    /// moving (an upload's transfer time does not count).
     pub total_timeout: HumanDuration,
+    /// Largest request body accepted, in bytes; bigger ones get 413. Off when absent.
+    pub max_body_bytes: Option<u64>,
     /// Most tries per request (first try included).
     pub max_tries: u32,
     /// Retries may add at most this share of the requests (plus the floor below), so that retries cannot
@@ -223,6 +264,7 @@ impl Default for ProxyConfig {
             connect_timeout: HumanDuration::from_millis(500),
             try_timeout: HumanDuration::from_secs(10),
             total_timeout: HumanDuration::from_secs(30),
+            max_body_bytes: None,
             max_tries: 3,
             retry_budget_ratio: 0.2,
             retry_budget_min_per_sec: 10.0,
@@ -346,6 +388,22 @@ impl Validate for Config {
         self.server
             .header_read_timeout
             .require_positive("server.header_read_timeout")?;
+        self.server
+            .keepalive_timeout
+            .require_positive("server.keepalive_timeout")?;
+        self.server
+            .body_read_timeout
+            .require_positive("server.body_read_timeout")?;
+        self.server
+            .send_timeout
+            .require_positive("server.send_timeout")?;
+        if self.server.max_connections == Some(0) {
+            return Err(Invalid::new(
+                "server.max_connections",
+                "at least 1 (absent: from the open-file limit)",
+                0,
+            ));
+        }
         if self.server.max_header_bytes < MIN_MAX_HEADER_BYTES {
             return Err(Invalid::new(
                 "server.max_header_bytes",
@@ -390,6 +448,13 @@ impl Validate for Config {
         p.total_timeout.require_positive("proxy.total_timeout")?;
         if p.max_tries == 0 {
             return Err(Invalid::new("proxy.max_tries", "at least 1", 0));
+        }
+        if p.max_body_bytes == Some(0) {
+            return Err(Invalid::new(
+                "proxy.max_body_bytes",
+                "at least 1 (absent: no limit)",
+                0,
+            ));
         }
         if !(0.0..=1.0).contains(&p.retry_budget_ratio) {
             return Err(Invalid::new(

@@ -16,8 +16,8 @@ use crate::admin::admin_router;
 use crate::admin_listener::serve_http1;
 use crate::bus::Bus;
 use crate::canary::{self, CanaryConfig};
-use crate::config::Config;
 use crate::config::ProxyConfig;
+use crate::config::{ADMIN_MAX_CONNECTIONS, Config};
 use crate::state::{AppState, Metrics};
 
 /// Why the api-server could not start or stopped with an error.
@@ -164,17 +164,32 @@ pub async fn run(
     tasks.push(tokio::spawn(count_events(state.clone(), shutdown.clone())));
 
     on_listen(listening);
+    let nofile = svc::raise_nofile_limit();
+    let max_connections = config.server.max_connections(nofile);
+    tracing::info!(
+        open_file_limit = nofile,
+        max_connections,
+        "proxy connection limit"
+    );
     let limits = HttpLimits {
         header_read_timeout: config.server.header_read_timeout.get(),
+        keepalive_timeout: config.server.keepalive_timeout.get(),
+        body_read_timeout: config.server.body_read_timeout.get(),
+        send_timeout: config.server.send_timeout.get(),
+        max_connections,
         max_header_bytes: config.server.max_header_bytes,
         drain_grace: config.shutdown.drain_grace.get(),
+    };
+    let admin_limits = HttpLimits {
+        max_connections: ADMIN_MAX_CONNECTIONS,
+        ..limits
     };
     let errors = ConnectionErrors::new(state.metrics().connection_errors.clone());
     let admin_service = TowerToHyperService::new(admin_router(state.clone()));
     let admin = serve_http1(
         "admin",
         admin_listener,
-        limits,
+        admin_limits,
         errors.clone(),
         shutdown.clone(),
         move |_peer| admin_service.clone(),
@@ -222,6 +237,7 @@ fn proxy_settings(cfg: &ProxyConfig, warmup: Duration) -> proxy::ProxySettings {
         connect_timeout: cfg.connect_timeout.get(),
         try_timeout: cfg.try_timeout.get(),
         total_timeout: cfg.total_timeout.get(),
+        max_body_bytes: cfg.max_body_bytes,
         max_tries: cfg.max_tries,
         retry_budget_ratio: cfg.retry_budget_ratio,
         retry_budget_min_per_sec: cfg.retry_budget_min_per_sec,
@@ -242,6 +258,8 @@ fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::Pr
         ejections: m.ejections.clone(),
         latency: m.latency.clone(),
         connections_closed,
+        trailers_dropped: m.trailers_dropped.clone(),
+        loops: m.loops.clone(),
     }
 }
 

@@ -127,6 +127,10 @@ pub struct Metrics {
     pub retries: Counter,
     /// Passive-health ejections.
     pub ejections: Counter,
+    /// Request bodies whose trailer fields the proxy dropped.
+    pub trailers_dropped: Counter,
+    /// Requests that came back to this api-server (its own `Via` token), answered 508.
+    pub loops: Counter,
     /// Proxied request latency, until the response head.
     pub latency: Histogram,
     /// Open `/registry/events` streams.
@@ -205,6 +209,14 @@ impl Metrics {
             ),
             retries: m.counter("api_proxy_retries_total", "Tries after the first."),
             ejections: m.counter("api_proxy_ejections_total", "Passive-health ejections."),
+            trailers_dropped: m.counter(
+                "api_proxy_trailers_dropped_total",
+                "Request bodies whose trailer fields were dropped (chunked bodies are re-framed).",
+            ),
+            loops: m.counter(
+                "api_proxy_loops_total",
+                "Requests that came back to this api-server (its own Via token), answered 508.",
+            ),
             latency: m.histogram(
                 "api_proxy_request_duration_seconds",
                 "Time until the response head, all tries included.",

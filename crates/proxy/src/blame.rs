@@ -1,10 +1,16 @@
 //! What the outcome of one try means: whether another try may follow, whose fault it was (the server's is reported
 //! to passive health, which may eject it), and the answer when no try follows.
 //!
-//! One pure table, [`judge`] for a try that failed and [`judge_status`] for a server's answer, instead of match
-//! arms through the I/O code: `tries` describes what happened and applies the verdict. Limits outside the table
-//! (tries left, the overall deadline, live servers, the retry budget) are checked by `tries` before a retry the
-//! table allows.
+//! One pure table, [`judge`] for a try that failed, [`judge_status`] for a server's answer and [`judge_relay`] for a
+//! response that broke off, instead of match arms through the I/O code: `tries` describes what happened and applies
+//! the verdict. Limits outside the table (tries left, the overall deadline, live servers, the retry budget) are
+//! checked by `tries` before a retry the table allows.
+//!
+//! The rule behind every row: a server is blamed only for what it did (refused, reset or timed out a connection;
+//! sent no response head in time after it had the whole request; sent a malformed response; stopped reading the
+//! request body or broke off or stalled its response). What the client did (a body that pauses, trickles, stops,
+//! is malformed or too large; a client gone or not reading) never counts against a server: a client must not be
+//! able to eject healthy servers. The README's "The proxy" section has this table.
 
 /// Facts of the request that decide what a failure allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,18 +43,20 @@ pub(crate) enum TryFailure {
     },
     /// The response head could not be read, or was malformed.
     BadResponse,
-    /// The try's own `proxy.try_timeout` ran out waiting for the server (to accept, or to answer a request it had
-    /// whole): a server that hangs.
+    /// The try's own `proxy.try_timeout` ran out waiting for the server: to accept, to read the request body (it
+    /// stopped reading for that long), or to answer once it had the whole request. A server that hangs.
     TimedOut,
-    /// The try's own `proxy.try_timeout` ran out while a streamed request body was still going up: the client
-    /// stalled its upload, or the server stopped reading it.
-    TimedOutDuringUpload,
     /// The overall deadline (`proxy.total_timeout`) cut the try short: it says nothing about the server.
     DeadlineReached,
     /// The client broke off: closed during its request body, or read nothing of a `100 Continue`.
     ClientGone,
-    /// The client's chunked request body was malformed.
+    /// The client's chunked request body was malformed (the proxy refuses what a strict server would).
     ClientMalformed,
+    /// The client's body paused for longer than `server.body_read_timeout`: a stalled upload, or an
+    /// `Expect: 100-continue` request whose body never came.
+    ClientStalled,
+    /// The client's body went past `proxy.max_body_bytes`.
+    ClientTooLarge,
 }
 
 /// Whether another try follows.
@@ -120,12 +128,31 @@ pub(crate) fn judge(failure: TryFailure, facts: RequestFacts) -> Verdict {
         }
         // A server that hangs (alive TCP, no answer) may have started the work.
         TryFailure::TimedOut => verdict(resendable, Server, 504),
-        // Blamed on the server as any try timeout, whether the client or the server stalled the upload; a streamed
-        // body is never sent again.
-        TryFailure::TimedOutDuringUpload => verdict(No, Server, 504),
         TryFailure::DeadlineReached => verdict(No, Proxy, 504),
         TryFailure::ClientGone => verdict(No, Client, 499),
         TryFailure::ClientMalformed => verdict(No, Client, 400),
+        TryFailure::ClientStalled => verdict(No, Client, 408),
+        TryFailure::ClientTooLarge => verdict(No, Client, 413),
+    }
+}
+
+/// How a response that had begun to flow ended badly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RelayFailure {
+    /// The server reset, closed early or paused longer than `proxy.try_timeout` while it was sending.
+    ServerBrokeOff,
+    /// The client closed, or paused reading longer than `server.send_timeout`.
+    ClientGone,
+    /// The client's request body (still going up while the answer came down) paused, broke off or was malformed;
+    /// a server that waits for the rest of the body before answering more is not at fault.
+    ClientBody,
+}
+
+/// Whose fault a response that broke off was. Nothing is retried: part of the answer may have reached the client.
+pub(crate) fn judge_relay(failure: RelayFailure) -> Blame {
+    match failure {
+        RelayFailure::ServerBrokeOff => Blame::Server,
+        RelayFailure::ClientGone | RelayFailure::ClientBody => Blame::Client,
     }
 }
 
@@ -138,12 +165,20 @@ pub(crate) struct StatusVerdict {
     pub(crate) retry: bool,
 }
 
+/// The status a proxy answers when a request comes back to it (RFC 5842's Loop Detected).
+pub(crate) const LOOP_DETECTED: u16 = 508;
+
 /// What answering `status` means, for a request with these `facts`; `eject_on_5xx` is `proxy.eject_on_5xx`.
+///
+/// A 508 means the request went round a loop (this proxy's own answer when its `Via` token comes back, through
+/// another api-server or through an address of its own): the server that sent it there is no data server, so it
+/// fails whatever `eject_on_5xx` says, and another server may answer.
 pub(crate) fn judge_status(status: u16, eject_on_5xx: bool, facts: RequestFacts) -> StatusVerdict {
+    let looped = status == LOOP_DETECTED;
     StatusVerdict {
-        server_failed: eject_on_5xx && (500..600).contains(&status),
+        server_failed: looped || (eject_on_5xx && (500..600).contains(&status)),
         // A 502/503 from one server may be its own trouble: another may answer, if sending twice is safe.
-        retry: (status == 502 || status == 503) && facts.idempotent && facts.replayable,
+        retry: (status == 502 || status == 503 || looped) && facts.idempotent && facts.replayable,
     }
 }
 
@@ -246,14 +281,32 @@ mod tests {
     }
 
     #[test]
-    fn a_try_timeout_during_a_streamed_upload_is_blamed_on_the_server() {
-        // Today's rule, whoever stalled the upload: the client's body still arriving, or the server not reading it.
-        for f in [facts(true, false), facts(false, false)] {
-            assert_eq!(
-                judge(TryFailure::TimedOutDuringUpload, f),
-                verdict(No, Server, 504),
-                "{f:?}"
-            );
+    fn a_stalled_body_is_the_clients_fault_and_answered_408() {
+        let v = verdict(No, Client, 408);
+        check(TryFailure::ClientStalled, v, v);
+    }
+
+    #[test]
+    fn a_body_over_the_limit_is_the_clients_fault_and_answered_413() {
+        let v = verdict(No, Client, 413);
+        check(TryFailure::ClientTooLarge, v, v);
+    }
+
+    #[test]
+    fn a_response_that_broke_off_is_blamed_on_whoever_stopped() {
+        assert_eq!(judge_relay(RelayFailure::ServerBrokeOff), Server);
+        assert_eq!(judge_relay(RelayFailure::ClientGone), Client);
+        assert_eq!(judge_relay(RelayFailure::ClientBody), Client);
+    }
+
+    #[test]
+    fn a_loop_fails_the_server_that_sent_it_back_and_may_go_elsewhere() {
+        for eject_on_5xx in [false, true] {
+            for f in ALL {
+                let judged = judge_status(LOOP_DETECTED, eject_on_5xx, f);
+                assert!(judged.server_failed, "{f:?}");
+                assert_eq!(judged.retry, f.idempotent && f.replayable, "{f:?}");
+            }
         }
     }
 

@@ -20,13 +20,15 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::blame::{self, LOOP_DETECTED, RequestFacts, TryFailure};
 use crate::h1::{
-    self, ChunkError, ConnectionTokens, Framing, FramingHeaders, Refusal, push_decimal, push_header,
+    self, ConnectionTokens, Framing, FramingHeaders, Refusal, push_decimal, push_header,
 };
 use crate::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
 use crate::listener::HttpLimits;
 use crate::pool::Pool;
-use crate::relay::within;
+use crate::relay::reframe;
+use crate::relay::{BodyError, write_paced};
 use crate::state::Inner;
 use crate::tries::{Failure, forward};
 
@@ -50,6 +52,8 @@ pub(crate) struct Worker {
 /// One client connection.
 pub(crate) struct Conn {
     pub(crate) stream: TcpStream,
+    /// The client's address.
+    pub(crate) peer_addr: SocketAddr,
     pub(crate) peer: PeerHeaders,
     /// Bytes from the client not yet handled.
     pub(crate) buf: BytesMut,
@@ -61,6 +65,8 @@ pub(crate) struct Conn {
     pub(crate) up_rest: Vec<u8>,
     /// One try's head (and a buffered body).
     pub(crate) up_out: Vec<u8>,
+    /// A buffered chunked body, re-framed (extensions and trailers dropped).
+    pub(crate) up_body: Vec<u8>,
     /// Requests served on this connection.
     pub(crate) served: u64,
 }
@@ -75,6 +81,8 @@ pub(crate) struct Req {
     pub(crate) id: RequestId,
     /// The path, for the access log.
     pub(crate) path: Option<String>,
+    /// The request carried this proxy's own `Via` token: it has been here before.
+    pub(crate) looped: bool,
 }
 
 /// How a request's body relates to the buffer when its head is parsed.
@@ -103,6 +111,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
     let trusted = w.p.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     let mut c = Conn {
         stream,
+        peer_addr: peer,
         peer: PeerHeaders::new(peer, trusted),
         // The write-side buffers grow to what this connection's requests need; an idle connection holds little.
         buf: BytesMut::with_capacity(CLIENT_BUFFER),
@@ -110,6 +119,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         up_line: Vec::new(),
         up_rest: Vec::new(),
         up_out: Vec::new(),
+        up_body: Vec::new(),
         served: 0,
     };
     loop {
@@ -176,12 +186,14 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
     }
 }
 
-/// Writes `out` to the client, within `proxy.try_timeout`; false when the client is gone or reads nothing.
+/// Writes `out` to the client, each write within `server.send_timeout`; false when the client is gone or reads
+/// nothing.
 pub(crate) async fn write_out(w: &Worker, c: &mut Conn) -> bool {
-    within(
-        w.p.try_timeout,
+    write_paced(
+        &mut c.stream,
+        &c.out,
+        w.limits.send_timeout,
         "the client read nothing",
-        c.stream.write_all(&c.out),
     )
     .await
     .is_ok()
@@ -218,9 +230,17 @@ enum Head {
     Refused(Refusal),
 }
 
-/// Waits for the next request head, within `server.header_read_timeout`.
+/// Waits for the next request head: on a kept-alive connection up to `server.keepalive_timeout` for its first byte,
+/// then `server.header_read_timeout` for the whole head (for a connection's first request, from the accept).
 async fn read_head(w: &Worker, c: &mut Conn) -> Head {
-    let deadline = Instant::now() + w.limits.header_read_timeout;
+    let now = Instant::now();
+    let header_timeout = w.limits.header_read_timeout;
+    let mut deadline = if c.served == 0 || !c.buf.is_empty() {
+        now + header_timeout
+    } else {
+        now + w.limits.keepalive_timeout
+    };
+    let mut waiting_idle = c.served > 0 && c.buf.is_empty();
     loop {
         if !c.buf.is_empty() {
             match parse_request(w, c) {
@@ -247,6 +267,11 @@ async fn read_head(w: &Worker, c: &mut Conn) -> Head {
         };
         match read {
             Ok(0) | Err(_) => return Head::Closed,
+            Ok(_) if waiting_idle => {
+                // The first byte of the next request: its head has `header_read_timeout` from now.
+                waiting_idle = false;
+                deadline = Instant::now() + header_timeout;
+            }
             Ok(_) => {}
         }
     }
@@ -289,6 +314,7 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     let mut host = None;
     let mut id = None;
     let mut expect_continue = false;
+    let mut looped = false;
     c.up_rest.clear();
     c.up_rest.extend_from_slice(b"\r\n");
     for h in r.headers.iter() {
@@ -302,6 +328,9 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
             }
         } else if name.eq_ignore_ascii_case("x-request-id") {
             id = id.or_else(|| RequestId::from_client(h.value));
+        } else if name.eq_ignore_ascii_case("via") {
+            looped |= w.p.via.seen_in(h.value);
+            push_header(&mut c.up_rest, name.as_bytes(), h.value);
         } else if name.eq_ignore_ascii_case("expect")
             && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         {
@@ -338,6 +367,7 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     }
     let id = id.unwrap_or_else(RequestId::generate);
     push_forwarding(&mut c.up_rest, &c.peer, &earlier, host, &id);
+    push_header(&mut c.up_rest, b"via", w.p.via.value());
     c.up_rest.extend_from_slice(b"\r\n");
 
     c.up_line.clear();
@@ -366,6 +396,7 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
         expect_continue: expect_continue && framing != Framing::Empty,
         id,
         path,
+        looped,
     };
     c.buf.advance(n);
     Ok(Some(req))
@@ -408,23 +439,42 @@ fn origin_form<'a>(
 /// Proxies one request: tries servers, writes the response (or an error) to the client.
 async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
     let p = &*w.p;
+    if req.looped {
+        return looped(w, c, req).await;
+    }
     let body = match req.framing {
         Framing::Empty | Framing::UntilClose => Body::None,
+        Framing::Length(n) if p.max_body_bytes.is_some_and(|max| n > max) => {
+            return client_error(w, c, req, ClientFault::too_large(p.max_body_bytes)).await;
+        }
         Framing::Length(n) if c.buf.len() as u64 >= n => Body::Buffered(n as usize),
         Framing::Length(_) => Body::Streaming,
         Framing::Chunked => {
             let mut parser = h1::ChunkedParser::default();
-            match parser.advance(&c.buf, |_| {}) {
-                Ok(k) if parser.done() => Body::Buffered(k),
+            let mut seen = 0;
+            c.up_body.clear();
+            match reframe(
+                &mut parser,
+                &c.buf,
+                &mut c.up_body,
+                &mut seen,
+                p.max_body_bytes,
+            ) {
+                Ok(k) if parser.done() => {
+                    if parser.had_trailers() {
+                        p.metrics.trailers_dropped.inc();
+                    }
+                    Body::Buffered(k)
+                }
                 Ok(_) => Body::Streaming,
-                Err(err) => return client_error(w, c, req, Some(err)).await,
+                Err(err) => return client_error(w, c, req, ClientFault::from_body(err)).await,
             }
         }
     };
     let result = forward(w, c, req, body, started).await;
     match result {
         Ok(done) => done,
-        Err(Failure::Client(malformed)) => client_error(w, c, req, malformed).await,
+        Err(Failure::Client(fault)) => client_error(w, c, req, fault).await,
         Err(Failure::Proxy(err)) => {
             p.metrics.latency.observe_duration(started.elapsed());
             let (status, reason) = err.status();
@@ -464,16 +514,115 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
     }
 }
 
-/// A broken or malformed request body: 400 if it was malformed and nothing was answered yet; the connection closes.
-async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<ChunkError>) -> Done {
-    if let Some(err) = malformed {
-        w.p.metrics.connections_closed.count("malformed");
+/// A request that came back to this proxy: 508, and the connection closes (the peer is no client but a server in
+/// a loop, or another proxy routing to this one).
+async fn looped(w: &Worker, c: &mut Conn, req: &Req) -> Done {
+    w.p.metrics.loops.inc();
+    let peer = c.peer_addr;
+    tracing::warn!(request_id = %req.id.as_str(), %peer, "request came back to this api-server (its own Via token): answered 508");
+    let detail = "loop detected: this request has already passed through this api-server";
+    c.out.clear();
+    write_json_error(
+        &mut c.out,
+        LOOP_DETECTED,
+        "Loop Detected",
+        detail,
+        Some(&req.id),
+        Persist::Close,
+        req.method == Method::HEAD,
+    );
+    write_out(w, c).await;
+    Done {
+        status: LOOP_DETECTED,
+        upstream: None,
+        tries: 0,
+        failure: Some(detail.to_owned()),
+        keep: false,
+    }
+}
+
+/// What the client did wrong with its request body, and what it is answered.
+#[derive(Debug)]
+pub(crate) struct ClientFault {
+    /// The answer (none is written for 499: the client is gone).
+    pub(crate) status: u16,
+    /// The reason counted in `api_http_connections_closed_total`.
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+}
+
+impl ClientFault {
+    pub(crate) fn new(failure: TryFailure, detail: String) -> ClientFault {
+        let status = blame::judge(
+            failure,
+            RequestFacts {
+                idempotent: false,
+                replayable: false,
+            },
+        )
+        .status;
+        let reason = match failure {
+            TryFailure::ClientMalformed => "malformed",
+            TryFailure::ClientStalled => "body_timeout",
+            TryFailure::ClientTooLarge => "body_too_large",
+            _ => "client_gone",
+        };
+        ClientFault {
+            status,
+            reason,
+            detail,
+        }
+    }
+
+    /// The fault behind a request body that did not all go up (`None` for the server's failure).
+    pub(crate) fn from_body(err: BodyError) -> ClientFault {
+        match err {
+            BodyError::ClientGone(e) => ClientFault::new(
+                TryFailure::ClientGone,
+                format!("the client closed the connection during the request body: {e}"),
+            ),
+            BodyError::ClientStalled(pause) => ClientFault::new(
+                TryFailure::ClientStalled,
+                format!("no request body bytes for {pause:?} (server.body_read_timeout)"),
+            ),
+            BodyError::Malformed(e) => ClientFault::new(TryFailure::ClientMalformed, e.to_string()),
+            BodyError::TooLarge(max) => ClientFault::too_large(Some(max)),
+            BodyError::Upstream(e) => ClientFault::new(
+                TryFailure::ClientGone,
+                format!("the server stopped reading the request body: {e}"),
+            ),
+        }
+    }
+
+    fn too_large(max: Option<u64>) -> ClientFault {
+        ClientFault::new(
+            TryFailure::ClientTooLarge,
+            format!(
+                "request body larger than {} bytes (proxy.max_body_bytes)",
+                max.unwrap_or_default()
+            ),
+        )
+    }
+}
+
+/// A request body the client broke, stalled, malformed or made too large: answered (408, 400, 413) unless the
+/// client is gone; the connection closes, since the rest of the body cannot be told from a next request.
+async fn client_error(w: &Worker, c: &mut Conn, req: &Req, fault: ClientFault) -> Done {
+    w.p.metrics.connections_closed.count(fault.reason);
+    tracing::debug!(request_id = %req.id.as_str(), peer = %c.peer_addr, status = fault.status, "request ended by the client: {}", fault.detail);
+    if fault.status != 499 {
+        let reason = match fault.status {
+            400 => "Bad Request",
+            408 => "Request Timeout",
+            413 => "Content Too Large",
+            _ => "Error",
+        };
         c.out.clear();
         write_json_error(
             &mut c.out,
-            400,
-            "Bad Request",
-            &err.to_string(),
+            fault.status,
+            reason,
+            &fault.detail,
             Some(&req.id),
             Persist::Close,
             req.method == Method::HEAD,
@@ -481,13 +630,10 @@ async fn client_error(w: &Worker, c: &mut Conn, req: &Req, malformed: Option<Chu
         write_out(w, c).await;
     }
     Done {
-        status: if malformed.is_some() { 400 } else { 499 },
+        status: fault.status,
         upstream: None,
         tries: 0,
-        failure: Some(malformed.map_or_else(
-            || "the client closed the connection during the request".to_owned(),
-            |e| e.to_string(),
-        )),
+        failure: Some(fault.detail),
         keep: false,
     }
 }

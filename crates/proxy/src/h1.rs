@@ -210,8 +210,41 @@ fn parse_length(v: &[u8]) -> Option<u64> {
 
 /// Longest chunk-size line (size and extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4096;
+/// Most bytes of chunk extensions in one body, all lines together (hyper refuses a body beyond 16 KiB too, so a
+/// body the proxy passes is one a hyper-based server accepts, though the proxy drops the extensions).
+const MAX_EXTENSIONS: usize = 16 * 1024;
 /// Largest trailer section accepted.
 const MAX_TRAILERS: usize = 16 * 1024;
+
+/// The chunk that ends a chunked body, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Appends `data` as one chunk of a chunked body (nothing for empty `data`: an empty chunk would end the body).
+pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let mut digits = [0u8; 16];
+    let mut at = digits.len();
+    let mut n = data.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A `tchar` of RFC 9110 section 5.6.2: what a field name is made of.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
 
 /// A chunked body that does not follow RFC 9112 section 7.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -219,13 +252,17 @@ const MAX_TRAILERS: usize = 16 * 1024;
 pub struct ChunkError(&'static str);
 
 /// Incremental, strict parser of a chunked body. It does not copy: [`ChunkedParser::advance`] says how many of the
-/// given bytes belong to the body, and where its data bytes are, so the caller forwards the raw bytes (or, for an
-/// HTTP/1.0 peer, only the data).
+/// given bytes belong to the body, and where its data bytes are, so the caller forwards the raw bytes or re-frames
+/// the data (request bodies are re-framed: extensions and trailers dropped).
 #[derive(Debug, Clone)]
 pub struct ChunkedParser {
     state: Chunk,
     /// Bytes of the current size line, or of the trailers so far.
     line: usize,
+    /// Bytes of chunk extensions so far, all lines together.
+    extensions: usize,
+    /// Whether a trailer field was seen.
+    trailers: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,8 +283,10 @@ enum Chunk {
     DataLf,
     /// Start of a trailer line (or of the final CRLF).
     TrailerStart,
-    /// Inside a trailer line.
-    Trailer,
+    /// In a trailer field's name, before its colon.
+    TrailerName,
+    /// In a trailer field's value.
+    TrailerValue,
     /// CR at the end of a trailer line; LF next.
     TrailerLf,
     /// CR of the final empty line; LF next.
@@ -261,6 +300,8 @@ impl Default for ChunkedParser {
         ChunkedParser {
             state: Chunk::Size(0, false),
             line: 0,
+            extensions: 0,
+            trailers: false,
         }
     }
 }
@@ -269,6 +310,11 @@ impl ChunkedParser {
     /// Whether the whole body has been seen.
     pub fn done(&self) -> bool {
         self.state == Chunk::Done
+    }
+
+    /// Whether the body had trailer fields (a proxy that re-frames the body drops them).
+    pub fn had_trailers(&self) -> bool {
+        self.trailers
     }
 
     /// Parses from the start of `input`; returns how many bytes belong to the body (all of `input` unless the
@@ -316,6 +362,10 @@ impl ChunkedParser {
                     } else if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
                         return Err(ChunkError("control character in chunk extension"));
                     }
+                    self.extensions += 1;
+                    if self.extensions > MAX_EXTENSIONS {
+                        return Err(ChunkError("chunk extensions too large"));
+                    }
                     self.line += 1;
                 }
                 Chunk::SizeLf(n) => {
@@ -356,17 +406,28 @@ impl ChunkedParser {
                 Chunk::TrailerStart => {
                     self.state = if b == b'\r' {
                         Chunk::EndLf
-                    } else if b == b'\n' || b == b' ' || b == b'\t' || b == b':' {
-                        return Err(ChunkError("malformed trailer"));
+                    } else if is_tchar(b) {
+                        self.trailers = true;
+                        Chunk::TrailerName
                     } else {
-                        Chunk::Trailer
+                        return Err(ChunkError("malformed trailer"));
                     };
                     self.line += 1;
                 }
-                Chunk::Trailer => {
+                // A field line is `name: value` (RFC 9112 section 5), as in a head: a line without a colon is refused,
+                // as hyper and httparse refuse it.
+                Chunk::TrailerName => {
+                    if b == b':' {
+                        self.state = Chunk::TrailerValue;
+                    } else if !is_tchar(b) {
+                        return Err(ChunkError("malformed trailer"));
+                    }
+                    self.line += 1;
+                }
+                Chunk::TrailerValue => {
                     if b == b'\r' {
                         self.state = Chunk::TrailerLf;
-                    } else if b == b'\n' || b == 0 {
+                    } else if (b < 0x20 && b != b'\t') || b == 0x7f {
                         return Err(ChunkError("malformed trailer"));
                     }
                     self.line += 1;
@@ -393,7 +454,10 @@ impl ChunkedParser {
                 {
                     return Err(ChunkError("chunk size line too long"));
                 }
-                Chunk::TrailerStart | Chunk::Trailer | Chunk::TrailerLf
+                Chunk::TrailerStart
+                | Chunk::TrailerName
+                | Chunk::TrailerValue
+                | Chunk::TrailerLf
                     if self.line > MAX_TRAILERS =>
                 {
                     return Err(ChunkError("trailers too large"));
@@ -573,6 +637,9 @@ mod tests {
             b"1ffffffffffffffff\r\n",
             b"0\r\n: x\r\n\r\n",
             b"0\r\n\r\r",
+            b"0\r\nbad trailer\r\n\r\n",
+            b"0\r\nX-Sum 1\r\n\r\n",
+            b"0\r\nX-Sum: a\x01b\r\n\r\n",
         ] {
             let mut p = ChunkedParser::default();
             assert!(
@@ -588,6 +655,42 @@ mod tests {
             .copied()
             .collect::<Vec<u8>>();
         assert!(p.advance(&long, |_| {}).is_err());
+    }
+
+    #[test]
+    fn extensions_are_bounded_per_body_and_trailers_are_noticed() {
+        // Six lines of 4,000 bytes of extensions: each line fits, the body does not.
+        let ext = "a".repeat(4000);
+        let mut body = Vec::new();
+        for _ in 0..6 {
+            body.extend_from_slice(format!("5;e={ext}\r\nhello\r\n").as_bytes());
+        }
+        body.extend_from_slice(b"0\r\n\r\n");
+        let err = ChunkedParser::default().advance(&body, |_| {}).unwrap_err();
+        assert_eq!(err, ChunkError("chunk extensions too large"));
+
+        let mut p = ChunkedParser::default();
+        p.advance(b"1;a=b\r\nx\r\n0\r\n\r\n", |_| {}).unwrap();
+        assert!(p.done() && !p.had_trailers());
+        let mut p = ChunkedParser::default();
+        p.advance(b"1\r\nx\r\n0\r\nX-Sum: 1\r\n\r\n", |_| {})
+            .unwrap();
+        assert!(p.done() && p.had_trailers());
+    }
+
+    #[test]
+    fn chunks_are_written_as_a_strict_parser_reads_them() {
+        let mut out = Vec::new();
+        push_chunk(&mut out, b"");
+        assert!(out.is_empty(), "an empty chunk would end the body");
+        push_chunk(&mut out, b"hello");
+        push_chunk(&mut out, &[b'x'; 300]);
+        out.extend_from_slice(LAST_CHUNK);
+        assert!(out.starts_with(b"5\r\nhello\r\n12c\r\n"));
+        let (n, data) = parse_all(&out).unwrap();
+        assert_eq!(n, out.len());
+        assert_eq!(&data[..5], b"hello");
+        assert_eq!(data.len(), 305);
     }
 
     #[test]

@@ -67,6 +67,35 @@ impl RequestId {
     }
 }
 
+/// This proxy's pseudonym in `Via` (RFC 9110 section 7.6.3): random per process, so that a request that comes back
+/// to the proxy that sent it is recognised, whatever address it came back through.
+#[derive(Debug, Clone)]
+pub struct ViaToken {
+    /// `1.1 api-<16 hex digits>`: the value this proxy adds.
+    value: Box<[u8]>,
+}
+
+impl ViaToken {
+    /// A new random token.
+    pub fn generate() -> ViaToken {
+        let n = rand::rng().random::<u64>();
+        ViaToken {
+            value: format!("1.1 api-{n:016x}").into_bytes().into_boxed_slice(),
+        }
+    }
+
+    /// The `Via` value this proxy adds to a request.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// Whether a `Via` value names this proxy (the request has been here before).
+    pub fn seen_in(&self, via: &[u8]) -> bool {
+        let pseudonym = &self.value[4..];
+        via.windows(pseudonym.len()).any(|w| w == pseudonym)
+    }
+}
+
 /// What the forwarding headers say about one client connection, worked out once when it is accepted.
 #[derive(Debug, Clone)]
 pub struct PeerHeaders {
@@ -167,6 +196,17 @@ pub fn push_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_via_token_recognises_itself_only() {
+        let mine = ViaToken::generate();
+        let other = ViaToken::generate();
+        assert!(mine.value().starts_with(b"1.1 api-"));
+        let both = [other.value(), b", ", mine.value()].concat();
+        assert!(mine.seen_in(&both));
+        assert!(!mine.seen_in(other.value()));
+        assert!(!mine.seen_in(b"1.1 nginx"));
+    }
 
     fn forwarding(peer: &PeerHeaders, earlier: &EarlierHops<'_>, host: Option<&str>) -> String {
         let id = RequestId::from_client(b"abc-1").unwrap();

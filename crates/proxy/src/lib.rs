@@ -45,6 +45,7 @@
 //!     connect_timeout: Duration::from_millis(500),
 //!     try_timeout: Duration::from_secs(10),
 //!     total_timeout: Duration::from_secs(30),
+//!     max_body_bytes: None,
 //!     max_tries: 3,
 //!     retry_budget_ratio: 0.2,
 //!     retry_budget_min_per_sec: 10.0,
@@ -56,6 +57,10 @@
 //! };
 //! let limits = proxy::HttpLimits {
 //!     header_read_timeout: Duration::from_secs(10),
+//!     keepalive_timeout: Duration::from_secs(75),
+//!     body_read_timeout: Duration::from_secs(60),
+//!     send_timeout: Duration::from_secs(60),
+//!     max_connections: 10_000,
 //!     max_header_bytes: 32 * 1024,
 //!     drain_grace: Duration::from_secs(1),
 //! };

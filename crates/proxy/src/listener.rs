@@ -22,15 +22,24 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// Bounds on what one client may make a listener hold.
 #[derive(Debug, Clone, Copy)]
 pub struct HttpLimits {
-    /// Time allowed to send a request's headers, from its first byte.
+    /// Time allowed to send a request's headers, from its first byte (from the accept for a connection's first
+    /// request).
     pub header_read_timeout: Duration,
+    /// How long a kept-alive connection may sit idle between requests.
+    pub keepalive_timeout: Duration,
+    /// Longest pause allowed in a request body; then 408, the client's fault.
+    pub body_read_timeout: Duration,
+    /// Longest pause allowed in the client's reading of a response; then the connection is closed.
+    pub send_timeout: Duration,
+    /// Most client connections open at once; beyond it a new one gets a fast 503 and is closed.
+    pub max_connections: usize,
     /// Largest request head (request line and headers) accepted; bigger ones get 431.
     pub max_header_bytes: usize,
     /// How long open connections are still served, with `Connection: close`, after shutdown starts.
     pub drain_grace: Duration,
 }
 
-/// Why connections were closed by the server rather than the client, for `/metrics`.
+/// Why client connections ended because of the client (or the limit on connections), for `/metrics`.
 #[derive(Debug, Clone)]
 pub struct ConnectionErrors {
     counters: CounterVec,
@@ -38,11 +47,16 @@ pub struct ConnectionErrors {
 
 impl ConnectionErrors {
     /// The reasons counted, each present (at zero) from the start.
-    pub const REASONS: [&'static str; 4] = [
+    pub const REASONS: [&'static str; 9] = [
         "header_timeout",
         "header_too_large",
         "malformed",
         "unsupported",
+        "body_timeout",
+        "body_too_large",
+        "client_gone",
+        "send_timeout",
+        "over_capacity",
     ];
 
     /// Counts into `counters`, labelled by reason.
@@ -93,6 +107,11 @@ pub struct OpenConnections {
 }
 
 impl OpenConnections {
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
     /// Returns once no connection is open, or when `limit` fires (without one, only the former).
     pub async fn all_closed(&self, mut limit: Option<Pin<&mut Sleep>>) {
         loop {

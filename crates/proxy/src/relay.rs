@@ -1,6 +1,7 @@
 //! Bytes on the wire: response heads read and rewritten for the client, bodies relayed both ways as their framing
 //! delimits them, each step bounded in time.
 
+use std::cell::Cell;
 use std::io;
 use std::task::Poll;
 use std::time::Duration;
@@ -207,9 +208,41 @@ pub(crate) async fn within<T>(
     })
 }
 
+/// How long each side of a relay may pause.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pauses {
+    /// The data server (`proxy.try_timeout`): a read of its response, a write of the request body to it.
+    pub(crate) server: Duration,
+    /// The client: a write of the response to it (`server.send_timeout`), a read of its body
+    /// (`server.body_read_timeout`).
+    pub(crate) client_read: Duration,
+    pub(crate) client_write: Duration,
+}
+
+/// Writes all of `bytes`, each write allowed to pause `idle` at most: a slow reader that keeps reading is served
+/// however long the whole takes.
+pub(crate) async fn write_paced<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bytes: &[u8],
+    idle: Duration,
+    what: &str,
+) -> io::Result<()> {
+    let mut at = 0;
+    while at < bytes.len() {
+        match within(idle, what, w.write(&bytes[at..])).await? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => at += n,
+        }
+    }
+    Ok(())
+}
+
 /// Sends the response head in `out` and the body after it, as `framing` delimits it; `dechunk` strips the chunked
-/// coding (for an HTTP/1.0 client). Each read and write must make progress within `idle`: a data server that stops
-/// sending in the middle of a body, or a client that stops reading, is cut off.
+/// coding (for an HTTP/1.0 client). The server may pause `pauses.server` between reads, the client
+/// `pauses.client_write` between writes: one that stops sending or reading is cut off. While `hold` is set (the
+/// request body is still going up, and a server may wait for it before it answers more), the server's pauses are
+/// not timed: the upload's own timers judge that time.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay_body<R, W>(
     r: &mut R,
     buf: &mut BytesMut,
@@ -217,21 +250,27 @@ pub(crate) async fn relay_body<R, W>(
     out: &mut Vec<u8>,
     framing: Framing,
     dechunk: bool,
-    idle: Duration,
+    pauses: Pauses,
+    hold: &Cell<bool>,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
     let upstream = |detail: String, head_sent: bool| RelayError::Upstream { detail, head_sent };
+    let idle = pauses.server;
     let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, String> {
         buf.reserve(UPSTREAM_BUFFER);
-        within(idle, "nothing more from the server", r.read_buf(buf))
-            .await
-            .map_err(|e| e.to_string())
+        loop {
+            match bounded(idle, r.read_buf(buf)).await {
+                Ok(read) => return read.map_err(|e| e.to_string()),
+                Err(_) if hold.get() => {}
+                Err(_) => return Err(format!("nothing more from the server for {idle:?}")),
+            }
+        }
     };
     let send = async |w: &mut W, bytes: &[u8]| -> Result<(), RelayError> {
-        within(idle, "the client read nothing", w.write_all(bytes))
+        write_paced(w, bytes, pauses.client_write, "the client read nothing")
             .await
             .map_err(RelayError::Client)
     };
@@ -304,21 +343,63 @@ fn take(left: u64, buf: &BytesMut) -> usize {
     usize::try_from(left).map_or(buf.len(), |l| l.min(buf.len()))
 }
 
+/// Why a request body did not all go up.
 #[derive(Debug)]
 pub(crate) enum BodyError {
-    Client(io::Error),
+    /// The client closed the connection inside its body.
+    ClientGone(io::Error),
+    /// The client's body paused for longer than `server.body_read_timeout`.
+    ClientStalled(Duration),
     Malformed(ChunkError),
+    /// The body went past `proxy.max_body_bytes`.
+    TooLarge(u64),
+    /// The server stopped reading it (or closed).
     Upstream(io::Error),
 }
 
-/// Streams the rest of a request body from the client (its buffer first) to the server.
+/// A request body that went up whole.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BodySent {
+    /// Its trailer fields were dropped.
+    pub(crate) trailers_dropped: bool,
+}
+
+/// Re-frames the chunked body data in `input` into `out` as fresh chunks (extensions dropped), ending it with the
+/// last chunk once `parser` is done (trailers dropped); returns how many bytes of `input` belonged to the body.
+/// `data_seen` counts the body's data bytes against `max_body`.
+pub(crate) fn reframe(
+    parser: &mut h1::ChunkedParser,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    data_seen: &mut u64,
+    max_body: Option<u64>,
+) -> Result<usize, BodyError> {
+    let k = parser
+        .advance(input, |data| {
+            *data_seen += data.len() as u64;
+            h1::push_chunk(out, data);
+        })
+        .map_err(BodyError::Malformed)?;
+    if let Some(max) = max_body.filter(|&max| *data_seen > max) {
+        return Err(BodyError::TooLarge(max));
+    }
+    if parser.done() {
+        out.extend_from_slice(h1::LAST_CHUNK);
+    }
+    Ok(k)
+}
+
+/// Streams the rest of a request body from the client (its buffer first) to the server; a chunked body is
+/// re-framed on the way (see [`reframe`]). The client may pause `pauses.client_read` between reads, the server
+/// `pauses.server` between writes.
 pub(crate) async fn send_body<R, W>(
     r: &mut R,
     buf: &mut BytesMut,
     w: &mut W,
     framing: Framing,
-    idle: Duration,
-) -> Result<(), BodyError>
+    pauses: Pauses,
+    max_body: Option<u64>,
+) -> Result<BodySent, BodyError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -326,11 +407,12 @@ where
     let fill = async |r: &mut R, buf: &mut BytesMut| -> Result<(), BodyError> {
         if buf.is_empty() {
             buf.reserve(UPSTREAM_BUFFER);
-            let read = within(idle, "no body bytes", r.read_buf(buf))
-                .await
-                .map_err(BodyError::Client)?;
+            let read = match bounded(pauses.client_read, r.read_buf(buf)).await {
+                Ok(read) => read.map_err(BodyError::ClientGone)?,
+                Err(_) => return Err(BodyError::ClientStalled(pauses.client_read)),
+            };
             if read == 0 {
-                return Err(BodyError::Client(io::Error::new(
+                return Err(BodyError::ClientGone(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "closed inside the request body",
                 )));
@@ -339,7 +421,7 @@ where
         Ok(())
     };
     let upload = async |w: &mut W, bytes: &[u8]| -> Result<(), BodyError> {
-        within(idle, "the server read nothing", w.write_all(bytes))
+        write_paced(w, bytes, pauses.server, "the server read nothing")
             .await
             .map_err(BodyError::Upstream)
     };
@@ -352,19 +434,24 @@ where
                 buf.advance(k);
                 left -= k as u64;
             }
-            Ok(())
+            Ok(BodySent::default())
         }
         Framing::Chunked => {
             let mut parser = h1::ChunkedParser::default();
+            let mut framed = Vec::new();
+            let mut data_seen = 0;
             while !parser.done() {
                 fill(r, buf).await?;
-                let k = parser.advance(buf, |_| {}).map_err(BodyError::Malformed)?;
-                upload(w, &buf[..k]).await?;
+                framed.clear();
+                let k = reframe(&mut parser, buf, &mut framed, &mut data_seen, max_body)?;
                 buf.advance(k);
+                upload(w, &framed).await?;
             }
-            Ok(())
+            Ok(BodySent {
+                trailers_dropped: parser.had_trailers(),
+            })
         }
-        Framing::Empty | Framing::UntilClose => Ok(()),
+        Framing::Empty | Framing::UntilClose => Ok(BodySent::default()),
     }
 }
 
@@ -408,6 +495,7 @@ mod tests {
             expect_continue: false,
             id: RequestId::generate(),
             path: None,
+            looped: false,
         };
         let mut conn = Failing { bytes, kind };
         let (mut buf, mut out) = (BytesMut::new(), Vec::new());

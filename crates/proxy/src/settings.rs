@@ -14,10 +14,14 @@ use crate::listener::ConnectionErrors;
 pub struct ProxySettings {
     /// Bound on opening a connection to a data server.
     pub connect_timeout: Duration,
-    /// Bound on one try, until the response head arrives; also the bound on each step of relaying a body.
+    /// Bound on waiting for the server: for the response head once it has the whole request, and for each pause
+    /// while it reads the request body or sends the response.
     pub try_timeout: Duration,
-    /// Bound on all tries of one request together.
+    /// Bound on finding a server and getting a response head, all tries together; never on a body that keeps
+    /// moving (the time a streamed request body takes to go up does not count).
     pub total_timeout: Duration,
+    /// Largest request body accepted (413 beyond it); `None` for no limit.
+    pub max_body_bytes: Option<u64>,
     /// Most tries per request (first try included).
     pub max_tries: u32,
     /// Retries may add at most this share of the requests (plus the floor below).
@@ -52,6 +56,11 @@ pub struct ProxyMetrics {
     pub ejections: Counter,
     /// Time until the response head, all tries included.
     pub latency: Histogram,
-    /// Client connections the proxy closed, by reason (slow or oversized heads, malformed or unsupported requests).
+    /// Client connections the proxy closed, by reason (slow or oversized heads, malformed or unsupported requests,
+    /// stalled or oversized bodies, clients gone, connections over the limit).
     pub connections_closed: ConnectionErrors,
+    /// Request bodies whose trailer fields were dropped (the proxy re-frames chunked bodies without them).
+    pub trailers_dropped: Counter,
+    /// Requests that came back to this proxy (its own `Via` token in them), answered 508.
+    pub loops: Counter,
 }

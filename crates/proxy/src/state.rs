@@ -10,6 +10,7 @@ use svc::{Counter, CounterVec};
 use tokio::time::Instant;
 
 use crate::budget::RetryBudget;
+use crate::headers::ViaToken;
 use crate::{ProxyMetrics, ProxySettings};
 
 /// The proxy: its settings over a balancer, and the metrics it counts into; cheap to clone. [`serve`](crate::serve)
@@ -27,6 +28,8 @@ pub(crate) struct Inner {
     pub(crate) connect_timeout: Duration,
     pub(crate) try_timeout: Duration,
     pub(crate) total_timeout: Duration,
+    pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) via: ViaToken,
     pub(crate) max_tries: u32,
     pub(crate) budget: RetryBudget,
     pub(crate) backoff: Duration,
@@ -55,6 +58,8 @@ impl Proxy {
                 connect_timeout: settings.connect_timeout,
                 try_timeout: settings.try_timeout,
                 total_timeout: settings.total_timeout,
+                max_body_bytes: settings.max_body_bytes,
+                via: ViaToken::generate(),
                 max_tries: settings.max_tries,
                 budget: RetryBudget::new(
                     settings.retry_budget_ratio,

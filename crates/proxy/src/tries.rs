@@ -6,6 +6,7 @@
 //! left the buffer, so such a request is only retried when its try failed before that (a refused connection, or a
 //! pooled connection the server had closed).
 
+use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -18,15 +19,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::blame::{self, Blame, RequestFacts, Retry, TryFailure};
+use crate::blame::{self, Blame, RelayFailure, RequestFacts, Retry, TryFailure};
 use crate::budget::jittered;
-use crate::conn::{Body, Conn, Done, Persist, Req, Worker, write_json_error, write_out};
+use crate::conn::{
+    Body, ClientFault, Conn, Done, Persist, Req, Worker, write_json_error, write_out,
+};
 use crate::error::ProxyError;
-use crate::h1::{ChunkError, Framing};
+use crate::h1::Framing;
 use crate::headers::RequestId;
 use crate::pool::Upstream;
 use crate::relay::{
-    BodyError, HeadError, RelayError, read_response_head, relay_body, send_body, within,
+    BodyError, BodySent, HeadError, Pauses, RelayError, read_response_head, relay_body, send_body,
+    write_paced,
 };
 use crate::state::{is_idempotent, report_failure, wait_for_a_server};
 
@@ -37,21 +41,27 @@ struct TryError {
     failure: TryFailure,
     /// What went wrong, for the log and the answer's detail (empty when the failure says it all).
     detail: String,
-    /// The client's malformed body, answered with 400.
-    malformed: Option<ChunkError>,
 }
 
 impl TryError {
     fn new(failure: TryFailure, detail: String) -> TryError {
-        TryError {
-            failure,
-            detail,
-            malformed: None,
-        }
+        TryError { failure, detail }
     }
 
     fn of(failure: TryFailure) -> TryError {
         TryError::new(failure, String::new())
+    }
+
+    /// The client's part in a request body that did not all go up.
+    fn from_body(err: BodyError) -> TryError {
+        let fault = ClientFault::from_body(err);
+        let failure = match fault.status {
+            400 => TryFailure::ClientMalformed,
+            408 => TryFailure::ClientStalled,
+            413 => TryFailure::ClientTooLarge,
+            _ => TryFailure::ClientGone,
+        };
+        TryError::new(failure, fault.detail)
     }
 }
 
@@ -65,7 +75,7 @@ fn facts(req: &Req, body: Body) -> RequestFacts {
 
 pub(crate) enum Failure {
     Proxy(ProxyError),
-    Client(Option<ChunkError>),
+    Client(ClientFault),
 }
 
 /// Tries live servers until one answers, a failure may not be retried, or tries, time or the retry budget run out.
@@ -135,8 +145,11 @@ pub(crate) async fn forward(
             body,
             &backend,
             in_flight,
-            try_deadline,
-            started,
+            Times {
+                try_deadline,
+                head_wait: p.try_timeout.min(left),
+                started,
+            },
             &can_retry,
         )
         .await;
@@ -156,14 +169,12 @@ pub(crate) async fn forward(
             Err(err) => err,
         };
         let failure = match err.failure {
-            TryFailure::TimedOut | TryFailure::TimedOutDuringUpload if cut_by_deadline => {
-                TryFailure::DeadlineReached
-            }
+            TryFailure::TimedOut if cut_by_deadline => TryFailure::DeadlineReached,
             failure => failure,
         };
         let verdict = blame::judge(failure, facts(req, body));
         match verdict.blame {
-            Blame::Client => return Err(Failure::Client(err.malformed)),
+            Blame::Client => return Err(Failure::Client(ClientFault::new(failure, err.detail))),
             Blame::Server => report_failure(p, id),
             Blame::Proxy => {}
         }
@@ -173,7 +184,7 @@ pub(crate) async fn forward(
                 tracing::warn!(request_id, upstream = %id, "overall deadline reached during a try");
                 last_failure = format!("{id} ({}): overall deadline reached", backend.addr());
             }
-            TryFailure::TimedOut | TryFailure::TimedOutDuringUpload => {
+            TryFailure::TimedOut => {
                 tracing::warn!(request_id, upstream = %id, "upstream try timed out");
                 last_failure = format!("{id} ({}): timed out", backend.addr());
             }
@@ -213,6 +224,22 @@ enum TryOk {
     Gateway(u16),
 }
 
+/// A timer not armed yet (a year: far enough never to fire).
+const UNARMED: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The clocks of one try.
+#[derive(Debug, Clone, Copy)]
+struct Times {
+    /// Until the request (head and buffered body) is sent and the response head is back; a streamed body's
+    /// upload is not bounded by it.
+    try_deadline: Instant,
+    /// How long the response head may take once a streamed body is all sent: `proxy.try_timeout`, or less when
+    /// `proxy.total_timeout` leaves less.
+    head_wait: Duration,
+    /// When the request arrived.
+    started: Instant,
+}
+
 /// One try on `backend`: a pooled or new connection, the request, the response head, then (when the response
 /// is kept) its body to the client.
 #[allow(clippy::too_many_arguments)]
@@ -223,11 +250,15 @@ async fn try_once(
     body: Body,
     backend: &Backend,
     in_flight: InFlightGuard,
-    try_deadline: Instant,
-    started: Instant,
+    times: Times,
     can_retry: &dyn Fn() -> bool,
 ) -> Result<TryOk, TryError> {
     let p = &*w.p;
+    let Times {
+        try_deadline,
+        started,
+        ..
+    } = times;
     // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
     let mut fresh = false;
     let (mut up, resp) = loop {
@@ -245,8 +276,12 @@ async fn try_once(
         c.up_out.extend_from_slice(backend.addr().as_bytes());
         c.up_out.extend_from_slice(&c.up_rest);
         let head_len = c.up_out.len();
-        if let Body::Buffered(k) = body {
-            c.up_out.extend_from_slice(&c.buf[..k]);
+        match body {
+            Body::Buffered(_) if req.framing == Framing::Chunked => {
+                c.up_out.extend_from_slice(&c.up_body);
+            }
+            Body::Buffered(k) => c.up_out.extend_from_slice(&c.buf[..k]),
+            Body::None | Body::Streaming => {}
         }
         let draining = w.draining.load(Ordering::Acquire);
         // One timer for the whole try: the request head (and a buffered body) out, the response head back. A
@@ -272,8 +307,7 @@ async fn try_once(
         let (failure, detail) = match exchanged {
             Err(_) => return Err(TryError::of(TryFailure::TimedOut)),
             Ok(Ok(None)) => {
-                return stream_exchange(w, c, req, backend, up, in_flight, try_deadline, started)
-                    .await;
+                return stream_exchange(w, c, req, backend, up, in_flight, times).await;
             }
             Ok(Ok(Some(resp))) => break (up, resp),
             // Until its head is whole, the server cannot have acted on the request.
@@ -315,11 +349,12 @@ async fn try_once(
         &mut c.out,
         resp.framing,
         req.http10 && resp.framing == Framing::Chunked,
-        p.try_timeout,
+        pauses(w),
+        &Cell::new(false),
     )
     .await;
     drop(in_flight);
-    let relayed = relay_outcome(w, backend, &req.id, relayed);
+    let relayed = relay_outcome(w, backend, &req.id, relayed.map_err(RelayEnd::Relay));
     if relayed.ok && resp.reusable && up.buf.is_empty() {
         w.pool.borrow_mut().put(backend.addr(), up, Instant::now());
     }
@@ -351,40 +386,73 @@ struct Relayed {
     failure: Option<String>,
 }
 
-/// Logs and reports a relay that broke off.
+/// How a relay that did not complete ended.
+enum RelayEnd {
+    Relay(RelayError),
+    /// The client's request body failed while the response was coming down.
+    ClientBody(ClientFault),
+}
+
+/// Logs a relay that broke off, and reports the server only if it was at fault ([`blame::judge_relay`]).
 fn relay_outcome(
     w: &Worker,
     backend: &Backend,
     id: &RequestId,
-    relayed: Result<(), RelayError>,
+    relayed: Result<(), RelayEnd>,
 ) -> Relayed {
-    match relayed {
-        Ok(()) => Relayed {
-            ok: true,
-            unanswered: false,
-            failure: None,
-        },
-        Err(RelayError::Upstream { detail, head_sent }) => {
-            tracing::warn!(request_id = %id.as_str(), upstream = %backend.id(), "response broke off: {detail}");
-            report_failure(&w.p, backend.id());
+    let (failure, detail, head_sent) = match relayed {
+        Ok(()) => {
+            return Relayed {
+                ok: true,
+                unanswered: false,
+                failure: None,
+            };
+        }
+        Err(RelayEnd::Relay(RelayError::Upstream { detail, head_sent })) => {
+            (RelayFailure::ServerBrokeOff, detail, head_sent)
+        }
+        Err(RelayEnd::Relay(RelayError::Client(e))) => (
+            RelayFailure::ClientGone,
+            format!("client went away during the response: {e}"),
+            true,
+        ),
+        Err(RelayEnd::ClientBody(fault)) => {
+            w.p.metrics.connections_closed.count(fault.reason);
+            (RelayFailure::ClientBody, fault.detail, true)
+        }
+    };
+    let request_id = id.as_str();
+    let upstream = backend.id();
+    match blame::judge_relay(failure) {
+        Blame::Server => {
+            tracing::warn!(request_id, %upstream, "response broke off: {detail}");
+            report_failure(&w.p, upstream);
             Relayed {
                 ok: false,
                 unanswered: !head_sent,
                 failure: Some(format!(
-                    "{} ({}): response broke off: {detail}",
-                    backend.id(),
+                    "{upstream} ({}): response broke off: {detail}",
                     backend.addr()
                 )),
             }
         }
-        Err(RelayError::Client(e)) => {
-            tracing::debug!(request_id = %id.as_str(), "client went away during the response: {e}");
+        Blame::Client | Blame::Proxy => {
+            tracing::debug!(request_id, %upstream, "exchange ended by the client: {detail}");
             Relayed {
                 ok: false,
                 unanswered: false,
-                failure: Some(format!("client went away during the response: {e}")),
+                failure: Some(detail),
             }
         }
+    }
+}
+
+/// The pauses each side of a relay is allowed.
+fn pauses(w: &Worker) -> Pauses {
+    Pauses {
+        server: w.p.try_timeout,
+        client_read: w.limits.body_read_timeout,
+        client_write: w.limits.send_timeout,
     }
 }
 
@@ -438,7 +506,11 @@ fn force_close(out: &mut Vec<u8>, req: &Req) {
 
 /// A try whose request body is still arriving: the body streams to the server while its response is awaited, and
 /// keeps streaming while the response goes back (a server may answer before it has read the whole body).
-#[allow(clippy::too_many_arguments)]
+///
+/// The upload is timed by its own pauses only (the client's by `server.body_read_timeout`, the server's reading by
+/// `proxy.try_timeout`), however long the whole takes; the wait for the response head is timed from the moment
+/// the body is all sent (or the server stopped reading it). Until then a silent server is waiting for the body,
+/// which is not its fault.
 async fn stream_exchange(
     w: &Worker,
     c: &mut Conn,
@@ -446,16 +518,16 @@ async fn stream_exchange(
     backend: &Backend,
     mut up: Upstream,
     in_flight: InFlightGuard,
-    try_deadline: Instant,
-    started: Instant,
+    times: Times,
 ) -> Result<TryOk, TryError> {
-    let idle = w.p.try_timeout;
+    let pauses = pauses(w);
     if req.expect_continue
         && !req.http10
-        && within(
-            idle,
+        && write_paced(
+            &mut c.stream,
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            pauses.client_write,
             "the client read nothing",
-            c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"),
         )
         .await
         .is_err()
@@ -464,6 +536,9 @@ async fn stream_exchange(
     }
     let draining = w.draining.load(Ordering::Acquire);
     let up_pooled = up.reused;
+    let max_body = w.p.max_body_bytes;
+    // Set while the body is still going up: the server's silence is then not timed.
+    let uploading = Cell::new(true);
     let (resp, relayed, body_done) = {
         let Conn {
             stream, buf, out, ..
@@ -475,55 +550,46 @@ async fn stream_exchange(
             ..
         } = &mut up;
         let (mut up_r, mut up_w) = up_stream.split();
-        let send = send_body(&mut client_r, buf, &mut up_w, req.framing, idle);
+        let send = send_body(&mut client_r, buf, &mut up_w, req.framing, pauses, max_body);
         tokio::pin!(send);
-        let mut sent: Option<Result<(), BodyError>> = None;
+        let mut sent: Option<Result<BodySent, BodyError>> = None;
         let head = {
-            let head = tokio::time::timeout_at(
-                try_deadline,
-                read_response_head(&mut up_r, up_buf, out, req, draining),
-            );
+            let head = read_response_head(&mut up_r, up_buf, out, req, draining);
             tokio::pin!(head);
+            // Armed once the upload ends.
+            let head_timer = tokio::time::sleep(UNARMED);
+            tokio::pin!(head_timer);
             loop {
                 tokio::select! {
                     biased;
-                    head = &mut head => break head,
+                    head = &mut head => break Some(head),
                     result = &mut send, if sent.is_none() => {
                         match result {
-                            Err(BodyError::Client(e)) => {
-                                tracing::debug!(request_id = %req.id.as_str(), "client broke off the request body: {e}");
-                                return Err(TryError::of(TryFailure::ClientGone));
-                            }
-                            Err(BodyError::Malformed(e)) => {
-                                return Err(TryError {
-                                    malformed: Some(e),
-                                    ..TryError::of(TryFailure::ClientMalformed)
-                                });
-                            }
-                            // The server stopped reading: it may still answer (say, 413); the try deadline bounds
-                            // that.
                             Err(BodyError::Upstream(e)) => {
+                                // The server stopped reading: it may still answer (say, 413).
                                 tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), "server stopped reading the request body: {e}");
                                 sent = Some(Err(BodyError::Upstream(e)));
                             }
-                            Ok(()) => sent = Some(Ok(())),
+                            Err(err) => return Err(TryError::from_body(err)),
+                            Ok(done) => sent = Some(Ok(done)),
                         }
+                        uploading.set(false);
+                        head_timer.as_mut().reset(Instant::now() + times.head_wait);
                     }
+                    () = &mut head_timer, if sent.is_some() => break None,
                 }
             }
         };
         let mut resp = match head {
-            // Time ran out with the body still going up, or all sent and the server silent.
-            Err(_) if sent.is_none() => return Err(TryError::of(TryFailure::TimedOutDuringUpload)),
-            Err(_) => return Err(TryError::of(TryFailure::TimedOut)),
-            Ok(Err(HeadError::Closed)) => {
+            None => return Err(TryError::of(TryFailure::TimedOut)),
+            Some(Err(HeadError::Closed)) => {
                 return Err(TryError::new(
                     TryFailure::ClosedBeforeResponse { pooled: up_pooled },
                     HeadError::Closed.to_string(),
                 ));
             }
-            Ok(Err(e)) => return Err(TryError::new(TryFailure::BadResponse, e.to_string())),
-            Ok(Ok(resp)) => resp,
+            Some(Err(e)) => return Err(TryError::new(TryFailure::BadResponse, e.to_string())),
+            Some(Ok(resp)) => resp,
         };
         // An answer that came before the whole body went up. If the upload already failed, or the answer is an error
         // (a 413 or 401 says the server will not read the rest), the client is told now that the connection ends.
@@ -532,7 +598,7 @@ async fn stream_exchange(
         // needs no announcement. Announcing it here, when the head happened to arrive first, closed connections at
         // random under load.
         if !resp.close_client
-            && !matches!(sent, Some(Ok(())))
+            && !matches!(sent, Some(Ok(_)))
             && (sent.is_some() || resp.status >= 400)
         {
             force_close(out, req);
@@ -540,7 +606,9 @@ async fn stream_exchange(
         }
         // The answer is relayed whatever it is: part of the body has gone up and cannot be sent elsewhere.
         server_status(w, backend, resp.status, facts(req, Body::Streaming));
-        w.p.metrics.latency.observe_duration(started.elapsed());
+        w.p.metrics
+            .latency
+            .observe_duration(times.started.elapsed());
         let relay = relay_body(
             &mut up_r,
             up_buf,
@@ -548,22 +616,39 @@ async fn stream_exchange(
             out,
             resp.framing,
             req.http10 && resp.framing == Framing::Chunked,
-            idle,
+            pauses,
+            &uploading,
         );
         tokio::pin!(relay);
         let relayed = loop {
             tokio::select! {
                 biased;
-                relayed = &mut relay => break relayed,
-                result = &mut send, if sent.is_none() => sent = Some(result),
+                relayed = &mut relay => break relayed.map_err(RelayEnd::Relay),
+                result = &mut send, if sent.is_none() => {
+                    uploading.set(false);
+                    match result {
+                        // The client's body failed under a response still coming: the exchange ends, the
+                        // client's fault.
+                        Err(err @ (BodyError::ClientGone(_)
+                        | BodyError::ClientStalled(_)
+                        | BodyError::Malformed(_)
+                        | BodyError::TooLarge(_))) => {
+                            break Err(RelayEnd::ClientBody(ClientFault::from_body(err)));
+                        }
+                        result => sent = Some(result),
+                    }
+                }
             }
         };
         // The body may have been finished in the same turn as the answer (a server answers once it has it all).
         if sent.is_none() {
             sent = futures::FutureExt::now_or_never(&mut send);
         }
+        if matches!(&sent, Some(Ok(done)) if done.trailers_dropped) {
+            w.p.metrics.trailers_dropped.inc();
+        }
         // The whole request body must have gone up for either connection to be reused.
-        (resp, relayed, matches!(sent, Some(Ok(()))))
+        (resp, relayed, matches!(sent, Some(Ok(_))))
     };
     drop(in_flight);
     let relayed = relay_outcome(w, backend, &req.id, relayed);

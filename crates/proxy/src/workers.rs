@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::conn::{self, Worker};
-use crate::listener::{HttpLimits, OpenConnections, OpenGuard, accept};
+use crate::listener::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, accept};
 use crate::pool::IDLE_TIMEOUT;
 use crate::state::Proxy;
 
@@ -89,7 +89,12 @@ pub async fn serve(
     }
 
     tokio::pin!(shutdown);
+    let mut over_capacity = OverCapacity::default();
     while let Some((stream, peer)) = accept("proxy", &listener, shutdown.as_mut()).await {
+        if all.count() >= limits.max_connections {
+            over_capacity.refuse(stream, peer, &proxy.inner.metrics.connections_closed);
+            continue;
+        }
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
@@ -133,6 +138,47 @@ pub async fn serve(
 
 /// One worker thread: its runtime, its connections, its pool. Returns when the accept loop drops its sender, which
 /// cancels whatever connections are still open.
+/// The answer to a connection beyond `server.max_connections`: written at once, without waiting for the request.
+const OVER_CAPACITY: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+content-length: 46\r\nretry-after: 1\r\nconnection: close\r\n\r\n\
+{\"error\":\"too many connections\",\"status\":503}\n";
+
+/// Refuses connections beyond the limit, logging at most once a second.
+#[derive(Default)]
+struct OverCapacity {
+    last_log: Option<std::time::Instant>,
+    since_log: u64,
+}
+
+impl OverCapacity {
+    /// Answers 503 without blocking and closes. The request is not read: reading it could wait on the client, and a
+    /// flood must cost the accept loop nothing. What the client already sent is drained first, so that the close
+    /// is a FIN the client can read the 503 before, not a reset.
+    fn refuse(
+        &mut self,
+        stream: tokio::net::TcpStream,
+        peer: SocketAddr,
+        closed: &ConnectionErrors,
+    ) {
+        closed.count("over_capacity");
+        let _ = stream.try_write(OVER_CAPACITY);
+        let mut sink = [0u8; 4096];
+        while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+        drop(stream);
+        self.since_log += 1;
+        let now = std::time::Instant::now();
+        if self
+            .last_log
+            .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(1))
+        {
+            tracing::warn!(%peer, refused = self.since_log, "server.max_connections reached: new connections answered 503");
+            self.last_log = Some(now);
+            self.since_log = 0;
+        }
+    }
+}
+
 fn run_worker(worker: Worker, mut rx: mpsc::UnboundedReceiver<Message>) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

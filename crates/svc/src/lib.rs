@@ -61,6 +61,7 @@ mod config;
 mod duration;
 mod fraction;
 mod host_port;
+mod limits;
 mod logging;
 mod metrics;
 mod shutdown;
@@ -73,6 +74,7 @@ pub use config::{
 pub use duration::{HumanDuration, ParseDurationError, human_duration};
 pub use fraction::{Fraction, ParseFractionError};
 pub use host_port::{Host, HostPort, ParseHostPortError};
+pub use limits::raise_nofile_limit;
 pub use logging::{LogFormat, init_tracing};
 pub use metrics::{
     Counter, CounterVec, Family, Gauge, GaugeF64, GaugeGuard, GaugeVec, Histogram, HistogramVec,
