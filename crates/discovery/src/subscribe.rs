@@ -27,7 +27,7 @@ pub struct SubscriptionConfig {
 
 /// Starts the heartbeat consumer feeding `registry`; it runs until the returned consumer is stopped.
 ///
-/// Each message is handed to [`Registry::observe`] with nsqd's timestamp and the current time.
+/// Each message is handed to [`Registry::observe_resolving`] with nsqd's timestamp and the current time.
 pub fn subscribe(
     cfg: &SubscriptionConfig,
     registry: Registry,
@@ -59,12 +59,9 @@ pub fn subscribe(
         move |msg: nsq::Message| {
             let (registry, log) = (registry.clone(), Arc::clone(&log));
             async move {
-                let outcome = registry.observe(
-                    msg.body(),
-                    msg.timestamp_ns(),
-                    Instant::now(),
-                    SystemTime::now(),
-                );
+                let outcome = registry
+                    .observe_resolving(msg.body(), msg.timestamp_ns(), SystemTime::now())
+                    .await;
                 match &outcome {
                     Outcome::Rejected(rejection) => {
                         log.warn(|suppressed| {

@@ -10,6 +10,7 @@
 
 mod config;
 mod live;
+mod names;
 mod outcome;
 mod policy;
 mod rules;
@@ -28,8 +29,10 @@ use tokio::time::Instant;
 use crate::backend::{Backend, Clock, weight_from_meta};
 use crate::error::ConfigError;
 use crate::event::{Event, EventKind, EventSink};
+use crate::heartbeat::addr::ServerAddr;
 use crate::heartbeat::{Decoded, HmacKey, Message, State, decode_with_addr};
 use live::Snapshot;
+use policy::{Denied, Names};
 use table::{Changes, Entry, Table, Tombstone, Update};
 
 pub use config::{DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, RegistryConfig};
@@ -109,25 +112,88 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let outcome = self.apply(body, nsqd_timestamp_ns, now, wall_now);
+        let outcome = match self.apply(body, nsqd_timestamp_ns, now, wall_now, Names::Assume) {
+            Ok(outcome) => outcome,
+            Err(_) => unreachable!("Names::Assume never asks for a lookup"),
+        };
         self.inner.counters.record(&outcome);
         outcome
     }
 
+    /// [`observe`](Registry::observe), resolving the announced host name first when it is on one of this
+    /// api-server's ports and has no cached answer, so that a name that resolves to the api-server itself (an
+    /// `/etc/hosts` alias, say) is refused as `self_address` rather than proxied to in a loop. The lookup is bounded
+    /// by a short timeout and cached for a minute; all other messages cost what `observe` costs.
+    pub async fn observe_resolving(
+        &self,
+        body: &[u8],
+        nsqd_timestamp_ns: i64,
+        wall_now: SystemTime,
+    ) -> Outcome {
+        let applied = self.apply(
+            body,
+            nsqd_timestamp_ns,
+            Instant::now(),
+            wall_now,
+            Names::Ask,
+        );
+        let outcome = match applied {
+            Ok(outcome) => outcome,
+            Err((name, port)) => {
+                let resolved = names::resolve(&name, port).await;
+                self.inner
+                    .policy
+                    .resolved(name, port, &resolved, std::time::Instant::now());
+                match self.apply(
+                    body,
+                    nsqd_timestamp_ns,
+                    Instant::now(),
+                    wall_now,
+                    Names::Assume,
+                ) {
+                    Ok(outcome) => outcome,
+                    Err(_) => unreachable!("Names::Assume never asks for a lookup"),
+                }
+            }
+        };
+        self.inner.counters.record(&outcome);
+        outcome
+    }
+
+    /// Applies one message; `Err((name, port))` when `names` is `Ask` and that name must be resolved first.
     fn apply(
         &self,
         body: &[u8],
         nsqd_timestamp_ns: i64,
         now: Instant,
         wall_now: SystemTime,
-    ) -> Outcome {
+        names: Names,
+    ) -> Result<Outcome, (String, u16)> {
         let Decoded { message, addr } = match decode_with_addr(body, self.inner.key.as_ref()) {
             Ok(decoded) => decoded,
-            Err(rejection) => return Outcome::Rejected(rejection),
+            Err(rejection) => return Ok(Outcome::Rejected(rejection)),
         };
-        if let Err(rejection) = self.inner.policy.check(message.addr(), &addr) {
-            return Outcome::Rejected(rejection);
+        match self
+            .inner
+            .policy
+            .check(message.addr(), &addr, names, std::time::Instant::now())
+        {
+            Ok(()) => {}
+            Err(Denied::Rejected(rejection)) => return Ok(Outcome::Rejected(rejection)),
+            Err(Denied::Lookup(name, port)) => return Err((name, port)),
         }
+        Ok(self.apply_checked(message, addr, nsqd_timestamp_ns, now, wall_now))
+    }
+
+    /// Applies a message that passed the address policy.
+    fn apply_checked(
+        &self,
+        message: Message,
+        addr: ServerAddr,
+        nsqd_timestamp_ns: i64,
+        now: Instant,
+        wall_now: SystemTime,
+    ) -> Outcome {
         if rules::is_stale(nsqd_timestamp_ns, wall_now, self.inner.ttl) {
             return Outcome::Ignored(IgnoreReason::Stale);
         }

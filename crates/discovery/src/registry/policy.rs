@@ -1,6 +1,7 @@
 //! Who may register: `allowed_networks`, and never the api-server itself.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use ipnet::IpNet;
 
@@ -8,12 +9,32 @@ use crate::error::ConfigError;
 use crate::heartbeat::addr::{Host, ServerAddr};
 use crate::reject::{RejectReason, Rejection, excerpt};
 
+use super::names::{SelfNames, Spelling};
+
 /// Address checks applied to every message after decoding.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Policy {
     allowed_networks: Vec<IpNet>,
     self_addrs: Vec<ServerAddr>,
     local_ips: Vec<IpAddr>,
+    names: SelfNames,
+}
+
+/// Whether a check may stop to ask for a host name to be resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Names {
+    /// A name with no cached answer is reported ([`Denied::Lookup`]), for the caller to resolve it.
+    Ask,
+    /// A name with no cached answer is taken as not this api-server.
+    Assume,
+}
+
+/// Why a check did not pass.
+#[derive(Debug)]
+pub(crate) enum Denied {
+    Rejected(Rejection),
+    /// A name on one of this api-server's ports, not resolved yet.
+    Lookup(String, u16),
 }
 
 impl Policy {
@@ -35,29 +56,61 @@ impl Policy {
             allowed_networks,
             self_addrs,
             local_ips: local_ips.into_iter().map(|ip| ip.to_canonical()).collect(),
+            names: SelfNames::default(),
         })
     }
 
-    pub(crate) fn check(&self, text: &str, addr: &ServerAddr) -> Result<(), Rejection> {
+    pub(crate) fn check(
+        &self,
+        text: &str,
+        addr: &ServerAddr,
+        names: Names,
+        now: Instant,
+    ) -> Result<(), Denied> {
         if !self.allowed(addr) {
-            return Err(Rejection::new(
+            return Err(Denied::Rejected(Rejection::new(
                 RejectReason::NotAllowed,
                 format!(
                     "expected an address inside allowed_networks, found {}",
                     excerpt(text)
                 ),
-            ));
+            )));
         }
-        if self.self_addrs.iter().any(|me| self.is_self(me, addr)) {
-            return Err(Rejection::new(
-                RejectReason::SelfAddress,
-                format!(
-                    "{} is this api-server's own listen address: proxying there would loop",
-                    excerpt(text)
-                ),
-            ));
+        let mut unresolved = false;
+        for me in &self.self_addrs {
+            match self.is_self(me, addr, now) {
+                Some(true) => {
+                    return Err(Denied::Rejected(Rejection::new(
+                        RejectReason::SelfAddress,
+                        format!(
+                            "{} is this api-server's own listen address: proxying there would loop",
+                            excerpt(text)
+                        ),
+                    )));
+                }
+                Some(false) => {}
+                None => unresolved = true,
+            }
         }
-        Ok(())
+        match (&addr.host, unresolved, names) {
+            (Host::Name(name), true, Names::Ask) => Err(Denied::Lookup(name.clone(), addr.port)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records what `name:port` resolved to: whether any of `resolved` is one of this api-server's sockets.
+    pub(crate) fn resolved(&self, name: String, port: u16, resolved: &[SocketAddr], now: Instant) {
+        let is_self = resolved.iter().any(|sa| {
+            let addr = ServerAddr {
+                host: Host::Ip(sa.ip().to_canonical()),
+                port: sa.port(),
+            };
+            self.self_addrs
+                .iter()
+                .any(|me| self.is_self(me, &addr, now) == Some(true))
+        });
+        self.names
+            .remember(Spelling::Name(name, port), is_self, now);
     }
 
     /// Hostnames are allowed only when the list is empty: checking them would need DNS, whose answers can change
@@ -72,21 +125,29 @@ impl Policy {
         }
     }
 
-    /// Same port, and a host that reaches `me`: the same IP; `localhost` for a loopback IP and the reverse; and for an
-    /// unspecified listen IP (`0.0.0.0`, `::`), any loopback or configured local IP. Other hosts' IPs with the same
-    /// port are different servers (every container may listen on :8080).
-    fn is_self(&self, me: &ServerAddr, addr: &ServerAddr) -> bool {
+    /// Same port, and a host that reaches `me`: the same IP; `localhost` for a loopback IP and the reverse; for an
+    /// unspecified listen IP (`0.0.0.0`, `::`), any loopback, configured or actual local IP; and a name that
+    /// resolved to one of these (`None`: a name not resolved yet). Other hosts' IPs with the same port are
+    /// different servers (every container may listen on :8080).
+    fn is_self(&self, me: &ServerAddr, addr: &ServerAddr, now: Instant) -> Option<bool> {
         if me.port != addr.port {
-            return false;
+            return Some(false);
         }
+        let wildcard = me.ip().is_some_and(|ip| ip.is_unspecified());
         match (&me.host, &addr.host) {
-            (Host::Ip(mine), _) if mine.is_unspecified() => {
-                addr.is_loopback() || addr.ip().is_some_and(|ip| self.local_ips.contains(&ip))
-            }
-            (Host::Ip(mine), Host::Ip(theirs)) => mine == theirs,
-            (Host::Name(mine), Host::Name(theirs)) => mine == theirs,
-            // localhost on one side, a loopback IP on the other.
-            _ => me.is_loopback() && addr.is_loopback(),
+            (Host::Ip(_), Host::Ip(theirs)) if wildcard => Some(
+                theirs.is_loopback()
+                    || self.local_ips.contains(theirs)
+                    || self.names.is_local_ip(*theirs, now),
+            ),
+            (Host::Ip(mine), Host::Ip(theirs)) => Some(mine == theirs),
+            // localhost on one side, a loopback IP (or localhost) on the other.
+            (_, Host::Name(theirs)) if theirs == "localhost" => Some(wildcard || me.is_loopback()),
+            (Host::Name(_), Host::Ip(_)) => Some(me.is_loopback() && addr.is_loopback()),
+            (Host::Name(mine), Host::Name(theirs)) if mine == theirs => Some(true),
+            (_, Host::Name(theirs)) => self
+                .names
+                .cached(&Spelling::Name(theirs.clone(), addr.port), now),
         }
     }
 }
@@ -100,7 +161,11 @@ mod tests {
     }
 
     fn reason(policy: &Policy, text: &str) -> Option<RejectReason> {
-        policy.check(text, &addr(text)).err().map(|r| r.reason())
+        match policy.check(text, &addr(text), Names::Assume, Instant::now()) {
+            Ok(()) => None,
+            Err(Denied::Rejected(r)) => Some(r.reason()),
+            Err(Denied::Lookup(..)) => panic!("a lookup asked for though told to assume"),
+        }
     }
 
     #[test]
@@ -170,6 +235,47 @@ mod tests {
             reason(&named, "127.0.0.1:80"),
             Some(RejectReason::SelfAddress)
         );
+    }
+
+    #[test]
+    fn a_name_on_our_port_is_resolved_once_and_judged_by_what_it_resolves_to() {
+        let policy = Policy::new(vec![], &["127.0.0.1:8080".into()], vec![]).unwrap();
+        let now = Instant::now();
+        let check = |text: &str| policy.check(text, &addr(text), Names::Ask, now);
+        assert!(
+            matches!(check("alias.example:8080"), Err(Denied::Lookup(ref n, 8080)) if n == "alias.example")
+        );
+        assert!(
+            check("alias.example:9090").is_ok(),
+            "another port needs no lookup"
+        );
+        policy.resolved(
+            "alias.example".into(),
+            8080,
+            &["127.0.0.1:8080".parse().unwrap()],
+            now,
+        );
+        assert!(matches!(
+            check("ALIAS.example:8080"),
+            Err(Denied::Rejected(r)) if r.reason() == RejectReason::SelfAddress
+        ));
+        policy.resolved(
+            "other.example".into(),
+            8080,
+            &["203.0.113.7:8080".parse().unwrap()],
+            now,
+        );
+        assert!(check("other.example:8080").is_ok());
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_reached_through_any_local_ip() {
+        let policy = Policy::new(vec![], &["0.0.0.0:8080".into()], vec![]).unwrap();
+        assert_eq!(
+            reason(&policy, "127.0.0.3:8080"),
+            Some(RejectReason::SelfAddress)
+        );
+        assert_eq!(reason(&policy, "203.0.113.7:8080"), None);
     }
 
     #[test]
