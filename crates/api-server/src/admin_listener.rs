@@ -35,8 +35,20 @@ use tokio::net::TcpListener;
 use crate::config::MIN_MAX_HEADER_BYTES;
 
 /// Counts a connection that hyper ended with an error, when the error was the server refusing the client.
-fn record(errors: &ConnectionErrors, listener: &'static str, peer: SocketAddr, err: &hyper::Error) {
-    let reason = if err.is_timeout() {
+/// `served`: the connection answered a request before. hyper times the wait for the next head with
+/// `header_read_timeout` too, so on such a connection a timeout is an idle kept-alive connection closed, which
+/// is normal and not counted.
+fn record(
+    errors: &ConnectionErrors,
+    listener: &'static str,
+    peer: SocketAddr,
+    err: &hyper::Error,
+    served: bool,
+) {
+    let reason = if err.is_timeout() && served {
+        tracing::debug!(listener, %peer, "idle connection closed");
+        return;
+    } else if err.is_timeout() {
         "header_timeout"
     } else if err.is_parse_too_large() {
         "header_too_large"
@@ -88,16 +100,18 @@ pub async fn serve_http1<S, B, F>(
             drop(stream);
             continue;
         }
+        let served = Arc::new(AtomicBool::new(false));
         let service = CloseWhenDraining {
             inner: make_service(peer),
             draining: Arc::clone(&draining),
+            served: Arc::clone(&served),
         };
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         let errors = errors.clone();
         let open = OpenGuard::new(&open);
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                record(&errors, name, peer, &err);
+                record(&errors, name, peer, &err, served.load(Ordering::Acquire));
             }
             drop(open);
         });
@@ -115,6 +129,8 @@ pub async fn serve_http1<S, B, F>(
 struct CloseWhenDraining<S> {
     inner: S,
     draining: Arc<AtomicBool>,
+    /// Set once the connection has had a request.
+    served: Arc<AtomicBool>,
 }
 
 impl<S, B> Service<Request<Incoming>> for CloseWhenDraining<S>
@@ -129,6 +145,7 @@ where
     type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.served.store(true, Ordering::Release);
         let response = self.inner.call(request);
         let draining = Arc::clone(&self.draining);
         Box::pin(async move {

@@ -21,9 +21,14 @@ pub struct Setup {
 
 /// An api-server in front of one real data-server process; also returns that server's id.
 pub async fn with_data_server(id: &str) -> (Setup, String) {
+    with_data_server_and(id, &[]).await
+}
+
+/// [`with_data_server`], the api-server with `extra` settings.
+pub async fn with_data_server_and(id: &str, extra: &[&str]) -> (Setup, String) {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
-    let api = api_server(&cluster, "10s", &[]).await;
+    let api = api_server(&cluster, "10s", extra).await;
     let server = data_server(&cluster, id, "250ms").await;
     wait_servers(&api, 1).await;
     let id = server.id().to_owned();
