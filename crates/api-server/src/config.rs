@@ -240,6 +240,8 @@ pub struct ProxyConfig {
     pub total_timeout: HumanDuration,
     /// Largest request body accepted, in bytes; bigger ones get 413. Off when absent.
     pub max_body_bytes: Option<u64>,
+    /// An upgraded connection (WebSocket) silent both ways for this long is closed.
+    pub tunnel_idle_timeout: HumanDuration,
     /// Most tries per request (first try included).
     pub max_tries: u32,
     /// Retries may add at most this share of the requests (plus the floor below), so that retries cannot
@@ -265,6 +267,7 @@ impl Default for ProxyConfig {
             try_timeout: HumanDuration::from_secs(10),
             total_timeout: HumanDuration::from_secs(30),
             max_body_bytes: None,
+            tunnel_idle_timeout: HumanDuration::from_secs(3600),
             max_tries: 3,
             retry_budget_ratio: 0.2,
             retry_budget_min_per_sec: 10.0,
@@ -445,6 +448,8 @@ impl Validate for Config {
         p.connect_timeout
             .require_positive("proxy.connect_timeout")?;
         p.try_timeout.require_positive("proxy.try_timeout")?;
+        p.tunnel_idle_timeout
+            .require_positive("proxy.tunnel_idle_timeout")?;
         p.total_timeout.require_positive("proxy.total_timeout")?;
         if p.max_tries == 0 {
             return Err(Invalid::new("proxy.max_tries", "at least 1", 0));

@@ -238,6 +238,7 @@ fn proxy_settings(cfg: &ProxyConfig, warmup: Duration) -> proxy::ProxySettings {
         try_timeout: cfg.try_timeout.get(),
         total_timeout: cfg.total_timeout.get(),
         max_body_bytes: cfg.max_body_bytes,
+        tunnel_idle_timeout: cfg.tunnel_idle_timeout.get(),
         max_tries: cfg.max_tries,
         retry_budget_ratio: cfg.retry_budget_ratio,
         retry_budget_min_per_sec: cfg.retry_budget_min_per_sec,
@@ -260,6 +261,8 @@ fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::Pr
         connections_closed,
         trailers_dropped: m.trailers_dropped.clone(),
         loops: m.loops.clone(),
+        tunnels_open: m.tunnels_open.clone(),
+        tunnels_closed: m.tunnels_closed.clone(),
     }
 }
 

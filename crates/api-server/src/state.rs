@@ -131,6 +131,10 @@ pub struct Metrics {
     pub trailers_dropped: Counter,
     /// Requests that came back to this api-server (its own `Via` token), answered 508.
     pub loops: Counter,
+    /// Upgraded connections (WebSocket) open now.
+    pub tunnels_open: Gauge,
+    /// Upgraded connections closed, by reason.
+    pub tunnels_closed: CounterVec,
     /// Proxied request latency, until the response head.
     pub latency: Histogram,
     /// Open `/registry/events` streams.
@@ -216,6 +220,15 @@ impl Metrics {
             loops: m.counter(
                 "api_proxy_loops_total",
                 "Requests that came back to this api-server (its own Via token), answered 508.",
+            ),
+            tunnels_open: m.gauge(
+                "api_proxy_tunnels_open",
+                "Upgraded connections (WebSocket) open now.",
+            ),
+            tunnels_closed: m.counter_vec(
+                "api_proxy_tunnels_closed_total",
+                "Upgraded connections closed, by reason.",
+                "reason",
             ),
             latency: m.histogram(
                 "api_proxy_request_duration_seconds",

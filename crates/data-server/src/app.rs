@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::data::{self, Kv};
 use crate::metrics::Metrics;
+use crate::ws;
 
 /// Largest value `PUT /kv/{key}` stores (the streaming endpoints have no limit).
 pub const MAX_KV_VALUE_BYTES: usize = 32 * 1024 * 1024;
@@ -102,6 +103,8 @@ pub fn app(state: AppState) -> Router {
         .route("/upload", put(data::upload).post(data::upload))
         .route("/bytes/{n}", get(data::bytes))
         .route("/slow", any(data::slow))
+        .route("/ws", get(ws::echo))
+        .route("/ws/ticks", get(ws::ticks))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,

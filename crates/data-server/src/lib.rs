@@ -2,7 +2,8 @@
 //! and announces `leaving` before it stops.
 //!
 //! - [`app`]: the axum router (`/whoami`, `/healthz`, `/metrics`, `/kv/{key}`, `/echo`,
-//!   `/upload`, `/bytes/{n}`, `/slow?ms=`) over an [`AppState`].
+//!   `/upload`, `/bytes/{n}`, `/slow?ms=`, and the WebSocket endpoints `/ws` and `/ws/ticks`) over an
+//!   [`AppState`].
 //! - [`Config`]: the TOML configuration (`server.*`, `announce.*`, `shutdown.*`, `sidecar.*`).
 //! - [`run`] / [`serve`]: bind, announce, serve, and shut down in order: leaving heartbeat,
 //!   stop accepting, drain in-flight requests.
@@ -35,6 +36,7 @@ mod data;
 mod metrics;
 mod server;
 mod sidecar;
+mod ws;
 
 pub use app::{AppState, MAX_KV_VALUE_BYTES, app};
 pub use config::{

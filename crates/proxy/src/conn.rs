@@ -83,6 +83,8 @@ pub(crate) struct Req {
     pub(crate) path: Option<String>,
     /// The request carried this proxy's own `Via` token: it has been here before.
     pub(crate) looped: bool,
+    /// It asks to switch protocols (`Connection: upgrade` and an `Upgrade` other than `h2c`), and is forwarded so.
+    pub(crate) upgrade: bool,
 }
 
 /// How a request's body relates to the buffer when its head is parsed.
@@ -315,6 +317,8 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     let mut id = None;
     let mut expect_continue = false;
     let mut looped = false;
+    let mut upgrade: Option<&[u8]> = None;
+    let mut upgrades = 0;
     c.up_rest.clear();
     c.up_rest.extend_from_slice(b"\r\n");
     for h in r.headers.iter() {
@@ -328,6 +332,9 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
             }
         } else if name.eq_ignore_ascii_case("x-request-id") {
             id = id.or_else(|| RequestId::from_client(h.value));
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrades += 1;
+            upgrade = Some(h.value);
         } else if name.eq_ignore_ascii_case("via") {
             looped |= w.p.via.seen_in(h.value);
             push_header(&mut c.up_rest, name.as_bytes(), h.value);
@@ -351,6 +358,22 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     }
     let host = target_host.or(host);
     let framing = framing.request(http10)?;
+    // A protocol switch is passed on for a request without a body, from an HTTP/1.1 client, naming one `Upgrade`
+    // other than h2c (HTTP/2 in clear text is not tunnelled: the data servers speak HTTP/1.1 to the proxy).
+    let upgrade = match upgrade {
+        Some(protocols)
+            if connection.upgrade
+                && upgrades == 1
+                && !http10
+                && framing == Framing::Empty
+                && !h1::list(protocols).any(|p| p.eq_ignore_ascii_case(b"h2c")) =>
+        {
+            c.up_rest.extend_from_slice(b"connection: upgrade\r\n");
+            push_header(&mut c.up_rest, b"upgrade", protocols);
+            true
+        }
+        _ => false,
+    };
     match framing {
         Framing::Length(len) => {
             c.up_rest.extend_from_slice(b"content-length: ");
@@ -397,6 +420,7 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
         id,
         path,
         looped,
+        upgrade,
     };
     c.buf.advance(n);
     Ok(Some(req))

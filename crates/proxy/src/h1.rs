@@ -83,6 +83,8 @@ pub struct ConnectionTokens {
     pub close: bool,
     /// `keep-alive` (HTTP/1.0 persistence).
     pub keep_alive: bool,
+    /// `upgrade`: the sender asks to switch protocols (with an `Upgrade` header).
+    pub upgrade: bool,
     /// It names other headers, which are then hop-by-hop as well.
     pub names_others: bool,
 }
@@ -95,6 +97,8 @@ impl ConnectionTokens {
                 self.close = true;
             } else if token.eq_ignore_ascii_case(b"keep-alive") {
                 self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
             } else {
                 self.names_others = true;
             }
@@ -116,7 +120,10 @@ pub struct FramingHeaders {
     length: Option<u64>,
     conflicting_length: bool,
     transfer_encodings: u32,
-    chunked: bool,
+    /// `chunked` codings seen, all headers together.
+    chunked: u32,
+    /// The last coding listed is `chunked`.
+    chunked_last: bool,
     other_coding: bool,
 }
 
@@ -134,13 +141,30 @@ impl FramingHeaders {
             true
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             self.transfer_encodings += 1;
-            let codings: Vec<&[u8]> = list(value).collect();
-            self.chunked = codings.len() == 1 && codings[0].eq_ignore_ascii_case(b"chunked");
-            self.other_coding |= !self.chunked;
+            let mut any = false;
+            for coding in list(value) {
+                any = true;
+                self.chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if self.chunked_last {
+                    self.chunked += 1;
+                } else {
+                    self.other_coding = true;
+                }
+            }
+            if !any {
+                // An empty Transfer-Encoding names no coding: nothing a body could be framed by.
+                self.other_coding = true;
+                self.chunked_last = false;
+            }
             true
         } else {
             false
         }
+    }
+
+    /// Whether codings other than `chunked` were listed (a `gzip, chunked` response keeps its header as is).
+    pub fn other_codings(&self) -> bool {
+        self.other_coding
     }
 
     /// A request's framing (RFC 9112 6.3): no length and no coding means no body.
@@ -156,7 +180,7 @@ impl FramingHeaders {
                     "both Transfer-Encoding and Content-Length",
                 ));
             }
-            if self.other_coding || self.transfer_encodings > 1 {
+            if self.other_coding || self.transfer_encodings > 1 || self.chunked != 1 {
                 return Err(Refusal::NotImplemented(
                     "only Transfer-Encoding: chunked is forwarded",
                 ));
@@ -176,14 +200,16 @@ impl FramingHeaders {
     /// (the proxy then treats the response as a failed try).
     pub fn response(&self, status: u16, head_request: bool) -> Option<Framing> {
         if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-            return Some(Framing::Empty);
+            // No body, but a `Content-Length` still goes to the client: it must be as valid as a GET's.
+            return (!self.conflicting_length).then_some(Framing::Empty);
         }
         if self.transfer_encodings > 0 {
             if self.length.is_some() || self.conflicting_length {
                 return None;
             }
-            // A final coding other than chunked is delimited by the close.
-            return Some(if self.chunked && self.transfer_encodings == 1 {
+            // Chunked last (and once): chunked, whatever content codings come before it (`gzip, chunked`). A
+            // final coding other than chunked is delimited by the close.
+            return Some(if self.chunked_last && self.chunked == 1 {
                 Framing::Chunked
             } else {
                 Framing::UntilClose
@@ -581,6 +607,34 @@ mod tests {
                 .response(200, false),
             None
         );
+        let gzip = framing(&[("transfer-encoding", "gzip, chunked")]);
+        assert_eq!(gzip.response(200, false), Some(Framing::Chunked));
+        assert!(gzip.other_codings());
+        assert_eq!(
+            framing(&[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked")
+            ])
+            .response(200, false),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            framing(&[("transfer-encoding", "chunked, gzip")]).response(200, false),
+            Some(Framing::UntilClose)
+        );
+        // A HEAD or 304 answer's length is checked like a GET's, though it describes no body here.
+        for bad in ["5, 6", "-5", "+5"] {
+            assert_eq!(
+                framing(&[("content-length", bad)]).response(200, true),
+                None,
+                "{bad}"
+            );
+            assert_eq!(
+                framing(&[("content-length", bad)]).response(304, false),
+                None,
+                "{bad}"
+            );
+        }
     }
 
     /// Feeds `body` split at every position; returns (consumed, data) of the first call that completes.

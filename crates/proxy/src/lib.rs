@@ -34,6 +34,7 @@
 //! | `workers` | the accept loop, the worker threads and the drain ([`serve`]) |
 //! | `headers` | forwarding headers and the request id |
 //! | `budget` | the retry budget |
+//! | `tunnel` | upgraded connections (WebSocket): bytes both ways after a `101` |
 //! | [`listener`] | what both api-server listeners share: limits, closed-connection counts, accept, open count |
 //! | `state`, `settings`, `error` | [`Proxy`], [`ProxySettings`] and [`ProxyMetrics`], [`ProxyError`] |
 //!
@@ -46,6 +47,7 @@
 //!     try_timeout: Duration::from_secs(10),
 //!     total_timeout: Duration::from_secs(30),
 //!     max_body_bytes: None,
+//!     tunnel_idle_timeout: Duration::from_secs(3600),
 //!     max_tries: 3,
 //!     retry_budget_ratio: 0.2,
 //!     retry_budget_min_per_sec: 10.0,
@@ -87,6 +89,7 @@ mod relay;
 mod settings;
 mod state;
 mod tries;
+mod tunnel;
 mod workers;
 
 pub use error::ProxyError;

@@ -28,6 +28,8 @@ pub(crate) struct Resp {
     pub(crate) reusable: bool,
     /// The client connection closes after this response.
     pub(crate) close_client: bool,
+    /// A `101 Switching Protocols` to an upgrade request: the connection becomes a tunnel.
+    pub(crate) upgraded: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,16 @@ pub(crate) async fn read_response_head<R: AsyncRead + Unpin>(
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(buf) {
                 Ok(httparse::Status::Complete(n)) => {
+                    // A hard limit, however the head arrived (one read may bring more than the limit).
+                    if n > MAX_RESPONSE_HEAD {
+                        return Err(HeadError::Malformed("response head too large"));
+                    }
                     let status = resp.code.unwrap_or_default();
+                    if status == 101 && req.upgrade {
+                        let result = rewrite_upgrade(&resp, out, req);
+                        buf.advance(n);
+                        return result;
+                    }
                     if (100..200).contains(&status) {
                         if status == 101 {
                             return Err(HeadError::Malformed("101 to a request without Upgrade"));
@@ -92,6 +103,53 @@ pub(crate) async fn read_response_head<R: AsyncRead + Unpin>(
             });
         }
     }
+}
+
+/// Writes the client's head of a `101 Switching Protocols`: hop-by-hop headers out but `Upgrade`, which names the
+/// protocol the tunnel now carries; `Connection: upgrade`; `X-Request-Id`.
+fn rewrite_upgrade(
+    resp: &httparse::Response<'_, '_>,
+    out: &mut Vec<u8>,
+    req: &Req,
+) -> Result<Resp, HeadError> {
+    let mut connection = ConnectionTokens::default();
+    let mut upgrade = false;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            connection.add(h.value);
+        }
+        upgrade |= h.name.eq_ignore_ascii_case("upgrade");
+    }
+    if !upgrade {
+        return Err(HeadError::Malformed("101 without Upgrade"));
+    }
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 101 ");
+    out.extend_from_slice(resp.reason.unwrap_or("Switching Protocols").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for h in resp.headers.iter() {
+        let name = h.name;
+        let framing = name.eq_ignore_ascii_case("content-length")
+            || name.eq_ignore_ascii_case("transfer-encoding");
+        if framing
+            || name.eq_ignore_ascii_case("x-request-id")
+            || (h1::is_hop_by_hop(name) && !name.eq_ignore_ascii_case("upgrade"))
+            || (connection.names_others && h1::named_by_connection(resp.headers, name))
+        {
+            continue;
+        }
+        push_header(out, name.as_bytes(), h.value);
+    }
+    out.extend_from_slice(b"connection: upgrade\r\n");
+    push_header(out, b"x-request-id", req.id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    Ok(Resp {
+        status: 101,
+        framing: Framing::Empty,
+        reusable: false,
+        close_client: true,
+        upgraded: true,
+    })
 }
 
 /// Writes the client's response head: hop-by-hop headers out, the proxy's own framing, `X-Request-Id` in.
@@ -145,7 +203,21 @@ fn rewrite_response(
             push_decimal(out, n);
             out.extend_from_slice(b"\r\n");
         }
+        // Content codings before `chunked` (`gzip, chunked`) stay: the body is relayed as it is coded.
+        Framing::Chunked if !req.http10 && framing_headers.other_codings() => {
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    push_header(out, b"transfer-encoding", h.value);
+                }
+            }
+        }
         Framing::Chunked if !req.http10 => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // De-chunking for an HTTP/1.0 client would leave it a body in a coding it is not told of.
+        Framing::Chunked if framing_headers.other_codings() => {
+            return Err(HeadError::Malformed(
+                "a transfer coding an HTTP/1.0 client cannot take",
+            ));
+        }
         Framing::Empty if !keep_length && status != 204 => {
             out.extend_from_slice(b"content-length: 0\r\n")
         }
@@ -169,6 +241,7 @@ fn rewrite_response(
         framing,
         reusable: http11 && !connection.close && framing != Framing::UntilClose,
         close_client,
+        upgraded: false,
     })
 }
 
@@ -496,6 +569,7 @@ mod tests {
             id: RequestId::generate(),
             path: None,
             looped: false,
+            upgrade: false,
         };
         let mut conn = Failing { bytes, kind };
         let (mut buf, mut out) = (BytesMut::new(), Vec::new());

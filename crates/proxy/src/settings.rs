@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use svc::{Counter, CounterVec, Histogram};
+use svc::{Counter, CounterVec, Gauge, Histogram};
 
 use crate::listener::ConnectionErrors;
 
@@ -22,6 +22,8 @@ pub struct ProxySettings {
     pub total_timeout: Duration,
     /// Largest request body accepted (413 beyond it); `None` for no limit.
     pub max_body_bytes: Option<u64>,
+    /// How long an upgraded connection (WebSocket) may be silent both ways before it is closed.
+    pub tunnel_idle_timeout: Duration,
     /// Most tries per request (first try included).
     pub max_tries: u32,
     /// Retries may add at most this share of the requests (plus the floor below).
@@ -63,4 +65,8 @@ pub struct ProxyMetrics {
     pub trailers_dropped: Counter,
     /// Requests that came back to this proxy (its own `Via` token in them), answered 508.
     pub loops: Counter,
+    /// Upgraded connections (WebSocket) open now.
+    pub tunnels_open: Gauge,
+    /// Upgraded connections closed, by reason (`client_closed`, `server_closed`, `idle`, `drain`, `error`).
+    pub tunnels_closed: CounterVec,
 }

@@ -11,6 +11,7 @@ use tokio::time::Instant;
 
 use crate::budget::RetryBudget;
 use crate::headers::ViaToken;
+use crate::tunnel::TunnelEnd;
 use crate::{ProxyMetrics, ProxySettings};
 
 /// The proxy: its settings over a balancer, and the metrics it counts into; cheap to clone. [`serve`](crate::serve)
@@ -29,6 +30,7 @@ pub(crate) struct Inner {
     pub(crate) try_timeout: Duration,
     pub(crate) total_timeout: Duration,
     pub(crate) max_body_bytes: Option<u64>,
+    pub(crate) tunnel_idle_timeout: Duration,
     pub(crate) via: ViaToken,
     pub(crate) max_tries: u32,
     pub(crate) budget: RetryBudget,
@@ -50,6 +52,9 @@ impl Proxy {
     /// deadline, instead of being answered 503: a restarted api-server costs clients latency, not errors.
     pub fn new(settings: ProxySettings, balancer: Balancer, metrics: ProxyMetrics) -> Proxy {
         let statuses = StatusCounters::new(metrics.requests.clone());
+        for end in TunnelEnd::ALL {
+            metrics.tunnels_closed.with(end.as_str());
+        }
         let now = Instant::now();
         Proxy {
             inner: Arc::new(Inner {
@@ -59,6 +64,7 @@ impl Proxy {
                 try_timeout: settings.try_timeout,
                 total_timeout: settings.total_timeout,
                 max_body_bytes: settings.max_body_bytes,
+                tunnel_idle_timeout: settings.tunnel_idle_timeout,
                 via: ViaToken::generate(),
                 max_tries: settings.max_tries,
                 budget: RetryBudget::new(

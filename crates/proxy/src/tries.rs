@@ -33,6 +33,7 @@ use crate::relay::{
     write_paced,
 };
 use crate::state::{is_idempotent, report_failure, wait_for_a_server};
+use crate::tunnel;
 
 /// Why a try got no usable response head.
 #[derive(Debug)]
@@ -68,7 +69,8 @@ impl TryError {
 /// The facts of `req` that decide what a failure of its try allows.
 fn facts(req: &Req, body: Body) -> RequestFacts {
     RequestFacts {
-        idempotent: is_idempotent(&req.method),
+        // An upgrade is never sent twice: the server may have switched protocols.
+        idempotent: is_idempotent(&req.method) && !req.upgrade,
         replayable: body != Body::Streaming,
     }
 }
@@ -342,6 +344,11 @@ async fn try_once(
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
+    if resp.upgraded {
+        return Ok(TryOk::Done(
+            upgraded(w, c, req, backend, up, in_flight).await,
+        ));
+    }
     let relayed = relay_body(
         &mut up.stream,
         &mut up.buf,
@@ -361,6 +368,37 @@ async fn try_once(
     Ok(TryOk::Done(
         finish(w, c, req, resp.status, resp.close_client, relayed).await,
     ))
+}
+
+/// A connection the server switched to another protocol: a tunnel until either side closes. The server stays
+/// in flight meanwhile, so that the balancer spreads long-lived tunnels like requests.
+async fn upgraded(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    backend: &Backend,
+    mut up: Upstream,
+    in_flight: InFlightGuard,
+) -> Done {
+    let metrics = &w.p.metrics;
+    let _open = metrics.tunnels_open.inc_guard();
+    // Whatever the server sent after its 101 goes right after it.
+    c.out.extend_from_slice(&up.buf);
+    up.buf.clear();
+    let Conn {
+        stream, buf, out, ..
+    } = c;
+    let end = tunnel::relay(w, stream, buf, &mut up.stream, out, w.p.tunnel_idle_timeout).await;
+    drop(in_flight);
+    metrics.tunnels_closed.with(end.as_str()).inc();
+    tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), reason = end.as_str(), "tunnel closed");
+    Done {
+        status: 101,
+        upstream: None,
+        tries: 0,
+        failure: None,
+        keep: false,
+    }
 }
 
 /// Reports the server's health from its status; true when another server may replace the answer (a 502/503 for a

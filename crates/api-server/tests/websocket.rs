@@ -1,0 +1,174 @@
+//! Upgrades through the proxy: WebSocket clients reach the data servers' `/ws` endpoints through the api-server,
+//! tunnels outlive the request timers, end with their server or the drain, and `h2c` is never tunnelled.
+//! Real data-server processes behind a real api-server, heartbeats through a real nsqd.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::wire::*;
+use common::*;
+use futures::{SinkExt, StreamExt};
+use testkit::Signal;
+use testkit::{NsqCluster, eventually};
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn connect(api: &testkit::ApiServer, path: &str) -> Socket {
+    let url = format!("ws://{}{path}", api.proxy());
+    // Without Nagle's delay on the client's own socket, as a latency-minded client would (the proxy's are set).
+    let connecting = tokio_tungstenite::connect_async_with_config(&url, None, true);
+    let (socket, response) = tokio::time::timeout(SOON, connecting)
+        .await
+        .expect("the upgrade answered in time")
+        .unwrap_or_else(|e| panic!("upgrade to {url}: {e}"));
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+/// The next text message, within `SOON`; `None` once the tunnel closed.
+async fn next_text(socket: &mut Socket) -> Option<String> {
+    loop {
+        match tokio::time::timeout(SOON, socket.next())
+            .await
+            .expect("a message in time")
+        {
+            Some(Ok(Message::Text(text))) => return Some(text.to_string()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_echo_through_the_api_server() {
+    let (Setup { api, .. }, _) = &with_data_server("ds-ws").await;
+    let mut socket = connect(api, "/ws").await;
+    for i in 0..1000 {
+        let text = format!("message {i}");
+        socket
+            .send(Message::Text(text.clone().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut socket).await.as_deref(), Some(text.as_str()));
+    }
+    socket
+        .send(Message::Binary(vec![0, 1, 2, 255].into()))
+        .await
+        .unwrap();
+    match tokio::time::timeout(SOON, socket.next()).await.unwrap() {
+        Some(Ok(Message::Binary(bytes))) => assert_eq!(&bytes[..], [0, 1, 2, 255]),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.metric("api_proxy_tunnels_open").await.unwrap(), 1.0);
+    socket.close(None).await.unwrap();
+    drop(socket);
+    eventually(SOON, "the tunnel closed and counted", || async {
+        let open = api.metric("api_proxy_tunnels_open").await.unwrap();
+        let mut closed = 0.0;
+        for reason in ["client_closed", "server_closed"] {
+            let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
+            closed += api.metric(&sample).await.unwrap();
+        }
+        (open == 0.0 && closed == 1.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_stream_outlives_the_request_timers() {
+    let extra = [
+        "server.header_read_timeout=1s",
+        "proxy.try_timeout=1s",
+        "proxy.total_timeout=1s",
+    ];
+    let (Setup { api, .. }, _) = &with_data_server_and("ds-ticks", &extra).await;
+    let mut socket = connect(api, "/ws/ticks?every=100ms").await;
+    let started = Instant::now();
+    let mut expected = 0u64;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let tick = next_text(&mut socket).await.expect("ticks keep coming");
+        assert_eq!(tick, expected.to_string());
+        expected += 1;
+    }
+    assert!(expected >= 20, "{expected} ticks in 2.5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_data_server_closes_its_tunnels_and_new_upgrades_go_to_another() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let api = api_server(&cluster, "10s", &[]).await;
+    let mut first = data_server(&cluster, "ds-first", "250ms").await;
+    wait_servers(&api, 1).await;
+    let mut socket = connect(&api, "/ws").await;
+    socket.send(Message::Text("before".into())).await.unwrap();
+    assert_eq!(next_text(&mut socket).await.as_deref(), Some("before"));
+    let _second = data_server(&cluster, "ds-second", "250ms").await;
+    wait_servers(&api, 2).await;
+    first.process().signal(Signal::SIGKILL).unwrap();
+    assert_eq!(
+        next_text(&mut socket).await,
+        None,
+        "the tunnel closed with its server"
+    );
+    for i in 0..5 {
+        let mut socket = connect(&api, "/ws").await;
+        let text = format!("after {i}");
+        socket
+            .send(Message::Text(text.clone().into()))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut socket).await.as_deref(), Some(text.as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_closes_tunnels_after_its_grace() {
+    let extra = ["shutdown.drain_grace=1s", "shutdown.timeout=10s"];
+    // The whole setup is kept: the cluster and the data server live to the end of the test.
+    let (mut setup, _) = with_data_server_and("ds-drain", &extra).await;
+    let api = &mut setup.api;
+    let mut socket = connect(api, "/ws/ticks?every=50ms").await;
+    assert!(next_text(&mut socket).await.is_some());
+    api.process().signal(Signal::SIGTERM).unwrap();
+    let sent = Instant::now();
+    while next_text(&mut socket).await.is_some() {}
+    let open_for = sent.elapsed();
+    assert!(
+        open_for >= Duration::from_millis(900) && open_for < Duration::from_secs(8),
+        "closed {open_for:?} after SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_is_stripped_and_other_answers_to_an_upgrade_are_plain_responses() {
+    let upstream = Scripted::start(|_| Reply::ok("426 Upgrade Required", "", b"no")).await;
+    let Setup { api, .. } = &with_upstreams(&[upstream.addr]).await;
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    let response = wire.response(false).await;
+    assert_eq!(response.status, 426, "{response:?}");
+    let head = upstream.last_head().to_ascii_lowercase();
+    assert!(!head.contains("upgrade"), "h2c is not passed on: {head}");
+    assert!(!head.contains("http2-settings"), "{head}");
+    // A WebSocket upgrade is passed on, and a non-101 answer to it is an ordinary response on a kept connection.
+    wire.send(
+        b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    let response = wire.response(false).await;
+    assert_eq!(response.status, 426, "{response:?}");
+    assert_eq!(response.body, b"no");
+    let head = upstream.last_head();
+    assert_eq!(head_header(&head, "upgrade").as_deref(), Some("websocket"));
+    assert_eq!(head_header(&head, "connection").as_deref(), Some("upgrade"));
+    wire.send(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n").await;
+    assert_eq!(wire.response(false).await.status, 426);
+}
