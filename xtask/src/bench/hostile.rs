@@ -39,8 +39,9 @@ const HOSTILE_RATE_PER_PATTERN: f64 = 5.0;
 /// A hostile client gives up after this long without a final answer.
 const HOSTILE_MAX_LIFE: Duration = Duration::from_secs(120);
 /// After the hostile window, how long the hostiles still running get to be answered before
-/// they are closed (and counted as `open_at_end`).
-const HOSTILE_GRACE: Duration = Duration::from_secs(10);
+/// they are closed (and counted as `open_at_end`): longer than the api-server's
+/// `proxy.try_timeout` (10 s), so that every ejection it causes is counted.
+const HOSTILE_GRACE: Duration = Duration::from_secs(15);
 /// nginx's upstream parameters: eject after one failure, for about our `balancer.base_ejection`.
 const NGINX_SERVER_PARAMS: &str = "max_fails=1 fail_timeout=1s";
 /// What nginx logs (at `warn`) when `max_fails` takes a server out.
@@ -283,71 +284,75 @@ impl Pattern {
 /// How a hostile client ended: the final status (after any `100` interim answer, e.g.
 /// `100+408`), `closed` (the peer closed without a final answer), `reset`, `no_answer` (none
 /// within [`HOSTILE_MAX_LIFE`]), `connect_error`, or `open_at_end` (still waiting when the run
-/// ended, [`HOSTILE_GRACE`] after the window).
+/// ended, [`HOSTILE_GRACE`] after the window; e.g. `100+open_at_end`).
 type Outcome = String;
 
 /// Every pattern at [`HOSTILE_RATE_PER_PATTERN`] for `window` (staggered, so that the
 /// patterns' connections do not arrive together), then up to [`HOSTILE_GRACE`] for the
-/// answers; the clients still running then are closed.
+/// answers; the clients still waiting then are closed. Returns the outcomes per pattern.
 async fn run_hostiles(
     addr: SocketAddr,
     window: Duration,
-) -> BTreeMap<&'static str, BTreeMap<String, u64>> {
+) -> BTreeMap<&'static str, BTreeMap<Outcome, u64>> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut clients = tokio::task::JoinSet::new();
-    let mut answers: BTreeMap<&'static str, BTreeMap<String, u64>> = BTreeMap::new();
-    let mut launched = [0u64; Pattern::ALL.len()];
     let period =
         Duration::from_secs_f64(1.0 / (HOSTILE_RATE_PER_PATTERN * Pattern::ALL.len() as f64));
     let mut tick = tokio::time::interval(period);
     let end = Instant::now() + window;
-    let mut n = 0usize;
-    loop {
+    for pattern in Pattern::ALL.iter().cycle() {
         tick.tick().await;
         if Instant::now() >= end {
             break;
         }
-        let i = n % Pattern::ALL.len();
-        let pattern = Pattern::ALL[i];
-        launched[i] += 1;
-        clients.spawn(async move { (i, hostile_client(addr, pattern.script(addr)).await) });
-        n += 1;
+        let (pattern, stopped) = (*pattern, stopped.clone());
+        clients.spawn(async move {
+            let outcome = hostile_client(addr, pattern.script(addr), stopped).await;
+            (pattern.name(), outcome)
+        });
     }
-    let mut finished = [0u64; Pattern::ALL.len()];
+    let mut answers: BTreeMap<&'static str, BTreeMap<Outcome, u64>> = BTreeMap::new();
+    let mut record = |done: Option<Result<(&'static str, Outcome), _>>| match done {
+        Some(Ok((name, outcome))) => {
+            *answers.entry(name).or_default().entry(outcome).or_default() += 1;
+            true
+        }
+        Some(Err(e)) => {
+            *answers
+                .entry("task_failed")
+                .or_default()
+                .entry(format!("{e}"))
+                .or_default() += 1;
+            true
+        }
+        None => false,
+    };
     let grace = tokio::time::sleep(HOSTILE_GRACE);
     tokio::pin!(grace);
     loop {
         tokio::select! {
-            done = clients.join_next() => match done {
-                Some(Ok((i, outcome))) => {
-                    finished[i] += 1;
-                    *answers.entry(Pattern::ALL[i].name()).or_default().entry(outcome).or_default() += 1;
-                }
-                Some(Err(_)) => {}
-                None => break,
-            },
+            done = clients.join_next() => if !record(done) { break },
             () = &mut grace => break,
         }
     }
-    clients.abort_all();
-    for (i, pattern) in Pattern::ALL.iter().enumerate() {
-        let open = launched[i] - finished[i];
-        if open > 0 {
-            answers
-                .entry(pattern.name())
-                .or_default()
-                .insert("open_at_end".into(), open);
-        }
-    }
+    // Every client still waiting returns `…open_at_end` at once and closes its connection.
+    let _ = stop.send(true);
+    while record(clients.join_next().await) {}
     answers
 }
 
-/// One hostile client: plays `script` on a new connection while reading the answer.
-async fn hostile_client(addr: SocketAddr, script: Vec<Step>) -> Outcome {
+/// One hostile client: plays `script` on a new connection while reading the answer, until a
+/// final answer, [`HOSTILE_MAX_LIFE`], or `stop`.
+async fn hostile_client(
+    addr: SocketAddr,
+    script: Vec<Step>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Outcome {
     let Ok(stream) = TcpStream::connect(addr).await else {
         return "connect_error".into();
     };
     let (mut reader, mut writer) = stream.into_split();
-    let write = tokio::spawn(async move {
+    let write = async move {
         for step in script {
             match step {
                 Step::Send(bytes) => {
@@ -360,25 +365,30 @@ async fn hostile_client(addr: SocketAddr, script: Vec<Step>) -> Outcome {
         }
         // Keep the write side open: a FIN would tell the peer the body ended.
         std::future::pending::<()>().await;
-    });
-    let outcome = tokio::time::timeout(HOSTILE_MAX_LIFE, final_status(&mut reader))
-        .await
-        .unwrap_or_else(|_| "no_answer".into());
-    write.abort();
-    outcome
+    };
+    let mut interim = String::new();
+    let read = tokio::time::timeout(HOSTILE_MAX_LIFE, final_status(&mut reader, &mut interim));
+    tokio::select! {
+        outcome = read => match outcome {
+            Ok(outcome) => format!("{interim}{outcome}"),
+            Err(_) => format!("{interim}no_answer"),
+        },
+        _ = stop.wait_for(|stop| *stop) => format!("{interim}open_at_end"),
+        () = write => unreachable!("the writer never returns"),
+    }
 }
 
-/// Reads response heads until a final (non-1xx) one; its status, prefixed by any interim ones.
-async fn final_status(reader: &mut (impl AsyncRead + Unpin)) -> Outcome {
+/// Reads response heads until a final (non-1xx) one and returns its status; interim ones
+/// are appended to `interim` as `100+`.
+async fn final_status(reader: &mut (impl AsyncRead + Unpin), interim: &mut String) -> Outcome {
     let mut buf = Vec::new();
-    let mut prefix = String::new();
     let mut chunk = [0u8; 4096];
     loop {
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
             match reader.read(&mut chunk).await {
-                Ok(0) => return format!("{prefix}closed"),
+                Ok(0) => return "closed".into(),
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                Err(_) => return format!("{prefix}reset"),
+                Err(_) => return "reset".into(),
             }
             continue;
         };
@@ -386,11 +396,11 @@ async fn final_status(reader: &mut (impl AsyncRead + Unpin)) -> Outcome {
         let status = head.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok());
         match status {
             Some(s) if (100..200).contains(&s) => {
-                prefix.push_str(&format!("{s}+"));
+                interim.push_str(&format!("{s}+"));
                 buf.drain(..end + 4);
             }
-            Some(s) => return format!("{prefix}{s}"),
-            None => return format!("{prefix}malformed"),
+            Some(s) => return s.to_string(),
+            None => return "malformed".into(),
         }
     }
 }
@@ -402,9 +412,13 @@ mod tests {
     #[tokio::test]
     async fn final_status_skips_interim_answers() {
         let mut answer: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\n\r\n";
-        assert_eq!(final_status(&mut answer).await, "100+408");
+        let mut interim = String::new();
+        assert_eq!(final_status(&mut answer, &mut interim).await, "408");
+        assert_eq!(interim, "100+");
         let mut closed: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-        assert_eq!(final_status(&mut closed).await, "100+closed");
+        let mut interim = String::new();
+        assert_eq!(final_status(&mut closed, &mut interim).await, "closed");
+        assert_eq!(interim, "100+");
     }
 
     #[test]
