@@ -61,7 +61,7 @@ pub struct BenchArgs {
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Seconds each side runs (default 5; hostile: 30).
-    #[arg(long = "seconds")]
+    #[arg(long = "seconds", value_name = "SECONDS")]
     seconds_arg: Option<u64>,
     /// `--seconds`, or the scenario's default.
     #[arg(skip)]
