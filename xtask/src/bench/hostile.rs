@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::client::{OpenLoop, WHOAMI, get_request, http_request, open_loop, put_request};
-use super::stack::{Nginx, start_api, start_data_servers, stop_stack};
+use super::stack::{Nginx, start_api, start_data_servers, stop_stack, whoami_count};
 use super::{BenchArgs, Report, release_bins, round3};
 
 /// `--seconds` of this scenario when not given: how long the hostiles run on each side (the
@@ -62,9 +62,9 @@ pub async fn hostile(a: &BenchArgs) -> Result<Report> {
     let api = start_api(&bins, &cluster).await?;
     let mut nginx = Nginx::start(&upstreams, NGINX_SERVER_PARAMS).await?;
 
-    let ours = run_side(api.proxy(), Ejections::Api(api.admin()), window).await;
+    let ours = run_side(api.proxy(), Ejections::Api(api.admin()), &upstreams, window).await;
     let ours = ours.with_context(|| format!("api-server side; its log:\n{}", api.log()))?;
-    let theirs = run_side(nginx.addr, Ejections::Nginx(&nginx), window).await?;
+    let theirs = run_side(nginx.addr, Ejections::Nginx(&nginx), &upstreams, window).await?;
 
     nginx.stop();
     stop_stack(api, data, cluster).await?;
@@ -134,6 +134,9 @@ struct Side {
     without: OpenLoop,
     with: OpenLoop,
     ejections: u64,
+    /// Each data server's share of the ordinary GETs while the hostiles ran (a third each
+    /// when none is ejected).
+    shares: Vec<f64>,
     /// Per pattern, the hostile clients' outcomes (see [`Outcome`]) and how many had each.
     answers: BTreeMap<&'static str, BTreeMap<String, u64>>,
 }
@@ -144,49 +147,65 @@ impl Side {
         self.with.p99_ms / self.without.p99_ms.max(1e-3)
     }
 
-    fn add_to(&self, r: &mut Report, name: &str) {
-        let failures = |o: &OpenLoop| json!(o.failures);
-        r.add(
-            &format!("{name}_failed_without_hostiles"),
-            self.without.errors,
-        )
-        .add(&format!("{name}_failed_with_hostiles"), self.with.errors)
-        .add(
-            &format!("{name}_failures_with_hostiles"),
-            failures(&self.with),
-        )
-        .add(&format!("{name}_ejections"), self.ejections)
-        .add(
-            &format!("{name}_p99_without_ms"),
-            round3(self.without.p99_ms),
-        )
-        .add(&format!("{name}_p99_with_ms"), round3(self.with.p99_ms))
-        .add(&format!("{name}_p99_ratio"), round3(self.p99_ratio()))
-        .add(
-            &format!("{name}_samples"),
-            format!("{}/{}", self.without.samples, self.with.samples),
-        )
-        .add(&format!("{name}_hostile_answers"), json!(self.answers));
+    fn add_to(&self, r: &mut Report, side: &str) {
+        let k = |figure: &str| format!("{side}_{figure}");
+        r.add(&k("failed_without_hostiles"), self.without.errors)
+            .add(&k("failed_with_hostiles"), self.with.errors)
+            .add(&k("failures_with_hostiles"), json!(self.with.failures))
+            .add(&k("ejections"), self.ejections)
+            .add(&k("get_share_per_server_with_hostiles"), json!(self.shares))
+            .add(&k("p99_without_ms"), round3(self.without.p99_ms))
+            .add(&k("p99_with_ms"), round3(self.with.p99_ms))
+            .add(&k("p99_ratio"), round3(self.p99_ratio()))
+            .add(
+                &k("samples"),
+                format!("{}/{}", self.without.samples, self.with.samples),
+            )
+            .add(&k("hostile_answers"), json!(self.answers));
     }
 }
 
-/// Baseline, then the same load with hostile clients, against one proxy.
-async fn run_side(addr: SocketAddr, ejections: Ejections<'_>, window: Duration) -> Result<Side> {
+/// Baseline, then the same load with hostile clients, against one proxy in front of `data`.
+async fn run_side(
+    addr: SocketAddr,
+    ejections: Ejections<'_>,
+    data: &[SocketAddr],
+    window: Duration,
+) -> Result<Side> {
     let requests = ordinary_requests(addr);
     let before = ejections.count().await?;
     let without = open_loop(addr, ORDINARY_RATE, window, ORDINARY_CONNECTIONS, &requests).await?;
+    let gets_before = whoami_counts(data).await?;
     let hostiles = tokio::spawn(run_hostiles(addr, window));
     let with = open_loop(addr, ORDINARY_RATE, window, ORDINARY_CONNECTIONS, &requests).await;
+    let gets_after = whoami_counts(data).await;
     // Joined before `?`, so that no hostile client outlives this side.
     let answers = hostiles.await.context("the hostile clients' task")?;
     let with = with?;
+    let gets: Vec<f64> = gets_after?
+        .iter()
+        .zip(&gets_before)
+        .map(|(after, before)| after - before)
+        .collect();
+    let total = gets.iter().sum::<f64>().max(1.0);
+    let shares = gets.iter().map(|n| round3(n / total)).collect();
     let ejections = ejections.count().await?.saturating_sub(before);
     Ok(Side {
         without: OpenLoop::merge(vec![without])?,
         with: OpenLoop::merge(vec![with])?,
         ejections,
+        shares,
         answers,
     })
+}
+
+/// `GET /whoami` served so far by each data server.
+async fn whoami_counts(data: &[SocketAddr]) -> Result<Vec<f64>> {
+    let mut counts = Vec::new();
+    for addr in data {
+        counts.push(whoami_count(*addr).await?);
+    }
+    Ok(counts)
 }
 
 /// The ordinary clients' requests, sent in turn: GET /whoami, and every [`PUT_EVERY`]th a

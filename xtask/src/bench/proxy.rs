@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use testkit::NsqCluster;
 
-use super::client::{OpenLoop, WHOAMI as PATH, get_request, http_request, open_loop};
-use super::stack::{Nginx, start_api, start_data_server, start_data_servers, stop_stack};
+use super::client::{OpenLoop, WHOAMI as PATH, get_request, open_loop};
+use super::stack::{
+    Nginx, start_api, start_data_server, start_data_servers, stop_stack, whoami_count,
+};
 use super::{BenchArgs, Report, TICKS_PER_S, cpu_ticks, release_bins, round3, tree_cpu_ticks};
 
 /// wrk threads (the same for every target).
@@ -215,30 +217,6 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
     Ok(r)
 }
 
-/// `data_server_requests_total{route="/whoami"}` of one data server.
-async fn whoami_count(addr: SocketAddr) -> Result<f64> {
-    let mut conn = None;
-    let mut buf = Vec::new();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let status = tokio::time::timeout(
-        Duration::from_secs(1),
-        http_request(addr, &mut conn, req.as_bytes(), &mut buf),
-    )
-    .await??;
-    if status != 200 {
-        bail!("GET /metrics answered {status}");
-    }
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("data_server_requests_total{route=\"/whoami\"} ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0))
-}
 /// CPU microseconds per request, to one decimal.
 fn cpu_us_per_request(ticks: u64, requests: u64) -> f64 {
     let us = ticks as f64 / TICKS_PER_S * 1e6 / requests.max(1) as f64;

@@ -234,3 +234,28 @@ impl Drop for Nginx {
         self.stop();
     }
 }
+
+/// `data_server_requests_total{route="/whoami"}` of one data server.
+pub async fn whoami_count(addr: SocketAddr) -> Result<f64> {
+    let mut conn = None;
+    let mut buf = Vec::new();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let status = tokio::time::timeout(
+        Duration::from_secs(1),
+        http_request(addr, &mut conn, req.as_bytes(), &mut buf),
+    )
+    .await??;
+    if status != 200 {
+        bail!("GET /metrics answered {status}");
+    }
+    let text = String::from_utf8_lossy(&buf);
+    Ok(text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("data_server_requests_total{route=\"/whoami\"} ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0))
+}
