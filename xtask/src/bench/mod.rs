@@ -2,9 +2,12 @@
 //! scenario returns a [`Report`]: a few named figures and the ratio against the peer.
 
 mod archive;
+mod client;
 mod discovery;
+mod hostile;
 mod nsq;
 mod proxy;
+mod stack;
 
 use std::process::Stdio;
 
@@ -31,6 +34,24 @@ pub enum Scenario {
     Proxy,
     /// SIGKILL one of 3 data servers during a wrk run against the api-server, then restart it.
     Failover,
+    /// Hostile clients (stalled, trickling, Expect without body, bad trailer, long chunk
+    /// extensions; 5 requests/s each) against the api-server and against nginx (max_fails=1)
+    /// in front of the same 3 data servers, while ordinary clients send GETs and small PUTs at
+    /// a fixed rate (--seconds: default 30). Reports, per side, the ordinary clients' failures,
+    /// ejections of the (healthy) data servers, p99 with hostiles / p99 without, and what the
+    /// hostile clients got back. `ratio` = nginx's p99 ratio / the api-server's (above 1: our
+    /// latency suffers less from the hostiles than nginx's).
+    Hostile,
+}
+
+impl Scenario {
+    /// Seconds each side runs when `--seconds` is not given.
+    fn default_seconds(self) -> u64 {
+        match self {
+            Scenario::Hostile => hostile::DEFAULT_SECONDS,
+            _ => 5,
+        }
+    }
 }
 
 /// Options shared by the scenarios.
@@ -39,8 +60,11 @@ pub struct BenchArgs {
     /// Which benchmark.
     #[arg(value_enum)]
     pub scenario: Scenario,
-    /// Seconds each side runs.
-    #[arg(long, default_value_t = 5)]
+    /// Seconds each side runs (default 5; hostile: 30).
+    #[arg(long = "seconds", value_name = "SECONDS")]
+    seconds_arg: Option<u64>,
+    /// `--seconds`, or the scenario's default.
+    #[arg(skip)]
     pub seconds: u64,
     /// Message size in bytes.
     #[arg(long, default_value_t = 200)]
@@ -79,7 +103,10 @@ impl Report {
     }
 }
 
-pub fn run(args: BenchArgs) -> Result<()> {
+pub fn run(mut args: BenchArgs) -> Result<()> {
+    args.seconds = args
+        .seconds_arg
+        .unwrap_or_else(|| args.scenario.default_seconds());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -92,6 +119,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Scenario::RegistryScale => discovery::scale(&args).await?,
             Scenario::Proxy => proxy::proxy(&args).await?,
             Scenario::Failover => proxy::failover(&args).await?,
+            Scenario::Hostile => hostile::hostile(&args).await?,
         };
         let name = args
             .scenario
@@ -119,6 +147,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `x` to three decimals.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
 }
 
 /// Runs a Go bench tool and returns the ops/s it printed.

@@ -4,20 +4,19 @@
 //! api-server, nginx, wrk) is stopped before the scenario returns.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use testkit::{ApiServer, DataServer, DataServerOptions, ManagedProcess, NsqCluster, Signal};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use testkit::NsqCluster;
 
-use super::{BenchArgs, Report, TICKS_PER_S, cpu_ticks, release_bins, tree_cpu_ticks};
+use super::client::{OpenLoop, WHOAMI as PATH, get_request, open_loop};
+use super::stack::{
+    Nginx, start_api, start_data_server, start_data_servers, stop_stack, whoami_count,
+};
+use super::{BenchArgs, Report, TICKS_PER_S, cpu_ticks, release_bins, round3, tree_cpu_ticks};
 
-/// The path every benchmark requests (a small JSON document).
-const PATH: &str = "/whoami";
 /// wrk threads (the same for every target).
 const WRK_THREADS: usize = 2;
 /// wrk connections unless `--count` says otherwise (the same for every target).
@@ -27,12 +26,8 @@ const FIXED_RATE: f64 = 2000.0;
 /// Connections of the open-loop generator (requests queue behind them when all are busy,
 /// and the wait counts: latency runs from the scheduled send time).
 const OPEN_LOOP_CONNECTIONS: usize = 64;
-/// Samples scheduled in the first part of an open-loop round are not recorded.
-const OPEN_LOOP_WARMUP: Duration = Duration::from_millis(100);
 /// Length of one open-loop round.
 const ROUND: Duration = Duration::from_secs(1);
-/// One request of the open-loop generator gives up after this long (counted as an error).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// wrk against one data server directly, nginx, and the api-server in front of the same 3.
 pub async fn proxy(a: &BenchArgs) -> Result<Report> {
@@ -42,7 +37,7 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     let data = start_data_servers(&bins, &cluster, &[None, None, None]).await?;
     let upstreams: Vec<SocketAddr> = data.iter().map(|d| d.listen_addr()).collect();
     let mut api = start_api(&bins, &cluster).await?;
-    let mut nginx = Nginx::start(&upstreams).await?;
+    let mut nginx = Nginx::start(&upstreams, "").await?;
 
     let direct_addr = upstreams[0];
     let direct = wrk(direct_addr, connections, a.seconds).await?;
@@ -66,10 +61,13 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     // nginx too, as the reference for what one more hop costs on this machine.
     let (mut direct_rounds, mut nginx_rounds, mut api_rounds) =
         (Vec::new(), Vec::new(), Vec::new());
+    let get = |addr| -> Arc<[Vec<u8>]> { vec![get_request(addr, PATH)].into() };
+    let (direct_req, nginx_req, api_req) = (get(direct_addr), get(nginx.addr), get(api.proxy()));
     for _ in 0..a.seconds.max(1) {
-        direct_rounds.push(open_loop(direct_addr, rate, ROUND).await?);
-        nginx_rounds.push(open_loop(nginx.addr, rate, ROUND).await?);
-        api_rounds.push(open_loop(api.proxy(), rate, ROUND).await?);
+        let c = OPEN_LOOP_CONNECTIONS;
+        direct_rounds.push(open_loop(direct_addr, rate, ROUND, c, &direct_req).await?);
+        nginx_rounds.push(open_loop(nginx.addr, rate, ROUND, c, &nginx_req).await?);
+        api_rounds.push(open_loop(api.proxy(), rate, ROUND, c, &api_req).await?);
     }
     let open_direct = OpenLoop::merge(direct_rounds)?;
     let open_nginx = OpenLoop::merge(nginx_rounds)?;
@@ -124,25 +122,6 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     r.ratio = Some(via_api.requests_per_s / via_nginx.requests_per_s);
     Ok(r)
 }
-
-/// SIGTERM the api-server (which must exit cleanly: a benchmark that ends in a failed drain is not a result) and
-/// the data servers, then the NSQ processes.
-async fn stop_stack(
-    mut api: ApiServer,
-    mut data: Vec<DataServer>,
-    cluster: NsqCluster,
-) -> Result<()> {
-    let status = api.process().terminate(Duration::from_secs(10)).await?;
-    if !status.success() {
-        bail!("api-server exited with {status} on SIGTERM");
-    }
-    for d in &mut data {
-        d.terminate(Duration::from_secs(10)).await?;
-    }
-    drop(cluster);
-    Ok(())
-}
-
 /// SIGKILL one of 3 data servers during a wrk run against the api-server, then restart it.
 pub async fn failover(a: &BenchArgs) -> Result<Report> {
     let bins = release_bins(&["api-server", "data-server"])?;
@@ -236,229 +215,6 @@ pub async fn failover(a: &BenchArgs) -> Result<Report> {
         .add("restart_to_registry_ms", ms(in_registry_after))
         .add("restart_to_traffic_ms", ms(traffic_after));
     Ok(r)
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
-}
-
-async fn start_data_server(
-    bins: &Path,
-    cluster: &NsqCluster,
-    i: usize,
-    port: Option<u16>,
-) -> Result<DataServer> {
-    let mut set = vec![format!("server.id=data-{}", i + 1)];
-    if let Some(port) = port {
-        set.push(format!("server.listen=127.0.0.1:{port}"));
-    }
-    DataServer::start_with(DataServerOptions {
-        bin: Some(bins.join("data-server")),
-        set,
-        interval: "1s".into(),
-        envs: vec![("RUST_LOG".into(), "warn".into())],
-        ..DataServerOptions::new(cluster.nsqd_tcp_addresses())
-    })
-    .await
-    .with_context(|| format!("starting data-{}", i + 1))
-}
-
-async fn start_data_servers(
-    bins: &Path,
-    cluster: &NsqCluster,
-    ports: &[Option<u16>],
-) -> Result<Vec<DataServer>> {
-    let mut data = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        data.push(start_data_server(bins, cluster, i, *port).await?);
-    }
-    Ok(data)
-}
-
-/// An api-server on the cluster's lookupd, once it lists all 3 data servers and proxies.
-async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
-    let api = ApiServer::start(
-        &bins.join("api-server"),
-        &[
-            format!(
-                "discovery.lookupd_http_addresses={}",
-                cluster.lookupd_http()
-            ),
-            "discovery.lookupd_poll_interval=1s".into(),
-            "discovery.ttl=3s".into(),
-            "discovery.prune_interval=500ms".into(),
-            // nginx runs with `access_log off`: the same here, so both do the same work.
-            "proxy.access_log=false".into(),
-        ],
-    )
-    .await?;
-    api.wait_registry(Duration::from_secs(30), "3 data servers", |d| {
-        testkit::listed(d).len() == 3
-    })
-    .await?;
-    let mut conn = None;
-    let mut buf = Vec::new();
-    let status = http_get(
-        api.proxy(),
-        &mut conn,
-        &request_bytes(api.proxy()),
-        &mut buf,
-    )
-    .await?;
-    if status != 200 {
-        bail!("GET {PATH} through the api-server answered {status}");
-    }
-    Ok(api)
-}
-
-/// `data_server_requests_total{route="/whoami"}` of one data server.
-async fn whoami_count(addr: SocketAddr) -> Result<f64> {
-    let mut conn = None;
-    let mut buf = Vec::new();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let status = tokio::time::timeout(
-        Duration::from_secs(1),
-        http_get(addr, &mut conn, req.as_bytes(), &mut buf),
-    )
-    .await??;
-    if status != 200 {
-        bail!("GET /metrics answered {status}");
-    }
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("data_server_requests_total{route=\"/whoami\"} ")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0))
-}
-
-/// Debian's nginx as a child process, with everything in a temp dir.
-struct Nginx {
-    process: Option<ManagedProcess>,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Nginx {
-    async fn start(upstreams: &[SocketAddr]) -> Result<Nginx> {
-        let dir = tempfile::Builder::new().prefix("bench-nginx-").tempdir()?;
-        // Workers drop to `nobody` when the master runs as root; let them into the dir.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )?;
-        let d = dir.path().display();
-        let port = testkit::free_port();
-        let servers: String = upstreams
-            .iter()
-            .map(|u| format!("        server {u};\n"))
-            .collect();
-        let conf = format!(
-            "worker_processes auto;\n\
-             error_log {d}/error.log warn;\n\
-             pid {d}/nginx.pid;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n\
-             \x20   access_log off;\n\
-             \x20   client_body_temp_path {d}/client_body;\n\
-             \x20   proxy_temp_path {d}/proxy;\n\
-             \x20   fastcgi_temp_path {d}/fastcgi;\n\
-             \x20   uwsgi_temp_path {d}/uwsgi;\n\
-             \x20   scgi_temp_path {d}/scgi;\n\
-             \x20   upstream data {{\n{servers}        keepalive 64;\n    }}\n\
-             \x20   server {{\n\
-             \x20       listen 127.0.0.1:{port};\n\
-             \x20       location / {{\n\
-             \x20           proxy_pass http://data;\n\
-             \x20           proxy_http_version 1.1;\n\
-             \x20           proxy_set_header Connection \"\";\n\
-             \x20       }}\n\
-             \x20   }}\n\
-             }}\n"
-        );
-        let file = dir.path().join("nginx.conf");
-        std::fs::write(&file, conf)?;
-        let mut process = ManagedProcess::spawn(
-            "nginx",
-            "nginx",
-            vec![
-                "-e".into(),
-                format!("{d}/error.log"),
-                "-c".into(),
-                file.display().to_string(),
-                "-p".into(),
-                format!("{d}/"),
-                "-g".into(),
-                "daemon off;".into(),
-            ],
-            Vec::new(),
-            dir.path().join("nginx.out"),
-        )
-        .context("starting nginx (apt-get install -y nginx)")?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            if let Some(status) = process.try_wait()? {
-                let err = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                bail!("nginx exited with {status}: {}{err}", process.log());
-            }
-            if Instant::now() > deadline {
-                bail!("nginx did not listen on {addr} within 10s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut nginx = Nginx {
-            process: Some(process),
-            addr,
-            _dir: dir,
-        };
-        let mut conn = None;
-        let mut buf = Vec::new();
-        let status = http_get(addr, &mut conn, &request_bytes(addr), &mut buf).await?;
-        if status != 200 {
-            nginx.stop();
-            bail!("GET {PATH} through nginx answered {status}");
-        }
-        Ok(nginx)
-    }
-
-    /// The master's pid.
-    fn pid(&mut self) -> Result<u32> {
-        self.process
-            .as_ref()
-            .and_then(ManagedProcess::pid)
-            .context("nginx is not running")
-    }
-
-    /// SIGTERM (the master stops its workers), SIGKILL after 5 s.
-    fn stop(&mut self) {
-        let Some(mut p) = self.process.take() else {
-            return;
-        };
-        if p.signal(Signal::SIGTERM).is_ok() {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = p.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        p.kill();
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// CPU microseconds per request, to one decimal.
@@ -559,217 +315,6 @@ fn wrk_ms(v: &str) -> Result<f64> {
         "h" => n * 3_600_000.0,
         _ => bail!("unknown unit in {v:?}"),
     })
-}
-
-fn request_bytes(addr: SocketAddr) -> Vec<u8> {
-    format!("GET {PATH} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()
-}
-
-/// One request on a kept-alive connection (opened when `conn` is empty); returns the status
-/// and leaves the whole response in `buf`. The connection is dropped on any error.
-async fn http_get(
-    addr: SocketAddr,
-    conn: &mut Option<TcpStream>,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-) -> Result<u16> {
-    let result = exchange(addr, conn, req, buf).await;
-    if result.is_err() {
-        *conn = None;
-    }
-    result
-}
-
-async fn exchange(
-    addr: SocketAddr,
-    conn: &mut Option<TcpStream>,
-    req: &[u8],
-    buf: &mut Vec<u8>,
-) -> Result<u16> {
-    if conn.is_none() {
-        let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
-        *conn = Some(s);
-    }
-    let Some(s) = conn.as_mut() else {
-        bail!("no connection");
-    };
-    s.write_all(req).await?;
-    buf.clear();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            bail!("connection closed before the response head");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = std::str::from_utf8(&buf[..head_end])?.to_owned();
-    let status: u16 = head
-        .split(' ')
-        .nth(1)
-        .context("no status")?
-        .parse()
-        .context("bad status")?;
-    let (mut length, mut chunked, mut close) = (None, false, false);
-    for line in head.lines().skip(1) {
-        if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
-            match k.as_str() {
-                "content-length" => length = Some(v.parse::<usize>()?),
-                "transfer-encoding" => chunked = v.contains("chunked"),
-                "connection" => close = v.contains("close"),
-                _ => {}
-            }
-        }
-    }
-    let done = |buf: &Vec<u8>| match (length, chunked) {
-        (Some(n), _) => buf.len() >= head_end + n,
-        (None, true) => {
-            let body = &buf[head_end..];
-            body.starts_with(b"0\r\n\r\n") || body.ends_with(b"\r\n0\r\n\r\n")
-        }
-        // Read to the end.
-        (None, false) => false,
-    };
-    while !done(buf) {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            if length.is_none() && !chunked {
-                close = true;
-                break;
-            }
-            bail!("connection closed in the response body");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    buf.drain(..head_end);
-    if close {
-        *conn = None;
-    }
-    Ok(status)
-}
-
-/// What the open-loop generator measured.
-#[derive(Debug, Default)]
-struct OpenLoop {
-    samples: usize,
-    errors: u64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-/// One open-loop round: latencies in ms and the error count.
-struct Round {
-    latencies: Vec<f64>,
-    errors: u64,
-}
-
-impl OpenLoop {
-    fn merge(rounds: Vec<Round>) -> Result<OpenLoop> {
-        let mut latencies = Vec::new();
-        let mut errors = 0;
-        for r in rounds {
-            latencies.extend(r.latencies);
-            errors += r.errors;
-        }
-        if latencies.is_empty() {
-            bail!("no successful open-loop request ({errors} errors)");
-        }
-        latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| {
-            let i = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1;
-            latencies[i]
-        };
-        Ok(OpenLoop {
-            samples: latencies.len(),
-            errors,
-            p50_ms: pct(0.50),
-            p99_ms: pct(0.99),
-        })
-    }
-}
-
-/// Requests at a fixed rate for `length` (a fixed schedule, not waiting for answers), each
-/// latency measured from its scheduled send time, so a stall counts against every request
-/// that should have gone out during it (no coordinated omission).
-async fn open_loop(addr: SocketAddr, rate: f64, length: Duration) -> Result<Round> {
-    let count = (rate * length.as_secs_f64()) as u64;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    let rx = Arc::new(tokio::sync::Mutex::new(rx));
-    let start = Instant::now() + Duration::from_millis(200);
-    let record_from = start + OPEN_LOOP_WARMUP;
-    let req: Arc<[u8]> = request_bytes(addr).into();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..OPEN_LOOP_CONNECTIONS {
-        let (rx, req) = (rx.clone(), req.clone());
-        workers.spawn(async move {
-            let mut conn = None;
-            let mut buf = Vec::with_capacity(8192);
-            if let Ok(s) = TcpStream::connect(addr).await {
-                let _ = s.set_nodelay(true);
-                conn = Some(s);
-            }
-            let (mut latencies, mut errors) = (Vec::new(), 0u64);
-            loop {
-                let next = rx.lock().await.recv().await;
-                let Some(scheduled) = next else { break };
-                let answer = tokio::time::timeout(
-                    REQUEST_TIMEOUT,
-                    http_get(addr, &mut conn, &req, &mut buf),
-                )
-                .await;
-                let elapsed = scheduled.elapsed();
-                match answer {
-                    Ok(Ok(status)) if (200..300).contains(&status) => {
-                        if scheduled >= record_from {
-                            latencies.push(elapsed.as_secs_f64() * 1000.0);
-                        }
-                    }
-                    Ok(Ok(_)) => errors += 1,
-                    _ => {
-                        conn = None;
-                        errors += 1;
-                    }
-                }
-            }
-            (latencies, errors)
-        });
-    }
-    // The schedule runs on its own thread: thread::sleep wakes within tens of microseconds,
-    // where tokio's timer wheel would add up to a millisecond to every send.
-    let interval = 1.0 / rate;
-    let scheduler = std::thread::spawn(move || {
-        for i in 0..count {
-            let at = start + Duration::from_secs_f64(i as f64 * interval);
-            let now = Instant::now();
-            if at > now {
-                std::thread::sleep(at - now);
-            }
-            if tx.send(at).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = length + REQUEST_TIMEOUT + Duration::from_secs(10);
-    let mut latencies = Vec::with_capacity(count as usize);
-    let mut errors = 0;
-    let collect = async {
-        while let Some(done) = workers.join_next().await {
-            let (l, e) = done?;
-            latencies.extend(l);
-            errors += e;
-        }
-        anyhow::Ok(())
-    };
-    let finished = tokio::time::timeout(deadline, collect).await;
-    workers.abort_all();
-    let _ = tokio::task::spawn_blocking(move || scheduler.join()).await;
-    finished.context("the open-loop run did not finish in time")??;
-    Ok(Round { latencies, errors })
 }
 
 #[cfg(test)]
