@@ -262,6 +262,7 @@ fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::Pr
         trailers_dropped: m.trailers_dropped.clone(),
         loops: m.loops.clone(),
         tunnels_open: m.tunnels_open.clone(),
+        headers_dropped: m.headers_dropped.clone(),
         tunnels_closed: m.tunnels_closed.clone(),
     }
 }

@@ -133,6 +133,8 @@ pub struct Metrics {
     pub loops: Counter,
     /// Upgraded connections (WebSocket) open now.
     pub tunnels_open: Gauge,
+    /// Client headers the proxy did not forward, by reason.
+    pub headers_dropped: CounterVec,
     /// Upgraded connections closed, by reason.
     pub tunnels_closed: CounterVec,
     /// Proxied request latency, until the response head.
@@ -220,6 +222,11 @@ impl Metrics {
             loops: m.counter(
                 "api_proxy_loops_total",
                 "Requests that came back to this api-server (its own Via token), answered 508.",
+            ),
+            headers_dropped: m.counter_vec(
+                "api_proxy_headers_dropped_total",
+                "Client headers not forwarded: names with '_', or address headers from an untrusted peer.",
+                "reason",
             ),
             tunnels_open: m.gauge(
                 "api_proxy_tunnels_open",

@@ -24,7 +24,9 @@ use crate::blame::{self, LOOP_DETECTED, RequestFacts, TryFailure};
 use crate::h1::{
     self, ConnectionTokens, Framing, FramingHeaders, Refusal, push_decimal, push_header,
 };
-use crate::headers::{EarlierHops, PeerHeaders, RequestId, is_forwarding, push_forwarding};
+use crate::headers::{
+    EarlierHops, PeerHeaders, RequestId, is_api_server_via, is_forwarding, push_forwarding,
+};
 use crate::listener::HttpLimits;
 use crate::pool::Pool;
 use crate::relay::reframe;
@@ -319,10 +321,17 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     let mut looped = false;
     let mut upgrade: Option<&[u8]> = None;
     let mut upgrades = 0;
+    let (mut underscores, mut untrusted) = (0, 0);
     c.up_rest.clear();
     c.up_rest.extend_from_slice(b"\r\n");
     for h in r.headers.iter() {
         let name = h.name;
+        // A backend that folds `_` into `-` would read `X_Forwarded_For` or `Transfer_Encoding` as the real thing
+        // (nginx's `underscores_in_headers off`).
+        if name.contains('_') {
+            underscores += 1;
+            continue;
+        }
         if framing.add(name, h.value) {
             continue;
         }
@@ -331,13 +340,16 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
                 return Err(Refusal::BadRequest("more than one Host header"));
             }
         } else if name.eq_ignore_ascii_case("x-request-id") {
-            id = id.or_else(|| RequestId::from_client(h.value));
+            // Only a trusted proxy's id is kept: anyone else could make requests look like another's in the logs.
+            if trusted {
+                id = id.or_else(|| RequestId::from_client(h.value));
+            }
         } else if name.eq_ignore_ascii_case("upgrade") {
             upgrades += 1;
             upgrade = Some(h.value);
         } else if name.eq_ignore_ascii_case("via") {
             looped |= w.p.via.seen_in(h.value);
-            push_header(&mut c.up_rest, name.as_bytes(), h.value);
+            push_via(&mut c.up_rest, h.value, trusted, &mut untrusted);
         } else if name.eq_ignore_ascii_case("expect")
             && h.value.trim_ascii().eq_ignore_ascii_case(b"100-continue")
         {
@@ -346,6 +358,8 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
         } else if is_forwarding(name) {
             if trusted {
                 earlier.add(name, h.value);
+            } else {
+                untrusted += 1;
             }
         } else if !(h1::is_hop_by_hop(name)
             || (connection.names_others && h1::named_by_connection(r.headers, name)))
@@ -356,7 +370,26 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     if host.is_none() && !http10 && target_host.is_none() {
         return Err(Refusal::BadRequest("no Host header"));
     }
+    if host.is_some_and(|h| !h1::valid_authority(h))
+        || target_host.is_some_and(|h| !h1::valid_authority(h))
+    {
+        return Err(Refusal::BadRequest(
+            "invalid Host or request-target authority",
+        ));
+    }
     let host = target_host.or(host);
+    if underscores > 0 {
+        w.p.metrics
+            .headers_dropped
+            .with("underscore")
+            .inc_by(underscores);
+    }
+    if untrusted > 0 {
+        w.p.metrics
+            .headers_dropped
+            .with("untrusted")
+            .inc_by(untrusted);
+    }
     let framing = framing.request(http10)?;
     // A protocol switch is passed on for a request without a body, from an HTTP/1.1 client, naming one `Upgrade`
     // other than h2c (HTTP/2 in clear text is not tunnelled: the data servers speak HTTP/1.1 to the proxy).
@@ -392,6 +425,14 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     push_forwarding(&mut c.up_rest, &c.peer, &earlier, host, &id);
     push_header(&mut c.up_rest, b"via", w.p.via.value());
     c.up_rest.extend_from_slice(b"\r\n");
+    // What the proxy adds counts against the limits too: the data server must not be the one to refuse the head.
+    // Lines of `up_rest`: the host line's end, the headers, the blank line (values hold no LF).
+    let headers = c.up_rest.iter().filter(|&&b| b == b'\n').count() - 1;
+    // The request line and the host line: method, target, version, and room for the server's address.
+    let first_lines = method.as_str().len() + target.len() + 300;
+    if headers > MAX_HEADERS || first_lines + c.up_rest.len() > w.limits.max_header_bytes {
+        return Err(Refusal::TooLarge);
+    }
 
     c.up_line.clear();
     c.up_line.extend_from_slice(method.as_str().as_bytes());
@@ -424,6 +465,28 @@ fn parse_request(w: &Worker, c: &mut Conn) -> Result<Option<Req>, Refusal> {
     };
     c.buf.advance(n);
     Ok(Some(req))
+}
+
+/// Appends a client's `Via` value: whole from a trusted proxy; from anyone else only the elements naming an
+/// api-server (which loop detection needs), the rest counted in `dropped`.
+fn push_via(out: &mut Vec<u8>, value: &[u8], trusted: bool, dropped: &mut u64) {
+    if trusted {
+        push_header(out, b"via", value);
+        return;
+    }
+    let mut first = true;
+    for element in value.split(|&b| b == b',') {
+        if !is_api_server_via(element) {
+            *dropped += u64::from(!element.trim_ascii().is_empty());
+            continue;
+        }
+        out.extend_from_slice(if first { &b"via: "[..] } else { b", " });
+        out.extend_from_slice(element.trim_ascii());
+        first = false;
+    }
+    if !first {
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// The request target as the upstream gets it (origin form), and the authority of an absolute-form target.

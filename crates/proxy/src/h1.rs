@@ -505,6 +505,68 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Whether `authority` is a valid `Host` value or absolute-form authority (RFC 9110 section 7.2, RFC 3986 section
+/// 3.2): a reg-name or an IP literal, and an optional port of at most five digits up to 65535. Userinfo (`user:pw@`)
+/// is not: `@` is no reg-name character, so it is never forwarded.
+pub fn valid_authority(authority: &[u8]) -> bool {
+    let (host_ok, rest) = if let Some(literal) = authority.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let ip_ok = std::str::from_utf8(&literal[..end])
+            .ok()
+            .and_then(|text| text.parse::<std::net::Ipv6Addr>().ok())
+            .is_some();
+        (ip_ok, &literal[end + 1..])
+    } else {
+        let end = authority
+            .iter()
+            .rposition(|&b| b == b':')
+            .unwrap_or(authority.len());
+        let host = &authority[..end];
+        (!host.is_empty() && valid_reg_name(host), &authority[end..])
+    };
+    let port_ok = match rest {
+        [] => true,
+        [b':', digits @ ..] => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.iter().all(u8::is_ascii_digit)
+                && digits
+                    .iter()
+                    .fold(0u32, |n, &d| n * 10 + u32::from(d - b'0'))
+                    <= 65535
+        }
+        _ => false,
+    };
+    host_ok && port_ok
+}
+
+/// A reg-name (RFC 3986 section 3.2.2): unreserved characters, percent-encoded octets and sub-delimiters. An IPv4
+/// address is one too.
+fn valid_reg_name(name: &[u8]) -> bool {
+    let mut i = 0;
+    while i < name.len() {
+        let b = name[i];
+        if b == b'%' {
+            if i + 2 >= name.len()
+                || !name[i + 1].is_ascii_hexdigit()
+                || !name[i + 2].is_ascii_hexdigit()
+            {
+                return false;
+            }
+            i += 3;
+            continue;
+        }
+        let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+        if !unreserved && !b"!$&'()*+,;=".contains(&b) {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Appends `n` in decimal.
 pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
@@ -745,6 +807,44 @@ mod tests {
         assert_eq!(n, out.len());
         assert_eq!(&data[..5], b"hello");
         assert_eq!(data.len(), 305);
+    }
+
+    #[test]
+    fn authorities() {
+        for good in [
+            &b"example.com"[..],
+            b"example.com:8080",
+            b"127.0.0.1",
+            b"127.0.0.1:65535",
+            b"[::1]",
+            b"[2001:db8::1]:443",
+            b"a-b_c~d.e",
+            b"caf%C3%A9.example",
+        ] {
+            assert!(valid_authority(good), "{:?}", String::from_utf8_lossy(good));
+        }
+        for bad in [
+            &b""[..],
+            b":80",
+            b"user:pw@example.com",
+            b"user@example.com",
+            b"example.com:",
+            b"example.com:65536",
+            b"example.com:123456",
+            b"example.com:8a",
+            b"exa mple.com",
+            b"example.com/path",
+            b"example.com\x00",
+            b"[::1",
+            b"[not-ip]",
+            b"[::1]x",
+            b"[::1]:99999",
+            b"%zz.example",
+            b"a%4",
+            b"a\"b",
+        ] {
+            assert!(!valid_authority(bad), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -123,16 +123,35 @@ impl PeerHeaders {
     }
 }
 
-/// Whether `name` is one of the forwarding headers (dropped from an untrusted client, who could forge them).
+/// Whether `name` is one of the headers that say who the client is or how it came (dropped from an untrusted
+/// client, who could forge them; kept from a trusted proxy).
 pub fn is_forwarding(name: &str) -> bool {
     [
         "x-forwarded-for",
         "x-forwarded-proto",
         "x-forwarded-host",
         "forwarded",
+        "x-real-ip",
+        "true-client-ip",
+        "x-forwarded-port",
     ]
     .iter()
     .any(|h| h.eq_ignore_ascii_case(name))
+}
+
+/// Whether one element of a `Via` list (`1.1 api-0123456789abcdef`) names an api-server of this product. Those are
+/// kept from any peer: a request that loops through two api-servers must carry both tokens back.
+pub fn is_api_server_via(element: &[u8]) -> bool {
+    let Some(pseudonym) = element
+        .trim_ascii()
+        .split(|b| b.is_ascii_whitespace())
+        .nth(1)
+    else {
+        return false;
+    };
+    pseudonym.len() == 20
+        && pseudonym.starts_with(b"api-")
+        && pseudonym[4..].iter().all(|b| b.is_ascii_hexdigit())
 }
 
 /// The forwarding headers a request arrived with from a trusted proxy (empty from anyone else).
@@ -142,19 +161,27 @@ pub struct EarlierHops<'a> {
     pub forwarded_for: Vec<&'a [u8]>,
     /// `Forwarded` values, in order.
     pub forwarded: Vec<&'a [u8]>,
-    /// `X-Forwarded-Host`, kept when the request has no `Host` of its own.
+    /// `X-Forwarded-Host`: the host the first proxy was asked for.
     pub forwarded_host: Option<&'a [u8]>,
+    /// `X-Forwarded-Proto`: the scheme the client used with the first proxy.
+    pub forwarded_proto: Option<&'a [u8]>,
+    /// `X-Real-IP`, `True-Client-IP`, `X-Forwarded-Port`: passed on as they came.
+    pub others: Vec<(&'a str, &'a [u8])>,
 }
 
 impl<'a> EarlierHops<'a> {
     /// Records one forwarding header of a trusted peer's request.
-    pub fn add(&mut self, name: &str, value: &'a [u8]) {
+    pub fn add(&mut self, name: &'a str, value: &'a [u8]) {
         if name.eq_ignore_ascii_case("x-forwarded-for") {
             self.forwarded_for.push(value);
         } else if name.eq_ignore_ascii_case("forwarded") {
             self.forwarded.push(value);
         } else if name.eq_ignore_ascii_case("x-forwarded-host") {
             self.forwarded_host = Some(value);
+        } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+            self.forwarded_proto = Some(value);
+        } else {
+            self.others.push((name, value));
         }
     }
 }
@@ -174,9 +201,18 @@ pub fn push_forwarding(
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(peer.forwarded_for.as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    if let Some(h) = host.or(earlier.forwarded_host) {
+    out.extend_from_slice(b"\r\n");
+    // What the first proxy saw, when a trusted proxy says so; else what this one sees.
+    push_header(
+        out,
+        b"x-forwarded-proto",
+        earlier.forwarded_proto.unwrap_or(b"http"),
+    );
+    if let Some(h) = earlier.forwarded_host.or(host) {
         push_header(out, b"x-forwarded-host", h);
+    }
+    for (name, value) in &earlier.others {
+        push_header(out, name.as_bytes(), value);
     }
     out.extend_from_slice(b"forwarded: ");
     for v in &earlier.forwarded {
@@ -196,6 +232,21 @@ pub fn push_forwarding(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_server_via_elements_are_recognised_by_shape() {
+        assert!(is_api_server_via(ViaToken::generate().value()));
+        assert!(is_api_server_via(b" 1.1 api-0123456789abcdef "));
+        for other in [
+            &b"1.1 nginx"[..],
+            b"1.1 api-0123",
+            b"1.1 api-0123456789abcdeg",
+            b"api-0123456789abcdef",
+            b"",
+        ] {
+            assert!(!is_api_server_via(other), "{other:?}");
+        }
+    }
 
     #[test]
     fn a_via_token_recognises_itself_only() {
@@ -227,6 +278,24 @@ mod tests {
              x-forwarded-proto: http\r\n\
              x-forwarded-host: example.com\r\n\
              forwarded: for=10.0.0.1, for=192.0.2.7;proto=http;host=\"example.com\"\r\n\
+             x-request-id: abc-1\r\n"
+        );
+        // A trusted proxy's scheme and host, and the client's own address headers, are what it said.
+        let mut earlier = EarlierHops::default();
+        earlier.add("x-forwarded-proto", b"https");
+        earlier.add("x-forwarded-host", b"public.example");
+        earlier.add("x-real-ip", b"203.0.113.9");
+        assert_eq!(
+            forwarding(
+                &PeerHeaders::new(peer, true),
+                &earlier,
+                Some("internal:8080")
+            ),
+            "x-forwarded-for: 192.0.2.7\r\n\
+             x-forwarded-proto: https\r\n\
+             x-forwarded-host: public.example\r\n\
+             x-real-ip: 203.0.113.9\r\n\
+             forwarded: for=192.0.2.7;proto=http;host=\"internal:8080\"\r\n\
              x-request-id: abc-1\r\n"
         );
         let v6 = "[2001:db8::1]:5000".parse().unwrap();

@@ -65,6 +65,9 @@ pub struct ProxyMetrics {
     pub trailers_dropped: Counter,
     /// Requests that came back to this proxy (its own `Via` token in them), answered 508.
     pub loops: Counter,
+    /// Client headers not forwarded, by reason: `underscore` (a name with `_`), `untrusted` (client-address and
+    /// forwarding headers, or foreign `Via` elements, from a peer outside `trusted_proxies`).
+    pub headers_dropped: CounterVec,
     /// Upgraded connections (WebSocket) open now.
     pub tunnels_open: Gauge,
     /// Upgraded connections closed, by reason (`client_closed`, `server_closed`, `idle`, `drain`, `error`).

@@ -55,6 +55,9 @@ impl Proxy {
         for end in TunnelEnd::ALL {
             metrics.tunnels_closed.with(end.as_str());
         }
+        for reason in ["underscore", "untrusted"] {
+            metrics.headers_dropped.with(reason);
+        }
         let now = Instant::now();
         Proxy {
             inner: Arc::new(Inner {

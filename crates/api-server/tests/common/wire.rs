@@ -225,7 +225,8 @@ impl<S: AsyncRead + Unpin> Wire<S> {
         }
         let chunked = response
             .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+            .and_then(|v| v.rsplit(',').next())
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         if chunked {
             response.chunked = true;
             response.body = self.dechunk().await;
