@@ -109,8 +109,11 @@ pub struct DiscoveryConfig {
     pub ttl: HumanDuration,
     /// How often expired servers are swept (expiry is also checked on every read).
     pub prune_interval: HumanDuration,
-    /// File holding the shared HMAC key; when set, only signed heartbeats are accepted.
+    /// File holding the shared HMAC key; when set, only signed heartbeats are accepted. Shorthand for a
+    /// one-element `hmac_key_files`; both may be set (the keys add up).
     pub hmac_key_file: Option<PathBuf>,
+    /// Files of every key accepted (several during a rotation); a heartbeat's `kid` names the one checked.
+    pub hmac_key_files: Vec<PathBuf>,
     /// CIDRs allowed to register (empty: any).
     pub allowed_networks: Vec<IpNet>,
     /// Topic of the bus-liveness canary (default `<topic>.canary#ephemeral`).
@@ -132,6 +135,7 @@ impl Default for DiscoveryConfig {
             ttl: DEFAULT_TTL.into(),
             prune_interval: DEFAULT_PRUNE_INTERVAL.into(),
             hmac_key_file: None,
+            hmac_key_files: Vec::new(),
             allowed_networks: Vec::new(),
             canary_topic: None,
             canary_interval: None,
@@ -141,6 +145,11 @@ impl Default for DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
+    /// Every configured key file: `hmac_key_file`, then `hmac_key_files`.
+    pub fn hmac_key_paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.hmac_key_file.iter().chain(&self.hmac_key_files)
+    }
+
     /// The canary topic in effect.
     pub fn canary_topic(&self) -> String {
         self.canary_topic

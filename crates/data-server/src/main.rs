@@ -28,10 +28,32 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Write a new random 256-bit HMAC key for signing heartbeats to FILE (mode 0600; never overwrites).
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// Keep an existing FILE and succeed (for start scripts that run every time).
+        #[arg(long)]
+        if_missing: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Keygen { out, if_missing }) = &cli.command {
+        match data_server::keygen(out, *if_missing) {
+            Ok(data_server::Keygen::Written { kid }) => {
+                println!("wrote a new key to {} (kid {kid})", out.display())
+            }
+            Ok(data_server::Keygen::Kept) => println!("kept the existing key {}", out.display()),
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let args = match &cli.command {
         Some(Command::Sidecar { config, .. })
             if config.config.is_some() || !config.set.is_empty() =>
@@ -66,6 +88,7 @@ fn main() -> anyhow::Result<()> {
                 health_url,
                 ..
             }) => data_server::run_sidecar(config, advertise, health_url, shutdown).await,
+            Some(Command::Keygen { .. }) => unreachable!("handled before the config is loaded"),
         };
         anyhow::Ok(result?)
     })?;

@@ -56,7 +56,8 @@ pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, Strate
 pub use error::ConfigError;
 pub use event::{Event, EventKind};
 pub use heartbeat::{
-    Heartbeat, HmacKey, KeyError, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_META_BYTES,
+    Heartbeat, HmacKey, KID_HEX_LEN, KeyError, KeySet, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES,
+    MAX_META_BYTES,
     MAX_META_DEPTH, Message, State, VERSION, decode,
 };
 pub use registry::{
