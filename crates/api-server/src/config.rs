@@ -8,7 +8,7 @@ use std::time::Duration;
 use discovery::Strategy;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use svc::{HostPort, HumanDuration, Invalid, Validate};
+use svc::{HostPort, HumanDuration, Invalid, LookupdAddr, NsqSection, Validate};
 
 /// Contract default of `discovery.topic`.
 pub const DEFAULT_TOPIC: &str = "data_server_addr";
@@ -47,6 +47,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[shutdown]`
     pub shutdown: ShutdownConfig,
+    /// `[nsq]`: TLS and AUTH towards nsqd and `https://` nsqlookupd.
+    pub nsq: NsqSection,
 }
 
 /// `[server]`: where to listen.
@@ -99,8 +101,8 @@ pub struct DiscoveryConfig {
     /// Channel of this instance (default `api-server-<instance>#ephemeral`): each api-server needs its own,
     /// since NSQ gives each message of a channel to only one of its subscribers.
     pub channel: Option<String>,
-    /// nsqlookupd HTTP addresses.
-    pub lookupd_http_addresses: Vec<HostPort>,
+    /// nsqlookupd HTTP addresses: `host:port`, or `https://host:port` (verified with `[nsq]`'s CA).
+    pub lookupd_http_addresses: Vec<LookupdAddr>,
     /// nsqd TCP addresses to subscribe to directly.
     pub nsqd_tcp_addresses: Vec<HostPort>,
     /// How often nsqlookupd is polled.
@@ -264,6 +266,25 @@ impl Default for ShutdownConfig {
 }
 
 impl Config {
+    /// The NSQ connection settings of `[nsq]` (TLS, AUTH) that every nsqd connection and `https://` lookup starts
+    /// from; the files are read and checked here.
+    pub fn nsq_conn(&self) -> Result<nsq::Config, String> {
+        let tls = self.nsq.tls_settings().map(|t| nsq::TlsConfig {
+            ca_file: t.ca_file,
+            client_cert: t.client_cert.as_ref().map(|(cert, _)| cert.clone()),
+            client_key: t.client_cert.map(|(_, key)| key),
+            server_name: t.server_name,
+        });
+        if let Some(tls) = &tls {
+            tls.check().map_err(|err| err.to_string())?;
+        }
+        Ok(nsq::Config {
+            tls,
+            auth_secret: self.nsq.auth_secret()?,
+            ..nsq::Config::default()
+        })
+    }
+
     /// The instance name in effect (generated once when not configured).
     pub fn instance(&self) -> String {
         self.server.instance.clone().unwrap_or_else(|| {
@@ -283,6 +304,9 @@ impl Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
+        self.nsq.validate("nsq")?;
+        self.nsq_conn()
+            .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let d = &self.discovery;
         if nsq::validate_topic(&d.topic).is_err() {
             return Err(Invalid::new(

@@ -137,6 +137,9 @@ pub async fn run(
         .map(|a| a.to_string())
         .collect();
     let nsqd: Vec<String> = d.nsqd_tcp_addresses.iter().map(|a| a.to_string()).collect();
+    let nsq_conn = config
+        .nsq_conn()
+        .map_err(|detail| RunError::Config { key: "nsq", detail })?;
     let consumer = discovery::subscribe(
         &discovery::SubscriptionConfig {
             topic: d.topic.clone(),
@@ -144,6 +147,7 @@ pub async fn run(
             lookupd_http_addresses: lookupd.clone(),
             nsqd_tcp_addresses: nsqd.clone(),
             lookupd_poll_interval: d.lookupd_poll_interval.get(),
+            conn: nsq_conn.clone(),
         },
         registry.clone(),
     )?;
@@ -162,6 +166,7 @@ pub async fn run(
             poll_interval: d.lookupd_poll_interval.get(),
             lookupd_http_addresses: lookupd,
             nsqd_tcp_addresses: nsqd,
+            conn: nsq_conn,
         },
         bus,
         registry.clone(),

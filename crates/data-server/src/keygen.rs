@@ -55,7 +55,9 @@ pub fn keygen(out: &Path, if_missing: bool) -> io::Result<Keygen> {
     };
     // rand's thread RNG is a CSPRNG seeded from the operating system.
     let text = hex::encode(rand::random::<[u8; KEY_BYTES]>());
-    let write_err = |err: io::Error| io::Error::new(err.kind(), format!("cannot write {}: {err}", out.display()));
+    let write_err = |err: io::Error| {
+        io::Error::new(err.kind(), format!("cannot write {}: {err}", out.display()))
+    };
     file.write_all(text.as_bytes()).map_err(write_err)?;
     file.write_all(b"\n").map_err(write_err)?;
     file.sync_all().map_err(write_err)?;
@@ -92,10 +94,18 @@ mod tests {
         let err = keygen(&path, false).unwrap_err();
         assert!(err.to_string().contains("refusing to overwrite"), "{err}");
         assert_eq!(keygen(&path, true).unwrap(), Keygen::Kept);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the key is unchanged");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            text,
+            "the key is unchanged"
+        );
 
         let other = dir.path().join("other.key");
         keygen(&other, true).unwrap();
-        assert_ne!(std::fs::read_to_string(&other).unwrap(), text, "keys are random");
+        assert_ne!(
+            std::fs::read_to_string(&other).unwrap(),
+            text,
+            "keys are random"
+        );
     }
 }

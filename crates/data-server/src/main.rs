@@ -70,8 +70,15 @@ fn main() -> anyhow::Result<()> {
         .load()
         .unwrap_or_else(|err| svc::exit_on_config_error(err));
     if let Some(Command::Sidecar { health_url, .. }) = &cli.command {
-        if !(health_url.starts_with("http://") || health_url.starts_with("https://")) {
-            eprintln!("error: --health-url: expected an http:// URL, found {health_url:?}");
+        // https:// is refused here rather than failing every probe later: the probe client is built without TLS
+        // (a health URL is normally the service's own port on loopback).
+        if !health_url.starts_with("http://") {
+            let why = if health_url.starts_with("https://") {
+                " (https:// is not supported: probe the service over http://, e.g. on loopback)"
+            } else {
+                ""
+            };
+            eprintln!("error: --health-url: expected an http:// URL, found {health_url:?}{why}");
             std::process::exit(svc::CONFIG_ERROR_EXIT_CODE);
         }
     }

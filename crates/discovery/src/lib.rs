@@ -57,8 +57,7 @@ pub use error::ConfigError;
 pub use event::{Event, EventKind};
 pub use heartbeat::{
     Heartbeat, HmacKey, KID_HEX_LEN, KeyError, KeySet, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES,
-    MAX_META_BYTES,
-    MAX_META_DEPTH, Message, State, VERSION, decode,
+    MAX_META_BYTES, MAX_META_DEPTH, Message, State, VERSION, decode,
 };
 pub use registry::{
     DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, IgnoreReason, Outcome, OutcomeCount, Registry,

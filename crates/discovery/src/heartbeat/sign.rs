@@ -291,7 +291,10 @@ mod tests {
         let set = KeySet::from(&both[..]);
         let sig = new.sign_hex(b"m");
         assert!(set.verify_hex(b"m", Some(new.kid()), &sig).is_ok());
-        assert!(set.verify_hex(b"m", None, &sig).is_ok(), "no kid: every key is tried");
+        assert!(
+            set.verify_hex(b"m", None, &sig).is_ok(),
+            "no kid: every key is tried"
+        );
         let wrong_kid = set.verify_hex(b"m", Some(old.kid()), &sig).unwrap_err();
         assert_eq!(wrong_kid.reason(), RejectReason::BadSignature);
 
@@ -301,7 +304,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(retired.reason(), RejectReason::UnknownKey);
         assert_eq!(
-            only_new.verify_hex(b"m", None, &old.sign_hex(b"m")).unwrap_err().reason(),
+            only_new
+                .verify_hex(b"m", None, &old.sign_hex(b"m"))
+                .unwrap_err()
+                .reason(),
             RejectReason::BadSignature
         );
     }

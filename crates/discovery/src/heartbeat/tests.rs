@@ -355,11 +355,22 @@ fn signed_heartbeats_name_their_key_outside_the_signed_bytes() {
     assert_eq!(hb.kid.as_deref(), Some(key().kid()));
     let body = String::from_utf8(hb.encode()).unwrap();
     assert!(
-        body.ends_with(&format!(r#","kid":"{}","sig":"{}"}}"#, key().kid(), hb.sig.as_deref().unwrap())),
+        body.ends_with(&format!(
+            r#","kid":"{}","sig":"{}"}}"#,
+            key().kid(),
+            hb.sig.as_deref().unwrap()
+        )),
         "{body}"
     );
-    assert!(!String::from_utf8(hb.canonical_bytes()).unwrap().contains("kid"));
-    assert_eq!(decode(body.as_bytes(), Some(&key())), Ok(Message::Json(hb.clone())));
+    assert!(
+        !String::from_utf8(hb.canonical_bytes())
+            .unwrap()
+            .contains("kid")
+    );
+    assert_eq!(
+        decode(body.as_bytes(), Some(&key())),
+        Ok(Message::Json(hb.clone()))
+    );
 
     // A heartbeat signed before key ids existed (no kid) still verifies: each key is tried.
     let mut old_style = hb.clone();
@@ -372,7 +383,9 @@ fn signed_heartbeats_name_their_key_outside_the_signed_bytes() {
     // A kid nobody holds, or of the wrong type, is refused.
     let unknown = body.replace(key().kid(), "0000000000000000");
     assert_eq!(
-        decode(unknown.as_bytes(), Some(&key())).unwrap_err().reason(),
+        decode(unknown.as_bytes(), Some(&key()))
+            .unwrap_err()
+            .reason(),
         RejectReason::UnknownKey
     );
     let wrong = body.replace(&format!("\"{}\"", key().kid()), "7");

@@ -96,8 +96,14 @@ async fn rotation_accepts_both_keys_then_refuses_the_retired_one() {
     // Step 1: receivers hold both keys; senders on either key are accepted.
     let both = with_keys(vec![old.clone(), new.clone()]);
     assert!(!both.accepts_unauthenticated());
-    assert_eq!(observe(&both, &signed_now(&old, "a", "10.0.0.1:80", 1)), Outcome::Joined);
-    assert_eq!(observe(&both, &signed_now(&new, "b", "10.0.0.2:80", 1)), Outcome::Joined);
+    assert_eq!(
+        observe(&both, &signed_now(&old, "a", "10.0.0.1:80", 1)),
+        Outcome::Joined
+    );
+    assert_eq!(
+        observe(&both, &signed_now(&new, "b", "10.0.0.2:80", 1)),
+        Outcome::Joined
+    );
     assert_eq!(
         observe(&both, &signed_now(&new, "a", "10.0.0.1:80", 2)),
         Outcome::Refreshed,
@@ -109,7 +115,10 @@ async fn rotation_accepts_both_keys_then_refuses_the_retired_one() {
         rejected(observe(&only_new, &signed_now(&old, "a", "10.0.0.1:80", 3))),
         RejectReason::UnknownKey
     );
-    assert_eq!(observe(&only_new, &signed_now(&new, "a", "10.0.0.1:80", 3)), Outcome::Joined);
+    assert_eq!(
+        observe(&only_new, &signed_now(&new, "a", "10.0.0.1:80", 3)),
+        Outcome::Joined
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -121,13 +130,19 @@ async fn plain_bodies_with_a_key_only_from_allowed_networks() {
     let reg = Registry::new(config).unwrap();
     assert!(!reg.accepts_unauthenticated());
     assert_eq!(observe(&reg, b"10.1.0.7:80"), Outcome::Joined);
-    assert_eq!(rejected(observe(&reg, b"10.2.0.7:80")), RejectReason::NotAllowed);
+    assert_eq!(
+        rejected(observe(&reg, b"10.2.0.7:80")),
+        RejectReason::NotAllowed
+    );
     // JSON heartbeats still need a signature, inside the networks too.
     assert_eq!(
         rejected(observe(&reg, &body("a", "10.1.0.8:80", 1, 1))),
         RejectReason::Unsigned
     );
-    assert_eq!(observe(&reg, &signed_now(&key, "a", "10.1.0.8:80", 1)), Outcome::Joined);
+    assert_eq!(
+        observe(&reg, &signed_now(&key, "a", "10.1.0.8:80", 1)),
+        Outcome::Joined
+    );
 }
 
 #[test]
