@@ -10,8 +10,9 @@
 //! Pure modules, with no I/O and no tasks of their own (time is always passed in as `tokio::time::Instant`, so
 //! everything runs in virtual time under test):
 //! - `heartbeat`: the version 1 message ([`Heartbeat`], [`Message`]), its wire format and the canonical bytes that
-//!   an [`HmacKey`] signs, and [`decode`] of untrusted bodies with a [`Rejection`] for every refusal. The one
-//!   exception is [`HmacKey::from_file`], which reads the key file.
+//!   an [`HmacKey`] signs (naming it by its key id, so that a receiver with a [`KeySet`] of several keys during a
+//!   rotation checks only that one), and [`decode`] of untrusted bodies with a [`Rejection`] for every refusal.
+//!   The one exception is [`HmacKey::from_file`], which reads the key file.
 //! - `registry`: the [`Registry`] of servers heard from within a TTL, ordered by `(epoch, seq)`, with tombstones
 //!   for graceful leaves, self-preservation while the bus is down, [`Event`]s for subscribers and counters for
 //!   metrics.
