@@ -95,7 +95,8 @@ fn main() -> anyhow::Result<()> {
                 health_url,
                 ..
             }) => data_server::run_sidecar(config, advertise, health_url, shutdown).await,
-            Some(Command::Keygen { .. }) => unreachable!("handled before the config is loaded"),
+            // Handled before the config is loaded, and returned from there.
+            Some(Command::Keygen { .. }) => Ok(()),
         };
         anyhow::Ok(result?)
     })?;
