@@ -3,7 +3,8 @@
 //!
 //! Never panics; a key only ever adds a check (whatever decodes with it decodes the same
 //! without); a decoded heartbeat re-encodes, in wire and canonical form, to bodies that decode
-//! to the same value; signing it makes a body that verifies with that key and no other.
+//! to the same value; signing it makes a body that verifies with that key and no other (by
+//! its `kid`, or by trying each key when the `kid` is taken away).
 
 use discovery::{HmacKey, Message, decode};
 
@@ -29,8 +30,10 @@ pub fn check(data: &[u8]) {
                 "encode round trip"
             );
 
+            // The canonical bytes leave out `sig` and `kid` (which only names the key).
             let mut plain = hb.clone();
             plain.sig = None;
+            plain.kid = None;
             let again = decode(&plain.canonical_bytes(), None);
             assert_eq!(
                 again.ok(),
@@ -40,6 +43,7 @@ pub fn check(data: &[u8]) {
 
             let mut resigned = plain;
             resigned.sign(&key);
+            let resigned_copy = resigned.clone();
             let body = resigned.encode();
             let again = decode(&body, Some(&key));
             assert_eq!(
@@ -50,6 +54,18 @@ pub fn check(data: &[u8]) {
             assert!(
                 decode(&body, Some(&other)).is_err(),
                 "verified with the wrong key"
+            );
+            let mut without_kid = resigned_copy;
+            without_kid.kid = None;
+            let both = [other.clone(), key.clone()];
+            assert_eq!(
+                decode(&without_kid.encode(), &both[..]).ok(),
+                Some(Message::Json(without_kid.clone())),
+                "a signature without kid verifies with any key of the set"
+            );
+            assert!(
+                decode(&without_kid.encode(), Some(&other)).is_err(),
+                "a signature without kid verified with the wrong key"
             );
             if signed.is_ok() {
                 assert_eq!(hb.verify(&key), Ok(()));

@@ -76,6 +76,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         }
         println!("  archive      {}", stack.archive_db().display());
         println!("  state        {}", state_dir.display());
+        println!(
+            "  hmac key     {} (made on first start; heartbeats are signed)",
+            stack.key_file().display()
+        );
         println!("  pids         {:?}", stack.pids());
         println!();
         println!(

@@ -25,7 +25,7 @@ pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(1);
 /// `GET /registry`: the fields of ARCHITECTURE.md §4.4, plus the bus state and who answers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RegistryDocument {
-    /// servers, self_preservation, ttl_ms.
+    /// servers, self_preservation, ttl_ms, unauthenticated.
     #[serde(flatten)]
     pub registry: RegistryView,
     /// Bus liveness as measured by the canary.

@@ -15,12 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use discovery::Registry;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use svc::Shutdown;
 use tokio::time::Instant;
 
@@ -45,6 +40,8 @@ pub struct CanaryConfig {
     pub lookupd_http_addresses: Vec<String>,
     /// nsqd TCP addresses always probed.
     pub nsqd_tcp_addresses: Vec<String>,
+    /// Connection settings every probe starts from: TLS and AUTH of `[nsq]`.
+    pub conn: nsq::Config,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -82,7 +79,7 @@ impl Probe {
             // nsqd's minimum; a frozen nsqd is noticed within two of these.
             heartbeat_interval: Some(Duration::from_secs(1)),
             dial_timeout: cfg.interval.max(Duration::from_millis(100)),
-            ..nsq::Config::default()
+            ..cfg.conn.clone()
         };
         let producer = nsq::Producer::new(
             addr,
@@ -134,8 +131,14 @@ pub async fn run(
     heartbeat_connections: impl Fn() -> i64 + Send + 'static,
     shutdown: Shutdown,
 ) {
-    let http: Client<HttpConnector, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
+    // Lookups over https:// use [nsq]'s CA; a TLS setting that cannot load was refused at config load.
+    let http = match nsq::Lookupd::with_tls(LOOKUPD_TIMEOUT, cfg.conn.tls.as_ref()) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!("canary: cannot build the nsqlookupd client: {err}");
+            return;
+        }
+    };
     let mut probes: BTreeMap<String, Probe> = BTreeMap::new();
     let mut tick = tokio::time::interval(cfg.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -207,16 +210,16 @@ async fn reconcile(
     bus.set_nsqds(&list);
 }
 
+/// Bound on one nsqlookupd `/nodes` query.
+const LOOKUPD_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Configured nsqd plus every node of every reachable nsqlookupd; `None` when nothing could be learned (keep the
 /// current set rather than drop every probe because nsqlookupd is down).
-async fn nsqd_set(
-    http: &Client<HttpConnector, Empty<Bytes>>,
-    cfg: &CanaryConfig,
-) -> Option<BTreeSet<String>> {
+async fn nsqd_set(http: &nsq::Lookupd, cfg: &CanaryConfig) -> Option<BTreeSet<String>> {
     let mut set: BTreeSet<String> = cfg.nsqd_tcp_addresses.iter().cloned().collect();
     let mut answered = cfg.lookupd_http_addresses.is_empty();
     for lookupd in &cfg.lookupd_http_addresses {
-        match lookupd_nodes(http, lookupd).await {
+        match http.nodes(lookupd).await {
             Ok(nodes) => {
                 answered = true;
                 set.extend(nodes);
@@ -225,42 +228,6 @@ async fn nsqd_set(
         }
     }
     answered.then_some(set)
-}
-
-/// `GET /nodes` of one nsqlookupd: the TCP address of every nsqd registered there.
-async fn lookupd_nodes(
-    http: &Client<HttpConnector, Empty<Bytes>>,
-    lookupd: &str,
-) -> Result<Vec<String>, Box<dyn std::error::Error + Send + Sync>> {
-    let uri: hyper::Uri = format!("http://{lookupd}/nodes").parse()?;
-    let response = tokio::time::timeout(Duration::from_secs(2), http.get(uri)).await??;
-    if !response.status().is_success() {
-        return Err(format!("status {}", response.status()).into());
-    }
-    let body = tokio::time::timeout(Duration::from_secs(2), response.into_body().collect())
-        .await??
-        .to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body)?;
-    // nsqlookupd answers {"producers":[...]}, or wrapped in "data" for old clients.
-    let producers = value
-        .get("data")
-        .unwrap_or(&value)
-        .get("producers")
-        .and_then(|p| p.as_array())
-        .cloned()
-        .unwrap_or_default();
-    Ok(producers
-        .iter()
-        .filter_map(|p| {
-            let host = p.get("broadcast_address")?.as_str()?;
-            let port = p.get("tcp_port")?.as_u64()?;
-            Some(if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            })
-        })
-        .collect())
 }
 
 #[cfg(test)]

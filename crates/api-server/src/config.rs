@@ -8,7 +8,7 @@ use std::time::Duration;
 use discovery::Strategy;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use svc::{HostPort, HumanDuration, Invalid, Validate};
+use svc::{HostPort, HumanDuration, Invalid, LookupdAddr, NsqSection, Validate};
 
 /// Contract default of `discovery.topic`.
 pub const DEFAULT_TOPIC: &str = "data_server_addr";
@@ -60,6 +60,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// `[shutdown]`
     pub shutdown: ShutdownConfig,
+    /// `[nsq]`: TLS and AUTH towards nsqd and `https://` nsqlookupd.
+    pub nsq: NsqSection,
 }
 
 /// `[server]`: where to listen.
@@ -136,8 +138,8 @@ pub struct DiscoveryConfig {
     /// Channel of this instance (default `api-server-<instance>#ephemeral`): each api-server needs its own,
     /// since NSQ gives each message of a channel to only one of its subscribers.
     pub channel: Option<String>,
-    /// nsqlookupd HTTP addresses.
-    pub lookupd_http_addresses: Vec<HostPort>,
+    /// nsqlookupd HTTP addresses: `host:port`, or `https://host:port` (verified with `[nsq]`'s CA).
+    pub lookupd_http_addresses: Vec<LookupdAddr>,
     /// nsqd TCP addresses to subscribe to directly.
     pub nsqd_tcp_addresses: Vec<HostPort>,
     /// How often nsqlookupd is polled.
@@ -146,8 +148,11 @@ pub struct DiscoveryConfig {
     pub ttl: HumanDuration,
     /// How often expired servers are swept (expiry is also checked on every read).
     pub prune_interval: HumanDuration,
-    /// File holding the shared HMAC key; when set, only signed heartbeats are accepted.
+    /// File holding the shared HMAC key; when set, only signed heartbeats are accepted. Shorthand for a
+    /// one-element `hmac_key_files`; both may be set (the keys add up).
     pub hmac_key_file: Option<PathBuf>,
+    /// Files of every key accepted (several during a rotation); a heartbeat's `kid` names the one checked.
+    pub hmac_key_files: Vec<PathBuf>,
     /// CIDRs allowed to register (empty: any).
     pub allowed_networks: Vec<IpNet>,
     /// Topic of the bus-liveness canary (default `<topic>.canary#ephemeral`).
@@ -169,6 +174,7 @@ impl Default for DiscoveryConfig {
             ttl: DEFAULT_TTL.into(),
             prune_interval: DEFAULT_PRUNE_INTERVAL.into(),
             hmac_key_file: None,
+            hmac_key_files: Vec::new(),
             allowed_networks: Vec::new(),
             canary_topic: None,
             canary_interval: None,
@@ -178,6 +184,11 @@ impl Default for DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
+    /// Every configured key file: `hmac_key_file`, then `hmac_key_files`.
+    pub fn hmac_key_paths(&self) -> impl Iterator<Item = &PathBuf> {
+        self.hmac_key_file.iter().chain(&self.hmac_key_files)
+    }
+
     /// The canary topic in effect.
     pub fn canary_topic(&self) -> String {
         self.canary_topic
@@ -300,6 +311,25 @@ impl Default for ShutdownConfig {
 }
 
 impl Config {
+    /// The NSQ connection settings of `[nsq]` (TLS, AUTH) that every nsqd connection and `https://` lookup starts
+    /// from; the files are read and checked here.
+    pub fn nsq_conn(&self) -> Result<nsq::Config, String> {
+        let tls = self.nsq.tls_settings().map(|t| nsq::TlsConfig {
+            ca_file: t.ca_file,
+            client_cert: t.client_cert.as_ref().map(|(cert, _)| cert.clone()),
+            client_key: t.client_cert.map(|(_, key)| key),
+            server_name: t.server_name,
+        });
+        if let Some(tls) = &tls {
+            tls.check().map_err(|err| err.to_string())?;
+        }
+        Ok(nsq::Config {
+            tls,
+            auth_secret: self.nsq.auth_secret()?,
+            ..nsq::Config::default()
+        })
+    }
+
     /// The instance name in effect (generated once when not configured).
     pub fn instance(&self) -> String {
         self.server.instance.clone().unwrap_or_else(|| {
@@ -319,6 +349,9 @@ impl Config {
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
+        self.nsq.validate("nsq")?;
+        self.nsq_conn()
+            .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let d = &self.discovery;
         if nsq::validate_topic(&d.topic).is_err() {
             return Err(Invalid::new(

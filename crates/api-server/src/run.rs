@@ -67,13 +67,19 @@ pub async fn run(
 ) -> Result<(), RunError> {
     // The key first: a bad key file is a config error, reported before anything listens.
     let d = &config.discovery;
-    let hmac_key = match &d.hmac_key_file {
-        Some(path) => Some(HmacKey::from_file(path).map_err(|err| RunError::Config {
-            key: "discovery.hmac_key_file",
-            detail: err.to_string(),
-        })?),
-        None => None,
-    };
+    let hmac_keys = d
+        .hmac_key_paths()
+        .map(|path| {
+            HmacKey::from_file(path).map_err(|err| RunError::Config {
+                key: if d.hmac_key_file.as_ref() == Some(path) {
+                    "discovery.hmac_key_file"
+                } else {
+                    "discovery.hmac_key_files"
+                },
+                detail: err.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let bind = |key: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -87,7 +93,7 @@ pub async fn run(
     };
 
     let mut registry_cfg = RegistryConfig::new(d.ttl.get());
-    registry_cfg.hmac_key = hmac_key;
+    registry_cfg.hmac_keys = hmac_keys;
     registry_cfg.allowed_networks = d.allowed_networks.clone();
     // Our own addresses can never register: the proxy would send requests to itself.
     registry_cfg.self_addrs = vec![listening.proxy.to_string(), listening.admin.to_string()];
@@ -98,6 +104,12 @@ pub async fn run(
         }
     };
     let registry = Registry::new(registry_cfg).map_err(config_error("discovery"))?;
+    if registry.accepts_unauthenticated() {
+        tracing::warn!(
+            "unauthenticated heartbeats accepted: anyone who can publish to nsqd can put an address into rotation; \
+             set discovery.hmac_key_files (make a key with `data-server keygen --out FILE`) or discovery.allowed_networks"
+        );
+    }
     let balancer = Balancer::new(
         registry.clone(),
         BalancerConfig {
@@ -125,6 +137,9 @@ pub async fn run(
         .map(|a| a.to_string())
         .collect();
     let nsqd: Vec<String> = d.nsqd_tcp_addresses.iter().map(|a| a.to_string()).collect();
+    let nsq_conn = config
+        .nsq_conn()
+        .map_err(|detail| RunError::Config { key: "nsq", detail })?;
     let consumer = discovery::subscribe(
         &discovery::SubscriptionConfig {
             topic: d.topic.clone(),
@@ -132,6 +147,7 @@ pub async fn run(
             lookupd_http_addresses: lookupd.clone(),
             nsqd_tcp_addresses: nsqd.clone(),
             lookupd_poll_interval: d.lookupd_poll_interval.get(),
+            conn: nsq_conn.clone(),
         },
         registry.clone(),
     )?;
@@ -150,6 +166,7 @@ pub async fn run(
             poll_interval: d.lookupd_poll_interval.get(),
             lookupd_http_addresses: lookupd,
             nsqd_tcp_addresses: nsqd,
+            conn: nsq_conn,
         },
         bus,
         registry.clone(),

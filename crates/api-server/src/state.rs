@@ -164,6 +164,12 @@ impl Metrics {
             "1 while expiry is frozen because the bus is down.",
             move || f64::from(u8::from(d.self_preservation())),
         );
+        let d = discovery.clone();
+        m.gauge_fn(
+            "api_unauthenticated_heartbeats",
+            "1 when heartbeats are accepted unauthenticated (no HMAC key and no allowed_networks).",
+            move || f64::from(u8::from(d.accepts_unauthenticated())),
+        );
         let b = bus.clone();
         m.gauge_fn(
             "api_heartbeat_connections",

@@ -92,7 +92,10 @@ fn the_example_config_is_valid() {
 fn the_example_file_and_the_readme_match_the_defaults() {
     testkit::check_config_docs::<api_server::Config>(
         "api-server",
-        &["discovery.lookupd_http_addresses"],
+        &[
+            "discovery.lookupd_http_addresses",
+            "discovery.hmac_key_files",
+        ],
     );
 }
 

@@ -185,6 +185,61 @@ async fn a_plain_host_port_from_to_nsq_registers() {
     assert_eq!(doc["servers"][0]["plain"], true);
 }
 
+/// Neither a key nor allowed_networks: the api-server says so at start, in /registry and in a gauge; with a key
+/// it does not, and a plain host:port (which cannot be signed) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_api_server_says_so_and_one_with_a_key_does_not() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    create_topic(&cluster).await;
+    let open = api_server(&cluster, "10s", &[]).await;
+    assert!(
+        open.log().contains("unauthenticated heartbeats accepted"),
+        "{}",
+        open.log()
+    );
+    assert_eq!(open.registry().await.unwrap()["unauthenticated"], true);
+    assert_eq!(
+        open.metric("api_unauthenticated_heartbeats").await.unwrap(),
+        1.0
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("heartbeat.key");
+    std::fs::write(&key, "a shared secret\n").unwrap();
+    let keyed = api_server(
+        &cluster,
+        "10s",
+        &[&format!("discovery.hmac_key_files={}", key.display())],
+    )
+    .await;
+    testkit::to_nsq(cluster.nsqd_tcp(0), TOPIC, &["127.0.0.1:19006"])
+        .await
+        .unwrap();
+    open.wait_registry(SOON, "the plain server, unauthenticated", |d| {
+        ids(d) == ["127.0.0.1:19006"]
+    })
+    .await
+    .unwrap();
+    eventually(SOON, "the plain server refused with a key", || async {
+        let n = keyed
+            .metric(r#"api_heartbeats_total{outcome="rejected",reason="unsigned"}"#)
+            .await
+            .ok()?;
+        (n >= 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(keyed.registry().await.unwrap()["unauthenticated"], false);
+    assert!(ids(&keyed.registry().await.unwrap()).is_empty());
+    assert_eq!(
+        keyed
+            .metric("api_unauthenticated_heartbeats")
+            .await
+            .unwrap(),
+        0.0
+    );
+    assert!(!keyed.log().contains("unauthenticated heartbeats accepted"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_api_servers_both_list_every_server() {
     let cluster = NsqCluster::start(2).await.unwrap();

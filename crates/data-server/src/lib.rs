@@ -8,6 +8,7 @@
 //! - [`run`] / [`serve`]: bind, announce, serve, and shut down in order: leaving heartbeat,
 //!   stop accepting, drain in-flight requests.
 //! - [`run_sidecar`]: announce another service while its health URL answers 2xx.
+//! - [`keygen`]: write a new random HMAC key for signing heartbeats (`data-server keygen --out FILE`).
 //!
 //! ```
 //! use axum::body::Body;
@@ -33,6 +34,7 @@
 mod app;
 mod config;
 mod data;
+mod keygen;
 mod metrics;
 mod server;
 mod sidecar;
@@ -44,6 +46,7 @@ pub use config::{
     DEFAULT_SHUTDOWN_TIMEOUT, ENV_PREFIX, ServerConfig, ShutdownConfig, SidecarConfig,
 };
 pub use data::{AppError, MAX_GENERATED_BYTES, MAX_SLOW_MS, pattern_byte};
+pub use keygen::{KEY_BYTES, Keygen, keygen};
 pub use metrics::Metrics;
 pub use server::{ServerError, run, serve};
 pub use sidecar::run_sidecar;

@@ -28,10 +28,32 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Write a new random 256-bit HMAC key for signing heartbeats to FILE (mode 0600; never overwrites).
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, value_name = "FILE")]
+        out: std::path::PathBuf,
+        /// Keep an existing FILE and succeed (for start scripts that run every time).
+        #[arg(long)]
+        if_missing: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Keygen { out, if_missing }) = &cli.command {
+        match data_server::keygen(out, *if_missing) {
+            Ok(data_server::Keygen::Written { kid }) => {
+                println!("wrote a new key to {} (kid {kid})", out.display())
+            }
+            Ok(data_server::Keygen::Kept) => println!("kept the existing key {}", out.display()),
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
     let args = match &cli.command {
         Some(Command::Sidecar { config, .. })
             if config.config.is_some() || !config.set.is_empty() =>
@@ -48,8 +70,15 @@ fn main() -> anyhow::Result<()> {
         .load()
         .unwrap_or_else(|err| svc::exit_on_config_error(err));
     if let Some(Command::Sidecar { health_url, .. }) = &cli.command {
-        if !(health_url.starts_with("http://") || health_url.starts_with("https://")) {
-            eprintln!("error: --health-url: expected an http:// URL, found {health_url:?}");
+        // https:// is refused here rather than failing every probe later: the probe client is built without TLS
+        // (a health URL is normally the service's own port on loopback).
+        if !health_url.starts_with("http://") {
+            let why = if health_url.starts_with("https://") {
+                " (https:// is not supported: probe the service over http://, e.g. on loopback)"
+            } else {
+                ""
+            };
+            eprintln!("error: --health-url: expected an http:// URL, found {health_url:?}{why}");
             std::process::exit(svc::CONFIG_ERROR_EXIT_CODE);
         }
     }
@@ -66,6 +95,8 @@ fn main() -> anyhow::Result<()> {
                 health_url,
                 ..
             }) => data_server::run_sidecar(config, advertise, health_url, shutdown).await,
+            // Handled before the config is loaded, and returned from there.
+            Some(Command::Keygen { .. }) => Ok(()),
         };
         anyhow::Ok(result?)
     })?;

@@ -33,6 +33,9 @@ pub enum ServerError {
     /// The HMAC key file could not be read.
     #[error("announce.hmac_key_file: {0}")]
     Key(#[from] KeyError),
+    /// The `[nsq]` settings could not be loaded (TLS files, AUTH secret).
+    #[error("nsq: {0}")]
+    Nsq(String),
     /// The announcer refused its settings.
     #[error(transparent)]
     Announcer(#[from] AnnouncerConfigError),
@@ -66,7 +69,9 @@ pub async fn serve(
     let advertise = config.advertise_for(bound);
     let id = config.id_or_generated("data-server");
     let key = config.hmac_key()?;
-    let announcer = Announcer::new(config.announcer_config(id.clone(), advertise.clone(), key))?;
+    let mut announce = config.announcer_config(id.clone(), advertise.clone(), key);
+    announce.producer.conn = config.nsq_conn().map_err(ServerError::Nsq)?;
+    let announcer = Announcer::new(announce)?;
     let state = AppState::new(id.clone(), advertise.clone(), Some(announcer.clone()));
 
     let stop_serving = Shutdown::new();

@@ -109,3 +109,25 @@ fn sidecar_refuses_a_bad_advertise_address() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--advertise"), "{stderr}");
 }
+
+/// An `https://` health URL could only fail at every probe (the probe client has no TLS), so it is refused at start.
+#[test]
+fn sidecar_refuses_an_https_health_url_at_start() {
+    let output = std::process::Command::new(BIN)
+        .args([
+            "sidecar",
+            "--advertise",
+            "127.0.0.1:9",
+            "--health-url",
+            "https://127.0.0.1:1/health",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--health-url") && stderr.contains("https:// is not supported"),
+        "{stderr}"
+    );
+}

@@ -10,8 +10,9 @@
 //! Pure modules, with no I/O and no tasks of their own (time is always passed in as `tokio::time::Instant`, so
 //! everything runs in virtual time under test):
 //! - `heartbeat`: the version 1 message ([`Heartbeat`], [`Message`]), its wire format and the canonical bytes that
-//!   an [`HmacKey`] signs, and [`decode`] of untrusted bodies with a [`Rejection`] for every refusal. The one
-//!   exception is [`HmacKey::from_file`], which reads the key file.
+//!   an [`HmacKey`] signs (naming it by its key id, so that a receiver with a [`KeySet`] of several keys during a
+//!   rotation checks only that one), and [`decode`] of untrusted bodies with a [`Rejection`] for every refusal.
+//!   The one exception is [`HmacKey::from_file`], which reads the key file.
 //! - `registry`: the [`Registry`] of servers heard from within a TTL, ordered by `(epoch, seq)`, with tombstones
 //!   for graceful leaves, self-preservation while the bus is down, [`Event`]s for subscribers and counters for
 //!   metrics.
@@ -56,8 +57,8 @@ pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, Strate
 pub use error::ConfigError;
 pub use event::{Event, EventKind};
 pub use heartbeat::{
-    Heartbeat, HmacKey, KeyError, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES, MAX_META_BYTES,
-    MAX_META_DEPTH, Message, State, VERSION, decode,
+    Heartbeat, HmacKey, KID_HEX_LEN, KeyError, KeySet, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_KEY_BYTES,
+    MAX_META_BYTES, MAX_META_DEPTH, Message, State, VERSION, decode,
 };
 pub use registry::{
     DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, IgnoreReason, Outcome, OutcomeCount, Registry,

@@ -50,11 +50,14 @@ pub enum RejectReason {
     /// A shared key is configured and the signed `sent_at_ms` is more than one TTL away from this host's clock:
     /// a captured heartbeat published again, or a sender whose clock is far off.
     Replayed,
+    /// The heartbeat names (`kid`) a key that is not configured here: a key retired by a rotation, a sender with
+    /// a new key that this receiver does not hold yet, or a forgery.
+    UnknownKey,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RejectReason; 18] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::Empty,
         RejectReason::TooLarge,
         RejectReason::NotUtf8,
@@ -73,6 +76,7 @@ impl RejectReason {
         RejectReason::SelfAddress,
         RejectReason::IdConflict,
         RejectReason::Replayed,
+        RejectReason::UnknownKey,
     ];
 
     /// The metrics label, e.g. `"bad_json"`.
@@ -96,6 +100,7 @@ impl RejectReason {
             RejectReason::SelfAddress => "self_address",
             RejectReason::IdConflict => "id_conflict",
             RejectReason::Replayed => "replayed",
+            RejectReason::UnknownKey => "unknown_key",
         }
     }
 

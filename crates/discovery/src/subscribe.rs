@@ -23,6 +23,9 @@ pub struct SubscriptionConfig {
     pub nsqd_tcp_addresses: Vec<String>,
     /// nsqlookupd poll interval.
     pub lookupd_poll_interval: Duration,
+    /// Connection settings the consumer starts from: TLS (also for `https://` lookupds), AUTH, identity. Its
+    /// output buffering and heartbeat interval are replaced by what heartbeats need.
+    pub conn: nsq::Config,
 }
 
 /// Starts the heartbeat consumer feeding `registry`; it runs until the returned consumer is stopped.
@@ -38,7 +41,7 @@ pub fn subscribe(
             // nsqd's output buffering would hold a lone heartbeat for up to 250 ms while RDY > 1.
             output_buffer: nsq::OutputBuffer::Unbuffered,
             heartbeat_interval: Some(Duration::from_secs(5)),
-            ..nsq::Config::default()
+            ..cfg.conn.clone()
         },
         lookupd_http_addresses: cfg.lookupd_http_addresses.clone(),
         nsqd_tcp_addresses: cfg.nsqd_tcp_addresses.clone(),

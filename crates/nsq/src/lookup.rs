@@ -1,9 +1,15 @@
-//! nsqlookupd discovery: `GET /lookup?topic=` in either response format.
+//! nsqlookupd discovery: `GET /lookup?topic=` in either response format, over `http://` (reqwest) or
+//! `https://` (hyper over rustls, certificates always verified, with the same CA and client
+//! certificate as the nsqd connections).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
 use serde::Deserialize;
 
+use crate::config::TlsConfig;
 use crate::error::{Error, Result};
 
 #[derive(Debug, Deserialize)]
@@ -22,22 +28,54 @@ struct LookupBody {
 #[derive(Debug, Clone)]
 pub struct Lookupd {
     http: reqwest::Client,
+    timeout: Duration,
+    https: Arc<rustls::ClientConfig>,
 }
 
 impl Lookupd {
-    /// A client whose queries time out after `timeout`.
+    /// A client whose queries time out after `timeout`; `https://` addresses are verified
+    /// against the built-in web roots.
     pub fn new(timeout: Duration) -> Result<Self> {
+        Self::with_tls(timeout, None)
+    }
+
+    /// A client whose `https://` queries use `tls` (CA file, client certificate; `server_name`
+    /// does not apply: the URL's host is verified), or the built-in web roots without it.
+    pub fn with_tls(timeout: Duration, tls: Option<&TlsConfig>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .no_proxy()
             .build()
             .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
-        Ok(Self { http })
+        let https = crate::tls::client_config(tls.unwrap_or(&TlsConfig::default()))?;
+        Ok(Self {
+            http,
+            timeout,
+            https,
+        })
     }
 
     /// The nsqd TCP addresses (`host:port`) that `lookupd` (an HTTP `host:port` or URL) lists
     /// for `topic`. An unknown topic is an empty list: it just has no producer yet.
     pub async fn lookup(&self, lookupd: &str, topic: &str) -> Result<Vec<String>> {
+        let body = self.get(lookupd, &format!("/lookup?topic={topic}")).await?;
+        parse_lookup(&body.unwrap_or_default()).map_err(|reason| Error::Lookup {
+            addr: lookupd.to_string(),
+            reason,
+        })
+    }
+
+    /// The TCP address (`host:port`) of every nsqd registered with `lookupd` (`GET /nodes`).
+    pub async fn nodes(&self, lookupd: &str) -> Result<Vec<String>> {
+        let body = self.get(lookupd, "/nodes").await?;
+        parse_lookup(&body.unwrap_or_default()).map_err(|reason| Error::Lookup {
+            addr: lookupd.to_string(),
+            reason,
+        })
+    }
+
+    /// `GET path` of `lookupd`: the body of a 2xx answer, `None` for 404 (an unknown topic).
+    async fn get(&self, lookupd: &str, path: &str) -> Result<Option<Bytes>> {
         let base = if lookupd.starts_with("http://") || lookupd.starts_with("https://") {
             lookupd.trim_end_matches('/').to_string()
         } else {
@@ -47,17 +85,25 @@ impl Lookupd {
             addr: lookupd.to_string(),
             reason,
         };
-        let resp = self
-            .http
-            .get(format!("{base}/lookup?topic={topic}"))
-            .header("Accept", "application/vnd.nsq; version=1.0")
-            .send()
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+        let url = format!("{base}{path}");
+        let (status, body) = if url.starts_with("https://") {
+            tokio::time::timeout(self.timeout, self.get_https(&url))
+                .await
+                .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
+                .map_err(err)?
+        } else {
+            let resp = self
+                .http
+                .get(&url)
+                .header("Accept", ACCEPT)
+                .send()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            let status = resp.status();
+            (status, resp.bytes().await.map_err(|e| err(e.to_string()))?)
+        };
         if status == reqwest::StatusCode::NOT_FOUND {
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if !status.is_success() {
             return Err(err(format!(
@@ -65,12 +111,70 @@ impl Lookupd {
                 String::from_utf8_lossy(&body)
             )));
         }
-        parse_lookup(&body).map_err(err)
+        Ok(Some(body))
     }
 }
 
-/// Parses a `/lookup` body in the v1 format or the legacy `{status_code, data}` wrapper.
+/// The `Accept` header that asks nsqlookupd for the v1 format.
+const ACCEPT: &str = "application/vnd.nsq; version=1.0";
+
+impl Lookupd {
+    /// One `GET` over TLS on a fresh connection (a poll every few seconds does not need a pool).
+    async fn get_https(
+        &self,
+        url: &str,
+    ) -> std::result::Result<(reqwest::StatusCode, Bytes), String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
+        let authority = uri.authority().ok_or("URL without a host")?.clone();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(443);
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.https))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                .await
+                .map_err(|e| e.to_string())?;
+        // Drives the connection; it ends with the response, when `sender` is dropped.
+        tokio::spawn(conn);
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = http::Request::get(path)
+            .header(http::header::HOST, authority.as_str())
+            .header(http::header::ACCEPT, ACCEPT)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status =
+            reqwest::StatusCode::from_u16(response.status().as_u16()).map_err(|e| e.to_string())?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, body))
+    }
+}
+
+/// Parses a `/lookup` (or `/nodes`) body in the v1 format or the legacy `{status_code, data}`
+/// wrapper: the producers' TCP addresses. An empty body (a 404) lists none.
 pub(crate) fn parse_lookup(body: &[u8]) -> std::result::Result<Vec<String>, String> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let v = match v {

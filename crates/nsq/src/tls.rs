@@ -1,5 +1,6 @@
 //! TLS client configuration (rustls 0.23, ring provider). Certificates are always verified:
-//! against `ca_file` when given, else the Mozilla roots.
+//! against `ca_file` when given, else the Mozilla roots. Used for nsqd connections and for
+//! `https://` nsqlookupd queries alike.
 
 use std::sync::Arc;
 
@@ -57,4 +58,17 @@ pub(crate) fn client_config(cfg: &TlsConfig) -> Result<Arc<rustls::ClientConfig>
         }
     };
     Ok(Arc::new(config))
+}
+
+impl TlsConfig {
+    /// Reads and checks every file and the server name now, as a connection would, so that a
+    /// bad setting is found when a program starts rather than at its first connection.
+    pub fn check(&self) -> Result<()> {
+        client_config(self)?;
+        if let Some(name) = &self.server_name {
+            rustls_pki_types::ServerName::try_from(name.clone())
+                .map_err(|e| Error::Tls(format!("{name:?} is not a valid TLS server name: {e}")))?;
+        }
+        Ok(())
+    }
 }

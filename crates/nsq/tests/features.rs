@@ -4,6 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{collect, consumer_config, eventually, producer_to, recv_within};
@@ -261,4 +262,97 @@ async fn auth_when_nsqd_requires_it() {
         },
     )
     .await;
+}
+
+/// nsqlookupd has no TLS of its own; behind a TLS proxy it is `https://host:port`. This stands in for that proxy: an
+/// HTTPS server with the test's server certificate answering `/lookup` and `/nodes` as nsqlookupd does.
+async fn https_lookupd(dir: &Path) -> std::net::SocketAddr {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route(
+            "/lookup",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!({"channels": [], "producers": [
+                    {"broadcast_address": "10.0.0.7", "tcp_port": 4150, "http_port": 4151}]}))
+            }),
+        )
+        .route(
+            "/nodes",
+            axum::routing::get(|| async {
+                axum::Json(serde_json::json!({"producers": [
+                    {"broadcast_address": "10.0.0.7", "tcp_port": 4150, "http_port": 4151},
+                    {"broadcast_address": "10.0.0.8", "tcp_port": 4150, "http_port": 4151}]}))
+            }),
+        );
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends the handshake: nothing to serve.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req| {
+                    tower::ServiceExt::oneshot(app.clone(), req)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn https_lookupd_is_verified_with_the_tls_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_certs(dir.path(), "");
+    make_certs(dir.path(), "other-");
+    let addr = https_lookupd(dir.path()).await;
+    let url = format!("https://{addr}");
+    let trusting = TlsConfig {
+        ca_file: Some(dir.path().join("ca.pem")),
+        ..Default::default()
+    };
+    let lookupd = nsq::Lookupd::with_tls(Duration::from_secs(5), Some(&trusting)).unwrap();
+    assert_eq!(
+        lookupd.lookup(&url, "t").await.unwrap(),
+        vec!["10.0.0.7:4150"]
+    );
+    assert_eq!(
+        lookupd.nodes(&url).await.unwrap(),
+        vec!["10.0.0.7:4150", "10.0.0.8:4150"]
+    );
+
+    // Another CA, or the web roots (no CA given): the certificate is refused, nothing is listed.
+    let other = TlsConfig {
+        ca_file: Some(dir.path().join("other-ca.pem")),
+        ..Default::default()
+    };
+    for tls in [Some(&other), None] {
+        let lookupd = nsq::Lookupd::with_tls(Duration::from_secs(5), tls).unwrap();
+        let err = lookupd.lookup(&url, "t").await.unwrap_err().to_string();
+        assert!(err.contains("certificate"), "{err}");
+    }
 }

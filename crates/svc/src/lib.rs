@@ -63,7 +63,9 @@ mod fraction;
 mod host_port;
 mod limits;
 mod logging;
+mod lookupd_addr;
 mod metrics;
+mod nsq_section;
 mod shutdown;
 mod version;
 
@@ -76,9 +78,11 @@ pub use fraction::{Fraction, ParseFractionError};
 pub use host_port::{Host, HostPort, ParseHostPortError};
 pub use limits::raise_nofile_limit;
 pub use logging::{LogFormat, init_tracing};
+pub use lookupd_addr::LookupdAddr;
 pub use metrics::{
     Counter, CounterVec, Family, Gauge, GaugeF64, GaugeGuard, GaugeVec, Histogram, HistogramVec,
     LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry,
 };
+pub use nsq_section::{MAX_AUTH_SECRET_BYTES, NsqSection, NsqTls};
 pub use shutdown::{DrainTimeout, FORCED_EXIT_CODE, Shutdown, shutdown_signal, with_timeout};
 pub use version::{VERSION, long_version};

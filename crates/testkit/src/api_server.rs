@@ -102,6 +102,12 @@ impl ApiServer {
         Ok(())
     }
 
+    /// Adds a `--set key=value` override for the next [`ApiServer::restart`] and those after it (a later one wins
+    /// over an earlier one for the same key), e.g. a new list of key files during a key rotation.
+    pub fn push_set(&mut self, set: impl Into<String>) {
+        self.sets.push(set.into());
+    }
+
     /// The proxy's address.
     pub fn proxy(&self) -> SocketAddr {
         self.proxy

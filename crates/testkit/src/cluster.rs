@@ -518,7 +518,15 @@ async fn ping_once(http: &reqwest::Client, addr: SocketAddr, timeout: Duration) 
         .get(format!("http://{addr}/ping"))
         .timeout(timeout)
         .send();
-    matches!(req.await, Ok(r) if r.status().is_success())
+    match req.await {
+        Ok(r) if r.status().is_success() => true,
+        // nsqd with `--tls-required=true` answers every plain HTTP request 403 TLS_REQUIRED: it is up.
+        Ok(r) if r.status() == reqwest::StatusCode::FORBIDDEN => r
+            .text()
+            .await
+            .is_ok_and(|body| body.contains("TLS_REQUIRED")),
+        _ => false,
+    }
 }
 
 /// Polls `GET /ping` until it answers, failing early (with the log) if the process exits.

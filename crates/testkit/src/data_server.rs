@@ -214,6 +214,12 @@ impl DataServer {
         Ok(())
     }
 
+    /// Adds a `--set key=value` override for the next [`DataServer::start_again`] or [`DataServer::restart`] and
+    /// those after it (a later one wins over an earlier one for the same key).
+    pub fn push_set(&mut self, set: impl Into<String>) {
+        self.opts.set.push(set.into());
+    }
+
     /// A rolling-deploy step: SIGTERM (it announces `leaving` and drains), wait for the exit
     /// (up to `timeout`), then [`DataServer::start_again`].
     pub async fn restart(&mut self, timeout: Duration) -> Result<ExitStatus> {

@@ -56,5 +56,5 @@ pub use peers::{NsqTail, to_nsq};
 pub use poll::{POLL_INTERVAL, eventually, retry, try_eventually};
 pub use process::ManagedProcess;
 pub use project::project_bin;
-pub use stack::{DURABLE_NSQD_ARGS, Stack, StackOptions};
+pub use stack::{DURABLE_NSQD_ARGS, KEY_FILE, Stack, StackOptions};
 pub use stats::{ChannelStats, ClientStats, LookupProducer, NsqdStats, TopicStats};

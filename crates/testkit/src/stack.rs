@@ -1,6 +1,8 @@
 //! The whole system on loopback: nsqlookupd, nsqd, nsqadmin, data servers, an api-server and
 //! the archiver, started from the config files in `config/`. `cargo xtask up` runs this for
-//! people; the end-to-end tests run the very same code.
+//! people; the end-to-end tests run the very same code. Heartbeats are signed: the stack makes a key in its
+//! state directory on first start (`data-server keygen --if-missing`) and gives it to every data server and the
+//! api-server, as an operator would.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -70,6 +72,7 @@ pub struct Stack {
     pub api: ApiServer,
     archiver: ManagedProcess,
     nsqadmin: SocketAddr,
+    key_file: PathBuf,
     /// nsqlookupd and the nsqd.
     pub cluster: NsqCluster,
     opts: StackOptions,
@@ -104,6 +107,25 @@ async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
     waited.map_err(|e| e.context(format!("the archiver did not subscribe to nsqd{i}")))
 }
 
+/// The key file's name in the state directory.
+pub const KEY_FILE: &str = "heartbeat.key";
+
+/// Makes the stack's HMAC key with `data-server keygen` unless it exists (kept across restarts of the stack).
+fn make_key(path: &std::path::Path) -> Result<()> {
+    let output = std::process::Command::new(project_bin("data-server")?)
+        .args(["keygen", "--if-missing", "--out"])
+        .arg(path)
+        .output()
+        .context("running data-server keygen")?;
+    anyhow::ensure!(
+        output.status.success(),
+        "data-server keygen --out {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
 fn config(name: &str) -> PathBuf {
     workspace_root().join("config").join(name)
 }
@@ -130,6 +152,8 @@ impl Stack {
         })
         .await?;
         let nsqadmin = cluster.start_nsqadmin().await?;
+        let key_file = state.join(KEY_FILE);
+        make_key(&key_file)?;
         let lookupd = cluster.lookupd_http().to_string();
 
         let archive_db = state.join("archive.db");
@@ -177,6 +201,7 @@ impl Stack {
             "discovery.lookupd_poll_interval=1s".into(),
             format!("discovery.ttl={}", opts.ttl),
             "discovery.prune_interval=500ms".into(),
+            format!("discovery.hmac_key_files={}", key_file.display()),
         ];
         api_sets.extend(opts.api_sets.iter().cloned());
         let api = ApiServer::start(&project_bin("api-server")?, &api_sets)
@@ -188,6 +213,7 @@ impl Stack {
             api,
             archiver,
             nsqadmin,
+            key_file,
             cluster,
             opts,
             archive_db,
@@ -215,6 +241,10 @@ impl Stack {
         opts.config_file = Some(config("data-server.toml"));
         opts.interval = self.opts.announce_interval.clone();
         opts.set.push(format!("server.id=data-{n}"));
+        opts.set.push(format!(
+            "announce.hmac_key_file={}",
+            self.key_file.display()
+        ));
         self.data.push(DataServer::start_with(opts).await?);
         Ok(self.data.len() - 1)
     }
@@ -247,6 +277,11 @@ impl Stack {
     /// The archiver's log so far.
     pub fn archiver_log(&self) -> String {
         self.archiver.log()
+    }
+
+    /// The HMAC key file every data server signs with and the api-server checks.
+    pub fn key_file(&self) -> &PathBuf {
+        &self.key_file
     }
 
     /// The archive database file.

@@ -84,6 +84,10 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// nsq-publish / nsq-consume: our client over TLS against our client in plain TCP on the same nsqd (NSQ's Go
+    /// bench tools cannot speak TLS).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// What a scenario measured.

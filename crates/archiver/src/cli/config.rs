@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use svc::{HostPort, HumanDuration, Invalid, Validate};
+use svc::{HostPort, HumanDuration, Invalid, LookupdAddr, NsqSection, Validate};
 
 /// Prefix of the environment variables that override keys (`ARCHIVER__ARCHIVE__DATABASE`).
 pub const ENV_PREFIX: &str = "ARCHIVER";
@@ -38,6 +38,8 @@ pub struct Config {
     pub archive: Archive,
     /// `[shutdown]`
     pub shutdown: ShutdownSection,
+    /// `[nsq]`: TLS and AUTH towards nsqd (`run`, `replay`) and `https://` nsqlookupd.
+    pub nsq: NsqSection,
 }
 
 /// `[archive]`: what to archive, where, and how.
@@ -50,8 +52,8 @@ pub struct Archive {
     pub topics: Vec<String>,
     /// Durable channel to read them on.
     pub channel: String,
-    /// nsqlookupd HTTP addresses to discover nsqd through.
-    pub lookupd_http_addresses: Vec<HostPort>,
+    /// nsqlookupd HTTP addresses to discover nsqd through: `host:port`, or `https://host:port`.
+    pub lookupd_http_addresses: Vec<LookupdAddr>,
     /// nsqd TCP addresses to read from directly (and the default destination of `replay`).
     pub nsqd_tcp_addresses: Vec<HostPort>,
     /// How often nsqlookupd is polled.
@@ -93,6 +95,27 @@ impl Default for Archive {
     }
 }
 
+impl Config {
+    /// The NSQ connection settings of `[nsq]` (TLS, AUTH) that the consumers and replay's producers start from;
+    /// the files are read and checked here.
+    pub fn nsq_conn(&self) -> Result<nsq::Config, String> {
+        let tls = self.nsq.tls_settings().map(|t| nsq::TlsConfig {
+            ca_file: t.ca_file,
+            client_cert: t.client_cert.as_ref().map(|(cert, _)| cert.clone()),
+            client_key: t.client_cert.map(|(_, key)| key),
+            server_name: t.server_name,
+        });
+        if let Some(tls) = &tls {
+            tls.check().map_err(|err| err.to_string())?;
+        }
+        Ok(nsq::Config {
+            tls,
+            auth_secret: self.nsq.auth_secret()?,
+            ..nsq::Config::default()
+        })
+    }
+}
+
 impl Archive {
     /// The retention period, `None` when off.
     pub fn retention(&self) -> Option<std::time::Duration> {
@@ -122,6 +145,9 @@ const TOPIC_NAME: &str = "a topic name NSQ accepts (1-64 characters of [.a-zA-Z0
 
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
+        self.nsq.validate("nsq")?;
+        self.nsq_conn()
+            .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let a = &self.archive;
         match &a.database {
             None => {

@@ -135,9 +135,19 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
     if before > 0 {
         tracing::info!(already_sent = before, "resuming an interrupted replay");
     }
+    let conn = config.nsq_conn().map_err(|e| Setup(format!("nsq: {e}")))?;
     let producers = addrs
         .iter()
-        .map(|a| Producer::new(a.as_str(), ProducerConfig::default()))
+        .map(|a| {
+            let conn = conn.clone();
+            Producer::new(
+                a.as_str(),
+                ProducerConfig {
+                    conn,
+                    ..ProducerConfig::default()
+                },
+            )
+        })
         .collect::<nsq::Result<Vec<_>>>()
         .map_err(|e| Setup(format!("--nsqd: {e}")))?;
     let mpub = match args.rate {

@@ -89,6 +89,8 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
         None => None,
     };
 
+    // TLS and AUTH of [nsq], already checked when the config was loaded.
+    let conn = config.nsq_conn().map_err(anyhow::Error::msg)?;
     let mut consumers = Vec::new();
     for topic in &a.topics {
         let cfg = ConsumerConfig {
@@ -113,7 +115,7 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
             max_requeue_delay: a.requeue_delay.get().max(Duration::from_secs(60)),
             conn: nsq::Config {
                 msg_timeout: a.msg_timeout.map(svc::HumanDuration::get),
-                ..Default::default()
+                ..conn.clone()
             },
             ..Default::default()
         };

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::addr::ServerAddr;
 use super::encode::canonical_meta_len;
 use super::{
-    Heartbeat, HmacKey, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_META_BYTES, MAX_META_DEPTH, Message,
+    Heartbeat, KeySet, MAX_BODY_BYTES, MAX_ID_BYTES, MAX_META_BYTES, MAX_META_DEPTH, Message,
     State, VERSION,
 };
 use crate::reject::{RejectReason, Rejection, excerpt};
@@ -17,10 +17,12 @@ use crate::reject::{RejectReason, Rejection, excerpt};
 /// Decodes and validates an untrusted message body. Never panics, whatever the bytes.
 ///
 /// A body whose first non-blank byte is `{` is a JSON heartbeat; anything else must be a plain `host:port`,
-/// optionally surrounded by whitespace. With a `key`, JSON heartbeats must carry a valid `sig` and plain bodies are
-/// refused as [`Unsigned`](RejectReason::Unsigned) (they cannot carry one). Unknown JSON fields are ignored.
-pub fn decode(body: &[u8], key: Option<&HmacKey>) -> Result<Message, Rejection> {
-    decode_with_addr(body, key).map(|decoded| decoded.message)
+/// optionally surrounded by whitespace. With keys (`Some(&key)`, or a slice of several during a rotation), JSON
+/// heartbeats must carry a valid `sig` by the key their `kid` names, and plain bodies are refused as
+/// [`Unsigned`](RejectReason::Unsigned) (they cannot carry one). Unknown JSON fields are ignored.
+pub fn decode<'k>(body: &[u8], keys: impl Into<KeySet<'k>>) -> Result<Message, Rejection> {
+    let keys = keys.into();
+    decode_with_addr(body, keys, keys.is_empty()).map(|decoded| decoded.message)
 }
 
 /// A decoded message with its address already parsed, so that the registry does not parse it again.
@@ -32,8 +34,13 @@ pub(crate) struct Decoded {
     pub(crate) addr: ServerAddr,
 }
 
-/// [`decode`], keeping the parsed address.
-pub(crate) fn decode_with_addr(body: &[u8], key: Option<&HmacKey>) -> Result<Decoded, Rejection> {
+/// [`decode`], keeping the parsed address. `allow_plain` lets plain bodies through even with keys: the registry
+/// does so when `allowed_networks` vouches for the address instead (ARCHITECTURE.md §4.1).
+pub(crate) fn decode_with_addr(
+    body: &[u8],
+    keys: KeySet<'_>,
+    allow_plain: bool,
+) -> Result<Decoded, Rejection> {
     if body.len() > MAX_BODY_BYTES {
         return Err(Rejection::new(
             RejectReason::TooLarge,
@@ -53,15 +60,15 @@ pub(crate) fn decode_with_addr(body: &[u8], key: Option<&HmacKey>) -> Result<Dec
         ));
     }
     if text.starts_with('{') {
-        decode_json(text, key)
+        decode_json(text, keys)
     } else {
-        decode_plain(text, key)
+        decode_plain(text, allow_plain)
     }
 }
 
-fn decode_plain(text: &str, key: Option<&HmacKey>) -> Result<Decoded, Rejection> {
+fn decode_plain(text: &str, allow_plain: bool) -> Result<Decoded, Rejection> {
     match ServerAddr::parse_announced(text) {
-        Ok(_) if key.is_some() => Err(Rejection::new(
+        Ok(_) if !allow_plain => Err(Rejection::new(
             RejectReason::Unsigned,
             "a shared key is configured: plain host:port bodies cannot be signed",
         )),
@@ -125,9 +132,10 @@ struct Wire {
     state: Option<Value>,
     meta: Option<Value>,
     sig: Option<Value>,
+    kid: Option<Value>,
 }
 
-fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Decoded, Rejection> {
+fn decode_json(text: &str, keys: KeySet<'_>) -> Result<Decoded, Rejection> {
     // serde_json bounds nesting (128 levels), so hostile depth is an error, not a stack overflow.
     let wire: Wire = serde_json::from_str(text).map_err(|e| {
         Rejection::new(
@@ -169,6 +177,11 @@ fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Decoded, Rejection> 
         Some(Value::String(s)) => Some(s),
         Some(other) => return Err(wrong_type("sig", "a string", &other)),
     };
+    let kid = match wire.kid {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(other) => return Err(wrong_type("kid", "a string", &other)),
+    };
     let hb = Heartbeat {
         id: string(wire.id, "id")?,
         addr: string(wire.addr, "addr")?,
@@ -179,10 +192,11 @@ fn decode_json(text: &str, key: Option<&HmacKey>) -> Result<Decoded, Rejection> 
         state,
         meta,
         sig,
+        kid,
     };
     let addr = validate(&hb)?;
-    if let Some(key) = key {
-        hb.verify(key)?;
+    if !keys.is_empty() {
+        hb.verify(keys)?;
     }
     Ok(Decoded {
         message: Message::Json(hb),

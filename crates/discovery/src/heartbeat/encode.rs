@@ -33,14 +33,19 @@ pub(crate) fn canonical(hb: &Heartbeat) -> Vec<u8> {
     out
 }
 
-/// The body an announcer publishes: the canonical encoding, with `,"sig":"…"` before the closing brace when signed.
+/// The body an announcer publishes: the canonical encoding, with `,"kid":"…","sig":"…"` before the closing brace
+/// when signed (each only when set).
 pub(crate) fn wire(hb: &Heartbeat) -> Vec<u8> {
     let mut out = canonical(hb);
-    if let Some(sig) = &hb.sig {
-        out.pop(); // the closing brace
-        out.extend_from_slice(b",\"sig\":");
-        out.extend_from_slice(serde_json::to_string(sig).unwrap_or_default().as_bytes());
-        out.push(b'}');
+    for (name, value) in [("kid", &hb.kid), ("sig", &hb.sig)] {
+        if let Some(value) = value {
+            out.pop(); // the closing brace
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            write_str(&mut out, value);
+            out.push(b'}');
+        }
     }
     out
 }

@@ -3,7 +3,8 @@
 //! - `decode.rs`: untrusted bytes to a validated [`Message`], the announced address parsed once (`addr.rs`) and
 //!   handed to the registry with it;
 //! - `encode.rs`: the canonical bytes, which are both what is signed and the body an announcer publishes;
-//! - `sign.rs`: the shared [`HmacKey`] that signs and verifies them.
+//! - `sign.rs`: the shared [`HmacKey`] that signs and verifies them, its key id, and the [`KeySet`] a receiver
+//!   checks against (several keys during a rotation).
 //!
 //! Everything here is pure: no I/O apart from reading a key file in [`HmacKey::from_file`].
 
@@ -20,7 +21,7 @@ mod sign;
 
 pub use decode::decode;
 pub(crate) use decode::{Decoded, decode_with_addr};
-pub use sign::{HmacKey, KeyError, MAX_KEY_BYTES};
+pub use sign::{HmacKey, KID_HEX_LEN, KeyError, KeySet, MAX_KEY_BYTES};
 
 /// The only heartbeat version this crate reads and writes.
 pub const VERSION: u64 = 1;
@@ -60,7 +61,7 @@ impl State {
 /// A message body is either a JSON object or a plain `host:port` (what existing Go services publish), in UTF-8,
 /// at most [`MAX_BODY_BYTES`], surrounded by optional whitespace. The JSON fields are those of this struct plus
 /// `"v": 1`; `v`, `id`, `addr`, `epoch`, `seq` and `state` are required, `sent_at_ms` and `interval_ms` default to
-/// 0 and `meta` to `{}`, and `sig` is present when the sender signs. Unknown fields are ignored, so a field can be
+/// 0 and `meta` to `{}`, and `sig` (with `kid`, the id of the key) is present when the sender signs. Unknown fields are ignored, so a field can be
 /// added to v1 without breaking receivers as long as ignoring it changes nothing a v1 receiver does; anything a
 /// receiver must understand needs `v: 2`. The address is a `host:port` with a port of 1 to 65535 written in plain
 /// digits, and an IPv4 address, an `[IPv6]` address or a DNS name that is neither unspecified, multicast nor
@@ -88,7 +89,9 @@ impl State {
 /// Unknown top-level fields are tolerated for forward compatibility but are not signed: a v1 reader ignores them,
 /// so changing them cannot change what it does. The signature is the lowercase hex HMAC-SHA256 of these bytes
 /// under the shared [`HmacKey`]. The wire form written by [`Heartbeat::encode`] is this canonical text with
-/// `,"sig":"<64 lowercase hex>"` inserted before the closing brace.
+/// `,"kid":"<16 lowercase hex>","sig":"<64 lowercase hex>"` inserted before the closing brace. `kid` is outside
+/// the signed bytes on purpose (rule 2 of ARCHITECTURE.md §4.1): it only selects the key to check, so a forged one
+/// can only make verification fail.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Heartbeat {
     /// Stable identity of the server, 1..=[`MAX_ID_BYTES`] bytes without control characters.
@@ -110,6 +113,9 @@ pub struct Heartbeat {
     /// Lowercase hex HMAC-SHA256 over [the canonical encoding](Heartbeat#canonical-encoding-what-sig-covers), when
     /// signed.
     pub sig: Option<String>,
+    /// The [key id](HmacKey::kid) of the key that made `sig`; set by [`Heartbeat::sign`]. Absent in heartbeats
+    /// signed by senders from before key ids: a receiver then tries each of its keys.
+    pub kid: Option<String>,
 }
 
 impl Heartbeat {
@@ -125,6 +131,7 @@ impl Heartbeat {
             state: State::Up,
             meta: BTreeMap::new(),
             sig: None,
+            kid: None,
         }
     }
 
@@ -139,20 +146,24 @@ impl Heartbeat {
         encode::canonical(self)
     }
 
-    /// Sets `sig` for the current field values; sign again after changing any field.
+    /// Sets `sig` and `kid` for the current field values; sign again after changing any field.
     pub fn sign(&mut self, key: &HmacKey) {
         self.sig = Some(key.sign_hex(&self.canonical_bytes()));
+        self.kid = Some(key.kid().to_owned());
     }
 
-    /// Checks `sig` against `key`: [`Unsigned`](RejectReason::Unsigned) when absent,
-    /// [`BadSignature`](RejectReason::BadSignature) when malformed or wrong.
-    pub fn verify(&self, key: &HmacKey) -> Result<(), Rejection> {
+    /// Checks `sig` against the key named by `kid` among `keys` (each key when `kid` is absent):
+    /// [`Unsigned`](RejectReason::Unsigned) when `sig` is absent, [`UnknownKey`](RejectReason::UnknownKey) when no
+    /// key has that id, [`BadSignature`](RejectReason::BadSignature) when malformed or wrong.
+    pub fn verify<'k>(&self, keys: impl Into<KeySet<'k>>) -> Result<(), Rejection> {
         match &self.sig {
             None => Err(Rejection::new(
                 RejectReason::Unsigned,
                 "a shared key is configured: expected a sig field, found none",
             )),
-            Some(sig) => key.verify_hex(&self.canonical_bytes(), sig),
+            Some(sig) => keys
+                .into()
+                .verify_hex(&self.canonical_bytes(), self.kid.as_deref(), sig),
         }
     }
 

@@ -101,7 +101,8 @@ fn tampering_unsigned_and_wrong_key_are_refused() {
     let other = HmacKey::from_bytes(b"other").unwrap();
     assert_eq!(
         decode(body.as_bytes(), Some(&other)).unwrap_err().reason(),
-        RejectReason::BadSignature
+        RejectReason::UnknownKey,
+        "the kid names a key the receiver does not hold"
     );
 
     let unsigned = sample().encode();
@@ -345,4 +346,51 @@ proptest! {
         hb.sign(&key());
         prop_assert_eq!(decode(&hb.encode(), Some(&key())), Ok(Message::Json(hb)));
     }
+}
+
+#[test]
+fn signed_heartbeats_name_their_key_outside_the_signed_bytes() {
+    let mut hb = sample();
+    hb.sign(&key());
+    assert_eq!(hb.kid.as_deref(), Some(key().kid()));
+    let body = String::from_utf8(hb.encode()).unwrap();
+    assert!(
+        body.ends_with(&format!(
+            r#","kid":"{}","sig":"{}"}}"#,
+            key().kid(),
+            hb.sig.as_deref().unwrap()
+        )),
+        "{body}"
+    );
+    assert!(
+        !String::from_utf8(hb.canonical_bytes())
+            .unwrap()
+            .contains("kid")
+    );
+    assert_eq!(
+        decode(body.as_bytes(), Some(&key())),
+        Ok(Message::Json(hb.clone()))
+    );
+
+    // A heartbeat signed before key ids existed (no kid) still verifies: each key is tried.
+    let mut old_style = hb.clone();
+    old_style.kid = None;
+    let keys = [HmacKey::from_bytes(b"other").unwrap(), key()];
+    assert_eq!(
+        decode(&old_style.encode(), &keys[..]),
+        Ok(Message::Json(old_style))
+    );
+    // A kid nobody holds, or of the wrong type, is refused.
+    let unknown = body.replace(key().kid(), "0000000000000000");
+    assert_eq!(
+        decode(unknown.as_bytes(), Some(&key()))
+            .unwrap_err()
+            .reason(),
+        RejectReason::UnknownKey
+    );
+    let wrong = body.replace(&format!("\"{}\"", key().kid()), "7");
+    assert_eq!(
+        decode(wrong.as_bytes(), Some(&key())).unwrap_err().reason(),
+        RejectReason::WrongType
+    );
 }

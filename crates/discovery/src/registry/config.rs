@@ -17,10 +17,11 @@ pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
 pub struct RegistryConfig {
     /// A server is live while its last heartbeat was received less than this long ago.
     pub ttl: Duration,
-    /// When set, only JSON heartbeats signed with this key are accepted (plain `host:port` bodies are refused), and
-    /// only while their signed `sent_at_ms` is within one `ttl` of this host's clock, so that a captured heartbeat
-    /// cannot be replayed later to bring back a server that left or died.
-    pub hmac_key: Option<HmacKey>,
+    /// When not empty, only JSON heartbeats signed with one of these keys (the one their `kid` names) are accepted,
+    /// and only while their signed `sent_at_ms` is within one `ttl` of this host's clock, so that a captured
+    /// heartbeat cannot be replayed later to bring back a server that left or died. Plain `host:port` bodies are
+    /// then refused, unless `allowed_networks` is set and holds their address. Several keys are for a rotation.
+    pub hmac_keys: Vec<HmacKey>,
     /// When not empty, only IP addresses inside these networks may register; hostnames are then refused too,
     /// because checking them would need a DNS answer that can change after the check.
     pub allowed_networks: Vec<IpNet>,
@@ -38,7 +39,7 @@ impl RegistryConfig {
     pub fn new(ttl: Duration) -> RegistryConfig {
         RegistryConfig {
             ttl,
-            hmac_key: None,
+            hmac_keys: Vec::new(),
             allowed_networks: Vec::new(),
             self_addrs: Vec::new(),
             local_ips: Vec::new(),

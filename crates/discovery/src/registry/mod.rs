@@ -30,7 +30,7 @@ use crate::backend::{Backend, Clock, weight_from_meta};
 use crate::error::ConfigError;
 use crate::event::{Event, EventKind, EventSink};
 use crate::heartbeat::addr::ServerAddr;
-use crate::heartbeat::{Decoded, HmacKey, Message, State, decode_with_addr};
+use crate::heartbeat::{Decoded, HmacKey, KeySet, Message, State, decode_with_addr};
 use live::Snapshot;
 use policy::{Denied, Names};
 use table::{Changes, Entry, Table, Tombstone, Update};
@@ -53,7 +53,7 @@ pub struct Registry {
 #[derive(Debug)]
 struct Inner {
     ttl: Duration,
-    key: Option<HmacKey>,
+    keys: Vec<HmacKey>,
     policy: policy::Policy,
     clock: Clock,
     /// Self-preservation: while set, deadlines are not enforced.
@@ -82,7 +82,7 @@ impl Registry {
         Ok(Registry {
             inner: Arc::new(Inner {
                 ttl: config.ttl,
-                key: config.hmac_key,
+                keys: config.hmac_keys,
                 policy,
                 clock: Clock::new(Instant::now()),
                 frozen: AtomicBool::new(false),
@@ -169,7 +169,11 @@ impl Registry {
         wall_now: SystemTime,
         names: Names,
     ) -> Result<Outcome, (String, u16)> {
-        let Decoded { message, addr } = match decode_with_addr(body, self.inner.key.as_ref()) {
+        let keys = KeySet::from(&self.inner.keys);
+        // Plain bodies cannot be signed: with keys they pass only where allowed_networks vouches for the address
+        // (checked by the policy just below).
+        let allow_plain = keys.is_empty() || self.inner.policy.restricts_networks();
+        let Decoded { message, addr } = match decode_with_addr(body, keys, allow_plain) {
             Ok(decoded) => decoded,
             Err(rejection) => return Ok(Outcome::Rejected(rejection)),
         };
@@ -197,7 +201,7 @@ impl Registry {
         if rules::is_stale(nsqd_timestamp_ns, wall_now, self.inner.ttl) {
             return Outcome::Ignored(IgnoreReason::Stale);
         }
-        if let (Some(_), Message::Json(hb)) = (&self.inner.key, &message) {
+        if let (false, Message::Json(hb)) = (self.inner.keys.is_empty(), &message) {
             if let Err(rejection) =
                 rules::check_replay_window(hb.sent_at_ms, wall_now, self.inner.ttl)
             {
@@ -488,7 +492,14 @@ impl Registry {
             servers: self.servers(now),
             self_preservation: self.self_preservation(),
             ttl_ms: u64::try_from(self.inner.ttl.as_millis()).unwrap_or(u64::MAX),
+            unauthenticated: self.accepts_unauthenticated(),
         }
+    }
+
+    /// True when neither a key nor `allowed_networks` is configured, so any heartbeat anyone publishes to nsqd
+    /// can put an address into rotation. The api-server warns about it (log, `/registry`, a gauge).
+    pub fn accepts_unauthenticated(&self) -> bool {
+        self.inner.keys.is_empty() && !self.inner.policy.restricts_networks()
     }
 
     /// A receiver of every future [`Event`] (join, leave, expire from the registry; eject, recover from the

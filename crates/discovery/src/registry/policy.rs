@@ -60,6 +60,11 @@ impl Policy {
         })
     }
 
+    /// True when `allowed_networks` is set: only addresses inside it may register.
+    pub(crate) fn restricts_networks(&self) -> bool {
+        !self.allowed_networks.is_empty()
+    }
+
     pub(crate) fn check(
         &self,
         text: &str,

@@ -50,6 +50,9 @@ pub struct RegistryView {
     pub self_preservation: bool,
     /// The configured TTL, in ms.
     pub ttl_ms: u64,
+    /// True when neither a key nor `allowed_networks` is configured: anyone who can publish to nsqd can put an
+    /// address into rotation ("unauthenticated heartbeats accepted").
+    pub unauthenticated: bool,
 }
 
 impl ServerView {

@@ -120,6 +120,7 @@ pub(crate) fn spawn<H: Handler>(
             cfg.lookupd_poll_interval,
             cfg.lookupd_poll_jitter,
             cfg.lookupd_timeout,
+            cfg.conn.tls.clone(),
             events_tx.clone(),
             Arc::clone(&requery),
         ))
@@ -657,10 +658,12 @@ async fn lookup_loop(
     interval: Duration,
     jitter: f64,
     timeout: Duration,
+    tls: Option<crate::TlsConfig>,
     events: mpsc::UnboundedSender<Event>,
     requery: Arc<Notify>,
 ) {
-    let client = match Lookupd::new(timeout) {
+    // https:// lookupds are verified with the nsqd connections' CA and client certificate.
+    let client = match Lookupd::with_tls(timeout, tls.as_ref()) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the nsqlookupd client");

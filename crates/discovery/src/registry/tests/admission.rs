@@ -54,7 +54,7 @@ async fn plain_host_port_is_always_fresh() {
 async fn hmac_key_requires_valid_signatures() {
     let key = HmacKey::from_bytes(b"k").unwrap();
     let mut config = RegistryConfig::new(TTL);
-    config.hmac_key = Some(key.clone());
+    config.hmac_keys = vec![key.clone()];
     let reg = Registry::new(config).unwrap();
     assert_eq!(
         rejected(observe(&reg, &body("a", "10.0.0.1:80", 1, 1))),
@@ -77,6 +77,83 @@ async fn hmac_key_requires_valid_signatures() {
     assert_eq!(observe(&reg, signed.as_bytes()), Outcome::Joined);
 }
 
+fn signed_now(key: &HmacKey, id: &str, addr: &str, seq: u64) -> Vec<u8> {
+    let mut hb = Heartbeat::new(id, addr, 1, seq);
+    hb.sent_at_ms = wall_ms(SystemTime::now());
+    hb.sign(key);
+    hb.encode()
+}
+
+#[tokio::test(start_paused = true)]
+async fn rotation_accepts_both_keys_then_refuses_the_retired_one() {
+    let old = HmacKey::from_bytes(b"old").unwrap();
+    let new = HmacKey::from_bytes(b"new").unwrap();
+    let with_keys = |keys: Vec<HmacKey>| {
+        let mut config = RegistryConfig::new(TTL);
+        config.hmac_keys = keys;
+        Registry::new(config).unwrap()
+    };
+    // Step 1: receivers hold both keys; senders on either key are accepted.
+    let both = with_keys(vec![old.clone(), new.clone()]);
+    assert!(!both.accepts_unauthenticated());
+    assert_eq!(
+        observe(&both, &signed_now(&old, "a", "10.0.0.1:80", 1)),
+        Outcome::Joined
+    );
+    assert_eq!(
+        observe(&both, &signed_now(&new, "b", "10.0.0.2:80", 1)),
+        Outcome::Joined
+    );
+    assert_eq!(
+        observe(&both, &signed_now(&new, "a", "10.0.0.1:80", 2)),
+        Outcome::Refreshed,
+        "a sender switching keys keeps its place"
+    );
+    // Step 3: the old key is removed; what it signs now names an unknown key.
+    let only_new = with_keys(vec![new.clone()]);
+    assert_eq!(
+        rejected(observe(&only_new, &signed_now(&old, "a", "10.0.0.1:80", 3))),
+        RejectReason::UnknownKey
+    );
+    assert_eq!(
+        observe(&only_new, &signed_now(&new, "a", "10.0.0.1:80", 3)),
+        Outcome::Joined
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn plain_bodies_with_a_key_only_from_allowed_networks() {
+    let key = HmacKey::from_bytes(b"k").unwrap();
+    let mut config = RegistryConfig::new(TTL);
+    config.hmac_keys = vec![key.clone()];
+    config.allowed_networks = vec!["10.1.0.0/16".parse().unwrap()];
+    let reg = Registry::new(config).unwrap();
+    assert!(!reg.accepts_unauthenticated());
+    assert_eq!(observe(&reg, b"10.1.0.7:80"), Outcome::Joined);
+    assert_eq!(
+        rejected(observe(&reg, b"10.2.0.7:80")),
+        RejectReason::NotAllowed
+    );
+    // JSON heartbeats still need a signature, inside the networks too.
+    assert_eq!(
+        rejected(observe(&reg, &body("a", "10.1.0.8:80", 1, 1))),
+        RejectReason::Unsigned
+    );
+    assert_eq!(
+        observe(&reg, &signed_now(&key, "a", "10.1.0.8:80", 1)),
+        Outcome::Joined
+    );
+}
+
+#[test]
+fn unauthenticated_only_without_key_and_networks() {
+    assert!(registry().accepts_unauthenticated());
+    assert!(registry().view(Instant::now()).unauthenticated);
+    let mut config = RegistryConfig::new(TTL);
+    config.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
+    assert!(!Registry::new(config).unwrap().accepts_unauthenticated());
+}
+
 fn wall_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
 }
@@ -85,7 +162,7 @@ fn wall_ms(t: SystemTime) -> u64 {
 async fn signed_heartbeats_are_usable_for_one_ttl_so_replays_fail() {
     let key = HmacKey::from_bytes(b"k").unwrap();
     let mut config = RegistryConfig::new(TTL);
-    config.hmac_key = Some(key.clone());
+    config.hmac_keys = vec![key.clone()];
     let reg = Registry::new(config).unwrap();
     let signed = |epoch, seq, sent_at_ms, state| {
         let mut hb = Heartbeat::new("a", "10.0.0.1:80", epoch, seq);
