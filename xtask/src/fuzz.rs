@@ -16,7 +16,7 @@ use clap::Args;
 use testkit::workspace_root;
 
 /// The targets in `fuzz/Cargo.toml`, in the order they run.
-pub const TARGETS: [&str; 4] = ["frame", "heartbeat", "config", "chunked"];
+pub const TARGETS: [&str; 5] = ["frame", "heartbeat", "config", "chunked", "host"];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(Args, Debug)]
