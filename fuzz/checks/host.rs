@@ -21,7 +21,10 @@ pub fn check(data: &[u8]) {
     }
     let (host, port) = match data.strip_prefix(b"[") {
         Some(rest) => {
-            let end = rest.iter().position(|&b| b == b']').expect("a closed IP literal");
+            let end = rest
+                .iter()
+                .position(|&b| b == b']')
+                .expect("a closed IP literal");
             let literal = std::str::from_utf8(&rest[..end]).expect("ASCII");
             assert!(literal.parse::<std::net::Ipv6Addr>().is_ok(), "{literal}");
             (&data[..end + 2], &rest[end + 1..])

@@ -292,6 +292,42 @@ pub(crate) struct Pauses {
     pub(crate) client_write: Duration,
 }
 
+/// Whether the request body is still going up while a response comes down. Until it is all sent, a silent server
+/// may be waiting for it, which is not its fault; once it is, the server gets a whole pause from that moment.
+#[derive(Debug, Default)]
+pub(crate) struct Hold {
+    uploading: Cell<bool>,
+    released: Cell<Option<tokio::time::Instant>>,
+}
+
+impl Hold {
+    /// A hold in place: the body is still going up.
+    pub(crate) fn uploading() -> Hold {
+        Hold {
+            uploading: Cell::new(true),
+            released: Cell::new(None),
+        }
+    }
+
+    /// The body is all sent (or will not be): the server's pauses count from now.
+    pub(crate) fn release(&self) {
+        if self.uploading.replace(false) {
+            self.released.set(Some(tokio::time::Instant::now()));
+        }
+    }
+
+    /// How much longer a server that has been silent for `idle` may stay silent: `idle` again while the body is
+    /// going up, what is left of `idle` since the release, or nothing.
+    fn more(&self, idle: Duration) -> Option<Duration> {
+        if self.uploading.get() {
+            return Some(idle);
+        }
+        let left =
+            (self.released.get()? + idle).saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+}
+
 /// Writes all of `bytes`, each write allowed to pause `idle` at most: a slow reader that keeps reading is served
 /// however long the whole takes.
 pub(crate) async fn write_paced<W: AsyncWrite + Unpin>(
@@ -314,7 +350,7 @@ pub(crate) async fn write_paced<W: AsyncWrite + Unpin>(
 /// coding (for an HTTP/1.0 client). The server may pause `pauses.server` between reads, the client
 /// `pauses.client_write` between writes: one that stops sending or reading is cut off. While `hold` is set (the
 /// request body is still going up, and a server may wait for it before it answers more), the server's pauses are
-/// not timed: the upload's own timers judge that time.
+/// not timed: the upload's own timers judge that time (see [`Hold`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn relay_body<R, W>(
     r: &mut R,
@@ -324,7 +360,7 @@ pub(crate) async fn relay_body<R, W>(
     framing: Framing,
     dechunk: bool,
     pauses: Pauses,
-    hold: &Cell<bool>,
+    hold: &Hold,
 ) -> Result<(), RelayError>
 where
     R: AsyncRead + Unpin,
@@ -334,11 +370,14 @@ where
     let idle = pauses.server;
     let read_more = async |r: &mut R, buf: &mut BytesMut| -> Result<usize, String> {
         buf.reserve(UPSTREAM_BUFFER);
+        let mut wait = idle;
         loop {
-            match bounded(idle, r.read_buf(buf)).await {
+            match bounded(wait, r.read_buf(buf)).await {
                 Ok(read) => return read.map_err(|e| e.to_string()),
-                Err(_) if hold.get() => {}
-                Err(_) => return Err(format!("nothing more from the server for {idle:?}")),
+                Err(_) => match hold.more(idle) {
+                    Some(more) => wait = more,
+                    None => return Err(format!("nothing more from the server for {idle:?}")),
+                },
             }
         }
     };
@@ -577,6 +616,28 @@ mod tests {
             Ok(_) => panic!("a response head from {bytes:?}"),
             Err(err) => err,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_silent_under_an_upload_gets_a_whole_pause_once_the_upload_ends() {
+        let idle = Duration::from_secs(10);
+        assert_eq!(Hold::default().more(idle), None, "no upload: no extra time");
+        let hold = Hold::uploading();
+        assert_eq!(
+            hold.more(idle),
+            Some(idle),
+            "silence under an upload is not timed"
+        );
+        tokio::time::advance(Duration::from_secs(30)).await;
+        hold.release();
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(
+            hold.more(idle),
+            Some(Duration::from_secs(6)),
+            "counted from the release"
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert_eq!(hold.more(idle), None);
     }
 
     #[tokio::test]

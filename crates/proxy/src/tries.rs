@@ -6,7 +6,6 @@
 //! left the buffer, so such a request is only retried when its try failed before that (a refused connection, or a
 //! pooled connection the server had closed).
 
-use std::cell::Cell;
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -29,8 +28,8 @@ use crate::h1::Framing;
 use crate::headers::RequestId;
 use crate::pool::Upstream;
 use crate::relay::{
-    BodyError, BodySent, HeadError, Pauses, RelayError, read_response_head, relay_body, send_body,
-    write_paced,
+    BodyError, BodySent, HeadError, Hold, Pauses, RelayError, read_response_head, relay_body,
+    send_body, write_paced,
 };
 use crate::state::{is_idempotent, report_failure, wait_for_a_server};
 use crate::tunnel;
@@ -357,7 +356,7 @@ async fn try_once(
         resp.framing,
         req.http10 && resp.framing == Framing::Chunked,
         pauses(w),
-        &Cell::new(false),
+        &Hold::default(),
     )
     .await;
     drop(in_flight);
@@ -575,8 +574,8 @@ async fn stream_exchange(
     let draining = w.draining.load(Ordering::Acquire);
     let up_pooled = up.reused;
     let max_body = w.p.max_body_bytes;
-    // Set while the body is still going up: the server's silence is then not timed.
-    let uploading = Cell::new(true);
+    // In place while the body is still going up: the server's silence is then not timed.
+    let uploading = Hold::uploading();
     let (resp, relayed, body_done) = {
         let Conn {
             stream, buf, out, ..
@@ -611,7 +610,7 @@ async fn stream_exchange(
                             Err(err) => return Err(TryError::from_body(err)),
                             Ok(done) => sent = Some(Ok(done)),
                         }
-                        uploading.set(false);
+                        uploading.release();
                         head_timer.as_mut().reset(Instant::now() + times.head_wait);
                     }
                     () = &mut head_timer, if sent.is_some() => break None,
@@ -663,7 +662,7 @@ async fn stream_exchange(
                 biased;
                 relayed = &mut relay => break relayed.map_err(RelayEnd::Relay),
                 result = &mut send, if sent.is_none() => {
-                    uploading.set(false);
+                    uploading.release();
                     match result {
                         // The client's body failed under a response still coming: the exchange ends, the
                         // client's fault.
