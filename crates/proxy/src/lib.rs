@@ -26,8 +26,10 @@
 //! | module | what |
 //! |---|---|
 //! | [`h1`] | HTTP/1.1 framing rules and the chunked-body parser (public: the fuzz targets use it) |
-//! | `conn` | one client connection: request heads in, the upstream head written, error answers out |
-//! | `tries` | the tries of one request: a server, a pooled or new connection, retries, streamed uploads |
+//! | `conn` | one client connection: request heads in, the body's relation to the buffer, the request handled |
+//! | `request` | a request head parsed and rewritten into the upstream head; what clients may not send |
+//! | `answer` | the proxy's own answers: JSON errors, 508 for a loop, 400/408/413 for a client's body |
+//! | `tries` | the tries of one request: a server, a pooled or new connection, retries; `tries/upload` a streamed upload |
 //! | `blame` | what a failed try means: another try or not, whose fault, which answer (one pure table) |
 //! | `relay` | bytes on the wire: response heads rewritten, bodies relayed both ways, each step bounded |
 //! | `pool` | idle upstream connections, one pool per worker |
@@ -77,6 +79,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod answer;
 mod blame;
 mod budget;
 mod conn;
@@ -86,6 +89,7 @@ mod headers;
 pub mod listener;
 mod pool;
 mod relay;
+mod request;
 mod settings;
 mod state;
 mod tries;

@@ -10,11 +10,12 @@ use bytes::{Buf, BytesMut};
 use http::Method;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::conn::{MAX_HEADERS, Req};
+use crate::conn::MAX_HEADERS;
 use crate::h1::{
     self, ChunkError, ConnectionTokens, Framing, FramingHeaders, push_decimal, push_header,
 };
 use crate::pool::UPSTREAM_BUFFER;
+use crate::request::Req;
 
 /// Largest response head accepted from a data server.
 const MAX_RESPONSE_HEAD: usize = 64 * 1024;
