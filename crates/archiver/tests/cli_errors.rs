@@ -126,3 +126,74 @@ fn reading_commands_refuse_a_missing_database() {
     }
     assert!(!db.exists());
 }
+
+// --- PostgreSQL: problems at start are one line and status 2, before a message is taken ---
+
+/// `archiver run` on database `url` with `password_file`, reading from a port that refuses.
+fn run_on(url: &str, password_file: &std::path::Path) -> Output {
+    Command::new(ARCHIVER)
+        .args(["run", "--set", &format!("archive.database={url}")])
+        .args([
+            "--set",
+            &format!("archive.database_password_file={}", password_file.display()),
+        ])
+        .args(["--set", "archive.nsqd_tcp_addresses=127.0.0.1:1"])
+        .args(["--set", "archive.topics=t"])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_unreachable_postgres_exits_2() {
+    let refusing = testkit::RefusingPort::new();
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("pw");
+    std::fs::write(&pw, "x").unwrap();
+    let url = format!("postgres://archiver@{}/archive", refusing.addr());
+    let out = run_on(&url, &pw);
+    assert_one_line_exit_2(&out, &format!("cannot reach archive database {url}"));
+}
+
+#[tokio::test]
+async fn a_wrong_postgres_password_or_a_newer_schema_exits_2() {
+    let server = testkit::Postgres::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let out = run_on(&server.url(), &wrong);
+    assert_one_line_exit_2(&out, "password authentication failed");
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("not-the-password"),
+        "the password is never shown"
+    );
+
+    // An archive of a later archiver build is refused, untouched.
+    let store = archiver::Database::parse(&server.url(), Some(&server.password_file()))
+        .unwrap()
+        .open()
+        .unwrap();
+    drop(store);
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(server.port())
+        .user(testkit::POSTGRES_USER)
+        .password(testkit::POSTGRES_PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("UPDATE archiver_schema SET version = 99")
+        .await
+        .unwrap();
+    let out = run_on(&server.url(), &server.password_file());
+    assert_one_line_exit_2(&out, "schema version 99");
+    let version: i32 = client
+        .query_one("SELECT version FROM archiver_schema", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 99);
+}
