@@ -2,6 +2,8 @@
 //! scenario returns a [`Report`]: a few named figures and the ratio against the peer.
 
 mod archive;
+
+pub use archive::ArchiveBackend;
 mod discovery;
 mod nsq;
 mod proxy;
@@ -20,8 +22,9 @@ pub enum Scenario {
     NsqPublish,
     /// Our consumer (no-op handler, auto finish) against NSQ's bench_reader.
     NsqConsume,
-    /// The archiver (durable channel -> SQLite, finish after commit) against bench_reader
-    /// draining the same topic on the same nsqd.
+    /// The archiver (durable channel -> SQLite or PostgreSQL, finish after commit), one and then
+    /// two sharing the channel and database, against bench_reader draining the same topic on
+    /// the same nsqd.
     Archive,
     /// Time from a data server's first heartbeat to /registry, and from SIGTERM to removal.
     DiscoveryLatency,
@@ -60,6 +63,9 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Where the archive scenario stores.
+    #[arg(long, value_enum, default_value_t = archive::ArchiveBackend::Sqlite)]
+    pub backend: archive::ArchiveBackend,
 }
 
 /// What a scenario measured.
