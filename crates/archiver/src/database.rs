@@ -17,7 +17,7 @@ pub enum Database {
     /// A SQLite file (created with its schema by [`Database::open`]).
     Sqlite(PathBuf),
     /// A PostgreSQL database (its schema created or migrated by [`Database::open`]).
-    Postgres(PgTarget),
+    Postgres(Box<PgTarget>),
 }
 
 impl Database {
@@ -26,7 +26,7 @@ impl Database {
     /// is one line saying what was expected.
     pub fn parse(value: &str, password_file: Option<&Path>) -> Result<Database, String> {
         if is_postgres_url(value) {
-            PgTarget::parse(value, password_file).map(Database::Postgres)
+            PgTarget::parse(value, password_file).map(|t| Database::Postgres(Box::new(t)))
         } else if password_file.is_some() {
             Err(
                 "a postgres:// URL in archive.database when archive.database_password_file \

@@ -43,8 +43,7 @@ const INSERT_BATCH: &str = "
         (topic_id, nsqd_id, archiver_id, msg_id, nsqd_ts_ns, attempts, archived_at_ms, body)
     SELECT t, n, $3, i, ts, a, $7, b
     FROM unnest($1::integer[], $2::integer[], $4::bytea[], $5::bigint[], $6::integer[],
-                $8::bytea[]) WITH ORDINALITY AS batch (t, n, i, ts, a, b, ord)
-    ORDER BY ord
+                $8::bytea[]) AS batch (t, n, i, ts, a, b)
     ON CONFLICT (topic_id, nsqd_id, msg_id) DO NOTHING";
 
 /// An open PostgreSQL archive: one connection (re-established when lost).
