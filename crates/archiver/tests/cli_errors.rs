@@ -197,3 +197,57 @@ async fn a_wrong_postgres_password_or_a_newer_schema_exits_2() {
         .get(0);
     assert_eq!(version, 99);
 }
+
+/// A CA and a certificate for 127.0.0.1 it signed: (CA PEM, certificate PEM, key PEM).
+fn certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test]
+async fn tls_to_postgres_checks_the_certificate() {
+    let (ca, cert, key) = certificates();
+    let server = testkit::Postgres::start_with_tls(Some((&cert, &key)))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+
+    // Trusting the CA: connects over TLS and stores.
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        server.url(),
+        ca_file.display()
+    );
+    let database = archiver::Database::parse(&url, Some(&server.password_file())).unwrap();
+    let mut store = database.open().unwrap();
+    store
+        .insert_batch(&[archiver::NewMessage {
+            topic: "t",
+            nsqd: "n:1",
+            msg_id: [b'a'; 16],
+            nsqd_ts_ns: 1,
+            attempts: 1,
+            body: b"over tls",
+        }])
+        .unwrap();
+    assert_eq!(store.stats().unwrap().total, 1);
+
+    // Not trusting it (the public roots only): refused at start, one line, status 2.
+    let out = run_on(
+        &format!("{}?sslmode=require", server.url()),
+        &server.password_file(),
+    );
+    assert_one_line_exit_2(&out, "refused the archiver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+}

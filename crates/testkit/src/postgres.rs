@@ -33,6 +33,12 @@ pub struct Postgres {
 impl Postgres {
     /// Starts a fresh server and waits until it accepts connections.
     pub async fn start() -> Result<Self> {
+        Self::start_with_tls(None).await
+    }
+
+    /// Like [`Postgres::start`], also accepting TLS with this certificate chain and key (PEM),
+    /// for clients that ask for it (`sslmode=require`, `verify-full`).
+    pub async fn start_with_tls(tls: Option<(&str, &str)>) -> Result<Self> {
         let bin = bin_dir()?;
         let user = unprivileged_user();
         let template = template(&bin, user)?;
@@ -52,7 +58,7 @@ impl Postgres {
         }
         std::fs::write(dir.path().join("password"), POSTGRES_PASSWORD)?;
         let port = free_port();
-        let args = vec![
+        let mut args: Vec<String> = vec![
             "-D".into(),
             data.display().to_string(),
             "-p".into(),
@@ -66,6 +72,29 @@ impl Postgres {
             "-c".into(),
             "shared_buffers=32MB".into(),
         ];
+        if let Some((cert, key)) = tls {
+            let (cert_file, key_file) =
+                (dir.path().join("server.crt"), dir.path().join("server.key"));
+            std::fs::write(&cert_file, cert)?;
+            std::fs::write(&key_file, key)?;
+            // PostgreSQL refuses a key that others can read, or that another user owns.
+            std::fs::set_permissions(
+                &key_file,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
+            if let Some((uid, gid)) = user {
+                chown(&key_file, uid, gid)?;
+                chown(&cert_file, uid, gid)?;
+            }
+            args.extend([
+                "-c".into(),
+                "ssl=on".into(),
+                "-c".into(),
+                format!("ssl_cert_file={}", cert_file.display()),
+                "-c".into(),
+                format!("ssl_key_file={}", key_file.display()),
+            ]);
+        }
         let program = bin.join("postgres");
         let log = dir.path().join("postgres.log");
         let process = match user {

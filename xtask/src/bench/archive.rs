@@ -128,8 +128,9 @@ pub async fn archive(a: &BenchArgs) -> Result<Report> {
         )
         .add("archived_rows", rows)
         .add("db_bytes_per_message", (bytes as f64 / rows as f64).round());
-    // The target is for two archivers: what a deployment that needs the rate would run.
-    r.ratio = Some(two / theirs);
+    // What a deployment that needs the rate would run: two archivers share PostgreSQL well,
+    // while two writers of one SQLite file take turns at its lock.
+    r.ratio = Some(one.max(two) / theirs);
     Ok(r)
 }
 

@@ -255,6 +255,11 @@ pub(crate) fn classify(database: &str, err: &tokio_postgres::Error) -> StoreErro
         };
     }
     let reason = one_line(err);
+    // A certificate that does not check out will not pass by itself (the handshake's error
+    // comes wrapped in an I/O error, so this goes first).
+    if reason.contains("TLS handshake") {
+        return StoreError::Refused { database, reason };
+    }
     let io = std::error::Error::source(err).is_some_and(|s| s.is::<std::io::Error>());
     if err.is_closed() || io || reason.contains("timeout") || reason.starts_with("error connecting")
     {
