@@ -13,7 +13,28 @@ use testkit::{ManagedProcess, NsqCluster, Signal, eventually};
 
 const TOTAL: usize = 10_000;
 
-both_backends_async!(two_archivers_one_killed_mid_burst_store_each_message_once);
+both_backends_async!(
+    archivers_starting_together_on_a_new_database_all_open_it,
+    two_archivers_one_killed_mid_burst_store_each_message_once,
+);
+
+async fn archivers_starting_together_on_a_new_database_all_open_it(db: TestDb) {
+    // Each creates the schema unless another did: exactly one must, and none may fail.
+    let database = db.database();
+    let opened: Vec<_> = (0..4)
+        .map(|_| {
+            let database = database.clone();
+            std::thread::spawn(move || database.open().map(|_| ()))
+        })
+        .collect();
+    for handle in opened {
+        handle
+            .join()
+            .unwrap()
+            .expect("opening a new archive concurrently");
+    }
+    assert_eq!(db.rows(), 0);
+}
 
 /// Publishes [`TOTAL`] numbered bodies in MPUBs of 100, paced so that a burst lasts a few
 /// seconds.

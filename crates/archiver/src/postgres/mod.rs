@@ -189,45 +189,20 @@ impl PgStore {
         classified
     }
 
-    /// Ids of `names` in a lookup table, inserting the new ones (autocommit, outside the batch:
-    /// names are never deleted, so an id, once read, stays valid).
-    fn ids(&mut self, table: Lookup, names: &[&str]) -> Result<(), StoreError> {
-        let cache = match table {
-            Lookup::Topics => &self.topics,
-            Lookup::Nsqds => &self.nsqds,
-            Lookup::Archivers => &HashMap::new(),
-        };
-        let mut missing: Vec<&str> = names
-            .iter()
-            .copied()
-            .filter(|n| !cache.contains_key(*n))
-            .collect();
-        if missing.is_empty() {
-            return Ok(());
-        }
-        missing.sort_unstable();
-        missing.dedup();
-        let t = table.name();
+    /// Ids of `names` (sorted, distinct) in the lookup table `table`, inserting the missing
+    /// ones (autocommit, before the batch: names are never deleted, so an id stays valid).
+    fn lookup(&mut self, table: &str, names: &[&str]) -> Result<Vec<(String, i32)>, StoreError> {
         let insert = format!(
-            "INSERT INTO {t} (name) SELECT unnest($1::text[]) ORDER BY 1 \
-             ON CONFLICT (name) DO NOTHING"
+            "INSERT INTO {table} (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING"
         );
-        let select = format!("SELECT name, id FROM {t} WHERE name = ANY($1)");
+        let select = format!("SELECT name, id FROM {table} WHERE name = ANY($1)");
         let client = self.client()?;
         let rows = wait(async {
-            client.execute(&insert, &[&missing]).await?;
-            client.query(&select, &[&missing]).await
-        });
-        let rows = rows.map_err(|e| self.failed(&e))?;
-        let found = rows
-            .iter()
-            .map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1)));
-        match table {
-            Lookup::Topics => self.topics.extend(found),
-            Lookup::Nsqds => self.nsqds.extend(found),
-            Lookup::Archivers => self.archiver_id = found.map(|(_, id)| id).next(),
-        }
-        Ok(())
+            client.execute(&insert, &[&names]).await?;
+            client.query(&select, &[&names]).await
+        })
+        .map_err(|e| self.failed(&e))?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     fn name_str(&self) -> &str {
@@ -250,21 +225,13 @@ impl PgStore {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Lookup {
-    Topics,
-    Nsqds,
-    Archivers,
-}
-
-impl Lookup {
-    fn name(self) -> &'static str {
-        match self {
-            Lookup::Topics => "topics",
-            Lookup::Nsqds => "nsqds",
-            Lookup::Archivers => "archivers",
-        }
-    }
+/// The names among `names` that `cache` lacks, sorted and distinct (sorted: two archivers adding
+/// the same names lock them in the same order).
+fn missing<'a>(cache: &HashMap<String, i32>, names: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut missing: Vec<&str> = names.filter(|n| !cache.contains_key(*n)).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    missing
 }
 
 /// Per connection: commits must be durable when they return, whatever the server's default.
@@ -299,12 +266,18 @@ impl Archive for PgStore {
         if msgs.is_empty() {
             return Ok(BatchOutcome::default());
         }
-        let topics: Vec<&str> = msgs.iter().map(|m| m.topic).collect();
-        let nsqds: Vec<&str> = msgs.iter().map(|m| m.nsqd).collect();
-        self.ids(Lookup::Topics, &topics)?;
-        self.ids(Lookup::Nsqds, &nsqds)?;
+        let new_topics = missing(&self.topics, msgs.iter().map(|m| m.topic));
+        if !new_topics.is_empty() {
+            let found = self.lookup("topics", &new_topics)?;
+            self.topics.extend(found);
+        }
+        let new_nsqds = missing(&self.nsqds, msgs.iter().map(|m| m.nsqd));
+        if !new_nsqds.is_empty() {
+            let found = self.lookup("nsqds", &new_nsqds)?;
+            self.nsqds.extend(found);
+        }
         if let (Some(name), None) = (self.archiver.clone(), self.archiver_id) {
-            self.ids(Lookup::Archivers, &[&name])?;
+            self.archiver_id = self.lookup("archivers", &[&name])?.first().map(|r| r.1);
         }
         let mut rows: Vec<(i32, i32, &NewMessage<'_>)> = msgs
             .iter()

@@ -1,8 +1,8 @@
 //! The PostgreSQL schema, created or migrated when an archiver opens the database.
 //!
 //! Versioned in the one-row table `archiver_schema` (application id and version); migration `n`
-//! brings version `n - 1` to `n`. Opening runs the missing migrations in one transaction under an
-//! advisory lock, so archivers starting together do not race; a database of a newer version is
+//! brings version `n - 1` to `n`. Opening runs the missing migrations in one transaction while
+//! holding an advisory lock, so archivers starting together do not race; a database of a newer version is
 //! refused, and one whose tables belong to somebody else fails without a change (DDL is
 //! transactional).
 
@@ -79,55 +79,68 @@ pub(crate) fn prepare(client: &mut Client, name: &str, create: bool) -> Result<F
     if !create {
         return Ok(Found::Missing);
     }
+    let lock_id = i64::from(APPLICATION_ID);
     wait(async {
-        let tx = client.transaction().await.map_err(at)?;
-        // Serialises archivers creating or migrating the same database; released at commit.
+        // Serialises archivers creating or migrating the same database. A session lock, taken
+        // before the transaction: a transaction that started before another one committed the
+        // schema can still see the table as missing (cached catalog lookups are refreshed when
+        // a transaction starts), and would then try to create it again.
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&lock_id])
+            .await
+            .map_err(at)?;
+        let migrated = migrate(client, name).await;
+        let unlocked = client
+            .execute("SELECT pg_advisory_unlock($1)", &[&lock_id])
+            .await
+            .map_err(at);
+        migrated.and(unlocked.map(|_| ()))
+    })?;
+    Ok(Found::Current)
+}
+
+/// Runs the missing migrations in one transaction (the caller holds the advisory lock).
+async fn migrate(client: &mut Client, name: &str) -> Result<(), StoreError> {
+    let at = |e: tokio_postgres::Error| classify(name, &e);
+    let tx = client.transaction().await.map_err(at)?;
+    let exists = tx
+        .query_one("SELECT to_regclass('archiver_schema') IS NOT NULL", &[])
+        .await
+        .map_err(at)?
+        .get::<_, bool>(0);
+    let from = if exists {
+        tx.query_one("SELECT version FROM archiver_schema", &[])
+            .await
+            .map_err(at)?
+            .get::<_, i32>(0)
+    } else {
+        tx.batch_execute(
+            "CREATE TABLE archiver_schema (application_id integer NOT NULL, \
+             version integer NOT NULL)",
+        )
+        .await
+        .map_err(|e| refused_not_ours(name, &e))?;
         tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&i64::from(APPLICATION_ID)],
+            "INSERT INTO archiver_schema VALUES ($1, 0)",
+            &[&APPLICATION_ID],
         )
         .await
         .map_err(at)?;
-        let exists = tx
-            .query_one("SELECT to_regclass('archiver_schema') IS NOT NULL", &[])
-            .await
-            .map_err(at)?
-            .get::<_, bool>(0);
-        let from = if exists {
-            tx.query_one("SELECT version FROM archiver_schema", &[])
-                .await
-                .map_err(at)?
-                .get::<_, i32>(0)
-        } else {
-            tx.batch_execute(
-                "CREATE TABLE archiver_schema (application_id integer NOT NULL, \
-                 version integer NOT NULL)",
-            )
+        0
+    };
+    check_not_newer(name, from)?;
+    for (i, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.batch_execute(step)
             .await
             .map_err(|e| refused_not_ours(name, &e))?;
-            tx.execute(
-                "INSERT INTO archiver_schema VALUES ($1, 0)",
-                &[&APPLICATION_ID],
-            )
-            .await
-            .map_err(at)?;
-            0
-        };
-        check_not_newer(name, from)?;
-        for (i, step) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-            tx.batch_execute(step)
-                .await
-                .map_err(|e| refused_not_ours(name, &e))?;
-            tx.execute(
-                "UPDATE archiver_schema SET version = $1",
-                &[&(i as i32 + 1)],
-            )
-            .await
-            .map_err(at)?;
-        }
-        tx.commit().await.map_err(at)
-    })?;
-    Ok(Found::Current)
+        tx.execute(
+            "UPDATE archiver_schema SET version = $1",
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(at)?;
+    }
+    tx.commit().await.map_err(at)
 }
 
 /// The archive's schema version, `None` when the database holds no archive.
