@@ -26,6 +26,10 @@ pub struct UpArgs {
     /// Directory for the archive database and the logs (default: target/stack).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Where the archiver stores: a SQLite file in the state directory, or a throwaway
+    /// PostgreSQL server (Debian's `postgresql` package; removed at Ctrl-C).
+    #[arg(long, value_enum, default_value_t = crate::bench::ArchiveBackend::Sqlite)]
+    archive: crate::bench::ArchiveBackend,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -51,7 +55,22 @@ pub fn run(args: UpArgs) -> Result<()> {
         let state_dir = args
             .state_dir
             .unwrap_or_else(|| testkit::target_dir().join("stack"));
+        // Started before the stack and dropped after it, so the archiver never loses it.
+        let postgres = match args.archive {
+            crate::bench::ArchiveBackend::Sqlite => None,
+            crate::bench::ArchiveBackend::Postgres => Some(testkit::Postgres::start().await?),
+        };
+        let archiver_sets = postgres.as_ref().map_or_else(Vec::new, |pg| {
+            vec![
+                format!("archive.database={}", pg.url()),
+                format!(
+                    "archive.database_password_file={}",
+                    pg.password_file().display()
+                ),
+            ]
+        });
         let mut stack = Stack::start(StackOptions {
+            archiver_sets,
             nsqd: args.nsqd,
             data_servers: args.data_servers,
             standard_ports: !args.free_ports,
@@ -74,7 +93,14 @@ pub fn run(args: UpArgs) -> Result<()> {
                 stack.cluster.nsqd_http(i)
             );
         }
-        println!("  archive      {}", stack.archive_db().display());
+        match &postgres {
+            Some(pg) => println!(
+                "  archive      {} (password in {})",
+                pg.url(),
+                pg.password_file().display()
+            ),
+            None => println!("  archive      {}", stack.archive_db().display()),
+        }
         println!("  state        {}", state_dir.display());
         println!(
             "  hmac key     {} (made on first start; heartbeats are signed)",
@@ -109,6 +135,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             let _ = f.join();
         }
         result?;
+        drop(postgres);
         eprintln!("== stopped; no process left behind");
         Ok(())
     })

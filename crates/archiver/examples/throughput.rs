@@ -1,21 +1,31 @@
-//! Measures archive writes: inserts per second for batches of 256 and 1024 messages with 200-byte
-//! bodies (synchronous=FULL, one fsync per batch), and database bytes per message.
+//! Measures archive writes: inserts per second for batches of 256, 1024 and 4096 messages with
+//! 200-byte bodies, and database bytes per message, on SQLite (synchronous=FULL, one fsync per
+//! batch) or on a throwaway PostgreSQL server (synchronous_commit on).
 //!
-//! `cargo run --release -p archiver --example throughput [DIR] [MESSAGES]`. DIR (default: a
-//! temporary directory) should be on the disk the archiver will use: fsync cost dominates.
-//! A measurement to run and read, not a test: timings depend on the machine.
+//! `cargo run --release -p archiver --example throughput [DIR|postgres] [MESSAGES]`. DIR
+//! (default: a temporary directory) should be on the disk the archiver will use: fsync cost
+//! dominates. A measurement to run and read, not a test: timings depend on the machine.
 
 use std::time::Instant;
 
-use archiver::{NewMessage, Store};
+use archiver::{Database, NewMessage};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let tmp = tempfile::tempdir()?;
-    let dir = args
-        .next()
-        .map_or_else(|| tmp.path().to_path_buf(), Into::into);
+    let target = args.next();
     let total: usize = args.next().map_or(Ok(200_000), |n| n.parse())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let server = match target.as_deref() {
+        Some("postgres") => Some(runtime.block_on(testkit::Postgres::start())?),
+        _ => None,
+    };
+    let dir = match target.as_deref() {
+        Some("postgres") | None => tmp.path().to_path_buf(),
+        Some(dir) => dir.into(),
+    };
 
     let body = [0x5Au8; 200];
     let ids: Vec<[u8; 16]> = (0..total)
@@ -27,17 +37,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
     let base_ts = 1_700_000_000_000_000_000i64;
 
-    for batch_size in [256usize, 1024] {
-        let path = dir.join(format!("throughput-{batch_size}.db"));
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
-        let mut store = Store::open(&path)?;
+    for batch_size in [256usize, 1024, 4096] {
+        let topic = format!("heartbeats-{batch_size}");
+        let database = match &server {
+            Some(pg) => Database::parse(&pg.url(), Some(&pg.password_file()))?,
+            None => {
+                let path = dir.join(format!("throughput-{batch_size}.db"));
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                Database::Sqlite(path)
+            }
+        };
+        let mut store = database.open()?;
+        let before = store.stats()?.db_bytes;
         let msgs: Vec<NewMessage<'_>> = ids
             .iter()
             .enumerate()
             .map(|(i, id)| NewMessage {
-                topic: "heartbeats",
+                topic: &topic,
                 nsqd: "10.0.0.1:4150",
                 msg_id: *id,
                 nsqd_ts_ns: base_ts + i as i64 * 1_000,
@@ -58,10 +76,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert_eq!(redelivered.duplicates, batch_size);
 
         store.checkpoint()?;
-        let bytes = std::fs::metadata(&path)?.len();
+        let bytes = store.stats()?.db_bytes - before;
         println!(
-            "batch {batch_size:>4}: {total} messages in {:.2} s = {:>9.0} inserts/s, \
-             {} bytes/message after checkpoint; a batch of duplicates took {:.2} ms",
+            "{}: batch {batch_size:>4}: {total} messages in {:.2} s = {:>9.0} inserts/s, \
+             {} bytes/message; a batch of duplicates took {:.2} ms",
+            store.name(),
             elapsed.as_secs_f64(),
             total as f64 / elapsed.as_secs_f64(),
             bytes / total as u64,

@@ -6,9 +6,9 @@ use rusqlite::ErrorCode;
 
 /// What went wrong with the archive database.
 ///
-/// The `Display` of every variant is one complete line that names the database file, says what
-/// was expected and what was found. The underlying SQLite error is part of that line rather than
-/// a `source()`, so printing the error alone (e.g. `eprintln!("archiver: {err}")`) loses nothing
+/// The `Display` of every variant is one complete line that names the database (SQLite file, or
+/// PostgreSQL URL without its password), says what was expected and what was found. The
+/// underlying database error is part of that line rather than a `source()`, so printing the error alone (e.g. `eprintln!("archiver: {err}")`) loses nothing
 /// and printing a whole error chain does not repeat it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -105,12 +105,56 @@ pub enum StoreError {
         /// What SQLite reported.
         cause: rusqlite::Error,
     },
+
+    /// The PostgreSQL server cannot be reached, or the connection broke. Passing while the
+    /// archiver runs (the batch is requeued and it reconnects); at start it is a setup problem.
+    #[error("cannot reach archive database {database}: {reason}")]
+    Unreachable {
+        /// The database URL, without password.
+        database: String,
+        /// What the client reported.
+        reason: String,
+    },
+
+    /// The PostgreSQL server refused the archiver for a reason that will not pass by itself:
+    /// authentication, a missing database or privilege, a TLS failure, a schema that is not
+    /// ours or newer than this build knows.
+    #[error("archive database {database} refused the archiver: {reason}")]
+    Refused {
+        /// The database URL, without password.
+        database: String,
+        /// What the server reported.
+        reason: String,
+    },
+
+    /// A conflict the server resolves by aborting one transaction (deadlock, serialization
+    /// failure, a server shutting down or starting): retrying later succeeds.
+    #[error("archive database {database}: {reason} (passing; retried)")]
+    Conflict {
+        /// The database URL, without password.
+        database: String,
+        /// What the server reported.
+        reason: String,
+    },
+
+    /// Any other PostgreSQL failure (full disk, a bug of ours, ...).
+    #[error("archive database {database}: {reason}")]
+    Server {
+        /// The database URL, without password.
+        database: String,
+        /// What the server reported.
+        reason: String,
+    },
 }
 
 impl StoreError {
-    /// The database file this error is about.
+    /// The database this error is about: the SQLite file, or the PostgreSQL URL (as a path).
     pub fn path(&self) -> &Path {
         match self {
+            Self::Unreachable { database, .. }
+            | Self::Refused { database, .. }
+            | Self::Conflict { database, .. }
+            | Self::Server { database, .. } => Path::new(database),
             Self::CannotOpen { path, .. }
             | Self::NotOurs { path, .. }
             | Self::UnsupportedSchema { path, .. }
@@ -120,6 +164,16 @@ impl StoreError {
             | Self::Busy { path, .. }
             | Self::Other { path, .. } => path,
         }
+    }
+
+    /// Whether the condition passes by itself (another process holding the lock, a lost or
+    /// refused connection, a conflict), so that retrying the batch later can succeed; every
+    /// other error needs an operator.
+    pub fn is_passing(&self) -> bool {
+        matches!(
+            self,
+            Self::Busy { .. } | Self::Unreachable { .. } | Self::Conflict { .. }
+        )
     }
 
     /// Sorts a SQLite error into the variant an operator can act on.

@@ -1,5 +1,10 @@
-//! The archiver's storage: every message of chosen NSQ topics kept in a SQLite file, so that
-//! history can be queried and replayed after a loss.
+//! The archiver's storage: every message of chosen NSQ topics kept in a SQLite file or a
+//! PostgreSQL database, so that history can be queried and replayed after a loss.
+//!
+//! One trait, [`Archive`], two implementations: [`Store`] (SQLite, the embedded default) and
+//! [`PgStore`] (PostgreSQL, shared by several archivers); [`Database::parse`] picks one from the
+//! `archive.database` value and [`Database::open`] opens it. The rest of this page describes
+//! [`Store`]; [`PgStore`] keeps the same contracts.
 //!
 //! [`Store`] is synchronous (SQLite is): own it on a dedicated blocking thread. The consumer hands
 //! it batches with [`Store::insert_batch`] and FINs a batch's messages only after that returns
@@ -40,9 +45,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod archive;
 mod count;
+mod database;
 mod error;
 mod message;
+mod postgres;
 mod query;
 mod replay;
 mod retention;
@@ -50,10 +58,13 @@ mod schema;
 mod stats;
 mod store;
 
+pub use archive::Archive;
+pub use database::Database;
 pub use error::StoreError;
 pub use message::{BatchOutcome, NewMessage, Position, StoredMessage};
+pub use postgres::{PgStore, PgTarget, is_postgres_url};
 pub use query::Range;
 pub use replay::{Progress, ReplayJob};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
-pub use stats::{Stats, TopicStats};
+pub use stats::{ArchiverStats, Stats, TopicStats};
 pub use store::Store;

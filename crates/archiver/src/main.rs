@@ -1,4 +1,4 @@
-//! `archiver`: keeps every message of chosen NSQ topics in SQLite, and replays them.
+//! `archiver`: keeps every message of chosen NSQ topics in SQLite or PostgreSQL, and replays them.
 //! See `archiver --help` and `config/archiver.toml`.
 
 mod cli;

@@ -13,9 +13,23 @@ use crate::store::BUSY_TIMEOUT;
 /// refused before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4E53_5141;
 
-/// The schema version stored in SQLite's `user_version`. Bump it, and add a migration where the
-/// store opens a file, whenever the schema changes.
-pub const SCHEMA_VERSION: i32 = 1;
+/// The schema version stored in SQLite's `user_version`: the number of [`MIGRATIONS`]. Add a
+/// migration whenever the schema changes; opening an older file applies the missing ones.
+pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
+
+/// Migration `n` brings a file of version `n - 1` to version `n`; a new file runs them all.
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// Schema version 2: which archiver stored each message (`archiver stats` counts per archiver),
+/// for several archivers sharing one file. Older rows have none. A small integer per row.
+const SCHEMA_V2: &str = "
+CREATE TABLE archivers (
+    id   INTEGER PRIMARY KEY,
+    name TEXT    NOT NULL UNIQUE
+) STRICT;
+
+ALTER TABLE messages ADD COLUMN archiver_id INTEGER REFERENCES archivers (id);
+";
 
 /// Schema version 1.
 ///
@@ -73,6 +87,8 @@ enum Identity {
     Current,
     /// A new or empty SQLite file: ours to initialise.
     Empty,
+    /// Ours, at this older schema version: to migrate.
+    Older(i32),
 }
 
 /// Opens `path` with `flags`, refuses files that are not ours, and brings an empty file to the
@@ -125,10 +141,17 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .at(path)
         .map_err(|e| refine_read_only(path, e))?;
-    if let Identity::Empty = identify(&tx, path)? {
-        tx.execute_batch(SCHEMA_V1).at(path)?;
-        // Both header fields are written by this transaction, so a crash leaves either an empty
-        // file or a complete schema, never our application_id over a partial one.
+    let from = match identify(&tx, path)? {
+        Identity::Current => SCHEMA_VERSION,
+        Identity::Empty => 0,
+        Identity::Older(version) => version,
+    };
+    if from < SCHEMA_VERSION {
+        for step in &MIGRATIONS[from as usize..] {
+            tx.execute_batch(step).at(path)?;
+        }
+        // Both header fields are written by this transaction, so a crash leaves either the file
+        // as it was or the complete new schema, never our application_id over a partial one.
         tx.pragma_update(None, "application_id", APPLICATION_ID)
             .at(path)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
@@ -177,6 +200,7 @@ fn identify(conn: &Connection, path: &Path) -> Result<Identity, StoreError> {
         .at(path)?;
     match app_id {
         APPLICATION_ID if version == SCHEMA_VERSION => Ok(Identity::Current),
+        APPLICATION_ID if (1..SCHEMA_VERSION).contains(&version) => Ok(Identity::Older(version)),
         APPLICATION_ID => Err(StoreError::UnsupportedSchema {
             path: path.to_path_buf(),
             found: version,

@@ -10,8 +10,20 @@ pub struct Stats {
     pub per_topic: Vec<TopicStats>,
     /// Messages in the archive, all topics.
     pub total: u64,
+    /// Messages kept per archiver that stored them, sorted by name, the unattributed (stored
+    /// before archivers were recorded, or by a library user that set none) last.
+    pub per_archiver: Vec<ArchiverStats>,
     /// Size of the database in bytes (pages in use and free pages, WAL content included).
     pub db_bytes: u64,
+}
+
+/// How many of the kept messages one archiver stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiverStats {
+    /// The archiver's name (`archive.archiver_name`), `None` for unattributed messages.
+    pub archiver: Option<String>,
+    /// Messages it stored that are still kept.
+    pub count: u64,
 }
 
 /// Summary of one topic.
@@ -59,6 +71,36 @@ impl Store {
             .collect::<rusqlite::Result<Vec<_>>>()
             .at(path)?
         };
+        let total: u64 = per_topic.iter().map(|t| t.count).sum();
+        let named: i64 = tx
+            .query_row("SELECT count(*) FROM archivers", [], |row| row.get(0))
+            .at(path)?;
+        let per_archiver = if named == 0 {
+            // Nothing was ever attributed: no need to read the whole table to say so.
+            let all = ArchiverStats {
+                archiver: None,
+                count: total,
+            };
+            if total > 0 { vec![all] } else { Vec::new() }
+        } else {
+            // No index on archiver_id (bytes on every row for an operator's command): a scan.
+            let mut stmt = tx
+                .prepare_cached(
+                    "SELECT a.name, count(*) FROM messages AS m \
+                     LEFT JOIN archivers AS a ON a.id = m.archiver_id \
+                     GROUP BY m.archiver_id ORDER BY a.name IS NULL, a.name",
+                )
+                .at(path)?;
+            stmt.query_map([], |row| {
+                Ok(ArchiverStats {
+                    archiver: row.get(0)?,
+                    count: row.get::<_, i64>(1)?.unsigned_abs(),
+                })
+            })
+            .at(path)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .at(path)?
+        };
         let pages: i64 = tx
             .query_row("PRAGMA page_count", [], |row| row.get(0))
             .at(path)?;
@@ -67,8 +109,9 @@ impl Store {
             .at(path)?;
         tx.commit().at(path)?;
         Ok(Stats {
-            total: per_topic.iter().map(|t| t.count).sum(),
+            total,
             per_topic,
+            per_archiver,
             db_bytes: (pages * page_size).unsigned_abs(),
         })
     }

@@ -15,8 +15,9 @@ use crate::schema;
 pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const INSERT_MESSAGE: &str = "
-    INSERT INTO messages (topic_id, nsqd_id, msg_id, nsqd_ts_ns, attempts, archived_at_ms, body)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    INSERT INTO messages
+        (topic_id, nsqd_id, msg_id, nsqd_ts_ns, attempts, archived_at_ms, body, archiver_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
     ON CONFLICT (topic_id, nsqd_id, msg_id) DO NOTHING";
 
 /// An open archive database: one SQLite connection.
@@ -31,6 +32,8 @@ pub struct Store {
     pub(crate) path: PathBuf,
     topics: Names,
     nsqds: Names,
+    archivers: Names,
+    archiver: Option<String>,
 }
 
 impl Store {
@@ -59,12 +62,19 @@ impl Store {
             path: path.to_path_buf(),
             topics: Names::new("topics"),
             nsqds: Names::new("nsqds"),
+            archivers: Names::new("archivers"),
+            archiver: None,
         })
     }
 
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Records `archiver` as the one storing the following batches (`None`: unattributed).
+    pub fn set_archiver(&mut self, archiver: Option<&str>) {
+        self.archiver = archiver.map(str::to_owned);
     }
 
     /// Stores a batch of messages in one transaction; messages already archived (same topic,
@@ -91,8 +101,13 @@ impl Store {
             .at(path)?;
         let mut topics = self.topics.pending();
         let mut nsqds = self.nsqds.pending();
+        let mut archivers = self.archivers.pending();
         let mut inserted = 0;
         {
+            let archiver_id = match &self.archiver {
+                Some(name) => Some(archivers.id(&tx, name).at(path)?),
+                None => None,
+            };
             let mut insert = tx.prepare_cached(INSERT_MESSAGE).at(path)?;
             for m in msgs {
                 let topic_id = topics.id(&tx, m.topic).at(path)?;
@@ -108,6 +123,7 @@ impl Store {
                         m.attempts,
                         archived_at_ms,
                         m.body,
+                        archiver_id,
                     ])
                     .at(path)?;
             }
@@ -115,8 +131,10 @@ impl Store {
         tx.commit().at(path)?;
         // Only now are new ids real: after a rollback they would point at nothing.
         let (new_topics, new_nsqds) = (topics.into_new(), nsqds.into_new());
+        let new_archivers = archivers.into_new();
         self.topics.extend(new_topics);
         self.nsqds.extend(new_nsqds);
+        self.archivers.extend(new_archivers);
         Ok(BatchOutcome {
             inserted,
             duplicates: msgs.len() - inserted,

@@ -279,3 +279,42 @@ fn header_i32(path: &Path, offset: usize) -> i32 {
     let bytes = fs::read(path).unwrap();
     i32::from_be_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
+
+#[test]
+fn a_version_1_archive_is_migrated_keeping_its_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    Store::open(&path).unwrap();
+    {
+        // Back to version 1's layout (no archivers), with one message in it.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE messages DROP COLUMN archiver_id; DROP TABLE archivers;
+             INSERT INTO topics (name) VALUES ('t'); INSERT INTO nsqds (name) VALUES ('n:1');
+             INSERT INTO messages (topic_id, nsqd_id, msg_id, nsqd_ts_ns, attempts,
+                                   archived_at_ms, body)
+                 VALUES (1, 1, CAST('000000000000000a' AS BLOB), 5, 1, 7, CAST('old' AS BLOB));
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let mut store = Store::open(&path).unwrap();
+    let version: i32 = rusqlite::Connection::open(&path)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    store.set_archiver(Some("a1"));
+    insert(&mut store, &[msg("t", "n:1", 11, 6, b"new")]);
+    let all = store.query(&Range::all(10)).unwrap();
+    let bodies: Vec<&[u8]> = all.iter().map(|m| m.body.as_slice()).collect();
+    assert_eq!(bodies, [&b"old"[..], b"new"]);
+    let per: Vec<(Option<String>, u64)> = store
+        .stats()
+        .unwrap()
+        .per_archiver
+        .into_iter()
+        .map(|a| (a.archiver, a.count))
+        .collect();
+    assert_eq!(per, [(Some("a1".to_owned()), 1), (None, 1)]);
+}

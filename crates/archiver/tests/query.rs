@@ -1,9 +1,22 @@
-//! Range queries: bounds, topics, paging with the resume cursor, and original order.
+//! Range queries: bounds, topics, paging with the resume cursor, and original order: on both
+//! backends.
 
+#[macro_use]
 mod common;
 
-use archiver::{Position, Range, Store, StoredMessage};
-use common::{insert, msg, read_all};
+use archiver::{Archive, Position, Range, StoredMessage};
+use common::{TestDb, insert, msg, read_all};
+
+both_backends!(
+    one_topic_comes_back_in_timestamp_then_seq_order,
+    all_topics_are_merged_into_one_order,
+    bounds_are_from_inclusive_to_exclusive,
+    paging_resumes_strictly_after_the_cursor_even_inside_a_timestamp,
+    unknown_topic_and_zero_limit_give_nothing,
+    an_empty_archive_gives_nothing,
+    many_topics_still_merge_in_order,
+    a_reader_sees_what_another_connection_commits,
+);
 
 fn range(topic: Option<&str>, from_ns: Option<i64>, to_ns: Option<i64>) -> Range {
     Range {
@@ -22,11 +35,10 @@ fn bodies(msgs: &[StoredMessage]) -> Vec<String> {
 }
 
 /// Two topics, two nsqd, messages archived out of timestamp order (as NSQ delivers them).
-fn fixture() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path().join("a.db")).unwrap();
+fn fixture(db: &TestDb) -> Box<dyn Archive> {
+    let mut store = db.open();
     insert(
-        &mut store,
+        store.as_mut(),
         &[
             msg("orders", "a:4150", 1, 300, b"o300a"),
             msg("orders", "b:4150", 1, 100, b"o100b"),
@@ -34,7 +46,7 @@ fn fixture() -> (tempfile::TempDir, Store) {
         ],
     );
     insert(
-        &mut store,
+        store.as_mut(),
         &[
             msg("orders", "a:4150", 3, 200, b"o200a"),
             // Same timestamp as o300a but archived later: seq breaks the tie.
@@ -43,22 +55,20 @@ fn fixture() -> (tempfile::TempDir, Store) {
             msg("orders", "a:4150", 6, 400, b"o400a"),
         ],
     );
-    (dir, store)
+    store
 }
 
-#[test]
-fn one_topic_comes_back_in_timestamp_then_seq_order() {
-    let (_dir, store) = fixture();
-    let got = read_all(&store, &range(Some("orders"), None, None));
+fn one_topic_comes_back_in_timestamp_then_seq_order(db: &TestDb) {
+    let store = fixture(db);
+    let got = read_all(store.as_ref(), &range(Some("orders"), None, None));
     assert_eq!(bodies(&got), ["o100b", "o200a", "o300a", "o300b", "o400a"]);
     let positions: Vec<Position> = got.iter().map(StoredMessage::position).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]));
 }
 
-#[test]
-fn all_topics_are_merged_into_one_order() {
-    let (_dir, store) = fixture();
-    let got = read_all(&store, &range(None, None, None));
+fn all_topics_are_merged_into_one_order(db: &TestDb) {
+    let store = fixture(db);
+    let got = read_all(store.as_ref(), &range(None, None, None));
     assert_eq!(
         bodies(&got),
         [
@@ -67,20 +77,18 @@ fn all_topics_are_merged_into_one_order() {
     );
 }
 
-#[test]
-fn bounds_are_from_inclusive_to_exclusive() {
-    let (_dir, store) = fixture();
-    let got = read_all(&store, &range(Some("orders"), Some(200), Some(400)));
+fn bounds_are_from_inclusive_to_exclusive(db: &TestDb) {
+    let store = fixture(db);
+    let got = read_all(store.as_ref(), &range(Some("orders"), Some(200), Some(400)));
     assert_eq!(bodies(&got), ["o200a", "o300a", "o300b"]);
-    let got = read_all(&store, &range(None, Some(100), Some(201)));
+    let got = read_all(store.as_ref(), &range(None, Some(100), Some(201)));
     assert_eq!(bodies(&got), ["o100b", "x200a", "o200a"]);
-    let got = read_all(&store, &range(None, Some(500), None));
+    let got = read_all(store.as_ref(), &range(None, Some(500), None));
     assert!(got.is_empty());
 }
 
-#[test]
-fn paging_resumes_strictly_after_the_cursor_even_inside_a_timestamp() {
-    let (_dir, store) = fixture();
+fn paging_resumes_strictly_after_the_cursor_even_inside_a_timestamp(db: &TestDb) {
+    let store = fixture(db);
     let mut r = range(Some("orders"), None, None);
     r.limit = 3;
     let first = store.query(&r).unwrap();
@@ -91,27 +99,22 @@ fn paging_resumes_strictly_after_the_cursor_even_inside_a_timestamp() {
     assert_eq!(bodies(&second), ["o300b", "o400a"]);
 }
 
-#[test]
-fn unknown_topic_and_zero_limit_give_nothing() {
-    let (_dir, store) = fixture();
-    assert!(read_all(&store, &range(Some("nope"), None, None)).is_empty());
+fn unknown_topic_and_zero_limit_give_nothing(db: &TestDb) {
+    let store = fixture(db);
+    assert!(read_all(store.as_ref(), &range(Some("nope"), None, None)).is_empty());
     let mut r = range(None, None, None);
     r.limit = 0;
     assert!(store.query(&r).unwrap().is_empty());
 }
 
-#[test]
-fn an_empty_archive_gives_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("a.db")).unwrap();
+fn an_empty_archive_gives_nothing(db: &TestDb) {
+    let store = db.open();
     assert!(store.query(&Range::all(10)).unwrap().is_empty());
 }
 
-#[test]
-fn many_topics_still_merge_in_order() {
+fn many_topics_still_merge_in_order(db: &TestDb) {
     // More topics than fit one statement: pages of several statements are merged in memory.
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::open(dir.path().join("a.db")).unwrap();
+    let mut store = db.open();
     let msgs: Vec<_> = (0..450u64)
         .map(|i| {
             let ts = ((i * 7919) % 450) as i64; // a permutation of 0..450
@@ -124,23 +127,20 @@ fn many_topics_still_merge_in_order() {
             )
         })
         .collect();
-    insert(&mut store, &msgs);
+    insert(store.as_mut(), &msgs);
     let mut r = Range::all(64);
     r.from_ns = Some(10);
-    let got = read_all(&store, &r);
+    let got = read_all(store.as_ref(), &r);
     let ts: Vec<i64> = got.iter().map(|m| m.nsqd_ts_ns).collect();
     assert_eq!(ts, (10..450).collect::<Vec<_>>());
 }
 
-#[test]
-fn a_reader_sees_what_another_connection_commits() {
+fn a_reader_sees_what_another_connection_commits(db: &TestDb) {
     // The archiver writes while `archiver query` or a replay reads, through their own connections.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    let mut writer = Store::open(&path).unwrap();
-    let reader = Store::open(&path).unwrap();
-    insert(&mut writer, &[msg("t", "n:1", 1, 1, b"one")]);
+    let mut writer = db.open();
+    let reader = db.open();
+    insert(writer.as_mut(), &[msg("t", "n:1", 1, 1, b"one")]);
     assert_eq!(reader.query(&Range::all(10)).unwrap().len(), 1);
-    insert(&mut writer, &[msg("new-topic", "n:2", 1, 2, b"two")]);
+    insert(writer.as_mut(), &[msg("new-topic", "n:2", 1, 2, b"two")]);
     assert_eq!(reader.query(&Range::all(10)).unwrap().len(), 2);
 }

@@ -1,14 +1,15 @@
 //! `archiver replay` and `archiver query` against a real nsqd: a range goes to a new topic in
 //! original order; a replay killed mid-way and run again sends every message exactly once.
 
+#[macro_use]
 mod common;
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use archiver::{NewMessage, ReplayJob, Store};
-use common::ARCHIVER;
+use archiver::{NewMessage, ReplayJob};
+use common::{ARCHIVER, TestDb};
 use nsq::{Consumer, ConsumerConfig, Message};
 use testkit::{ManagedProcess, NsqCluster, Signal, eventually};
 
@@ -16,8 +17,8 @@ const BASE_NS: i64 = 1_700_000_000_000_000_000;
 
 /// Archives `n` messages of topic `src` one millisecond apart (in reverse insertion order, so
 /// that original order is not archive order), bodies `m-<i>`.
-fn seed(db: &std::path::Path, src: &str, n: usize) {
-    let mut store = Store::open(db).unwrap();
+fn seed(db: &TestDb, src: &str, n: usize) {
+    let mut store = db.open();
     let bodies: Vec<String> = (0..n).map(|i| format!("m-{i:04}")).collect();
     let msgs: Vec<NewMessage<'_>> = (0..n)
         .rev()
@@ -55,21 +56,17 @@ fn collect(cluster: &NsqCluster, topic: &str) -> (Consumer, Arc<Mutex<Vec<String
     (consumer, got)
 }
 
-fn replay(db: &std::path::Path, cluster: &NsqCluster, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "replay".into(),
-        "--set".into(),
-        format!("archive.database={}", db.display()),
-        "--nsqd".into(),
-        cluster.nsqd_tcp(0).to_string(),
-    ];
+fn replay(db: &TestDb, cluster: &NsqCluster, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["replay".into()];
+    args.extend(db.set_args());
+    args.extend(["--nsqd".into(), cluster.nsqd_tcp(0).to_string()]);
     args.extend(extra.iter().map(|s| s.to_string()));
     args
 }
 
 /// Runs `archiver replay` with `extra` to its end and returns its stdout; fails the test, showing
 /// stdout and stderr, unless it exits successfully.
-fn replay_to_success(db: &std::path::Path, cluster: &NsqCluster, extra: &[&str]) -> String {
+fn replay_to_success(db: &TestDb, cluster: &NsqCluster, extra: &[&str]) -> String {
     let out = Command::new(ARCHIVER)
         .args(replay(db, cluster, extra))
         .output()
@@ -87,11 +84,13 @@ fn ts(i: i64) -> String {
     (BASE_NS + i * 1_000_000).to_string()
 }
 
-#[tokio::test]
-async fn a_range_is_replayed_in_order_into_a_new_topic() {
+both_backends_async!(
+    a_range_is_replayed_in_order_into_a_new_topic,
+    an_interrupted_replay_resumes_without_sending_anything_twice,
+);
+
+async fn a_range_is_replayed_in_order_into_a_new_topic(db: TestDb) {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("archive.db");
     seed(&db, "orders", 300);
     cluster
         .create_topic(0, "orders_again", Some("check"))
@@ -151,11 +150,8 @@ async fn a_range_is_replayed_in_order_into_a_new_topic() {
 
     // query prints the same range as JSON lines, in original order.
     let out = Command::new(ARCHIVER)
-        .args([
-            "query",
-            "--set",
-            &format!("archive.database={}", db.display()),
-        ])
+        .arg("query")
+        .args(db.set_args())
         .args([
             "--topic", "orders", "--from", &from, "--until", &until, "--limit", "3",
         ])
@@ -172,12 +168,8 @@ async fn a_range_is_replayed_in_order_into_a_new_topic() {
 
     // stats: counts per topic, first and last time, size.
     let out = Command::new(ARCHIVER)
-        .args([
-            "stats",
-            "--json",
-            "--set",
-            &format!("archive.database={}", db.display()),
-        ])
+        .args(["stats", "--json"])
+        .args(db.set_args())
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -189,12 +181,9 @@ async fn a_range_is_replayed_in_order_into_a_new_topic() {
     assert!(stats["db_bytes"].as_u64().unwrap() > 0);
 }
 
-#[tokio::test]
-async fn an_interrupted_replay_resumes_without_sending_anything_twice() {
+async fn an_interrupted_replay_resumes_without_sending_anything_twice(db: TestDb) {
     const N: usize = 200;
     let cluster = NsqCluster::start(1).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("archive.db");
     seed(&db, "events", N);
     cluster
         .create_topic(0, "events_again", Some("check"))
@@ -221,7 +210,7 @@ async fn an_interrupted_replay_resumes_without_sending_anything_twice() {
         ARCHIVER,
         slow_args,
         vec![],
-        dir.path().join("replay.log"),
+        db.dir.path().join("replay.log"),
     )
     .unwrap();
     let key = ReplayJob {
@@ -231,7 +220,7 @@ async fn an_interrupted_replay_resumes_without_sending_anything_twice() {
         destination_topic: "events_again",
     }
     .key();
-    let store = Store::open(&db).unwrap();
+    let store = db.database().open_existing().unwrap();
     let sent_before_kill = eventually(Duration::from_secs(20), "replay progress", || async {
         let p = store.replay_progress(&key).unwrap()?;
         (p.sent >= 50).then_some(p.sent)

@@ -1,15 +1,18 @@
 //! Replay cursors survive a restart, and a resumed replay continues exactly after the last
 //! recorded message.
 
+#[macro_use]
 mod common;
 
-use archiver::{Position, Range, ReplayJob, Store};
-use common::{insert, msg};
+use archiver::{Position, Range, ReplayJob};
+use common::{TestDb, insert, msg};
 
-#[test]
-fn progress_persists_across_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
+both_backends!(
+    progress_persists_across_reopen,
+    an_interrupted_replay_resumes_without_resending,
+);
+
+fn progress_persists_across_reopen(db: &TestDb) {
     let job = ReplayJob {
         source_topic: Some("orders"),
         from_ns: Some(0),
@@ -18,7 +21,7 @@ fn progress_persists_across_reopen() {
     };
     let key = job.key();
     {
-        let store = Store::open(&path).unwrap();
+        let store = db.open();
         assert_eq!(store.replay_progress(&key).unwrap(), None);
         let p = Position {
             nsqd_ts_ns: 10,
@@ -31,7 +34,7 @@ fn progress_persists_across_reopen() {
         };
         store.record_replay_progress(&key, later, 200).unwrap();
     }
-    let store = Store::open(&path).unwrap();
+    let store = db.open();
     let progress = store.replay_progress(&key).unwrap().unwrap();
     assert_eq!(
         progress.last,
@@ -83,11 +86,8 @@ fn job_keys_differ_by_every_parameter() {
     assert_eq!(base.key(), base.key());
 }
 
-#[test]
-fn an_interrupted_replay_resumes_without_resending() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("a.db");
-    let mut store = Store::open(&path).unwrap();
+fn an_interrupted_replay_resumes_without_resending(db: &TestDb) {
+    let mut store = db.open();
     let msgs: Vec<_> = (0..25u64)
         .map(|i| {
             msg(
@@ -99,7 +99,7 @@ fn an_interrupted_replay_resumes_without_resending() {
             )
         })
         .collect();
-    insert(&mut store, &msgs);
+    insert(store.as_mut(), &msgs);
     let job = ReplayJob {
         source_topic: Some("t"),
         from_ns: None,
@@ -129,7 +129,7 @@ fn an_interrupted_replay_resumes_without_resending() {
     drop(store);
 
     // Second run resumes from the recorded cursor.
-    let store = Store::open(&path).unwrap();
+    let store = db.open();
     let progress = store.replay_progress(&key).unwrap().unwrap();
     let mut range = Range {
         after: Some(progress.last),

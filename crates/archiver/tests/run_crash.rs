@@ -1,22 +1,29 @@
 //! `archiver run` against a real nsqd: crashes lose and duplicate nothing; SIGTERM drains, a
 //! second signal cuts the drain short.
 
+#[macro_use]
 mod common;
 
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{archived_topic, body, read_archive, rows, run_args, spawn_archiver};
+use common::{
+    TestDb, archived_topic, body, rows, run_args, run_args_db, spawn_archiver, topic_cluster,
+};
 use nsq::{Producer, ProducerConfig};
 use testkit::{Signal, eventually};
 
 const TOPIC: &str = "crashy";
 const TOTAL: usize = 10_000;
 
-#[tokio::test]
-async fn two_sigkills_lose_and_duplicate_nothing() {
-    let (cluster, dir, db) = archived_topic(TOPIC).await;
-    let mut archiver = spawn_archiver(dir.path(), run_args(&db, &cluster, &[TOPIC]));
+both_backends_async!(
+    two_sigkills_lose_and_duplicate_nothing,
+    sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued,
+);
+
+async fn two_sigkills_lose_and_duplicate_nothing(db: TestDb) {
+    let cluster = topic_cluster(TOPIC).await;
+    let mut archiver = spawn_archiver(db.dir.path(), run_args_db(&db, &cluster, &[TOPIC]));
 
     let nsqd = cluster.nsqd_tcp(0).to_string();
     let publisher = tokio::spawn(async move {
@@ -30,7 +37,7 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
 
     for threshold in [1_500, 5_000] {
         eventually(Duration::from_secs(30), "archived rows", || async {
-            (rows(&db) >= threshold).then_some(())
+            (db.rows() >= threshold).then_some(())
         })
         .await;
         archiver.signal(Signal::SIGKILL).unwrap();
@@ -40,7 +47,7 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
     publisher.await.unwrap();
 
     eventually(Duration::from_secs(40), "all 10,000 rows", || async {
-        (rows(&db) >= TOTAL as u64).then_some(())
+        (db.rows() >= TOTAL as u64).then_some(())
     })
     .await;
     // Every message is finished (nothing left for the channel), and no redelivery added a row.
@@ -57,7 +64,7 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
     let status = archiver.terminate(Duration::from_secs(15)).await.unwrap();
     assert!(status.success(), "{status:?}");
 
-    let all = read_archive(&db);
+    let all = db.read_archive();
     assert_eq!(all.len(), TOTAL);
     let bodies: HashSet<Vec<u8>> = all.iter().map(|m| m.body.clone()).collect();
     let expected: HashSet<Vec<u8>> = (0..TOTAL).map(body).collect();
@@ -69,12 +76,11 @@ async fn two_sigkills_lose_and_duplicate_nothing() {
     assert!(all.iter().all(|m| m.topic == TOPIC));
 }
 
-#[tokio::test]
-async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
+async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued(db: TestDb) {
     // Large enough that the archiver (even a fast one on a quiet machine) is still at it when SIGTERM lands.
     const BURST: usize = 100_000;
     let topic = "bursty";
-    let (cluster, dir, db) = archived_topic(topic).await;
+    let cluster = topic_cluster(topic).await;
     let producer =
         Producer::new(cluster.nsqd_tcp(0).to_string(), ProducerConfig::default()).unwrap();
     for chunk in (0..BURST).collect::<Vec<_>>().chunks(500) {
@@ -82,17 +88,17 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
         producer.multi_publish(topic, &bodies).await.unwrap();
     }
     // This one finds nsqd through nsqlookupd instead of being told its address.
-    let mut args = run_args(&db, &cluster, &[topic]);
+    let mut args = run_args_db(&db, &cluster, &[topic]);
     let direct = args
         .iter()
         .position(|a| a.starts_with("archive.nsqd_tcp_addresses="))
         .unwrap();
     args[direct] = format!("archive.lookupd_http_addresses={}", cluster.lookupd_http());
-    let mut archiver = spawn_archiver(dir.path(), args);
+    let mut archiver = spawn_archiver(db.dir.path(), args);
     eventually(
         Duration::from_secs(30),
         "the burst to be under way",
-        || async { (rows(&db) >= 400).then_some(()) },
+        || async { (db.rows() >= 400).then_some(()) },
     )
     .await;
     archiver.signal(Signal::SIGTERM).unwrap();
@@ -114,7 +120,7 @@ async fn sigterm_during_a_burst_leaves_nothing_in_flight_or_requeued() {
     assert_eq!(ch.requeue_count, 0, "{ch:?}");
     assert_eq!(ch.timeout_count, 0, "{ch:?}");
     assert_eq!(ch.deferred_count, 0, "{ch:?}");
-    let stored = rows(&db);
+    let stored = db.rows();
     assert!(
         stored < BURST as u64,
         "the burst was over before SIGTERM; nothing was tested"

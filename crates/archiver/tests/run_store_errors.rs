@@ -1,12 +1,15 @@
 //! `archiver run` when the database misbehaves while it runs: a store error finishes nothing
 //! (the messages are requeued and archived later, once), and retention runs in the background.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
 use archiver::{NewMessage, Store};
-use common::{archived_topic, body, read_archive, rows, run_args, spawn_archiver, workdir};
+use common::{
+    TestDb, archived_topic, body, read_archive, rows, run_args, run_args_db, spawn_archiver,
+};
 use nsq::{Producer, ProducerConfig};
 use testkit::{NsqCluster, eventually};
 
@@ -64,14 +67,14 @@ async fn a_locked_database_requeues_instead_of_finishing_then_archives_once() {
     );
 }
 
-#[tokio::test]
-async fn retention_deletes_old_messages_in_the_background() {
+both_backends_async!(retention_deletes_old_messages_in_the_background);
+
+async fn retention_deletes_old_messages_in_the_background(db: TestDb) {
     let cluster = NsqCluster::start(1).await.unwrap();
-    let (dir, db) = workdir();
     let topic = "kept";
     {
         // Two messages from 2023 and one from now.
-        let mut store = Store::open(&db).unwrap();
+        let mut store = db.open();
         let now_ns = i64::try_from(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -92,13 +95,13 @@ async fn retention_deletes_old_messages_in_the_background() {
             .insert_batch(&[msg(0, old), msg(1, old + 1), msg(2, now_ns)])
             .unwrap();
     }
-    let mut args = run_args(&db, &cluster, &[topic]);
+    let mut args = run_args_db(&db, &cluster, &[topic]);
     args.extend(["--set".into(), "archive.retention=1d".into()]);
-    let mut archiver = spawn_archiver(dir.path(), args);
+    let mut archiver = spawn_archiver(db.dir.path(), args);
     eventually(Duration::from_secs(20), "retention", || async {
-        (rows(&db) == 1).then_some(())
+        (db.rows() == 1).then_some(())
     })
     .await;
     archiver.terminate(Duration::from_secs(15)).await.unwrap();
-    assert_eq!(read_archive(&db)[0].msg_id, [b'c'; 16]);
+    assert_eq!(db.read_archive()[0].msg_id, [b'c'; 16]);
 }

@@ -1,4 +1,5 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
+//! a throwaway PostgreSQL server ([`Postgres`]),
 //! the project's binaries ([`DataServer`], [`ApiServer`]), heartbeats from inside a test
 //! ([`Announcer`]), NSQ's own command-line tools as peers, faults on demand, waiting with a
 //! deadline ([`eventually`], [`try_eventually`], [`retry`]), short forms of HTTP requests
@@ -32,6 +33,7 @@ pub mod http;
 mod load;
 mod peers;
 mod poll;
+mod postgres;
 mod process;
 mod project;
 mod stack;
@@ -54,6 +56,7 @@ pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use nix::sys::signal::Signal;
 pub use peers::{NsqTail, to_nsq};
 pub use poll::{POLL_INTERVAL, eventually, retry, try_eventually};
+pub use postgres::{POSTGRES_PASSWORD, POSTGRES_USER, Postgres, bin_dir as postgres_bin_dir};
 pub use process::ManagedProcess;
 pub use project::project_bin;
 pub use stack::{DURABLE_NSQD_ARGS, KEY_FILE, Stack, StackOptions};

@@ -22,6 +22,8 @@ pub struct ManagedProcess {
     envs: Vec<(String, String)>,
     log: PathBuf,
     stdout: Option<PathBuf>,
+    /// Run as this (uid, gid) instead of ours (a server that refuses to run as root).
+    user: Option<(u32, u32)>,
     child: Option<Child>,
 }
 
@@ -45,6 +47,31 @@ impl ManagedProcess {
             envs,
             log: log.into(),
             stdout: None,
+            user: None,
+            child: None,
+        };
+        p.start()?;
+        Ok(p)
+    }
+
+    /// Like [`ManagedProcess::spawn`], running the program as user `uid` and group `gid` (the
+    /// caller must be allowed to switch to them, i.e. be root). Still killed with its spawner:
+    /// the death signal is set after the switch, which would otherwise clear it.
+    pub fn spawn_as(
+        name: impl Into<String>,
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        log: impl Into<PathBuf>,
+        (uid, gid): (u32, u32),
+    ) -> Result<Self> {
+        let mut p = Self {
+            name: name.into(),
+            program: program.into(),
+            args,
+            envs: Vec::new(),
+            log: log.into(),
+            stdout: None,
+            user: Some((uid, gid)),
             child: None,
         };
         p.start()?;
@@ -67,6 +94,7 @@ impl ManagedProcess {
             envs: Vec::new(),
             log: log.into(),
             stdout: Some(stdout.into()),
+            user: None,
             child: None,
         };
         p.start()?;
@@ -94,6 +122,11 @@ impl ManagedProcess {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
+        if let Some((uid, gid)) = self.user {
+            // std switches (and, as root, drops supplementary groups) before running the
+            // pre_exec hook below.
+            cmd.uid(uid).gid(gid);
+        }
         // SAFETY: prctl and setpgid are async-signal-safe and touch no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {

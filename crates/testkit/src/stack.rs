@@ -38,6 +38,9 @@ pub struct StackOptions {
     pub nsqd_args: Vec<String>,
     /// Extra `--set key=value` overrides for the api-server, applied last.
     pub api_sets: Vec<String>,
+    /// Extra `--set key=value` overrides for the archiver, applied last (e.g. a PostgreSQL
+    /// `archive.database` and its `archive.database_password_file`).
+    pub archiver_sets: Vec<String>,
 }
 
 /// nsqd flags that make every accepted message survive a SIGKILL of nsqd: with
@@ -58,6 +61,7 @@ impl Default for StackOptions {
             state_dir: None,
             nsqd_args: Vec::new(),
             api_sets: Vec::new(),
+            archiver_sets: Vec::new(),
         }
     }
 }
@@ -157,33 +161,37 @@ impl Stack {
         let lookupd = cluster.lookupd_http().to_string();
 
         let archive_db = state.join("archive.db");
+        let mut archiver_args: Vec<String> = vec![
+            "run".into(),
+            "-c".into(),
+            config("archiver.toml").display().to_string(),
+            "--set".into(),
+            format!("archive.database={}", archive_db.display()),
+            "--set".into(),
+            format!("archive.lookupd_http_addresses={lookupd}"),
+            "--set".into(),
+            "archive.lookupd_poll_interval=1s".into(),
+            // Direct addresses too: SUB creates the durable channel at once, so it holds
+            // every message from the first heartbeat on (lookupd lists an nsqd only once the
+            // topic exists, which would be too late for the first messages).
+            "--set".into(),
+            format!(
+                "archive.nsqd_tcp_addresses={}",
+                cluster
+                    .nsqd_tcp_addresses()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ];
+        for set in &opts.archiver_sets {
+            archiver_args.extend(["--set".to_owned(), set.clone()]);
+        }
         let archiver = ManagedProcess::spawn(
             "archiver",
             project_bin("archiver")?,
-            vec![
-                "run".into(),
-                "-c".into(),
-                config("archiver.toml").display().to_string(),
-                "--set".into(),
-                format!("archive.database={}", archive_db.display()),
-                "--set".into(),
-                format!("archive.lookupd_http_addresses={lookupd}"),
-                "--set".into(),
-                "archive.lookupd_poll_interval=1s".into(),
-                // Direct addresses too: SUB creates the durable channel at once, so it holds
-                // every message from the first heartbeat on (lookupd lists an nsqd only once the
-                // topic exists, which would be too late for the first messages).
-                "--set".into(),
-                format!(
-                    "archive.nsqd_tcp_addresses={}",
-                    cluster
-                        .nsqd_tcp_addresses()
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            ],
+            archiver_args,
             vec![],
             state.join("archiver.log"),
         )?;

@@ -3,6 +3,8 @@
 
 mod archive;
 mod client;
+
+pub use archive::ArchiveBackend;
 mod discovery;
 mod hostile;
 mod nsq;
@@ -23,8 +25,9 @@ pub enum Scenario {
     NsqPublish,
     /// Our consumer (no-op handler, auto finish) against NSQ's bench_reader.
     NsqConsume,
-    /// The archiver (durable channel -> SQLite, finish after commit) against bench_reader
-    /// draining the same topic on the same nsqd.
+    /// The archiver (durable channel -> SQLite or PostgreSQL, finish after commit), one and then
+    /// two sharing the channel and database, against bench_reader draining the same topic on
+    /// the same nsqd.
     Archive,
     /// Time from a data server's first heartbeat to /registry, and from SIGTERM to removal.
     DiscoveryLatency,
@@ -88,6 +91,9 @@ pub struct BenchArgs {
     /// bench tools cannot speak TLS).
     #[arg(long)]
     pub tls: bool,
+    /// Where the archive scenario stores.
+    #[arg(long, value_enum, default_value_t = archive::ArchiveBackend::Sqlite)]
+    pub backend: archive::ArchiveBackend,
 }
 
 /// What a scenario measured.

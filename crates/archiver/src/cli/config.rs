@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use archiver::Database;
 use serde::{Deserialize, Serialize};
 use svc::{HostPort, HumanDuration, Invalid, LookupdAddr, NsqSection, Validate};
 
@@ -46,8 +47,12 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Archive {
-    /// The SQLite file (required).
-    pub database: Option<PathBuf>,
+    /// The SQLite file, or a `postgres://` URL without password (required).
+    pub database: Option<String>,
+    /// File holding the PostgreSQL password (absent: `PGPASSWORD`, or none).
+    pub database_password_file: Option<PathBuf>,
+    /// The name this archiver's rows are attributed to in `stats` (absent: the host name).
+    pub archiver_name: Option<String>,
     /// Topics to archive (required by `run`).
     pub topics: Vec<String>,
     /// Durable channel to read them on.
@@ -79,6 +84,8 @@ impl Default for Archive {
     fn default() -> Self {
         Archive {
             database: None,
+            database_password_file: None,
+            archiver_name: None,
             topics: Vec::new(),
             channel: DEFAULT_CHANNEL.to_owned(),
             lookupd_http_addresses: Vec::new(),
@@ -117,6 +124,23 @@ impl Config {
 }
 
 impl Archive {
+    /// The database `archive.database` names (validated already).
+    pub fn database(&self) -> Database {
+        let value = self.database.as_deref().expect("validated");
+        Database::parse(value, self.database_password_file.as_deref()).expect("validated")
+    }
+
+    /// The archiver's name in the archive: `archive.archiver_name`, else the host name.
+    pub fn archiver_name(&self) -> String {
+        self.archiver_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "archiver".to_owned())
+        })
+    }
+
     /// The retention period, `None` when off.
     pub fn retention(&self) -> Option<std::time::Duration> {
         self.retention
@@ -149,22 +173,30 @@ impl Validate for Config {
         self.nsq_conn()
             .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let a = &self.archive;
+        const DATABASE: &str = "the path of the SQLite archive file, or a postgres:// URL";
         match &a.database {
-            None => {
+            None => return Err(Invalid::new("archive.database", DATABASE, "nothing")),
+            Some(p) if p.is_empty() => {
+                return Err(Invalid::new("archive.database", DATABASE, "\"\""));
+            }
+            Some(value) => {
+                if let Err(expected) = Database::parse(value, a.database_password_file.as_deref()) {
+                    return Err(Invalid::new(
+                        "archive.database",
+                        expected,
+                        format!("{:?}", without_password(value)),
+                    ));
+                }
+            }
+        }
+        if let Some(name) = &a.archiver_name {
+            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
                 return Err(Invalid::new(
-                    "archive.database",
-                    "the path of the SQLite archive file",
-                    "nothing",
+                    "archive.archiver_name",
+                    "1-200 printable characters",
+                    format!("{name:?}"),
                 ));
             }
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(Invalid::new(
-                    "archive.database",
-                    "the path of the SQLite archive file",
-                    "\"\"",
-                ));
-            }
-            Some(_) => {}
         }
         for (i, topic) in a.topics.iter().enumerate() {
             if a.topics[..i].contains(topic) {
@@ -225,6 +257,20 @@ impl Validate for Config {
     }
 }
 
+/// `value` with the password of a `scheme://user:password@host` URL masked, for error messages.
+fn without_password(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}")
+        }
+        _ => value.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +317,17 @@ mod tests {
         assert!(err.contains("archive.database"), "{err}");
         let err = load(&["archive.database=a.db", "archive.batch_size=0"]).unwrap_err();
         assert!(err.contains("archive.batch_size"), "{err}");
+        let err = load(&["archive.database=postgres://u:hunter2@h/db"]).unwrap_err();
+        assert!(
+            err.contains("archive.database_password_file") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = load(&[
+            "archive.database=a.db",
+            "archive.database_password_file=/run/secrets/pg",
+        ])
+        .unwrap_err();
+        assert!(err.contains("postgres://"), "{err}");
     }
 
     /// `config/archiver.toml` and the README's config table name exactly the keys of

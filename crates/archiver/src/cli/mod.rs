@@ -11,7 +11,7 @@ mod writer;
 
 use std::process::ExitCode;
 
-use archiver::{Store, StoreError};
+use archiver::{Archive, StoreError};
 use clap::{Parser, Subcommand};
 use svc::{ConfigArgs, ConfigError};
 
@@ -20,7 +20,7 @@ use config::Config;
 /// Exit status of a problem the operator must fix: bad config, database or topic name.
 const SETUP_EXIT: u8 = 2;
 
-/// Archives NSQ topics into SQLite through a durable channel, and replays them.
+/// Archives NSQ topics into SQLite or PostgreSQL through a durable channel, and replays them.
 #[derive(Debug, Parser)]
 #[command(name = "archiver", version = svc::VERSION, long_version = svc::long_version())]
 pub struct Cli {
@@ -120,14 +120,6 @@ fn block_on<T>(fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T
 }
 
 /// Opens the configured database for reading commands, refusing to create a missing one.
-fn open_existing(config: &Config) -> anyhow::Result<Store> {
-    let path = config.archive.database.as_ref().expect("validated");
-    if !path.exists() {
-        return Err(Setup(format!(
-            "archive database {} does not exist (archive.database); `archiver run` creates it",
-            path.display()
-        ))
-        .into());
-    }
-    Ok(Store::open(path)?)
+fn open_existing(config: &Config) -> anyhow::Result<Box<dyn Archive>> {
+    Ok(config.archive.database().open_existing()?)
 }

@@ -115,13 +115,18 @@ pub fn stats(config: Config, args: StatsArgs) -> anyhow::Result<()> {
                        "last_ns": t.last_ns, "first": time(t.first_ns), "last": time(t.last_ns)})
             })
             .collect();
-        let v = json!({"database": store.path().display().to_string(), "total": stats.total,
-                       "db_bytes": stats.db_bytes, "topics": topics});
+        let archivers: Vec<_> = stats
+            .per_archiver
+            .iter()
+            .map(|a| json!({"archiver": a.archiver, "count": a.count}))
+            .collect();
+        let v = json!({"database": store.name(), "total": stats.total,
+                       "db_bytes": stats.db_bytes, "topics": topics, "archivers": archivers});
         format!("{v}\n")
     } else {
         let mut s = format!(
             "database {}: {} messages, {} bytes\n",
-            store.path().display(),
+            store.name(),
             stats.total,
             stats.db_bytes
         );
@@ -138,6 +143,14 @@ pub fn stats(config: Config, args: StatsArgs) -> anyhow::Result<()> {
                 first.as_deref().unwrap_or("-"),
                 last.as_deref().unwrap_or("-")
             ));
+        }
+        s.push_str(&format!(
+            "\n{:<32} {:>12}\n",
+            "STORED BY ARCHIVER", "MESSAGES"
+        ));
+        for a in &stats.per_archiver {
+            let name = a.archiver.as_deref().unwrap_or("(not recorded)");
+            s.push_str(&format!("{name:<32} {:>12}\n", a.count));
         }
         s
     };

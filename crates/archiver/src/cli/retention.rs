@@ -5,7 +5,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use archiver::Store;
+use archiver::Archive;
 
 /// Rows deleted per transaction: short enough for the writer to get the lock in between.
 const ROWS_PER_TXN: usize = 5_000;
@@ -25,7 +25,7 @@ impl Retention {
 }
 
 /// Deletes messages older than `keep` now and every `interval`.
-pub fn spawn(mut store: Store, keep: Duration, interval: Duration) -> Retention {
+pub fn spawn(mut store: Box<dyn Archive>, keep: Duration, interval: Duration) -> Retention {
     let (stop, stopped) = mpsc::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("archive-retention".into())

@@ -12,7 +12,6 @@ use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use archiver::Store;
 use nsq::{Consumer, ConsumerConfig, HandlerError, Message};
 use svc::Shutdown;
 
@@ -51,7 +50,8 @@ impl nsq::Handler for ArchiveHandler {
 /// Runs the archiver until a signal (exit 0) or a fatal store error (exit 2, via `Err`).
 pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     let a = &config.archive;
-    let database = a.database.clone().expect("validated");
+    let database = a.database();
+    let archiver_name = a.archiver_name();
     if a.topics.is_empty() {
         return Err(Setup(format!(
             "{config_name}: archive.topics: expected at least one topic to archive, found none"
@@ -66,7 +66,8 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
         .into());
     }
     // Opened before subscribing: a bad database must not take a single message.
-    let store = Store::open(&database)?;
+    let mut store = database.open()?;
+    store.set_archiver(Some(&archiver_name));
     let shutdown = Shutdown::new();
     // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE; the
     // task keeps listening through the drain for that second one.
@@ -82,7 +83,7 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     let (writer_tx, writer) = writer::spawn(store, limits, on_fatal);
     let retention = match a.retention() {
         Some(keep) => Some(retention::spawn(
-            Store::open(&database)?,
+            database.open()?,
             keep,
             a.retention_interval.get(),
         )),
@@ -128,7 +129,8 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
         consumers.push(consumer);
     }
     tracing::info!(
-        database = %database.display(),
+        database = %database.name(),
+        archiver = %archiver_name,
         topics = ?a.topics,
         channel = %a.channel,
         "archiving"
@@ -161,6 +163,7 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
         inserted = outcome.inserted,
         duplicates = outcome.duplicates,
         batches = outcome.batches,
+        outages = outcome.outages,
         "archiver stopped"
     );
     Ok(())

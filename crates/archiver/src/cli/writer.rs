@@ -9,7 +9,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use archiver::{BatchOutcome, NewMessage, Store, StoreError};
+use archiver::{Archive, BatchOutcome, NewMessage, StoreError};
 use bytes::Bytes;
 #[cfg(test)]
 use tokio::sync::oneshot;
@@ -94,31 +94,36 @@ pub struct Outcome {
     pub duplicates: u64,
     /// Batches committed.
     pub batches: u64,
+    /// Spells of passing store failures (a locked file, a lost connection), each logged when
+    /// it starts and when it ends.
+    pub outages: u64,
+    /// Whether the last batch failed with a passing error (an outage is going on).
+    pub failing: bool,
     /// The error that made the writer refuse everything after it, if any.
     pub fatal: Option<StoreFailure>,
 }
 
 /// Whether a store error means the archive cannot go on (an operator must act) rather than a
-/// passing condition (another process holding the lock).
+/// passing condition (another process holding the lock, a lost connection).
 pub fn is_fatal(err: &StoreError) -> bool {
-    !matches!(err, StoreError::Busy { .. })
+    !err.is_passing()
 }
 
-/// Where batches go: the [`Store`], or a stand-in in tests that need a failing disk.
+/// Where batches go: the database, or a stand-in in tests that need a failing disk.
 pub trait Sink: Send + 'static {
-    /// Stores a batch in one transaction ([`Store::insert_batch`]).
+    /// Stores a batch in one transaction ([`Archive::insert_batch`]).
     fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError>;
-    /// Moves the WAL into the database file ([`Store::checkpoint`]).
+    /// Leaves the database tidy at a stop ([`Archive::checkpoint`]).
     fn checkpoint(&self) -> Result<(), StoreError>;
 }
 
-impl Sink for Store {
+impl Sink for Box<dyn Archive> {
     fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError> {
-        Store::insert_batch(self, msgs)
+        Archive::insert_batch(self.as_mut(), msgs)
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
-        Store::checkpoint(self)
+        Archive::checkpoint(self.as_ref())
     }
 }
 
@@ -172,6 +177,7 @@ fn run<S: Sink>(
                 total = outcome.inserted,
                 duplicates = outcome.duplicates,
                 per_second = rate.round(),
+                outages = outcome.outages,
                 "archive progress"
             );
             report = (Instant::now(), outcome.inserted);
@@ -218,6 +224,9 @@ fn commit<S: Sink>(
     };
     match result {
         Ok(done) => {
+            if std::mem::take(&mut outcome.failing) {
+                tracing::info!("the archive database stores batches again");
+            }
             outcome.inserted += done.inserted as u64;
             outcome.duplicates += done.duplicates as u64;
             outcome.batches += 1;
@@ -232,15 +241,26 @@ fn commit<S: Sink>(
         }
         Err(err) => {
             if outcome.fatal.is_none() {
-                tracing::error!(
-                    messages = batch.len(),
-                    "batch not stored, its messages are requeued: {err}"
-                );
                 if is_fatal(&err) {
+                    tracing::error!(
+                        messages = batch.len(),
+                        "batch not stored, its messages are requeued: {err}"
+                    );
                     outcome.fatal = Some(Arc::clone(&err));
                     if let Some(f) = on_fatal.take() {
                         f(Arc::clone(&err));
                     }
+                } else if !outcome.failing {
+                    // Logged once per outage: a lost connection fails every batch until it is
+                    // back, and the store logs its reconnection.
+                    tracing::error!(
+                        messages = batch.len(),
+                        "batch not stored, its messages are requeued: {err}"
+                    );
+                    outcome.failing = true;
+                    outcome.outages += 1;
+                } else {
+                    tracing::debug!(messages = batch.len(), "batch not stored: {err}");
                 }
             }
             for r in batch.drain(..) {
@@ -276,7 +296,8 @@ mod tests {
             batch_size: 100,
             batch_latency: Duration::from_millis(20),
         };
-        let (tx, handle) = spawn(Store::open(&path).unwrap(), limits, |_| {});
+        let store: Box<dyn Archive> = Box::new(archiver::Store::open(&path).unwrap());
+        let (tx, handle) = spawn(store, limits, |_| {});
         let mut waits = Vec::new();
         for n in 0..5 {
             let (r, rx) = record(n);
@@ -292,7 +313,10 @@ mod tests {
         tx.send(Command::Stop).unwrap();
         let out = handle.join().unwrap();
         assert_eq!((out.inserted, out.duplicates), (5, 1));
-        assert_eq!(Store::open(&path).unwrap().stats().unwrap().total, 5);
+        assert_eq!(
+            archiver::Store::open(&path).unwrap().stats().unwrap().total,
+            5
+        );
     }
 
     /// A disk that is full after `room` batches.

@@ -1,11 +1,136 @@
-//! Helpers shared by the archiver's integration tests: owned messages and whole-range reads of a
-//! [`Store`], and the real `archiver` binary run against real nsqd.
+//! Helpers shared by the archiver's integration tests: a database of either backend
+//! ([`TestDb`], and [`both_backends!`] to run a test on each), owned messages and whole-range
+//! reads, and the real `archiver` binary run against real nsqd.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::{Path, PathBuf};
 
-use archiver::{BatchOutcome, NewMessage, Range, Store, StoredMessage};
-use testkit::{ManagedProcess, NsqCluster};
+use archiver::{Archive, BatchOutcome, Database, NewMessage, Range, Store, StoredMessage};
+use testkit::{ManagedProcess, NsqCluster, Postgres};
+
+/// Which backend a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty archive database of one backend: a SQLite file in a temporary directory, or
+/// a throwaway PostgreSQL server (removed when this drops).
+pub struct TestDb {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    /// The `archive.database` value.
+    pub value: String,
+    pub server: Option<Postgres>,
+}
+
+impl TestDb {
+    /// For async tests; start it from the test's own thread (the server dies with its spawner).
+    pub async fn start(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (value, server) = match backend {
+            Backend::Sqlite => (dir.path().join("archive.db").display().to_string(), None),
+            Backend::Postgres => {
+                let server = Postgres::start().await.expect("starting PostgreSQL");
+                (server.url(), Some(server))
+            }
+        };
+        TestDb {
+            backend,
+            dir,
+            value,
+            server,
+        }
+    }
+
+    /// For synchronous tests.
+    pub fn new(backend: Backend) -> TestDb {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(Self::start(backend))
+    }
+
+    pub fn database(&self) -> Database {
+        let password = self.server.as_ref().map(Postgres::password_file);
+        Database::parse(&self.value, password.as_deref()).expect("a valid database")
+    }
+
+    /// Opens (creating) the archive.
+    pub fn open(&self) -> Box<dyn Archive> {
+        self.database().open().expect("opening the archive")
+    }
+
+    /// `--set` values that point the `archiver` binary at this database.
+    pub fn sets(&self) -> Vec<String> {
+        let mut sets = vec![format!("archive.database={}", self.value)];
+        if let Some(server) = &self.server {
+            sets.push(format!(
+                "archive.database_password_file={}",
+                server.password_file().display()
+            ));
+        }
+        sets
+    }
+
+    /// [`TestDb::sets`] as `--set` arguments.
+    pub fn set_args(&self) -> Vec<String> {
+        self.sets()
+            .into_iter()
+            .flat_map(|s| ["--set".to_owned(), s])
+            .collect()
+    }
+
+    /// Rows in the archive (0 while it does not exist yet).
+    pub fn rows(&self) -> u64 {
+        self.database()
+            .open_existing()
+            .and_then(|s| s.stats())
+            .map_or(0, |s| s.total)
+    }
+
+    /// Every message, in original order.
+    pub fn read_archive(&self) -> Vec<StoredMessage> {
+        let store = self
+            .database()
+            .open_existing()
+            .expect("opening the archive");
+        read_all(store.as_ref(), &Range::all(1000))
+    }
+}
+
+/// Runs each listed test function (taking `&TestDb`) once per backend, as `sqlite::NAME` and
+/// `postgres::NAME` (`#[macro_use] mod common;`).
+#[allow(unused_macros)] // each test binary uses one or the other
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name(&$crate::common::TestDb::new($crate::common::Backend::Sqlite)) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name(&$crate::common::TestDb::new($crate::common::Backend::Postgres)) } )*
+        }
+    };
+}
+
+/// [`both_backends!`] for async tests (taking `TestDb` by value).
+#[allow(unused_macros)] // each test binary uses one or the other
+macro_rules! both_backends_async {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test] async fn $name() {
+                super::$name($crate::common::TestDb::start($crate::common::Backend::Sqlite).await).await
+            } )*
+        }
+        mod postgres {
+            $( #[tokio::test] async fn $name() {
+                super::$name($crate::common::TestDb::start($crate::common::Backend::Postgres).await).await
+            } )*
+        }
+    };
+}
 
 /// An owned message, so tests can build batches without juggling lifetimes.
 #[derive(Debug, Clone)]
@@ -49,13 +174,13 @@ pub fn msg(topic: &str, nsqd: &str, n: u64, nsqd_ts_ns: i64, body: &[u8]) -> Msg
     }
 }
 
-pub fn insert(store: &mut Store, msgs: &[Msg]) -> BatchOutcome {
+pub fn insert(store: &mut dyn Archive, msgs: &[Msg]) -> BatchOutcome {
     let batch: Vec<NewMessage<'_>> = msgs.iter().map(Msg::as_new).collect();
     store.insert_batch(&batch).expect("insert_batch")
 }
 
 /// Reads a whole range page by page, the way the replayer and `archiver query` will.
-pub fn read_all(store: &Store, range: &Range) -> Vec<StoredMessage> {
+pub fn read_all(store: &dyn Archive, range: &Range) -> Vec<StoredMessage> {
     let mut out = Vec::new();
     let mut range = range.clone();
     loop {
@@ -88,9 +213,21 @@ pub const ARCHIVER: &str = env!("CARGO_BIN_EXE_archiver");
 
 /// `--set` flags for a small, fast archiver reading `topics` from nsqd 0 of `cluster`.
 pub fn run_args(db: &Path, cluster: &NsqCluster, topics: &[&str]) -> Vec<String> {
+    run_args_for(
+        &[format!("archive.database={}", db.display())],
+        cluster,
+        topics,
+    )
+}
+
+/// [`run_args`] for a [`TestDb`].
+pub fn run_args_db(db: &TestDb, cluster: &NsqCluster, topics: &[&str]) -> Vec<String> {
+    run_args_for(&db.sets(), cluster, topics)
+}
+
+fn run_args_for(db_sets: &[String], cluster: &NsqCluster, topics: &[&str]) -> Vec<String> {
     let mut args = vec!["run".to_owned()];
-    for set in [
-        format!("archive.database={}", db.display()),
+    for set in db_sets.iter().cloned().chain([
         format!("archive.topics={}", topics.join(",")),
         format!("archive.nsqd_tcp_addresses={}", cluster.nsqd_tcp(0)),
         "archive.batch_size=200".to_owned(),
@@ -99,7 +236,7 @@ pub fn run_args(db: &Path, cluster: &NsqCluster, topics: &[&str]) -> Vec<String>
         // Messages in flight to a killed archiver come back after this, not after nsqd's 60s.
         "archive.msg_timeout=2s".to_owned(),
         "shutdown.timeout=10s".to_owned(),
-    ] {
+    ]) {
         args.push("--set".to_owned());
         args.push(set);
     }
@@ -122,6 +259,16 @@ pub fn spawn_archiver(dir: &Path, args: Vec<String>) -> ManagedProcess {
 pub fn read_archive(db: &Path) -> Vec<StoredMessage> {
     let store = Store::open(db).expect("opening the archive");
     read_all(&store, &Range::all(1000))
+}
+
+/// One nsqd with `topic` and its `archive` channel (see [`archived_topic`]).
+pub async fn topic_cluster(topic: &str) -> NsqCluster {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    cluster
+        .create_topic(0, topic, Some("archive"))
+        .await
+        .unwrap();
+    cluster
 }
 
 /// Rows in the archive (0 while it does not exist yet).
