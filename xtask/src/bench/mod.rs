@@ -8,6 +8,7 @@ mod hostile;
 mod nsq;
 mod proxy;
 mod stack;
+mod websocket;
 
 use std::process::Stdio;
 
@@ -42,6 +43,11 @@ pub enum Scenario {
     /// hostile clients got back. `ratio` = nginx's p99 ratio / the api-server's (above 1: our
     /// latency suffers less from the hostiles than nginx's).
     Hostile,
+    /// 64 closed-loop WebSocket clients (64-byte messages to the data server's `/ws` echo) through
+    /// the api-server and through nginx (upgrade headers set) in front of the same data server,
+    /// and straight to it for reference; one-second rounds, the sides taking turns, --seconds
+    /// each. `ratio` = the api-server's messages/s / nginx's. `--count` sets the sockets per side.
+    Websocket,
 }
 
 impl Scenario {
@@ -78,7 +84,8 @@ pub struct BenchArgs {
     /// RDY per connection when consuming.
     #[arg(long, default_value_t = 2500)]
     pub rdy: u64,
-    /// Iterations (discovery-latency) or simulated servers (registry-scale).
+    /// Iterations (discovery-latency), simulated servers (registry-scale), wrk connections (proxy,
+    /// failover) or WebSocket clients per side (websocket).
     #[arg(long)]
     pub count: Option<usize>,
     /// Print one JSON object on stdout instead of a table.
@@ -120,6 +127,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
             Scenario::Proxy => proxy::proxy(&args).await?,
             Scenario::Failover => proxy::failover(&args).await?,
             Scenario::Hostile => hostile::hostile(&args).await?,
+            Scenario::Websocket => websocket::websocket(&args).await?,
         };
         let name = args
             .scenario
