@@ -196,6 +196,24 @@ pub fn release_bins(packages: &[&str]) -> Result<std::path::PathBuf> {
         std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(testkit::workspace_root())
         .args(["build", "--release", "--quiet"]);
+    // What `cargo run` set for xtask itself: ring's build script reruns when CARGO_MANIFEST_DIR
+    // changes, so inheriting it rebuilt ring and everything above it on every bench, and again
+    // on the next `cargo xtask`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                &*key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(&*key);
+        }
+    }
     for p in packages {
         cmd.args(["-p", p]);
     }
