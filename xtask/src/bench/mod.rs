@@ -10,6 +10,7 @@ mod hostile;
 mod nsq;
 mod proxy;
 mod stack;
+mod websocket;
 
 use std::process::Stdio;
 
@@ -45,6 +46,11 @@ pub enum Scenario {
     /// hostile clients got back. `ratio` = nginx's p99 ratio / the api-server's (above 1: our
     /// latency suffers less from the hostiles than nginx's).
     Hostile,
+    /// 64 closed-loop WebSocket clients (64-byte messages to the data server's `/ws` echo) through
+    /// the api-server and through nginx (upgrade headers set) in front of the same data server,
+    /// and straight to it for reference; one-second rounds, the sides taking turns, --seconds
+    /// each. `ratio` = the api-server's messages/s / nginx's. `--count` sets the sockets per side.
+    Websocket,
 }
 
 impl Scenario {
@@ -81,7 +87,8 @@ pub struct BenchArgs {
     /// RDY per connection when consuming.
     #[arg(long, default_value_t = 2500)]
     pub rdy: u64,
-    /// Iterations (discovery-latency) or simulated servers (registry-scale).
+    /// Iterations (discovery-latency), simulated servers (registry-scale), wrk connections (proxy,
+    /// failover) or WebSocket clients per side (websocket).
     #[arg(long)]
     pub count: Option<usize>,
     /// Print one JSON object on stdout instead of a table.
@@ -130,6 +137,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
             Scenario::Proxy => proxy::proxy(&args).await?,
             Scenario::Failover => proxy::failover(&args).await?,
             Scenario::Hostile => hostile::hostile(&args).await?,
+            Scenario::Websocket => websocket::websocket(&args).await?,
         };
         let name = args
             .scenario
@@ -198,6 +206,24 @@ pub fn release_bins(packages: &[&str]) -> Result<std::path::PathBuf> {
         std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cmd.current_dir(testkit::workspace_root())
         .args(["build", "--release", "--quiet"]);
+    // What `cargo run` set for xtask itself: ring's build script reruns when CARGO_MANIFEST_DIR
+    // changes, so inheriting it rebuilt ring and everything above it on every bench, and again
+    // on the next `cargo xtask`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                &*key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(&*key);
+        }
+    }
     for p in packages {
         cmd.args(["-p", p]);
     }

@@ -68,6 +68,11 @@ pub async fn start_data_servers(
 
 /// An api-server on the cluster's lookupd, once it lists all 3 data servers and proxies.
 pub async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
+    start_api_for(bins, cluster, 3).await
+}
+
+/// An api-server on the cluster's lookupd, once it lists `servers` data servers and proxies.
+pub async fn start_api_for(bins: &Path, cluster: &NsqCluster, servers: usize) -> Result<ApiServer> {
     let api = ApiServer::start(
         &bins.join("api-server"),
         &[
@@ -83,8 +88,9 @@ pub async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
         ],
     )
     .await?;
-    api.wait_registry(Duration::from_secs(30), "3 data servers", |d| {
-        testkit::listed(d).len() == 3
+    let expected = format!("{servers} data servers");
+    api.wait_registry(Duration::from_secs(30), &expected, |d| {
+        testkit::listed(d).len() == servers
     })
     .await?;
     let mut conn = None;
@@ -102,6 +108,18 @@ pub async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
     Ok(api)
 }
 
+/// The `location /` directives of [`Nginx::start`]: HTTP/1.1 keep-alive to the upstreams.
+const KEEPALIVE_LOCATION: &str = "proxy_http_version 1.1;\n\
+                                  proxy_set_header Connection \"\";";
+
+/// The `location /` directives of [`Nginx::start_upgrades`]: upgrades passed on (nginx then relays the bytes both
+/// ways), with read and send timeouts far longer than any bench.
+const UPGRADE_LOCATION: &str = "proxy_http_version 1.1;\n\
+                                proxy_set_header Upgrade $http_upgrade;\n\
+                                proxy_set_header Connection \"upgrade\";\n\
+                                proxy_read_timeout 1h;\n\
+                                proxy_send_timeout 1h;";
+
 /// Debian's nginx as a child process, with everything in a temp dir.
 pub struct Nginx {
     process: Option<ManagedProcess>,
@@ -114,6 +132,24 @@ impl Nginx {
     /// nginx on a free port in front of `upstreams`, each `server` line ending with `server_params`
     /// (e.g. `max_fails=1 fail_timeout=1s`; nginx's defaults when empty).
     pub async fn start(upstreams: &[SocketAddr], server_params: &str) -> Result<Nginx> {
+        Nginx::start_with(upstreams, server_params, KEEPALIVE_LOCATION).await
+    }
+
+    /// nginx on a free port in front of `upstreams`, configured for WebSocket (`Upgrade` and `Connection:
+    /// upgrade` set towards the upstream, 1 h read timeout).
+    pub async fn start_upgrades(upstreams: &[SocketAddr]) -> Result<Nginx> {
+        Nginx::start_with(upstreams, "", UPGRADE_LOCATION).await
+    }
+
+    async fn start_with(
+        upstreams: &[SocketAddr],
+        server_params: &str,
+        location: &str,
+    ) -> Result<Nginx> {
+        let location: String = location
+            .lines()
+            .map(|l| format!("            {}\n", l.trim()))
+            .collect();
         let dir = tempfile::Builder::new().prefix("bench-nginx-").tempdir()?;
         // Workers drop to `nobody` when the master runs as root; let them into the dir.
         std::fs::set_permissions(
@@ -143,8 +179,7 @@ impl Nginx {
              \x20       listen 127.0.0.1:{port};\n\
              \x20       location / {{\n\
              \x20           proxy_pass http://data;\n\
-             \x20           proxy_http_version 1.1;\n\
-             \x20           proxy_set_header Connection \"\";\n\
+             {location}\
              \x20       }}\n\
              \x20   }}\n\
              }}\n"
