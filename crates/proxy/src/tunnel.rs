@@ -2,10 +2,14 @@
 //! go both ways unchanged until either side closes, the tunnel is silent for `proxy.tunnel_idle_timeout`, or the
 //! drain that follows a SIGTERM ends.
 
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -51,18 +55,11 @@ impl TunnelEnd {
     }
 }
 
-/// One side's reading state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Open,
-    /// It sent its FIN (passed on to the other side as ours).
-    Done,
-}
-
 /// Relays a tunnel: `head` (the 101 and any bytes that came with it) to the client, `pending` (bytes the client sent
-/// after its request) to the server, then both ways. A side that closes its half is passed on as a half close; the
-/// tunnel ends when both have (or [`HALF_CLOSE_GRACE`] after the first), when it is silent for `idle`, or at the
-/// drain's end. Its reason is the side that closed first.
+/// after its request) to the server, then both ways with tokio's `copy_bidirectional` (a poll loop per direction,
+/// no timer or future per message). A side that closes its half is passed on as a half close; the tunnel ends when
+/// both have (or [`HALF_CLOSE_GRACE`] after the first), when nothing is read either way for `idle`, or at the
+/// drain's end. Its reason is the side that closed (or failed) first.
 pub(crate) async fn relay(
     w: &Worker,
     client: &mut TcpStream,
@@ -71,16 +68,19 @@ pub(crate) async fn relay(
     head: &[u8],
     idle: Duration,
 ) -> TunnelEnd {
-    let client_pause = w.limits.send_timeout;
-    let server_pause = w.p.try_timeout;
-    if write_paced(client, head, client_pause, "the client read nothing")
-        .await
-        .is_err()
+    if write_paced(
+        client,
+        head,
+        w.limits.send_timeout,
+        "the client read nothing",
+    )
+    .await
+    .is_err()
     {
         return TunnelEnd::ClientClosed;
     }
     if !pending.is_empty() {
-        if write_paced(server, pending, server_pause, "the server read nothing")
+        if write_paced(server, pending, w.p.try_timeout, "the server read nothing")
             .await
             .is_err()
         {
@@ -88,70 +88,131 @@ pub(crate) async fn relay(
         }
         pending.clear();
     }
-    let (mut client_r, mut client_w) = client.split();
-    let (mut server_r, mut server_w) = server.split();
-    let mut up = vec![0u8; TUNNEL_BUFFER];
-    let mut down = vec![0u8; TUNNEL_BUFFER];
-    let (mut client_side, mut server_side) = (Side::Open, Side::Open);
-    // One timer and one drain signal for the whole tunnel: each message only notes the time, and the timer is
-    // pushed back when it fires early. (Arming a new timer per message cost about a tenth of the relay's CPU.)
-    let mut last_activity = Instant::now();
-    let mut limit = idle;
-    let timer = tokio::time::sleep(idle);
+    let seen = Seen {
+        activity: Cell::new(Instant::now()),
+        first_end: Cell::new(None),
+    };
+    let mut client = Watched {
+        stream: client,
+        seen: &seen,
+        closed: TunnelEnd::ClientClosed,
+        failed: TunnelEnd::ClientClosed,
+    };
+    let mut server = Watched {
+        stream: server,
+        seen: &seen,
+        closed: TunnelEnd::ServerClosed,
+        failed: TunnelEnd::Error,
+    };
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        &mut client,
+        &mut server,
+        TUNNEL_BUFFER,
+        TUNNEL_BUFFER,
+    );
+    tokio::pin!(copy);
+    // One timer for the whole tunnel: each read only notes the time, and the timer, firing at least every
+    // HALF_CLOSE_GRACE (so that a half close is noticed in time), is pushed back while there is activity. (Arming a
+    // timer per message cost about a tenth of the relay's CPU.)
+    let timer = tokio::time::sleep(idle.min(HALF_CLOSE_GRACE));
     tokio::pin!(timer);
     let drain = w.close_idle_now.notified();
     tokio::pin!(drain);
-    let mut first_closed: Option<TunnelEnd> = None;
     loop {
-        if let Some(first) = first_closed {
-            if client_side == Side::Done && server_side == Side::Done {
-                return first;
-            }
-        }
         if w.close_idle.get() {
             return TunnelEnd::Drain;
         }
         tokio::select! {
-            read = client_r.read(&mut up), if client_side == Side::Open => match read {
-                Ok(0) => {
-                    client_side = Side::Done;
-                    let _ = server_w.shutdown().await;
-                    first_closed.get_or_insert(TunnelEnd::ClientClosed);
-                    (last_activity, limit) = (Instant::now(), limit.min(HALF_CLOSE_GRACE));
-                    timer.as_mut().reset(last_activity + limit);
-                }
-                Ok(n) => {
-                    last_activity = Instant::now();
-                    if write_paced(&mut server_w, &up[..n], server_pause, "the server read nothing").await.is_err() {
-                        return TunnelEnd::ServerClosed;
-                    }
-                }
-                Err(_) => return TunnelEnd::ClientClosed,
-            },
-            read = server_r.read(&mut down), if server_side == Side::Open => match read {
-                Ok(0) => {
-                    server_side = Side::Done;
-                    let _ = client_w.shutdown().await;
-                    first_closed.get_or_insert(TunnelEnd::ServerClosed);
-                    (last_activity, limit) = (Instant::now(), limit.min(HALF_CLOSE_GRACE));
-                    timer.as_mut().reset(last_activity + limit);
-                }
-                Ok(n) => {
-                    last_activity = Instant::now();
-                    if write_paced(&mut client_w, &down[..n], client_pause, "the client read nothing").await.is_err() {
-                        return TunnelEnd::ClientClosed;
-                    }
-                }
-                Err(_) => return TunnelEnd::Error,
-            },
+            copied = &mut copy => {
+                return seen.first_end.get().unwrap_or(match copied {
+                    Ok(_) => TunnelEnd::ClientClosed,
+                    Err(_) => TunnelEnd::Error,
+                });
+            }
             () = &mut timer => {
-                let due = last_activity + limit;
-                if Instant::now() >= due {
-                    return first_closed.unwrap_or(TunnelEnd::Idle);
+                let limit = if seen.first_end.get().is_some() {
+                    idle.min(HALF_CLOSE_GRACE)
+                } else {
+                    idle
+                };
+                let due = seen.activity.get() + limit;
+                let now = Instant::now();
+                if now >= due {
+                    return seen.first_end.get().unwrap_or(TunnelEnd::Idle);
                 }
-                timer.as_mut().reset(due);
+                timer.as_mut().reset(due.min(now + HALF_CLOSE_GRACE));
             }
             () = &mut drain => return TunnelEnd::Drain,
         }
+    }
+}
+
+/// What the two sides of a tunnel have done, noted by their [`Watched`] streams.
+struct Seen {
+    /// The last read of any bytes (or of an end), either way.
+    activity: Cell<Instant>,
+    /// The first side to close or fail, and how.
+    first_end: Cell<Option<TunnelEnd>>,
+}
+
+/// One side of a tunnel: its stream, noting each read and the first end in [`Seen`].
+struct Watched<'a> {
+    stream: &'a mut TcpStream,
+    seen: &'a Seen,
+    /// What it means when this side closes its half.
+    closed: TunnelEnd,
+    /// What it means when this side fails.
+    failed: TunnelEnd,
+}
+
+impl Watched<'_> {
+    fn ended(&self, end: TunnelEnd) {
+        if self.seen.first_end.get().is_none() {
+            self.seen.first_end.set(Some(end));
+        }
+    }
+}
+
+impl AsyncRead for Watched<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *self.stream).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) => {
+                self.seen.activity.set(Instant::now());
+                if buf.filled().len() == before {
+                    self.ended(self.closed);
+                }
+            }
+            Poll::Ready(Err(_)) => self.ended(self.failed),
+            Poll::Pending => {}
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched<'_> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut *self.stream).poll_write(cx, buf);
+        if let Poll::Ready(Err(_)) = &polled {
+            self.ended(self.failed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.stream).poll_shutdown(cx)
     }
 }
