@@ -5,18 +5,22 @@ use http::Method;
 
 use crate::blame::{self, LOOP_DETECTED, RequestFacts, TryFailure};
 use crate::conn::{Conn, Done, Worker, write_out};
-use crate::h1::{push_decimal, push_header};
+use crate::h1::{Framing, push_decimal, push_header};
 use crate::headers::RequestId;
 use crate::relay::BodyError;
 use crate::request::Req;
 
-/// A request that came back to this proxy: 508, and the connection closes (the peer is no client but a server in
-/// a loop, or another proxy routing to this one).
+/// A request that came back to this proxy: 508. A request without a body leaves the connection usable, so that the
+/// proxy that sent it (another api-server, or this one through an alias) reuses it rather than opening one per
+/// looped request; one with a body closes it, the body unread.
 pub(crate) async fn looped(w: &Worker, c: &mut Conn, req: &Req) -> Done {
     w.p.metrics.loops.inc();
     let peer = c.peer_addr;
     tracing::warn!(request_id = %req.id.as_str(), %peer, "request came back to this api-server (its own Via token): answered 508");
     let detail = "loop detected: this request has already passed through this api-server";
+    let keep = req.framing == Framing::Empty
+        && req.keep_alive
+        && !w.draining.load(std::sync::atomic::Ordering::Acquire);
     c.out.clear();
     write_json_error(
         &mut c.out,
@@ -24,16 +28,20 @@ pub(crate) async fn looped(w: &Worker, c: &mut Conn, req: &Req) -> Done {
         "Loop Detected",
         detail,
         Some(&req.id),
-        Persist::Close,
+        if keep {
+            Persist::Keep { http10: req.http10 }
+        } else {
+            Persist::Close
+        },
         req.method == Method::HEAD,
     );
-    write_out(w, c).await;
+    let written = write_out(w, c).await;
     Done {
         status: LOOP_DETECTED,
         upstream: None,
         tries: 0,
         failure: Some(detail.to_owned()),
-        keep: false,
+        keep: keep && written,
     }
 }
 
