@@ -1,6 +1,8 @@
 //! The answers the proxy writes itself: JSON errors, the 508 of a loop, and the end of a request whose client did
 //! something wrong with its body.
 
+use std::sync::atomic::Ordering;
+
 use http::Method;
 
 use crate::blame::{self, LOOP_DETECTED, RequestFacts, TryFailure};
@@ -18,14 +20,44 @@ pub(crate) async fn looped(w: &Worker, c: &mut Conn, req: &Req) -> Done {
     let peer = c.peer_addr;
     tracing::warn!(request_id = %req.id.as_str(), %peer, "request came back to this api-server (its own Via token): answered 508");
     let detail = "loop detected: this request has already passed through this api-server";
-    let keep = req.framing == Framing::Empty
-        && req.keep_alive
-        && !w.draining.load(std::sync::atomic::Ordering::Acquire);
+    let read_whole = req.framing == Framing::Empty;
+    let keep = answer(
+        w,
+        c,
+        req,
+        LOOP_DETECTED,
+        "Loop Detected",
+        detail,
+        read_whole,
+    )
+    .await;
+    Done {
+        status: LOOP_DETECTED,
+        upstream: None,
+        tries: 0,
+        failure: Some(detail.to_owned()),
+        keep,
+    }
+}
+
+/// Answers `req` with the proxy's own JSON error (its head only for a `HEAD`). `read_whole`: the request, body
+/// included, has been read, so the connection may carry another; it does when the client keeps it alive and the
+/// server is not draining, and the answer says so. Returns whether the connection stays open.
+pub(crate) async fn answer(
+    w: &Worker,
+    c: &mut Conn,
+    req: &Req,
+    status: u16,
+    reason: &str,
+    detail: &str,
+    read_whole: bool,
+) -> bool {
+    let keep = read_whole && req.keep_alive && !w.draining.load(Ordering::Acquire);
     c.out.clear();
     write_json_error(
         &mut c.out,
-        LOOP_DETECTED,
-        "Loop Detected",
+        status,
+        reason,
         detail,
         Some(&req.id),
         if keep {
@@ -35,14 +67,7 @@ pub(crate) async fn looped(w: &Worker, c: &mut Conn, req: &Req) -> Done {
         },
         req.method == Method::HEAD,
     );
-    let written = write_out(w, c).await;
-    Done {
-        status: LOOP_DETECTED,
-        upstream: None,
-        tries: 0,
-        failure: Some(detail.to_owned()),
-        keep: keep && written,
-    }
+    write_out(w, c).await && keep
 }
 
 /// What the client did wrong with its request body, and what it is answered.
@@ -125,17 +150,7 @@ pub(crate) async fn client_error(w: &Worker, c: &mut Conn, req: &Req, fault: Cli
             413 => "Content Too Large",
             _ => "Error",
         };
-        c.out.clear();
-        write_json_error(
-            &mut c.out,
-            fault.status,
-            reason,
-            &fault.detail,
-            Some(&req.id),
-            Persist::Close,
-            req.method == Method::HEAD,
-        );
-        write_out(w, c).await;
+        answer(w, c, req, fault.status, reason, &fault.detail, false).await;
     }
     Done {
         status: fault.status,

@@ -9,18 +9,17 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use discovery::Backend;
-use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::answer::{ClientFault, Persist, client_error, looped, write_json_error};
+use crate::answer::{ClientFault, Persist, answer, client_error, looped, write_json_error};
 use crate::h1::{self, Framing, Refusal};
 use crate::headers::PeerHeaders;
 use crate::listener::HttpLimits;
@@ -305,36 +304,22 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
             p.metrics.latency.observe_duration(started.elapsed());
             let (status, reason) = err.status();
             // The client's body must have been read whole for the connection to carry another request.
-            let keep = match body {
+            let read_whole = match body {
                 Body::None => true,
                 Body::Buffered(k) => {
                     c.buf.advance(k);
                     true
                 }
                 Body::Streaming => false,
-            } && req.keep_alive
-                && !w.draining.load(Ordering::Acquire);
-            c.out.clear();
-            write_json_error(
-                &mut c.out,
-                status,
-                reason,
-                &err.to_string(),
-                Some(&req.id),
-                if keep {
-                    Persist::Keep { http10: req.http10 }
-                } else {
-                    Persist::Close
-                },
-                req.method == Method::HEAD,
-            );
-            let written = write_out(w, c).await;
+            };
+            let detail = err.to_string();
+            let keep = answer(w, c, req, status, reason, &detail, read_whole).await;
             Done {
                 status,
                 upstream: None,
                 tries: err.tries(),
-                failure: Some(err.to_string()),
-                keep: keep && written,
+                failure: Some(detail),
+                keep,
             }
         }
     }

@@ -13,15 +13,14 @@ use std::time::Duration;
 
 use bytes::Buf;
 use discovery::{Backend, InFlightGuard};
-use http::Method;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::answer::{ClientFault, Persist, write_json_error};
+use crate::answer::{ClientFault, answer};
 use crate::blame::{self, Blame, RelayFailure, RequestFacts, Retry, TryFailure};
 use crate::budget::jittered;
-use crate::conn::{Body, Conn, Done, Worker, write_out};
+use crate::conn::{Body, Conn, Done, Worker};
 use crate::error::ProxyError;
 use crate::h1::Framing;
 use crate::headers::RequestId;
@@ -508,20 +507,11 @@ async fn finish(
     relayed: Relayed,
 ) -> Done {
     if relayed.unanswered {
-        c.out.clear();
-        write_json_error(
-            &mut c.out,
-            502,
-            "Bad Gateway",
-            relayed
-                .failure
-                .as_deref()
-                .unwrap_or("bad upstream response"),
-            Some(&req.id),
-            Persist::Close,
-            req.method == Method::HEAD,
-        );
-        write_out(w, c).await;
+        let detail = relayed
+            .failure
+            .as_deref()
+            .unwrap_or("bad upstream response");
+        answer(w, c, req, 502, "Bad Gateway", detail, false).await;
     }
     Done {
         status: if relayed.unanswered { 502 } else { status },
