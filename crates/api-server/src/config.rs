@@ -311,25 +311,6 @@ impl Default for ShutdownConfig {
 }
 
 impl Config {
-    /// The NSQ connection settings of `[nsq]` (TLS, AUTH) that every nsqd connection and `https://` lookup starts
-    /// from; the files are read and checked here.
-    pub fn nsq_conn(&self) -> Result<nsq::Config, String> {
-        let tls = self.nsq.tls_settings().map(|t| nsq::TlsConfig {
-            ca_file: t.ca_file,
-            client_cert: t.client_cert.as_ref().map(|(cert, _)| cert.clone()),
-            client_key: t.client_cert.map(|(_, key)| key),
-            server_name: t.server_name,
-        });
-        if let Some(tls) = &tls {
-            tls.check().map_err(|err| err.to_string())?;
-        }
-        Ok(nsq::Config {
-            tls,
-            auth_secret: self.nsq.auth_secret()?,
-            ..nsq::Config::default()
-        })
-    }
-
     /// The instance name in effect (generated once when not configured).
     pub fn instance(&self) -> String {
         self.server.instance.clone().unwrap_or_else(|| {
@@ -350,7 +331,8 @@ impl Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.nsq.validate("nsq")?;
-        self.nsq_conn()
+        self.nsq
+            .conn()
             .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let d = &self.discovery;
         if nsq::validate_topic(&d.topic).is_err() {

@@ -138,7 +138,8 @@ pub async fn run(
         .collect();
     let nsqd: Vec<String> = d.nsqd_tcp_addresses.iter().map(|a| a.to_string()).collect();
     let nsq_conn = config
-        .nsq_conn()
+        .nsq
+        .conn()
         .map_err(|detail| RunError::Config { key: "nsq", detail })?;
     let consumer = discovery::subscribe(
         &discovery::SubscriptionConfig {

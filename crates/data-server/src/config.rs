@@ -126,7 +126,8 @@ impl Default for SidecarConfig {
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.nsq.validate("nsq")?;
-        self.nsq_conn()
+        self.nsq
+            .conn()
             .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let announce = &self.announce;
         if announce.nsqd_tcp_addresses.is_empty() {
@@ -235,25 +236,6 @@ impl Config {
             .id
             .clone()
             .unwrap_or_else(|| format!("{prefix}-{:08x}", rand::random::<u32>()))
-    }
-
-    /// The NSQ connection settings of `[nsq]` (TLS, AUTH) the announcer's producers start from; the files are
-    /// read and checked here.
-    pub fn nsq_conn(&self) -> Result<nsq::Config, String> {
-        let tls = self.nsq.tls_settings().map(|t| nsq::TlsConfig {
-            ca_file: t.ca_file,
-            client_cert: t.client_cert.as_ref().map(|(cert, _)| cert.clone()),
-            client_key: t.client_cert.map(|(_, key)| key),
-            server_name: t.server_name,
-        });
-        if let Some(tls) = &tls {
-            tls.check().map_err(|err| err.to_string())?;
-        }
-        Ok(nsq::Config {
-            tls,
-            auth_secret: self.nsq.auth_secret()?,
-            ..nsq::Config::default()
-        })
     }
 
     /// The HMAC key when `announce.hmac_key_file` is set (already checked by validation).

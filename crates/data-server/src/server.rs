@@ -70,7 +70,7 @@ pub async fn serve(
     let id = config.id_or_generated("data-server");
     let key = config.hmac_key()?;
     let mut announce = config.announcer_config(id.clone(), advertise.clone(), key);
-    announce.producer.conn = config.nsq_conn().map_err(ServerError::Nsq)?;
+    announce.producer.conn = config.nsq.conn().map_err(ServerError::Nsq)?;
     let announcer = Announcer::new(announce)?;
     let state = AppState::new(id.clone(), advertise.clone(), Some(announcer.clone()));
 

@@ -24,7 +24,7 @@ pub async fn run_sidecar(
     let key = config.hmac_key()?;
     let addr = advertise.to_string();
     let mut announce = config.announcer_config(id.clone(), addr.clone(), key);
-    announce.producer.conn = config.nsq_conn().map_err(ServerError::Nsq)?;
+    announce.producer.conn = config.nsq.conn().map_err(ServerError::Nsq)?;
     let announcer = Announcer::new(announce)?;
     let client = reqwest::Client::builder()
         .timeout(config.sidecar.health_timeout.get())

@@ -83,6 +83,6 @@ pub use metrics::{
     Counter, CounterVec, Family, Gauge, GaugeF64, GaugeGuard, GaugeVec, Histogram, HistogramVec,
     LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry,
 };
-pub use nsq_section::{MAX_AUTH_SECRET_BYTES, NsqSection, NsqTls};
+pub use nsq_section::{MAX_AUTH_SECRET_BYTES, NsqSection};
 pub use shutdown::{DrainTimeout, FORCED_EXIT_CODE, Shutdown, shutdown_signal, with_timeout};
 pub use version::{VERSION, long_version};

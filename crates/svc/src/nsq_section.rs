@@ -1,7 +1,7 @@
 //! The `[nsq]` section every binary shares: TLS and AUTH towards nsqd (and nsqlookupd over `https://`).
 //!
-//! Only the settings and their checks live here; each binary turns them into its NSQ client's connection
-//! settings (svc does not depend on the client crate).
+//! The settings, their checks, and the NSQ client's connection settings made from them ([`NsqSection::conn`]):
+//! one piece for the three binaries.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -32,17 +32,6 @@ pub struct NsqSection {
     pub tls_server_name: Option<String>,
     /// File holding the secret sent in AUTH when nsqd requires it (never a flag value, so it stays out of `ps`).
     pub auth_secret_file: Option<PathBuf>,
-}
-
-/// The TLS settings of an [`NsqSection`], when `tls` is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NsqTls {
-    /// `tls_ca_file`.
-    pub ca_file: Option<PathBuf>,
-    /// `tls_cert_file` and `tls_key_file`, which go together.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// `tls_server_name`.
-    pub server_name: Option<String>,
 }
 
 impl NsqSection {
@@ -111,12 +100,30 @@ impl NsqSection {
         Ok(())
     }
 
-    /// The TLS settings, when `tls` is on.
-    pub fn tls_settings(&self) -> Option<NsqTls> {
-        self.tls.then(|| NsqTls {
+    /// The NSQ client's TLS settings, when `tls` is on.
+    fn tls_config(&self) -> Option<nsq::TlsConfig> {
+        // A certificate and its key go together (validate refuses one without the other).
+        let pair = self.tls_cert_file.clone().zip(self.tls_key_file.clone());
+        self.tls.then(|| nsq::TlsConfig {
             ca_file: self.tls_ca_file.clone(),
-            client_cert: self.tls_cert_file.clone().zip(self.tls_key_file.clone()),
+            client_cert: pair.as_ref().map(|(cert, _)| cert.clone()),
+            client_key: pair.map(|(_, key)| key),
             server_name: self.tls_server_name.clone(),
+        })
+    }
+
+    /// The NSQ connection settings (TLS, AUTH) that every nsqd connection and `https://` lookup of a binary starts
+    /// from; the files are read and the TLS settings checked by the client itself here (each binary's config
+    /// validation calls it too, so that a file the client cannot use is a config error).
+    pub fn conn(&self) -> Result<nsq::Config, String> {
+        let tls = self.tls_config();
+        if let Some(tls) = &tls {
+            tls.check().map_err(|err| err.to_string())?;
+        }
+        Ok(nsq::Config {
+            tls,
+            auth_secret: self.auth_secret()?,
+            ..nsq::Config::default()
         })
     }
 
@@ -163,7 +170,7 @@ mod tests {
     fn defaults_are_plain_and_valid() {
         let plain = NsqSection::default();
         assert_eq!(plain.validate("nsq"), Ok(()));
-        assert_eq!(plain.tls_settings(), None);
+        assert!(plain.tls_config().is_none());
         assert_eq!(plain.auth_secret(), Ok(None));
     }
 
@@ -210,8 +217,9 @@ mod tests {
             ..NsqSection::default()
         };
         assert_eq!(good.validate("nsq"), Ok(()));
-        let tls = good.tls_settings().unwrap();
-        assert_eq!(tls.client_cert, Some((pem.clone(), pem)));
+        let tls = good.tls_config().unwrap();
+        assert_eq!(tls.client_cert, Some(pem.clone()));
+        assert_eq!(tls.client_key, Some(pem));
         assert_eq!(tls.server_name.as_deref(), Some("nsqd.internal"));
     }
 

@@ -102,26 +102,7 @@ impl Default for Archive {
     }
 }
 
-impl Config {
-    /// The NSQ connection settings of `[nsq]` (TLS, AUTH) that the consumers and replay's producers start from;
-    /// the files are read and checked here.
-    pub fn nsq_conn(&self) -> Result<nsq::Config, String> {
-        let tls = self.nsq.tls_settings().map(|t| nsq::TlsConfig {
-            ca_file: t.ca_file,
-            client_cert: t.client_cert.as_ref().map(|(cert, _)| cert.clone()),
-            client_key: t.client_cert.map(|(_, key)| key),
-            server_name: t.server_name,
-        });
-        if let Some(tls) = &tls {
-            tls.check().map_err(|err| err.to_string())?;
-        }
-        Ok(nsq::Config {
-            tls,
-            auth_secret: self.nsq.auth_secret()?,
-            ..nsq::Config::default()
-        })
-    }
-}
+impl Config {}
 
 impl Archive {
     /// The database `archive.database` names (validated already).
@@ -170,7 +151,8 @@ const TOPIC_NAME: &str = "a topic name NSQ accepts (1-64 characters of [.a-zA-Z0
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.nsq.validate("nsq")?;
-        self.nsq_conn()
+        self.nsq
+            .conn()
             .map_err(|err| Invalid::new("nsq", "TLS files the NSQ client can use", err))?;
         let a = &self.archive;
         const DATABASE: &str = "the path of the SQLite archive file, or a postgres:// URL";

@@ -135,7 +135,7 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
     if before > 0 {
         tracing::info!(already_sent = before, "resuming an interrupted replay");
     }
-    let conn = config.nsq_conn().map_err(|e| Setup(format!("nsq: {e}")))?;
+    let conn = config.nsq.conn().map_err(|e| Setup(format!("nsq: {e}")))?;
     let producers = addrs
         .iter()
         .map(|a| {

@@ -91,7 +91,7 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     };
 
     // TLS and AUTH of [nsq], already checked when the config was loaded.
-    let conn = config.nsq_conn().map_err(anyhow::Error::msg)?;
+    let conn = config.nsq.conn().map_err(anyhow::Error::msg)?;
     let mut consumers = Vec::new();
     for topic in &a.topics {
         let cfg = ConsumerConfig {
