@@ -40,18 +40,7 @@ impl ManagedProcess {
         envs: Vec<(String, String)>,
         log: impl Into<PathBuf>,
     ) -> Result<Self> {
-        let mut p = Self {
-            name: name.into(),
-            program: program.into(),
-            args,
-            envs,
-            log: log.into(),
-            stdout: None,
-            user: None,
-            child: None,
-        };
-        p.start()?;
-        Ok(p)
+        Self::unstarted(name, program, args, envs, log).started()
     }
 
     /// Like [`ManagedProcess::spawn`], running the program as user `uid` and group `gid` (the
@@ -64,18 +53,9 @@ impl ManagedProcess {
         log: impl Into<PathBuf>,
         (uid, gid): (u32, u32),
     ) -> Result<Self> {
-        let mut p = Self {
-            name: name.into(),
-            program: program.into(),
-            args,
-            envs: Vec::new(),
-            log: log.into(),
-            stdout: None,
-            user: Some((uid, gid)),
-            child: None,
-        };
-        p.start()?;
-        Ok(p)
+        let mut p = Self::unstarted(name, program, args, Vec::new(), log);
+        p.user = Some((uid, gid));
+        p.started()
     }
 
     /// Like [`ManagedProcess::spawn`], with stdout in a file of its own (for programs whose
@@ -87,18 +67,34 @@ impl ManagedProcess {
         log: impl Into<PathBuf>,
         stdout: impl Into<PathBuf>,
     ) -> Result<Self> {
-        let mut p = Self {
+        let mut p = Self::unstarted(name, program, args, Vec::new(), log);
+        p.stdout = Some(stdout.into());
+        p.started()
+    }
+
+    /// The process as configured, not running yet.
+    fn unstarted(
+        name: impl Into<String>,
+        program: impl Into<PathBuf>,
+        args: Vec<String>,
+        envs: Vec<(String, String)>,
+        log: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
             name: name.into(),
             program: program.into(),
             args,
-            envs: Vec::new(),
+            envs,
             log: log.into(),
-            stdout: Some(stdout.into()),
+            stdout: None,
             user: None,
             child: None,
-        };
-        p.start()?;
-        Ok(p)
+        }
+    }
+
+    fn started(mut self) -> Result<Self> {
+        self.start()?;
+        Ok(self)
     }
 
     fn start(&mut self) -> Result<()> {
