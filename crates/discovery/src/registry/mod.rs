@@ -143,7 +143,7 @@ impl Registry {
                 let resolved = names::resolve(&name, port).await;
                 self.inner
                     .policy
-                    .resolved(name, port, &resolved, std::time::Instant::now());
+                    .resolved(name, port, &resolved, Instant::now().into_std());
                 match self.apply(
                     body,
                     nsqd_timestamp_ns,
@@ -180,7 +180,7 @@ impl Registry {
         match self
             .inner
             .policy
-            .check(message.addr(), &addr, names, std::time::Instant::now())
+            .check(message.addr(), &addr, names, now.into_std())
         {
             Ok(()) => {}
             Err(Denied::Rejected(rejection)) => return Ok(Outcome::Rejected(rejection)),
