@@ -39,6 +39,16 @@ impl Postgres {
     /// Like [`Postgres::start`], also accepting TLS with this certificate chain and key (PEM),
     /// for clients that ask for it (`sslmode=require`, `verify-full`).
     pub async fn start_with_tls(tls: Option<(&str, &str)>) -> Result<Self> {
+        Self::launch(tls, &[]).await
+    }
+
+    /// Like [`Postgres::start`], with server settings (`-c name=value`) that override the test defaults: e.g. a
+    /// benchmark sizes `shared_buffers` and `max_wal_size` as a production server would be.
+    pub async fn start_with_settings(settings: &[(&str, &str)]) -> Result<Self> {
+        Self::launch(None, settings).await
+    }
+
+    async fn launch(tls: Option<(&str, &str)>, settings: &[(&str, &str)]) -> Result<Self> {
         let bin = bin_dir()?;
         let user = unprivileged_user();
         let template = template(&bin, user)?;
@@ -72,6 +82,9 @@ impl Postgres {
             "-c".into(),
             "shared_buffers=32MB".into(),
         ];
+        for (name, value) in settings {
+            args.extend(["-c".into(), format!("{name}={value}")]);
+        }
         if let Some((cert, key)) = tls {
             let (cert_file, key_file) =
                 (dir.path().join("server.crt"), dir.path().join("server.key"));

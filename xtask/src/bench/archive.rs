@@ -21,10 +21,20 @@ pub enum ArchiveBackend {
     Postgres,
 }
 
+/// The benchmark's PostgreSQL is sized as a server given to an archive would be (testkit's defaults are for many
+/// small test servers): room in memory for the run's tables and indexes, and no checkpoint in the middle of a
+/// run (a checkpoint makes the next change of every page write the whole page to the WAL). Durability is
+/// untouched: `fsync`, `full_page_writes` and `synchronous_commit` keep their defaults.
+const PRODUCTION_SETTINGS: &[(&str, &str)] = &[
+    ("shared_buffers", "2GB"),
+    ("max_wal_size", "16GB"),
+    ("checkpoint_timeout", "30min"),
+];
+
 /// The database the archivers of one run share.
 struct Db {
     sets: Vec<String>,
-    _server: Option<Postgres>,
+    server: Option<Postgres>,
 }
 
 impl Db {
@@ -35,10 +45,10 @@ impl Db {
                     "archive.database={}",
                     dir.join("archive.db").display()
                 )],
-                _server: None,
+                server: None,
             },
             ArchiveBackend::Postgres => {
-                let server = Postgres::start().await?;
+                let server = Postgres::start_with_settings(PRODUCTION_SETTINGS).await?;
                 Db {
                     sets: vec![
                         format!("archive.database={}", server.url()),
@@ -47,7 +57,7 @@ impl Db {
                             server.password_file().display()
                         ),
                     ],
-                    _server: Some(server),
+                    server: Some(server),
                 }
             }
         })
@@ -115,6 +125,11 @@ pub async fn archive(a: &BenchArgs) -> Result<Report> {
         );
     }
 
+    let ceiling = match &db.server {
+        Some(server) => Some(insert_ceiling(server, backlog, a.size).await?),
+        None => None,
+    };
+
     let mut r = Report::default();
     r.add("backend", format!("{:?}", a.backend).to_lowercase())
         .add("seconds", a.seconds)
@@ -128,6 +143,13 @@ pub async fn archive(a: &BenchArgs) -> Result<Report> {
         )
         .add("archived_rows", rows)
         .add("db_bytes_per_message", (bytes as f64 / rows as f64).round());
+    if let Some(ceiling) = ceiling {
+        // What the server alone can insert: no client, no NSQ. No number of archivers gets past it.
+        r.add("db_insert_ceiling_rows_per_s", ceiling.round()).add(
+            "two_archivers_of_db_ceiling",
+            ((two / ceiling) * 1000.0).round() / 1000.0,
+        );
+    }
     // What a deployment that needs the rate would run: two archivers share PostgreSQL well,
     // while two writers of one SQLite file take turns at its lock.
     r.ratio = Some(one.max(two) / theirs);
@@ -208,4 +230,38 @@ async fn stats(bin: &Path, db: &Db) -> Result<(u64, u64)> {
         v["total"].as_u64().unwrap_or(0),
         v["db_bytes"].as_u64().unwrap_or(0),
     ))
+}
+
+/// Rows per second PostgreSQL inserts by itself, in one statement generating `rows` rows shaped like the archive's
+/// (`size`-byte bodies, 16-byte ids) into an empty copy of `messages` with the same keys and indexes, with the
+/// archive's `ON CONFLICT DO NOTHING`: the ceiling of any number of archivers on this server and machine.
+async fn insert_ceiling(server: &Postgres, rows: usize, size: usize) -> Result<f64> {
+    let url = format!(
+        "postgres://{}:{}@127.0.0.1:{}/postgres",
+        testkit::POSTGRES_USER,
+        testkit::POSTGRES_PASSWORD,
+        server.port()
+    );
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .context("connecting to the benchmark's PostgreSQL")?;
+    let connection = tokio::spawn(connection);
+    client
+        .batch_execute("CREATE TABLE ceiling (LIKE messages INCLUDING ALL)")
+        .await?;
+    let start = Instant::now();
+    client
+        .execute(
+            "INSERT INTO ceiling (topic_id, nsqd_id, archiver_id, msg_id, nsqd_ts_ns, attempts, archived_at_ms, body)
+             SELECT 1, 1, 1, decode(lpad(to_hex(g), 32, '0'), 'hex'), g, 1, 0, convert_to(repeat('x', $2::integer), 'UTF8')
+             FROM generate_series(1, $1::bigint) AS g
+             ON CONFLICT DO NOTHING",
+            &[&(rows as i64), &(size as i32)],
+        )
+        .await?;
+    let rate = rows as f64 / start.elapsed().as_secs_f64();
+    client.batch_execute("DROP TABLE ceiling").await?;
+    drop(client);
+    connection.await??;
+    Ok(rate)
 }
