@@ -29,10 +29,13 @@ mod admin_listener;
 mod bus;
 mod canary;
 mod config;
+mod feed;
 mod run;
 mod state;
 
-pub use admin::{RegistryDocument, SNAPSHOT_INTERVAL, admin_router};
+pub use admin::{
+    ADMIN_MAX_BODY_BYTES, ADMIN_REQUEST_TIMEOUT, RegistryDocument, SNAPSHOT_INTERVAL, admin_router,
+};
 pub use bus::{Bus, BusView, NsqdProbe};
 pub use canary::CanaryConfig;
 pub use config::{
@@ -42,4 +45,5 @@ pub use config::{
     ServerConfig, ShutdownConfig,
 };
 pub use run::{Listening, RunError, run};
+pub use feed::{TIMELINE_LEN, Timeline};
 pub use state::{AppState, Metrics};

@@ -215,7 +215,7 @@ pub async fn run(
     let engine = proxy::Proxy::new(
         proxy_settings(&config.proxy, d.ttl.get()),
         state.balancer().clone(),
-        proxy_metrics(state.metrics(), errors),
+        proxy_metrics(state.metrics(), errors, state.traffic().clone()),
     );
     let proxy = proxy::serve(
         proxy_listener,
@@ -269,7 +269,11 @@ fn proxy_settings(cfg: &ProxyConfig, warmup: Duration) -> proxy::ProxySettings {
 }
 
 /// The proxy engine's handles into the process's metrics.
-fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::ProxyMetrics {
+fn proxy_metrics(
+    m: &Metrics,
+    connections_closed: ConnectionErrors,
+    traffic: proxy::Traffic,
+) -> proxy::ProxyMetrics {
     proxy::ProxyMetrics {
         requests: m.requests.clone(),
         upstream_requests: m.upstream_requests.clone(),
@@ -282,6 +286,7 @@ fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::Pr
         tunnels_open: m.tunnels_open.clone(),
         headers_dropped: m.headers_dropped.clone(),
         tunnels_closed: m.tunnels_closed.clone(),
+        traffic,
     }
 }
 
@@ -301,7 +306,7 @@ async fn sweep(balancer: Balancer, interval: Duration, shutdown: Shutdown) {
     }
 }
 
-/// Counts registry events for `/metrics` and logs membership changes.
+/// Counts registry events for `/metrics`, keeps them for the dashboard's timeline and logs membership changes.
 async fn count_events(state: AppState, shutdown: Shutdown) {
     let mut rx = state.registry().subscribe();
     loop {
@@ -312,6 +317,7 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
         match event {
             Ok(event) => {
                 state.metrics().events.with(event.kind.as_str()).inc();
+                state.timeline().push(&event, std::time::SystemTime::now());
                 match event.kind {
                     EventKind::Join => {
                         tracing::info!(id = %event.id, addr = %event.addr, "server join")
@@ -319,6 +325,8 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
                     EventKind::Leave | EventKind::Expire => {
                         // Ids are per run, so per-upstream series would otherwise grow forever.
                         state.metrics().upstream_requests.remove(&event.id);
+                        // Its sparkline ends here; the page keeps what it has drawn.
+                        state.traffic().remove(&event.id);
                         tracing::info!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
                     }
                     EventKind::Eject | EventKind::Recover => {
