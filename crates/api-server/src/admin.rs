@@ -229,6 +229,7 @@ async fn events(
 
 fn snapshot_event(state: &AppState) -> SseEvent {
     let traffic = second_of_traffic(state.traffic(), last_whole_second(SystemTime::now()));
-    let body = serde_json::json!({ "kind": "snapshot", "registry": document(state), "traffic": traffic });
+    let body =
+        serde_json::json!({ "kind": "snapshot", "registry": document(state), "traffic": traffic });
     SseEvent::default().event("snapshot").data(body.to_string())
 }

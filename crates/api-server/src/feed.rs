@@ -62,7 +62,11 @@ impl Timeline {
 
 /// One second of one server: `[requests, errors, p99_ms or null]`, short because there are many of them.
 fn second_json(s: &Second) -> Value {
-    json!([s.requests, s.errors, s.p99_ms.map(|ms| (ms * 1000.0).round() / 1000.0)])
+    json!([
+        s.requests,
+        s.errors,
+        s.p99_ms.map(|ms| (ms * 1000.0).round() / 1000.0)
+    ])
 }
 
 /// The last whole second before `now`: the current one is still filling.

@@ -176,6 +176,7 @@ pub async fn run(
     )));
     tasks.push(tokio::spawn(sweep(
         balancer,
+        state.traffic().clone(),
         d.prune_interval.get(),
         shutdown.clone(),
     )));
@@ -291,8 +292,14 @@ fn proxy_metrics(
 }
 
 /// Sweeps expired servers every `interval` (reads filter by deadline as well, so this only bounds how long an
-/// expired server stays in memory and when its `expire` event is sent) and returns ejected servers whose time is up.
-async fn sweep(balancer: Balancer, interval: Duration, shutdown: Shutdown) {
+/// expired server stays in memory and when its `expire` event is sent), returns ejected servers whose time is up,
+/// and drops the dashboard's series of servers without a try for a whole window.
+async fn sweep(
+    balancer: Balancer,
+    traffic: proxy::Traffic,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -303,6 +310,7 @@ async fn sweep(balancer: Balancer, interval: Duration, shutdown: Shutdown) {
         let now = Instant::now();
         balancer.registry().sweep(now);
         balancer.recover_due(now);
+        traffic.prune_idle(proxy::traffic::unix_second(std::time::SystemTime::now()));
     }
 }
 
@@ -325,8 +333,6 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
                     EventKind::Leave | EventKind::Expire => {
                         // Ids are per run, so per-upstream series would otherwise grow forever.
                         state.metrics().upstream_requests.remove(&event.id);
-                        // Its sparkline ends here; the page keeps what it has drawn.
-                        state.traffic().remove(&event.id);
                         tracing::info!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
                     }
                     EventKind::Eject | EventKind::Recover => {

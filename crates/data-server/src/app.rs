@@ -18,8 +18,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::data;
-use crate::store::{Store, StoreLimits};
 use crate::metrics::Metrics;
+use crate::store::{Store, StoreLimits};
 use crate::ws;
 
 /// Largest value `PUT /kv/{key}` stores (the streaming endpoints have no limit).

@@ -63,7 +63,10 @@ pub(crate) async fn kv_put(
     match state.kv().put(key, value) {
         Ok(true) => Ok(StatusCode::CREATED),
         Ok(false) => Ok(StatusCode::NO_CONTENT),
-        Err(full) => Err(AppError::new(StatusCode::INSUFFICIENT_STORAGE, full.to_string())),
+        Err(full) => Err(AppError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            full.to_string(),
+        )),
     }
 }
 

@@ -7,9 +7,10 @@
 //! a try with a few relaxed atomic additions, and a bucket is zeroed when its slot comes round again. A bucket's
 //! latencies are a histogram with doubling bounds (64 µs to about 9 minutes), from which a p99 is interpolated.
 //!
-//! Bounded memory: at most [`MAX_SERVERS`] servers are tracked at once (about 20 KiB each); servers are removed
-//! when they leave or expire ([`Traffic::remove`]). Beyond the bound a new server is not tracked (the dashboard
-//! shows no sparkline for it), which costs nothing on the way of its requests.
+//! Bounded memory: at most [`MAX_SERVERS`] servers are tracked at once (about 20 KiB each). A server is dropped
+//! once it has had no try for a whole window ([`Traffic::prune_idle`]), so a server that left is still drawn, its
+//! line stopped, for as long as its last tries are in the window. Beyond the bound a new server is not tracked
+//! (the dashboard shows no sparkline for it), which costs nothing on the way of its requests.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +56,8 @@ struct Table {
 #[derive(Debug)]
 struct Series {
     buckets: Box<[Bucket]>,
+    /// The newest second recorded, so that a series nobody records into any more can be dropped.
+    newest: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -116,11 +119,17 @@ impl Traffic {
         Some(Arc::clone(&entry))
     }
 
-    /// Forgets server `id` (it left or expired): its series ends.
-    pub fn remove(&self, id: &str) {
-        if self.inner.servers.remove(id).is_some() {
-            self.inner.tracked.fetch_sub(1, Ordering::Relaxed);
-        }
+    /// Forgets the servers that had no try in the [`WINDOW_SECS`] seconds before `now` (Unix second): servers that
+    /// left or expired, and idle ones (whose series would be all zeros).
+    pub fn prune_idle(&self, now: u64) {
+        let table = &*self.inner;
+        table.servers.retain(|_, series| {
+            let keep = series.newest.load(Ordering::Relaxed) + WINDOW_SECS > now;
+            if !keep {
+                table.tracked.fetch_sub(1, Ordering::Relaxed);
+            }
+            keep
+        });
     }
 
     /// Every tracked server's figures for Unix second `second`, sorted by id.
@@ -158,6 +167,7 @@ impl Series {
     fn new() -> Series {
         Series {
             buckets: (0..WINDOW_SECS).map(|_| Bucket::default()).collect(),
+            newest: AtomicU64::new(0),
         }
     }
 
@@ -173,6 +183,7 @@ impl Series {
                 .compare_exchange(held, second, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
+            self.newest.fetch_max(second, Ordering::Relaxed);
             bucket.requests.store(0, Ordering::Relaxed);
             bucket.errors.store(0, Ordering::Relaxed);
             for count in &bucket.latency {
@@ -246,7 +257,10 @@ mod tests {
         assert_eq!(latency_bucket(Duration::from_micros(128)), 1);
         assert_eq!(latency_bucket(Duration::from_micros(129)), 2);
         assert_eq!(latency_bucket(Duration::from_millis(1)), 4);
-        assert_eq!(latency_bucket(Duration::from_secs(3600)), LATENCY_BUCKETS - 1);
+        assert_eq!(
+            latency_bucket(Duration::from_secs(3600)),
+            LATENCY_BUCKETS - 1
+        );
     }
 
     #[test]
@@ -284,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn the_window_runs_oldest_first_and_a_removed_server_is_gone() {
+    fn the_window_runs_oldest_first() {
         let t = Traffic::new();
         t.record_at("a", T - 2, None);
         t.record_at("a", T, Some(Duration::from_millis(1)));
@@ -295,9 +309,18 @@ mod tests {
         assert_eq!(seconds[seconds.len() - 3].errors, 1);
         assert_eq!(seconds[seconds.len() - 1].requests, 1);
         assert_eq!(seconds[0], Second::default());
-        t.remove("a");
-        assert!(t.window(T).is_empty());
-        assert!(t.second(T).is_empty());
+    }
+
+    #[test]
+    fn a_server_without_tries_for_a_window_is_pruned() {
+        let t = Traffic::new();
+        t.record_at("old", T, None);
+        t.record_at("new", T + 100, None);
+        t.prune_idle(T + WINDOW_SECS - 1);
+        assert_eq!(t.second(T).len(), 2);
+        t.prune_idle(T + WINDOW_SECS);
+        let left: Vec<String> = t.second(T).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(left, ["new"]);
     }
 
     #[test]
@@ -307,8 +330,12 @@ mod tests {
             t.record_at(&format!("s{i}"), T, None);
         }
         assert_eq!(t.second(T).len(), MAX_SERVERS);
-        t.remove("s0");
-        t.record_at("late", T, None);
-        assert!(t.second(T).iter().any(|(id, _)| id == "late"));
+        t.prune_idle(T + WINDOW_SECS);
+        t.record_at("late", T + WINDOW_SECS, None);
+        assert_eq!(
+            t.second(T + WINDOW_SECS).len(),
+            1,
+            "room again once the idle ones went"
+        );
     }
 }

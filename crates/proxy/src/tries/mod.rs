@@ -340,7 +340,9 @@ async fn try_once(
         return Ok(TryOk::Gateway(resp.status));
     }
     p.metrics.latency.observe_duration(started.elapsed());
-    p.metrics.traffic.record(backend.id(), Some(started.elapsed()));
+    p.metrics
+        .traffic
+        .record(backend.id(), Some(started.elapsed()));
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
