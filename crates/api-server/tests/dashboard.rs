@@ -289,3 +289,45 @@ async fn the_dashboard_shows_traffic_and_then_a_leave_live() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_gzips_the_dashboard_but_not_the_stream_and_tags_each_answer_with_a_request_id()
+ {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let api = api_server(&cluster, "10s", &[]).await;
+    let http = client();
+    let page = http
+        .get(format!("http://{}/", api.admin()))
+        .header("accept-encoding", "gzip")
+        .header("x-request-id", "dash-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-encoding"], "gzip");
+    assert_eq!(page.headers()["x-request-id"], "dash-1");
+    let compressed = page.bytes().await.unwrap().len();
+    let plain = http
+        .get(format!("http://{}/", api.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_eq!(plain.headers()["x-request-id"].len(), 36, "a UUID");
+    let plain = plain.bytes().await.unwrap().len();
+    assert!(
+        compressed * 2 < plain,
+        "gzip: {compressed} bytes, plain: {plain}"
+    );
+    // An event stream is sent as it comes, never held back by a compressor.
+    let stream = http
+        .get(format!("http://{}/registry/events?max_ms=300", api.admin()))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(stream.headers().get("content-encoding").is_none());
+    let text = stream.text().await.unwrap();
+    assert!(text.starts_with("event: history\n"), "{text}");
+    assert!(text.contains("event: snapshot\n"), "{text}");
+}
