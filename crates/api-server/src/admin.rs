@@ -1,12 +1,18 @@
 //! The admin listener: `/registry`, `/registry/events` (SSE), `/healthz`, `/readyz`, `/metrics` and `/`.
+//!
+//! Under tower-http layers: a request id (the client's `X-Request-Id`, else a UUID) echoed in the response and put
+//! in a tracing span per request (at DEBUG), a bound on the time to answer ([`ADMIN_REQUEST_TIMEOUT`]; an event
+//! stream answers at once and then streams, so it is not cut), a bound on request bodies
+//! ([`ADMIN_MAX_BODY_BYTES`]; no route reads one), and gzip for clients that ask for it (the dashboard, `/registry`
+//! with many servers, `/metrics`; never the event stream, which tower-http leaves alone).
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{Request, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -14,9 +20,20 @@ use discovery::RegistryView;
 use futures::Stream;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
+use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::bus::BusView;
+use crate::feed::{event_json, history_json, last_whole_second, second_of_traffic};
 use crate::state::AppState;
+
+/// Bound on the time an admin route takes to answer (503 beyond it).
+pub const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body the admin API accepts (413 beyond it, before reading it); no route reads one.
+pub const ADMIN_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// How often the event stream also sends the whole registry, so ages and expiry countdowns stay current on the
 /// dashboard between changes.
@@ -36,16 +53,37 @@ pub struct RegistryDocument {
     pub strategy: &'static str,
 }
 
-/// The admin router.
+/// The admin router, under its HTTP layers (see the module docs).
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/", get(dashboard))
         .route("/registry", get(registry))
         .route("/registry/events", get(events))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(|request: &Request<_>| {
+            let id = request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            tracing::debug_span!("admin", method = %request.method(), uri = %request.uri(), request_id = %id)
+        })
+        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG));
+    // The last layer added runs first.
+    router
+        .layer(CompressionLayer::new())
+        .layer(RequestBodyLimitLayer::new(ADMIN_MAX_BODY_BYTES))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ADMIN_REQUEST_TIMEOUT,
+        ))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(trace)
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 fn document(state: &AppState) -> RegistryDocument {
@@ -128,9 +166,10 @@ pub struct EventsQuery {
     pub max_ms: Option<u64>,
 }
 
-/// `GET /registry/events`: a `snapshot` (`{"kind":"snapshot","registry":<as /registry>}`) first and every
-/// [`SNAPSHOT_INTERVAL`], and one event per change (`join`, `leave`, `expire`, `eject`, `recover`, each
-/// `{"kind","id","addr"}`).
+/// `GET /registry/events`: a `history` first (the timeline so far and each server's recent seconds, see
+/// `feed.rs`), a `snapshot` (`{"kind":"snapshot","registry":<as /registry>,"traffic":<the last whole second>}`)
+/// then and every [`SNAPSHOT_INTERVAL`], and one event per change (`join`, `leave`, `expire`, `eject`, `recover`,
+/// each `{"kind","id","addr","at_ms"}`).
 async fn events(
     State(state): State<AppState>,
     Query(query): Query<EventsQuery>,
@@ -142,7 +181,16 @@ async fn events(
         .max_ms
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let open = state.metrics().event_streams.inc_guard();
-    let stream =
+    // First what happened before the page opened: the timeline so far and each server's recent seconds.
+    let history = history_json(
+        state.timeline(),
+        state.traffic(),
+        last_whole_second(SystemTime::now()),
+    );
+    let history = SseEvent::default()
+        .event("history")
+        .data(history.to_string());
+    let changes =
         futures::stream::unfold(Some((state, rx, tick, open)), move |current| async move {
             let (state, mut rx, mut tick, open) = current?;
             let deadline = async {
@@ -163,11 +211,7 @@ async fn events(
                     Ok(change) => {
                         // Only the change: with thousands of servers joining at once, a whole registry per event
                         // would be quadratic. The periodic snapshot (or a fetch of /registry) carries the rest.
-                        let body = serde_json::json!({
-                            "kind": change.kind,
-                            "id": change.id,
-                            "addr": change.addr,
-                        });
+                        let body = event_json(&change, SystemTime::now());
                         SseEvent::default()
                             .event(change.kind.as_str())
                             .data(body.to_string())
@@ -179,10 +223,13 @@ async fn events(
             };
             Some((Ok(event), Some((state, rx, tick, open))))
         });
+    let stream = futures::StreamExt::chain(futures::stream::once(async { Ok(history) }), changes);
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 fn snapshot_event(state: &AppState) -> SseEvent {
-    let body = serde_json::json!({ "kind": "snapshot", "registry": document(state) });
+    let traffic = second_of_traffic(state.traffic(), last_whole_second(SystemTime::now()));
+    let body =
+        serde_json::json!({ "kind": "snapshot", "registry": document(state), "traffic": traffic });
     SseEvent::default().event("snapshot").data(body.to_string())
 }

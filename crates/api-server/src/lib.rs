@@ -29,10 +29,13 @@ mod admin_listener;
 mod bus;
 mod canary;
 mod config;
+mod feed;
 mod run;
 mod state;
 
-pub use admin::{RegistryDocument, SNAPSHOT_INTERVAL, admin_router};
+pub use admin::{
+    ADMIN_MAX_BODY_BYTES, ADMIN_REQUEST_TIMEOUT, RegistryDocument, SNAPSHOT_INTERVAL, admin_router,
+};
 pub use bus::{Bus, BusView, NsqdProbe};
 pub use canary::CanaryConfig;
 pub use config::{
@@ -41,5 +44,6 @@ pub use config::{
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
     ServerConfig, ShutdownConfig,
 };
+pub use feed::{TIMELINE_LEN, Timeline};
 pub use run::{Listening, RunError, run};
 pub use state::{AppState, Metrics};

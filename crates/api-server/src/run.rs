@@ -176,6 +176,7 @@ pub async fn run(
     )));
     tasks.push(tokio::spawn(sweep(
         balancer,
+        state.traffic().clone(),
         d.prune_interval.get(),
         shutdown.clone(),
     )));
@@ -215,7 +216,7 @@ pub async fn run(
     let engine = proxy::Proxy::new(
         proxy_settings(&config.proxy, d.ttl.get()),
         state.balancer().clone(),
-        proxy_metrics(state.metrics(), errors),
+        proxy_metrics(state.metrics(), errors, state.traffic().clone()),
     );
     let proxy = proxy::serve(
         proxy_listener,
@@ -269,7 +270,11 @@ fn proxy_settings(cfg: &ProxyConfig, warmup: Duration) -> proxy::ProxySettings {
 }
 
 /// The proxy engine's handles into the process's metrics.
-fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::ProxyMetrics {
+fn proxy_metrics(
+    m: &Metrics,
+    connections_closed: ConnectionErrors,
+    traffic: proxy::Traffic,
+) -> proxy::ProxyMetrics {
     proxy::ProxyMetrics {
         requests: m.requests.clone(),
         upstream_requests: m.upstream_requests.clone(),
@@ -282,12 +287,19 @@ fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::Pr
         tunnels_open: m.tunnels_open.clone(),
         headers_dropped: m.headers_dropped.clone(),
         tunnels_closed: m.tunnels_closed.clone(),
+        traffic,
     }
 }
 
 /// Sweeps expired servers every `interval` (reads filter by deadline as well, so this only bounds how long an
-/// expired server stays in memory and when its `expire` event is sent) and returns ejected servers whose time is up.
-async fn sweep(balancer: Balancer, interval: Duration, shutdown: Shutdown) {
+/// expired server stays in memory and when its `expire` event is sent), returns ejected servers whose time is up,
+/// and drops the dashboard's series of servers without a try for a whole window.
+async fn sweep(
+    balancer: Balancer,
+    traffic: proxy::Traffic,
+    interval: Duration,
+    shutdown: Shutdown,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -298,10 +310,11 @@ async fn sweep(balancer: Balancer, interval: Duration, shutdown: Shutdown) {
         let now = Instant::now();
         balancer.registry().sweep(now);
         balancer.recover_due(now);
+        traffic.prune_idle(proxy::traffic::unix_second(std::time::SystemTime::now()));
     }
 }
 
-/// Counts registry events for `/metrics` and logs membership changes.
+/// Counts registry events for `/metrics`, keeps them for the dashboard's timeline and logs membership changes.
 async fn count_events(state: AppState, shutdown: Shutdown) {
     let mut rx = state.registry().subscribe();
     loop {
@@ -312,6 +325,7 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
         match event {
             Ok(event) => {
                 state.metrics().events.with(event.kind.as_str()).inc();
+                state.timeline().push(&event, std::time::SystemTime::now());
                 match event.kind {
                     EventKind::Join => {
                         tracing::info!(id = %event.id, addr = %event.addr, "server join")

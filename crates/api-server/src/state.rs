@@ -8,6 +8,7 @@ use svc::{Counter, CounterVec, Gauge, Histogram};
 use tokio::time::Instant;
 
 use crate::bus::Bus;
+use crate::feed::Timeline;
 
 /// Shared state of both listeners; cheap to clone.
 #[derive(Debug, Clone)]
@@ -24,6 +25,8 @@ struct Inner {
     metrics: Metrics,
     shutdown: svc::Shutdown,
     heartbeats: Mutex<Option<nsq::Consumer>>,
+    traffic: proxy::Traffic,
+    timeline: Timeline,
 }
 
 impl AppState {
@@ -45,6 +48,8 @@ impl AppState {
                 metrics,
                 shutdown,
                 heartbeats: Mutex::new(None),
+                traffic: proxy::Traffic::new(),
+                timeline: Timeline::default(),
             }),
         }
     }
@@ -72,6 +77,16 @@ impl AppState {
     /// Metrics handles.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The proxy's tries and latency per server over the last minutes (the dashboard's sparklines).
+    pub fn traffic(&self) -> &proxy::Traffic {
+        &self.inner.traffic
+    }
+
+    /// Recent membership changes with their times (the dashboard's timeline).
+    pub fn timeline(&self) -> &Timeline {
+        &self.inner.timeline
     }
 
     /// The process's shutdown switch.

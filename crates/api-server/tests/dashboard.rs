@@ -1,9 +1,12 @@
-//! The dashboard in a real headless Chromium: it shows a live server, and shows it leave while the page is open,
-//! through the Server-Sent Events stream.
+//! The dashboard in a real headless Chromium: it shows a live server with its traffic, and shows it leave while the
+//! page is open, through the Server-Sent Events stream: the leave in the timeline, its sparkline stopped while the
+//! page's clock runs on. Screenshots are kept in `target/test-artifacts/`.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -86,15 +89,78 @@ fn artifact(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The attribute `name` of the first element of the dumped DOM that starts with `tag` after `after`.
+fn attribute<'a>(dom: &'a str, after: &str, tag: &str, name: &str) -> &'a str {
+    let from = dom
+        .find(after)
+        .unwrap_or_else(|| panic!("{after} is not in the page:\n{dom}"));
+    let at = from
+        + dom[from..]
+            .find(tag)
+            .unwrap_or_else(|| panic!("no {tag} after {after}:\n{dom}"));
+    let element = &dom[at..at + dom[at..].find('>').unwrap()];
+    let key = format!(" {name}=\"");
+    let start = element
+        .find(&key)
+        .unwrap_or_else(|| panic!("{element} has no {name}"))
+        + key.len();
+    &element[start..start + element[start..].find('"').unwrap()]
+}
+
+fn number(text: &str) -> u64 {
+    text.parse()
+        .unwrap_or_else(|_| panic!("{text:?} is not a number"))
+}
+
+/// Requests through the proxy every 20 ms until stopped; counts the successful ones.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Load {
+    fn start(proxy: std::net::SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn({
+            let (stop, ok) = (Arc::clone(&stop), Arc::clone(&ok));
+            async move {
+                let http = client();
+                // Pacing, not waiting for a condition: a steady trickle the sparkline can show.
+                let mut pace = tokio::time::interval(Duration::from_millis(20));
+                while !stop.load(Ordering::Relaxed) {
+                    pace.tick().await;
+                    if let Ok(r) = http.get(format!("http://{proxy}/hello")).send().await {
+                        if r.status().is_success() {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        });
+        Load { stop, ok, task }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
+async fn the_dashboard_shows_traffic_and_then_a_leave_live() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
+    let upstream = serve_in_process(
+        axum::Router::new().route("/hello", axum::routing::get(|| async { "hello" })),
+    )
+    .await;
     let announcer = announcer(
         &cluster,
         "data-dash",
-        "127.0.0.1:19301",
+        &upstream.to_string(),
         Duration::from_millis(500),
     );
     api.wait_registry(SOON, "data-dash to join", |d| {
@@ -102,6 +168,13 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
     })
     .await
     .unwrap();
+    let load = Load::start(api.proxy());
+    // 100 requests 20 ms apart span at least one whole second: the sparkline has a point with traffic.
+    testkit::eventually(SOON, "100 requests through the proxy", || {
+        let ok = load.ok.load(Ordering::Relaxed);
+        async move { (ok >= 100).then_some(()) }
+    })
+    .await;
     let profile = tempfile::tempdir().unwrap();
     let base = format!("http://{}/", api.admin());
 
@@ -112,10 +185,32 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
         300,
     )
     .await;
-    assert!(dom.contains(r#"<tr data-id="data-dash">"#), "{dom}");
-    assert!(dom.contains("127.0.0.1:19301"), "{dom}");
+    let row = r#"<tr data-id="data-dash">"#;
+    assert!(dom.contains(row), "{dom}");
+    assert!(dom.contains(&upstream.to_string()), "{dom}");
     assert!(dom.contains("bus: delivering"), "{dom}");
     assert!(dom.contains("live servers: 1"), "{dom}");
+    assert!(
+        number(attribute(&dom, row, "<svg", "data-points")) >= 1,
+        "requests/s drawn: {dom}"
+    );
+    assert!(
+        number(attribute(
+            &dom,
+            row,
+            r#"<svg width="130" height="24" class="spark-p99""#,
+            "data-points"
+        )) >= 1,
+        "p99 drawn: {dom}"
+    );
+    assert!(
+        dom.contains(r#"<li data-kind="join" data-id="data-dash">"#),
+        "the join, from before the page opened, is in the timeline: {dom}"
+    );
+    assert!(
+        dom.contains(r#"<div class="nsqd" data-addr=""#) && dom.contains(" ago</span>"),
+        "the nsqd's canary state: {dom}"
+    );
     let shot = artifact("api-server-dashboard.png");
     chromium(
         &format!("{base}?live_for=1500"),
@@ -129,7 +224,12 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
         "screenshot written"
     );
 
-    // One page load across the leave: the page must learn it from the stream, not from a reload.
+    // One page load across the leave: the page must learn it from the stream, not from a reload. The streams of
+    // the pages above must be closed first, so that the one counted below is this page's.
+    testkit::eventually(SOON, "the earlier pages' streams to close", || async {
+        (api.metric("api_event_streams").await.unwrap_or(1.0) == 0.0).then_some(())
+    })
+    .await;
     let page = tokio::spawn({
         let url = format!("{base}?live_for=6000");
         let profile = profile.path().to_owned();
@@ -137,6 +237,7 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
     });
     let streaming = wait_metric(&api, "api_event_streams", 1.0).await;
     assert_eq!(streaming, 1.0, "the page opened the event stream");
+    load.stop().await;
     announcer.leave().await.unwrap();
     api.wait_registry(SOON, "data-dash to leave", |d| {
         d["servers"].as_array().unwrap().is_empty()
@@ -144,21 +245,89 @@ async fn the_dashboard_shows_a_server_and_then_its_leave_live() {
     .await
     .unwrap();
     let dom = page.await.unwrap();
-    assert!(!dom.contains(r#"<tr data-id="data-dash">"#), "{dom}");
+    assert!(dom.contains(r#"<pre id="errors" hidden="">"#), "{dom}");
+    let gone = r#"<tr data-id="data-dash" class="gone">"#;
+    assert!(!dom.contains(row), "{dom}");
+    assert!(dom.contains(gone), "the server stays, greyed out: {dom}");
     assert!(dom.contains("live servers: 0"), "{dom}");
-    assert!(dom.contains("leave  data-dash  127.0.0.1:19301"), "{dom}");
+    assert!(
+        dom.contains(r#"<li data-kind="leave" data-id="data-dash">"#),
+        "the leave is in the timeline: {dom}"
+    );
     assert!(
         dom.contains(r#"<div id="empty" style="display: block;">"#),
         "{dom}"
     );
+    // Its line stopped: the page kept receiving seconds after the server's last point.
+    let page_now = number(attribute(&dom, "<body", "<body", "data-now"));
+    let line_end = number(attribute(&dom, gone, "<svg", "data-last"));
+    assert!(
+        line_end > 0 && line_end < page_now,
+        "the sparkline ends at {line_end}, the page is at {page_now}: {dom}"
+    );
+    // A page opened after the leave shows the same from the history the stream starts with.
+    let dom = chromium(
+        &format!("{base}?live_for=1500"),
+        "--dump-dom",
+        profile.path(),
+        300,
+    )
+    .await;
+    assert!(dom.contains(gone), "{dom}");
+    assert!(
+        dom.contains(r#"<li data-kind="leave" data-id="data-dash">"#),
+        "{dom}"
+    );
     chromium(
-        &format!("{base}?live_for=500"),
+        &format!("{base}?live_for=1500"),
         &format!(
             "--screenshot={}",
-            artifact("api-server-dashboard-empty.png").display()
+            artifact("api-server-dashboard-after-leave.png").display()
         ),
         profile.path(),
         300,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_gzips_the_dashboard_but_not_the_stream_and_tags_each_answer_with_a_request_id()
+ {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let api = api_server(&cluster, "10s", &[]).await;
+    let http = client();
+    let page = http
+        .get(format!("http://{}/", api.admin()))
+        .header("accept-encoding", "gzip")
+        .header("x-request-id", "dash-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-encoding"], "gzip");
+    assert_eq!(page.headers()["x-request-id"], "dash-1");
+    let compressed = page.bytes().await.unwrap().len();
+    let plain = http
+        .get(format!("http://{}/", api.admin()))
+        .send()
+        .await
+        .unwrap();
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_eq!(plain.headers()["x-request-id"].len(), 36, "a UUID");
+    let plain = plain.bytes().await.unwrap().len();
+    assert!(
+        compressed * 2 < plain,
+        "gzip: {compressed} bytes, plain: {plain}"
+    );
+    // An event stream is sent as it comes, never held back by a compressor.
+    let stream = http
+        .get(format!("http://{}/registry/events?max_ms=300", api.admin()))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert!(stream.headers().get("content-encoding").is_none());
+    let text = stream.text().await.unwrap();
+    assert!(text.starts_with("event: history\n"), "{text}");
+    assert!(text.contains("event: snapshot\n"), "{text}");
 }

@@ -278,7 +278,7 @@ async fn two_api_servers_both_list_every_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_stream_sends_a_snapshot_then_each_change() {
+async fn the_event_stream_sends_history_and_a_snapshot_then_each_change() {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let api = api_server(&cluster, "10s", &[]).await;
@@ -311,10 +311,17 @@ async fn the_event_stream_sends_a_snapshot_then_each_change() {
         .nth(1)
         .and_then(|rest| rest.lines().next())
         .unwrap();
-    let data: Value = serde_json::from_str(leave.strip_prefix("data: ").unwrap()).unwrap();
+    let mut data: Value = serde_json::from_str(leave.strip_prefix("data: ").unwrap()).unwrap();
+    // When it happened, by the api-server's wall clock.
+    let at_ms = data["at_ms"].take().as_u64().unwrap();
+    assert!(at_ms.abs_diff(now_ms()) < 60_000, "at_ms {at_ms}");
     assert_eq!(
         data,
-        serde_json::json!({"kind":"leave","id":"data-sse","addr":"127.0.0.1:19401"})
+        serde_json::json!({"kind":"leave","id":"data-sse","addr":"127.0.0.1:19401","at_ms":null})
+    );
+    assert!(
+        text.starts_with("event: history\n"),
+        "the timeline so far comes first: {text}"
     );
     assert_eq!(api.metric("api_event_streams").await.unwrap(), 1.0);
 }

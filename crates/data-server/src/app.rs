@@ -1,8 +1,10 @@
 //! The HTTP application: shared state, the router, and the identity, health and metrics
 //! endpoints. The data endpoints live in `data.rs`.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
@@ -12,13 +14,19 @@ use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use discovery::Announcer;
 use serde_json::json;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
 
-use crate::data::{self, Kv};
+use crate::data;
 use crate::metrics::Metrics;
+use crate::store::{Store, StoreLimits};
 use crate::ws;
 
 /// Largest value `PUT /kv/{key}` stores (the streaming endpoints have no limit).
 pub const MAX_KV_VALUE_BYTES: usize = 32 * 1024 * 1024;
+/// Bound on the answer of the routes that do a bounded amount of work (all but the streaming ones): longer than
+/// the longest `/slow` ([`MAX_SLOW_MS`](crate::MAX_SLOW_MS)); beyond it 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// What every handler shares; cheap to clone.
 #[derive(Clone, Debug)]
@@ -32,16 +40,27 @@ struct Inner {
     addr: String,
     announcer: Option<Announcer>,
     metrics: Metrics,
-    kv: Kv,
+    kv: Store,
     ready: AtomicBool,
 }
 
 impl AppState {
-    /// State for the server known as `id` at `addr`, announced by `announcer` when given.
+    /// State for the server known as `id` at `addr`, announced by `announcer` when given; the key-value store
+    /// has the default limits (`data.max_keys`, `data.max_bytes`).
     pub fn new(
         id: impl Into<String>,
         addr: impl Into<String>,
         announcer: Option<Announcer>,
+    ) -> Self {
+        Self::with_limits(id, addr, announcer, StoreLimits::default())
+    }
+
+    /// Like [`AppState::new`], with the key-value store bounded by `limits`.
+    pub fn with_limits(
+        id: impl Into<String>,
+        addr: impl Into<String>,
+        announcer: Option<Announcer>,
+        limits: StoreLimits,
     ) -> Self {
         let metrics = Metrics::new(announcer.clone());
         AppState {
@@ -50,7 +69,7 @@ impl AppState {
                 addr: addr.into(),
                 announcer,
                 metrics,
-                kv: Kv::default(),
+                kv: Store::new(limits),
                 ready: AtomicBool::new(true),
             }),
         }
@@ -81,14 +100,24 @@ impl AppState {
         &self.inner.metrics
     }
 
-    pub(crate) fn kv(&self) -> &Kv {
+    /// Keys and bytes the key-value store holds now.
+    pub fn store_usage(&self) -> (usize, u64) {
+        self.inner.kv.usage()
+    }
+
+    pub(crate) fn kv(&self) -> &Store {
         &self.inner.kv
     }
 }
 
-/// The router: `/whoami`, `/healthz`, `/metrics` and the data endpoints.
+/// The router: `/whoami`, `/healthz`, `/metrics` and the data endpoints, under the HTTP layers of
+/// `layers.rs` (request id, trace).
+///
+/// Routes that answer after a bounded amount of work get [`REQUEST_TIMEOUT`]; the streaming ones (`/echo`,
+/// `/upload`, `/bytes/{n}`, the WebSockets) do not, since a large body at a slow client's pace may take longer
+/// and still be moving (the api-server's proxy bounds its pauses instead).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let bounded = Router::new()
         .route("/whoami", get(whoami))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -97,19 +126,30 @@ pub fn app(state: AppState) -> Router {
             get(data::kv_get)
                 .put(data::kv_put)
                 .delete(data::kv_delete)
+                // 413 from the Content-Length before any of the body is read; the extractor's own limit for
+                // chunked bodies.
+                .layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_KV_VALUE_BYTES))
                 .layer(DefaultBodyLimit::max(MAX_KV_VALUE_BYTES)),
         )
+        .route("/slow", any(data::slow))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ));
+    let streaming = Router::new()
         .route("/echo", post(data::echo).put(data::echo))
         .route("/upload", put(data::upload).post(data::upload))
         .route("/bytes/{n}", get(data::bytes))
-        .route("/slow", any(data::slow))
         .route("/ws", get(ws::echo))
-        .route("/ws/ticks", get(ws::ticks))
+        .route("/ws/ticks", get(ws::ticks));
+    let router = bounded
+        .merge(streaming)
         .layer(middleware::from_fn_with_state(
             state.clone(),
             count_requests,
         ))
-        .with_state(state)
+        .with_state(state);
+    crate::layers::http_layers(router)
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {

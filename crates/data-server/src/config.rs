@@ -10,6 +10,8 @@ use discovery::{AnnouncerConfig, Heartbeat, HmacKey, MAX_ID_BYTES, MAX_WEIGHT};
 use serde::{Deserialize, Serialize};
 use svc::{Fraction, Host, HostPort, HumanDuration, Invalid, NsqSection, Validate};
 
+use crate::store::StoreLimits;
+
 /// Prefix of the environment variables that override keys (`DATA_SERVER__ANNOUNCE__INTERVAL`).
 pub const ENV_PREFIX: &str = "DATA_SERVER";
 /// `server.listen` unless configured.
@@ -20,6 +22,10 @@ pub const DEFAULT_NSQD: &str = "127.0.0.1:4150";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: HumanDuration = HumanDuration::from_secs(10);
 /// `sidecar.health_timeout` unless configured.
 pub const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration::from_secs(1);
+/// `data.max_keys` unless configured.
+pub const DEFAULT_MAX_KEYS: usize = 100_000;
+/// `data.max_bytes` unless configured: 256 MiB, room for eight values of the largest size.
+pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -33,6 +39,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// `[sidecar]`: settings of the `sidecar` subcommand.
     pub sidecar: SidecarConfig,
+    /// `[data]`: limits of the key-value store.
+    pub data: DataConfig,
     /// `[nsq]`: TLS and AUTH towards nsqd.
     pub nsq: NsqSection,
 }
@@ -123,6 +131,41 @@ impl Default for SidecarConfig {
     }
 }
 
+/// `[data]`: the key-value store behind `/kv/{key}`; a `PUT` beyond either limit gets 507.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Most keys held at once.
+    pub max_keys: usize,
+    /// Most bytes held at once, keys and values together.
+    pub max_bytes: u64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            max_keys: DEFAULT_MAX_KEYS,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+impl DataConfig {
+    /// The store's limits.
+    pub fn limits(&self) -> StoreLimits {
+        StoreLimits {
+            max_keys: self.max_keys,
+            max_bytes: self.max_bytes,
+        }
+    }
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        DataConfig::default().limits()
+    }
+}
+
 impl Validate for Config {
     fn validate(&self) -> Result<(), Invalid> {
         self.nsq.validate("nsq")?;
@@ -185,6 +228,12 @@ impl Validate for Config {
             }
         }
         self.validate_meta()?;
+        if self.data.max_keys == 0 {
+            return Err(Invalid::new("data.max_keys", "at least 1", 0));
+        }
+        if self.data.max_bytes == 0 {
+            return Err(Invalid::new("data.max_bytes", "at least 1", 0));
+        }
         self.shutdown.timeout.require_positive("shutdown.timeout")?;
         self.sidecar
             .health_timeout
@@ -330,6 +379,8 @@ mod tests {
             ("server.bogus=1", "bogus"),
             ("server.meta.weight=0", "server.meta.weight"),
             ("server.meta.weight=\"heavy\"", "server.meta.weight"),
+            ("data.max_keys=0", "data.max_keys"),
+            ("data.max_bytes=0", "data.max_bytes"),
         ] {
             let err = load(&[set]).unwrap_err().to_string();
             assert!(err.contains(key), "{set}: {err}");

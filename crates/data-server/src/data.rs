@@ -1,9 +1,7 @@
-//! The data endpoints: a small key-value store, and streaming endpoints for proxy tests and
+//! The data endpoints: a small key-value store (kept in `store.rs`), and streaming endpoints for proxy tests and
 //! benchmarks (`/echo`, `/upload`, `/bytes/{n}`, `/slow`). The streaming ones never hold a whole
 //! body in memory, so a 20 MB transfer costs no more than a small one.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
 use std::time::Duration;
 
 use axum::Json;
@@ -47,29 +45,6 @@ impl IntoResponse for AppError {
     }
 }
 
-/// The in-memory key-value store behind `/kv/{key}`.
-#[derive(Debug, Default)]
-pub(crate) struct Kv {
-    values: RwLock<HashMap<String, Bytes>>,
-}
-
-impl Kv {
-    fn get(&self, key: &str) -> Option<Bytes> {
-        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
-        values.get(key).cloned()
-    }
-
-    fn put(&self, key: String, value: Bytes) -> bool {
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        values.insert(key, value).is_none()
-    }
-
-    fn delete(&self, key: &str) -> bool {
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        values.remove(key).is_some()
-    }
-}
-
 pub(crate) async fn kv_get(
     State(state): State<AppState>,
     Path(key): Path<String>,
@@ -84,11 +59,14 @@ pub(crate) async fn kv_put(
     State(state): State<AppState>,
     Path(key): Path<String>,
     value: Bytes,
-) -> StatusCode {
-    if state.kv().put(key, value) {
-        StatusCode::CREATED
-    } else {
-        StatusCode::NO_CONTENT
+) -> Result<StatusCode, AppError> {
+    match state.kv().put(key, value) {
+        Ok(true) => Ok(StatusCode::CREATED),
+        Ok(false) => Ok(StatusCode::NO_CONTENT),
+        Err(full) => Err(AppError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            full.to_string(),
+        )),
     }
 }
 

@@ -4,7 +4,9 @@
 //! - [`app`]: the axum router (`/whoami`, `/healthz`, `/metrics`, `/kv/{key}`, `/echo`,
 //!   `/upload`, `/bytes/{n}`, `/slow?ms=`, and the WebSocket endpoints `/ws` and `/ws/ticks`) over an
 //!   [`AppState`].
-//! - [`Config`]: the TOML configuration (`server.*`, `announce.*`, `shutdown.*`, `sidecar.*`).
+//! - [`Config`]: the TOML configuration (`server.*`, `announce.*`, `shutdown.*`, `sidecar.*`, `data.*`).
+//! - The key-value store is bounded ([`StoreLimits`], `data.max_keys` and `data.max_bytes`): a `PUT` beyond
+//!   either limit gets 507 Insufficient Storage.
 //! - [`run`] / [`serve`]: bind, announce, serve, and shut down in order: leaving heartbeat,
 //!   stop accepting, drain in-flight requests.
 //! - [`run_sidecar`]: announce another service while its health URL answers 2xx.
@@ -35,18 +37,22 @@ mod app;
 mod config;
 mod data;
 mod keygen;
+mod layers;
 mod metrics;
 mod server;
 mod sidecar;
+mod store;
 mod ws;
 
-pub use app::{AppState, MAX_KV_VALUE_BYTES, app};
+pub use app::{AppState, MAX_KV_VALUE_BYTES, REQUEST_TIMEOUT, app};
 pub use config::{
-    AnnounceConfig, Config, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_NSQD,
-    DEFAULT_SHUTDOWN_TIMEOUT, ENV_PREFIX, ServerConfig, ShutdownConfig, SidecarConfig,
+    AnnounceConfig, Config, DEFAULT_HEALTH_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_KEYS, DEFAULT_NSQD, DEFAULT_SHUTDOWN_TIMEOUT, DataConfig, ENV_PREFIX, ServerConfig,
+    ShutdownConfig, SidecarConfig,
 };
 pub use data::{AppError, MAX_GENERATED_BYTES, MAX_SLOW_MS, pattern_byte};
 pub use keygen::{KEY_BYTES, Keygen, keygen};
 pub use metrics::Metrics;
 pub use server::{ServerError, run, serve};
 pub use sidecar::run_sidecar;
+pub use store::{StoreFull, StoreLimits};

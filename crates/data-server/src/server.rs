@@ -72,7 +72,12 @@ pub async fn serve(
     let mut announce = config.announcer_config(id.clone(), advertise.clone(), key);
     announce.producer.conn = config.nsq.conn().map_err(ServerError::Nsq)?;
     let announcer = Announcer::new(announce)?;
-    let state = AppState::new(id.clone(), advertise.clone(), Some(announcer.clone()));
+    let state = AppState::with_limits(
+        id.clone(),
+        advertise.clone(),
+        Some(announcer.clone()),
+        config.data.limits(),
+    );
 
     let stop_serving = Shutdown::new();
     let server = axum::serve(listener, app(state.clone()))

@@ -2,16 +2,74 @@
 
 use std::net::SocketAddr;
 
-use data_server::{AppState, app, pattern_byte};
+use data_server::{AppState, StoreLimits, app, pattern_byte};
 use sha2::{Digest, Sha256};
 use testkit::http::{get, get_json, get_text, send, send_json};
 
 async fn serve() -> (SocketAddr, reqwest::Client) {
+    serve_with(StoreLimits::default()).await
+}
+
+async fn serve_with(limits: StoreLimits) -> (SocketAddr, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let state = AppState::new("data-1", addr.to_string(), None);
+    let state = AppState::with_limits("data-1", addr.to_string(), None, limits);
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
     (addr, reqwest::Client::new())
+}
+
+async fn put(client: &reqwest::Client, url: String, body: &'static str) -> (u16, String) {
+    let response = client.put(url).body(body).send().await.unwrap();
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn the_store_answers_507_beyond_its_limits_until_room_is_made() {
+    let (addr, client) = serve_with(StoreLimits {
+        max_keys: 2,
+        max_bytes: 20,
+    })
+    .await;
+    let kv = |key: &str| format!("http://{addr}/kv/{key}");
+    assert_eq!(put(&client, kv("a"), "1234").await.0, 201);
+    assert_eq!(put(&client, kv("b"), "1234").await.0, 201);
+    let (status, body) = put(&client, kv("c"), "1").await;
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("data.max_keys"), "{body}");
+    assert_eq!(get(&client, kv("c")).await.status(), 404, "nothing stored");
+    // Replacing a value needs no new key, but a larger one needs bytes: 1+4 + 1+14 = 20 fits, one more does not.
+    assert_eq!(put(&client, kv("b"), "12345678901234").await.0, 204);
+    let (status, body) = put(&client, kv("b"), "123456789012345").await;
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("data.max_bytes"), "{body}");
+    assert_eq!(get_text(&client, kv("b")).await, "12345678901234");
+    assert_eq!(client.delete(kv("b")).send().await.unwrap().status(), 204);
+    assert_eq!(put(&client, kv("c"), "1").await.0, 201, "room again");
+}
+
+#[tokio::test]
+async fn each_answer_carries_the_request_id_it_was_given_or_a_new_one() {
+    let (addr, client) = serve().await;
+    let url = format!("http://{addr}/whoami");
+    let given = client
+        .get(&url)
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(given.headers()["x-request-id"], "req-42");
+    let made = get(&client, &url).await;
+    let id = made.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a UUID: {id}");
+    let again = get(&client, &url).await;
+    assert_ne!(
+        again.headers()["x-request-id"],
+        id.as_str(),
+        "one per request"
+    );
 }
 
 #[tokio::test]

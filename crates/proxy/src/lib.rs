@@ -37,6 +37,7 @@
 //! | `headers` | forwarding headers and the request id |
 //! | `budget` | the retry budget |
 //! | `tunnel` | upgraded connections (WebSocket): bytes both ways after a `101` |
+//! | [`traffic`] | tries and latency per server in 1 s buckets over the last minutes, for the dashboard |
 //! | [`listener`] | what both api-server listeners share: limits, closed-connection counts, accept, open count |
 //! | `state`, `settings`, `error` | [`Proxy`], [`ProxySettings`] and [`ProxyMetrics`], [`ProxyError`] |
 //!
@@ -92,6 +93,7 @@ mod relay;
 mod request;
 mod settings;
 mod state;
+pub mod traffic;
 mod tries;
 mod tunnel;
 mod workers;
@@ -100,4 +102,5 @@ pub use error::ProxyError;
 pub use listener::{ConnectionErrors, HttpLimits};
 pub use settings::{ProxyMetrics, ProxySettings};
 pub use state::Proxy;
+pub use traffic::Traffic;
 pub use workers::serve;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use svc::{Counter, CounterVec, Gauge, Histogram};
 
 use crate::listener::ConnectionErrors;
+use crate::traffic::Traffic;
 
 /// Timeouts, retries and headers of proxied requests.
 #[derive(Debug, Clone)]
@@ -72,4 +73,7 @@ pub struct ProxyMetrics {
     pub tunnels_open: Gauge,
     /// Upgraded connections closed, by reason (`client_closed`, `server_closed`, `idle`, `drain`, `error`).
     pub tunnels_closed: CounterVec,
+    /// Tries and latency per server over the last minutes, for the dashboard (not a metric of the registry:
+    /// see [`Traffic`]).
+    pub traffic: Traffic,
 }

@@ -158,6 +158,7 @@ pub(crate) async fn forward(
                 return Ok(done);
             }
             Ok(TryOk::Gateway(status)) => {
+                metrics.traffic.record(id, None);
                 last_failure = format!("{id} answered {status}");
                 last_status = 502;
                 tried.push(backend);
@@ -172,7 +173,10 @@ pub(crate) async fn forward(
         let verdict = blame::judge(failure, facts(req, body));
         match verdict.blame {
             Blame::Client => return Err(Failure::Client(ClientFault::new(failure, err.detail))),
-            Blame::Server => report_failure(p, id),
+            Blame::Server => {
+                report_failure(p, id);
+                metrics.traffic.record(id, None);
+            }
             Blame::Proxy => {}
         }
         let request_id = req.id.as_str();
@@ -336,6 +340,9 @@ async fn try_once(
         return Ok(TryOk::Gateway(resp.status));
     }
     p.metrics.latency.observe_duration(started.elapsed());
+    p.metrics
+        .traffic
+        .record(backend.id(), Some(started.elapsed()));
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }

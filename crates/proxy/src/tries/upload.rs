@@ -124,6 +124,9 @@ pub(super) async fn stream_exchange(
         w.p.metrics
             .latency
             .observe_duration(times.started.elapsed());
+        w.p.metrics
+            .traffic
+            .record(backend.id(), Some(times.started.elapsed()));
         let relay = relay_body(
             &mut up_r,
             up_buf,
