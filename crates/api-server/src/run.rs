@@ -276,6 +276,8 @@ fn proxy_metrics(m: &Metrics, connections_closed: ConnectionErrors) -> proxy::Pr
         retries: m.retries.clone(),
         ejections: m.ejections.clone(),
         latency: m.latency.clone(),
+        upstream_latency: m.upstream_latency.clone(),
+        tries: m.tries.clone(),
         connections_closed,
         trailers_dropped: m.trailers_dropped.clone(),
         loops: m.loops.clone(),

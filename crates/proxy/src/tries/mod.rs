@@ -146,6 +146,7 @@ pub(crate) async fn forward(
                 try_deadline,
                 head_wait: p.try_timeout.min(left),
                 started,
+                try_started: now,
             },
             &can_retry,
         )
@@ -154,6 +155,7 @@ pub(crate) async fn forward(
         let err = match outcome {
             Ok(TryOk::Done(mut done)) => {
                 done.tries = attempt + 1;
+                metrics.tries.observe(f64::from(done.tries));
                 done.upstream = Some(backend);
                 return Ok(done);
             }
@@ -198,6 +200,7 @@ pub(crate) async fn forward(
             break;
         }
     }
+    metrics.tries.observe(tried.len() as f64);
     if tried.is_empty() {
         return Err(Failure::Proxy(ProxyError::NoServers { request_id: rid() }));
     }
@@ -235,6 +238,8 @@ struct Times {
     head_wait: Duration,
     /// When the request arrived.
     started: Instant,
+    /// When this try began (for the per-server latency).
+    try_started: Instant,
 }
 
 /// One try on `backend`: a pooled or new connection, the request, the response head, then (when the response
@@ -336,6 +341,7 @@ async fn try_once(
         return Ok(TryOk::Gateway(resp.status));
     }
     p.metrics.latency.observe_duration(started.elapsed());
+    observe_upstream(p, backend, times);
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
@@ -558,4 +564,12 @@ enum Step {
     /// Sending failed after this many bytes.
     Send(usize, io::Error),
     Head(HeadError),
+}
+
+/// `api_proxy_upstream_duration_seconds{upstream}`: this try's time to its response head.
+fn observe_upstream(p: &crate::state::Inner, backend: &Backend, times: Times) {
+    p.metrics
+        .upstream_latency
+        .with(backend.id())
+        .observe_duration(times.try_started.elapsed());
 }

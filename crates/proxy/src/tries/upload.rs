@@ -124,6 +124,7 @@ pub(super) async fn stream_exchange(
         w.p.metrics
             .latency
             .observe_duration(times.started.elapsed());
+        super::observe_upstream(&w.p, backend, times);
         let relay = relay_body(
             &mut up_r,
             up_buf,
