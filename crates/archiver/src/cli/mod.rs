@@ -1,6 +1,8 @@
 //! The `archiver` command line: `run`, `replay`, `query`, `stats`.
 
 mod config;
+mod lag;
+mod metrics;
 mod progress;
 mod query;
 mod replay;

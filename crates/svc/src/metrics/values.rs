@@ -22,15 +22,17 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// Implements prometheus-client's encoding for a newtype by handing it to the wrapped metric.
 macro_rules! delegate_encoding {
-    ($type:ty) => {
-        impl TypedMetric for $type {}
+    ($type:ty, $kind:expr) => {
+        impl TypedMetric for $type {
+            const TYPE: MetricType = $kind;
+        }
 
         impl EncodeMetric for $type {
             fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
                 self.0.encode(encoder)
             }
             fn metric_type(&self) -> MetricType {
-                self.0.metric_type()
+                $kind
             }
         }
     };
@@ -61,7 +63,7 @@ impl Counter {
     }
 }
 
-delegate_encoding!(Counter);
+delegate_encoding!(Counter, MetricType::Counter);
 
 /// An integer that goes up and down (connections, in-flight requests, live servers).
 #[derive(Debug, Clone, Default)]
@@ -105,7 +107,7 @@ impl Gauge {
     }
 }
 
-delegate_encoding!(Gauge);
+delegate_encoding!(Gauge, MetricType::Gauge);
 
 /// Undoes one [`Gauge::inc_guard`] when dropped.
 #[derive(Debug)]
@@ -143,7 +145,7 @@ impl GaugeF64 {
     }
 }
 
-delegate_encoding!(GaugeF64);
+delegate_encoding!(GaugeF64, MetricType::Gauge);
 
 /// Counts observations into buckets by upper bound (inclusive), plus their sum.
 /// Cloning gives another handle to the same histogram.
@@ -172,7 +174,7 @@ impl Histogram {
     }
 }
 
-delegate_encoding!(Histogram);
+delegate_encoding!(Histogram, MetricType::Histogram);
 
 /// Checks bucket bounds once, where they are declared, rather than at the first observation.
 pub(crate) fn check_buckets(bounds: &[f64]) {
