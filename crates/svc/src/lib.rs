@@ -85,4 +85,4 @@ pub use metrics::{
 };
 pub use nsq_section::{MAX_AUTH_SECRET_BYTES, NsqSection};
 pub use shutdown::{DrainTimeout, FORCED_EXIT_CODE, Shutdown, shutdown_signal, with_timeout};
-pub use version::{VERSION, commit, long_version};
+pub use version::{VERSION, commit, help_footer, long_version};

@@ -34,6 +34,23 @@ pub fn long_version() -> &'static str {
     })
 }
 
+/// The end of every binary's `--help`: where settings come from (file, environment, `--set`, with
+/// `example`, one of the binary's own keys), and the logging variables `RUST_LOG` and `LOG_FORMAT`.
+///
+/// For clap: `#[command(after_help = svc::help_footer("API_SERVER", "discovery.ttl=10s"))]`.
+pub fn help_footer(env_prefix: &str, example: &str) -> String {
+    let (key, value) = example.split_once('=').unwrap_or((example, ""));
+    let variable = format!("{env_prefix}__{}", key.replace('.', "__").to_ascii_uppercase());
+    format!(
+        "Configuration: defaults < -c FILE < environment < --set. Any key of the file can be set in \
+         the environment as {env_prefix}__SECTION__KEY (e.g. {variable}={value}) or with \
+         --set section.key=value (e.g. --set {example}).\n\n\
+         Environment:\n  \
+         RUST_LOG     log filter, e.g. \"info\" or \"info,discovery=debug\" (default: info)\n  \
+         LOG_FORMAT   \"text\" (default) or \"json\": one JSON object per line on stderr"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +61,13 @@ mod tests {
         assert!(text.starts_with(&format!("{VERSION} (")), "{text}");
         assert!(text.ends_with(" build)"), "{text}");
         assert!(std::ptr::eq(text, long_version()), "computed once");
+    }
+
+    #[test]
+    fn help_footer_names_the_variables() {
+        let footer = help_footer("API_SERVER", "discovery.ttl=10s");
+        assert!(footer.contains("API_SERVER__DISCOVERY__TTL=10s"), "{footer}");
+        assert!(footer.contains("--set discovery.ttl=10s"), "{footer}");
+        assert!(footer.contains("RUST_LOG") && footer.contains("LOG_FORMAT"), "{footer}");
     }
 }
