@@ -82,6 +82,7 @@
 mod answer;
 mod blame;
 mod budget;
+mod client_stream;
 mod conn;
 mod error;
 pub mod h1;

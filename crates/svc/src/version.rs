@@ -40,7 +40,10 @@ pub fn long_version() -> &'static str {
 /// For clap: `#[command(after_help = svc::help_footer("API_SERVER", "discovery.ttl=10s"))]`.
 pub fn help_footer(env_prefix: &str, example: &str) -> String {
     let (key, value) = example.split_once('=').unwrap_or((example, ""));
-    let variable = format!("{env_prefix}__{}", key.replace('.', "__").to_ascii_uppercase());
+    let variable = format!(
+        "{env_prefix}__{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    );
     format!(
         "Configuration: defaults < -c FILE < environment < --set. Any key of the file can be set in \
          the environment as {env_prefix}__SECTION__KEY (e.g. {variable}={value}) or with \
@@ -66,8 +69,14 @@ mod tests {
     #[test]
     fn help_footer_names_the_variables() {
         let footer = help_footer("API_SERVER", "discovery.ttl=10s");
-        assert!(footer.contains("API_SERVER__DISCOVERY__TTL=10s"), "{footer}");
+        assert!(
+            footer.contains("API_SERVER__DISCOVERY__TTL=10s"),
+            "{footer}"
+        );
         assert!(footer.contains("--set discovery.ttl=10s"), "{footer}");
-        assert!(footer.contains("RUST_LOG") && footer.contains("LOG_FORMAT"), "{footer}");
+        assert!(
+            footer.contains("RUST_LOG") && footer.contains("LOG_FORMAT"),
+            "{footer}"
+        );
     }
 }

@@ -389,7 +389,15 @@ async fn upgraded(
     let Conn {
         stream, buf, out, ..
     } = c;
-    let end = tunnel::relay(w, stream, buf, &mut up.stream, out, w.p.tunnel_idle_timeout).await;
+    let end = tunnel::relay(
+        w,
+        stream.socket(),
+        buf,
+        &mut up.stream,
+        out,
+        w.p.tunnel_idle_timeout,
+    )
+    .await;
     drop(in_flight);
     metrics.tunnels_closed.with(end.as_str()).inc();
     tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), reason = end.as_str(), "tunnel closed");
