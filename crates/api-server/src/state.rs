@@ -307,7 +307,8 @@ const TRIES_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 10.0];
 
 /// The heartbeat consumer's counters, read from it at each scrape (zeros before it starts).
 fn heartbeat_consumer_metrics(m: &svc::Registry, slot: &ConsumerSlot) {
-    let counters: [(&str, &str, fn(&nsq::ConsumerStats) -> u64); 3] = [
+    type Read = fn(&nsq::ConsumerStats) -> u64;
+    let counters: [(&str, &str, Read); 3] = [
         (
             "api_heartbeat_messages_received_total",
             "Heartbeat messages received from nsqd.",
