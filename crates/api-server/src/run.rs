@@ -321,6 +321,7 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
                     EventKind::Leave | EventKind::Expire => {
                         // Ids are per run, so per-upstream series would otherwise grow forever.
                         state.metrics().upstream_requests.remove(&event.id);
+                        state.metrics().upstream_latency.remove(&event.id);
                         tracing::info!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
                     }
                     EventKind::Eject | EventKind::Recover => {

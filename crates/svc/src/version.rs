@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The commit the binary was built from, when the build said (`NSQ_DISCOVERY_COMMIT` in the
-/// environment of `cargo build`, as the `Dockerfile` and `cargo xtask` set it); `None` otherwise.
+/// environment of `cargo build`; the `Dockerfile` takes it as a build argument); `None` otherwise.
 pub fn commit() -> Option<&'static str> {
     option_env!("NSQ_DISCOVERY_COMMIT").filter(|c| !c.trim().is_empty())
 }
