@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{DataServer, ManagedProcess, NsqCluster, eventually, project_bin};
+use testkit::{DataServer, DataServerOptions, ManagedProcess, NsqCluster, eventually, project_bin};
 
 fn output(binary: &str, args: &[&str]) -> String {
     let out = Command::new(project_bin(binary).unwrap())
@@ -71,8 +71,8 @@ fn help_names_logging_the_environment_and_only_own_keys() {
 /// The JSON objects of a log, failing on any line that is not one.
 fn json_lines(log: &str) -> Vec<serde_json::Value> {
     log.lines()
-        // Our own line on stdout (the bound addresses) is not a log line.
-        .filter(|l| !l.contains(" listening on http://"))
+        // The binaries' own lines on stdout (the bound addresses) are not log lines.
+        .filter(|l| !(l.contains(" listening on http://") || l.starts_with("listening on ")))
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{log}")))
         .collect()
 }
@@ -81,7 +81,11 @@ fn json_lines(log: &str) -> Vec<serde_json::Value> {
 async fn json_logs_and_the_access_log_fields() {
     let cluster = NsqCluster::start(1).await.unwrap();
     let nsqd = cluster.nsqd_tcp_addresses()[0].to_string();
-    let data = DataServer::start([&nsqd]).await.unwrap();
+    let mut data_opts = DataServerOptions::new([&nsqd]);
+    data_opts
+        .envs
+        .push(("LOG_FORMAT".to_owned(), "json".to_owned()));
+    let data = DataServer::start_with(data_opts).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let sets = [
         "server.listen=127.0.0.1:0".to_owned(),
@@ -163,8 +167,10 @@ async fn json_logs_and_the_access_log_fields() {
         access["bytes_out"].as_u64().is_some_and(|n| n > 20),
         "{access}"
     );
-    // Every line of the log is one JSON object, with a level and a message or fields.
-    for line in json_lines(&api.log()) {
+    // Every line of both logs is one JSON object, with a level and a time.
+    let data_log = json_lines(&data.log());
+    assert!(!data_log.is_empty());
+    for line in json_lines(&api.log()).into_iter().chain(data_log) {
         assert!(
             line["level"].is_string() && line["timestamp"].is_string(),
             "{line}"

@@ -200,10 +200,10 @@ pub(crate) async fn forward(
             break;
         }
     }
-    metrics.tries.observe(tried.len() as f64);
     if tried.is_empty() {
         return Err(Failure::Proxy(ProxyError::NoServers { request_id: rid() }));
     }
+    metrics.tries.observe(tried.len() as f64);
     if last_status == 504 {
         return Err(Failure::Proxy(ProxyError::Timeout {
             request_id: rid(),
