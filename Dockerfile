@@ -8,6 +8,8 @@ USER 65534:65534
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
+# The commit in --version and *_build_info, when given: --build-arg NSQ_DISCOVERY_COMMIT=$(git rev-parse --short HEAD).
+ARG NSQ_DISCOVERY_COMMIT=""
 RUN cargo build --release --locked -p data-server -p api-server -p archiver \
  && mkdir /out && cp target/release/data-server target/release/api-server target/release/archiver /out/
 

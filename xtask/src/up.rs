@@ -85,6 +85,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         println!("  dashboard    {}", stack.dashboard_url());
         println!("  registry     {}registry", stack.dashboard_url());
         println!("  nsqadmin     {}", stack.nsqadmin_url());
+        println!("  archiver     {}", stack.archiver_metrics_url());
         println!("  nsqlookupd   http://{}/", stack.cluster.lookupd_http());
         for i in 0..stack.cluster.len() {
             println!(

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -121,37 +121,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = state.metrics().render();
-    // The consumer lives in the state, not in the metrics registry, so its counters are written here.
-    let c = state.heartbeat_consumer_stats();
-    for (name, help, value) in [
-        (
-            "api_heartbeat_messages_received_total",
-            "Heartbeat messages received from nsqd.",
-            c.received,
-        ),
-        (
-            "api_heartbeat_messages_finished_total",
-            "Heartbeat messages finished.",
-            c.finished,
-        ),
-        (
-            "api_heartbeat_messages_requeued_total",
-            "Heartbeat messages requeued (handler failures).",
-            c.requeued,
-        ),
-    ] {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    }
-    text.push_str(&format!(
-        "# HELP api_heartbeat_messages_in_flight Heartbeat messages received and not answered yet.\n\
-         # TYPE api_heartbeat_messages_in_flight gauge\napi_heartbeat_messages_in_flight {}\n",
-        c.in_flight
-    ));
-    ([(header::CONTENT_TYPE, svc::METRICS_CONTENT_TYPE)], text).into_response()
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = state.metrics().scrape(accept);
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 async fn dashboard() -> Html<&'static str> {

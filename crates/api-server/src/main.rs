@@ -4,7 +4,11 @@ use clap::Parser;
 
 /// Discovers data servers from NSQ heartbeats and reverse-proxies HTTP to them.
 #[derive(Debug, Parser)]
-#[command(name = "api-server", version, long_version = svc::long_version())]
+#[command(
+    name = "api-server",
+    version = svc::long_version(),
+    after_help = svc::help_footer("API_SERVER", "discovery.ttl=10s")
+)]
 struct Args {
     #[command(flatten)]
     config: svc::ConfigArgs,

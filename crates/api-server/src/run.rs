@@ -281,6 +281,8 @@ fn proxy_metrics(
         retries: m.retries.clone(),
         ejections: m.ejections.clone(),
         latency: m.latency.clone(),
+        upstream_latency: m.upstream_latency.clone(),
+        tries: m.tries.clone(),
         connections_closed,
         trailers_dropped: m.trailers_dropped.clone(),
         loops: m.loops.clone(),
@@ -333,6 +335,7 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
                     EventKind::Leave | EventKind::Expire => {
                         // Ids are per run, so per-upstream series would otherwise grow forever.
                         state.metrics().upstream_requests.remove(&event.id);
+                        state.metrics().upstream_latency.remove(&event.id);
                         tracing::info!(id = %event.id, addr = %event.addr, "server {}", event.kind.as_str())
                     }
                     EventKind::Eject | EventKind::Recover => {

@@ -1,10 +1,9 @@
 //! What the handlers share: the registry, the balancer, the bus state, the heartbeat subscription and metrics.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use discovery::{Balancer, EventKind, Registry};
-use svc::{Counter, CounterVec, Gauge, Histogram};
+use svc::{Counter, CounterVec, Gauge, Histogram, HistogramVec};
 use tokio::time::Instant;
 
 use crate::bus::Bus;
@@ -24,10 +23,13 @@ struct Inner {
     bus: Bus,
     metrics: Metrics,
     shutdown: svc::Shutdown,
-    heartbeats: Mutex<Option<nsq::Consumer>>,
+    heartbeats: ConsumerSlot,
     traffic: proxy::Traffic,
     timeline: Timeline,
 }
+
+/// The heartbeat consumer once it runs; shared with the metrics, which read its counters at each scrape.
+type ConsumerSlot = Arc<Mutex<Option<nsq::Consumer>>>;
 
 impl AppState {
     /// State around a registry and its balancer.
@@ -38,7 +40,8 @@ impl AppState {
         shutdown: svc::Shutdown,
     ) -> AppState {
         let registry = balancer.registry().clone();
-        let metrics = Metrics::new(&registry, &bus);
+        let heartbeats = ConsumerSlot::default();
+        let metrics = Metrics::new(&registry, &bus, &heartbeats);
         AppState {
             inner: Arc::new(Inner {
                 instance,
@@ -47,7 +50,7 @@ impl AppState {
                 bus,
                 metrics,
                 shutdown,
-                heartbeats: Mutex::new(None),
+                heartbeats,
                 traffic: proxy::Traffic::new(),
                 timeline: Timeline::default(),
             }),
@@ -106,10 +109,7 @@ impl AppState {
 
     /// Counters of the heartbeat consumer (zeros before it starts or after it stopped).
     pub fn heartbeat_consumer_stats(&self) -> nsq::ConsumerStats {
-        self.lock_consumer()
-            .as_ref()
-            .map(nsq::Consumer::stats)
-            .unwrap_or_default()
+        consumer_stats(&self.inner.heartbeats)
     }
 
     /// Open nsqd connections of the heartbeat consumer.
@@ -127,14 +127,21 @@ impl AppState {
     }
 }
 
+fn consumer_stats(slot: &ConsumerSlot) -> nsq::ConsumerStats {
+    slot.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_ref()
+        .map(nsq::Consumer::stats)
+        .unwrap_or_default()
+}
+
 /// The process's metrics; `/metrics` renders them.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: svc::Registry,
-    discovery: Registry,
     /// Registry events by kind (`expire` counts expirations).
     pub events: CounterVec,
-    /// Proxied requests by final status code.
+    /// Proxied requests by final status code (label `code`).
     pub requests: CounterVec,
     /// Proxied requests by upstream id.
     pub upstream_requests: CounterVec,
@@ -154,6 +161,10 @@ pub struct Metrics {
     pub tunnels_closed: CounterVec,
     /// Proxied request latency, until the response head.
     pub latency: Histogram,
+    /// Latency of the try that answered, until its response head, by data server id.
+    pub upstream_latency: HistogramVec,
+    /// Tries per proxied request.
+    pub tries: Histogram,
     /// Open `/registry/events` streams.
     pub event_streams: Gauge,
     /// Client connections the server closed, by reason (slow or oversized request heads, malformed requests).
@@ -161,35 +172,35 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    fn new(discovery: &Registry, bus: &Bus) -> Metrics {
-        let m = svc::Registry::new();
+    fn new(discovery: &Registry, bus: &Bus, heartbeats: &ConsumerSlot) -> Metrics {
+        let m = svc::Registry::for_binary("api");
         let live = discovery.clone();
         m.gauge_fn("api_live_servers", "Data servers live now.", move || {
-            live.live_count(Instant::now()) as f64
+            live.live_count(Instant::now()) as i64
         });
         let b = bus.clone();
         m.gauge_fn(
             "api_bus_alive",
             "1 while canaries come back through NSQ, 0 while the bus is down (self-preservation).",
-            move || f64::from(u8::from(b.alive())),
+            move || i64::from(b.alive()),
         );
         let d = discovery.clone();
         m.gauge_fn(
             "api_self_preservation",
             "1 while expiry is frozen because the bus is down.",
-            move || f64::from(u8::from(d.self_preservation())),
+            move || i64::from(d.self_preservation()),
         );
         let d = discovery.clone();
         m.gauge_fn(
             "api_unauthenticated_heartbeats",
             "1 when heartbeats are accepted unauthenticated (no HMAC key and no allowed_networks).",
-            move || f64::from(u8::from(d.accepts_unauthenticated())),
+            move || i64::from(d.accepts_unauthenticated()),
         );
         let b = bus.clone();
         m.gauge_fn(
             "api_heartbeat_connections",
             "nsqd connections of the heartbeat consumer.",
-            move || b.heartbeat_connections() as f64,
+            move || b.heartbeat_connections(),
         );
         // The bus's counters, in the order `Bus::counters` returns them.
         let bus_counters = [
@@ -205,9 +216,25 @@ impl Metrics {
             let b = bus.clone();
             m.counter_fn(name, help, move || {
                 let (published, received, failed, down) = b.counters();
-                [published, received, failed, down][i] as f64
+                [published, received, failed, down][i]
             });
         }
+        let d = discovery.clone();
+        m.counter_family_fn(
+            "api_heartbeats_total",
+            "Heartbeat messages by outcome (and reason when ignored or rejected).",
+            move || {
+                d.outcome_counts()
+                    .into_iter()
+                    .map(|c| {
+                        let mut labels: svc::Labels = vec![("outcome", c.outcome.to_owned())];
+                        labels.extend(c.reason.map(|r| ("reason", r.to_owned())));
+                        (labels, c.count)
+                    })
+                    .collect()
+            },
+        );
+        heartbeat_consumer_metrics(&m, heartbeats);
         let events = m.counter_vec(
             "api_registry_events_total",
             "Registry changes by kind; kind=\"expire\" counts expirations.",
@@ -226,8 +253,8 @@ impl Metrics {
             events,
             requests: m.counter_vec(
                 "api_proxy_requests_total",
-                "Proxied requests by final status.",
-                "status",
+                "Proxied requests by final status code.",
+                "code",
             ),
             upstream_requests: m.counter_vec(
                 "api_proxy_upstream_requests_total",
@@ -263,6 +290,17 @@ impl Metrics {
                 "Time until the response head, all tries included.",
                 svc::LATENCY_BUCKETS,
             ),
+            upstream_latency: m.histogram_vec(
+                "api_proxy_upstream_duration_seconds",
+                "Time from the start of the try that answered until its response head, by data server id.",
+                "upstream",
+                svc::LATENCY_BUCKETS,
+            ),
+            tries: m.histogram(
+                "api_proxy_tries",
+                "Tries per proxied request (1: the first server answered).",
+                TRIES_BUCKETS,
+            ),
             event_streams: m.gauge("api_event_streams", "Open /registry/events streams."),
             connection_errors: m.counter_vec(
                 "api_http_connections_closed_total",
@@ -270,30 +308,46 @@ impl Metrics {
                 "reason",
             ),
             registry: m,
-            discovery: discovery.clone(),
         }
     }
 
-    /// Everything in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = self.registry.render();
-        // Two labels (outcome and reason) do not fit svc's one-label families, so this family is written here.
-        out.push_str("# HELP api_heartbeats_total Heartbeat messages by outcome (and reason when ignored or rejected).\n");
-        out.push_str("# TYPE api_heartbeats_total counter\n");
-        for c in self.discovery.outcome_counts() {
-            let _ = match c.reason {
-                Some(reason) => writeln!(
-                    out,
-                    "api_heartbeats_total{{outcome=\"{}\",reason=\"{reason}\"}} {}",
-                    c.outcome, c.count
-                ),
-                None => writeln!(
-                    out,
-                    "api_heartbeats_total{{outcome=\"{}\"}} {}",
-                    c.outcome, c.count
-                ),
-            };
-        }
-        out
+    /// `/metrics`: the content type and text in the format `accept` asks for.
+    pub fn scrape(&self, accept: Option<&str>) -> (&'static str, String) {
+        self.registry.scrape(accept)
     }
+}
+
+/// Upper bounds of `api_proxy_tries` (`proxy.max_tries` is small).
+const TRIES_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 10.0];
+
+/// The heartbeat consumer's counters, read from it at each scrape (zeros before it starts).
+fn heartbeat_consumer_metrics(m: &svc::Registry, slot: &ConsumerSlot) {
+    type Read = fn(&nsq::ConsumerStats) -> u64;
+    let counters: [(&str, &str, Read); 3] = [
+        (
+            "api_heartbeat_messages_received_total",
+            "Heartbeat messages received from nsqd.",
+            |c| c.received,
+        ),
+        (
+            "api_heartbeat_messages_finished_total",
+            "Heartbeat messages finished.",
+            |c| c.finished,
+        ),
+        (
+            "api_heartbeat_messages_requeued_total",
+            "Heartbeat messages requeued (handler failures).",
+            |c| c.requeued,
+        ),
+    ];
+    for (name, help, read) in counters {
+        let slot = slot.clone();
+        m.counter_fn(name, help, move || read(&consumer_stats(&slot)));
+    }
+    let slot = slot.clone();
+    m.gauge_fn(
+        "api_heartbeat_messages_in_flight",
+        "Heartbeat messages received and not answered yet.",
+        move || consumer_stats(&slot).in_flight,
+    );
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
@@ -161,7 +161,13 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     let metrics = state.metrics();
     metrics.requests.with(&route).inc();
     let _in_flight = metrics.in_flight.inc_guard();
-    next.run(request).await
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    metrics
+        .duration
+        .with_values(&[&route, response.status().as_str()])
+        .observe_duration(started.elapsed());
+    response
 }
 
 async fn whoami(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -188,10 +194,8 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, svc::METRICS_CONTENT_TYPE)],
-        state.metrics().render(),
-    )
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = state.metrics().scrape(accept);
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text)
 }

@@ -7,7 +7,11 @@ use svc::{ConfigArgs, HostPort, Shutdown};
 
 /// HTTP data service that announces itself over NSQ while healthy, and `leaving` on shutdown.
 #[derive(Debug, Parser)]
-#[command(name = "data-server", version = svc::long_version())]
+#[command(
+    name = "data-server",
+    version = svc::long_version(),
+    after_help = svc::help_footer(ENV_PREFIX, "announce.interval=2s")
+)]
 struct Cli {
     #[command(flatten)]
     config: ConfigArgs,
@@ -18,6 +22,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Announce another service (any language) at ADDR while its health URL answers 2xx.
+    #[command(after_help = svc::help_footer(ENV_PREFIX, "announce.interval=2s"))]
     Sidecar {
         /// Address clients reach the service at (host:port).
         #[arg(long, value_name = "HOST:PORT")]

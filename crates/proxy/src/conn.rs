@@ -16,6 +16,8 @@ use bytes::{Buf, BytesMut};
 use discovery::Backend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::client_stream::ClientStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -49,7 +51,7 @@ pub(crate) struct Worker {
 
 /// One client connection.
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ClientStream,
     /// The client's address.
     pub(crate) peer_addr: SocketAddr,
     pub(crate) peer: PeerHeaders,
@@ -94,7 +96,7 @@ pub(crate) struct Done {
 pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
     let trusted = w.p.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     let mut c = Conn {
-        stream,
+        stream: ClientStream::new(stream),
         peer_addr: peer,
         peer: PeerHeaders::new(peer, trusted),
         // The write-side buffers grow to what this connection's requests need; an idle connection holds little.
@@ -106,6 +108,8 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         up_body: Vec::new(),
         served: 0,
     };
+    // The byte counts at the end of the previous request: each request's own are the difference.
+    let mut counted = (0, 0);
     loop {
         let req = match read_head(w, &mut c).await {
             Head::Request(req) => req,
@@ -116,7 +120,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                     w.p.metrics.connections_closed.count("header_timeout");
                     tracing::debug!(%peer, "connection closed: request head not received in time");
                 }
-                linger_close(&mut c.stream).await;
+                linger_close(c.stream.socket()).await;
                 return;
             }
             Head::Refused(refusal) => {
@@ -139,7 +143,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                     false,
                 );
                 if write_out(w, &mut c).await {
-                    linger_close(&mut c.stream).await;
+                    linger_close(c.stream.socket()).await;
                 }
                 return;
             }
@@ -149,22 +153,27 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         let done = handle(w, &mut c, &req, started).await;
         let p = &w.p;
         p.statuses.get(done.status).inc();
+        let now_counted = c.stream.counts();
+        let (bytes_in, bytes_out) = (now_counted.0 - counted.0, now_counted.1 - counted.1);
+        counted = now_counted;
         if let Some(path) = &req.path {
-            let elapsed = started.elapsed();
+            // A number, so that a log collector can sum and compare it (LOG_FORMAT=json).
+            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
             let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
             let (method, status, tries) = (&req.method, done.status, done.tries);
+            let (client, request_id) = (c.peer_addr, req.id.as_str());
             // The target keeps the api-server's name: it is how operators filter the access log (its README).
             match &done.failure {
                 None => {
-                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed)
+                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, elapsed_ms, %client, request_id, bytes_in, bytes_out)
                 }
                 Some(text) => {
-                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, ?elapsed, "{text}")
+                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, elapsed_ms, %client, request_id, bytes_in, bytes_out, "{text}")
                 }
             }
         }
         if !done.keep {
-            linger_close(&mut c.stream).await;
+            linger_close(c.stream.socket()).await;
             return;
         }
     }

@@ -83,6 +83,7 @@
 mod answer;
 mod blame;
 mod budget;
+mod client_stream;
 mod conn;
 mod error;
 pub mod h1;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use svc::{Counter, CounterVec, Gauge, Histogram};
+use svc::{Counter, CounterVec, Gauge, Histogram, HistogramVec};
 
 use crate::listener::ConnectionErrors;
 use crate::traffic::Traffic;
@@ -59,6 +59,10 @@ pub struct ProxyMetrics {
     pub ejections: Counter,
     /// Time until the response head, all tries included.
     pub latency: Histogram,
+    /// Time from the start of the try that answered until its response head, by data server id (label `upstream`).
+    pub upstream_latency: HistogramVec,
+    /// Tries per request (1 when the first server answered).
+    pub tries: Histogram,
     /// Client connections the proxy closed, by reason (slow or oversized heads, malformed or unsupported requests,
     /// stalled or oversized bodies, clients gone, connections over the limit).
     pub connections_closed: ConnectionErrors,

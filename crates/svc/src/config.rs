@@ -32,8 +32,8 @@ pub struct ConfigArgs {
     /// TOML config file (without one, the defaults apply)
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Override one config key, e.g. `--set announce.interval=2s` (repeatable; beats the file
-    /// and the environment)
+    /// Override one config key, `section.key=value` (repeatable; beats the file and the
+    /// environment)
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
 }

@@ -80,9 +80,9 @@ pub use limits::raise_nofile_limit;
 pub use logging::{LogFormat, init_tracing};
 pub use lookupd_addr::LookupdAddr;
 pub use metrics::{
-    Counter, CounterVec, Family, Gauge, GaugeF64, GaugeGuard, GaugeVec, Histogram, HistogramVec,
-    LATENCY_BUCKETS, METRICS_CONTENT_TYPE, Registry,
+    Counter, CounterVec, Family, Format, Gauge, GaugeF64, GaugeGuard, GaugeVec, Histogram,
+    HistogramVec, LATENCY_BUCKETS, Labels, Registry,
 };
 pub use nsq_section::{MAX_AUTH_SECRET_BYTES, NsqSection};
 pub use shutdown::{DrainTimeout, FORCED_EXIT_CODE, Shutdown, shutdown_signal, with_timeout};
-pub use version::{VERSION, long_version};
+pub use version::{VERSION, commit, help_footer, long_version};

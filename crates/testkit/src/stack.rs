@@ -75,6 +75,7 @@ pub struct Stack {
     /// The api-server.
     pub api: ApiServer,
     archiver: ManagedProcess,
+    archiver_metrics: SocketAddr,
     nsqadmin: SocketAddr,
     key_file: PathBuf,
     /// nsqlookupd and the nsqd.
@@ -84,6 +85,8 @@ pub struct Stack {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The archiver's metrics port with standard ports (next to nsqd's and the admin API's).
+pub const ARCHIVER_METRICS_PORT: u16 = 9102;
 /// Waits until the archiver's durable channel exists, with a subscriber, on every nsqd.
 async fn wait_archive_channel(cluster: &NsqCluster) -> Result<()> {
     // The first nsqd without a subscriber, for the timeout message.
@@ -185,6 +188,18 @@ impl Stack {
                     .join(",")
             ),
         ];
+        let archiver_metrics = SocketAddr::from((
+            [127, 0, 0, 1],
+            if opts.standard_ports {
+                ARCHIVER_METRICS_PORT
+            } else {
+                crate::cluster::free_port()
+            },
+        ));
+        archiver_args.extend([
+            "--set".to_owned(),
+            format!("archive.metrics_listen={archiver_metrics}"),
+        ]);
         for set in &opts.archiver_sets {
             archiver_args.extend(["--set".to_owned(), set.clone()]);
         }
@@ -220,6 +235,7 @@ impl Stack {
             data: Vec::new(),
             api,
             archiver,
+            archiver_metrics,
             nsqadmin,
             key_file,
             cluster,
@@ -265,6 +281,11 @@ impl Stack {
     /// The admin dashboard URL.
     pub fn dashboard_url(&self) -> String {
         format!("http://{}/", self.api.admin())
+    }
+
+    /// The archiver's `/metrics` URL (`archive.metrics_listen`).
+    pub fn archiver_metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.archiver_metrics)
     }
 
     /// The nsqadmin URL.

@@ -1,6 +1,7 @@
 //! The archiver's configuration: `[archive]` and `[shutdown]`, loaded by `svc` from `-c FILE`,
 //! `ARCHIVER__SECTION__KEY` variables and `--set section.key=value` flags.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use archiver::Database;
@@ -78,6 +79,8 @@ pub struct Archive {
     pub retention: Option<HumanDuration>,
     /// How often retention runs.
     pub retention_interval: HumanDuration,
+    /// Where `run` (and `replay`) serve `/metrics` and `/healthz`; absent: no listener.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for Archive {
@@ -98,6 +101,7 @@ impl Default for Archive {
             msg_timeout: None,
             retention: None,
             retention_interval: DEFAULT_RETENTION_INTERVAL,
+            metrics_listen: None,
         }
     }
 }

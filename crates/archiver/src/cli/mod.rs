@@ -1,6 +1,8 @@
 //! The `archiver` command line: `run`, `replay`, `query`, `stats`.
 
 mod config;
+mod lag;
+mod metrics;
 mod progress;
 mod query;
 mod replay;
@@ -22,7 +24,11 @@ const SETUP_EXIT: u8 = 2;
 
 /// Archives NSQ topics into SQLite or PostgreSQL through a durable channel, and replays them.
 #[derive(Debug, Parser)]
-#[command(name = "archiver", version = svc::VERSION, long_version = svc::long_version())]
+#[command(
+    name = "archiver",
+    version = svc::long_version(),
+    after_help = footer()
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -31,11 +37,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Archive `archive.topics` until SIGTERM / SIGINT
+    #[command(after_help = footer())]
     Run {
         #[command(flatten)]
         config: ConfigArgs,
     },
     /// Re-publish archived messages of a time range to a topic, in original order (resumable)
+    #[command(after_help = footer())]
     Replay {
         #[command(flatten)]
         config: ConfigArgs,
@@ -43,6 +51,7 @@ enum Cmd {
         args: replay::ReplayArgs,
     },
     /// Print archived messages of a range as JSON lines
+    #[command(after_help = footer())]
     Query {
         #[command(flatten)]
         config: ConfigArgs,
@@ -50,6 +59,7 @@ enum Cmd {
         args: query::QueryArgs,
     },
     /// Print counts per topic, first and last times, database size
+    #[command(after_help = footer())]
     Stats {
         #[command(flatten)]
         config: ConfigArgs,
@@ -95,6 +105,11 @@ impl Cli {
             }
         }
     }
+}
+
+/// The end of `--help` of the archiver and each command (an example of its own keys).
+fn footer() -> String {
+    svc::help_footer(config::ENV_PREFIX, "archive.batch_size=1000")
 }
 
 fn is_setup(err: &anyhow::Error) -> bool {

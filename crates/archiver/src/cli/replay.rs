@@ -15,7 +15,7 @@ use svc::Shutdown;
 
 use super::config::Config;
 use super::progress::Bar;
-use super::{Setup, open_existing, retention::now_ns, time};
+use super::{Setup, metrics, open_existing, retention::now_ns, time};
 
 /// Messages read from the database at a time.
 const PAGE: usize = 1000;
@@ -159,12 +159,21 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
     let shutdown = Shutdown::new();
     // A first SIGTERM/SIGINT stops after the current batch, a second exits at once.
     shutdown.trigger_on_signal();
-    // Counting reads the whole range's index: only for a bar someone will see.
-    let mut bar = Bar::new(if Bar::wanted() {
-        store.count(&range)?
+    let registry = svc::Registry::for_binary("archiver");
+    let progress = metrics::for_replay(&registry);
+    progress.sent.inc_by(before);
+    let listen = config.archive.metrics_listen;
+    // Counting reads the whole range's index: only for a bar or a listener someone will read.
+    let total = if Bar::wanted() || listen.is_some() {
+        store.count(&range)? + before
     } else {
         0
-    });
+    };
+    progress.total.set(i64::try_from(total).unwrap_or(i64::MAX));
+    if let Some(addr) = listen {
+        tokio::spawn(metrics::serve(addr, registry, shutdown.clone()));
+    }
+    let mut bar = Bar::new(total.saturating_sub(before));
     let start = Instant::now();
     let mut totals = Totals::default();
     let mut finished = true;
@@ -198,6 +207,7 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
                 )?;
             }
             totals.sent += chunk.len() as u64;
+            progress.sent.inc_by(chunk.len() as u64);
             totals.bytes += chunk.iter().map(|m| m.body.len() as u64).sum::<u64>();
             bar.update(totals.sent);
         }

@@ -17,7 +17,7 @@ use svc::Shutdown;
 
 use super::config::Config;
 use super::writer::{self, Command, Limits, Record, Reply};
-use super::{Setup, retention};
+use super::{Setup, lag, metrics, retention};
 
 /// Handler of one topic: hands each message to the writer and waits for its commit.
 struct ArchiveHandler {
@@ -72,10 +72,22 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE; the
     // task keeps listening through the drain for that second one.
     shutdown.trigger_on_signal();
+    let registry = svc::Registry::for_binary("archiver");
     let limits = Limits {
         batch_size: a.batch_size,
         batch_latency: a.batch_latency.get(),
+        metrics: Some(metrics::for_run(&registry)),
     };
+    if let Some(addr) = a.metrics_listen {
+        let sources = lag::Sources {
+            topics: a.topics.clone(),
+            channel: a.channel.clone(),
+            lookupd: a.lookupd_http_addresses.clone(),
+            nsqd_tcp: a.nsqd_tcp_addresses.clone(),
+        };
+        tokio::spawn(lag::watch(sources, registry.clone(), shutdown.clone()));
+        tokio::spawn(metrics::serve(addr, registry, shutdown.clone()));
+    }
     let on_fatal = {
         let shutdown = shutdown.clone();
         move |_| shutdown.trigger()

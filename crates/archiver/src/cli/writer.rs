@@ -14,6 +14,8 @@ use bytes::Bytes;
 #[cfg(test)]
 use tokio::sync::oneshot;
 
+use super::metrics::WriterMetrics;
+
 /// How often the writer logs its progress (when it stored anything).
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
@@ -76,13 +78,15 @@ pub enum Command {
     Stop,
 }
 
-/// Batch bounds.
-#[derive(Debug, Clone, Copy)]
+/// Batch bounds, and the metrics the writer counts into.
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Most messages per transaction.
     pub batch_size: usize,
     /// Longest the first message of a batch waits for the commit to start.
     pub batch_latency: Duration,
+    /// Where archived messages, duplicates and commit times are counted (none in unit tests).
+    pub metrics: Option<WriterMetrics>,
 }
 
 /// What the writer did, reported when it stops.
@@ -170,7 +174,13 @@ fn run<S: Sink>(
                 Err(RecvTimeoutError::Timeout) => break,
             }
         }
-        commit(&mut store, &mut batch, &mut outcome, &mut on_fatal);
+        commit(
+            &mut store,
+            &mut batch,
+            &mut outcome,
+            &mut on_fatal,
+            limits.metrics.as_ref(),
+        );
         if report.0.elapsed() >= REPORT_EVERY && outcome.inserted > report.1 {
             let rate = (outcome.inserted - report.1) as f64 / report.0.elapsed().as_secs_f64();
             tracing::info!(
@@ -187,7 +197,13 @@ fn run<S: Sink>(
     while let Ok(Command::Store(r)) = rx.try_recv() {
         batch.push(r);
     }
-    commit(&mut store, &mut batch, &mut outcome, &mut on_fatal);
+    commit(
+        &mut store,
+        &mut batch,
+        &mut outcome,
+        &mut on_fatal,
+        limits.metrics.as_ref(),
+    );
     if outcome.fatal.is_none() {
         if let Err(err) = store.checkpoint() {
             tracing::warn!("checkpoint at shutdown failed: {err}");
@@ -201,6 +217,7 @@ fn commit<S: Sink>(
     batch: &mut Vec<Record>,
     outcome: &mut Outcome,
     on_fatal: &mut Option<impl FnOnce(StoreFailure)>,
+    metrics: Option<&WriterMetrics>,
 ) {
     if batch.is_empty() {
         return;
@@ -219,7 +236,19 @@ fn commit<S: Sink>(
                     body: &r.body,
                 })
                 .collect();
-            store.insert_batch(&msgs).map_err(Arc::new)
+            let started = Instant::now();
+            let result = store.insert_batch(&msgs).map_err(Arc::new);
+            if let Some(m) = metrics {
+                m.commit.observe_duration(started.elapsed());
+                match &result {
+                    Ok(done) => {
+                        m.archived.inc_by(done.inserted as u64);
+                        m.duplicates.inc_by(done.duplicates as u64);
+                    }
+                    Err(_) => m.failed_batches.inc(),
+                }
+            }
+            result
         }
     };
     match result {
@@ -295,6 +324,7 @@ mod tests {
         let limits = Limits {
             batch_size: 100,
             batch_latency: Duration::from_millis(20),
+            metrics: None,
         };
         let store: Box<dyn Archive> = Box::new(archiver::Store::open(&path).unwrap());
         let (tx, handle) = spawn(store, limits, |_| {});
@@ -348,6 +378,7 @@ mod tests {
         let limits = Limits {
             batch_size: 2,
             batch_latency: Duration::from_millis(500),
+            metrics: None,
         };
         let (told_tx, told) = std::sync::mpsc::channel();
         let (tx, handle) = spawn(FullDisk { room: 1 }, limits, move |err| {

@@ -146,6 +146,7 @@ pub(crate) async fn forward(
                 try_deadline,
                 head_wait: p.try_timeout.min(left),
                 started,
+                try_started: now,
             },
             &can_retry,
         )
@@ -154,6 +155,7 @@ pub(crate) async fn forward(
         let err = match outcome {
             Ok(TryOk::Done(mut done)) => {
                 done.tries = attempt + 1;
+                metrics.tries.observe(f64::from(done.tries));
                 done.upstream = Some(backend);
                 return Ok(done);
             }
@@ -205,6 +207,7 @@ pub(crate) async fn forward(
     if tried.is_empty() {
         return Err(Failure::Proxy(ProxyError::NoServers { request_id: rid() }));
     }
+    metrics.tries.observe(tried.len() as f64);
     if last_status == 504 {
         return Err(Failure::Proxy(ProxyError::Timeout {
             request_id: rid(),
@@ -239,6 +242,8 @@ struct Times {
     head_wait: Duration,
     /// When the request arrived.
     started: Instant,
+    /// When this try began (for the per-server latency).
+    try_started: Instant,
 }
 
 /// One try on `backend`: a pooled or new connection, the request, the response head, then (when the response
@@ -340,9 +345,7 @@ async fn try_once(
         return Ok(TryOk::Gateway(resp.status));
     }
     p.metrics.latency.observe_duration(started.elapsed());
-    p.metrics
-        .traffic
-        .record(backend.id(), Some(started.elapsed()));
+    observe_upstream(p, backend, times);
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
@@ -390,7 +393,15 @@ async fn upgraded(
     let Conn {
         stream, buf, out, ..
     } = c;
-    let end = tunnel::relay(w, stream, buf, &mut up.stream, out, w.p.tunnel_idle_timeout).await;
+    let end = tunnel::relay(
+        w,
+        stream.socket(),
+        buf,
+        &mut up.stream,
+        out,
+        w.p.tunnel_idle_timeout,
+    )
+    .await;
     drop(in_flight);
     metrics.tunnels_closed.with(end.as_str()).inc();
     tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), reason = end.as_str(), "tunnel closed");
@@ -565,4 +576,14 @@ enum Step {
     /// Sending failed after this many bytes.
     Send(usize, io::Error),
     Head(HeadError),
+}
+
+/// `api_proxy_upstream_duration_seconds{upstream}`: this try's time to its response head.
+fn observe_upstream(p: &crate::state::Inner, backend: &Backend, times: Times) {
+    let elapsed = times.try_started.elapsed();
+    p.metrics
+        .upstream_latency
+        .with(backend.id())
+        .observe_duration(elapsed);
+    p.metrics.traffic.record(backend.id(), Some(elapsed));
 }

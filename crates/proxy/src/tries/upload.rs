@@ -124,9 +124,7 @@ pub(super) async fn stream_exchange(
         w.p.metrics
             .latency
             .observe_duration(times.started.elapsed());
-        w.p.metrics
-            .traffic
-            .record(backend.id(), Some(times.started.elapsed()));
+        super::observe_upstream(&w.p, backend, times);
         let relay = relay_body(
             &mut up_r,
             up_buf,

@@ -1,97 +1,131 @@
-//! Metrics with one label whose values are only known at run time (upstream address, reason).
+//! Metrics by label values known only at run time (upstream id, reason, outcome and reason).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
-/// One metric per value of a fixed label, e.g. `requests_total{upstream="10.0.0.1:8080"}`.
-///
-/// Looking up a value takes a read lock on a small map; a hot path that always uses the same
-/// value can keep the handle [`with`](Family::with) returns and skip even that.
-pub struct Family<M> {
-    label: Arc<str>,
-    members: Arc<RwLock<HashMap<String, M>>>,
-    make: Arc<dyn Fn() -> M + Send + Sync>,
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::family::{Family as LibFamily, MetricConstructor};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+
+/// One label set as prometheus-client encodes it: `(name, value)` pairs in the family's order.
+pub(crate) type LabelSet = Vec<(&'static str, String)>;
+
+/// Makes the member for a new label set (a histogram needs its buckets).
+pub(crate) struct Make<M>(Arc<dyn Fn() -> M + Send + Sync>);
+
+impl<M> Clone for Make<M> {
+    fn clone(&self) -> Self {
+        Make(self.0.clone())
+    }
 }
 
-/// Counters by one label.
+impl<M> MetricConstructor<M> for Make<M> {
+    fn new_metric(&self) -> M {
+        (self.0)()
+    }
+}
+
+/// One metric per combination of label values, e.g.
+/// `api_proxy_upstream_requests_total{upstream="data-1"}` or
+/// `api_proxy_upstream_duration_seconds{upstream="data-1",le="0.001"}`.
+///
+/// A lookup takes a read lock on the family's map; a hot path that always uses the same values
+/// can keep the handle [`with`](Family::with) returns.
+pub struct Family<M> {
+    names: Arc<[&'static str]>,
+    inner: LibFamily<LabelSet, M, Make<M>>,
+}
+
+/// Counters by label.
 pub type CounterVec = Family<super::Counter>;
-/// Integer gauges by one label.
+/// Integer gauges by label.
 pub type GaugeVec = Family<super::Gauge>;
-/// Histograms by one label.
+/// Histograms by label.
 pub type HistogramVec = Family<super::Histogram>;
 
 impl<M: Clone> Family<M> {
-    pub(crate) fn new(label: &str, make: impl Fn() -> M + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        names: &[&'static str],
+        make: impl Fn() -> M + Send + Sync + 'static,
+    ) -> Self {
         Family {
-            label: label.into(),
-            members: Arc::default(),
-            make: Arc::new(make),
+            names: names.into(),
+            inner: LibFamily::new_with_constructor(Make(Arc::new(make))),
         }
     }
 
-    /// The metric for this label value, created at zero on first use.
+    /// The metric for this value of a one-label family, created at zero on first use.
+    ///
+    /// # Panics
+    /// If the family has more than one label (use [`with_values`](Self::with_values)).
     pub fn with(&self, value: &str) -> M {
-        // A panic while holding the lock cannot leave the map half-updated, so poisoning is
-        // ignored rather than spread to every later request.
-        let members = self.members.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(member) = members.get(value) {
-            return member.clone();
-        }
-        drop(members);
-        let mut members = self.members.write().unwrap_or_else(PoisonError::into_inner);
-        members
-            .entry(value.to_owned())
-            .or_insert_with(|| (self.make)())
-            .clone()
+        self.with_values(&[value])
     }
 
-    /// Forgets a label value (e.g. a server that left) so the family does not grow forever.
+    /// The metric for these label values, in the order the family's labels were declared.
+    ///
+    /// # Panics
+    /// If the number of values is not the number of labels: label sets are fixed in code.
+    pub fn with_values(&self, values: &[&str]) -> M {
+        self.inner.get_or_create_owned(&self.label_set(values))
+    }
+
+    /// Forgets a one-label value (e.g. a server that left) so the family does not grow forever.
     /// Returns whether it was there.
     pub fn remove(&self, value: &str) -> bool {
-        let mut members = self.members.write().unwrap_or_else(PoisonError::into_inner);
-        members.remove(value).is_some()
+        self.inner.remove(&self.label_set(&[value]))
     }
 
-    /// The label's name.
+    /// The first label's name.
     pub fn label_name(&self) -> &str {
-        &self.label
+        self.names[0]
+    }
+
+    fn label_set(&self, values: &[&str]) -> LabelSet {
+        assert_eq!(
+            values.len(),
+            self.names.len(),
+            "labels {:?} need as many values, found {values:?}",
+            self.names
+        );
+        self.names
+            .iter()
+            .zip(values)
+            .map(|(name, value)| (*name, (*value).to_owned()))
+            .collect()
     }
 }
 
 impl<M> Clone for Family<M> {
     fn clone(&self) -> Self {
         Family {
-            label: self.label.clone(),
-            members: self.members.clone(),
-            make: self.make.clone(),
+            names: self.names.clone(),
+            inner: self.inner.clone(),
         }
     }
 }
 
 impl<M> fmt::Debug for Family<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let members = self.members.read().unwrap_or_else(PoisonError::into_inner);
         f.debug_struct("Family")
-            .field("label", &self.label)
-            .field("values", &members.len())
-            .finish()
+            .field("labels", &self.names)
+            .finish_non_exhaustive()
     }
 }
 
-impl<M: Clone> Family<M> {
-    /// Every member, sorted by label value so scrapes are stable; copied out so that
-    /// rendering does not hold the lock.
-    pub(crate) fn snapshot(&self) -> Vec<(String, M)> {
-        let mut members: Vec<(String, M)> = {
-            let members = self.members.read().unwrap_or_else(PoisonError::into_inner);
-            members
-                .iter()
-                .map(|(k, m)| (k.clone(), m.clone()))
-                .collect()
-        };
-        members.sort_by(|a, b| a.0.cmp(&b.0));
-        members
+impl<M: TypedMetric> TypedMetric for Family<M> {
+    const TYPE: MetricType = M::TYPE;
+}
+
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for Family<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.inner.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
+    fn is_empty(&self) -> bool {
+        self.inner.is_empty()
     }
 }
 
@@ -102,26 +136,21 @@ mod tests {
 
     #[test]
     fn with_creates_once_and_remove_forgets() {
-        let family: CounterVec = Family::new("reason", Counter::new);
+        let family: CounterVec = Family::new(&["reason"], Counter::new);
         family.with("bad_json").inc();
         family.with("bad_json").inc();
         family.with("stale").inc();
         assert_eq!(family.with("bad_json").get(), 2);
-        let values: Vec<(String, u64)> = family
-            .snapshot()
-            .into_iter()
-            .map(|(k, c)| (k, c.get()))
-            .collect();
-        assert_eq!(
-            values,
-            [("bad_json".to_owned(), 2), ("stale".to_owned(), 1)]
-        );
         assert!(family.remove("stale"));
         assert!(!family.remove("stale"));
+        assert_eq!(family.with("stale").get(), 0);
         assert_eq!(family.label_name(), "reason");
-        assert_eq!(
-            format!("{family:?}"),
-            "Family { label: \"reason\", values: 1 }"
-        );
+    }
+
+    #[test]
+    #[should_panic(expected = "need as many values")]
+    fn a_missing_label_value_is_a_programming_error() {
+        let family: CounterVec = Family::new(&["outcome", "reason"], Counter::new);
+        family.with("rejected");
     }
 }

@@ -1,79 +1,102 @@
-//! Counters and gauges: one atomic each, so updating them never takes a lock.
+//! Counters, gauges and histograms: prometheus-client's types behind the small API the crates
+//! already use (`inc`, `inc_guard`, `observe_duration`), so a component keeps plain handles.
 //!
-//! Relaxed ordering throughout: a scrape needs each value to be eventually right, not
-//! ordered with respect to other memory.
+//! Counters and gauges are one atomic each; a histogram observation takes its own short lock
+//! (prometheus-client keeps buckets, sum and count together).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
-use super::Sample;
-use super::text::{Float, push_sample};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::Counter as LibCounter;
+use prometheus_client::metrics::gauge::Gauge as LibGauge;
+use prometheus_client::metrics::histogram::Histogram as LibHistogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use std::sync::atomic::AtomicU64;
+
+/// Latency buckets in seconds, from 100 µs to 10 s: the proxy's added latency is sub-millisecond,
+/// so the low end is finer than the usual defaults.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Implements prometheus-client's encoding for a newtype by handing it to the wrapped metric.
+macro_rules! delegate_encoding {
+    ($type:ty, $kind:expr) => {
+        impl TypedMetric for $type {
+            const TYPE: MetricType = $kind;
+        }
+
+        impl EncodeMetric for $type {
+            fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+                self.0.encode(encoder)
+            }
+            fn metric_type(&self) -> MetricType {
+                $kind
+            }
+        }
+    };
+}
 
 /// A count that only goes up (requests, errors). Cloning gives another handle to the same count.
-#[derive(Debug, Clone)]
-pub struct Counter(Arc<AtomicU64>);
+#[derive(Debug, Clone, Default)]
+pub struct Counter(LibCounter);
 
 impl Counter {
     pub(crate) fn new() -> Self {
-        Counter(Arc::new(AtomicU64::new(0)))
+        Counter::default()
     }
 
     /// Adds one.
     pub fn inc(&self) {
-        self.0.fetch_add(1, Relaxed);
+        self.0.inc();
     }
 
     /// Adds `n`.
     pub fn inc_by(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
+        self.0.inc_by(n);
     }
 
     /// The current count.
     pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
+        self.0.get()
     }
 }
 
-impl Sample for Counter {
-    const KIND: &'static str = "counter";
-
-    fn write(&self, name: &str, labels: &[(&str, &str)], out: &mut String) {
-        push_sample(out, name, "", labels, self.get());
-    }
-}
+delegate_encoding!(Counter, MetricType::Counter);
 
 /// An integer that goes up and down (connections, in-flight requests, live servers).
-#[derive(Debug, Clone)]
-pub struct Gauge(Arc<AtomicI64>);
+#[derive(Debug, Clone, Default)]
+pub struct Gauge(LibGauge);
 
 impl Gauge {
     pub(crate) fn new() -> Self {
-        Gauge(Arc::new(AtomicI64::new(0)))
+        Gauge::default()
     }
 
     /// Sets the value.
     pub fn set(&self, value: i64) {
-        self.0.store(value, Relaxed);
+        self.0.set(value);
     }
 
     /// Adds one.
     pub fn inc(&self) {
-        self.add(1);
+        self.0.inc();
     }
 
     /// Subtracts one.
     pub fn dec(&self) {
-        self.add(-1);
+        self.0.dec();
     }
 
     /// Adds `delta` (which may be negative).
     pub fn add(&self, delta: i64) {
-        self.0.fetch_add(delta, Relaxed);
+        self.0.inc_by(delta);
     }
 
     /// The current value.
     pub fn get(&self) -> i64 {
-        self.0.load(Relaxed)
+        self.0.get()
     }
 
     /// Adds one now and subtracts it when the guard drops: an in-flight count that stays
@@ -84,13 +107,7 @@ impl Gauge {
     }
 }
 
-impl Sample for Gauge {
-    const KIND: &'static str = "gauge";
-
-    fn write(&self, name: &str, labels: &[(&str, &str)], out: &mut String) {
-        push_sample(out, name, "", labels, self.get());
-    }
-}
+delegate_encoding!(Gauge, MetricType::Gauge);
 
 /// Undoes one [`Gauge::inc_guard`] when dropped.
 #[derive(Debug)]
@@ -104,43 +121,72 @@ impl Drop for GaugeGuard {
 }
 
 /// A floating-point value that goes up and down (ratios, last-seen ages in seconds).
-#[derive(Debug, Clone)]
-pub struct GaugeF64(Arc<AtomicU64>);
+#[derive(Debug, Clone, Default)]
+pub struct GaugeF64(LibGauge<f64, AtomicU64>);
 
 impl GaugeF64 {
     pub(crate) fn new() -> Self {
-        GaugeF64(Arc::new(AtomicU64::new(0f64.to_bits())))
+        GaugeF64::default()
     }
 
     /// Sets the value.
     pub fn set(&self, value: f64) {
-        self.0.store(value.to_bits(), Relaxed);
+        self.0.set(value);
     }
 
     /// Adds `delta` (which may be negative).
     pub fn add(&self, delta: f64) {
-        add_f64(&self.0, delta);
+        self.0.inc_by(delta);
     }
 
     /// The current value.
     pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Relaxed))
+        self.0.get()
     }
 }
 
-impl Sample for GaugeF64 {
-    const KIND: &'static str = "gauge";
+delegate_encoding!(GaugeF64, MetricType::Gauge);
 
-    fn write(&self, name: &str, labels: &[(&str, &str)], out: &mut String) {
-        push_sample(out, name, "", labels, Float(self.get()));
+/// Counts observations into buckets by upper bound (inclusive), plus their sum.
+/// Cloning gives another handle to the same histogram.
+#[derive(Debug, Clone)]
+pub struct Histogram(LibHistogram);
+
+impl Histogram {
+    /// # Panics
+    /// If `bounds` is empty (ignoring a final +Inf), not finite or not strictly increasing:
+    /// buckets are fixed in code, so that is a programming error.
+    pub(crate) fn new(bounds: &[f64]) -> Self {
+        check_buckets(bounds);
+        Histogram(LibHistogram::new(bounds.iter().copied()))
+    }
+
+    /// Records one value. NaN is ignored: it belongs in no bucket and would poison the sum.
+    pub fn observe(&self, value: f64) {
+        if !value.is_nan() {
+            self.0.observe(value);
+        }
+    }
+
+    /// Records a duration in seconds, the unit Prometheus expects.
+    pub fn observe_duration(&self, duration: Duration) {
+        self.observe(duration.as_secs_f64());
     }
 }
 
-/// Adds to an `f64` stored as bits; there is no atomic float add, so compare-and-swap.
-pub(crate) fn add_f64(bits: &AtomicU64, delta: f64) {
-    let _ = bits.fetch_update(Relaxed, Relaxed, |current| {
-        Some((f64::from_bits(current) + delta).to_bits())
-    });
+delegate_encoding!(Histogram, MetricType::Histogram);
+
+/// Checks bucket bounds once, where they are declared, rather than at the first observation.
+pub(crate) fn check_buckets(bounds: &[f64]) {
+    let bounds = match bounds.split_last() {
+        Some((&last, rest)) if last == f64::INFINITY => rest,
+        _ => bounds,
+    };
+    assert!(!bounds.is_empty(), "a histogram needs at least one bucket");
+    assert!(
+        bounds.iter().all(|b| b.is_finite()) && bounds.windows(2).all(|w| w[0] < w[1]),
+        "histogram buckets must be finite and strictly increasing, found {bounds:?}"
+    );
 }
 
 #[cfg(test)]
@@ -180,5 +226,16 @@ mod tests {
             }
         });
         assert_eq!(gauge.get(), 4000.0);
+    }
+
+    #[test]
+    #[should_panic(expected = "strictly increasing")]
+    fn unsorted_buckets_are_a_programming_error() {
+        Histogram::new(&[2.0, 1.0]);
+    }
+
+    #[test]
+    fn latency_buckets_are_valid() {
+        check_buckets(LATENCY_BUCKETS);
     }
 }
