@@ -77,10 +77,10 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
             return Err(Setup(format!("{what}: {err}")).into());
         }
     }
-    if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(Setup(format!("--rate: expected a positive number, found {rate}")).into());
-        }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(Setup(format!("--rate: expected a positive number, found {rate}")).into());
     }
     if !(1..=10_000).contains(&args.batch) {
         return Err(Setup(format!("--batch: expected 1..=10000, found {}", args.batch)).into());

@@ -188,10 +188,10 @@ fn run<S: Sink>(
         batch.push(r);
     }
     commit(&mut store, &mut batch, &mut outcome, &mut on_fatal);
-    if outcome.fatal.is_none() {
-        if let Err(err) = store.checkpoint() {
-            tracing::warn!("checkpoint at shutdown failed: {err}");
-        }
+    if outcome.fatal.is_none()
+        && let Err(err) = store.checkpoint()
+    {
+        tracing::warn!("checkpoint at shutdown failed: {err}");
     }
     outcome
 }
