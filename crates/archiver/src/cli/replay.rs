@@ -30,8 +30,8 @@ pub struct ReplayArgs {
     /// Archived topic to replay
     #[arg(long, value_name = "TOPIC")]
     pub topic: String,
-    /// Start of the range, inclusive (RFC 3339, nanoseconds since the epoch, "now", "-1h");
-    /// default: the oldest message
+    /// Start of the range, inclusive (RFC 3339 with Z or an offset, nanoseconds since the epoch,
+    /// "now", "-1h"); default: the oldest message
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// End of the range, exclusive; default: the time this run starts. Give absolute times to
