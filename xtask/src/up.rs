@@ -149,7 +149,7 @@ fn row(name: &str, pid: Option<u32>, place: impl std::fmt::Display) {
 /// README's walkthrough stops one with `kill <pid>`).
 fn print_table(stack: &mut Stack, postgres: Option<&testkit::Postgres>, state_dir: &Path) {
     println!();
-    row("service", None, "address");
+    println!("  {:<12} {:<8} address", "service", "pid");
     let api = stack.api.process().pid();
     row("proxy", api, stack.proxy_url());
     row("dashboard", api, stack.dashboard_url());
