@@ -28,26 +28,26 @@ fn xtask_up_serves_and_ctrl_c_leaves_nothing_behind() {
     let pid = child.id();
     let guard = KillOnDrop(pid);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut proxy, mut pids) = (None, Vec::<u32>::new());
+    // The table: `name pid address` per service; the hmac key row ends it.
+    let (mut proxy, mut pids) = (None, Vec::<(String, u32)>::new());
+    let mut table_done = false;
     let deadline = Instant::now() + Duration::from_secs(240);
-    while proxy.is_none() || pids.is_empty() {
+    while !table_done {
         assert!(
             Instant::now() < deadline,
-            "xtask up printed no URLs in time"
+            "xtask up printed no URL table in time"
         );
         let line = lines.next().expect("xtask up output").unwrap();
-        let line = line.trim();
-        if let Some(url) = line.strip_prefix("proxy") {
-            proxy = Some(url.trim().to_string());
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let [name, pid, place, ..] = words[..]
+            && let Ok(pid) = pid.parse::<u32>()
+        {
+            if name == "proxy" {
+                proxy = Some(place.to_string());
+            }
+            pids.push((name.to_string(), pid));
         }
-        if let Some(list) = line.strip_prefix("pids") {
-            pids = list
-                .trim()
-                .trim_matches(['[', ']'])
-                .split(',')
-                .filter_map(|p| p.trim().parse().ok())
-                .collect();
-        }
+        table_done = line.trim_start().starts_with("hmac key");
     }
     // Drain the rest of the output so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines.by_ref() {});
@@ -71,6 +71,24 @@ fn xtask_up_serves_and_ctrl_c_leaves_nothing_behind() {
         3,
         "requests reached all three data servers: {ids:?}"
     );
+    // Each service on its row with a live pid: a data server can be picked by its id.
+    let names: Vec<&str> = pids.iter().map(|(name, _)| name.as_str()).collect();
+    for name in [
+        "proxy",
+        "nsqadmin",
+        "nsqlookupd",
+        "nsqd0",
+        "nsqd1",
+        "archiver",
+    ] {
+        assert!(names.contains(&name), "{name} has a pid: {pids:?}");
+    }
+    for id in &ids {
+        assert!(names.contains(&id.as_str()), "{id} has a pid: {pids:?}");
+    }
+    let mut pids: Vec<u32> = pids.into_iter().map(|(_, pid)| pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
     assert!(pids.len() >= 9, "{pids:?}");
     assert!(pids.iter().all(|p| alive(*p)));
 

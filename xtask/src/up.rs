@@ -1,7 +1,7 @@
 //! `cargo xtask up`: the whole stack on this machine, no Docker. Ctrl-C stops it gracefully.
 
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,34 +80,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             ..Default::default()
         })
         .await?;
-        println!();
-        println!("  proxy        {}", stack.proxy_url());
-        println!("  dashboard    {}", stack.dashboard_url());
-        println!("  registry     {}registry", stack.dashboard_url());
-        println!("  nsqadmin     {}", stack.nsqadmin_url());
-        println!("  archiver     {}", stack.archiver_metrics_url());
-        println!("  nsqlookupd   http://{}/", stack.cluster.lookupd_http());
-        for i in 0..stack.cluster.len() {
-            println!(
-                "  nsqd{i}        tcp {}  http http://{}/",
-                stack.cluster.nsqd_tcp(i),
-                stack.cluster.nsqd_http(i)
-            );
-        }
-        match &postgres {
-            Some(pg) => println!(
-                "  archive      {} (password in {})",
-                pg.url(),
-                pg.password_file().display()
-            ),
-            None => println!("  archive      {}", stack.archive_db().display()),
-        }
-        println!("  state        {}", state_dir.display());
-        println!(
-            "  hmac key     {} (made on first start; heartbeats are signed)",
-            stack.key_file().display()
-        );
-        println!("  pids         {:?}", stack.pids());
+        print_table(&mut stack, postgres.as_ref(), &state_dir);
         println!();
         println!(
             "try: curl {}/whoami    (Ctrl-C stops everything)",
@@ -164,4 +137,65 @@ fn follow(name: &str, path: &std::path::Path, stop: &AtomicBool) {
             Err(_) => return,
         }
     }
+}
+
+/// One row of the table `up` prints: what, its process's pid (blank for a file), where.
+fn row(name: &str, pid: Option<u32>, place: impl std::fmt::Display) {
+    let pid = pid.map_or_else(String::new, |p| p.to_string());
+    println!("  {name:<12} {pid:<8} {place}");
+}
+
+/// The URL table, one row per service with its pid, so a data server can be picked by pid (the
+/// README's walkthrough stops one with `kill <pid>`).
+fn print_table(stack: &mut Stack, postgres: Option<&testkit::Postgres>, state_dir: &Path) {
+    println!();
+    println!("  {:<12} {:<8} address", "service", "pid");
+    let api = stack.api.process().pid();
+    row("proxy", api, stack.proxy_url());
+    row("dashboard", api, stack.dashboard_url());
+    row(
+        "registry",
+        api,
+        format!("{}registry", stack.dashboard_url()),
+    );
+    for i in 0..stack.data.len() {
+        let data = &mut stack.data[i];
+        let place = format!("http://{}/", data.listen_addr());
+        let id = data.id().to_owned();
+        row(&id, data.process().pid(), place);
+    }
+    row(
+        "nsqadmin",
+        stack.cluster.nsqadmin_pid(),
+        stack.nsqadmin_url(),
+    );
+    let lookupd = format!("http://{}/", stack.cluster.lookupd_http());
+    row("nsqlookupd", stack.cluster.lookupd_pid(), lookupd);
+    for i in 0..stack.cluster.len() {
+        let place = format!(
+            "tcp {}  http http://{}/",
+            stack.cluster.nsqd_tcp(i),
+            stack.cluster.nsqd_http(i)
+        );
+        row(&format!("nsqd{i}"), stack.cluster.nsqd_pid(i), place);
+    }
+    let archive = match postgres {
+        Some(pg) => format!(
+            "{} (password in {})",
+            pg.url(),
+            pg.password_file().display()
+        ),
+        None => stack.archive_db().display().to_string(),
+    };
+    row("archiver", stack.archiver_pid(), archive);
+    row("arch metrics", None, stack.archiver_metrics_url());
+    row("state", None, state_dir.display());
+    row(
+        "hmac key",
+        None,
+        format!(
+            "{} (made on first start; heartbeats are signed)",
+            stack.key_file().display()
+        ),
+    );
 }

@@ -43,7 +43,7 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 /// Most proxy worker threads (`server.workers`).
 pub const MAX_WORKERS: usize = 256;
-/// Suffix of the default canary topic, after `discovery.topic`.
+/// Suffix of the default canary topic, after `discovery.topic` without its own `#ephemeral`.
 pub const CANARY_TOPIC_SUFFIX: &str = ".canary#ephemeral";
 
 /// The whole configuration file.
@@ -189,11 +189,13 @@ impl DiscoveryConfig {
         self.hmac_key_file.iter().chain(&self.hmac_key_files)
     }
 
-    /// The canary topic in effect.
+    /// The canary topic in effect: by default `discovery.topic` without its `#ephemeral` suffix (a
+    /// name carries it once, at the end), then `.canary#ephemeral`.
     pub fn canary_topic(&self) -> String {
-        self.canary_topic
-            .clone()
-            .unwrap_or_else(|| format!("{}{CANARY_TOPIC_SUFFIX}", self.topic))
+        self.canary_topic.clone().unwrap_or_else(|| {
+            let base = self.topic.strip_suffix("#ephemeral").unwrap_or(&self.topic);
+            format!("{base}{CANARY_TOPIC_SUFFIX}")
+        })
     }
 
     /// The canary interval in effect.
@@ -524,6 +526,16 @@ mod tests {
         );
         assert_eq!(c.discovery.canary_interval(), Duration::from_secs(1));
         assert_eq!(c.discovery.canary_timeout(), Duration::from_millis(3000));
+    }
+
+    #[test]
+    fn an_ephemeral_topic_gets_a_valid_canary_topic() {
+        let c = load(&[
+            "discovery.topic=hb#ephemeral",
+            "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        ])
+        .unwrap();
+        assert_eq!(c.discovery.canary_topic(), "hb.canary#ephemeral");
     }
 
     #[test]

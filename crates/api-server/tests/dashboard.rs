@@ -131,10 +131,10 @@ impl Load {
                 let mut pace = tokio::time::interval(Duration::from_millis(20));
                 while !stop.load(Ordering::Relaxed) {
                     pace.tick().await;
-                    if let Ok(r) = http.get(format!("http://{proxy}/hello")).send().await {
-                        if r.status().is_success() {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
+                    if let Ok(r) = http.get(format!("http://{proxy}/hello")).send().await
+                        && r.status().is_success()
+                    {
+                        ok.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }

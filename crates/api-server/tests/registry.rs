@@ -325,3 +325,25 @@ async fn the_event_stream_sends_history_and_a_snapshot_then_each_change() {
     );
     assert_eq!(api.metric("api_event_streams").await.unwrap(), 1.0);
 }
+
+/// An ephemeral heartbeat topic (`hb#ephemeral`): the api-server starts (its canary topic is
+/// `hb.canary#ephemeral`), finds the nsqd through nsqlookupd and registers the data server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_heartbeat_topic_is_discovered_through_lookupd() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let api = api_server(&cluster, "10s", &["discovery.topic=hb#ephemeral"]).await;
+    let mut opts = testkit::DataServerOptions::new(cluster.nsqd_tcp_addresses())
+        .set("server.id=data-eph")
+        .set("announce.topic=hb#ephemeral");
+    opts.interval = "300ms".to_owned();
+    let _server = testkit::DataServer::start_with(opts)
+        .await
+        .expect("data-server starts");
+    api.wait_registry(SOON, "data-eph to join", |d| ids(d) == ["data-eph"])
+        .await
+        .unwrap();
+    // The canary comes back on its own topic: the bus is measured as alive.
+    api.wait_registry(SOON, "the bus to be alive", |d| d["bus"]["alive"] == true)
+        .await
+        .unwrap();
+}

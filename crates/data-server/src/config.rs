@@ -218,14 +218,14 @@ impl Validate for Config {
                 ));
             }
         }
-        if let Some(id) = &self.server.id {
-            if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-                return Err(Invalid::new(
-                    "server.id",
-                    format!("1 to {MAX_ID_BYTES} bytes without control characters"),
-                    format!("{id:?}"),
-                ));
-            }
+        if let Some(id) = &self.server.id
+            && (id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_control))
+        {
+            return Err(Invalid::new(
+                "server.id",
+                format!("1 to {MAX_ID_BYTES} bytes without control characters"),
+                format!("{id:?}"),
+            ));
         }
         self.validate_meta()?;
         if self.data.max_keys == 0 {

@@ -39,8 +39,8 @@ pub enum ServerError {
     /// The announcer refused its settings.
     #[error(transparent)]
     Announcer(#[from] AnnouncerConfigError),
-    /// The sidecar's HTTP client for health probes could not be built.
-    #[error("health probe client: {0}")]
+    /// The sidecar's health URL could not be parsed.
+    #[error("health URL: {0}")]
     HealthClient(String),
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]

@@ -6,7 +6,11 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use discovery::{Announcer, AsyncHealth};
+use http_body_util::Empty;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use svc::{HostPort, Shutdown, with_timeout};
 
 use crate::config::Config;
@@ -26,18 +30,23 @@ pub async fn run_sidecar(
     let mut announce = config.announcer_config(id.clone(), addr.clone(), key);
     announce.producer.conn = config.nsq.conn().map_err(ServerError::Nsq)?;
     let announcer = Announcer::new(announce)?;
-    let client = reqwest::Client::builder()
-        .timeout(config.sidecar.health_timeout.get())
-        .build()
-        .map_err(|e| ServerError::HealthClient(e.to_string()))?;
-    let url = health_url.clone();
+    let uri: http::Uri = health_url
+        .parse()
+        .map_err(|e| ServerError::HealthClient(format!("{health_url:?}: {e}")))?;
+    // hyper-util's pooled client, plain HTTP only (main refuses https:// health URLs).
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let timeout = config.sidecar.health_timeout.get();
     let health = AsyncHealth(move || {
-        let request = client.get(url.clone());
+        let probe = client.get(uri.clone());
         async move {
-            match request.send().await {
-                Ok(response) => response.status().is_success(),
-                Err(err) => {
+            match tokio::time::timeout(timeout, probe).await {
+                Ok(Ok(response)) => response.status().is_success(),
+                Ok(Err(err)) => {
                     tracing::debug!("health probe failed: {err}");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!("health probe: no answer within {timeout:?}");
                     false
                 }
             }

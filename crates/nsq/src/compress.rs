@@ -227,30 +227,12 @@ impl Deflater {
     }
 }
 
-/// CRC-32C (Castagnoli), masked as the snappy framing format specifies.
+/// CRC-32C (Castagnoli), masked as the snappy framing format specifies. The `crc32c` crate uses
+/// the CPU's CRC instructions where there are some (SSE 4.2, ARMv8).
 fn masked_crc32c(data: &[u8]) -> u32 {
-    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
-    let table = TABLE.get_or_init(|| {
-        let mut t = [0u32; 256];
-        for (i, slot) in t.iter_mut().enumerate() {
-            let mut c = i as u32;
-            for _ in 0..8 {
-                c = if c & 1 != 0 {
-                    0x82F6_3B78 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-            }
-            *slot = c;
-        }
-        t
-    });
-    let mut crc = !0u32;
-    for &b in data {
-        crc = table[((crc ^ u32::from(b)) & 0xff) as usize] ^ (crc >> 8);
-    }
-    let crc = !crc;
-    (crc.rotate_right(15)).wrapping_add(0xa282_ead8)
+    crc32c::crc32c(data)
+        .rotate_right(15)
+        .wrapping_add(0xa282_ead8)
 }
 
 #[cfg(test)]
@@ -275,6 +257,16 @@ mod tests {
             dec.feed(piece, &mut plain).unwrap();
         }
         assert_eq!(plain.to_vec(), messages.concat());
+    }
+
+    #[test]
+    fn masked_crc32c_of_the_check_string() {
+        // CRC-32C("123456789") is 0xE3069283 (RFC 3720, B.4), masked as snappy's framing does.
+        let crc: u32 = 0xE306_9283;
+        assert_eq!(
+            masked_crc32c(b"123456789"),
+            crc.rotate_right(15).wrapping_add(0xa282_ead8)
+        );
     }
 
     #[test]

@@ -120,15 +120,15 @@ impl Config {
     /// Checks the ranges nsqd would refuse in IDENTIFY, before connecting.
     pub(crate) fn validate(&self) -> crate::Result<()> {
         let bad = |m: String| Err(crate::Error::Config(m));
-        if let Some(hb) = self.heartbeat_interval {
-            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&hb) {
-                return bad(format!("heartbeat_interval must be 1s..60s, got {hb:?}"));
-            }
+        if let Some(hb) = self.heartbeat_interval
+            && !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&hb)
+        {
+            return bad(format!("heartbeat_interval must be 1s..60s, got {hb:?}"));
         }
-        if let Some(t) = self.msg_timeout {
-            if !(Duration::from_secs(1)..=Duration::from_secs(15 * 60)).contains(&t) {
-                return bad(format!("msg_timeout must be 1s..15m, got {t:?}"));
-            }
+        if let Some(t) = self.msg_timeout
+            && !(Duration::from_secs(1)..=Duration::from_secs(15 * 60)).contains(&t)
+        {
+            return bad(format!("msg_timeout must be 1s..15m, got {t:?}"));
         }
         if let OutputBuffer::Buffered { size, timeout } = self.output_buffer {
             if !(64..=65536).contains(&size) {
@@ -146,10 +146,10 @@ impl Config {
                 self.sample_rate
             ));
         }
-        if let Compression::Deflate(level) = self.compression {
-            if !(1..=9).contains(&level) {
-                return bad(format!("deflate level must be 1..9, got {level}"));
-            }
+        if let Compression::Deflate(level) = self.compression
+            && !(1..=9).contains(&level)
+        {
+            return bad(format!("deflate level must be 1..9, got {level}"));
         }
         if self.max_frame_size < 1024 {
             return bad(format!(

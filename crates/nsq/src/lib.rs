@@ -52,3 +52,8 @@ pub use message::{MESSAGE_ID_LEN, MessageId, RawMessage};
 pub use names::{is_ephemeral, validate_channel, validate_topic};
 pub use producer::{Producer, ProducerConfig};
 pub use publisher::{PublishReport, Publisher};
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;

@@ -1,12 +1,14 @@
-//! nsqlookupd discovery: `GET /lookup?topic=` in either response format, over `http://` (reqwest) or
-//! `https://` (hyper over rustls, certificates always verified, with the same CA and client
-//! certificate as the nsqd connections).
+//! nsqlookupd discovery: `GET /lookup?topic=` in either response format, over `http://` or `https://`
+//! (rustls, certificates always verified, with the same CA and client certificate as the nsqd
+//! connections), one hyper HTTP/1.1 request on a fresh connection each time.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body_util::{BodyExt, Empty};
+use hyper::rt::{Read, Write};
 use serde::Deserialize;
 
 use crate::config::TlsConfig;
@@ -27,7 +29,6 @@ struct LookupBody {
 /// Queries nsqlookupd's HTTP API.
 #[derive(Debug, Clone)]
 pub struct Lookupd {
-    http: reqwest::Client,
     timeout: Duration,
     https: Arc<rustls::ClientConfig>,
 }
@@ -42,23 +43,14 @@ impl Lookupd {
     /// A client whose `https://` queries use `tls` (CA file, client certificate; `server_name`
     /// does not apply: the URL's host is verified), or the built-in web roots without it.
     pub fn with_tls(timeout: Duration, tls: Option<&TlsConfig>) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .no_proxy()
-            .build()
-            .map_err(|e| Error::Config(format!("HTTP client: {e}")))?;
         let https = crate::tls::client_config(tls.unwrap_or(&TlsConfig::default()))?;
-        Ok(Self {
-            http,
-            timeout,
-            https,
-        })
+        Ok(Self { timeout, https })
     }
 
     /// The nsqd TCP addresses (`host:port`) that `lookupd` (an HTTP `host:port` or URL) lists
     /// for `topic`. An unknown topic is an empty list: it just has no producer yet.
     pub async fn lookup(&self, lookupd: &str, topic: &str) -> Result<Vec<String>> {
-        let body = self.get(lookupd, &format!("/lookup?topic={topic}")).await?;
+        let body = self.get(lookupd, &lookup_path(topic)).await?;
         parse_lookup(&body.unwrap_or_default()).map_err(|reason| Error::Lookup {
             addr: lookupd.to_string(),
             reason,
@@ -86,23 +78,11 @@ impl Lookupd {
             reason,
         };
         let url = format!("{base}{path}");
-        let (status, body) = if url.starts_with("https://") {
-            tokio::time::timeout(self.timeout, self.get_https(&url))
-                .await
-                .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
-                .map_err(err)?
-        } else {
-            let resp = self
-                .http
-                .get(&url)
-                .header("Accept", ACCEPT)
-                .send()
-                .await
-                .map_err(|e| err(e.to_string()))?;
-            let status = resp.status();
-            (status, resp.bytes().await.map_err(|e| err(e.to_string()))?)
-        };
-        if status == reqwest::StatusCode::NOT_FOUND {
+        let (status, body) = tokio::time::timeout(self.timeout, self.get_url(&url))
+            .await
+            .map_err(|_| err(format!("no answer within {:?}", self.timeout)))?
+            .map_err(err)?;
+        if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !status.is_success() {
@@ -113,17 +93,10 @@ impl Lookupd {
         }
         Ok(Some(body))
     }
-}
 
-/// The `Accept` header that asks nsqlookupd for the v1 format.
-const ACCEPT: &str = "application/vnd.nsq; version=1.0";
-
-impl Lookupd {
-    /// One `GET` over TLS on a fresh connection (a poll every few seconds does not need a pool).
-    async fn get_https(
-        &self,
-        url: &str,
-    ) -> std::result::Result<(reqwest::StatusCode, Bytes), String> {
+    /// One `GET` on a fresh connection, over TLS for `https://` (a poll every few seconds does
+    /// not need a pool).
+    async fn get_url(&self, url: &str) -> std::result::Result<(StatusCode, Bytes), String> {
         let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
         let authority = uri.authority().ok_or("URL without a host")?.clone();
         let host = authority
@@ -131,42 +104,66 @@ impl Lookupd {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = authority.port_u16().unwrap_or(443);
-        let name = rustls_pki_types::ServerName::try_from(host.clone())
-            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+        let https = uri.scheme_str() == Some("https");
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
             .await
             .map_err(|e| format!("connect: {e}"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.https))
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-                .await
-                .map_err(|e| e.to_string())?;
-        // Drives the connection; it ends with the response, when `sender` is dropped.
-        tokio::spawn(conn);
-        let path = uri.path_and_query().map_or("/", |p| p.as_str());
-        let request = http::Request::get(path)
+        let request = http::Request::get(uri.path_and_query().map_or("/", |p| p.as_str()))
             .header(http::header::HOST, authority.as_str())
             .header(http::header::ACCEPT, ACCEPT)
             .body(Empty::<Bytes>::new())
             .map_err(|e| e.to_string())?;
-        let response = sender
-            .send_request(request)
+        if !https {
+            return send(hyper_util::rt::TokioIo::new(tcp), request).await;
+        }
+        let name = rustls_pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::clone(&self.https))
+            .connect(name, tcp)
             .await
-            .map_err(|e| e.to_string())?;
-        let status =
-            reqwest::StatusCode::from_u16(response.status().as_u16()).map_err(|e| e.to_string())?;
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok((status, body))
+            .map_err(|e| format!("TLS: {e}"))?;
+        send(hyper_util::rt::TokioIo::new(tls), request).await
     }
+}
+
+/// Sends `request` as the only one on `io` and reads the whole answer.
+async fn send<T>(
+    io: T,
+    request: http::Request<Empty<Bytes>>,
+) -> std::result::Result<(StatusCode, Bytes), String>
+where
+    T: Read + Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Drives the connection; it ends with the response, when `sender` is dropped.
+    tokio::spawn(conn);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+/// The `Accept` header that asks nsqlookupd for the v1 format.
+const ACCEPT: &str = "application/vnd.nsq; version=1.0";
+
+/// `/lookup?topic=…` with the topic percent-encoded: the `#` of `name#ephemeral` would otherwise
+/// start a URL fragment and nsqlookupd would be asked about `name`.
+fn lookup_path(topic: &str) -> String {
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("topic", topic)
+        .finish();
+    format!("/lookup?{query}")
 }
 
 /// Parses a `/lookup` (or `/nodes`) body in the v1 format or the legacy `{status_code, data}`
@@ -225,5 +222,11 @@ mod tests {
         assert!(parse_lookup(missing).unwrap().is_empty());
         assert!(parse_lookup(b"<html>").is_err());
         assert!(parse_lookup(br#"{"producers":[{"tcp_port":"x"}]}"#).is_err());
+    }
+
+    #[test]
+    fn the_topic_is_percent_encoded() {
+        assert_eq!(lookup_path("hb"), "/lookup?topic=hb");
+        assert_eq!(lookup_path("hb#ephemeral"), "/lookup?topic=hb%23ephemeral");
     }
 }

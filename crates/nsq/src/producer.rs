@@ -285,10 +285,10 @@ impl Producer {
     /// The open link, connecting first if there is none.
     async fn link(&self) -> Result<Arc<Link>> {
         let mut guard = self.inner.link.lock().await;
-        if let Some(link) = guard.as_ref() {
-            if link.is_open() {
-                return Ok(Arc::clone(link));
-            }
+        if let Some(link) = guard.as_ref()
+            && link.is_open()
+        {
+            return Ok(Arc::clone(link));
         }
         guard.take();
         let c = conn::connect(

@@ -51,6 +51,27 @@ async fn a_consumer_through_lookupd_gets_messages_from_two_nsqd() {
     consumer.stop(Duration::from_secs(5)).await;
 }
 
+/// `#` would start a URL fragment: unencoded, `eph#ephemeral` reached nsqlookupd as `eph`.
+#[tokio::test]
+async fn lookupd_is_asked_about_an_ephemeral_topic_by_its_whole_name() {
+    let cluster = NsqCluster::start(2).await.unwrap();
+    // nsqd 0 has only `eph`, nsqd 1 only `eph#ephemeral` (a PUB creates it).
+    cluster.create_topic(0, "eph", None).await.unwrap();
+    let producer = producer_to(&cluster, 1);
+    producer.publish("eph#ephemeral", "x").await.unwrap();
+    let lookupd = nsq::Lookupd::new(Duration::from_secs(5)).unwrap();
+    let addr = cluster.lookupd_http().to_string();
+    let (ephemeral, plain) = eventually(Duration::from_secs(10), "both topics listed", || async {
+        let ephemeral = lookupd.lookup(&addr, "eph#ephemeral").await.unwrap();
+        let plain = lookupd.lookup(&addr, "eph").await.unwrap();
+        (!ephemeral.is_empty() && !plain.is_empty()).then_some((ephemeral, plain))
+    })
+    .await;
+    assert_eq!(ephemeral, vec![cluster.nsqd_tcp(1).to_string()]);
+    assert_eq!(plain, vec![cluster.nsqd_tcp(0).to_string()]);
+    producer.close(Duration::from_secs(1)).await;
+}
+
 #[tokio::test]
 async fn ready_counts_never_sum_above_max_in_flight() {
     let cluster = NsqCluster::start(4).await.unwrap();

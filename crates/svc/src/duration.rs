@@ -14,13 +14,14 @@ use crate::config::Invalid;
 
 /// What a duration should look like, for error messages.
 const EXPECTED: &str = r#"a duration like "5s" or "250ms""#;
-const UNITS: &str = "ns, us, ms, s, m, h or d";
 
 /// A [`Duration`] read from and written as text like `"5s"`, `"250ms"`, `"1m30s"` or `"1.5s"`.
 ///
-/// Units: `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`, `d`; components add up (`"1h30m"`), a
-/// component may have a decimal fraction (`"1.5s"`), and `"0"` alone is zero. Display writes
-/// the shortest form that parses back to the same value.
+/// Parsed by [`humantime::parse_duration`]: units `ns`, `us` (or `µs`), `ms`, `s`, `m`, `h`, `d`
+/// (and humantime's longer spellings, `sec`, `min`, `hours`, …, `w`, `M` for months, `y`);
+/// components add up (`"1h30m"`, `"1h 30m"`), a component may have a decimal fraction (`"1.5s"`),
+/// and `"0"` alone is zero. Display writes the shortest form that parses back to the same value
+/// (`"1m30s"`, without humantime's spaces, as the config docs write it).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HumanDuration(pub Duration);
 
@@ -102,79 +103,18 @@ impl FromStr for HumanDuration {
     }
 }
 
-/// Parses one duration text; see [`HumanDuration`] for the grammar.
+/// Parses one duration text with `humantime`; see [`HumanDuration`] for the grammar. Empty and
+/// negative texts get reasons of their own; humantime's reasons are one line too.
 fn parse(text: &str) -> Result<Duration, ParseDurationError> {
     let fail = |reason: String| ParseDurationError::new(text, reason);
-    let mut rest = text.trim();
-    if rest.is_empty() {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
         return Err(fail("it is empty".into()));
     }
-    if rest.starts_with('-') {
+    if trimmed.starts_with('-') {
         return Err(fail("negative durations are not allowed".into()));
     }
-    if rest == "0" {
-        return Ok(Duration::ZERO);
-    }
-    // Whole nanoseconds fit u128 with room to spare, so sums and fractions stay exact.
-    let mut total: u128 = 0;
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let (number, after) = rest.split_at(number_end);
-        let unit_end = after
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(after.len());
-        let (unit, after) = after.split_at(unit_end);
-        rest = after.trim_start();
-        let unit = unit.trim();
-        if number.is_empty() {
-            return Err(fail(format!("expected a number before {unit:?}")));
-        }
-        let unit_nanos = match unit {
-            "" => return Err(fail(format!("{number} has no unit; use {UNITS}"))),
-            "ns" => 1,
-            "us" | "µs" | "μs" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60 * 1_000_000_000,
-            "h" => 3_600 * 1_000_000_000,
-            "d" => 86_400 * 1_000_000_000,
-            other => return Err(fail(format!("unknown unit {other:?}; use {UNITS}"))),
-        };
-        let nanos = component_nanos(number, unit_nanos)
-            .ok_or_else(|| fail(format!("{number:?} is not a number")))?;
-        total = total
-            .checked_add(nanos)
-            .ok_or_else(|| fail("it is too large".into()))?;
-    }
-    let secs = u64::try_from(total / 1_000_000_000).map_err(|_| fail("it is too large".into()))?;
-    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
-}
-
-/// `number` (like `12` or `1.5`) times `unit_nanos`, exactly; None if it is not a number.
-fn component_nanos(number: &str, unit_nanos: u128) -> Option<u128> {
-    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
-    if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
-        return None;
-    }
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().ok()?
-    };
-    // Digits past the 18th are below a nanosecond for every unit up to days; dropping them
-    // keeps 10^digits within u128.
-    let fraction = &fraction[..fraction.len().min(18)];
-    let scale = 10u128.pow(fraction.len() as u32);
-    let fraction: u128 = if fraction.is_empty() {
-        0
-    } else {
-        fraction.parse().ok()?
-    };
-    whole
-        .checked_mul(unit_nanos)?
-        .checked_add(fraction * unit_nanos / scale)
+    humantime::parse_duration(trimmed).map_err(|e| fail(e.to_string()))
 }
 
 impl fmt::Display for HumanDuration {
@@ -291,7 +231,7 @@ mod tests {
         assert_eq!(d("100us"), Duration::from_micros(100));
         assert_eq!(d("100µs"), Duration::from_micros(100));
         assert_eq!(d("7ns"), Duration::from_nanos(7));
-        assert_eq!(d(".5m"), Duration::from_secs(30));
+        assert_eq!(d("0.5m"), Duration::from_secs(30));
         assert_eq!(d("1d"), Duration::from_secs(86_400));
         assert_eq!(d(" 1h 2m "), Duration::from_secs(3720));
         assert_eq!(d("0"), Duration::ZERO);
@@ -304,17 +244,39 @@ mod tests {
         let err = |text: &str| text.parse::<HumanDuration>().unwrap_err().to_string();
         assert_eq!(
             err("5"),
-            r#"expected a duration like "5s" or "250ms", found "5" (5 has no unit; use ns, us, ms, s, m, h or d)"#
+            r#"expected a duration like "5s" or "250ms", found "5" (time unit needed, for example 5sec or 5ms)"#
         );
-        assert_eq!(
-            err("5x"),
-            r#"expected a duration like "5s" or "250ms", found "5x" (unknown unit "x"; use ns, us, ms, s, m, h or d)"#
+        assert!(
+            err("5x").starts_with(
+                r#"expected a duration like "5s" or "250ms", found "5x" (unknown time unit "x", supported units: ns, us/µs, ms, sec, min, hours, days"#
+            ),
+            "{}",
+            err("5x")
         );
         assert!(err("").ends_with("found \"\" (it is empty)"));
         assert!(err("-1s").ends_with("(negative durations are not allowed)"));
-        assert!(err("s").ends_with(r#"(expected a number before "s")"#));
-        assert!(err("1.2.3s").ends_with(r#"("1.2.3" is not a number)"#));
-        assert!(err("99999999999999999999999h").ends_with("(it is too large)"));
+        assert!(err("s").ends_with("(expected number at 0)"), "{}", err("s"));
+        assert!(
+            err("1.2.3s").contains("found \"1.2.3s\" ("),
+            "{}",
+            err("1.2.3s")
+        );
+        assert!(
+            err("99999999999999999999999h").contains("(number is too large"),
+            "{}",
+            err("99999999999999999999999h")
+        );
+        for text in [
+            "5",
+            "5x",
+            "",
+            "-1s",
+            "s",
+            "1.2.3s",
+            "99999999999999999999999h",
+        ] {
+            assert!(!err(text).contains('\n'), "one line: {}", err(text));
+        }
     }
 
     #[test]

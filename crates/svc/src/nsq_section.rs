@@ -45,14 +45,14 @@ impl NsqSection {
             ("tls_key_file", self.tls_key_file.is_some()),
             ("tls_server_name", self.tls_server_name.is_some()),
         ];
-        if !self.tls {
-            if let Some((name, _)) = tls_only.iter().find(|(_, set)| *set) {
-                return Err(Invalid::new(
-                    key(name),
-                    format!("{section}.tls = true when TLS settings are given"),
-                    format!("{section}.tls = false (connections would be plain TCP)"),
-                ));
-            }
+        if !self.tls
+            && let Some((name, _)) = tls_only.iter().find(|(_, set)| *set)
+        {
+            return Err(Invalid::new(
+                key(name),
+                format!("{section}.tls = true when TLS settings are given"),
+                format!("{section}.tls = false (connections would be plain TCP)"),
+            ));
         }
         match (&self.tls_cert_file, &self.tls_key_file) {
             (Some(_), None) => {
@@ -81,14 +81,14 @@ impl NsqSection {
                     .map_err(|err| Invalid::new(key(name), "a readable PEM file", err))?;
             }
         }
-        if let Some(name) = &self.tls_server_name {
-            if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(Invalid::new(
-                    key("tls_server_name"),
-                    "a DNS name or IP address",
-                    format!("{name:?}"),
-                ));
-            }
+        if let Some(name) = &self.tls_server_name
+            && (name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(Invalid::new(
+                key("tls_server_name"),
+                "a DNS name or IP address",
+                format!("{name:?}"),
+            ));
         }
         self.auth_secret().map_err(|err| {
             Invalid::new(

@@ -309,6 +309,21 @@ impl NsqCluster {
         self.dir.path()
     }
 
+    /// nsqlookupd's pid, while it runs.
+    pub fn lookupd_pid(&self) -> Option<u32> {
+        self.lookupd.pid()
+    }
+
+    /// nsqd `i`'s pid, while it runs.
+    pub fn nsqd_pid(&self, i: usize) -> Option<u32> {
+        self.nsqds[i].process.pid()
+    }
+
+    /// nsqadmin's pid, once started and while it runs.
+    pub fn nsqadmin_pid(&self) -> Option<u32> {
+        self.admin.as_ref().and_then(|(_, p)| p.pid())
+    }
+
     /// Pids of every running child (lookupd, nsqd, nsqadmin).
     pub fn pids(&self) -> Vec<u32> {
         std::iter::once(&self.lookupd)

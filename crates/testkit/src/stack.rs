@@ -318,6 +318,11 @@ impl Stack {
         &self.archive_db
     }
 
+    /// The archiver's pid, while it runs.
+    pub fn archiver_pid(&self) -> Option<u32> {
+        self.archiver.pid()
+    }
+
     /// Every process as (name, log file), for following their output.
     pub fn logs(&mut self) -> Vec<(String, PathBuf)> {
         let mut v = self.cluster.log_paths();

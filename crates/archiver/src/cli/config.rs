@@ -175,14 +175,14 @@ impl Validate for Config {
                 }
             }
         }
-        if let Some(name) = &a.archiver_name {
-            if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
-                return Err(Invalid::new(
-                    "archive.archiver_name",
-                    "1-200 printable characters",
-                    format!("{name:?}"),
-                ));
-            }
+        if let Some(name) = &a.archiver_name
+            && (name.is_empty() || name.len() > 200 || name.chars().any(char::is_control))
+        {
+            return Err(Invalid::new(
+                "archive.archiver_name",
+                "1-200 printable characters",
+                format!("{name:?}"),
+            ));
         }
         for (i, topic) in a.topics.iter().enumerate() {
             if a.topics[..i].contains(topic) {

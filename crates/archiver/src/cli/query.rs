@@ -17,7 +17,7 @@ pub struct QueryArgs {
     /// Only this topic (default: every topic, merged in original order)
     #[arg(long, value_name = "TOPIC")]
     pub topic: Option<String>,
-    /// Start of the range, inclusive (RFC 3339, nanoseconds since the epoch, "now", "-1h")
+    /// Start of the range, inclusive (RFC 3339 with Z or an offset, nanoseconds since the epoch, "now", "-1h")
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// End of the range, exclusive

@@ -30,8 +30,8 @@ pub struct ReplayArgs {
     /// Archived topic to replay
     #[arg(long, value_name = "TOPIC")]
     pub topic: String,
-    /// Start of the range, inclusive (RFC 3339, nanoseconds since the epoch, "now", "-1h");
-    /// default: the oldest message
+    /// Start of the range, inclusive (RFC 3339 with Z or an offset, nanoseconds since the epoch,
+    /// "now", "-1h"); default: the oldest message
     #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     pub from: Option<String>,
     /// End of the range, exclusive; default: the time this run starts. Give absolute times to
@@ -77,10 +77,10 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
             return Err(Setup(format!("{what}: {err}")).into());
         }
     }
-    if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
-            return Err(Setup(format!("--rate: expected a positive number, found {rate}")).into());
-        }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(Setup(format!("--rate: expected a positive number, found {rate}")).into());
     }
     if !(1..=10_000).contains(&args.batch) {
         return Err(Setup(format!("--batch: expected 1..=10000, found {}", args.batch)).into());

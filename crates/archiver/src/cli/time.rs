@@ -1,16 +1,17 @@
-//! Points in time on the command line and in output: RFC 3339 (UTC or with an offset),
-//! nanoseconds since the Unix epoch (as `query` prints them), `now`, or `now` minus a duration
-//! (`-1h`, `-30m`).
+//! Points in time on the command line and in output: RFC 3339 with `Z` or an offset (parsed and
+//! printed by `jiff`), nanoseconds since the Unix epoch (as `query` prints them), `now`, or
+//! `now` minus a duration (`-1h`, `-30m`).
 
 use std::str::FromStr;
 
+use jiff::Timestamp;
+use jiff::civil::DateTime;
 use svc::HumanDuration;
 
-const NS_PER_SEC: i64 = 1_000_000_000;
-
 /// What a time argument should look like, for error messages.
-pub const EXPECTED: &str = "an RFC 3339 time (2026-11-21T10:00:00Z), nanoseconds since the \
-                            Unix epoch, \"now\" or a duration ago (\"-1h\")";
+pub const EXPECTED: &str = "an RFC 3339 time with an offset (2026-11-21T10:00:00Z, \
+                            2026-11-21T11:00:00+01:00), nanoseconds since the Unix epoch, \
+                            \"now\" or a duration ago (\"-1h\")";
 
 /// Parses a time argument into nanoseconds since the Unix epoch; `now_ns` anchors `now` and
 /// relative times.
@@ -28,116 +29,40 @@ pub fn parse(text: &str, now_ns: i64) -> Result<i64, String> {
         let ns = i64::try_from(d.get().as_nanos()).map_err(|_| bad())?;
         return Ok(now_ns.saturating_sub(ns));
     }
-    rfc3339(t).ok_or_else(bad)
+    match t.parse::<Timestamp>() {
+        Ok(ts) => i64::try_from(ts.as_nanosecond()).map_err(|_| {
+            format!("{text:?} is outside the years 1677 to 2262 that the archive can hold")
+        }),
+        Err(err) => Err(without_offset(t).unwrap_or_else(|| format!("{}: {err}", bad()))),
+    }
 }
 
-/// `YYYY-MM-DD[(T| )HH:MM[:SS[.fraction]]][Z|±HH:MM]`; without an offset, UTC.
-fn rfc3339(t: &str) -> Option<i64> {
-    let b = t.as_bytes();
-    let num = |s: &[u8]| -> Option<i64> {
-        if s.is_empty() || !s.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(s).ok()?.parse().ok()
-    };
-    if b.len() < 10 || b[4] != b'-' || b[7] != b'-' {
-        return None;
-    }
-    let (year, month, day) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
-    if !(1..=12).contains(&month) || !(1..=days_in_month(year, month)).contains(&day) {
-        return None;
-    }
-    let mut secs = days_from_civil(year, month, day) * 86_400;
-    let mut nanos = 0i64;
-    let mut rest = &b[10..];
-    if !rest.is_empty() {
-        if !matches!(rest[0], b'T' | b't' | b' ') || rest.len() < 6 || rest[3] != b':' {
-            return None;
-        }
-        let (h, m) = (num(&rest[1..3])?, num(&rest[4..6])?);
-        rest = &rest[6..];
-        let mut s = 0;
-        if rest.first() == Some(&b':') {
-            s = num(rest.get(1..3)?)?;
-            rest = &rest[3..];
-            if rest.first() == Some(&b'.') {
-                let digits = rest[1..].iter().take_while(|c| c.is_ascii_digit()).count();
-                if digits == 0 || digits > 9 {
-                    return None;
-                }
-                nanos = num(&rest[1..=digits])? * 10i64.pow(9 - digits as u32);
-                rest = &rest[1 + digits..];
-            }
-        }
-        if h > 23 || m > 59 || s > 60 {
-            return None;
-        }
-        secs += h * 3600 + m * 60 + s;
-        match rest {
-            [] | [b'Z' | b'z'] => {}
-            [sign @ (b'+' | b'-'), oh1, oh2, b':', om1, om2] => {
-                let off = num(&[*oh1, *oh2])? * 3600 + num(&[*om1, *om2])? * 60;
-                secs -= if *sign == b'+' { off } else { -off };
-            }
-            _ => return None,
-        }
-    }
-    secs.checked_mul(NS_PER_SEC)?.checked_add(nanos)
+/// The error for a date and time without an offset, which could be any of 27 hours: how to
+/// write it in UTC. `None` when `t` is not a civil date and time either.
+fn without_offset(t: &str) -> Option<String> {
+    let civil = t.parse::<DateTime>().ok().or_else(|| {
+        t.parse::<jiff::civil::Date>()
+            .ok()
+            .map(|d| d.at(0, 0, 0, 0))
+    })?;
+    Some(format!(
+        "{t:?} has no UTC offset, so it names no single point in time: write {civil}Z for UTC \
+         or add the offset, like {civil}+01:00"
+    ))
 }
 
 /// Formats nanoseconds since the epoch as RFC 3339 UTC with nanoseconds.
 pub fn format(ns: i64) -> String {
-    let secs = ns.div_euclid(NS_PER_SEC);
-    let nanos = ns.rem_euclid(NS_PER_SEC);
-    let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod % 3600 / 60,
-        sod % 60
-    )
-}
-
-fn is_leap(y: i64) -> bool {
-    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    // Every i64 of nanoseconds is within jiff's range (years -9999 to 9999).
+    let ts = Timestamp::from_nanosecond(i128::from(ns)).expect("i64 nanoseconds fit a Timestamp");
+    ts.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NS_PER_SEC: i64 = 1_000_000_000;
 
     #[test]
     fn parses_the_accepted_forms() {
@@ -145,24 +70,49 @@ mod tests {
         assert_eq!(parse("now", now), Ok(now));
         assert_eq!(parse("-1h", now), Ok(now - 3600 * NS_PER_SEC));
         assert_eq!(parse("123", now), Ok(123));
-        assert_eq!(parse("1970-01-01", now), Ok(0));
+        assert_eq!(parse("1970-01-01T00:00:00Z", now), Ok(0));
         assert_eq!(parse("2023-11-14T22:13:20Z", now), Ok(now));
         assert_eq!(parse("2023-11-14T23:13:20+01:00", now), Ok(now));
+        assert_eq!(parse("2023-11-14T20:13:20-02:00", now), Ok(now));
         assert_eq!(
-            parse("2023-11-14 22:13:20.5", now),
+            parse("2023-11-14 22:13:20.5Z", now),
             Ok(now + NS_PER_SEC / 2)
         );
         for bad in [
             "",
             "yesterday",
-            "2023-13-01",
-            "2023-02-30",
-            "2023-11-14T25:00",
+            "2023-13-01T00:00:00Z",
+            "2023-02-30T00:00:00Z",
+            "2023-11-14T25:00Z",
             "-x",
             "é",
         ] {
-            assert!(parse(bad, now).is_err(), "{bad:?}");
+            let err = parse(bad, now).unwrap_err();
+            assert!(
+                err.starts_with("expected an RFC 3339 time"),
+                "{bad:?}: {err}"
+            );
         }
+    }
+
+    #[test]
+    fn an_impossible_offset_is_refused() {
+        for bad in ["2026-01-01T00:00:00+99:99", "2026-01-01T00:00:00+24:60"] {
+            let err = parse(bad, 0).unwrap_err();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_time_without_offset_says_how_to_write_it() {
+        assert_eq!(
+            parse("2026-01-01T10:00:00", 0).unwrap_err(),
+            "\"2026-01-01T10:00:00\" has no UTC offset, so it names no single point in time: write \
+             2026-01-01T10:00:00Z for UTC or add the offset, like 2026-01-01T10:00:00+01:00"
+        );
+        let err = parse("2026-01-01", 0).unwrap_err();
+        assert!(err.contains("write 2026-01-01T00:00:00Z for UTC"), "{err}");
+        assert!(!err.contains('\n'));
     }
 
     #[test]

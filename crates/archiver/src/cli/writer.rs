@@ -204,10 +204,10 @@ fn run<S: Sink>(
         &mut on_fatal,
         limits.metrics.as_ref(),
     );
-    if outcome.fatal.is_none() {
-        if let Err(err) = store.checkpoint() {
-            tracing::warn!("checkpoint at shutdown failed: {err}");
-        }
+    if outcome.fatal.is_none()
+        && let Err(err) = store.checkpoint()
+    {
+        tracing::warn!("checkpoint at shutdown failed: {err}");
     }
     outcome
 }

@@ -338,10 +338,10 @@ impl Announcer {
                     tracing::warn!(nsqd = %nsqd, error = %err, "publishing a heartbeat failed; failing over to another nsqd");
                 }
             }
-            if let Some(nsqd) = &delivery.accepted_by {
-                if failing.remove(nsqd) {
-                    tracing::info!(nsqd = %nsqd, "nsqd takes heartbeats again");
-                }
+            if let Some(nsqd) = &delivery.accepted_by
+                && failing.remove(nsqd)
+            {
+                tracing::info!(nsqd = %nsqd, "nsqd takes heartbeats again");
             }
         }
         if let Some(nsqd) = delivery.accepted_by {

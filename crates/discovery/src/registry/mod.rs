@@ -201,12 +201,11 @@ impl Registry {
         if rules::is_stale(nsqd_timestamp_ns, wall_now, self.inner.ttl) {
             return Outcome::Ignored(IgnoreReason::Stale);
         }
-        if let (false, Message::Json(hb)) = (self.inner.keys.is_empty(), &message) {
-            if let Err(rejection) =
+        if let (false, Message::Json(hb)) = (self.inner.keys.is_empty(), &message)
+            && let Err(rejection) =
                 rules::check_replay_window(hb.sent_at_ms, wall_now, self.inner.ttl)
-            {
-                return Outcome::Rejected(rejection);
-            }
+        {
+            return Outcome::Rejected(rejection);
         }
         let update = match message {
             Message::Json(hb) => Update {
@@ -309,10 +308,10 @@ impl Registry {
             );
             return Outcome::Joined;
         };
-        if let (Some(order), Some(current)) = (update.order, entry.order) {
-            if let Some(reason) = rules::not_newer(order, current) {
-                return Outcome::Ignored(reason);
-            }
+        if let (Some(order), Some(current)) = (update.order, entry.order)
+            && let Some(reason) = rules::not_newer(order, current)
+        {
+            return Outcome::Ignored(reason);
         }
         // A new epoch is a new run of the server, which announces itself only once healthy: whatever made the old
         // run fail does not count against it, so an ejected server returns to rotation at once.

@@ -238,8 +238,8 @@ fn wrong_type_says_expected_and_found() {
 
 #[test]
 fn bad_duration_from_file_and_from_env() {
-    let (f, err) = file_error("[announce]\ninterval = \"5 seconds\"\n");
-    let rest = r#"announce.interval: expected a duration like "5s" or "250ms", found "5 seconds" (unknown unit "seconds"; use ns, us, ms, s, m, h or d)"#;
+    let (f, err) = file_error("[announce]\ninterval = \"5 parsecs\"\n");
+    let rest = r#"announce.interval: expected a duration like "5s" or "250ms", found "5 parsecs" (unknown time unit "parsecs", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations))"#;
     assert_eq!(err.to_string(), in_file(&f, rest));
     let err = error(loader(&f, &[("DATA_SERVER__ANNOUNCE__INTERVAL", "5")]));
     assert_eq!(
