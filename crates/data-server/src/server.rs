@@ -73,6 +73,7 @@ pub async fn serve(
     announce.producer.conn = config.nsq.conn().map_err(ServerError::Nsq)?;
     let announcer = Announcer::new(announce)?;
     let state = AppState::new(id.clone(), advertise.clone(), Some(announcer.clone()));
+    state.set_added_latency(config.server.added_latency.get());
 
     let stop_serving = Shutdown::new();
     let server = axum::serve(listener, app(state.clone()))

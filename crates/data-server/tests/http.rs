@@ -7,9 +7,15 @@ use sha2::{Digest, Sha256};
 use testkit::http::{get, get_json, get_text, send, send_json};
 
 async fn serve() -> (SocketAddr, reqwest::Client) {
+    serve_with(std::time::Duration::ZERO).await
+}
+
+/// A server with `server.added_latency = added`.
+async fn serve_with(added: std::time::Duration) -> (SocketAddr, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = AppState::new("data-1", addr.to_string(), None);
+    state.set_added_latency(added);
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
     (addr, reqwest::Client::new())
 }
@@ -93,6 +99,37 @@ async fn slow_waits_and_bounds_are_enforced() {
     assert_eq!(too_slow.status(), 400);
     let too_big = get(&client, format!("http://{addr}/bytes/99999999999")).await;
     assert_eq!(too_big.status(), 400);
+}
+
+#[tokio::test]
+async fn added_latency_slows_the_data_endpoints_only() {
+    use std::time::{Duration, Instant};
+    let added = Duration::from_millis(400);
+    let (addr, client) = serve_with(added).await;
+    let started = Instant::now();
+    let who: serde_json::Value = get_json(&client, format!("http://{addr}/whoami")).await;
+    assert_eq!(who["id"], "data-1");
+    assert!(started.elapsed() >= added, "{:?}", started.elapsed());
+    // /slow adds its own wait on top.
+    let started = Instant::now();
+    let slow: serde_json::Value = get_json(&client, format!("http://{addr}/slow?ms=100")).await;
+    assert_eq!(slow["slept_ms"], 100);
+    assert!(started.elapsed() >= added + Duration::from_millis(100));
+    // Health and metrics answer at once, so a slow server is still seen healthy.
+    let started = Instant::now();
+    assert_eq!(
+        get(&client, format!("http://{addr}/healthz"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&client, format!("http://{addr}/metrics"))
+            .await
+            .status(),
+        200
+    );
+    assert!(started.elapsed() < added, "{:?}", started.elapsed());
 }
 
 #[tokio::test]
