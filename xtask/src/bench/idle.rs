@@ -29,8 +29,8 @@ const SECOND_REQUEST_SAMPLE: usize = 100;
 /// The RSS added per idle connection to nginx and to the api-server in front of the same data server.
 pub async fn idle_connections(a: &BenchArgs) -> Result<Report> {
     let count = a.count.unwrap_or(DEFAULT_CONNECTIONS);
-    // This process holds every client socket, and the proxies (its children) the server side and more.
-    let nofile = raise_nofile_limit((count as u64) * 2 + 1024)?;
+    // This process holds every client socket; the proxies (its children, with the same limit) the server sides.
+    let nofile = raise_nofile_limit(count as u64 + 1024)?;
     let bins = release_bins(&["api-server", "data-server"])?;
     let cluster = NsqCluster::start(1).await?;
     let data = start_data_servers(&bins, &cluster, &[None]).await?;

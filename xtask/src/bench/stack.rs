@@ -212,8 +212,8 @@ impl Nginx {
             Some(t) => format!("    keepalive_timeout {t};\n"),
             None => String::new(),
         };
-        // Enough descriptors for every client connection and its upstream side.
-        let rlimit = worker_connections * 2 + 64;
+        // A descriptor for every connection of a worker, and some for its files.
+        let rlimit = worker_connections + 1024;
         let location: String = location
             .lines()
             .map(|l| format!("            {}\n", l.trim()))
