@@ -37,7 +37,6 @@ async fn idle_connections_cost_little_and_each_serves_its_next_request() {
         wire.send(GET).await;
         assert_eq!(wire.response(false).await.status, 200);
     }
-    eprintln!("warm done");
     let pid = api.process().pid().unwrap();
     let before = rss_bytes(pid);
     let mut wires = Vec::with_capacity(IDLE);
@@ -47,7 +46,6 @@ async fn idle_connections_cost_little_and_each_serves_its_next_request() {
         assert_eq!(wire.response(false).await.status, 200);
         wires.push(wire);
     }
-    eprintln!("opened");
     let added = rss_bytes(pid).saturating_sub(before);
     assert!(
         added / IDLE as u64 <= MAX_BYTES_PER_IDLE,
@@ -66,9 +64,7 @@ async fn idle_connections_cost_little_and_each_serves_its_next_request() {
             1 => wire.send(large.as_bytes()).await,
             _ => wire.send(&[GET, GET].concat()).await,
         }
-        let t = std::time::Instant::now();
         let response = wire.response(false).await;
-        eprintln!("{i} {:?}", t.elapsed());
         assert_eq!(response.status, 200, "connection {i}: {response:?}");
         assert_eq!(response.json()["id"], id.as_str());
         if i % 3 == 2 {
