@@ -352,4 +352,3 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
         }
     }
 }
-

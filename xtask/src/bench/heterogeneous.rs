@@ -13,7 +13,9 @@ use testkit::NsqCluster;
 
 use super::client::{OpenLoop, WHOAMI, get_request, open_loop};
 use super::proxy::wrk;
-use super::stack::{Nginx, NginxTuning, start_api_with, start_data_server_with, stop_stack};
+use super::stack::{
+    Nginx, NginxTuning, start_api_with, start_data_server_with, stop_stack, whoami_count,
+};
 use super::{BenchArgs, Report, release_bins, round3};
 
 /// What the slow server adds to every answer.
@@ -88,9 +90,14 @@ pub async fn heterogeneous(a: &BenchArgs) -> Result<Report> {
         .map(|addr| vec![get_request(*addr, WHOAMI)].into())
         .collect();
     let mut rounds: Vec<Vec<_>> = SIDES.iter().map(|_| Vec::new()).collect();
+    // Requests the slow server answered during each side's rounds: how much of the load each balancer sent it.
+    let slow = upstreams[2];
+    let mut slow_requests = [0.0; SIDES.len()];
     for _ in 0..a.seconds.max(1) {
         for (i, addr) in targets.iter().enumerate() {
+            let before = whoami_count(slow).await?;
             let round = open_loop(*addr, rate, ROUND, OPEN_LOOP_CONNECTIONS, &requests[i]).await?;
+            slow_requests[i] += whoami_count(slow).await? - before;
             rounds[i].push(round);
         }
     }
@@ -116,11 +123,18 @@ pub async fn heterogeneous(a: &BenchArgs) -> Result<Report> {
             measured.map_or(serde_json::Value::Null, |m| m.round().into()),
         )
         .add("open_loop_connections", OPEN_LOOP_CONNECTIONS);
-    for (side, result) in SIDES.iter().zip(&results) {
+    for (i, (side, result)) in SIDES.iter().zip(&results).enumerate() {
         r.add(&format!("{side}_p50_ms"), round3(result.p50_ms))
             .add(&format!("{side}_p99_ms"), round3(result.p99_ms))
             .add(&format!("{side}_p99_9_ms"), round3(result.p999_ms))
             .add(&format!("{side}_samples"), result.samples)
+            .add(
+                &format!("{side}_slow_server_share_pct"),
+                round3(
+                    100.0 * slow_requests[i]
+                        / (result.samples as f64 + result.errors as f64).max(1.0),
+                ),
+            )
             .add(&format!("{side}_errors"), result.errors);
     }
     let best_api_p99 = results[0].p99_ms.min(results[1].p99_ms);
