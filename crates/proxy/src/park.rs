@@ -6,7 +6,10 @@
 //! future though an idle connection is in neither. Now the request is boxed for its lifetime (`conn::serve`), the
 //! drain buffer is allocated when a connection closes, and a connection waiting for a request gives its buffers to
 //! its worker thread's [`SpareBuffers`] and waits for readability with none; the first byte of its next request
-//! takes a set back. What stays is the task (its small future, the `Conn` fields) and tokio's I/O registration.
+//! takes a set back. What stays is the task (a 1.3 KB future in a debug build, most of it the `Conn` fields and the
+//! wait for the next head with its timer and notification), tokio's I/O registration and the peer's header
+//! strings: 2.4 KiB per idle connection measured, against nginx's 0.7 KiB. Going lower would take parking the
+//! connection out of its task altogether (a per-worker set of sockets and one timer), not done yet.
 //!
 //! The spare sets make parking free on a busy connection: the set it gives up is the one it takes back
 //! microseconds later, with no allocation, and at most [`MAX_SPARE`] sets wait per worker thread.

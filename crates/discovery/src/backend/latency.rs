@@ -16,7 +16,8 @@ use std::time::Duration;
 /// (Finagle's and Linkerd's 10 s default is made for far lower rates per server). And a server avoided for being
 /// slow is probed again once its estimate has decayed below the others' cost: after ln(slow / fast) time constants,
 /// about 4 s for a 20 ms server among 0.3 ms ones, so a server that recovered (a GC pause, a cold cache) is back in
-/// rotation within seconds while one that stays slow gets one request in several thousand.
+/// rotation within seconds, while one that stays slow gets a small share (0.6 % in `cargo xtask bench
+/// heterogeneous` at 5,000 requests/s on a loaded machine, against 3.3 % with `p2c`).
 pub const LATENCY_DECAY: Duration = Duration::from_secs(1);
 
 /// The estimate in nanoseconds (`f64` bits; 0: no sample yet) and the tick of its last sample. The two are written
