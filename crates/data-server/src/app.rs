@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -42,6 +42,8 @@ struct Inner {
     metrics: Metrics,
     kv: Store,
     ready: AtomicBool,
+    /// `server.added_latency` in nanoseconds.
+    added_latency_ns: AtomicU64,
 }
 
 impl AppState {
@@ -71,6 +73,7 @@ impl AppState {
                 metrics,
                 kv: Store::new(limits),
                 ready: AtomicBool::new(true),
+                added_latency_ns: AtomicU64::new(0),
             }),
         }
     }
@@ -93,6 +96,17 @@ impl AppState {
     /// Marks the server ready or not (not ready stops the heartbeats).
     pub fn set_ready(&self, ready: bool) {
         self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Waits `latency` before answering each request but `/healthz` and `/metrics` (`server.added_latency`).
+    pub fn set_added_latency(&self, latency: Duration) {
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.added_latency_ns.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The wait [`set_added_latency`](AppState::set_added_latency) set.
+    pub fn added_latency(&self) -> Duration {
+        Duration::from_nanos(self.inner.added_latency_ns.load(Ordering::Relaxed))
     }
 
     /// The metrics.
@@ -162,6 +176,11 @@ async fn count_requests(State(state): State<AppState>, request: Request, next: N
     metrics.requests.with(&route).inc();
     let _in_flight = metrics.in_flight.inc_guard();
     let started = std::time::Instant::now();
+    let added = state.added_latency();
+    // Operations endpoints stay prompt: a slow server is still observable and healthy.
+    if !added.is_zero() && route != "/healthz" && route != "/metrics" {
+        tokio::time::sleep(added).await;
+    }
     let response = next.run(request).await;
     metrics
         .duration

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     pub id: Option<String>,
     /// Metadata sent with every heartbeat; `weight` (1..=1000) is honoured by the balancer.
     pub meta: BTreeMap<String, serde_json::Value>,
+    /// Waited before answering every request but `/healthz` and `/metrics`: a slower server on demand, for
+    /// benchmarks of latency-aware balancing (0: none).
+    pub added_latency: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +69,7 @@ impl Default for ServerConfig {
             advertise: None,
             id: None,
             meta: BTreeMap::new(),
+            added_latency: HumanDuration::ZERO,
         }
     }
 }

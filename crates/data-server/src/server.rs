@@ -78,6 +78,7 @@ pub async fn serve(
         Some(announcer.clone()),
         config.data.limits(),
     );
+    state.set_added_latency(config.server.added_latency.get());
 
     let stop_serving = Shutdown::new();
     let server = axum::serve(listener, app(state.clone()))

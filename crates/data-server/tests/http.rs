@@ -7,13 +7,18 @@ use sha2::{Digest, Sha256};
 use testkit::http::{get, get_json, get_text, send, send_json};
 
 async fn serve() -> (SocketAddr, reqwest::Client) {
-    serve_with(StoreLimits::default()).await
+    serve_with(StoreLimits::default(), std::time::Duration::ZERO).await
 }
 
-async fn serve_with(limits: StoreLimits) -> (SocketAddr, reqwest::Client) {
+/// A server with these store limits and `server.added_latency = added`.
+async fn serve_with(
+    limits: StoreLimits,
+    added: std::time::Duration,
+) -> (SocketAddr, reqwest::Client) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = AppState::with_limits("data-1", addr.to_string(), None, limits);
+    state.set_added_latency(added);
     tokio::spawn(async move { axum::serve(listener, app(state)).await });
     (addr, reqwest::Client::new())
 }
@@ -28,11 +33,11 @@ async fn put(client: &reqwest::Client, url: String, body: &'static str) -> (u16,
 
 #[tokio::test]
 async fn the_store_answers_507_beyond_its_limits_until_room_is_made() {
-    let (addr, client) = serve_with(StoreLimits {
+    let limits = StoreLimits {
         max_keys: 2,
         max_bytes: 20,
-    })
-    .await;
+    };
+    let (addr, client) = serve_with(limits, std::time::Duration::ZERO).await;
     let kv = |key: &str| format!("http://{addr}/kv/{key}");
     assert_eq!(put(&client, kv("a"), "1234").await.0, 201);
     assert_eq!(put(&client, kv("b"), "1234").await.0, 201);
@@ -151,6 +156,37 @@ async fn slow_waits_and_bounds_are_enforced() {
     assert_eq!(too_slow.status(), 400);
     let too_big = get(&client, format!("http://{addr}/bytes/99999999999")).await;
     assert_eq!(too_big.status(), 400);
+}
+
+#[tokio::test]
+async fn added_latency_slows_the_data_endpoints_only() {
+    use std::time::{Duration, Instant};
+    let added = Duration::from_millis(400);
+    let (addr, client) = serve_with(StoreLimits::default(), added).await;
+    let started = Instant::now();
+    let who: serde_json::Value = get_json(&client, format!("http://{addr}/whoami")).await;
+    assert_eq!(who["id"], "data-1");
+    assert!(started.elapsed() >= added, "{:?}", started.elapsed());
+    // /slow adds its own wait on top.
+    let started = Instant::now();
+    let slow: serde_json::Value = get_json(&client, format!("http://{addr}/slow?ms=100")).await;
+    assert_eq!(slow["slept_ms"], 100);
+    assert!(started.elapsed() >= added + Duration::from_millis(100));
+    // Health and metrics answer at once, so a slow server is still seen healthy.
+    let started = Instant::now();
+    assert_eq!(
+        get(&client, format!("http://{addr}/healthz"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        get(&client, format!("http://{addr}/metrics"))
+            .await
+            .status(),
+        200
+    );
+    assert!(started.elapsed() < added, "{:?}", started.elapsed());
 }
 
 #[tokio::test]

@@ -16,8 +16,9 @@
 //! - `registry`: the [`Registry`] of servers heard from within a TTL, ordered by `(epoch, seq)`, with tombstones
 //!   for graceful leaves, self-preservation while the bus is down, [`Event`]s for subscribers and counters for
 //!   metrics.
-//! - `balancer`: the [`Balancer`] picks a live server per request (`p2c`, `round_robin`, `random`), counts requests
-//!   in flight and ejects failing servers for a while.
+//! - `balancer`: the [`Balancer`] picks a live server per request (`p2c`, `p2c_ewma`, `round_robin`, `random`),
+//!   counts requests in flight, keeps a latency estimate per server for `p2c_ewma` and ejects failing servers for a
+//!   while.
 //!
 //! ```
 //! use std::time::{Duration, SystemTime};
@@ -52,7 +53,7 @@ pub use announce::{
     AsyncHealth, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, Health,
     RETRY_BASE, jittered, publish_timeout_for,
 };
-pub use backend::{Backend, InFlightGuard, MAX_WEIGHT};
+pub use backend::{Backend, InFlightGuard, LATENCY_DECAY, MAX_WEIGHT};
 pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, Strategy};
 pub use error::ConfigError;
 pub use event::{Event, EventKind};

@@ -25,6 +25,7 @@ use crate::answer::{ClientFault, Persist, answer, client_error, looped, write_js
 use crate::h1::{self, Framing, Refusal};
 use crate::headers::PeerHeaders;
 use crate::listener::HttpLimits;
+use crate::park::SpareBuffers;
 use crate::pool::Pool;
 use crate::relay::reframe;
 use crate::relay::write_paced;
@@ -47,6 +48,8 @@ pub(crate) struct Worker {
     /// Set when idle connections are to close (the end of the drain grace).
     pub close_idle: Cell<bool>,
     pub close_idle_now: Notify,
+    /// Buffers of parked connections, for the next one that wakes (`park`).
+    pub spare: RefCell<SpareBuffers>,
 }
 
 /// One client connection.
@@ -99,8 +102,8 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         stream: ClientStream::new(stream),
         peer_addr: peer,
         peer: PeerHeaders::new(peer, trusted),
-        // The write-side buffers grow to what this connection's requests need; an idle connection holds little.
-        buf: BytesMut::with_capacity(CLIENT_BUFFER),
+        // No buffers until the first byte (`park`): a connection that never sends holds none.
+        buf: BytesMut::new(),
         out: Vec::new(),
         up_line: Vec::new(),
         up_rest: Vec::new(),
@@ -124,33 +127,15 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                 return;
             }
             Head::Refused(refusal) => {
-                w.p.metrics.connections_closed.count(match refusal {
-                    Refusal::TooLarge => "header_too_large",
-                    Refusal::BadRequest(_) => "malformed",
-                    Refusal::NotImplemented(_) => "unsupported",
-                });
-                tracing::debug!(%peer, "request refused: {}", refusal.detail());
-                let (status, reason) = refusal.status();
-                w.p.statuses.get(status).inc();
-                c.out.clear();
-                write_json_error(
-                    &mut c.out,
-                    status,
-                    reason,
-                    refusal.detail(),
-                    None,
-                    Persist::Close,
-                    false,
-                );
-                if write_out(w, &mut c).await {
-                    linger_close(c.stream.socket()).await;
-                }
+                // Boxed like a request: its state need not sit in every connection's future.
+                Box::pin(refuse(w, &mut c, refusal)).await;
                 return;
             }
         };
         c.served += 1;
         let started = Instant::now();
-        let done = handle(w, &mut c, &req, started).await;
+        // Boxed: a request's state is most of a connection's future, and an idle connection has no request.
+        let done = Box::pin(handle(w, &mut c, &req, started)).await;
         let p = &w.p;
         p.statuses.get(done.status).inc();
         let now_counted = c.stream.counts();
@@ -176,6 +161,32 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
             linger_close(c.stream.socket()).await;
             return;
         }
+    }
+}
+
+/// Answers a request head that cannot be served (too large, malformed, unsupported) and closes.
+async fn refuse(w: &Worker, c: &mut Conn, refusal: Refusal) {
+    w.p.metrics.connections_closed.count(match refusal {
+        Refusal::TooLarge => "header_too_large",
+        Refusal::BadRequest(_) => "malformed",
+        Refusal::NotImplemented(_) => "unsupported",
+    });
+    let peer = c.peer_addr;
+    tracing::debug!(%peer, "request refused: {}", refusal.detail());
+    let (status, reason) = refusal.status();
+    w.p.statuses.get(status).inc();
+    c.out.clear();
+    write_json_error(
+        &mut c.out,
+        status,
+        reason,
+        refusal.detail(),
+        None,
+        Persist::Close,
+        false,
+    );
+    if write_out(w, c).await {
+        linger_close(c.stream.socket()).await;
     }
 }
 
@@ -206,7 +217,8 @@ async fn linger_close(stream: &mut TcpStream) {
         return;
     }
     let deadline = Instant::now() + LINGER;
-    let mut sink = [0u8; 4096];
+    // On the heap: inline, it would make every connection's future 4 KiB bigger for its whole life.
+    let mut sink = vec![0u8; 4096];
     let mut drained = 0;
     while drained < LINGER_BYTES {
         match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
@@ -234,6 +246,9 @@ async fn read_head(w: &Worker, c: &mut Conn) -> Head {
         now + w.limits.keepalive_timeout
     };
     let mut waiting_idle = c.served > 0 && c.buf.is_empty();
+    if c.buf.is_empty() && !c.is_parked() {
+        c.park(&mut w.spare.borrow_mut());
+    }
     loop {
         if !c.buf.is_empty() {
             match parse_request(w, c) {
@@ -248,6 +263,19 @@ async fn read_head(w: &Worker, c: &mut Conn) -> Head {
         let idle = c.buf.is_empty();
         if idle && w.close_idle.get() {
             return Head::Closed;
+        }
+        if c.is_parked() {
+            // Buffers only once there is something to read.
+            let ready = tokio::select! {
+                biased;
+                ready = c.stream.socket().readable() => ready,
+                () = tokio::time::sleep_until(deadline) => return Head::Timeout,
+                () = w.close_idle_now.notified(), if idle => return Head::Closed,
+            };
+            if ready.is_err() {
+                return Head::Closed;
+            }
+            c.unpark(&mut w.spare.borrow_mut(), CLIENT_BUFFER);
         }
         if c.buf.capacity() - c.buf.len() < 1024 {
             c.buf.reserve(CLIENT_BUFFER);

@@ -89,6 +89,7 @@ mod error;
 pub mod h1;
 mod headers;
 pub mod listener;
+mod park;
 mod pool;
 mod relay;
 mod request;

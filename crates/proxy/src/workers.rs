@@ -78,6 +78,7 @@ pub async fn serve(
             draining: Arc::clone(&draining),
             close_idle: Default::default(),
             close_idle_now: Notify::new(),
+            spare: Default::default(),
         };
         std::thread::Builder::new()
             .name(format!("proxy-{n}"))

@@ -141,6 +141,8 @@ pub struct OpenLoop {
     pub p50_ms: f64,
     /// 99th percentile latency of the successful requests.
     pub p99_ms: f64,
+    /// 99.9th percentile latency of the successful requests.
+    pub p999_ms: f64,
 }
 
 /// One open-loop run: latencies in ms and the failures.
@@ -175,6 +177,7 @@ impl OpenLoop {
             failures,
             p50_ms: pct(0.50),
             p99_ms: pct(0.99),
+            p999_ms: pct(0.999),
         })
     }
 }

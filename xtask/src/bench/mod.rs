@@ -6,7 +6,9 @@ mod client;
 
 pub use archive::ArchiveBackend;
 mod discovery;
+mod heterogeneous;
 mod hostile;
+mod idle;
 mod nsq;
 mod proxy;
 mod stack;
@@ -36,6 +38,14 @@ pub enum Scenario {
     RegistryScale,
     /// wrk against one data server, nginx and the api-server in front of the same 3.
     Proxy,
+    /// 3 data servers, one 20 ms slower (`server.added_latency`): an open-loop load (half the api-server's
+    /// measured maximum, or --rate) through the api-server with p2c and with p2c_ewma, and through nginx with
+    /// least_conn and with round robin, in alternating one-second rounds (--seconds). p50/p99/p99.9 of each;
+    /// `ratio` = nginx least_conn p99 / the api-server's best p99.
+    Heterogeneous,
+    /// 10,000 idle keep-alive connections (--count), each after one request, to nginx and to the api-server in
+    /// front of the same data server: memory (RSS) added per connection. `ratio` = nginx's / the api-server's.
+    IdleConnections,
     /// SIGKILL one of 3 data servers during a wrk run against the api-server, then restart it.
     Failover,
     /// Hostile clients (stalled, trickling, Expect without body, bad trailer, long chunk
@@ -88,7 +98,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2500)]
     pub rdy: u64,
     /// Iterations (discovery-latency), simulated servers (registry-scale), wrk connections (proxy,
-    /// failover) or WebSocket clients per side (websocket).
+    /// failover), WebSocket clients per side (websocket) or idle connections (idle-connections).
     #[arg(long)]
     pub count: Option<usize>,
     /// Print one JSON object on stdout instead of a table.
@@ -98,6 +108,9 @@ pub struct BenchArgs {
     /// bench tools cannot speak TLS).
     #[arg(long)]
     pub tls: bool,
+    /// heterogeneous: the open-loop rate in requests/s (default: half the api-server's measured maximum).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Where the archive scenario stores.
     #[arg(long, value_enum, default_value_t = archive::ArchiveBackend::Sqlite)]
     pub backend: archive::ArchiveBackend,
@@ -136,6 +149,8 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
             Scenario::RegistryScale => discovery::scale(&args).await?,
             Scenario::Proxy => proxy::proxy(&args).await?,
             Scenario::Failover => proxy::failover(&args).await?,
+            Scenario::Heterogeneous => heterogeneous::heterogeneous(&args).await?,
+            Scenario::IdleConnections => idle::idle_connections(&args).await?,
             Scenario::Hostile => hostile::hostile(&args).await?,
             Scenario::Websocket => websocket::websocket(&args).await?,
         };

@@ -225,9 +225,9 @@ fn cpu_us_per_request(ticks: u64, requests: u64) -> f64 {
 
 /// What wrk printed.
 #[derive(Debug, Default)]
-struct Wrk {
+pub(super) struct Wrk {
     requests: u64,
-    requests_per_s: f64,
+    pub(super) requests_per_s: f64,
     p50_ms: f64,
     p99_ms: f64,
     non_2xx: u64,
@@ -235,7 +235,7 @@ struct Wrk {
 }
 
 /// `wrk --latency` against `http://addr/whoami`.
-async fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> Result<Wrk> {
+pub(super) async fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> Result<Wrk> {
     let run = tokio::process::Command::new("wrk")
         .args([
             "-t".to_string(),

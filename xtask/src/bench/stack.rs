@@ -38,7 +38,19 @@ pub async fn start_data_server(
     i: usize,
     port: Option<u16>,
 ) -> Result<DataServer> {
+    start_data_server_with(bins, cluster, i, port, &[]).await
+}
+
+/// [`start_data_server`] with more `--set` overrides (e.g. `server.added_latency=20ms`).
+pub async fn start_data_server_with(
+    bins: &Path,
+    cluster: &NsqCluster,
+    i: usize,
+    port: Option<u16>,
+    extra_sets: &[String],
+) -> Result<DataServer> {
     let mut set = vec![format!("server.id=data-{}", i + 1)];
+    set.extend_from_slice(extra_sets);
     if let Some(port) = port {
         set.push(format!("server.listen=127.0.0.1:{port}"));
     }
@@ -73,21 +85,29 @@ pub async fn start_api(bins: &Path, cluster: &NsqCluster) -> Result<ApiServer> {
 
 /// An api-server on the cluster's lookupd, once it lists `servers` data servers and proxies.
 pub async fn start_api_for(bins: &Path, cluster: &NsqCluster, servers: usize) -> Result<ApiServer> {
-    let api = ApiServer::start(
-        &bins.join("api-server"),
-        &[
-            format!(
-                "discovery.lookupd_http_addresses={}",
-                cluster.lookupd_http()
-            ),
-            "discovery.lookupd_poll_interval=1s".into(),
-            "discovery.ttl=3s".into(),
-            "discovery.prune_interval=500ms".into(),
-            // nginx runs with `access_log off`: the same here, so both do the same work.
-            "proxy.access_log=false".into(),
-        ],
-    )
-    .await?;
+    start_api_with(bins, cluster, servers, &[]).await
+}
+
+/// [`start_api_for`] with more `--set` overrides (e.g. `balancer.strategy=p2c_ewma`).
+pub async fn start_api_with(
+    bins: &Path,
+    cluster: &NsqCluster,
+    servers: usize,
+    extra_sets: &[String],
+) -> Result<ApiServer> {
+    let mut sets = vec![
+        format!(
+            "discovery.lookupd_http_addresses={}",
+            cluster.lookupd_http()
+        ),
+        "discovery.lookupd_poll_interval=1s".into(),
+        "discovery.ttl=3s".into(),
+        "discovery.prune_interval=500ms".into(),
+        // nginx runs with `access_log off`: the same here, so both do the same work.
+        "proxy.access_log=false".into(),
+    ];
+    sets.extend_from_slice(extra_sets);
+    let api = ApiServer::start(&bins.join("api-server"), &sets).await?;
     let expected = format!("{servers} data servers");
     api.wait_registry(Duration::from_secs(30), &expected, |d| {
         testkit::listed(d).len() == servers
@@ -120,6 +140,27 @@ const UPGRADE_LOCATION: &str = "proxy_http_version 1.1;\n\
                                 proxy_read_timeout 1h;\n\
                                 proxy_send_timeout 1h;";
 
+/// What a scenario changes in nginx's configuration.
+#[derive(Debug, Clone)]
+pub struct NginxTuning {
+    /// The upstream's balancing method (`least_conn`); round robin when `None`.
+    pub balancing: Option<&'static str>,
+    /// `worker_connections` (client and upstream connections of one worker).
+    pub worker_connections: usize,
+    /// `keepalive_timeout` of client connections (`10m`); nginx's 75 s when `None`.
+    pub keepalive_timeout: Option<&'static str>,
+}
+
+impl Default for NginxTuning {
+    fn default() -> Self {
+        NginxTuning {
+            balancing: None,
+            worker_connections: 4096,
+            keepalive_timeout: None,
+        }
+    }
+}
+
 /// Debian's nginx as a child process, with everything in a temp dir.
 pub struct Nginx {
     process: Option<ManagedProcess>,
@@ -132,20 +173,47 @@ impl Nginx {
     /// nginx on a free port in front of `upstreams`, each `server` line ending with `server_params`
     /// (e.g. `max_fails=1 fail_timeout=1s`; nginx's defaults when empty).
     pub async fn start(upstreams: &[SocketAddr], server_params: &str) -> Result<Nginx> {
-        Nginx::start_with(upstreams, server_params, KEEPALIVE_LOCATION).await
+        Nginx::start_with(
+            upstreams,
+            server_params,
+            KEEPALIVE_LOCATION,
+            &NginxTuning::default(),
+        )
+        .await
     }
 
     /// nginx on a free port in front of `upstreams`, configured for WebSocket (`Upgrade` and `Connection:
     /// upgrade` set towards the upstream, 1 h read timeout).
     pub async fn start_upgrades(upstreams: &[SocketAddr]) -> Result<Nginx> {
-        Nginx::start_with(upstreams, "", UPGRADE_LOCATION).await
+        Nginx::start_with(upstreams, "", UPGRADE_LOCATION, &NginxTuning::default()).await
+    }
+
+    /// [`Nginx::start`] (nginx's default server parameters) with `tuning`.
+    pub async fn start_tuned(upstreams: &[SocketAddr], tuning: &NginxTuning) -> Result<Nginx> {
+        Nginx::start_with(upstreams, "", KEEPALIVE_LOCATION, tuning).await
     }
 
     async fn start_with(
         upstreams: &[SocketAddr],
         server_params: &str,
         location: &str,
+        tuning: &NginxTuning,
     ) -> Result<Nginx> {
+        let NginxTuning {
+            balancing,
+            worker_connections,
+            keepalive_timeout,
+        } = tuning;
+        let balancing = match balancing {
+            Some(method) => format!("        {method};\n"),
+            None => String::new(),
+        };
+        let keepalive_timeout = match keepalive_timeout {
+            Some(t) => format!("    keepalive_timeout {t};\n"),
+            None => String::new(),
+        };
+        // A descriptor for every connection of a worker, and some for its files.
+        let rlimit = worker_connections + 1024;
         let location: String = location
             .lines()
             .map(|l| format!("            {}\n", l.trim()))
@@ -166,15 +234,17 @@ impl Nginx {
             "worker_processes auto;\n\
              error_log {d}/error.log warn;\n\
              pid {d}/nginx.pid;\n\
-             events {{ worker_connections 4096; }}\n\
+             worker_rlimit_nofile {rlimit};\n\
+             events {{ worker_connections {worker_connections}; }}\n\
              http {{\n\
              \x20   access_log off;\n\
+             {keepalive_timeout}\
              \x20   client_body_temp_path {d}/client_body;\n\
              \x20   proxy_temp_path {d}/proxy;\n\
              \x20   fastcgi_temp_path {d}/fastcgi;\n\
              \x20   uwsgi_temp_path {d}/uwsgi;\n\
              \x20   scgi_temp_path {d}/scgi;\n\
-             \x20   upstream data {{\n{servers}        keepalive 64;\n    }}\n\
+             \x20   upstream data {{\n{balancing}{servers}        keepalive 64;\n    }}\n\
              \x20   server {{\n\
              \x20       listen 127.0.0.1:{port};\n\
              \x20       location / {{\n\

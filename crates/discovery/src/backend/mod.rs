@@ -1,5 +1,7 @@
-//! What the proxy routes to: a live server, and the per-id state that outlives snapshot rebuilds (`peer.rs`).
+//! What the proxy routes to: a live server, and the per-id state that outlives snapshot rebuilds (`peer.rs`),
+//! its latency estimate among it (`latency.rs`).
 
+mod latency;
 mod peer;
 
 use std::collections::BTreeMap;
@@ -8,6 +10,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub use latency::LATENCY_DECAY;
 pub use peer::InFlightGuard;
 pub(crate) use peer::{Clock, FailureStreak, PeerState};
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::latency::LatencyEstimate;
+
 /// Monotonic time as nanoseconds since the registry was created, to store instants in `AtomicU64`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Clock {
@@ -43,6 +45,8 @@ pub(crate) struct PeerState {
     consecutive_ejections: AtomicU32,
     ejections: AtomicU64,
     failures: AtomicU64,
+    /// Recent latency, for `p2c_ewma`.
+    latency: LatencyEstimate,
 }
 
 /// What [`PeerState::record_failure`] found, for the balancer to decide on ejection.
@@ -106,6 +110,18 @@ impl PeerState {
     /// Requests in flight right now.
     pub(crate) fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    // Latency, written by the balancer when its strategy uses it.
+
+    /// Takes the latency of one try, answered at `now`.
+    pub(crate) fn observe_latency(&self, latency: Duration, now: u64) {
+        self.latency.observe(latency, now);
+    }
+
+    /// The latency estimate at `now` in nanoseconds; `None` before the first answer.
+    pub(crate) fn latency_nanos(&self, now: u64) -> Option<f64> {
+        self.latency.nanos(now)
     }
 
     // Passive health, written by the balancer (and by the registry when a server restarts or moves).

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::backend::{Backend, InFlightGuard};
+use crate::backend::{Backend, Clock, InFlightGuard};
 use crate::error::ConfigError;
 use crate::registry::Registry;
 use strategy::{Candidates, Select};
@@ -64,6 +64,8 @@ struct Inner {
     config: BalancerConfig,
     /// The configured strategy, built once (with any state of its own).
     selector: Box<dyn Select>,
+    /// The registry's clock, to stamp latency samples in the ticks per-server state keeps.
+    clock: Clock,
     /// Serialises ejection decisions so that concurrent failures cannot together exceed the ejectable share.
     eject_lock: Mutex<()>,
 }
@@ -83,8 +85,10 @@ impl Balancer {
         if config.failure_threshold == 0 {
             return Err(ConfigError::ZeroFailureThreshold);
         }
+        let clock = registry.live_set(Instant::now()).clock();
         Ok(Balancer {
             inner: Arc::new(Inner {
+                clock,
                 registry,
                 selector: config.strategy.selector(),
                 config,
@@ -121,6 +125,15 @@ impl Balancer {
         };
         let chosen = choose(true).or_else(|| choose(false))?;
         Some((Arc::clone(chosen), chosen.peer().enter()))
+    }
+
+    /// Reports how long one try on `backend` took to answer (its response head), at `now`: what `p2c_ewma` weighs.
+    /// Costs nothing with the other strategies.
+    pub fn observe_latency(&self, backend: &Backend, latency: Duration, now: Instant) {
+        if self.inner.config.strategy.uses_latency() {
+            let now = self.inner.clock.ticks(now);
+            backend.peer().observe_latency(latency, now);
+        }
     }
 }
 

@@ -349,7 +349,7 @@ fn config_validation_and_strategy_names() {
     // The names in the message come from the one list of strategies.
     assert_eq!(
         ConfigError::UnknownStrategy("least_conn".into()).to_string(),
-        r#"unknown balancer strategy "least_conn": expected "p2c", "round_robin" or "random""#
+        r#"unknown balancer strategy "least_conn": expected "p2c", "p2c_ewma", "round_robin" or "random""#
     );
     assert_eq!(Strategy::default(), Strategy::P2c);
 }
@@ -403,4 +403,98 @@ async fn a_restarted_server_returns_to_rotation_at_its_first_heartbeat() {
             && seen.contains(&(EventKind::Recover, "a".into())),
         "{seen:?}"
     );
+}
+
+/// Feeds one `latency` answer of server `id` to the balancer, now.
+fn answered(balancer: &Balancer, id: &str, latency: Duration) {
+    let live = balancer.registry().live(Instant::now());
+    let backend = live.iter().find(|b| b.id() == id).expect("a live server");
+    balancer.observe_latency(backend, latency, Instant::now());
+}
+
+const FAST: Duration = Duration::from_millis(1);
+const SLOW: Duration = Duration::from_millis(20);
+
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_avoids_a_slow_server_from_its_first_slow_answer() {
+    let balancer = setup(Strategy::P2cEwma, [None; 3]);
+    // Before any answer every server is neutral: an even spread (±35 is over 4 sigma).
+    let before = counts(&balancer, 300);
+    for id in ["a", "b", "c"] {
+        assert!((65..=135).contains(&count(&before, id)), "{before:?}");
+    }
+    answered(&balancer, "a", FAST);
+    answered(&balancer, "b", FAST);
+    answered(&balancer, "c", SLOW);
+    let after = counts(&balancer, 300);
+    assert_eq!(count(&after, "c"), 0, "{after:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_weighs_latency_by_load() {
+    let balancer = setup(Strategy::P2cEwma, [None; 3]);
+    answered(&balancer, "a", FAST);
+    answered(&balancer, "b", FAST * 3);
+    answered(&balancer, "c", SLOW);
+    // a is three times faster than b, but with 5 requests in flight its cost is 6 ms against b's 3 ms.
+    let held: Vec<_> = (0..5)
+        .map(|_| balancer.pick(&["b", "c"]).unwrap())
+        .collect();
+    let counts = counts(&balancer, 300);
+    assert!(count(&counts, "b") > count(&counts, "a"), "{counts:?}");
+    drop(held);
+    let counts = self::counts(&balancer, 300);
+    assert!(count(&counts, "a") > count(&counts, "b"), "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_treats_a_new_server_as_neutral() {
+    let balancer = setup(Strategy::P2cEwma, [None; 3]);
+    answered(&balancer, "a", FAST);
+    answered(&balancer, "b", FAST);
+    // c has not answered yet: compared at the other's estimate, so by load alone, neither flooded nor starved.
+    let counts = counts(&balancer, 300);
+    assert!((65..=135).contains(&count(&counts, "c")), "{counts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn p2c_ewma_tries_a_slow_server_again_and_returns_it_when_it_recovers() {
+    // Long enough a TTL that nobody expires without heartbeats.
+    let balancer = setup_with_ttl(Strategy::P2cEwma, [None; 3], Duration::from_secs(3600));
+    answered(&balancer, "c", SLOW);
+    // Every pick answers: a and b in 1 ms, c in 20 ms while slow, in 1 ms once recovered. 100 picks a second.
+    let run = |seconds: u64, c_latency: Duration| {
+        let balancer = balancer.clone();
+        async move {
+            let mut c_picks = 0;
+            for _ in 0..seconds * 100 {
+                let (backend, _guard) = balancer.pick(&[]).unwrap();
+                let latency = if backend.id() == "c" {
+                    c_picks += 1;
+                    c_latency
+                } else {
+                    FAST
+                };
+                balancer.observe_latency(&backend, latency, Instant::now());
+                advance(Duration::from_millis(10)).await;
+            }
+            c_picks
+        }
+    };
+    // While c stays slow it is only probed, each time its estimate has decayed to the others' (ln 20 = 3 time
+    // constants): a few requests in 10 s, not its third.
+    let probes = run(10, SLOW).await;
+    assert!((1..=10).contains(&probes), "{probes} probes in 10 s");
+    // Once c is fast again, its next probe brings it back to its share within seconds.
+    run(5, FAST).await;
+    let recovered = run(3, FAST).await;
+    assert!(recovered >= 60, "{recovered} of 300 picks after recovery");
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_p2c_ewma_keeps_latency() {
+    let balancer = setup(Strategy::P2c, [None; 3]);
+    answered(&balancer, "a", SLOW);
+    let live = balancer.registry().live(Instant::now());
+    assert!(live.iter().all(|b| b.peer().latency_nanos(0).is_none()));
 }

@@ -265,6 +265,8 @@ async fn try_once(
         started,
         ..
     } = times;
+    // The try's latency, connect included, is what `p2c_ewma` weighs.
+    let try_started = Instant::now();
     // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
     let mut fresh = false;
     let (mut up, resp) = loop {
@@ -338,6 +340,9 @@ async fn try_once(
         }
         return Err(TryError::new(failure, detail));
     };
+    let answered = Instant::now();
+    p.balancer
+        .observe_latency(backend, answered - try_started, answered);
     if server_status(w, backend, resp.status, facts(req, body))
         && can_retry()
         && p.budget.withdraw(Instant::now())

@@ -6,6 +6,7 @@
 //! [`Strategy::selector`]). The compiler points at each of these through the exhaustive matches.
 
 mod p2c;
+mod p2c_ewma;
 mod random;
 mod round_robin;
 
@@ -27,6 +28,10 @@ pub enum Strategy {
     /// per unit of weight. Nearly as good as least-loaded, without herding on one server.
     #[default]
     P2c,
+    /// Power of two random choices by expected latency: of two servers sampled by weight, the one whose decaying
+    /// peak latency times (requests in flight + 1), per unit of weight, is lower. Avoids a slow server from its
+    /// first slow answer; see [`LATENCY_DECAY`](crate::LATENCY_DECAY) for how fast it forgets.
+    P2cEwma,
     /// Each server in turn (weights ignored).
     RoundRobin,
     /// Uniformly at random, in proportion to weight.
@@ -35,12 +40,18 @@ pub enum Strategy {
 
 impl Strategy {
     /// Every strategy, in the order the docs list them.
-    pub const ALL: [Strategy; 3] = [Strategy::P2c, Strategy::RoundRobin, Strategy::Random];
+    pub const ALL: [Strategy; 4] = [
+        Strategy::P2c,
+        Strategy::P2cEwma,
+        Strategy::RoundRobin,
+        Strategy::Random,
+    ];
 
-    /// `"p2c"`, `"round_robin"` or `"random"`, as in the config file.
+    /// `"p2c"`, `"p2c_ewma"`, `"round_robin"` or `"random"`, as in the config file.
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::P2c => "p2c",
+            Strategy::P2cEwma => "p2c_ewma",
             Strategy::RoundRobin => "round_robin",
             Strategy::Random => "random",
         }
@@ -50,12 +61,22 @@ impl Strategy {
     pub(crate) fn selector(self) -> Box<dyn Select> {
         match self {
             Strategy::P2c => Box::new(p2c::P2c),
+            Strategy::P2cEwma => Box::new(p2c_ewma::P2cEwma),
             Strategy::RoundRobin => Box::new(round_robin::RoundRobin::default()),
             Strategy::Random => Box::new(random::Random),
         }
     }
 
-    /// The accepted names for an error message: `"p2c", "round_robin" or "random"`.
+    /// Whether picks depend on the servers' latency, so the proxy's [`observe_latency`](crate::Balancer::observe_latency)
+    /// has something to feed (the other strategies skip its writes).
+    pub(crate) fn uses_latency(self) -> bool {
+        match self {
+            Strategy::P2cEwma => true,
+            Strategy::P2c | Strategy::RoundRobin | Strategy::Random => false,
+        }
+    }
+
+    /// The accepted names for an error message: `"p2c", "p2c_ewma", "round_robin" or "random"`.
     pub(crate) fn expected_names() -> String {
         let quoted: Vec<String> = Strategy::ALL
             .iter()

@@ -13,16 +13,26 @@ pub(super) struct P2c;
 
 impl Select for P2c {
     fn select<'a>(&self, candidates: &Candidates<'a>) -> Option<&'a Arc<Backend>> {
-        let mut rng = rand::rng();
-        let total = candidates.total_weight();
-        let first = candidates.at_weight(rng.random_range(0..total), None)?;
-        if candidates.len() == 1 {
-            return Some(first);
+        match draw_two(candidates)? {
+            (first, Some(second)) => Some(less_loaded(first, second)),
+            (only, None) => Some(only),
         }
-        let rest = total - u64::from(first.weight());
-        let second = candidates.at_weight(rng.random_range(0..rest.max(1)), Some(first))?;
-        Some(less_loaded(first, second))
     }
+}
+
+/// Two different candidates drawn by weight (the second `None` when there is only one); shared with `p2c_ewma`.
+pub(super) fn draw_two<'a>(
+    candidates: &Candidates<'a>,
+) -> Option<(&'a Arc<Backend>, Option<&'a Arc<Backend>>)> {
+    let mut rng = rand::rng();
+    let total = candidates.total_weight();
+    let first = candidates.at_weight(rng.random_range(0..total), None)?;
+    if candidates.len() == 1 {
+        return Some((first, None));
+    }
+    let rest = total - u64::from(first.weight());
+    let second = candidates.at_weight(rng.random_range(0..rest.max(1)), Some(first))?;
+    Some((first, Some(second)))
 }
 
 /// Fewer in flight per unit of weight; ties go to `a`, itself a weighted random sample.

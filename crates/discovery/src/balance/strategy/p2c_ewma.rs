@@ -1,0 +1,44 @@
+//! Power of two random choices by expected latency: two servers drawn by weight, the one with the lower cost taken,
+//! cost being the server's decaying peak latency (`backend/latency.rs`) times its requests in flight plus one, per
+//! unit of weight. The peak makes a server that turns slow lose its share from its first slow answer; the
+//! in-flight factor keeps a fast server from taking every request at once.
+
+use std::sync::Arc;
+
+use super::p2c::draw_two;
+use super::{Candidates, Select};
+use crate::backend::Backend;
+
+/// Picks by peak-EWMA latency times load (after Linkerd's and Finagle's peak EWMA balancers).
+#[derive(Debug, Default)]
+pub(super) struct P2cEwma;
+
+impl Select for P2cEwma {
+    fn select<'a>(&self, candidates: &Candidates<'a>) -> Option<&'a Arc<Backend>> {
+        match draw_two(candidates)? {
+            (first, Some(second)) => Some(cheaper(first, second, candidates.now_ticks)),
+            (only, None) => Some(only),
+        }
+    }
+}
+
+/// The one with the lower expected latency at `now`; ties go to `a`, itself a weighted random sample.
+///
+/// A server not answered yet is neutral: it takes the other's estimate, so the two compare by load alone (1 ns
+/// each when neither has answered). It is neither flooded as if it were infinitely fast nor starved as if slow.
+fn cheaper<'a>(a: &'a Arc<Backend>, b: &'a Arc<Backend>, now: u64) -> &'a Arc<Backend> {
+    let (latency_a, latency_b) = match (a.peer().latency_nanos(now), b.peer().latency_nanos(now)) {
+        (Some(la), Some(lb)) => (la, lb),
+        (Some(la), None) => (la, la),
+        (None, Some(lb)) => (lb, lb),
+        (None, None) => (1.0, 1.0),
+    };
+    let cost = |latency: f64, backend: &Backend, other: &Backend| {
+        latency * (backend.in_flight() as f64 + 1.0) * f64::from(other.weight())
+    };
+    if cost(latency_b, b, a) < cost(latency_a, a, b) {
+        b
+    } else {
+        a
+    }
+}
