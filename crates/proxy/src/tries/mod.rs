@@ -146,6 +146,7 @@ pub(crate) async fn forward(
                 try_deadline,
                 head_wait: p.try_timeout.min(left),
                 started,
+                try_started: now,
             },
             &can_retry,
         )
@@ -239,6 +240,9 @@ struct Times {
     head_wait: Duration,
     /// When the request arrived.
     started: Instant,
+    /// When this try started: a server's own latency is timed from here, not charged with an earlier server's
+    /// timeout or the backoff.
+    try_started: Instant,
 }
 
 /// One try on `backend`: a pooled or new connection, the request, the response head, then (when the response
@@ -258,6 +262,7 @@ async fn try_once(
     let Times {
         try_deadline,
         started,
+        try_started,
         ..
     } = times;
     // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
@@ -342,7 +347,7 @@ async fn try_once(
     p.metrics.latency.observe_duration(started.elapsed());
     p.metrics
         .traffic
-        .record(backend.id(), Some(started.elapsed()));
+        .record(backend.id(), Some(try_started.elapsed()));
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
