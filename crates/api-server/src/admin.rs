@@ -24,7 +24,7 @@ use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::bus::BusView;
 use crate::feed::{event_json, history_json, last_whole_second, second_of_traffic};
@@ -72,7 +72,10 @@ pub fn admin_router(state: AppState) -> Router {
                 .unwrap_or("");
             tracing::debug_span!("admin", method = %request.method(), uri = %request.uri(), request_id = %id)
         })
-        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG));
+        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
+        // A 503 (a /readyz that is not ready, a timeout) is an answer, not a fault of this process: tower-http's
+        // default would log each at ERROR.
+        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
     // The last layer added runs first.
     router
         .layer(CompressionLayer::new())
