@@ -8,7 +8,7 @@ use svc::{Counter, CounterVec, Gauge, Histogram};
 use tokio::time::Instant;
 
 use crate::bus::Bus;
-use crate::feed::Timeline;
+use crate::feed::Feed;
 
 /// Shared state of both listeners; cheap to clone.
 #[derive(Debug, Clone)]
@@ -26,7 +26,7 @@ struct Inner {
     shutdown: svc::Shutdown,
     heartbeats: Mutex<Option<nsq::Consumer>>,
     traffic: proxy::Traffic,
-    timeline: Timeline,
+    feed: Feed,
 }
 
 impl AppState {
@@ -49,7 +49,7 @@ impl AppState {
                 shutdown,
                 heartbeats: Mutex::new(None),
                 traffic: proxy::Traffic::new(),
-                timeline: Timeline::default(),
+                feed: Feed::default(),
             }),
         }
     }
@@ -84,9 +84,10 @@ impl AppState {
         &self.inner.traffic
     }
 
-    /// Recent membership changes with their times (the dashboard's timeline).
-    pub fn timeline(&self) -> &Timeline {
-        &self.inner.timeline
+    /// Recent membership changes with their times (the dashboard's timeline), sent to the event streams, and
+    /// the serialized forms those streams share.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
     }
 
     /// The process's shutdown switch.
