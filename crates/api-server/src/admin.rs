@@ -269,7 +269,10 @@ mod tests {
     #[test]
     fn every_second_is_sent_once_however_the_tick_drifts() {
         assert_eq!(unsent_seconds(100, 101), 101..=101, "on time");
-        assert!(unsent_seconds(101, 101).is_empty(), "a tick twice in a second");
+        assert!(
+            unsent_seconds(101, 101).is_empty(),
+            "a tick twice in a second"
+        );
         assert_eq!(unsent_seconds(101, 103), 102..=103, "a late tick");
         assert_eq!(
             unsent_seconds(0, 10_000),

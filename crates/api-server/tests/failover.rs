@@ -273,7 +273,10 @@ async fn a_leaving_server_gets_no_new_requests_once_its_leave_is_processed() {
 /// (the history, then the seconds of two snapshots, so the seconds just past are in).
 async fn dashboard_p99s_ms(http: &reqwest::Client, api: &testkit::ApiServer, id: &str) -> Vec<f64> {
     let text = http
-        .get(format!("http://{}/registry/events?max_ms=2500", api.admin()))
+        .get(format!(
+            "http://{}/registry/events?max_ms=2500",
+            api.admin()
+        ))
         .send()
         .await
         .unwrap()

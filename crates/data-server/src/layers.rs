@@ -73,10 +73,9 @@ mod tests {
             .with_writer(move || writer.clone())
             .finish();
         let _guard = tracing::subscriber::set_default(subscriber);
-        let app = http_layers(Router::new().route(
-            "/full",
-            get(|| async { StatusCode::INSUFFICIENT_STORAGE }),
-        ));
+        let app = http_layers(
+            Router::new().route("/full", get(|| async { StatusCode::INSUFFICIENT_STORAGE })),
+        );
         for _ in 0..3 {
             let request = Request::get("/full").body(Body::empty()).unwrap();
             let response = app.clone().oneshot(request).await.unwrap();
