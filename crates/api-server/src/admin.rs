@@ -7,6 +7,7 @@
 //! with many servers, `/metrics`; never the event stream, which tower-http leaves alone).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Json;
@@ -17,17 +18,18 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use discovery::RegistryView;
-use futures::Stream;
+use futures::{Stream, StreamExt};
+use proxy::traffic::WINDOW_SECS;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::bus::BusView;
-use crate::feed::{event_json, history_json, last_whole_second, second_of_traffic};
+use crate::feed::last_whole_second;
 use crate::state::AppState;
 
 /// Bound on the time an admin route takes to answer (503 beyond it).
@@ -72,7 +74,10 @@ pub fn admin_router(state: AppState) -> Router {
                 .unwrap_or("");
             tracing::debug_span!("admin", method = %request.method(), uri = %request.uri(), request_id = %id)
         })
-        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG));
+        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
+        // A 503 (a /readyz that is not ready, a timeout) is an answer, not a fault of this process: tower-http's
+        // default would log each at ERROR.
+        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
     // The last layer added runs first.
     router
         .layer(CompressionLayer::new())
@@ -142,12 +147,14 @@ pub struct EventsQuery {
 /// `GET /registry/events`: a `history` first (the timeline so far and each server's recent seconds, see
 /// `feed.rs`), a `snapshot` (`{"kind":"snapshot","registry":<as /registry>,"traffic":<the last whole second>}`)
 /// then and every [`SNAPSHOT_INTERVAL`], and one event per change (`join`, `leave`, `expire`, `eject`, `recover`,
-/// each `{"kind","id","addr","at_ms"}`).
+/// each `{"kind","id","addr","at_ms","seq"}`). A second that a late tick would skip comes as a `traffic` event
+/// (`{"at","servers"}`) before the snapshot, so every second is sent once.
 async fn events(
     State(state): State<AppState>,
     Query(query): Query<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = state.registry().subscribe();
+    // The timeline and the changes after it, taken together (none missed or repeated near the connect).
+    let (timeline, rx) = state.feed().subscribe();
     let mut tick = tokio::time::interval(SNAPSHOT_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = query
@@ -155,54 +162,95 @@ async fn events(
         .map(|ms| Instant::now() + Duration::from_millis(ms));
     let open = state.metrics().event_streams.inc_guard();
     // First what happened before the page opened: the timeline so far and each server's recent seconds.
-    let history = history_json(
-        state.timeline(),
-        state.traffic(),
-        last_whole_second(SystemTime::now()),
-    );
-    let history = SseEvent::default()
-        .event("history")
-        .data(history.to_string());
-    let changes =
-        futures::stream::unfold(Some((state, rx, tick, open)), move |current| async move {
-            let (state, mut rx, mut tick, open) = current?;
+    let last_sent = last_whole_second(SystemTime::now());
+    let history = state.feed().history(&timeline, state.traffic(), last_sent);
+    let history = SseEvent::default().event("history").data(history);
+    let changes = futures::stream::unfold(
+        Some((state, rx, tick, open, last_sent)),
+        move |current| async move {
+            let (state, mut rx, mut tick, open, mut last_sent) = current?;
             let deadline = async {
                 match end {
                     Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
-            let event = tokio::select! {
+            let events = tokio::select! {
                 // Streams never end on their own; ending them at shutdown lets the listener drain.
                 () = state.shutdown().wait() => return None,
                 () = deadline => {
                     let end = SseEvent::default().event("end").data("{}");
-                    return Some((Ok(end), None));
+                    return Some((vec![Ok(end)], None));
                 }
-                _ = tick.tick() => snapshot_event(&state),
+                _ = tick.tick() => snapshot_events(&state, &mut last_sent),
                 received = rx.recv() => match received {
-                    Ok(change) => {
-                        // Only the change: with thousands of servers joining at once, a whole registry per event
-                        // would be quadratic. The periodic snapshot (or a fetch of /registry) carries the rest.
-                        let body = event_json(&change, SystemTime::now());
-                        SseEvent::default()
-                            .event(change.kind.as_str())
-                            .data(body.to_string())
-                    }
+                    // Only the change: with thousands of servers joining at once, a whole registry per event
+                    // would be quadratic. The periodic snapshot (or a fetch of /registry) carries the rest.
+                    Ok(change) => vec![SseEvent::default().event(change.kind).data(&*change.json)],
                     // Missed changes are covered by a fresh snapshot.
-                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot_event(&state),
+                    Err(broadcast::error::RecvError::Lagged(_)) => snapshot_events(&state, &mut last_sent),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             };
-            Some((Ok(event), Some((state, rx, tick, open))))
-        });
-    let stream = futures::StreamExt::chain(futures::stream::once(async { Ok(history) }), changes);
+            let events = events.into_iter().map(Ok).collect();
+            Some((events, Some((state, rx, tick, open, last_sent))))
+        },
+    )
+    .flat_map(futures::stream::iter);
+    let stream = futures::stream::once(async { Ok(history) }).chain(changes);
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-fn snapshot_event(state: &AppState) -> SseEvent {
-    let traffic = second_of_traffic(state.traffic(), last_whole_second(SystemTime::now()));
-    let body =
-        serde_json::json!({ "kind": "snapshot", "registry": document(state), "traffic": traffic });
-    SseEvent::default().event("snapshot").data(body.to_string())
+/// The seconds after `last_sent` up to the last whole one (each second once, however the stream's tick drifts:
+/// the earlier ones as `traffic` events, the last in the snapshot), then the snapshot.
+fn snapshot_events(state: &AppState, last_sent: &mut u64) -> Vec<SseEvent> {
+    let feed = state.feed();
+    let now = last_whole_second(SystemTime::now());
+    let unsent = unsent_seconds(*last_sent, now);
+    let before_last = *unsent.start()..*unsent.end();
+    let mut events: Vec<SseEvent> = before_last
+        .map(|second| {
+            SseEvent::default()
+                .event("traffic")
+                .data(&*feed.second(state.traffic(), second))
+        })
+        .collect();
+    let traffic = if !unsent.is_empty() {
+        *last_sent = now;
+        feed.second(state.traffic(), now)
+    } else {
+        Arc::from("null")
+    };
+    let registry = feed.registry(now, || {
+        serde_json::to_string(&document(state)).unwrap_or_else(|_| "null".to_owned())
+    });
+    let body = format!(r#"{{"kind":"snapshot","registry":{registry},"traffic":{traffic}}}"#);
+    events.push(SseEvent::default().event("snapshot").data(body));
+    events
+}
+
+/// The seconds a stream has not sent yet, up to the last whole second `now`: none when its tick came twice in one
+/// second, several when it came late; at most a window's worth.
+fn unsent_seconds(last_sent: u64, now: u64) -> std::ops::RangeInclusive<u64> {
+    (last_sent + 1).max(now.saturating_sub(WINDOW_SECS - 1))..=now
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_second_is_sent_once_however_the_tick_drifts() {
+        assert_eq!(unsent_seconds(100, 101), 101..=101, "on time");
+        assert!(
+            unsent_seconds(101, 101).is_empty(),
+            "a tick twice in a second"
+        );
+        assert_eq!(unsent_seconds(101, 103), 102..=103, "a late tick");
+        assert_eq!(
+            unsent_seconds(0, 10_000),
+            10_000 - WINDOW_SECS + 1..=10_000,
+            "no more than the window"
+        );
+    }
 }

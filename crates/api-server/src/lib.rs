@@ -44,6 +44,6 @@ pub use config::{
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
     ServerConfig, ShutdownConfig,
 };
-pub use feed::{TIMELINE_LEN, Timeline};
+pub use feed::{Change, Feed, TIMELINE_LEN};
 pub use run::{Listening, RunError, run};
 pub use state::{AppState, Metrics};

@@ -316,7 +316,8 @@ async fn sweep(
     }
 }
 
-/// Counts registry events for `/metrics`, keeps them for the dashboard's timeline and logs membership changes.
+/// Counts registry events for `/metrics`, keeps them for the dashboard's timeline and its event streams (which
+/// receive them from here, see `feed.rs`) and logs membership changes.
 async fn count_events(state: AppState, shutdown: Shutdown) {
     let mut rx = state.registry().subscribe();
     loop {
@@ -327,7 +328,8 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
         match event {
             Ok(event) => {
                 state.metrics().events.with(event.kind.as_str()).inc();
-                state.timeline().push(&event, std::time::SystemTime::now());
+                // Stamped once, from when the change happened: every stream and the timeline show the same time.
+                state.feed().push(&event, crate::feed::wall_time(event.at));
                 match event.kind {
                     EventKind::Join => {
                         tracing::info!(id = %event.id, addr = %event.addr, "server join")

@@ -7,7 +7,7 @@ use svc::{Counter, CounterVec, Gauge, Histogram, HistogramVec};
 use tokio::time::Instant;
 
 use crate::bus::Bus;
-use crate::feed::Timeline;
+use crate::feed::Feed;
 
 /// Shared state of both listeners; cheap to clone.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ struct Inner {
     shutdown: svc::Shutdown,
     heartbeats: ConsumerSlot,
     traffic: proxy::Traffic,
-    timeline: Timeline,
+    feed: Feed,
 }
 
 /// The heartbeat consumer once it runs; shared with the metrics, which read its counters at each scrape.
@@ -52,7 +52,7 @@ impl AppState {
                 shutdown,
                 heartbeats,
                 traffic: proxy::Traffic::new(),
-                timeline: Timeline::default(),
+                feed: Feed::default(),
             }),
         }
     }
@@ -87,9 +87,10 @@ impl AppState {
         &self.inner.traffic
     }
 
-    /// Recent membership changes with their times (the dashboard's timeline).
-    pub fn timeline(&self) -> &Timeline {
-        &self.inner.timeline
+    /// Recent membership changes with their times (the dashboard's timeline), sent to the event streams, and
+    /// the serialized forms those streams share.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
     }
 
     /// The process's shutdown switch.

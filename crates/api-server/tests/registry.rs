@@ -315,9 +315,10 @@ async fn the_event_stream_sends_history_and_a_snapshot_then_each_change() {
     // When it happened, by the api-server's wall clock.
     let at_ms = data["at_ms"].take().as_u64().unwrap();
     assert!(at_ms.abs_diff(now_ms()) < 60_000, "at_ms {at_ms}");
+    // The second change since the api-server started (the join was the first).
     assert_eq!(
         data,
-        serde_json::json!({"kind":"leave","id":"data-sse","addr":"127.0.0.1:19401","at_ms":null})
+        serde_json::json!({"kind":"leave","id":"data-sse","addr":"127.0.0.1:19401","at_ms":null,"seq":2})
     );
     assert!(
         text.starts_with("event: history\n"),

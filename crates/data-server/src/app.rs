@@ -128,22 +128,23 @@ impl AppState {
 /// `layers.rs` (request id, trace).
 ///
 /// Routes that answer after a bounded amount of work get [`REQUEST_TIMEOUT`]; the streaming ones (`/echo`,
-/// `/upload`, `/bytes/{n}`, the WebSockets) do not, since a large body at a slow client's pace may take longer
-/// and still be moving (the api-server's proxy bounds its pauses instead).
+/// `/upload`, `/bytes/{n}`, the WebSockets) and `PUT /kv` do not, since a large body at a slow client's pace may
+/// take longer and still be moving (the api-server's proxy bounds its pauses instead, and a 503 for a slow
+/// upload would be blamed on this server). `PUT /kv` is bounded by its body limit.
 pub fn app(state: AppState) -> Router {
+    // 413 from the Content-Length before any of the body is read; the extractor's own limit for chunked bodies.
+    let kv_body_limits = |route: axum::routing::MethodRouter<AppState>| {
+        route
+            .layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_KV_VALUE_BYTES))
+            .layer(DefaultBodyLimit::max(MAX_KV_VALUE_BYTES))
+    };
     let bounded = Router::new()
         .route("/whoami", get(whoami))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
             "/kv/{key}",
-            get(data::kv_get)
-                .put(data::kv_put)
-                .delete(data::kv_delete)
-                // 413 from the Content-Length before any of the body is read; the extractor's own limit for
-                // chunked bodies.
-                .layer::<_, Infallible>(RequestBodyLimitLayer::new(MAX_KV_VALUE_BYTES))
-                .layer(DefaultBodyLimit::max(MAX_KV_VALUE_BYTES)),
+            kv_body_limits(get(data::kv_get).delete(data::kv_delete)),
         )
         .route("/slow", any(data::slow))
         .layer(TimeoutLayer::with_status_code(
@@ -151,6 +152,7 @@ pub fn app(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ));
     let streaming = Router::new()
+        .route("/kv/{key}", kv_body_limits(put(data::kv_put)))
         .route("/echo", post(data::echo).put(data::echo))
         .route("/upload", put(data::upload).post(data::upload))
         .route("/bytes/{n}", get(data::bytes))
@@ -217,4 +219,37 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> impl Into
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let (content_type, text) = state.metrics().scrape(accept);
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], text)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use bytes::Bytes;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kv_put_whose_body_comes_slower_than_the_request_timeout_is_stored() {
+        let app = app(AppState::new("t", "127.0.0.1:1", None));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+        let body = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        });
+        let request = Request::put("/kv/slow")
+            .body(Body::from_stream(body))
+            .unwrap();
+        let answer = tokio::spawn(app.clone().oneshot(request));
+        tx.send(Ok(Bytes::from_static(b"half,"))).await.unwrap();
+        // Virtual time: the client pauses longer than any bounded route may take.
+        tokio::time::sleep(REQUEST_TIMEOUT + Duration::from_secs(5)).await;
+        tx.send(Ok(Bytes::from_static(b"rest"))).await.unwrap();
+        drop(tx);
+        assert_eq!(answer.await.unwrap().unwrap().status(), StatusCode::CREATED);
+        let get = Request::get("/kv/slow").body(Body::empty()).unwrap();
+        let got = app.oneshot(get).await.unwrap();
+        assert_eq!(got.status(), StatusCode::OK);
+        let value = axum::body::to_bytes(got.into_body(), 100).await.unwrap();
+        assert_eq!(&value[..], b"half,rest");
+    }
 }

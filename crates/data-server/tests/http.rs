@@ -88,6 +88,29 @@ async fn whoami_and_healthz() {
 }
 
 #[tokio::test]
+async fn a_kv_value_over_32_mib_gets_413_before_its_body_is_sent() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (addr, client) = serve().await;
+    // Only the head: the answer must not wait for a body it will not take.
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "PUT /kv/big HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        data_server::MAX_KV_VALUE_BYTES + 1
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    stream.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+    assert_eq!(
+        get(&client, &format!("http://{addr}/kv/big"))
+            .await
+            .status(),
+        404,
+        "nothing stored"
+    );
+}
+
+#[tokio::test]
 async fn kv_put_get_delete() {
     let (addr, client) = serve().await;
     let url = format!("http://{addr}/kv/greeting");

@@ -20,12 +20,17 @@ use dashmap::DashMap;
 
 /// Seconds of history kept per server.
 pub const WINDOW_SECS: u64 = 180;
+/// [`WINDOW_SECS`] as a length.
+pub const WINDOW_LEN: usize = WINDOW_SECS as usize;
 /// Most servers tracked at once.
 pub const MAX_SERVERS: usize = 256;
 
 /// Latency buckets: bucket `i` holds latencies up to `FIRST_BOUND_US << i` (the last one everything above).
 const LATENCY_BUCKETS: usize = 24;
 const FIRST_BOUND_US: u64 = 64;
+/// A bucket's `second` while it is being emptied: a try that finds it is not counted, rather than counted and then
+/// wiped half-way (errors without their requests).
+const RESETTING: u64 = u64::MAX;
 
 /// What one server did in one second.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -94,7 +99,9 @@ impl Traffic {
                 None => return,
             },
         };
-        let bucket = series.bucket_for(second);
+        let Some(bucket) = series.bucket_for(second) else {
+            return;
+        };
         bucket.requests.fetch_add(1, Ordering::Relaxed);
         match latency {
             Some(latency) => {
@@ -145,16 +152,19 @@ impl Traffic {
     }
 
     /// Every tracked server's figures for the [`WINDOW_SECS`] seconds that end with `last` (oldest first), sorted
-    /// by id.
-    pub fn window(&self, last: u64) -> Vec<(String, Vec<Second>)> {
+    /// by id. A fixed array per server: the history of every page that opens is built from this.
+    pub fn window(&self, last: u64) -> Vec<(String, Box<[Second; WINDOW_LEN]>)> {
         let first = last.saturating_sub(WINDOW_SECS - 1);
-        let mut all: Vec<(String, Vec<Second>)> = self
+        let mut all: Vec<(String, Box<[Second; WINDOW_LEN]>)> = self
             .inner
             .servers
             .iter()
             .map(|entry| {
                 let series = entry.value();
-                let seconds = (first..=last).map(|s| series.read(s)).collect();
+                let mut seconds = Box::new([Second::default(); WINDOW_LEN]);
+                for (slot, s) in seconds.iter_mut().zip(first..=last) {
+                    *slot = series.read(s);
+                }
                 (entry.key().clone(), seconds)
             })
             .collect();
@@ -171,26 +181,36 @@ impl Series {
         }
     }
 
-    /// The bucket of `second`, emptied first when it still holds an older second. Two threads that both find it
-    /// old may both empty it, so a try recorded in that instant can be lost: a dashboard can afford that, the
-    /// way of a request cannot afford a lock.
-    fn bucket_for(&self, second: u64) -> &Bucket {
+    /// The bucket of `second`, emptied first when it still holds an older second; `None` (the try is not
+    /// counted) while another thread empties it, or when it already holds a newer second. The one thread that
+    /// swaps in [`RESETTING`] empties it and only then publishes the new second (Release), so no count lands in
+    /// between and is wiped. A dashboard can afford the rare uncounted try; the way of a request cannot afford a
+    /// lock.
+    fn bucket_for(&self, second: u64) -> Option<&Bucket> {
         let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
         let held = bucket.second.load(Ordering::Acquire);
-        if held != second
-            && bucket
-                .second
-                .compare_exchange(held, second, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            self.newest.fetch_max(second, Ordering::Relaxed);
-            bucket.requests.store(0, Ordering::Relaxed);
-            bucket.errors.store(0, Ordering::Relaxed);
-            for count in &bucket.latency {
-                count.store(0, Ordering::Relaxed);
-            }
+        if held == second {
+            return Some(bucket);
         }
-        bucket
+        if held == RESETTING || held > second {
+            return None;
+        }
+        if bucket
+            .second
+            .compare_exchange(held, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // Another thread got there first; the bucket is ours only if it already holds this second.
+            return (bucket.second.load(Ordering::Acquire) == second).then_some(bucket);
+        }
+        bucket.requests.store(0, Ordering::Relaxed);
+        bucket.errors.store(0, Ordering::Relaxed);
+        for count in &bucket.latency {
+            count.store(0, Ordering::Relaxed);
+        }
+        bucket.second.store(second, Ordering::Release);
+        self.newest.fetch_max(second, Ordering::Relaxed);
+        Some(bucket)
     }
 
     fn read(&self, second: u64) -> Second {
@@ -309,6 +329,35 @@ mod tests {
         assert_eq!(seconds[seconds.len() - 3].errors, 1);
         assert_eq!(seconds[seconds.len() - 1].requests, 1);
         assert_eq!(seconds[0], Second::default());
+    }
+
+    #[test]
+    fn concurrent_tries_across_a_slot_reset_never_count_errors_without_their_requests() {
+        let t = Traffic::new();
+        // Every try fails, so each second must read errors == requests however the resets interleave.
+        let rounds = 200u64;
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for round in 0..rounds {
+                        for _ in 0..50 {
+                            t.record_at("a", T + round * WINDOW_SECS, None);
+                        }
+                    }
+                });
+            }
+        });
+        let last = t.second(T + (rounds - 1) * WINDOW_SECS)[0].1;
+        assert!(last.requests > 0);
+        assert_eq!(last.requests, last.errors);
+    }
+
+    #[test]
+    fn a_late_try_for_an_older_second_does_not_wipe_a_newer_one() {
+        let t = Traffic::new();
+        t.record_at("a", T + WINDOW_SECS, None);
+        t.record_at("a", T, None);
+        assert_eq!(t.second(T + WINDOW_SECS)[0].1.requests, 1);
     }
 
     #[test]

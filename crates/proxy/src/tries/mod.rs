@@ -242,7 +242,8 @@ struct Times {
     head_wait: Duration,
     /// When the request arrived.
     started: Instant,
-    /// When this try began (for the per-server latency).
+    /// When this try started: a server's own latency is timed from here, not charged with an earlier server's
+    /// timeout or the backoff.
     try_started: Instant,
 }
 
@@ -263,10 +264,9 @@ async fn try_once(
     let Times {
         try_deadline,
         started,
+        try_started,
         ..
     } = times;
-    // The try's latency, connect included, is what `p2c_ewma` weighs.
-    let try_started = Instant::now();
     // A pooled connection the server closed meanwhile is replaced by a new one, once, without counting a try.
     let mut fresh = false;
     let (mut up, resp) = loop {
@@ -340,6 +340,7 @@ async fn try_once(
         }
         return Err(TryError::new(failure, detail));
     };
+    // The try's latency, connect included, is what `p2c_ewma` weighs.
     let answered = Instant::now();
     p.balancer
         .observe_latency(backend, answered - try_started, answered);
@@ -350,7 +351,7 @@ async fn try_once(
         return Ok(TryOk::Gateway(resp.status));
     }
     p.metrics.latency.observe_duration(started.elapsed());
-    observe_upstream(p, backend, times);
+    observe_upstream(p, backend, answered - try_started);
     if let Body::Buffered(k) = body {
         c.buf.advance(k);
     }
@@ -583,9 +584,9 @@ enum Step {
     Head(HeadError),
 }
 
-/// `api_proxy_upstream_duration_seconds{upstream}`: this try's time to its response head.
-fn observe_upstream(p: &crate::state::Inner, backend: &Backend, times: Times) {
-    let elapsed = times.try_started.elapsed();
+/// A server's time to its response head in this try, for `api_proxy_upstream_duration_seconds{upstream}` and the
+/// dashboard's per-server series.
+fn observe_upstream(p: &crate::state::Inner, backend: &Backend, elapsed: std::time::Duration) {
     p.metrics
         .upstream_latency
         .with(backend.id())

@@ -68,6 +68,9 @@ pub(super) async fn stream_exchange(
         let send = send_body(&mut client_r, buf, &mut up_w, req.framing, pauses, max_body);
         tokio::pin!(send);
         let mut sent: Option<Result<BodySent, BodyError>> = None;
+        // The server's latency runs from the end of the upload (or this try's start when it answers first): the
+        // client's upload time is not the server's.
+        let mut waited_from = times.try_started;
         let head = {
             let head = read_response_head(&mut up_r, up_buf, out, req, draining);
             tokio::pin!(head);
@@ -89,7 +92,8 @@ pub(super) async fn stream_exchange(
                             Ok(done) => sent = Some(Ok(done)),
                         }
                         uploading.release();
-                        head_timer.as_mut().reset(Instant::now() + times.head_wait);
+                        waited_from = Instant::now();
+                        head_timer.as_mut().reset(waited_from + times.head_wait);
                     }
                     () = &mut head_timer, if sent.is_some() => break None,
                 }
@@ -124,7 +128,7 @@ pub(super) async fn stream_exchange(
         w.p.metrics
             .latency
             .observe_duration(times.started.elapsed());
-        super::observe_upstream(&w.p, backend, times);
+        super::observe_upstream(&w.p, backend, waited_from.elapsed());
         let relay = relay_body(
             &mut up_r,
             up_buf,
