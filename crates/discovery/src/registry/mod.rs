@@ -590,10 +590,10 @@ impl Registry {
             let Ok(addr) = ServerAddr::parse_announced(&server.addr) else {
                 continue;
             };
-            let allowed = self
-                .inner
-                .policy
-                .check(&server.addr, &addr, Names::Assume, now.into_std());
+            let allowed =
+                self.inner
+                    .policy
+                    .check(&server.addr, &addr, Names::Assume, now.into_std());
             if allowed.is_err() || table.entries.contains_key(&server.id) {
                 continue;
             }
@@ -607,14 +607,8 @@ impl Registry {
             let peer = Arc::clone(table.peers.entry(server.id.clone()).or_default());
             peer.extend_deadline(deadline);
             let weight = weight_from_meta(&server.meta);
-            let backend = Backend::new(
-                &server.id,
-                &server.addr,
-                addr.socket_addr(),
-                weight,
-                peer,
-            )
-            .into_unconfirmed();
+            let backend = Backend::new(&server.id, &server.addr, addr.socket_addr(), weight, peer)
+                .into_unconfirmed();
             changes.push(EventKind::Join, &server.id, &server.addr, now);
             table.entries.insert(
                 server.id,

@@ -111,7 +111,10 @@ async fn old_foreign_or_refused_saves_load_nothing() {
     assert_eq!(reg.restore(old, Instant::now(), SystemTime::now()), 0);
     let mut other_format = saved.clone();
     other_format.format += 1;
-    assert_eq!(reg.restore(other_format, Instant::now(), SystemTime::now()), 0);
+    assert_eq!(
+        reg.restore(other_format, Instant::now(), SystemTime::now()),
+        0
+    );
     // allowed_networks tightened since the save: the policy of today applies.
     let mut cfg = RegistryConfig::new(TTL);
     cfg.allowed_networks = vec!["192.168.0.0/16".parse().unwrap()];
