@@ -427,10 +427,14 @@ impl Registry {
         if !self.inner.frozen.load(Ordering::Acquire) {
             expire_due(table, now, now_ticks, &mut changes);
         }
-        let entries = &table.entries;
-        table
-            .peers
-            .retain(|id, peer| entries.contains_key(id) || !peer.is_idle(now_ticks));
+        // Every entry has its peer, so only when there are more peers than entries can one be forgotten: at 100,000
+        // servers that skips 100,000 lookups per sweep.
+        if table.peers.len() > table.entries.len() {
+            let entries = &table.entries;
+            table
+                .peers
+                .retain(|id, peer| entries.contains_key(id) || !peer.is_idle(now_ticks));
+        }
         self.commit(table, changes)
     }
 
@@ -636,7 +640,8 @@ impl Registry {
                     .values()
                     .map(|e| Arc::clone(&e.backend))
                     .collect();
-                backends.sort_by(|a, b| a.id().cmp(b.id()));
+                // Ids are unique, so an unstable sort gives the same order, faster.
+                backends.sort_unstable_by(|a, b| a.id().cmp(b.id()));
                 self.inner.snapshot.store(Arc::new(Snapshot::new(backends)));
             }
         }
