@@ -65,4 +65,4 @@ pub use registry::{
     Registry, RegistryConfig, RegistryView, SAVED_FORMAT, SavedRegistry, SavedServer, ServerView,
 };
 pub use reject::{RejectReason, Rejection};
-pub use subscribe::{SubscriptionConfig, subscribe};
+pub use subscribe::{HEARTBEAT_OUTPUT_BUFFER, SubscriptionConfig, subscribe};
