@@ -623,7 +623,15 @@ async fn handler_loop<H: Handler>(
             }
         }
         for msg in batch.drain(..) {
-            handle_one(&*handler, &shared, &events, max_attempts, auto_response, msg).await;
+            handle_one(
+                &*handler,
+                &shared,
+                &events,
+                max_attempts,
+                auto_response,
+                msg,
+            )
+            .await;
         }
     }
 }
