@@ -161,6 +161,9 @@ pub struct DiscoveryConfig {
     pub canary_interval: Option<HumanDuration>,
     /// The bus counts as down when no canary arrived for this long (default: ttl / 4, at least 3 intervals).
     pub canary_timeout: Option<HumanDuration>,
+    /// Where the registry is saved when membership changes and loaded from at start (none: not saved), so a
+    /// restarted api-server routes at once to the servers it knew, as unconfirmed until they are heard from.
+    pub registry_file: Option<PathBuf>,
 }
 
 impl Default for DiscoveryConfig {
@@ -179,6 +182,7 @@ impl Default for DiscoveryConfig {
             canary_topic: None,
             canary_interval: None,
             canary_timeout: None,
+            registry_file: None,
         }
     }
 }

@@ -9,6 +9,8 @@
 //!   which `run` hands its `[proxy]` settings, metrics and balancer. Both bound slow and oversized request heads.
 //! - Bus liveness is measured by a canary (see the `canary` module docs): while NSQ does not deliver, expiry is
 //!   frozen and `/registry` says `"self_preservation": true`.
+//! - With `discovery.registry_file`, the registry is saved when membership changes and loaded at start as
+//!   unconfirmed servers (`saved_registry`), so a restart routes at once.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), api_server::RunError> {
@@ -31,6 +33,7 @@ mod canary;
 mod config;
 mod feed;
 mod run;
+mod saved_registry;
 mod state;
 
 pub use admin::{

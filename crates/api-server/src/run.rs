@@ -110,6 +110,10 @@ pub async fn run(
              set discovery.hmac_key_files (make a key with `data-server keygen --out FILE`) or discovery.allowed_networks"
         );
     }
+    // Before the subscription and the listeners: the first request may already route to the saved servers.
+    if let Some(path) = &d.registry_file {
+        crate::saved_registry::load(path, &registry);
+    }
     let balancer = Balancer::new(
         registry.clone(),
         BalancerConfig {
@@ -181,6 +185,14 @@ pub async fn run(
         shutdown.clone(),
     )));
     tasks.push(tokio::spawn(count_events(state.clone(), shutdown.clone())));
+    if let Some(path) = &d.registry_file {
+        tasks.push(tokio::spawn(crate::saved_registry::keep_saved(
+            path.clone(),
+            registry.clone(),
+            d.prune_interval.get(),
+            shutdown.clone(),
+        )));
+    }
 
     on_listen(listening);
     let nofile = svc::raise_nofile_limit();

@@ -62,8 +62,8 @@ pub use heartbeat::{
     MAX_META_BYTES, MAX_META_DEPTH, Message, State, VERSION, decode,
 };
 pub use registry::{
-    DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, IgnoreReason, Outcome, OutcomeCount, Registry,
-    RegistryConfig, RegistryView, ServerView,
+    DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, IgnoreReason, MAX_SAVED_AGE, Outcome, OutcomeCount,
+    Registry, RegistryConfig, RegistryView, SAVED_FORMAT, SavedRegistry, SavedServer, ServerView,
 };
 pub use reject::{RejectReason, Rejection};
-pub use subscribe::{SubscriptionConfig, subscribe};
+pub use subscribe::{HEARTBEAT_OUTPUT_BUFFER, SubscriptionConfig, subscribe};

@@ -77,11 +77,8 @@ impl FrameReader {
     /// The next frame; `Ok(None)` when nsqd closed the connection cleanly.
     pub(crate) async fn next(&mut self) -> Result<Option<Frame>> {
         loop {
-            match decode_from(&mut self.plain, self.max_frame) {
-                Ok(Some(frame)) => return Ok(Some(frame)),
-                Ok(None) => {}
-                Err(Error::Malformed(m)) if m == "HTTP" => return Err(Error::HttpPort(self.peer)),
-                Err(e) => return Err(e),
+            if let Some(frame) = self.buffered()? {
+                return Ok(Some(frame));
             }
             let n = if self.inflater.is_none() {
                 // A full BytesMut would otherwise offer read_buf only a few bytes per call.
@@ -104,8 +101,20 @@ impl FrameReader {
         }
     }
 
+    /// The next frame if it is already read in full, without touching the socket.
+    pub(crate) fn buffered(&mut self) -> Result<Option<Frame>> {
+        match decode_from(&mut self.plain, self.max_frame) {
+            Err(Error::Malformed(m)) if m == "HTTP" => Err(Error::HttpPort(self.peer)),
+            other => other,
+        }
+    }
+
     /// Like [`FrameReader::next`], failing when nothing arrives within `timeout`.
     pub(crate) async fn next_within(&mut self, timeout: Option<Duration>) -> Result<Option<Frame>> {
+        // A frame already read needs no timer: arming one reads the clock, once per frame of a burst.
+        if let Some(frame) = self.buffered()? {
+            return Ok(Some(frame));
+        }
         match timeout {
             None => self.next().await,
             Some(t) => tokio::time::timeout(t, self.next())

@@ -9,7 +9,7 @@ use nsq::{Producer, ProducerConfig};
 use testkit::{ApiServer, DataServer, DataServerOptions, NsqCluster, Signal};
 use tokio::sync::mpsc;
 
-use super::{BenchArgs, Report, cpu_ticks, release_bins};
+use super::{BenchArgs, Report, TICKS_PER_S, cpu_ticks, release_bins};
 
 const TOPIC: &str = "data_server_addr";
 
@@ -219,8 +219,23 @@ async fn delivered(cluster: &NsqCluster) -> Result<u64> {
     Ok(total)
 }
 
-/// `count` simulated data servers, each heartbeating once a second through real nsqd for
-/// `seconds`: false expiries, the api-server's CPU and peak RSS, and the rate nsqd delivered.
+/// Live servers the api-server counts (`/readyz`, which is cheap at any size, unlike `/registry`).
+async fn live_servers(http: &reqwest::Client, api: &ApiServer) -> Result<u64> {
+    let doc: serde_json::Value = http
+        .get(format!("http://{}/readyz", api.admin()))
+        .send()
+        .await?
+        .json()
+        .await?;
+    doc["live_servers"]
+        .as_u64()
+        .context("no live_servers in /readyz")
+}
+
+/// `count` simulated data servers, each heartbeating every `--interval` through real nsqd (2 nsqd): the time until
+/// all of them joined, then for `--seconds` (at least two intervals) false expiries, the api-server's CPU and peak
+/// RSS, and the rate nsqd delivered. Expiries are read from `/metrics`, not from an SSE stream, whose snapshot
+/// of every server each second would be measured along.
 pub async fn scale(a: &BenchArgs) -> Result<Report> {
     let rel = release_bins(&["api-server"])?;
     let cluster = NsqCluster::start(2).await?;
@@ -231,8 +246,9 @@ pub async fn scale(a: &BenchArgs) -> Result<Report> {
     )
     .await?;
     let pid = api.process().pid().context("api-server pid")?;
-    let mut events = follow_events(api.admin()).await?;
     let count = a.count.unwrap_or(10_000);
+    let interval = a.interval;
+    let interval_ms = u64::try_from(interval.as_millis())?;
     let producers: Vec<Producer> = cluster
         .nsqd_tcp_addresses()
         .iter()
@@ -247,19 +263,19 @@ pub async fn scale(a: &BenchArgs) -> Result<Report> {
             (i & 255).max(1)
         );
         let mut hb = Heartbeat::new(format!("sim-{i}"), addr, epoch, seq);
-        hb.interval_ms = 1000;
+        hb.interval_ms = interval_ms;
         hb.encode()
     };
-    // Every second, every server once: 20 slices of count/20, alternating nsqd.
-    const SLICES: usize = 20;
+    // Every interval, every server once, spread over 100 ms slices, alternating nsqd.
+    let slices = usize::try_from(interval_ms / 100)?.max(1);
     let publish_round = |seq: u64| {
         let producers = producers.clone();
         async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(1000 / SLICES as u64));
-            for s in 0..SLICES {
+            let mut tick = tokio::time::interval(interval / u32::try_from(slices)?);
+            for s in 0..slices {
                 tick.tick().await;
                 let bodies: Vec<Vec<u8>> =
-                    (s..count).step_by(SLICES).map(|i| body(i, seq)).collect();
+                    (s..count).step_by(slices).map(|i| body(i, seq)).collect();
                 for chunk in bodies.chunks(500) {
                     producers[s % producers.len()]
                         .multi_publish(TOPIC, chunk)
@@ -269,45 +285,59 @@ pub async fn scale(a: &BenchArgs) -> Result<Report> {
             anyhow::Ok(())
         }
     };
-    // Warm up until every server is registered.
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    // Rounds until every server joined, timed from the first publish.
     let mut seq = 1;
-    let warm_deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        publish_round(seq).await?;
+    let joining = Instant::now();
+    let join_deadline = joining + Duration::from_secs(120);
+    let join_s = loop {
+        let round = publish_round(seq);
+        tokio::pin!(round);
+        let mut poll = tokio::time::interval(Duration::from_millis(100));
+        let joined = loop {
+            tokio::select! {
+                done = &mut round => { done?; break None; }
+                _ = poll.tick() => {
+                    if live_servers(&http, &api).await? == count as u64 {
+                        break Some(joining.elapsed());
+                    }
+                }
+            }
+        };
+        if let Some(joined) = joined {
+            // Finish the round so every server holds the same seq.
+            round.await?;
+            break joined.as_secs_f64();
+        }
         seq += 1;
-        let n = api.registry().await?["servers"]
-            .as_array()
-            .map_or(0, Vec::len);
-        if n == count {
-            break;
+        let n = live_servers(&http, &api).await?;
+        if n == count as u64 {
+            break joining.elapsed().as_secs_f64();
         }
-        if Instant::now() > warm_deadline {
-            bail!("only {n} of {count} servers registered after 60 s");
+        if Instant::now() > join_deadline {
+            bail!("only {n} of {count} servers registered after 120 s");
         }
-    }
-    while events.try_recv().is_ok() {}
+    };
+    seq += 1;
+    let expired = "api_registry_events_total{kind=\"expire\"}";
+    let expired0 = api.metric(expired).await.unwrap_or(0.0);
     let (cpu0, delivered0, t0) = (cpu_ticks(pid)?, delivered(&cluster).await?, Instant::now());
-    while t0.elapsed() < Duration::from_secs(a.seconds) {
+    let measure = Duration::from_secs(a.seconds).max(interval * 2);
+    while t0.elapsed() < measure {
         publish_round(seq).await?;
         seq += 1;
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let (cpu1, delivered1) = (cpu_ticks(pid)?, delivered(&cluster).await?);
-    let mut false_expiries = 0;
-    while let Ok(c) = events.try_recv() {
-        if c.kind == "expire" {
-            false_expiries += 1;
-        }
-    }
-    let live = api.registry().await?["servers"]
-        .as_array()
-        .map_or(0, Vec::len);
-    let ticks_per_s = 100.0; // USER_HZ on Linux
-    let cpu_pct = (cpu1 - cpu0) as f64 / ticks_per_s / elapsed * 100.0;
+    let false_expiries = api.metric(expired).await.unwrap_or(0.0) - expired0;
+    let live = live_servers(&http, &api).await?;
+    let cpu_pct = (cpu1 - cpu0) as f64 / TICKS_PER_S / elapsed * 100.0;
     let mut r = Report::default();
     r.add("simulated_servers", count)
+        .add("interval_ms", interval_ms)
+        .add("join_all_s", (join_s * 10.0).round() / 10.0)
         .add("seconds", (elapsed * 10.0).round() / 10.0)
-        .add("false_expiries", false_expiries)
+        .add("false_expiries", false_expiries as u64)
         .add("live_at_end", live)
         .add(
             "api_server_cpu_pct_of_one_core",

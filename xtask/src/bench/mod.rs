@@ -3,6 +3,7 @@
 
 mod archive;
 mod client;
+mod cold_start;
 
 pub use archive::ArchiveBackend;
 mod discovery;
@@ -34,8 +35,11 @@ pub enum Scenario {
     Archive,
     /// Time from a data server's first heartbeat to /registry, and from SIGTERM to removal.
     DiscoveryLatency,
-    /// 10,000 simulated data servers heartbeating once a second through real nsqd.
+    /// 10,000 simulated data servers heartbeating once a second through real nsqd (`--count`, `--interval`).
     RegistryScale,
+    /// 3 data servers on a 5 s interval; the api-server (with `discovery.registry_file`) restarted 20 times: the
+    /// time from starting it to its first routed request (p50, max), and requests that failed.
+    ColdStart,
     /// wrk against one data server, nginx and the api-server in front of the same 3.
     Proxy,
     /// 3 data servers, one 20 ms slower (`server.added_latency`): an open-loop load (half the api-server's
@@ -101,6 +105,9 @@ pub struct BenchArgs {
     /// failover), WebSocket clients per side (websocket) or idle connections (idle-connections).
     #[arg(long)]
     pub count: Option<usize>,
+    /// registry-scale: each simulated server's heartbeat interval (`1s`, `5s`, `500ms`).
+    #[arg(long, value_parser = parse_interval, default_value = "1s")]
+    pub interval: std::time::Duration,
     /// Print one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -147,6 +154,7 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
             Scenario::Archive => archive::archive(&args).await?,
             Scenario::DiscoveryLatency => discovery::latency(&args).await?,
             Scenario::RegistryScale => discovery::scale(&args).await?,
+            Scenario::ColdStart => cold_start::cold_start(&args).await?,
             Scenario::Proxy => proxy::proxy(&args).await?,
             Scenario::Failover => proxy::failover(&args).await?,
             Scenario::Heterogeneous => heterogeneous::heterogeneous(&args).await?,
@@ -180,6 +188,22 @@ pub fn run(mut args: BenchArgs) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `--interval`: a whole number of `ms` or `s`, at least 100 ms.
+fn parse_interval(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit_ms) = match text.strip_suffix("ms") {
+        Some(n) => (n, 1),
+        None => (text.strip_suffix('s').unwrap_or(text), 1000),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 5s or 500ms, found {text:?}"))?;
+    let d = std::time::Duration::from_millis(n * unit_ms);
+    if d < std::time::Duration::from_millis(100) {
+        return Err(format!("expected at least 100ms, found {text:?}"));
+    }
+    Ok(d)
 }
 
 /// `x` to three decimals.

@@ -24,6 +24,8 @@ pub struct Backend {
     addr: String,
     socket_addr: Option<SocketAddr>,
     weight: u32,
+    /// Loaded from a saved registry and not yet heard from in this run (see `registry/saved.rs`).
+    unconfirmed: bool,
     state: Arc<PeerState>,
 }
 
@@ -40,8 +42,20 @@ impl Backend {
             addr: addr.to_owned(),
             socket_addr,
             weight,
+            unconfirmed: false,
             state,
         }
+    }
+
+    /// This server as remembered from a saved registry: routed to only while no confirmed server is live.
+    pub(crate) fn into_unconfirmed(mut self) -> Self {
+        self.unconfirmed = true;
+        self
+    }
+
+    /// True while the server is only remembered from a saved registry: no heartbeat of it was heard in this run.
+    pub fn is_unconfirmed(&self) -> bool {
+        self.unconfirmed
     }
 
     /// The server's id.

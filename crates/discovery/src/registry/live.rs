@@ -17,6 +17,28 @@ use crate::event::{Event, EventSink};
 pub(crate) struct Snapshot {
     /// Sorted by id, so round robin walks a stable order.
     pub(crate) backends: Vec<Arc<Backend>>,
+    /// How many of them are unconfirmed (loaded from a saved registry, not heard from yet); 0 in steady state,
+    /// which keeps the read path what it was.
+    pub(crate) unconfirmed: usize,
+}
+
+impl Snapshot {
+    pub(crate) fn new(backends: Vec<Arc<Backend>>) -> Snapshot {
+        let unconfirmed = backends.iter().filter(|b| b.is_unconfirmed()).count();
+        Snapshot {
+            backends,
+            unconfirmed,
+        }
+    }
+}
+
+/// Which servers a read may return: unconfirmed ones stand in only while no confirmed server is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// No unconfirmed server in the snapshot: every live one.
+    All,
+    ConfirmedOnly,
+    UnconfirmedOnly,
 }
 
 /// The registry at one instant, as the balancer sees it. Taking one loads the snapshot (an atomic load, no lock
@@ -48,12 +70,27 @@ impl<'r> LiveSet<'r> {
         }
     }
 
-    /// The servers live at this instant, in id order.
+    /// The servers live at this instant, in id order. Servers remembered from a saved registry count only while
+    /// no confirmed server is live (a restarted api-server routes at once, and stops at the first heartbeat).
     pub(crate) fn live(&self) -> Live<'_> {
+        let (now, frozen) = (self.now_ticks, self.frozen);
+        let admit = if self.snapshot.unconfirmed == 0 {
+            Admit::All
+        } else if self
+            .snapshot
+            .backends
+            .iter()
+            .any(|b| !b.is_unconfirmed() && b.peer().is_live(now, frozen))
+        {
+            Admit::ConfirmedOnly
+        } else {
+            Admit::UnconfirmedOnly
+        };
         Live {
             rest: self.snapshot.backends.iter(),
-            now_ticks: self.now_ticks,
-            frozen: self.frozen,
+            now_ticks: now,
+            frozen,
+            admit,
         }
     }
 
@@ -95,13 +132,21 @@ pub(crate) struct Live<'a> {
     rest: slice::Iter<'a, Arc<Backend>>,
     now_ticks: u64,
     frozen: bool,
+    admit: Admit,
 }
 
 impl<'a> Iterator for Live<'a> {
     type Item = &'a Arc<Backend>;
 
     fn next(&mut self) -> Option<&'a Arc<Backend>> {
-        let (now, frozen) = (self.now_ticks, self.frozen);
-        self.rest.find(|b| b.peer().is_live(now, frozen))
+        let (now, frozen, admit) = (self.now_ticks, self.frozen, self.admit);
+        self.rest.find(|b| {
+            let admitted = match admit {
+                Admit::All => true,
+                Admit::ConfirmedOnly => !b.is_unconfirmed(),
+                Admit::UnconfirmedOnly => b.is_unconfirmed(),
+            };
+            admitted && b.peer().is_live(now, frozen)
+        })
     }
 }

@@ -69,7 +69,8 @@ pub(super) fn not_newer(order: (u64, u64), current: (u64, u64)) -> Option<Ignore
 /// using the same id (or a takeover attempt): the live holder keeps the id, and the message is counted.
 pub(super) fn conflict(entry: &Entry, update: &Update) -> Option<Outcome> {
     let holder = entry.backend.addr();
-    if holder == update.addr {
+    // A server remembered from a saved registry is a guess, not a holder: whoever is heard from takes the id.
+    if holder == update.addr || entry.backend.is_unconfirmed() {
         return None;
     }
     let newer_run = matches!(

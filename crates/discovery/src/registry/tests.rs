@@ -58,3 +58,4 @@ fn rejected(outcome: Outcome) -> RejectReason {
 
 mod admission;
 mod lifecycle;
+mod saved;

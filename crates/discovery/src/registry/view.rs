@@ -14,8 +14,9 @@ pub struct ServerView {
     pub id: String,
     /// Its announced `host:port`.
     pub addr: String,
-    /// `"up"`, `"ejected"` (passive health keeps it out of rotation for now) or `"held"` (past its TTL but kept
-    /// because self-preservation froze expiry).
+    /// `"up"`, `"ejected"` (passive health keeps it out of rotation for now), `"held"` (past its TTL but kept
+    /// because self-preservation froze expiry) or `"unconfirmed"` (loaded from a saved registry, not heard from
+    /// yet: routed to only while no confirmed server is live).
     pub state: &'static str,
     /// Milliseconds since its last accepted heartbeat.
     pub last_seen_ms: u64,
@@ -64,6 +65,7 @@ impl ServerView {
         let state = match () {
             _ if deadline <= now_ticks => "held",
             _ if stats.ejected_for_ms.is_some() => "ejected",
+            _ if entry.backend.is_unconfirmed() => "unconfirmed",
             _ => "up",
         };
         ServerView {

@@ -97,6 +97,7 @@ pub(crate) fn spawn<H: Handler>(
             events_tx.clone(),
             cfg.max_attempts,
             cfg.auto_response,
+            cfg.concurrency,
         ));
     }
     let mut targets = HashMap::new();
@@ -597,6 +598,12 @@ fn set_rdy(c: &mut Conn, n: u64) {
     }
 }
 
+/// Most messages a handler task takes from the queue at once.
+const HANDLER_BATCH: usize = 64;
+
+/// One of the `concurrency` handler tasks. It takes its share of what is queued in one go (at least one message,
+/// at most [`HANDLER_BATCH`]) and handles them one after another: one lock of the shared queue and one wake-up per
+/// burst instead of per message, which is most of what the hand-off from reader to handler cost.
 async fn handler_loop<H: Handler>(
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Message>>>,
     handler: Arc<H>,
@@ -604,50 +611,78 @@ async fn handler_loop<H: Handler>(
     events: mpsc::UnboundedSender<Event>,
     max_attempts: u16,
     auto_response: bool,
+    concurrency: usize,
 ) {
+    let mut batch = Vec::with_capacity(HANDLER_BATCH);
     loop {
-        let msg = { queue.lock().await.recv().await };
-        let Some(msg) = msg else { return };
-        tracing::trace!(id = %String::from_utf8_lossy(msg.id()), "handling");
-        if max_attempts > 0 && msg.attempts() > max_attempts {
-            handler.give_up(&msg).await;
-            if msg.finish() {
-                shared.stats.given_up.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut rx = queue.lock().await;
+            let share = (rx.len() / concurrency.max(1)).clamp(1, HANDLER_BATCH);
+            if rx.recv_many(&mut batch, share).await == 0 {
+                return;
             }
-            continue;
         }
-        let result = AssertUnwindSafe(handler.handle(msg.clone()))
-            .catch_unwind()
+        for msg in batch.drain(..) {
+            handle_one(
+                &*handler,
+                &shared,
+                &events,
+                max_attempts,
+                auto_response,
+                msg,
+            )
             .await;
-        let ok = match result {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, attempts = msg.attempts(), "handler failed; requeueing");
-                false
-            }
-            Err(_) => {
-                tracing::error!(
-                    attempts = msg.attempts(),
-                    "handler panicked; requeueing the message"
-                );
-                false
-            }
-        };
-        if !ok {
-            shared.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
         }
-        if msg.has_responded() || (!auto_response && ok) {
-            continue; // answered by the handler, or left for whoever holds the message
+    }
+}
+
+async fn handle_one<H: Handler>(
+    handler: &H,
+    shared: &Shared,
+    events: &mpsc::UnboundedSender<Event>,
+    max_attempts: u16,
+    auto_response: bool,
+    msg: Message,
+) {
+    tracing::trace!(id = %String::from_utf8_lossy(msg.id()), "handling");
+    if max_attempts > 0 && msg.attempts() > max_attempts {
+        handler.give_up(&msg).await;
+        if msg.finish() {
+            shared.stats.given_up.fetch_add(1, Ordering::Relaxed);
         }
-        if ok {
-            msg.finish();
-            if shared.backoff_level.load(Ordering::Relaxed) > 0 {
-                let _ = events.send(Event::Outcome { success: true });
-            }
-        } else {
-            msg.requeue(None);
-            let _ = events.send(Event::Outcome { success: false });
+        return;
+    }
+    let result = AssertUnwindSafe(handler.handle(msg.clone()))
+        .catch_unwind()
+        .await;
+    let ok = match result {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, attempts = msg.attempts(), "handler failed; requeueing");
+            false
         }
+        Err(_) => {
+            tracing::error!(
+                attempts = msg.attempts(),
+                "handler panicked; requeueing the message"
+            );
+            false
+        }
+    };
+    if !ok {
+        shared.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    if msg.has_responded() || (!auto_response && ok) {
+        return; // answered by the handler, or left for whoever holds the message
+    }
+    if ok {
+        msg.finish();
+        if shared.backoff_level.load(Ordering::Relaxed) > 0 {
+            let _ = events.send(Event::Outcome { success: true });
+        }
+    } else {
+        msg.requeue(None);
+        let _ = events.send(Event::Outcome { success: false });
     }
 }
 
