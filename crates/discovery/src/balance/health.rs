@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Balancer;
-use crate::backend::FailureStreak;
+use crate::backend::{Backend, FailureStreak};
 use crate::event::{Event, EventKind};
 use crate::registry::LiveSet;
 
@@ -94,23 +94,19 @@ impl Balancer {
     }
 
     /// Returns ejected servers whose time is over to rotation and broadcasts [`EventKind::Recover`] for each.
-    /// [`pick`](Balancer::pick) does this too; call it periodically so recoveries show without traffic.
+    /// [`pick`](Balancer::pick) does this too, but only for the servers it draws (a walk over every server would
+    /// make each pick linear in their number); call this periodically so every recovery shows, with or without
+    /// traffic. An ejected server is out of rotation only until its time is over, whether or not this ran.
     pub fn recover_due(&self, now: Instant) -> Vec<Event> {
         self.recover(&self.inner.registry.live_set(now))
     }
 
     /// Every server of `live` whose ejection is over returns to rotation, with a `Recover` event each.
-    pub(super) fn recover(&self, live: &LiveSet<'_>) -> Vec<Event> {
-        let mut events = Vec::new();
-        for backend in live.all() {
-            if backend.peer().try_recover(live.now_ticks()) {
-                let event =
-                    Event::new(EventKind::Recover, backend.id(), backend.addr(), live.now());
-                live.emit(event.clone());
-                events.push(event);
-            }
-        }
-        events
+    fn recover(&self, live: &LiveSet<'_>) -> Vec<Event> {
+        live.all()
+            .iter()
+            .filter_map(|backend| recover_if_due(live, backend))
+            .collect()
     }
 
     /// Passive-health figures of every live server, sorted by id.
@@ -131,6 +127,17 @@ impl Balancer {
             })
             .collect()
     }
+}
+
+/// Returns `backend` to rotation if its ejection is over, broadcasting and returning the `Recover` event. Cheap
+/// (one atomic load) for a server that was not ejected, so a pick calls it on each server it draws.
+pub(super) fn recover_if_due(live: &LiveSet<'_>, backend: &Backend) -> Option<Event> {
+    if !backend.peer().try_recover(live.now_ticks()) {
+        return None;
+    }
+    let event = Event::new(EventKind::Recover, backend.id(), backend.addr(), live.now());
+    live.emit(event.clone());
+    Some(event)
 }
 
 /// `base * 2^(nth-1)`, capped at `max`.

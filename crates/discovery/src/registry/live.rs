@@ -17,6 +17,9 @@ use crate::event::{Event, EventSink};
 pub(crate) struct Snapshot {
     /// Sorted by id, so round robin walks a stable order.
     pub(crate) backends: Vec<Arc<Backend>>,
+    /// The running sum of the weights in `backends`' order: entry `i` is the weight of servers `0..=i`, so a
+    /// weighted draw is a binary search instead of a walk (built once per rebuild, read by every pick).
+    pub(crate) cumulative_weights: Vec<u64>,
     /// How many of them are unconfirmed (loaded from a saved registry, not heard from yet); 0 in steady state,
     /// which keeps the read path what it was.
     pub(crate) unconfirmed: usize,
@@ -25,8 +28,16 @@ pub(crate) struct Snapshot {
 impl Snapshot {
     pub(crate) fn new(backends: Vec<Arc<Backend>>) -> Snapshot {
         let unconfirmed = backends.iter().filter(|b| b.is_unconfirmed()).count();
+        let cumulative_weights = backends
+            .iter()
+            .scan(0u64, |sum, b| {
+                *sum += u64::from(b.weight());
+                Some(*sum)
+            })
+            .collect();
         Snapshot {
             backends,
+            cumulative_weights,
             unconfirmed,
         }
     }
@@ -87,6 +98,8 @@ impl<'r> LiveSet<'r> {
             Admit::UnconfirmedOnly
         };
         Live {
+            servers: &self.snapshot.backends,
+            cumulative_weights: &self.snapshot.cumulative_weights,
             rest: self.snapshot.backends.iter(),
             now_ticks: now,
             frozen,
@@ -126,27 +139,52 @@ impl<'r> LiveSet<'r> {
 }
 
 /// The live servers of a [`LiveSet`], in id order. Cheap to clone, so selection can walk it twice instead of
-/// collecting it.
+/// collecting it. Besides the walk, it offers the whole snapshot by index ([`servers`](Live::servers), with
+/// [`cumulative_weights`](Live::cumulative_weights)) and the test [`admits`](Live::admits), so that a pick can draw
+/// a server in O(log n) and check only that one.
 #[derive(Clone)]
 pub(crate) struct Live<'a> {
+    servers: &'a [Arc<Backend>],
+    cumulative_weights: &'a [u64],
     rest: slice::Iter<'a, Arc<Backend>>,
     now_ticks: u64,
     frozen: bool,
     admit: Admit,
 }
 
+impl<'a> Live<'a> {
+    /// Every server of the snapshot in id order, live or not: index it, then check the one found with
+    /// [`admits`](Live::admits).
+    pub(crate) fn servers(&self) -> &'a [Arc<Backend>] {
+        self.servers
+    }
+
+    /// The running sum of [`servers`](Live::servers)' weights (same length; the last entry is the total).
+    pub(crate) fn cumulative_weights(&self) -> &'a [u64] {
+        self.cumulative_weights
+    }
+
+    /// Whether `backend`, one of [`servers`](Live::servers), is live: what the walk yields.
+    pub(crate) fn admits(&self, backend: &Backend) -> bool {
+        is_live(backend, self.admit, self.now_ticks, self.frozen)
+    }
+}
+
+/// Whether `backend` is admitted by `admit` and live at `now`.
+fn is_live(backend: &Backend, admit: Admit, now: u64, frozen: bool) -> bool {
+    let admitted = match admit {
+        Admit::All => true,
+        Admit::ConfirmedOnly => !backend.is_unconfirmed(),
+        Admit::UnconfirmedOnly => backend.is_unconfirmed(),
+    };
+    admitted && backend.peer().is_live(now, frozen)
+}
+
 impl<'a> Iterator for Live<'a> {
     type Item = &'a Arc<Backend>;
 
     fn next(&mut self) -> Option<&'a Arc<Backend>> {
-        let (now, frozen, admit) = (self.now_ticks, self.frozen, self.admit);
-        self.rest.find(|b| {
-            let admitted = match admit {
-                Admit::All => true,
-                Admit::ConfirmedOnly => !b.is_unconfirmed(),
-                Admit::UnconfirmedOnly => b.is_unconfirmed(),
-            };
-            admitted && b.peer().is_live(now, frozen)
-        })
+        let (admit, now, frozen) = (self.admit, self.now_ticks, self.frozen);
+        self.rest.find(|b| is_live(b, admit, now, frozen))
     }
 }

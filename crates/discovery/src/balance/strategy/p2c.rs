@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
-
 use super::{Candidates, Select};
 use crate::backend::Backend;
 
@@ -25,14 +23,8 @@ pub(super) fn draw_two<'a>(
     candidates: &Candidates<'a>,
 ) -> Option<(&'a Arc<Backend>, Option<&'a Arc<Backend>>)> {
     let mut rng = rand::rng();
-    let total = candidates.total_weight();
-    let first = candidates.at_weight(rng.random_range(0..total), None)?;
-    if candidates.len() == 1 {
-        return Some((first, None));
-    }
-    let rest = total - u64::from(first.weight());
-    let second = candidates.at_weight(rng.random_range(0..rest.max(1)), Some(first))?;
-    Some((first, Some(second)))
+    let first = candidates.draw(&mut rng, None)?;
+    Some((first, candidates.draw(&mut rng, Some(first))))
 }
 
 /// Fewer in flight per unit of weight; ties go to `a`, itself a weighted random sample.

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use rand::Rng;
-
 use super::{Candidates, Select};
 use crate::backend::Backend;
 
@@ -13,7 +11,6 @@ pub(super) struct Random;
 
 impl Select for Random {
     fn select<'a>(&self, candidates: &Candidates<'a>) -> Option<&'a Arc<Backend>> {
-        let point = rand::rng().random_range(0..candidates.total_weight());
-        candidates.at_weight(point, None)
+        candidates.draw(&mut rand::rng(), None)
     }
 }
