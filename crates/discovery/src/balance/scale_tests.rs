@@ -22,7 +22,7 @@ fn large_registry() -> Registry {
     let (now, wall) = (Instant::now(), SystemTime::now());
     for i in 0..SERVERS {
         let addr = format!("10.{}.{}.{}:80", i >> 16, (i >> 8) & 255, i & 255);
-        registry.observe(&Heartbeat::new(&id(i), &addr, 1, 1).encode(), 0, now, wall);
+        registry.observe(&Heartbeat::new(id(i), &addr, 1, 1).encode(), 0, now, wall);
     }
     registry
 }
