@@ -152,10 +152,10 @@ impl Feed {
     /// `{"window_s","last","servers":{id:[[r,e,p99],…]}}` for the window ending with `last`, built once per second.
     fn window(&self, traffic: &Traffic, last: u64) -> Arc<str> {
         let mut cache = lock(&self.cache);
-        if let Some((second, json)) = &cache.window {
-            if *second == last {
-                return Arc::clone(json);
-            }
+        if let Some((second, json)) = &cache.window
+            && *second == last
+        {
+            return Arc::clone(json);
         }
         let mut out = String::new();
         let _ = write!(
@@ -215,10 +215,10 @@ impl Feed {
     pub fn registry(&self, second: u64, build: impl FnOnce() -> String) -> Arc<str> {
         let seq = lock(&self.changes).seq;
         let mut cache = lock(&self.cache);
-        if let Some((key, json)) = &cache.registry {
-            if *key == (second, seq) {
-                return Arc::clone(json);
-            }
+        if let Some((key, json)) = &cache.registry
+            && *key == (second, seq)
+        {
+            return Arc::clone(json);
         }
         let json: Arc<str> = build().into();
         cache.registry = Some(((second, seq), Arc::clone(&json)));
