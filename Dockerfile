@@ -17,11 +17,11 @@ FROM debian:bookworm-slim
 # curl for the compose health checks; ca-certificates for TLS to nsqd.
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
-# One unprivileged user for every binary. The archive and the heartbeat key live in directories it owns: a new named
-# volume mounted on one takes its owner, so nothing needs root to write there.
+# One unprivileged user for every binary. The archive, the heartbeat key and the api-server's saved registry live in
+# directories it owns: a new named volume mounted on one takes its owner, so nothing needs root to write there.
 RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin nsq-discovery \
- && mkdir -p /var/lib/archiver /var/lib/nsq-discovery/keys \
- && chown nsq-discovery:nsq-discovery /var/lib/archiver /var/lib/nsq-discovery/keys \
+ && mkdir -p /var/lib/archiver /var/lib/nsq-discovery/keys /var/lib/api-server \
+ && chown nsq-discovery:nsq-discovery /var/lib/archiver /var/lib/nsq-discovery/keys /var/lib/api-server \
  && chmod 0700 /var/lib/nsq-discovery/keys
 COPY --from=build /out/ /usr/local/bin/
 COPY config/ /etc/nsq-discovery/
