@@ -60,23 +60,23 @@ pub(crate) struct Counted<'a, T> {
     count: &'a mut u64,
 }
 
-fn poll_read_counted<T: AsyncRead + Unpin>(
-    io: &mut T,
-    count: &mut u64,
-    cx: &mut Context<'_>,
-    buf: &mut ReadBuf<'_>,
-) -> Poll<io::Result<()>> {
-    let before = buf.filled().len();
-    ready!(Pin::new(io).poll_read(cx, buf))?;
-    *count += (buf.filled().len() - before) as u64;
-    Poll::Ready(Ok(()))
-}
-
-fn counted_write(count: &mut u64, written: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-    if let Poll::Ready(Ok(n)) = written {
-        *count += n as u64;
+impl ClientStream {
+    /// The socket's read side as a [`Counted`] on `read`: the stream's own reads count through the same code as a
+    /// split half's.
+    fn reading(&mut self) -> Counted<'_, &mut TcpStream> {
+        Counted {
+            io: &mut self.io,
+            count: &mut self.read,
+        }
     }
-    written
+
+    /// The socket's write side as a [`Counted`] on `written`.
+    fn writing(&mut self) -> Counted<'_, &mut TcpStream> {
+        Counted {
+            io: &mut self.io,
+            count: &mut self.written,
+        }
+    }
 }
 
 impl AsyncRead for ClientStream {
@@ -85,8 +85,7 @@ impl AsyncRead for ClientStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        poll_read_counted(&mut this.io, &mut this.read, cx, buf)
+        Pin::new(&mut self.reading()).poll_read(cx, buf)
     }
 }
 
@@ -96,11 +95,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        counted_write(
-            &mut this.written,
-            Pin::new(&mut this.io).poll_write(cx, buf),
-        )
+        Pin::new(&mut self.writing()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -108,11 +103,7 @@ impl AsyncWrite for ClientStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        counted_write(
-            &mut this.written,
-            Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
-        )
+        Pin::new(&mut self.writing()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -135,7 +126,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<'_, T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        poll_read_counted(&mut this.io, this.count, cx, buf)
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
+        *this.count += (buf.filled().len() - before) as u64;
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -146,7 +140,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        counted_write(this.count, Pin::new(&mut this.io).poll_write(cx, buf))
+        let n = ready!(Pin::new(&mut this.io).poll_write(cx, buf))?;
+        *this.count += n as u64;
+        Poll::Ready(Ok(n))
     }
 
     fn poll_write_vectored(
@@ -155,10 +151,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<'_, T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        counted_write(
-            this.count,
-            Pin::new(&mut this.io).poll_write_vectored(cx, bufs),
-        )
+        let n = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs))?;
+        *this.count += n as u64;
+        Poll::Ready(Ok(n))
     }
 
     fn is_write_vectored(&self) -> bool {
