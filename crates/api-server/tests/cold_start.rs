@@ -11,12 +11,16 @@ use testkit::NsqCluster;
 /// Heartbeats this far apart never arrive during a test: whatever routes after a restart came from the file.
 const SLOW_INTERVAL: &str = "60s";
 
-fn state_of(doc: &serde_json::Value, id: &str) -> Option<String> {
-    find_server(doc, id).map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+/// An api-server that saves its registry to a file in `_dir` (a TTL of 2 min), and two data servers it has heard
+/// from once.
+struct Saving {
+    cluster: NsqCluster,
+    _dir: tempfile::TempDir,
+    api: testkit::ApiServer,
+    servers: Vec<testkit::DataServer>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_routes_to_the_saved_servers_before_any_heartbeat() {
+async fn saving() -> Saving {
     let cluster = NsqCluster::start(1).await.unwrap();
     create_topic(&cluster).await;
     let dir = tempfile::tempdir().unwrap();
@@ -24,9 +28,29 @@ async fn a_restart_routes_to_the_saved_servers_before_any_heartbeat() {
         "discovery.registry_file={}",
         dir.path().join("registry.json").display()
     );
-    let mut api = api_server(&cluster, "2m", &[&file]).await;
+    let api = api_server(&cluster, "2m", &[&file]).await;
     let servers = data_servers(&cluster, 2, SLOW_INTERVAL).await;
     wait_servers(&api, 2).await;
+    Saving {
+        cluster,
+        _dir: dir,
+        api,
+        servers,
+    }
+}
+
+fn state_of(doc: &serde_json::Value, id: &str) -> Option<String> {
+    find_server(doc, id).map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_routes_to_the_saved_servers_before_any_heartbeat() {
+    let Saving {
+        cluster: _cluster,
+        _dir,
+        mut api,
+        servers,
+    } = saving().await;
 
     api.restart(SOON).await.unwrap();
     let restarted = Instant::now();
@@ -61,16 +85,12 @@ async fn a_restart_routes_to_the_saved_servers_before_any_heartbeat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saved_server_that_died_is_ejected_on_its_first_refused_connect() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    create_topic(&cluster).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = format!(
-        "discovery.registry_file={}",
-        dir.path().join("registry.json").display()
-    );
-    let mut api = api_server(&cluster, "2m", &[&file]).await;
-    let mut servers = data_servers(&cluster, 2, SLOW_INTERVAL).await;
-    wait_servers(&api, 2).await;
+    let Saving {
+        cluster: _cluster,
+        _dir,
+        mut api,
+        mut servers,
+    } = saving().await;
 
     // It dies while the api-server still counts it live (TTL 2 min), so the file saved at the restart holds it.
     servers[1].kill();
@@ -92,16 +112,12 @@ async fn a_saved_server_that_died_is_ejected_on_its_first_refused_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_heard_from_server_takes_the_traffic_from_the_unconfirmed_ones() {
-    let cluster = NsqCluster::start(1).await.unwrap();
-    create_topic(&cluster).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = format!(
-        "discovery.registry_file={}",
-        dir.path().join("registry.json").display()
-    );
-    let mut api = api_server(&cluster, "2m", &[&file]).await;
-    let saved = data_servers(&cluster, 2, SLOW_INTERVAL).await;
-    wait_servers(&api, 2).await;
+    let Saving {
+        cluster,
+        _dir,
+        mut api,
+        servers: saved,
+    } = saving().await;
 
     api.restart(SOON).await.unwrap();
     wait_subscribed(&api, 1).await;
