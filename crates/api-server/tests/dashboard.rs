@@ -1,87 +1,17 @@
 //! The dashboard in a real headless Chromium: it shows a live server with its traffic, and shows it leave while the
 //! page is open, through the Server-Sent Events stream: the leave in the timeline, its sparkline stopped while the
-//! page's clock runs on. Screenshots are kept in `target/test-artifacts/`.
+//! page's clock runs on. The test reads the page's live DOM over the DevTools protocol (`testkit::Browser`) until
+//! what a person would see is there. Screenshots are kept in `target/test-artifacts/`.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::*;
-use testkit::NsqCluster;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Runs headless Chromium on `url` with `mode` (`--dump-dom` or `--screenshot=FILE`); returns stdout. Virtual
-/// time (which the page's clock follows) runs on by `budget_ms` once the page has no open request.
-///
-/// Chromium itself sometimes hangs at start-up, before it opens any connection (seen about one run in three on
-/// this machine, with nothing on stderr): such a run is killed with all its helper processes and started again,
-/// up to three times.
-async fn chromium(url: &str, mode: &str, profiles: &Path, budget_ms: u32) -> String {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium package (.ci/run does)"
-    );
-    let mut logs = Vec::new();
-    for attempt in 1..=3 {
-        // A fresh profile each run, so no run can hand over to what is left of another.
-        let profile = tempfile::tempdir_in(profiles).unwrap();
-        let (log, stdout) = (
-            profile.path().join("chromium.log"),
-            profile.path().join("stdout"),
-        );
-        let mut process = testkit::ManagedProcess::spawn_with_stdout(
-            "chromium",
-            CHROMIUM,
-            [
-                "--headless",
-                "--enable-logging=stderr",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                &format!("--user-data-dir={}", profile.path().display()),
-                "--window-size=1200,800",
-                &format!("--virtual-time-budget={budget_ms}"),
-                mode,
-                url,
-            ]
-            .map(str::to_owned)
-            .to_vec(),
-            &log,
-            &stdout,
-        )
-        .expect("chromium starts");
-        match process.wait_exit(Duration::from_secs(45)).await {
-            Ok(status) => {
-                process.kill_group();
-                assert!(
-                    status.success(),
-                    "chromium failed: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-                return std::fs::read_to_string(&stdout).unwrap();
-            }
-            Err(_) => {
-                process.kill_group();
-                logs.push(format!(
-                    "attempt {attempt}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                ));
-            }
-        }
-    }
-    panic!(
-        "chromium did not finish {url} in 3 attempts of 45 s; its logs:\n{}",
-        logs.join("\n")
-    );
-}
+use testkit::{Browser, NsqCluster};
 
 fn artifact(name: &str) -> PathBuf {
     let dir = testkit::target_dir().join("test-artifacts");
@@ -89,27 +19,18 @@ fn artifact(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// The attribute `name` of the first element of the dumped DOM that starts with `tag` after `after`.
-fn attribute<'a>(dom: &'a str, after: &str, tag: &str, name: &str) -> &'a str {
-    let from = dom
-        .find(after)
-        .unwrap_or_else(|| panic!("{after} is not in the page:\n{dom}"));
-    let at = from
-        + dom[from..]
-            .find(tag)
-            .unwrap_or_else(|| panic!("no {tag} after {after}:\n{dom}"));
-    let element = &dom[at..at + dom[at..].find('>').unwrap()];
+/// The attribute `name` of the first element of the DOM that starts with `tag` after `after`, if there is one.
+fn attribute<'a>(dom: &'a str, after: &str, tag: &str, name: &str) -> Option<&'a str> {
+    let from = dom.find(after)?;
+    let at = from + dom[from..].find(tag)?;
+    let element = &dom[at..at + dom[at..].find('>')?];
     let key = format!(" {name}=\"");
-    let start = element
-        .find(&key)
-        .unwrap_or_else(|| panic!("{element} has no {name}"))
-        + key.len();
-    &element[start..start + element[start..].find('"').unwrap()]
+    let start = element.find(&key)? + key.len();
+    Some(&element[start..start + element[start..].find('"')?])
 }
 
-fn number(text: &str) -> u64 {
-    text.parse()
-        .unwrap_or_else(|_| panic!("{text:?} is not a number"))
+fn number(dom: &str, after: &str, tag: &str, name: &str) -> Option<f64> {
+    attribute(dom, after, tag, name)?.parse().ok()
 }
 
 /// Requests through the proxy every 20 ms until stopped; counts the successful ones.
@@ -175,67 +96,48 @@ async fn the_dashboard_shows_traffic_and_then_a_leave_live() {
         async move { (ok >= 100).then_some(()) }
     })
     .await;
-    let profile = tempfile::tempdir().unwrap();
     let base = format!("http://{}/", api.admin());
 
-    let dom = chromium(
-        &format!("{base}?live_for=1500"),
-        "--dump-dom",
-        profile.path(),
-        300,
-    )
-    .await;
+    let mut page = Browser::open(&base).await.unwrap();
     let row = r#"<tr data-id="data-dash">"#;
-    assert!(dom.contains(row), "{dom}");
-    assert!(dom.contains(&upstream.to_string()), "{dom}");
-    assert!(dom.contains("bus: delivering"), "{dom}");
-    assert!(dom.contains("live servers: 1"), "{dom}");
-    // Not just points (an idle second is a point too): the 50 requests/s of the load.
-    let most_rps: f64 = attribute(&dom, row, "<svg", "data-max").parse().unwrap();
-    assert!(most_rps >= 1.0, "requests/s drawn: {dom}");
-    assert!(
-        number(attribute(
-            &dom,
-            row,
-            r#"<svg width="130" height="24" class="spark-p99""#,
-            "data-points"
-        )) >= 1,
-        "p99 drawn: {dom}"
-    );
-    assert!(
-        dom.contains(r#"<li data-kind="join" data-id="data-dash">"#),
-        "the join, from before the page opened, is in the timeline: {dom}"
-    );
-    assert!(
-        dom.contains(r#"<div class="nsqd" data-addr=""#) && dom.contains(" ago</span>"),
-        "the nsqd's canary state: {dom}"
-    );
+    let upstream_addr = upstream.to_string();
+    page.wait_dom(SOON, "the live server with its traffic", |dom| {
+        (dom.contains(row)
+            && dom.contains(&upstream_addr)
+            && dom.contains("bus: delivering")
+            && dom.contains("live servers: 1")
+            // Not just points (an idle second is a point too): the 50 requests/s of the load.
+            && number(dom, row, "<svg", "data-max")? >= 1.0
+            && number(
+                dom,
+                row,
+                r#"<svg width="130" height="24" class="spark-p99""#,
+                "data-points",
+            )? >= 1.0
+            // The join, from before the page opened, is in the timeline.
+            && dom.contains(r#"<li data-kind="join" data-id="data-dash">"#)
+            // The nsqd's canary state.
+            && dom.contains(r#"<div class="nsqd" data-addr=""#)
+            && dom.contains(" ago</span>"))
+        .then_some(())
+    })
+    .await
+    .unwrap();
     let shot = artifact("api-server-dashboard.png");
-    chromium(
-        &format!("{base}?live_for=1500"),
-        &format!("--screenshot={}", shot.display()),
-        profile.path(),
-        300,
-    )
-    .await;
+    page.screenshot(&shot).await.unwrap();
     assert!(
         std::fs::metadata(&shot).unwrap().len() > 1000,
         "screenshot written"
     );
 
-    // One page load across the leave: the page must learn it from the stream, not from a reload. The streams of
-    // the pages above must be closed first, so that the one counted below is this page's.
-    testkit::eventually(SOON, "the earlier pages' streams to close", || async {
-        (api.metric("api_event_streams").await.unwrap_or(1.0) == 0.0).then_some(())
-    })
-    .await;
-    let page = tokio::spawn({
-        let url = format!("{base}?live_for=6000");
-        let profile = profile.path().to_owned();
-        async move { chromium(&url, "--dump-dom", &profile, 2000).await }
-    });
-    let streaming = wait_metric(&api, "api_event_streams", 1.0).await;
-    assert_eq!(streaming, 1.0, "the page opened the event stream");
+    // The same page across the leave: it must learn it from the stream, not from a reload (a reload would lose
+    // the mark set here).
+    page.eval("window.testMark = 1").await.unwrap();
+    assert_eq!(
+        wait_metric(&api, "api_event_streams", 1.0).await,
+        1.0,
+        "the page opened the event stream"
+    );
     load.stop().await;
     announcer.leave().await.unwrap();
     api.wait_registry(SOON, "data-dash to leave", |d| {
@@ -243,50 +145,42 @@ async fn the_dashboard_shows_traffic_and_then_a_leave_live() {
     })
     .await
     .unwrap();
-    let dom = page.await.unwrap();
-    assert!(dom.contains(r#"<pre id="errors" hidden="">"#), "{dom}");
     let gone = r#"<tr data-id="data-dash" class="gone">"#;
-    assert!(!dom.contains(row), "{dom}");
-    assert!(dom.contains(gone), "the server stays, greyed out: {dom}");
-    assert!(dom.contains("live servers: 0"), "{dom}");
-    assert!(
-        dom.contains(r#"<li data-kind="leave" data-id="data-dash">"#),
-        "the leave is in the timeline: {dom}"
+    page.wait_dom(SOON, "the leave, with the sparkline stopped", |dom| {
+        // Its line stopped: the page kept receiving seconds after the server's last point.
+        let page_now = number(dom, "<body", "<body", "data-now")?;
+        let line_end = number(dom, gone, "<svg", "data-last")?;
+        (!dom.contains(row)
+            // The server stays, greyed out.
+            && dom.contains("live servers: 0")
+            && dom.contains(r#"<li data-kind="leave" data-id="data-dash">"#)
+            && dom.contains(r#"<div id="empty" style="display: block;">"#)
+            && line_end > 0.0
+            && line_end < page_now)
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        page.eval("window.testMark").await.unwrap(),
+        1,
+        "not reloaded"
     );
-    assert!(
-        dom.contains(r#"<div id="empty" style="display: block;">"#),
-        "{dom}"
-    );
-    // Its line stopped: the page kept receiving seconds after the server's last point.
-    let page_now = number(attribute(&dom, "<body", "<body", "data-now"));
-    let line_end = number(attribute(&dom, gone, "<svg", "data-last"));
-    assert!(
-        line_end > 0 && line_end < page_now,
-        "the sparkline ends at {line_end}, the page is at {page_now}: {dom}"
-    );
+    let dom = page.dom().await.unwrap();
+    assert!(dom.contains(r#"<pre id="errors" hidden="">"#), "{dom}");
+
     // A page opened after the leave shows the same from the history the stream starts with.
-    let dom = chromium(
-        &format!("{base}?live_for=1500"),
-        "--dump-dom",
-        profile.path(),
-        300,
-    )
-    .await;
-    assert!(dom.contains(gone), "{dom}");
-    assert!(
-        dom.contains(r#"<li data-kind="leave" data-id="data-dash">"#),
-        "{dom}"
-    );
-    chromium(
-        &format!("{base}?live_for=1500"),
-        &format!(
-            "--screenshot={}",
-            artifact("api-server-dashboard-after-leave.png").display()
-        ),
-        profile.path(),
-        300,
-    )
-    .await;
+    drop(page);
+    let mut page = Browser::open(&base).await.unwrap();
+    page.wait_dom(SOON, "the leave, from the history", |dom| {
+        (dom.contains(gone) && dom.contains(r#"<li data-kind="leave" data-id="data-dash">"#))
+            .then_some(())
+    })
+    .await
+    .unwrap();
+    page.screenshot(&artifact("api-server-dashboard-after-leave.png"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

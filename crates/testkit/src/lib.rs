@@ -1,5 +1,6 @@
 //! Test-only support: real `nsqlookupd`, `nsqd` and `nsqadmin` processes on free loopback ports,
 //! a throwaway PostgreSQL server ([`Postgres`]),
+//! a headless Chromium driven over the DevTools protocol ([`Browser`]),
 //! the project's binaries ([`DataServer`], [`ApiServer`]), heartbeats from inside a test
 //! ([`Announcer`]), NSQ's own command-line tools as peers, faults on demand, waiting with a
 //! deadline ([`eventually`], [`try_eventually`], [`retry`]), short forms of HTTP requests
@@ -23,6 +24,7 @@ mod announcer;
 mod api_server;
 mod audit;
 mod bins;
+mod browser;
 mod cluster;
 mod config_docs;
 mod data_server;
@@ -46,6 +48,7 @@ pub use bins::{
     NSQ_PROGRAMS, NSQ_VERSION, build_nsq, built_bin_dir, nsq_bin, nsq_bin_dir, target_dir,
     workspace_root,
 };
+pub use browser::Browser;
 pub use cluster::{ClusterOptions, NsqCluster, Nsqd, RefusingPort, free_port};
 pub use config_docs::check_config_docs;
 pub use data_server::{DataServer, DataServerOptions};
