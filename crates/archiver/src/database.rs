@@ -46,6 +46,19 @@ impl Database {
         })
     }
 
+    /// [`open`](Self::open) for the connection that archives: on SQLite its checkpoints run on a thread of
+    /// their own ([`Store::checkpoint_in_background`]), so its writer thread only inserts and commits.
+    pub fn open_archiving(&self) -> Result<Box<dyn Archive>, StoreError> {
+        Ok(match self {
+            Database::Sqlite(path) => {
+                let mut store = Store::open(path)?;
+                store.checkpoint_in_background()?;
+                Box::new(store)
+            }
+            Database::Postgres(_) => self.open()?,
+        })
+    }
+
     /// Opens an existing archive for reading commands: a missing SQLite file, or a PostgreSQL
     /// database without an archive, is refused rather than created.
     pub fn open_existing(&self) -> Result<Box<dyn Archive>, StoreError> {

@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 mod archive;
+mod checkpointer;
 mod count;
 mod database;
 mod error;

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{OpenFlags, Transaction, TransactionBehavior, params};
 
+use crate::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
 use crate::error::{AtPath, StoreError};
 use crate::message::{BatchOutcome, NewMessage};
 use crate::schema;
@@ -28,6 +29,9 @@ const INSERT_MESSAGE: &str = "
 /// readers run beside the writer, and writers take turns (waiting up to a busy timeout).
 #[derive(Debug)]
 pub struct Store {
+    /// Declared first so it stops before `conn` closes: the writer's connection, closing last, leaves the file
+    /// checkpointed and without a WAL.
+    checkpointer: Option<Checkpointer>,
     pub(crate) conn: rusqlite::Connection,
     pub(crate) path: PathBuf,
     topics: Names,
@@ -58,6 +62,7 @@ impl Store {
         // of range bounds) without re-preparing.
         conn.set_prepared_statement_cache_capacity(32);
         Ok(Store {
+            checkpointer: None,
             conn,
             path: path.to_path_buf(),
             topics: Names::new("topics"),
@@ -70,6 +75,18 @@ impl Store {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Moves checkpoints off this connection onto a thread of their own ([`Checkpointer`]): for the connection
+    /// that archives, so its thread only inserts and commits.
+    pub fn checkpoint_in_background(&mut self) -> Result<(), StoreError> {
+        if self.checkpointer.is_none() {
+            self.conn
+                .pragma_update(None, "wal_autocheckpoint", WRITER_BACKSTOP_PAGES)
+                .at(&self.path)?;
+            self.checkpointer = Some(Checkpointer::start(&self.path)?);
+        }
+        Ok(())
     }
 
     /// Records `archiver` as the one storing the following batches (`None`: unattributed).

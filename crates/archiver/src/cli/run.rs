@@ -66,7 +66,7 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
         .into());
     }
     // Opened before subscribing: a bad database must not take a single message.
-    let mut store = database.open()?;
+    let mut store = database.open_archiving()?;
     store.set_archiver(Some(&archiver_name));
     let shutdown = Shutdown::new();
     // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE; the
