@@ -446,7 +446,11 @@ impl NsqCluster {
 
     /// POST `body` to nsqd `i`'s HTTP `/pub`.
     pub async fn http_pub(&self, i: usize, topic: &str, body: impl Into<Vec<u8>>) -> Result<()> {
-        let url = format!("http://{}/pub?topic={topic}", self.nsqds[i].http);
+        let url = format!(
+            "http://{}/pub?{}",
+            self.nsqds[i].http,
+            query(&[("topic", topic)])
+        );
         let resp = self.http.post(url).body(body.into()).send().await?;
         if !resp.status().is_success() {
             bail!(
@@ -461,11 +465,15 @@ impl NsqCluster {
     /// Creates a topic (and optionally a channel) on nsqd `i`.
     pub async fn create_topic(&self, i: usize, topic: &str, channel: Option<&str>) -> Result<()> {
         let base = self.nsqds[i].http;
-        self.post_ok(&format!("http://{base}/topic/create?topic={topic}"))
-            .await?;
+        self.post_ok(&format!(
+            "http://{base}/topic/create?{}",
+            query(&[("topic", topic)])
+        ))
+        .await?;
         if let Some(channel) = channel {
             self.post_ok(&format!(
-                "http://{base}/channel/create?topic={topic}&channel={channel}"
+                "http://{base}/channel/create?{}",
+                query(&[("topic", topic), ("channel", channel)])
             ))
             .await?;
         }
@@ -482,13 +490,9 @@ impl NsqCluster {
 
     /// nsqd `i`'s `/stats` for one topic (and channel).
     pub async fn stats(&self, i: usize, topic: &str, channel: Option<&str>) -> Result<NsqdStats> {
-        let mut url = format!(
-            "http://{}/stats?format=json&topic={topic}",
-            self.nsqds[i].http
-        );
-        if let Some(c) = channel {
-            url.push_str(&format!("&channel={c}"));
-        }
+        let mut pairs = vec![("format", "json"), ("topic", topic)];
+        pairs.extend(channel.map(|c| ("channel", c)));
+        let url = format!("http://{}/stats?{}", self.nsqds[i].http, query(&pairs));
         let v: serde_json::Value = self.http.get(url).send().await?.json().await?;
         let mut v = unwrap_legacy(v);
         null_lists_to_empty(&mut v);
@@ -497,7 +501,9 @@ impl NsqCluster {
 
     /// nsqlookupd `/lookup?topic=` producers (empty when the topic is unknown).
     pub async fn lookup(&self, topic: &str) -> Result<Vec<LookupProducer>> {
-        let resp = self.lookupd_get(&format!("/lookup?topic={topic}")).await?;
+        let resp = self
+            .lookupd_get(&format!("/lookup?{}", query(&[("topic", topic)])))
+            .await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(Vec::new());
         }
@@ -595,4 +601,11 @@ async fn restart_until_ping(
 async fn producers_of(resp: reqwest::Response) -> Result<Vec<LookupProducer>> {
     let v: serde_json::Value = resp.error_for_status()?.json().await?;
     Ok(serde_json::from_value::<Producers>(unwrap_legacy(v))?.producers)
+}
+
+/// A URL query string with each value encoded: an ephemeral topic's `#` would otherwise start a fragment.
+fn query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
 }

@@ -52,6 +52,26 @@ async fn two_nsqd_publish_show_in_stats_and_lookup() {
 }
 
 #[tokio::test]
+async fn an_ephemeral_topic_and_channel_are_named_whole_in_every_query() {
+    // `#` unencoded would start a URL fragment: nsqd would see the topic "beats" and no channel.
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let (topic, channel) = ("beats#ephemeral", "watch#ephemeral");
+    cluster.create_topic(0, topic, Some(channel)).await.unwrap();
+    cluster.http_pub(0, topic, "one").await.unwrap();
+    let stats = cluster.stats(0, topic, Some(channel)).await.unwrap();
+    let found = stats
+        .topic(topic)
+        .expect("the ephemeral topic, by its whole name");
+    assert_eq!(found.channels.len(), 1);
+    assert_eq!(found.channels[0].channel_name, channel);
+    assert_eq!(
+        found.channels[0].depth, 1,
+        "the message reached its channel"
+    );
+    assert!(stats.topic("beats").is_none());
+}
+
+#[tokio::test]
 async fn kill_and_restart_keeps_port_and_disk_messages() {
     // Every message goes straight to the disk queue, synced at once, so a SIGKILL loses none.
     let mut cluster = NsqCluster::start_with(ClusterOptions {
