@@ -95,8 +95,34 @@ pub(crate) struct Done {
     pub(crate) keep: bool,
 }
 
-/// Serves one client connection until it closes, fails or the server drains.
-pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
+/// How long a kept-alive connection waits for its next request in its task, before it is parked out of it
+/// (`park::ParkingLot`). A busy client's next request comes sooner and costs no move; parking a connection and
+/// waking it costs a few system calls and a new task, once per pause longer than this.
+const PARK_AFTER: Duration = Duration::from_millis(10);
+
+/// A kept-alive connection that waited [`PARK_AFTER`] for its next request: to be parked out of its task.
+pub(crate) struct GoneIdle {
+    pub(crate) socket: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) served: u64,
+    /// When `server.keepalive_timeout` closes it.
+    pub(crate) deadline: Instant,
+}
+
+/// A parked connection taken up again: requests served so far and its keep-alive deadline.
+pub(crate) struct Resumed {
+    pub(crate) served: u64,
+    pub(crate) deadline: Instant,
+}
+
+/// Serves one client connection until it closes, fails or the server drains, or until it waits long enough for its
+/// next request to be parked (then it is returned). `resumed` is a parked connection taken up again.
+pub(crate) async fn serve(
+    w: &Worker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    resumed: Option<Resumed>,
+) -> Option<GoneIdle> {
     let trusted = w.p.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     let mut c = Conn {
         stream: ClientStream::new(stream),
@@ -109,14 +135,23 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         up_rest: Vec::new(),
         up_out: Vec::new(),
         up_body: Vec::new(),
-        served: 0,
+        served: resumed.as_ref().map_or(0, |r| r.served),
     };
+    let mut idle_deadline = resumed.map(|r| r.deadline);
     // The byte counts at the end of the previous request: each request's own are the difference.
     let mut counted = (0, 0);
     loop {
-        let req = match read_head(w, &mut c).await {
+        let req = match read_head(w, &mut c, idle_deadline.take()).await {
             Head::Request(req) => req,
-            Head::Closed => return,
+            Head::Park(deadline) => {
+                return Some(GoneIdle {
+                    socket: c.stream.into_socket(),
+                    peer,
+                    served: c.served,
+                    deadline,
+                });
+            }
+            Head::Closed => return None,
             Head::Timeout => {
                 // An idle keep-alive connection timing out is normal; one that never sent a whole head is not.
                 if c.served == 0 || !c.buf.is_empty() {
@@ -124,12 +159,12 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                     tracing::debug!(%peer, "connection closed: request head not received in time");
                 }
                 linger_close(c.stream.socket()).await;
-                return;
+                return None;
             }
             Head::Refused(refusal) => {
                 // Boxed like a request: its state need not sit in every connection's future.
                 Box::pin(refuse(w, &mut c, refusal)).await;
-                return;
+                return None;
             }
         };
         c.served += 1;
@@ -159,7 +194,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         }
         if !done.keep {
             linger_close(c.stream.socket()).await;
-            return;
+            return None;
         }
     }
 }
@@ -230,6 +265,8 @@ async fn linger_close(stream: &mut TcpStream) {
 
 enum Head {
     Request(Req),
+    /// Idle for [`PARK_AFTER`]: to be parked until this keep-alive deadline.
+    Park(Instant),
     Closed,
     Timeout,
     Refused(Refusal),
@@ -237,15 +274,18 @@ enum Head {
 
 /// Waits for the next request head: on a kept-alive connection up to `server.keepalive_timeout` for its first byte,
 /// then `server.header_read_timeout` for the whole head (for a connection's first request, from the accept).
-async fn read_head(w: &Worker, c: &mut Conn) -> Head {
+/// `idle_deadline` is the keep-alive deadline of a parked connection taken up again. Idle for [`PARK_AFTER`]
+/// before its deadline, the connection is to be parked.
+async fn read_head(w: &Worker, c: &mut Conn, idle_deadline: Option<Instant>) -> Head {
     let now = Instant::now();
     let header_timeout = w.limits.header_read_timeout;
     let mut deadline = if c.served == 0 || !c.buf.is_empty() {
         now + header_timeout
     } else {
-        now + w.limits.keepalive_timeout
+        idle_deadline.unwrap_or(now + w.limits.keepalive_timeout)
     };
     let mut waiting_idle = c.served > 0 && c.buf.is_empty();
+    let park_at = now + PARK_AFTER;
     if c.buf.is_empty() && !c.is_parked() {
         c.park(&mut w.spare.borrow_mut());
     }
@@ -266,10 +306,14 @@ async fn read_head(w: &Worker, c: &mut Conn) -> Head {
         }
         if c.is_parked() {
             // Buffers only once there is something to read.
+            let park = waiting_idle && park_at < deadline;
+            let wait_until = if park { park_at } else { deadline };
             let ready = tokio::select! {
                 biased;
                 ready = c.stream.socket().readable() => ready,
-                () = tokio::time::sleep_until(deadline) => return Head::Timeout,
+                () = tokio::time::sleep_until(wait_until) => {
+                    return if park { Head::Park(deadline) } else { Head::Timeout };
+                }
                 () = w.close_idle_now.notified(), if idle => return Head::Closed,
             };
             if ready.is_err() {
