@@ -305,7 +305,15 @@ fn run_worker(
                         served: parked.served,
                         deadline: tokio::time::Instant::from_std(parked.deadline),
                     };
-                    spawn_connection(&worker, index, &lot, stream, peer, parked.owner.guard, Some(resumed));
+                    spawn_connection(
+                        &worker,
+                        index,
+                        &lot,
+                        stream,
+                        peer,
+                        parked.owner.guard,
+                        Some(resumed),
+                    );
                 }
                 Message::CloseIdle => {
                     worker.close_idle.set(true);
