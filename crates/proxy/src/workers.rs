@@ -241,6 +241,7 @@ fn spawn_connection(
                 peer: idle.peer,
                 served: idle.served,
                 deadline: idle.deadline.into_std(),
+                park_after: idle.park_after,
                 owner: Owner {
                     guard,
                     worker: index,
@@ -304,6 +305,7 @@ fn run_worker(
                     let resumed = Resumed {
                         served: parked.served,
                         deadline: tokio::time::Instant::from_std(parked.deadline),
+                        park_after: parked.park_after,
                     };
                     spawn_connection(
                         &worker,

@@ -31,8 +31,10 @@ pub(crate) struct Parked<G> {
     /// The socket, out of tokio's reactor while parked.
     pub socket: std::net::TcpStream,
     pub peer: SocketAddr,
-    /// Requests served on it so far (saturating at `u32::MAX` while parked).
+    /// Requests served on it so far (saturating at `u16::MAX` while parked).
     pub served: u64,
+    /// How long it waited in its task before it was parked (at most 65 s kept).
+    pub park_after: Duration,
     /// When `server.keepalive_timeout` closes it.
     pub deadline: Instant,
     /// What the owner keeps with it: the guard that counts it as open, the worker it goes back to.
@@ -45,7 +47,8 @@ struct Slot<G> {
     deadline: u64,
     owner: G,
     socket: std::net::TcpStream,
-    served: u32,
+    served: u16,
+    park_after_ms: u16,
 }
 
 /// The parked connections of all worker threads (see the module doc).
@@ -182,7 +185,8 @@ impl<G> ParkingLot<G> {
             deadline,
             owner: parked.owner,
             socket: parked.socket,
-            served: u32::try_from(parked.served).unwrap_or(u32::MAX),
+            served: u16::try_from(parked.served).unwrap_or(u16::MAX),
+            park_after_ms: u16::try_from(parked.park_after.as_millis()).unwrap_or(u16::MAX),
         });
         let earliest = state.next_deadline();
         state.deadlines.push(Reverse((deadline, key)));
@@ -211,6 +215,7 @@ impl<G> ParkingLot<G> {
         Some(Parked {
             peer,
             served: u64::from(slot.served),
+            park_after: Duration::from_millis(slot.park_after_ms.into()),
             deadline: self.epoch + Duration::from_millis(slot.deadline),
             owner: slot.owner,
             socket: slot.socket,
@@ -314,6 +319,7 @@ mod tests {
             socket,
             peer,
             served: 1,
+            park_after: Duration::from_millis(10),
             deadline,
             owner: Arc::clone(owner),
         });
