@@ -20,8 +20,8 @@
 //! measured 2.43 KiB per idle connection, all 10,000 having waited in their tasks together).
 //!
 //! Measured with `cargo xtask bench idle-connections` (10,000 connections, loaded machine): an idle connection
-//! cost about 11 KiB before the first step, 2.4 KiB after it, and 0.48-0.60 KiB with the lot, against nginx's
-//! 0.68-0.79 KiB in the same runs. A parked connection itself is a 40-byte slot and a 16-byte deadline entry (the
+//! cost about 11 KiB before the first step, 2.4 KiB after it, and 0.50-0.58 KiB with the lot, against nginx's
+//! 0.68-0.83 KiB in the same runs. A parked connection itself is a 40-byte slot and a 16-byte deadline entry (the
 //! kernel's entry in the readiness set is not in the process's memory); the rest is what the opening of 10,000
 //! connections, 200 at a time, leaves in the allocator.
 
