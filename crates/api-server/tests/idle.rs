@@ -100,7 +100,11 @@ async fn parked_connections_count_toward_the_limit_and_the_drain_closes_them_aft
     }
     tokio::time::sleep(PARKED).await;
     let mut extra = Wire::connect(api.proxy()).await;
-    assert_eq!(extra.response(false).await.status, 503, "three parked connections fill the limit");
+    assert_eq!(
+        extra.response(false).await.status,
+        503,
+        "three parked connections fill the limit"
+    );
     extra.assert_closed("over the limit").await;
 
     api.process().signal(Signal::SIGTERM).unwrap();
@@ -118,10 +122,12 @@ async fn parked_connections_count_toward_the_limit_and_the_drain_closes_them_aft
     assert_eq!(response.status, 200, "{response:?}");
     assert_eq!(response.json()["id"], id.as_str());
     assert_eq!(response.header("connection"), Some("close"));
-    last.assert_closed("after a response during the drain").await;
+    last.assert_closed("after a response during the drain")
+        .await;
     // The others are closed at the end of the grace, and the process exits.
     for wire in &mut wires {
-        wire.assert_closed("parked at the end of the drain's grace").await;
+        wire.assert_closed("parked at the end of the drain's grace")
+            .await;
     }
     let open_for = sent.elapsed();
     assert!(
