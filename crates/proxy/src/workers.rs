@@ -81,7 +81,7 @@ struct WorkerHandle {
 
 /// Serves `proxy` on `listener` with `threads` worker threads (at least one) until `shutdown` completes, then
 /// drains; returns once every connection has closed and every worker thread has stopped. Fails only when a worker
-/// thread cannot be started.
+/// thread or the parking lot (its readiness set, its thread) cannot be started.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
