@@ -1,10 +1,16 @@
 //! Parked connections (`crates/proxy/src/park.rs`): a kept-alive client connection between requests holds no
-//! buffers, costs little memory, and still serves its next request, whatever that request looks like. (That a
-//! parked connection closes at `server.keepalive_timeout`, not before, is `blame.rs`'s idle keep-alive test.)
+//! buffers, leaves its task for the parking lot, costs little memory, and still serves its next request, whatever
+//! that request looks like; parked, it still counts toward `server.max_connections` and the drain closes it at the
+//! end of its grace. (That a parked connection closes at `server.keepalive_timeout`, not before, is `blame.rs`'s
+//! idle keep-alive test.)
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use common::SOON;
 use common::wire::*;
+use testkit::Signal;
 
 /// Idle connections opened by the memory test: few enough for a default open-file limit of 1024.
 const IDLE: usize = 400;
@@ -71,4 +77,63 @@ async fn idle_connections_cost_little_and_each_serves_its_next_request() {
             assert_eq!(wire.response(false).await.status, 200, "connection {i}");
         }
     }
+}
+
+/// Longer than the proxy waits in a connection's task before parking it (10 ms): nothing outside shows the move.
+const PARKED: Duration = Duration::from_millis(100);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_count_toward_the_limit_and_the_drain_closes_them_after_its_grace() {
+    let extra = [
+        "server.max_connections=3",
+        "shutdown.drain_grace=1s",
+        "shutdown.timeout=10s",
+    ];
+    let (mut setup, id) = with_data_server_and("ds-parked-drain", &extra).await;
+    let api = &mut setup.api;
+    let mut wires = Vec::new();
+    for _ in 0..3 {
+        let mut wire = Wire::connect(api.proxy()).await;
+        wire.send(GET).await;
+        assert_eq!(wire.response(false).await.status, 200);
+        wires.push(wire);
+    }
+    tokio::time::sleep(PARKED).await;
+    let mut extra = Wire::connect(api.proxy()).await;
+    assert_eq!(
+        extra.response(false).await.status,
+        503,
+        "three parked connections fill the limit"
+    );
+    extra.assert_closed("over the limit").await;
+
+    api.process().signal(Signal::SIGTERM).unwrap();
+    let sent = Instant::now();
+    testkit::eventually(SOON, "the drain to start", || async {
+        api.log()
+            .contains("SIGTERM received, shutting down gracefully")
+            .then_some(())
+    })
+    .await;
+    // During the grace a parked connection is still served, and told the server is closing it.
+    let mut last = wires.pop().unwrap();
+    last.send(GET).await;
+    let response = last.response(false).await;
+    assert_eq!(response.status, 200, "{response:?}");
+    assert_eq!(response.json()["id"], id.as_str());
+    assert_eq!(response.header("connection"), Some("close"));
+    last.assert_closed("after a response during the drain")
+        .await;
+    // The others are closed at the end of the grace, and the process exits.
+    for wire in &mut wires {
+        wire.assert_closed("parked at the end of the drain's grace")
+            .await;
+    }
+    let open_for = sent.elapsed();
+    assert!(
+        open_for >= Duration::from_millis(900) && open_for < Duration::from_secs(8),
+        "closed {open_for:?} after SIGTERM"
+    );
+    let status = api.process().wait_exit(SOON).await.unwrap();
+    assert!(status.success(), "{status}\n{}", api.log());
 }

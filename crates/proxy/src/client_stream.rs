@@ -37,6 +37,11 @@ impl ClientStream {
         &mut self.io
     }
 
+    /// The socket, the stream given up (a connection parked out of its task).
+    pub(crate) fn into_socket(self) -> TcpStream {
+        self.io
+    }
+
     /// Borrowed halves that keep counting, for a body that goes up while the response comes back.
     pub(crate) fn split(&mut self) -> (Counted<'_, ReadHalf<'_>>, Counted<'_, WriteHalf<'_>>) {
         let (r, w) = self.io.split();

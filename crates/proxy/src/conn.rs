@@ -95,8 +95,55 @@ pub(crate) struct Done {
     pub(crate) keep: bool,
 }
 
-/// Serves one client connection until it closes, fails or the server drains.
-pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
+/// How long a kept-alive connection first waits for its next request in its task, before it is parked out of it
+/// (`park::ParkingLot`). A busy client's next request comes sooner and costs no move. Short, because what a task
+/// held stays in the allocator: the process keeps the memory of as many tasks as were waiting at once.
+pub(crate) const PARK_AFTER: Duration = Duration::from_millis(10);
+/// The longest a connection waits in its task before parking, however often it came back soon after.
+pub(crate) const MAX_PARK_AFTER: Duration = Duration::from_secs(1);
+
+/// A kept-alive connection that waited its `park_after` for its next request: to be parked out of its task.
+pub(crate) struct GoneIdle {
+    pub(crate) socket: TcpStream,
+    pub(crate) peer: SocketAddr,
+    pub(crate) served: u64,
+    /// When `server.keepalive_timeout` closes it.
+    pub(crate) deadline: Instant,
+    pub(crate) park_after: Duration,
+}
+
+/// A parked connection taken up again: requests served so far, its keep-alive deadline, how long it waited in its
+/// task before it was parked.
+pub(crate) struct Resumed {
+    pub(crate) served: u64,
+    pub(crate) deadline: Instant,
+    pub(crate) park_after: Duration,
+}
+
+impl Resumed {
+    /// How long the connection waits in its task before parking next time. Parking and waking cost a few system
+    /// calls, a new task and a hand-off between threads (tens of microseconds on the request that wakes it), so a
+    /// client whose pauses are short (it came back within four times the wait) waits twice as long next time, and
+    /// soon not at all; one that came back later starts again from [`PARK_AFTER`].
+    fn next_park_after(&self, keepalive_timeout: Duration, now: Instant) -> Duration {
+        let idle_from = self.deadline.checked_sub(keepalive_timeout);
+        let idle_for = idle_from.map_or(Duration::MAX, |from| now.saturating_duration_since(from));
+        if idle_for < self.park_after * 4 {
+            (self.park_after * 2).min(MAX_PARK_AFTER)
+        } else {
+            PARK_AFTER
+        }
+    }
+}
+
+/// Serves one client connection until it closes, fails or the server drains, or until it waits long enough for its
+/// next request to be parked (then it is returned). `resumed` is a parked connection taken up again.
+pub(crate) async fn serve(
+    w: &Worker,
+    stream: TcpStream,
+    peer: SocketAddr,
+    resumed: Option<Resumed>,
+) -> Option<GoneIdle> {
     let trusted = w.p.trusted_proxies.iter().any(|n| n.contains(&peer.ip()));
     let mut c = Conn {
         stream: ClientStream::new(stream),
@@ -109,14 +156,27 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         up_rest: Vec::new(),
         up_out: Vec::new(),
         up_body: Vec::new(),
-        served: 0,
+        served: resumed.as_ref().map_or(0, |r| r.served),
     };
+    let park_after = resumed.as_ref().map_or(PARK_AFTER, |r| {
+        r.next_park_after(w.limits.keepalive_timeout, Instant::now())
+    });
+    let mut idle_deadline = resumed.map(|r| r.deadline);
     // The byte counts at the end of the previous request: each request's own are the difference.
     let mut counted = (0, 0);
     loop {
-        let req = match read_head(w, &mut c).await {
+        let req = match read_head(w, &mut c, idle_deadline.take(), park_after).await {
             Head::Request(req) => req,
-            Head::Closed => return,
+            Head::Park(deadline) => {
+                return Some(GoneIdle {
+                    socket: c.stream.into_socket(),
+                    peer,
+                    served: c.served,
+                    deadline,
+                    park_after,
+                });
+            }
+            Head::Closed => return None,
             Head::Timeout => {
                 // An idle keep-alive connection timing out is normal; one that never sent a whole head is not.
                 if c.served == 0 || !c.buf.is_empty() {
@@ -124,12 +184,12 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
                     tracing::debug!(%peer, "connection closed: request head not received in time");
                 }
                 linger_close(c.stream.socket()).await;
-                return;
+                return None;
             }
             Head::Refused(refusal) => {
                 // Boxed like a request: its state need not sit in every connection's future.
                 Box::pin(refuse(w, &mut c, refusal)).await;
-                return;
+                return None;
             }
         };
         c.served += 1;
@@ -159,7 +219,7 @@ pub(crate) async fn serve(w: &Worker, stream: TcpStream, peer: SocketAddr) {
         }
         if !done.keep {
             linger_close(c.stream.socket()).await;
-            return;
+            return None;
         }
     }
 }
@@ -230,6 +290,8 @@ async fn linger_close(stream: &mut TcpStream) {
 
 enum Head {
     Request(Req),
+    /// Idle for its `park_after`: to be parked until this keep-alive deadline.
+    Park(Instant),
     Closed,
     Timeout,
     Refused(Refusal),
@@ -237,15 +299,23 @@ enum Head {
 
 /// Waits for the next request head: on a kept-alive connection up to `server.keepalive_timeout` for its first byte,
 /// then `server.header_read_timeout` for the whole head (for a connection's first request, from the accept).
-async fn read_head(w: &Worker, c: &mut Conn) -> Head {
+/// `idle_deadline` is the keep-alive deadline of a parked connection taken up again. Idle for `park_after` before
+/// its deadline, the connection is to be parked.
+async fn read_head(
+    w: &Worker,
+    c: &mut Conn,
+    idle_deadline: Option<Instant>,
+    park_after: Duration,
+) -> Head {
     let now = Instant::now();
     let header_timeout = w.limits.header_read_timeout;
     let mut deadline = if c.served == 0 || !c.buf.is_empty() {
         now + header_timeout
     } else {
-        now + w.limits.keepalive_timeout
+        idle_deadline.unwrap_or(now + w.limits.keepalive_timeout)
     };
     let mut waiting_idle = c.served > 0 && c.buf.is_empty();
+    let park_at = now + park_after;
     if c.buf.is_empty() && !c.is_parked() {
         c.park(&mut w.spare.borrow_mut());
     }
@@ -266,10 +336,14 @@ async fn read_head(w: &Worker, c: &mut Conn) -> Head {
         }
         if c.is_parked() {
             // Buffers only once there is something to read.
+            let park = waiting_idle && park_at < deadline;
+            let wait_until = if park { park_at } else { deadline };
             let ready = tokio::select! {
                 biased;
                 ready = c.stream.socket().readable() => ready,
-                () = tokio::time::sleep_until(deadline) => return Head::Timeout,
+                () = tokio::time::sleep_until(wait_until) => {
+                    return if park { Head::Park(deadline) } else { Head::Timeout };
+                }
                 () = w.close_idle_now.notified(), if idle => return Head::Closed,
             };
             if ready.is_err() {
@@ -359,5 +433,37 @@ async fn handle(w: &Worker, c: &mut Conn, req: &Req, started: Instant) -> Done {
                 keep,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEEPALIVE: Duration = Duration::from_secs(75);
+
+    /// A connection parked after waiting `park_after`, taken up again `idle_for` after its last response.
+    fn next(park_after: Duration, idle_for: Duration) -> Duration {
+        let idle_from = Instant::now();
+        let resumed = Resumed {
+            served: 1,
+            deadline: idle_from + KEEPALIVE,
+            park_after,
+        };
+        resumed.next_park_after(KEEPALIVE, idle_from + idle_for)
+    }
+
+    #[test]
+    fn a_client_with_short_pauses_soon_stays_in_its_task_and_a_long_pause_resets_the_wait() {
+        let ms = Duration::from_millis;
+        // Every 32 ms (the open-loop bench): parked twice, then the wait outlasts the pause.
+        assert_eq!(next(PARK_AFTER, ms(32)), ms(20));
+        assert_eq!(next(ms(20), ms(32)), ms(40));
+        assert_eq!(next(ms(500), ms(600)), MAX_PARK_AFTER, "capped");
+        assert_eq!(next(MAX_PARK_AFTER, ms(1500)), MAX_PARK_AFTER);
+        // Idle for long: back to the shortest wait.
+        assert_eq!(next(ms(40), ms(160)), PARK_AFTER);
+        assert_eq!(next(ms(40), Duration::from_secs(30)), PARK_AFTER);
+        assert_eq!(next(ms(40), KEEPALIVE), PARK_AFTER);
     }
 }

@@ -33,6 +33,7 @@
 //! | `blame` | what a failed try means: another try or not, whose fault, which answer (one pure table) |
 //! | `relay` | bytes on the wire: response heads rewritten, bodies relayed both ways, each step bounded |
 //! | `pool` | idle upstream connections, one pool per worker |
+//! | `park` | idle client connections: buffers given back between requests, then the parking lot (`park/lot`) out of any task |
 //! | `workers` | the accept loop, the worker threads and the drain ([`serve`]) |
 //! | `headers` | forwarding headers and the request id |
 //! | `budget` | the retry budget |

@@ -5,25 +5,50 @@
 //! served for [`HttpLimits::drain_grace`] with `Connection: close` on every response, then idle connections close
 //! and those in the middle of a request finish it. If the caller stops waiting (the api-server's
 //! `shutdown.timeout`), dropping the returned future stops the workers and cancels what is left.
+//!
+//! A kept-alive connection idle for a moment between requests leaves its task for the parking lot (`park`), which
+//! hands it back to its worker thread, in a new task, when its next request arrives or its keep-alive timeout
+//! passes. A parked connection stays counted as open (its guard goes with it), and the end of the drain's grace
+//! closes the parked ones at once, like the idle ones still in their tasks.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::conn::{self, Worker};
+use crate::conn::{self, Resumed, Worker};
 use crate::listener::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, accept};
+use crate::park::{Parked, ParkingLot};
 use crate::pool::IDLE_TIMEOUT;
 use crate::state::Proxy;
 
 enum Message {
     /// A new client connection, counted as open until its guard is dropped.
     Connection(std::net::TcpStream, SocketAddr, WorkerGuard),
+    /// A parked connection to take up again: readable, hung up or at its keep-alive deadline.
+    Resume(Parked<Owner>),
     /// The drain grace is over: close connections between requests.
     CloseIdle,
+}
+
+/// What the parking lot keeps with a parked connection: its open count, and the worker it goes back to.
+struct Owner {
+    guard: WorkerGuard,
+    worker: usize,
+}
+
+type Lot = ParkingLot<Owner>;
+
+/// Stops the parking lot's thread (closing what it holds) when `serve` returns or is dropped.
+struct StopLot(Arc<Lot>);
+
+impl Drop for StopLot {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 /// Counts a connection as open, overall and on its worker, while it lives (from its hand-off to its close).
@@ -56,7 +81,7 @@ struct WorkerHandle {
 
 /// Serves `proxy` on `listener` with `threads` worker threads (at least one) until `shutdown` completes, then
 /// drains; returns once every connection has closed and every worker thread has stopped. Fails only when a worker
-/// thread cannot be started.
+/// thread or the parking lot (its readiness set, its thread) cannot be started.
 pub async fn serve(
     listener: TcpListener,
     proxy: Proxy,
@@ -66,9 +91,20 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let all = Arc::new(OpenConnections::default());
+    let channels: Vec<_> = (0..threads.max(1))
+        .map(|_| mpsc::unbounded_channel())
+        .collect();
+    // Weak: a worker's channel closes when the accept loop drops its sender, whatever the lot does.
+    let resume_to: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
+    let lot = ParkingLot::start(move |parked: Parked<Owner>| {
+        if let Some(tx) = resume_to[parked.owner.worker].upgrade() {
+            // A worker gone (it panicked) drops the connection with the message.
+            let _ = tx.send(Message::Resume(parked));
+        }
+    })?;
+    let _stop_lot = StopLot(Arc::clone(&lot));
     let mut workers = Vec::with_capacity(threads);
-    for n in 0..threads.max(1) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    for (n, (tx, rx)) in channels.into_iter().enumerate() {
         let (done_tx, done) = oneshot::channel();
         let open = Arc::new(AtomicUsize::new(0));
         let worker = Worker {
@@ -80,10 +116,11 @@ pub async fn serve(
             close_idle_now: Notify::new(),
             spare: Default::default(),
         };
+        let lot = Arc::clone(&lot);
         std::thread::Builder::new()
             .name(format!("proxy-{n}"))
             .spawn(move || {
-                run_worker(worker, rx);
+                run_worker(worker, n, lot, rx);
                 let _ = done_tx.send(());
             })?;
         workers.push(WorkerHandle { tx, open, done });
@@ -122,6 +159,7 @@ pub async fn serve(
     let grace = tokio::time::sleep(limits.drain_grace);
     tokio::pin!(grace);
     all.all_closed(Some(grace)).await;
+    lot.close_all();
     for w in &workers {
         let _ = w.tx.send(Message::CloseIdle);
     }
@@ -180,7 +218,46 @@ impl OverCapacity {
     }
 }
 
-fn run_worker(worker: Worker, mut rx: mpsc::UnboundedReceiver<Message>) {
+/// Serves a connection in a new task on this worker thread (`index`), and parks it when it goes idle.
+fn spawn_connection(
+    worker: &Rc<Worker>,
+    index: usize,
+    lot: &Arc<Lot>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    guard: WorkerGuard,
+    resumed: Option<Resumed>,
+) {
+    let worker = Rc::clone(worker);
+    let lot = Arc::clone(lot);
+    tokio::task::spawn_local(async move {
+        // Closed (the guard dropped with the task) unless it went idle.
+        let Some(idle) = conn::serve(&worker, stream, peer, resumed).await else {
+            return;
+        };
+        match idle.socket.into_std() {
+            Ok(socket) => lot.park(Parked {
+                socket,
+                peer: idle.peer,
+                served: idle.served,
+                deadline: idle.deadline.into_std(),
+                park_after: idle.park_after,
+                owner: Owner {
+                    guard,
+                    worker: index,
+                },
+            }),
+            Err(err) => tracing::debug!(%peer, "parking a connection: {err}; closed"),
+        }
+    });
+}
+
+fn run_worker(
+    worker: Worker,
+    index: usize,
+    lot: Arc<Lot>,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+) {
     // A local runtime, not a current-thread runtime with a LocalSet: a woken connection task is scheduled once, by
     // the runtime itself, instead of waking the LocalSet's task which then polls it (under perf in a WebSocket relay,
     // the LocalSet's tick was about 1 % of the worker's samples; the bench's ratio did not move measurably).
@@ -207,18 +284,38 @@ fn run_worker(worker: Worker, mut rx: mpsc::UnboundedReceiver<Message>) {
         while let Some(message) = rx.recv().await {
             match message {
                 Message::Connection(stream, peer, guard) => {
-                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                    let stream = match TcpStream::from_std(stream) {
                         Ok(stream) => stream,
                         Err(err) => {
                             tracing::warn!(%peer, "registering a connection: {err}");
                             continue;
                         }
                     };
-                    let worker = Rc::clone(&worker);
-                    tokio::task::spawn_local(async move {
-                        conn::serve(&worker, stream, peer).await;
-                        drop(guard);
-                    });
+                    spawn_connection(&worker, index, &lot, stream, peer, guard, None);
+                }
+                Message::Resume(parked) => {
+                    let peer = parked.peer;
+                    let stream = match TcpStream::from_std(parked.socket) {
+                        Ok(stream) => stream,
+                        Err(err) => {
+                            tracing::warn!(%peer, "registering a parked connection again: {err}");
+                            continue;
+                        }
+                    };
+                    let resumed = Resumed {
+                        served: parked.served,
+                        deadline: tokio::time::Instant::from_std(parked.deadline),
+                        park_after: parked.park_after,
+                    };
+                    spawn_connection(
+                        &worker,
+                        index,
+                        &lot,
+                        stream,
+                        peer,
+                        parked.owner.guard,
+                        Some(resumed),
+                    );
                 }
                 Message::CloseIdle => {
                     worker.close_idle.set(true);

@@ -1,0 +1,409 @@
+//! The parking lot: kept-alive client connections between requests, out of any task.
+//!
+//! One lot serves all worker threads: one readiness set (epoll, through mio) holding the parked sockets, one heap
+//! of their keep-alive deadlines, and one thread that blocks in the readiness set until a socket is readable (a
+//! request, a hang-up) or the earliest deadline passes, then hands the connection back to its worker. A parked
+//! connection is a slot of 40 bytes and a heap entry of 16; the kernel's entry in the readiness set is not in the
+//! process's memory. A thread rather than a task on each worker: tokio watches another readiness set only through
+//! `AsyncFd`, whose constructors are now `unsafe`, and this crate forbids unsafe code.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use slab::Slab;
+
+/// Readiness events taken from the readiness set at a time.
+const EVENTS_PER_POLL: usize = 256;
+/// The token of the lot's [`mio::Waker`] (a slot number never reaches it).
+const WAKER: mio::Token = mio::Token(usize::MAX);
+/// Stack of the lot's thread: it only polls and moves sockets.
+const LOT_STACK: usize = 128 * 1024;
+
+/// A kept-alive client connection between requests, parked out of any task: its socket and what its next task
+/// needs to resume it.
+pub(crate) struct Parked<G> {
+    /// The socket, out of tokio's reactor while parked.
+    pub socket: std::net::TcpStream,
+    pub peer: SocketAddr,
+    /// Requests served on it so far (saturating at `u16::MAX` while parked).
+    pub served: u64,
+    /// How long it waited in its task before it was parked (at most 65 s kept).
+    pub park_after: Duration,
+    /// When `server.keepalive_timeout` closes it.
+    pub deadline: Instant,
+    /// What the owner keeps with it: the guard that counts it as open, the worker it goes back to.
+    pub owner: G,
+}
+
+/// A parked connection as the lot holds it: the peer's address is asked of the socket again on waking, the
+/// deadline is in milliseconds from the lot's start.
+struct Slot<G> {
+    deadline: u64,
+    owner: G,
+    socket: std::net::TcpStream,
+    served: u16,
+    park_after_ms: u16,
+}
+
+/// The parked connections of all worker threads (see the module doc).
+pub(crate) struct ParkingLot<G> {
+    /// Registers sockets in the set the lot's thread polls.
+    registry: mio::Registry,
+    /// Interrupts the lot's thread: an earlier deadline to wait for, or the end.
+    waker: mio::Waker,
+    /// Where deadlines count from.
+    epoch: Instant,
+    state: Mutex<LotState<G>>,
+}
+
+struct LotState<G> {
+    parked: Slab<Slot<G>>,
+    /// Deadline and slot of each parked connection. A connection woken before its deadline leaves its entry behind,
+    /// dropped when it comes up or by [`LotState::compact`]; an entry whose slot now holds another connection with
+    /// the same deadline wakes that one at its deadline, which is right.
+    deadlines: BinaryHeap<Reverse<(u64, usize)>>,
+    /// False once the drain closed every parked connection, or the lot stopped: a connection that would park then
+    /// closes.
+    open: bool,
+    /// Set to end the lot's thread.
+    stopped: bool,
+}
+
+impl<G> LotState<G> {
+    /// Whether slot `key` holds a connection due at `deadline`.
+    fn holds(&self, key: usize, deadline: u64) -> bool {
+        self.parked.get(key).is_some_and(|s| s.deadline == deadline)
+    }
+
+    /// The earliest deadline still meant, stale entries before it dropped.
+    fn next_deadline(&mut self) -> Option<u64> {
+        while let Some(&Reverse((deadline, key))) = self.deadlines.peek() {
+            if self.holds(key, deadline) {
+                return Some(deadline);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// The slot of a connection due at or before `now`, taken off the heap (the slot may be stale).
+    fn pop_due(&mut self, now: u64) -> Option<(usize, u64)> {
+        match self.deadlines.peek() {
+            Some(&Reverse((deadline, key))) if deadline <= now => {
+                self.deadlines.pop();
+                Some((key, deadline))
+            }
+            _ => None,
+        }
+    }
+
+    /// Drops the entries of woken connections once they outnumber the parked ones (a busy connection parks many
+    /// times within one keep-alive timeout).
+    fn compact(&mut self) {
+        if self.deadlines.len() > 2 * self.parked.len() + 1024 {
+            let parked = &self.parked;
+            self.deadlines.retain(|&Reverse((deadline, key))| {
+                parked.get(key).is_some_and(|s| s.deadline == deadline)
+            });
+        }
+    }
+}
+
+impl<G: Send + 'static> ParkingLot<G> {
+    /// Starts the lot's thread; `wake` gets each connection whose socket became readable or whose deadline passed,
+    /// to resume it in a new task (which reads the request, or finds the hang-up or the timeout).
+    pub(crate) fn start(
+        wake: impl FnMut(Parked<G>) + Send + 'static,
+    ) -> io::Result<Arc<ParkingLot<G>>> {
+        let poll = mio::Poll::new()?;
+        let lot = Arc::new(ParkingLot {
+            registry: poll.registry().try_clone()?,
+            waker: mio::Waker::new(poll.registry(), WAKER)?,
+            epoch: Instant::now(),
+            state: Mutex::new(LotState {
+                parked: Slab::new(),
+                deadlines: BinaryHeap::new(),
+                open: true,
+                stopped: false,
+            }),
+        });
+        let watcher = Arc::clone(&lot);
+        std::thread::Builder::new()
+            .name("proxy-park".into())
+            .stack_size(LOT_STACK)
+            .spawn(move || watcher.watch(poll, wake))?;
+        Ok(lot)
+    }
+}
+
+impl<G> ParkingLot<G> {
+    fn state(&self) -> MutexGuard<'_, LotState<G>> {
+        // Nothing panics while holding it; a poisoned lot is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Milliseconds from the lot's start to `at`, rounded up (a deadline is never met early).
+    fn millis(&self, at: Instant) -> u64 {
+        let since = at.saturating_duration_since(self.epoch);
+        let millis =
+            since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
+        u64::try_from(millis).unwrap_or(u64::MAX)
+    }
+
+    /// Connections parked now.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.state().parked.len()
+    }
+
+    /// Parks a connection until its socket is readable or its deadline passes; closes it instead when the lot is
+    /// closed or cannot watch the socket.
+    pub(crate) fn park(&self, parked: Parked<G>) {
+        let deadline = self.millis(parked.deadline);
+        let mut state = self.state();
+        if !state.open {
+            return;
+        }
+        let entry = state.parked.vacant_entry();
+        let key = entry.key();
+        let fd = parked.socket.as_raw_fd();
+        if let Err(err) =
+            self.registry
+                .register(&mut SourceFd(&fd), mio::Token(key), mio::Interest::READABLE)
+        {
+            drop(state);
+            tracing::warn!(peer = %parked.peer, "parking an idle connection: {err}; closed");
+            return;
+        }
+        entry.insert(Slot {
+            deadline,
+            owner: parked.owner,
+            socket: parked.socket,
+            served: u16::try_from(parked.served).unwrap_or(u16::MAX),
+            park_after_ms: u16::try_from(parked.park_after.as_millis()).unwrap_or(u16::MAX),
+        });
+        let earliest = state.next_deadline();
+        state.deadlines.push(Reverse((deadline, key)));
+        state.compact();
+        drop(state);
+        if earliest.is_none_or(|earliest| deadline < earliest) {
+            // The thread waits for a later deadline (or none): it must wait for this one.
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Takes slot `key` out of the lot (if it holds a connection due at `deadline`, given one) and its socket out of
+    /// the readiness set. A connection whose peer is gone (its address unknown) is closed instead.
+    fn take(&self, key: usize, deadline: Option<u64>) -> Option<Parked<G>> {
+        let slot = {
+            let mut state = self.state();
+            if !deadline.map_or(state.parked.contains(key), |d| state.holds(key, d)) {
+                return None;
+            }
+            state.parked.remove(key)
+        };
+        let _ = self
+            .registry
+            .deregister(&mut SourceFd(&slot.socket.as_raw_fd()));
+        let peer = slot.socket.peer_addr().ok()?;
+        Some(Parked {
+            peer,
+            served: u64::from(slot.served),
+            park_after: Duration::from_millis(slot.park_after_ms.into()),
+            deadline: self.epoch + Duration::from_millis(slot.deadline),
+            owner: slot.owner,
+            socket: slot.socket,
+        })
+    }
+
+    /// Closes every parked connection at once (the end of a drain's grace), as an idle connection in its task is
+    /// closed then; a connection that would park later closes instead.
+    pub(crate) fn close_all(&self) {
+        let parked = {
+            let mut state = self.state();
+            state.open = false;
+            state.deadlines.clear();
+            std::mem::take(&mut state.parked)
+        };
+        for (_, slot) in parked {
+            let _ = self
+                .registry
+                .deregister(&mut SourceFd(&slot.socket.as_raw_fd()));
+        }
+    }
+
+    /// Closes every parked connection and ends the lot's thread.
+    pub(crate) fn stop(&self) {
+        self.close_all();
+        self.state().stopped = true;
+        let _ = self.waker.wake();
+    }
+
+    /// The lot's thread: waits in the readiness set until a socket is readable or the earliest deadline passes, and
+    /// hands those connections to `wake`, without holding the lot's lock meanwhile.
+    fn watch(&self, mut poll: mio::Poll, mut wake: impl FnMut(Parked<G>)) {
+        let mut events = mio::Events::with_capacity(EVENTS_PER_POLL);
+        loop {
+            let timeout = {
+                let mut state = self.state();
+                if state.stopped {
+                    return;
+                }
+                state.next_deadline().map(|deadline| {
+                    (self.epoch + Duration::from_millis(deadline))
+                        .saturating_duration_since(Instant::now())
+                })
+            };
+            if let Err(err) = poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!("proxy parking lot: {err}; idle connections are closed");
+                self.close_all();
+                return;
+            }
+            for event in &events {
+                if event.token() != WAKER
+                    && let Some(parked) = self.take(event.token().0, None)
+                {
+                    wake(parked);
+                }
+            }
+            let now = self.millis(Instant::now());
+            loop {
+                let Some((key, deadline)) = self.state().pop_due(now) else {
+                    break;
+                };
+                if let Some(parked) = self.take(key, Some(deadline)) {
+                    wake(parked);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::mpsc::{Receiver, channel};
+
+    use super::*;
+
+    /// Long enough for any step of these tests on a loaded machine.
+    const SOON: Duration = Duration::from_secs(10);
+    /// A deadline that does not pass during a test.
+    const LATER: Duration = Duration::from_secs(3600);
+
+    type Owner = Arc<()>;
+
+    fn lot() -> (Arc<ParkingLot<Owner>>, Receiver<Parked<Owner>>) {
+        let (tx, rx) = channel();
+        let lot = ParkingLot::start(move |parked| tx.send(parked).unwrap()).unwrap();
+        (lot, rx)
+    }
+
+    /// A connected pair: the client side, and the server side parked with `deadline` and `owner`.
+    fn park(lot: &ParkingLot<Owner>, deadline: Instant, owner: &Owner) -> TcpStream {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (socket, peer) = listener.accept().unwrap();
+        socket.set_nonblocking(true).unwrap();
+        lot.park(Parked {
+            socket,
+            peer,
+            served: 1,
+            park_after: Duration::from_millis(10),
+            deadline,
+            owner: Arc::clone(owner),
+        });
+        client
+    }
+
+    #[test]
+    fn a_request_wakes_its_connection_with_what_it_needs_to_resume() {
+        let (lot, woken) = lot();
+        let owner = Arc::new(());
+        let mut client = park(&lot, Instant::now() + LATER, &owner);
+        let _other = park(&lot, Instant::now() + LATER, &owner);
+        assert_eq!(lot.len(), 2);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let mut parked = woken.recv_timeout(SOON).unwrap();
+        assert_eq!(parked.peer, client.local_addr().unwrap());
+        assert_eq!(parked.served, 1);
+        assert_eq!(lot.len(), 1, "the other connection stays parked");
+        let mut head = [0; 18];
+        parked.socket.set_nonblocking(false).unwrap();
+        parked.socket.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"GET / HTTP/1.1\r\n\r\n");
+        // Parked again, it wakes again: the socket left the readiness set cleanly.
+        lot.park(parked);
+        client.write_all(b"x").unwrap();
+        assert!(woken.recv_timeout(SOON).is_ok());
+        lot.stop();
+    }
+
+    #[test]
+    fn a_connection_comes_back_at_its_deadline_not_before() {
+        let (lot, woken) = lot();
+        let owner = Arc::new(());
+        let _late = park(&lot, Instant::now() + LATER, &owner);
+        // An earlier deadline than the one the lot waits for.
+        let parked_at = Instant::now();
+        let _soon = park(&lot, parked_at + Duration::from_millis(200), &owner);
+        let parked = woken.recv_timeout(SOON).unwrap();
+        assert!(parked_at.elapsed() >= Duration::from_millis(200));
+        assert!(parked.deadline <= Instant::now());
+        assert_eq!(lot.len(), 1);
+        lot.stop();
+    }
+
+    #[test]
+    fn closing_the_lot_closes_every_parked_connection_and_those_parked_after() {
+        let (lot, woken) = lot();
+        let owner = Arc::new(());
+        let mut clients: Vec<TcpStream> = (0..3)
+            .map(|_| park(&lot, Instant::now() + LATER, &owner))
+            .collect();
+        assert_eq!(Arc::strong_count(&owner), 4);
+        lot.close_all();
+        assert_eq!(
+            Arc::strong_count(&owner),
+            1,
+            "their open counts are released"
+        );
+        clients.push(park(&lot, Instant::now() + LATER, &owner));
+        assert_eq!(Arc::strong_count(&owner), 1, "parked after: closed at once");
+        for client in &mut clients {
+            client.set_read_timeout(Some(SOON)).unwrap();
+            assert_eq!(client.read(&mut [0; 1]).unwrap(), 0, "closed");
+        }
+        assert!(woken.try_recv().is_err(), "none was woken");
+        lot.stop();
+    }
+
+    #[test]
+    fn a_connection_woken_early_keeps_only_the_deadline_it_was_parked_again_with() {
+        let (lot, woken) = lot();
+        let owner = Arc::new(());
+        let mut client = park(&lot, Instant::now() + Duration::from_millis(200), &owner);
+        client.write_all(b"x").unwrap();
+        let mut parked = woken.recv_timeout(SOON).unwrap();
+        parked.socket.set_nonblocking(false).unwrap();
+        parked.socket.read_exact(&mut [0; 1]).unwrap();
+        parked.deadline = Instant::now() + LATER;
+        lot.park(parked);
+        // A marker due after the first deadline: it comes back, the connection parked again does not.
+        let marker = park(&lot, Instant::now() + Duration::from_millis(400), &owner);
+        let back = woken.recv_timeout(SOON).unwrap();
+        assert_eq!(back.peer, marker.local_addr().unwrap());
+        assert_eq!(lot.len(), 1, "still parked: {:?}", client.local_addr());
+        lot.stop();
+    }
+}
