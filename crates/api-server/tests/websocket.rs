@@ -1,5 +1,6 @@
 //! Upgrades through the proxy: WebSocket clients reach the data servers' `/ws` endpoints through the api-server,
-//! tunnels outlive the request timers, end with their server or the drain, and `h2c` is never tunnelled.
+//! tunnels outlive the request timers, end with their server, the drain or their idle timeout, and `h2c` is never
+//! tunnelled.
 //! Real data-server processes behind a real api-server, heartbeats through a real nsqd.
 
 mod common;
@@ -124,6 +125,32 @@ async fn a_killed_data_server_closes_its_tunnels_and_new_upgrades_go_to_another(
             .unwrap();
         assert_eq!(next_text(&mut socket).await.as_deref(), Some(text.as_str()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tunnel_closes_after_the_idle_timeout_and_a_talking_one_stays_open() {
+    let extra = ["proxy.tunnel_idle_timeout=1s"];
+    let (Setup { api, .. }, _) = &with_data_server_and("ds-idle", &extra).await;
+    let mut silent = connect(api, "/ws").await;
+    let mut talking = connect(api, "/ws").await;
+    let opened = Instant::now();
+    // A message every 300 ms for three idle timeouts: the tunnel stays open.
+    while opened.elapsed() < Duration::from_secs(3) {
+        talking
+            .send(Message::Text("still here".into()))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut talking).await.as_deref(), Some("still here"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The silent one was closed by the proxy (the timeout is noticed within one more timeout).
+    assert_eq!(next_text(&mut silent).await, None);
+    let idle = api
+        .metric("api_proxy_tunnels_closed_total{reason=\"idle\"}")
+        .await
+        .unwrap();
+    assert_eq!(idle, 1.0);
+    assert_eq!(api.metric("api_proxy_tunnels_open").await.unwrap(), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
