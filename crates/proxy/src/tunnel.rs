@@ -1,6 +1,23 @@
 //! An upgraded connection (WebSocket and the like): once the data server answered `101 Switching Protocols`, bytes
 //! go both ways unchanged until either side closes, the tunnel is silent for `proxy.tunnel_idle_timeout`, or the
 //! drain that follows a SIGTERM ends.
+//!
+//! What a message costs (`cargo xtask bench websocket`: 64 B echoes on 64 sockets, 2026-11-30, on a machine loaded
+//! by other builds). Per echo the proxy makes the same system calls as nginx (two `recvfrom`, two `sendto`), and
+//! about 90 % of its CPU time is in the kernel. In user space, one poll function moves both directions
+//! ([`Tunnel`]); the timer and the drain signal are polled only when their own waker rang ([`Alarm`]); a read sets
+//! a flag instead of reading the clock. Against `copy_bidirectional` behind a wrapper that read the clock per
+//! read, with the timer and the drain in a `select!` polled on every wake, the api-server's CPU per message fell in
+//! each of five runs where both ran side by side (12.8 against 13.1, 13.1 against 16.0, 15.8 against 17.0 µs);
+//! under `perf`, its user-space samples per message went from 2.0 to 1.4 times nginx's.
+//!
+//! What remains above nginx, from `perf record` of both in the same run: about a third of the api-server's
+//! user-space samples are the wake itself (tokio's `run_task` and task state, and the first touch of the
+//! connection's nested futures, a cache miss), a quarter tokio's I/O driver and readiness bookkeeping (each socket
+//! going back to waiting locks its waiter list), where nginx calls a handler from its epoll loop; in the kernel,
+//! `fdget`/`fput` (a multi-threaded process takes a file reference per system call, a single-threaded nginx
+//! worker does not) and more `epoll_wait` rounds with their context switches (0.08 against 0.05 per `sendto` in
+//! one run).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
