@@ -1,5 +1,6 @@
 //! Upgrades through the proxy: WebSocket clients reach the data servers' `/ws` endpoints through the api-server,
-//! tunnels outlive the request timers, end with their server or the drain, and `h2c` is never tunnelled.
+//! tunnels outlive the request timers, end with their server, the drain, their idle timeout or a half close's grace,
+//! and `h2c` is never tunnelled.
 //! Real data-server processes behind a real api-server, heartbeats through a real nsqd.
 
 mod common;
@@ -11,6 +12,7 @@ use common::*;
 use futures::{SinkExt, StreamExt};
 use testkit::Signal;
 use testkit::{NsqCluster, eventually};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 type Socket =
@@ -124,6 +126,68 @@ async fn a_killed_data_server_closes_its_tunnels_and_new_upgrades_go_to_another(
             .unwrap();
         assert_eq!(next_text(&mut socket).await.as_deref(), Some(text.as_str()));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tunnel_closes_after_the_idle_timeout_and_a_talking_one_stays_open() {
+    let extra = ["proxy.tunnel_idle_timeout=1s"];
+    let (Setup { api, .. }, _) = &with_data_server_and("ds-idle", &extra).await;
+    let mut silent = connect(api, "/ws").await;
+    let mut talking = connect(api, "/ws").await;
+    let opened = Instant::now();
+    // A message every 300 ms for three idle timeouts: the tunnel stays open.
+    while opened.elapsed() < Duration::from_secs(3) {
+        talking
+            .send(Message::Text("still here".into()))
+            .await
+            .unwrap();
+        assert_eq!(next_text(&mut talking).await.as_deref(), Some("still here"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The silent one was closed by the proxy (the timeout is noticed within one more timeout).
+    assert_eq!(next_text(&mut silent).await, None);
+    let idle = api
+        .metric("api_proxy_tunnels_closed_total{reason=\"idle\"}")
+        .await
+        .unwrap();
+    assert_eq!(idle, 1.0);
+    assert_eq!(api.metric("api_proxy_tunnels_open").await.unwrap(), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_tunnel_closes_after_its_grace() {
+    // A server that switches protocols, then keeps its side open and reads nothing.
+    let upstream = Scripted::start(|_| Reply {
+        bytes:
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                .to_vec(),
+        read_body: false,
+        head_first: false,
+        after: After::CloseIdle(Duration::from_secs(30)),
+    })
+    .await;
+    let Setup { api, .. } = &with_upstreams(&[upstream.addr]).await;
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(
+        b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await;
+    assert_eq!(wire.response(false).await.status, 101);
+    // The client closes its half; the server never does.
+    wire.stream.shutdown().await.unwrap();
+    let half_closed = Instant::now();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(10), wire.stream.read(&mut byte))
+        .await
+        .expect("the proxy closed the tunnel");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let open_for = half_closed.elapsed();
+    assert!(
+        open_for >= Duration::from_millis(4500) && open_for < Duration::from_secs(8),
+        "closed {open_for:?} after the client's half close"
+    );
+    let sample = "api_proxy_tunnels_closed_total{reason=\"client_closed\"}";
+    assert_eq!(api.metric(sample).await.unwrap(), 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
