@@ -50,6 +50,8 @@ pub(crate) struct Worker {
     pub close_idle_now: Notify,
     /// Buffers of parked connections, for the next one that wakes (`park`).
     pub spare: RefCell<SpareBuffers>,
+    /// False once the parking lot refused a connection (its thread died): idle connections then wait in their tasks.
+    pub parking: Cell<bool>,
 }
 
 /// One client connection.
@@ -118,20 +120,24 @@ pub(crate) struct Resumed {
     pub(crate) served: u64,
     pub(crate) deadline: Instant,
     pub(crate) park_after: Duration,
+    /// Woken because its socket became readable before its deadline: what came is read even if the deadline
+    /// passed while the connection waited for its worker (tokio may not have seen the readiness yet).
+    pub(crate) readable: bool,
 }
 
 impl Resumed {
     /// How long the connection waits in its task before parking next time. Parking and waking cost a few system
     /// calls, a new task and a hand-off between threads (tens of microseconds on the request that wakes it), so a
-    /// client whose pauses are short (it came back within four times the wait) waits twice as long next time, and
-    /// soon not at all; one that came back later starts again from [`PARK_AFTER`].
+    /// client that came back within [`MAX_PARK_AFTER`] waits twice its pause (and at least twice its last wait) next
+    /// time: a client polling every 100 ms parks once, not ten times a second. One that came back later halves its
+    /// wait, down to [`PARK_AFTER`].
     fn next_park_after(&self, keepalive_timeout: Duration, now: Instant) -> Duration {
         let idle_from = self.deadline.checked_sub(keepalive_timeout);
         let idle_for = idle_from.map_or(Duration::MAX, |from| now.saturating_duration_since(from));
-        if idle_for < self.park_after * 4 {
-            (self.park_after * 2).min(MAX_PARK_AFTER)
+        if idle_for < MAX_PARK_AFTER {
+            (idle_for * 2).max(self.park_after * 2).min(MAX_PARK_AFTER)
         } else {
-            PARK_AFTER
+            (self.park_after / 2).max(PARK_AFTER)
         }
     }
 }
@@ -161,7 +167,14 @@ pub(crate) async fn serve(
     let park_after = resumed.as_ref().map_or(PARK_AFTER, |r| {
         r.next_park_after(w.limits.keepalive_timeout, Instant::now())
     });
-    let mut idle_deadline = resumed.map(|r| r.deadline);
+    let mut idle_deadline = resumed.map(|r| {
+        if r.readable {
+            r.deadline
+                .max(Instant::now() + w.limits.header_read_timeout)
+        } else {
+            r.deadline
+        }
+    });
     // The byte counts at the end of the previous request: each request's own are the difference.
     let mut counted = (0, 0);
     loop {
@@ -336,7 +349,7 @@ async fn read_head(
         }
         if c.is_parked() {
             // Buffers only once there is something to read.
-            let park = waiting_idle && park_at < deadline;
+            let park = waiting_idle && park_at < deadline && w.parking.get();
             let wait_until = if park { park_at } else { deadline };
             let ready = tokio::select! {
                 biased;
@@ -449,21 +462,23 @@ mod tests {
             served: 1,
             deadline: idle_from + KEEPALIVE,
             park_after,
+            readable: false,
         };
         resumed.next_park_after(KEEPALIVE, idle_from + idle_for)
     }
 
     #[test]
-    fn a_client_with_short_pauses_soon_stays_in_its_task_and_a_long_pause_resets_the_wait() {
+    fn a_client_that_comes_back_within_a_second_soon_stays_in_its_task_and_long_pauses_shorten_the_wait()
+     {
         let ms = Duration::from_millis;
-        // Every 32 ms (the open-loop bench): parked twice, then the wait outlasts the pause.
-        assert_eq!(next(PARK_AFTER, ms(32)), ms(20));
-        assert_eq!(next(ms(20), ms(32)), ms(40));
+        // Every 32 ms (the open-loop bench): parked once, then the wait outlasts the pause.
+        assert_eq!(next(PARK_AFTER, ms(32)), ms(64));
+        // Every 100 ms: the same.
+        assert_eq!(next(PARK_AFTER, ms(100)), ms(200));
         assert_eq!(next(ms(500), ms(600)), MAX_PARK_AFTER, "capped");
-        assert_eq!(next(MAX_PARK_AFTER, ms(1500)), MAX_PARK_AFTER);
-        // Idle for long: back to the shortest wait.
-        assert_eq!(next(ms(40), ms(160)), PARK_AFTER);
-        assert_eq!(next(ms(40), Duration::from_secs(30)), PARK_AFTER);
-        assert_eq!(next(ms(40), KEEPALIVE), PARK_AFTER);
+        // Idle for long: the wait halves, down to the shortest.
+        assert_eq!(next(MAX_PARK_AFTER, ms(1500)), ms(500));
+        assert_eq!(next(ms(40), Duration::from_secs(30)), ms(20));
+        assert_eq!(next(ms(15), KEEPALIVE), PARK_AFTER);
     }
 }

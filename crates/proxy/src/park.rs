@@ -14,8 +14,8 @@
 //! request, or finds the hang-up or the timeout. Waking costs a few system calls, a new task and a hand-off between
 //! threads, measured at about 40 µs more on the median of `bench proxy`'s open-loop phase (a request every 32 ms
 //! per connection) when every request woke a parked connection. So the wait adapts per connection: one that came
-//! back within four times its wait waits twice as long next time (up to 1 s), and a client with short pauses stays
-//! in its task; a longer pause starts again from 10 ms. The wait is short because what a task held stays in the
+//! back within 1 s waits twice its pause next time (up to 1 s), so a client polling every 100 ms parks once, not ten
+//! times a second; a longer pause halves the wait, down to 10 ms. The wait is short because what a task held stays in the
 //! allocator: the process keeps the memory of as many tasks as ever waited at once (with a 1 s wait, the bench
 //! measured 2.43 KiB per idle connection, all 10,000 having waited in their tasks together).
 //!

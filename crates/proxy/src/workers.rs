@@ -115,6 +115,7 @@ pub async fn serve(
             close_idle: Default::default(),
             close_idle_now: Notify::new(),
             spare: Default::default(),
+            parking: std::cell::Cell::new(true),
         };
         let lot = Arc::clone(&lot);
         std::thread::Builder::new()
@@ -231,12 +232,20 @@ fn spawn_connection(
     let worker = Rc::clone(worker);
     let lot = Arc::clone(lot);
     tokio::task::spawn_local(async move {
-        // Closed (the guard dropped with the task) unless it went idle.
-        let Some(idle) = conn::serve(&worker, stream, peer, resumed).await else {
-            return;
-        };
-        match idle.socket.into_std() {
-            Ok(socket) => lot.park(Parked {
+        let (mut stream, mut resumed, mut guard) = (stream, resumed, guard);
+        loop {
+            // Closed (the guard dropped with the task) unless it went idle.
+            let Some(idle) = conn::serve(&worker, stream, peer, resumed).await else {
+                return;
+            };
+            let socket = match idle.socket.into_std() {
+                Ok(socket) => socket,
+                Err(err) => {
+                    tracing::debug!(%peer, "parking a connection: {err}; closed");
+                    return;
+                }
+            };
+            let parked = Parked {
                 socket,
                 peer: idle.peer,
                 served: idle.served,
@@ -246,8 +255,30 @@ fn spawn_connection(
                     guard,
                     worker: index,
                 },
-            }),
-            Err(err) => tracing::debug!(%peer, "parking a connection: {err}; closed"),
+                readable: false,
+            };
+            let Err(refused) = lot.park(parked) else {
+                return;
+            };
+            // The lot cannot watch it (its thread died, or the readiness set refused the socket): the connection
+            // waits in this task, as before parking existed; after a dead lot, every connection of this worker does.
+            if lot.is_dead() {
+                worker.parking.set(false);
+            }
+            stream = match TcpStream::from_std(refused.socket) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::debug!(%peer, "taking back a connection the lot refused: {err}; closed");
+                    return;
+                }
+            };
+            guard = refused.owner.guard;
+            resumed = Some(Resumed {
+                served: refused.served,
+                deadline: tokio::time::Instant::from_std(refused.deadline),
+                park_after: refused.park_after,
+                readable: false,
+            });
         }
     });
 }
@@ -306,6 +337,7 @@ fn run_worker(
                         served: parked.served,
                         deadline: tokio::time::Instant::from_std(parked.deadline),
                         park_after: parked.park_after,
+                        readable: parked.readable,
                     };
                     spawn_connection(
                         &worker,

@@ -20,6 +20,9 @@ use slab::Slab;
 
 /// Readiness events taken from the readiness set at a time.
 const EVENTS_PER_POLL: usize = 256;
+/// Connections woken by their deadline per round at most, so that a burst of connections opened together and
+/// expiring together does not hold up the readiness events of the others.
+const DEADLINES_PER_ROUND: usize = 256;
 /// The token of the lot's [`mio::Waker`] (a slot number never reaches it).
 const WAKER: mio::Token = mio::Token(usize::MAX);
 /// Stack of the lot's thread: it only polls and moves sockets.
@@ -39,6 +42,9 @@ pub(crate) struct Parked<G> {
     pub deadline: Instant,
     /// What the owner keeps with it: the guard that counts it as open, the worker it goes back to.
     pub owner: G,
+    /// Woken because its socket became readable (a request or a hang-up came before its deadline), not by the
+    /// deadline. Set by the lot; ignored by [`ParkingLot::park`].
+    pub readable: bool,
 }
 
 /// A parked connection as the lot holds it: the peer's address is asked of the socket again on waking, the
@@ -71,6 +77,9 @@ struct LotState<G> {
     /// False once the drain closed every parked connection, or the lot stopped: a connection that would park then
     /// closes.
     open: bool,
+    /// Set when the lot's thread ended on its own (a failed poll, a panic): a connection that would park is given
+    /// back, to wait in its task as it did before parking existed.
+    dead: bool,
     /// Set to end the lot's thread.
     stopped: bool,
 }
@@ -130,6 +139,7 @@ impl<G: Send + 'static> ParkingLot<G> {
                 parked: Slab::new(),
                 deadlines: BinaryHeap::new(),
                 open: true,
+                dead: false,
                 stopped: false,
             }),
         });
@@ -162,13 +172,21 @@ impl<G> ParkingLot<G> {
         self.state().parked.len()
     }
 
+    /// Whether the lot's thread ended on its own: nothing can park any more.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state().dead
+    }
+
     /// Parks a connection until its socket is readable or its deadline passes; closes it instead when the lot is
-    /// closed or cannot watch the socket.
-    pub(crate) fn park(&self, parked: Parked<G>) {
+    /// closed (the drain) or cannot watch the socket. A lot whose thread died gives it back.
+    pub(crate) fn park(&self, parked: Parked<G>) -> Result<(), Parked<G>> {
         let deadline = self.millis(parked.deadline);
         let mut state = self.state();
+        if state.dead {
+            return Err(parked);
+        }
         if !state.open {
-            return;
+            return Ok(());
         }
         let entry = state.parked.vacant_entry();
         let key = entry.key();
@@ -178,8 +196,8 @@ impl<G> ParkingLot<G> {
                 .register(&mut SourceFd(&fd), mio::Token(key), mio::Interest::READABLE)
         {
             drop(state);
-            tracing::warn!(peer = %parked.peer, "parking an idle connection: {err}; closed");
-            return;
+            tracing::debug!(peer = %parked.peer, "parking an idle connection: {err}");
+            return Err(parked);
         }
         entry.insert(Slot {
             deadline,
@@ -196,6 +214,7 @@ impl<G> ParkingLot<G> {
             // The thread waits for a later deadline (or none): it must wait for this one.
             let _ = self.waker.wake();
         }
+        Ok(())
     }
 
     /// Takes slot `key` out of the lot (if it holds a connection due at `deadline`, given one) and its socket out of
@@ -214,6 +233,7 @@ impl<G> ParkingLot<G> {
         let peer = slot.socket.peer_addr().ok()?;
         Some(Parked {
             peer,
+            readable: deadline.is_none(),
             served: u64::from(slot.served),
             park_after: Duration::from_millis(slot.park_after_ms.into()),
             deadline: self.epoch + Duration::from_millis(slot.deadline),
@@ -245,9 +265,40 @@ impl<G> ParkingLot<G> {
         let _ = self.waker.wake();
     }
 
+    /// Marks the lot dead and gives every parked connection back to `wake`, as if its deadline had come (each then
+    /// waits in its task again).
+    fn die(&self, wake: &mut impl FnMut(Parked<G>)) {
+        let keys: Vec<usize> = {
+            let mut state = self.state();
+            state.dead = true;
+            state.deadlines.clear();
+            state.parked.iter().map(|(key, _)| key).collect()
+        };
+        for key in keys {
+            if let Some(parked) = self.take(key, None) {
+                wake(Parked {
+                    readable: false,
+                    ..parked
+                });
+            }
+        }
+    }
+
     /// The lot's thread: waits in the readiness set until a socket is readable or the earliest deadline passes, and
     /// hands those connections to `wake`, without holding the lot's lock meanwhile.
     fn watch(&self, mut poll: mio::Poll, mut wake: impl FnMut(Parked<G>)) {
+        /// Should the thread end by a panic, the lot is marked dead (so nothing parks in a set nobody watches) and
+        /// what it holds is closed.
+        struct OnPanic<'a, G>(&'a ParkingLot<G>);
+        impl<G> Drop for OnPanic<'_, G> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.state().dead = true;
+                    self.0.close_all();
+                }
+            }
+        }
+        let _on_panic = OnPanic(self);
         let mut events = mio::Events::with_capacity(EVENTS_PER_POLL);
         loop {
             let timeout = {
@@ -264,8 +315,10 @@ impl<G> ParkingLot<G> {
                 if err.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                tracing::error!("proxy parking lot: {err}; idle connections are closed");
-                self.close_all();
+                tracing::error!(
+                    "proxy parking lot: {err}; idle connections wait in their tasks from now on"
+                );
+                self.die(&mut wake);
                 return;
             }
             for event in &events {
@@ -276,7 +329,7 @@ impl<G> ParkingLot<G> {
                 }
             }
             let now = self.millis(Instant::now());
-            loop {
+            for _ in 0..DEADLINES_PER_ROUND {
                 let Some((key, deadline)) = self.state().pop_due(now) else {
                     break;
                 };
@@ -322,7 +375,9 @@ mod tests {
             park_after: Duration::from_millis(10),
             deadline,
             owner: Arc::clone(owner),
-        });
+            readable: false,
+        })
+        .unwrap_or_else(|_| panic!("the lot refused a connection"));
         client
     }
 
@@ -337,13 +392,14 @@ mod tests {
         let mut parked = woken.recv_timeout(SOON).unwrap();
         assert_eq!(parked.peer, client.local_addr().unwrap());
         assert_eq!(parked.served, 1);
+        assert!(parked.readable, "woken by its request, not its deadline");
         assert_eq!(lot.len(), 1, "the other connection stays parked");
         let mut head = [0; 18];
         parked.socket.set_nonblocking(false).unwrap();
         parked.socket.read_exact(&mut head).unwrap();
         assert_eq!(&head, b"GET / HTTP/1.1\r\n\r\n");
         // Parked again, it wakes again: the socket left the readiness set cleanly.
-        lot.park(parked);
+        assert!(lot.park(parked).is_ok());
         client.write_all(b"x").unwrap();
         assert!(woken.recv_timeout(SOON).is_ok());
         lot.stop();
@@ -360,7 +416,26 @@ mod tests {
         let parked = woken.recv_timeout(SOON).unwrap();
         assert!(parked_at.elapsed() >= Duration::from_millis(200));
         assert!(parked.deadline <= Instant::now());
+        assert!(!parked.readable, "woken by its deadline");
         assert_eq!(lot.len(), 1);
+        lot.stop();
+    }
+
+    #[test]
+    fn a_lot_whose_thread_died_gives_its_connections_back_and_takes_no_more() {
+        let (lot, _woken) = lot();
+        let owner = Arc::new(());
+        let _clients: Vec<TcpStream> = (0..2)
+            .map(|_| park(&lot, Instant::now() + LATER, &owner))
+            .collect();
+        let mut given_back = Vec::new();
+        lot.die(&mut |parked| given_back.push(parked));
+        assert_eq!(given_back.len(), 2, "both back to their owners, still open");
+        assert!(given_back.iter().all(|p| !p.readable));
+        assert_eq!(Arc::strong_count(&owner), 3);
+        let again = given_back.pop().unwrap();
+        assert!(lot.park(again).is_err(), "refused: it would never be woken");
+        assert!(lot.is_dead());
         lot.stop();
     }
 
@@ -398,7 +473,7 @@ mod tests {
         parked.socket.set_nonblocking(false).unwrap();
         parked.socket.read_exact(&mut [0; 1]).unwrap();
         parked.deadline = Instant::now() + LATER;
-        lot.park(parked);
+        assert!(lot.park(parked).is_ok());
         // A marker due after the first deadline: it comes back, the connection parked again does not.
         let marker = park(&lot, Instant::now() + Duration::from_millis(400), &owner);
         let back = woken.recv_timeout(SOON).unwrap();
