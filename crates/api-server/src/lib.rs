@@ -45,10 +45,10 @@ pub use admin::{
 pub use bus::{Bus, BusView, NsqdProbe};
 pub use canary::CanaryConfig;
 pub use config::{
-    BalancerSection, CANARY_TOPIC_SUFFIX, Config, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_SOLICIT_RATE,
+    BalancerSection, CANARY_TOPIC_SUFFIX, Config, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_LOOKUPD_POLL_INTERVAL, DEFAULT_MAX_HEADER_BYTES, DEFAULT_PRUNE_INTERVAL,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
-    ServerConfig, ShutdownConfig,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SOLICIT_RATE, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig,
+    ProxyConfig, ServerConfig, ShutdownConfig,
 };
 pub use feed::{Change, Feed, TIMELINE_LEN};
 pub use run::{Listening, RunError, run};

@@ -67,7 +67,9 @@ struct Known {
 
 async fn learn(http: &nsq::Lookupd, cfg: &SolicitConfig) -> Known {
     let mut known = Known::default();
-    known.heartbeat_nsqd.extend(cfg.nsqd_tcp_addresses.iter().cloned());
+    known
+        .heartbeat_nsqd
+        .extend(cfg.nsqd_tcp_addresses.iter().cloned());
     let mut channels = BTreeSet::new();
     for lookupd in &cfg.lookupd_http_addresses {
         let (heartbeat, solicit, subscribed) = tokio::join!(
@@ -154,7 +156,10 @@ pub async fn solicit_at_start(
         "solicitation published: data servers answer with a heartbeat"
     );
     if !failed.is_empty() {
-        tracing::warn!("solicitation not published on some nsqd: {}", failed.join("; "));
+        tracing::warn!(
+            "solicitation not published on some nsqd: {}",
+            failed.join("; ")
+        );
     }
 }
 

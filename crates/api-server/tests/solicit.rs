@@ -91,7 +91,10 @@ async fn a_first_start_without_a_file_routes_long_before_the_next_heartbeat() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e:#}\n{}", api.log()));
-    assert!(servers.iter().any(|s| s.id() == first), "answered by {first}");
+    assert!(
+        servers.iter().any(|s| s.id() == first),
+        "answered by {first}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "first answer {:?} after the start (heartbeats every {SLOW_INTERVAL})",
@@ -99,7 +102,12 @@ async fn a_first_start_without_a_file_routes_long_before_the_next_heartbeat() {
     );
     wait_servers(&api, 2).await;
     for s in &servers {
-        assert_eq!(ds_metric(s, &solicited("answered")).await, 1.0, "{}", s.log());
+        assert_eq!(
+            ds_metric(s, &solicited("answered")).await,
+            1.0,
+            "{}",
+            s.log()
+        );
     }
 }
 
@@ -153,7 +161,10 @@ async fn with_a_key_only_signed_solicitations_are_answered() {
     let api = api_server(
         &cluster,
         "2m",
-        &[&format!("discovery.hmac_key_files=[\"{}\"]", path.display())],
+        &[&format!(
+            "discovery.hmac_key_files=[\"{}\"]",
+            path.display()
+        )],
     )
     .await;
     wait_servers(&api, 1).await;

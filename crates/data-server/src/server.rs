@@ -148,7 +148,9 @@ fn answer_solicitations(
     match announcer.answer_solicitations(cfg, move || health.is_ready()) {
         Ok(responder) => Some(responder),
         Err(err) => {
-            tracing::warn!("cannot subscribe to solicitations: {err}; heartbeats still go out on schedule");
+            tracing::warn!(
+                "cannot subscribe to solicitations: {err}; heartbeats still go out on schedule"
+            );
             None
         }
     }

@@ -70,8 +70,8 @@ pub use registry::{
 };
 pub use reject::{RejectReason, Rejection};
 pub use solicit::{
-    MAX_SOLICIT_FIELD_BYTES, MAX_SOLICITATION_BYTES, MIN_ANSWER_GAP, Responder, SOLICIT_TOPIC_SUFFIX,
-    SOLICIT_VERSION, SOLICITATION_MAX_AGE, SolicitError, Solicitation, SolicitationConfig,
-    SolicitationStats, solicit_channel, solicit_topic,
+    MAX_SOLICIT_FIELD_BYTES, MAX_SOLICITATION_BYTES, MIN_ANSWER_GAP, Responder,
+    SOLICIT_TOPIC_SUFFIX, SOLICIT_VERSION, SOLICITATION_MAX_AGE, SolicitError, Solicitation,
+    SolicitationConfig, SolicitationStats, solicit_channel, solicit_topic,
 };
 pub use subscribe::{HEARTBEAT_OUTPUT_BUFFER, SubscriptionConfig, subscribe};

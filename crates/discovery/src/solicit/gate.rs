@@ -39,7 +39,9 @@ impl Gate {
     /// Decides for a solicitation with `nonce` whose answer may wait `delay` (already drawn from its spread).
     pub(crate) fn admit(&mut self, nonce: &str, delay: Duration, now: Instant) -> Admit {
         while let Some((old, at)) = self.seen.front() {
-            if self.seen.len() < MAX_REMEMBERED && now.saturating_duration_since(*at) < SOLICITATION_MAX_AGE {
+            if self.seen.len() < MAX_REMEMBERED
+                && now.saturating_duration_since(*at) < SOLICITATION_MAX_AGE
+            {
                 break;
             }
             self.seen_set.remove(old);

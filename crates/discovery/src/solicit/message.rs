@@ -189,11 +189,17 @@ mod tests {
         let s = Solicitation::new("api 1", Duration::from_millis(250));
         assert_eq!(s.from, "api_1");
         let plain = s.encode(&[]);
-        assert_eq!(Solicitation::decode(&plain, None, s.sent_at_ms), Ok(s.clone()));
+        assert_eq!(
+            Solicitation::decode(&plain, None, s.sent_at_ms),
+            Ok(s.clone())
+        );
         let (old, new) = (key(b"old key"), key(b"new key"));
         let signed = s.encode(&[old.clone(), new.clone()]);
         for k in [&old, &new] {
-            assert_eq!(Solicitation::decode(&signed, Some(k), s.sent_at_ms), Ok(s.clone()));
+            assert_eq!(
+                Solicitation::decode(&signed, Some(k), s.sent_at_ms),
+                Ok(s.clone())
+            );
         }
         assert_eq!(Solicitation::decode(&signed, None, 0), Ok(s.clone()));
     }
@@ -203,16 +209,27 @@ mod tests {
         let k = key(b"secret");
         let s = Solicitation::new("a", Duration::ZERO);
         let reject = |body: &[u8], now| {
-            matches!(Solicitation::decode(body, Some(&k), now), Err(SolicitError::Rejected(_)))
+            matches!(
+                Solicitation::decode(body, Some(&k), now),
+                Err(SolicitError::Rejected(_))
+            )
         };
         assert!(reject(&s.encode(&[]), s.sent_at_ms), "unsigned");
-        assert!(reject(&s.encode(&[key(b"other")]), s.sent_at_ms), "another key");
-        let forged = String::from_utf8(s.encode(&[k.clone()])).unwrap().replace(
-            &format!("\"spread_ms\":{}", s.spread_ms),
-            "\"spread_ms\":1",
+        assert!(
+            reject(&s.encode(&[key(b"other")]), s.sent_at_ms),
+            "another key"
         );
-        assert!(reject(forged.as_bytes(), s.sent_at_ms), "changed after signing");
-        assert!(reject(&s.encode(&[k.clone()]), s.sent_at_ms + 60_000), "replayed");
+        let forged = String::from_utf8(s.encode(std::slice::from_ref(&k)))
+            .unwrap()
+            .replace(&format!("\"spread_ms\":{}", s.spread_ms), "\"spread_ms\":1");
+        assert!(
+            reject(forged.as_bytes(), s.sent_at_ms),
+            "changed after signing"
+        );
+        assert!(
+            reject(&s.encode(std::slice::from_ref(&k)), s.sent_at_ms + 60_000),
+            "replayed"
+        );
     }
 
     #[test]
@@ -226,7 +243,10 @@ mod tests {
             br#"{"solicit":1,"from":"a","nonce":"n","sent_at_ms":1}"#,
         ] {
             assert!(
-                matches!(Solicitation::decode(body, None, 1), Err(SolicitError::Malformed(_))),
+                matches!(
+                    Solicitation::decode(body, None, 1),
+                    Err(SolicitError::Malformed(_))
+                ),
                 "{}",
                 String::from_utf8_lossy(body)
             );

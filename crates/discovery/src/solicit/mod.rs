@@ -217,7 +217,13 @@ impl Announcer {
                 let (announcer, shared) = (announcer.clone(), Arc::clone(&handler_shared));
                 let key = key.clone();
                 async move {
-                    receive(&announcer, &shared, key.as_ref(), msg.body(), msg.timestamp_ns());
+                    receive(
+                        &announcer,
+                        &shared,
+                        key.as_ref(),
+                        msg.body(),
+                        msg.timestamp_ns(),
+                    );
                     // Always finished: a redelivery could not make a solicitation any better.
                     Ok::<(), nsq::HandlerError>(())
                 }
@@ -240,9 +246,13 @@ impl Announcer {
                     .store(subscribed, Ordering::Relaxed);
                 if known != Some(subscribed) {
                     if subscribed {
-                        tracing::info!("subscribed to solicitations: a starting api-server learns this server at once");
+                        tracing::info!(
+                            "subscribed to solicitations: a starting api-server learns this server at once"
+                        );
                     } else {
-                        tracing::warn!("not subscribed to solicitations (no nsqd reachable); heartbeats still go out on schedule");
+                        tracing::warn!(
+                            "not subscribed to solicitations (no nsqd reachable); heartbeats still go out on schedule"
+                        );
                     }
                     known = Some(subscribed);
                 }
