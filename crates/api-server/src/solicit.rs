@@ -20,8 +20,10 @@ use tokio::time::Instant;
 /// published through an nsqd before our channel exists there is lost to us. After this it goes out as soon as
 /// at least one connection is up (a start during an NSQ outage solicits when NSQ comes back).
 pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
-/// How often the consumer's connections are checked while waiting.
+/// How often the consumer's connections are checked while waiting: often at first (each ms here is a ms before the
+/// first routed request), rarely once [`SUBSCRIBE_WAIT`] is over (NSQ is down: nothing to hurry for).
 const POLL: Duration = Duration::from_millis(2);
+const POLL_DURING_OUTAGE: Duration = Duration::from_millis(100);
 /// Bound on one nsqlookupd query and on one publish.
 const NSQ_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -116,8 +118,13 @@ pub async fn solicit_at_start(
             known = learn(&http, &cfg).await;
             next_lookup = Instant::now() + cfg.poll_interval;
         }
+        let pause = if started.elapsed() < SUBSCRIBE_WAIT {
+            POLL
+        } else {
+            POLL_DURING_OUTAGE
+        };
         tokio::select! {
-            () = tokio::time::sleep(POLL) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.wait() => return,
         }
     }

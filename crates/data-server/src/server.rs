@@ -88,7 +88,8 @@ pub async fn serve(
     let health = state.clone();
     // The loop ends with `leave()`; shutdown order is driven from here, not by the loop.
     let heartbeats = announcer.spawn(move || health.is_ready(), std::future::pending());
-    let responder = answer_solicitations(&config, &announcer, &state);
+    let ready = state.clone();
+    let responder = answer_solicitations(&config, &announcer, move || ready.is_ready());
     println!("listening on {bound}");
     tracing::info!(%id, %advertise, nsqd = ?announcer.config().nsqd_tcp_addresses, "data-server listening on {bound}");
 
@@ -134,18 +135,17 @@ pub async fn serve(
 
 /// Subscribes to solicitations when `announce.answer_solicitations` is on. A failure is logged and costs only the
 /// solicited heartbeats: the periodic ones go on.
-fn answer_solicitations(
+pub(crate) fn answer_solicitations(
     config: &Config,
     announcer: &Announcer,
-    state: &AppState,
+    health: impl discovery::Health,
 ) -> Option<discovery::Responder> {
     if !config.announce.answer_solicitations {
         return None;
     }
     let mut cfg = discovery::SolicitationConfig::for_announcer(announcer);
     cfg.topic = config.announce.solicit_topic();
-    let health = state.clone();
-    match announcer.answer_solicitations(cfg, move || health.is_ready()) {
+    match announcer.answer_solicitations(cfg, health) {
         Ok(responder) => Some(responder),
         Err(err) => {
             tracing::warn!(
