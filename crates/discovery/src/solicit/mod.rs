@@ -204,7 +204,12 @@ impl Announcer {
             &cfg.topic,
             &cfg.channel,
             nsq::ConsumerConfig {
-                conn: cfg.conn,
+                // nsqd's default output buffering (250 ms) would hold a solicitation up to that long (measured:
+                // 195 ms); solicitations are rare, so each is written at once.
+                conn: nsq::Config {
+                    output_buffer: nsq::OutputBuffer::Unbuffered,
+                    ..cfg.conn
+                },
                 nsqd_tcp_addresses: cfg.nsqd_tcp_addresses,
                 max_in_flight: 64,
                 concurrency: 1,
