@@ -74,17 +74,18 @@ async fn learn(http: &nsq::Lookupd, cfg: &SolicitConfig) -> Known {
         .extend(cfg.nsqd_tcp_addresses.iter().cloned());
     let mut channels = BTreeSet::new();
     for lookupd in &cfg.lookupd_http_addresses {
-        let (heartbeat, solicit, subscribed) = tokio::join!(
+        let (heartbeat, solicit) = tokio::join!(
             http.lookup(lookupd, &cfg.heartbeat_topic),
-            http.lookup(lookupd, &cfg.topic),
-            http.lookup_channels(lookupd, &cfg.topic),
+            http.lookup_topic(lookupd, &cfg.topic),
         );
         match heartbeat {
             Ok(addrs) => known.heartbeat_nsqd.extend(addrs),
             Err(err) => tracing::debug!(%lookupd, "solicitation: nsqlookupd lookup failed: {err}"),
         }
-        known.all_nsqd.extend(solicit.unwrap_or_default());
-        channels.extend(subscribed.unwrap_or_default());
+        if let Ok(solicit) = solicit {
+            known.all_nsqd.extend(solicit.producers);
+            channels.extend(solicit.channels);
+        }
     }
     known.all_nsqd.extend(known.heartbeat_nsqd.iter().cloned());
     known.solicit_channels = channels.len();

@@ -28,6 +28,16 @@ struct LookupBody {
     channels: Vec<String>,
 }
 
+/// One topic as nsqlookupd lists it ([`Lookupd::lookup_topic`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicLookup {
+    /// nsqd TCP addresses (`host:port`) that have the topic.
+    pub producers: Vec<String>,
+    /// The topic's channels, each name once.
+    pub channels: Vec<String>,
+}
+
 /// Queries nsqlookupd's HTTP API.
 #[derive(Debug, Clone)]
 pub struct Lookupd {
@@ -59,15 +69,19 @@ impl Lookupd {
         })
     }
 
-    /// The channels that `lookupd` lists for `topic` (on any nsqd, each name once). An unknown topic has none.
-    pub async fn lookup_channels(&self, lookupd: &str, topic: &str) -> Result<Vec<String>> {
+    /// What `lookupd` lists for `topic`: its nsqd, as [`lookup`](Self::lookup) returns them, and its channels (on
+    /// any nsqd, each name once), in one query. An unknown topic has neither.
+    pub async fn lookup_topic(&self, lookupd: &str, topic: &str) -> Result<TopicLookup> {
         let body = self.get(lookupd, &lookup_path(topic)).await?;
-        parse_body(&body.unwrap_or_default())
-            .map(|b| b.channels)
-            .map_err(|reason| Error::Lookup {
-                addr: lookupd.to_string(),
-                reason,
-            })
+        let err = |reason| Error::Lookup {
+            addr: lookupd.to_string(),
+            reason,
+        };
+        let body = body.unwrap_or_default();
+        Ok(TopicLookup {
+            producers: parse_lookup(&body).map_err(err)?,
+            channels: parse_body(&body).map_err(err)?.channels,
+        })
     }
 
     /// The TCP address (`host:port`) of every nsqd registered with `lookupd` (`GET /nodes`).

@@ -149,9 +149,9 @@ pub async fn cold_start(_a: &BenchArgs) -> Result<Report> {
     let lookupd = nsq::Lookupd::new(Duration::from_secs(2))?;
     let deadline = Instant::now() + GIVE_UP;
     while lookupd
-        .lookup_channels(&cluster.lookupd_http().to_string(), &solicit_topic)
+        .lookup_topic(&cluster.lookupd_http().to_string(), &solicit_topic)
         .await
-        .map_or(0, |c| c.len())
+        .map_or(0, |t| t.channels.len())
         < SERVERS
     {
         if Instant::now() > deadline {
