@@ -45,6 +45,9 @@ pub const MIN_MAX_HEADER_BYTES: usize = 8192;
 pub const MAX_WORKERS: usize = 256;
 /// Suffix of the default canary topic, after `discovery.topic` without its own `#ephemeral`.
 pub const CANARY_TOPIC_SUFFIX: &str = ".canary#ephemeral";
+/// `discovery.solicit_rate` unless configured: answers per second a solicitation asks the fleet to stay under, the
+/// steady heartbeat rate the registry is built for (100,000 servers every 5 s).
+pub const DEFAULT_SOLICIT_RATE: f64 = 20_000.0;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -164,6 +167,12 @@ pub struct DiscoveryConfig {
     /// Where the registry is saved when membership changes and loaded from at start (none: not saved), so a
     /// restarted api-server routes at once to the servers it knew, as unconfirmed until they are heard from.
     pub registry_file: Option<PathBuf>,
+    /// Publish a solicitation at start, so that data servers answer at once instead of at their next heartbeat.
+    pub solicit: bool,
+    /// Topic of the solicitations (default `<topic>.solicit#ephemeral`).
+    pub solicit_topic: Option<String>,
+    /// Answers per second the solicitation's spread aims at: spread = known data servers / rate.
+    pub solicit_rate: f64,
 }
 
 impl Default for DiscoveryConfig {
@@ -183,6 +192,9 @@ impl Default for DiscoveryConfig {
             canary_interval: None,
             canary_timeout: None,
             registry_file: None,
+            solicit: true,
+            solicit_topic: None,
+            solicit_rate: DEFAULT_SOLICIT_RATE,
         }
     }
 }
@@ -200,6 +212,13 @@ impl DiscoveryConfig {
             let base = self.topic.strip_suffix("#ephemeral").unwrap_or(&self.topic);
             format!("{base}{CANARY_TOPIC_SUFFIX}")
         })
+    }
+
+    /// The solicitation topic in effect: `solicit_topic`, else [`discovery::solicit_topic`] of `topic`.
+    pub fn solicit_topic(&self) -> String {
+        self.solicit_topic
+            .clone()
+            .unwrap_or_else(|| discovery::solicit_topic(&self.topic))
     }
 
     /// The canary interval in effect.
@@ -374,6 +393,21 @@ impl Validate for Config {
                 format!("{canary:?}"),
             ));
         }
+        let solicit = d.solicit_topic();
+        if nsq::validate_topic(&solicit).is_err() {
+            return Err(Invalid::new(
+                "discovery.solicit_topic",
+                "an NSQ topic name of at most 64 bytes (set it when discovery.topic is long)",
+                format!("{solicit:?}"),
+            ));
+        }
+        if !(d.solicit_rate.is_finite() && d.solicit_rate >= 1.0) {
+            return Err(Invalid::new(
+                "discovery.solicit_rate",
+                "answers per second, at least 1",
+                d.solicit_rate,
+            ));
+        }
         if d.lookupd_http_addresses.is_empty() && d.nsqd_tcp_addresses.is_empty() {
             return Err(Invalid::new(
                 "discovery.lookupd_http_addresses",
@@ -529,6 +563,12 @@ mod tests {
             "data_server_addr.canary#ephemeral"
         );
         assert_eq!(c.discovery.canary_interval(), Duration::from_secs(1));
+        assert!(c.discovery.solicit);
+        assert_eq!(
+            c.discovery.solicit_topic(),
+            "data_server_addr.solicit#ephemeral"
+        );
+        assert_eq!(c.discovery.solicit_rate, DEFAULT_SOLICIT_RATE);
         assert_eq!(c.discovery.canary_timeout(), Duration::from_millis(3000));
     }
 
@@ -555,6 +595,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("balancer.strategy"), "{err}");
+        let err = load(&[
+            "discovery.solicit_rate=0.5",
+            "discovery.nsqd_tcp_addresses=127.0.0.1:4150",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("discovery.solicit_rate"), "{err}");
         let err = load(&[]).unwrap_err().to_string();
         assert!(err.contains("discovery.lookupd_http_addresses"), "{err}");
         let err = load(&[

@@ -11,6 +11,8 @@
 //!   frozen and `/registry` says `"self_preservation": true`.
 //! - With `discovery.registry_file`, the registry is saved when membership changes and loaded at start as
 //!   unconfirmed servers (`saved_registry`), so a restart routes at once.
+//! - With `discovery.solicit` (default on), a start publishes one solicitation that data servers answer with a
+//!   heartbeat within a spread sized to the fleet (`solicit`), so even a first start without a file routes at once.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), api_server::RunError> {
@@ -34,6 +36,7 @@ mod config;
 mod feed;
 mod run;
 mod saved_registry;
+mod solicit;
 mod state;
 
 pub use admin::{
@@ -44,9 +47,10 @@ pub use canary::CanaryConfig;
 pub use config::{
     BalancerSection, CANARY_TOPIC_SUFFIX, Config, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_LOOKUPD_POLL_INTERVAL, DEFAULT_MAX_HEADER_BYTES, DEFAULT_PRUNE_INTERVAL,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig, ProxyConfig,
-    ServerConfig, ShutdownConfig,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SOLICIT_RATE, DEFAULT_TOPIC, DEFAULT_TTL, DiscoveryConfig,
+    ProxyConfig, ServerConfig, ShutdownConfig,
 };
 pub use feed::{Change, Feed, TIMELINE_LEN};
 pub use run::{Listening, RunError, run};
+pub use solicit::{SUBSCRIBE_WAIT, SolicitConfig, spread_for};
 pub use state::{AppState, Metrics};

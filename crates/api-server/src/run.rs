@@ -18,6 +18,7 @@ use crate::bus::Bus;
 use crate::canary::{self, CanaryConfig};
 use crate::config::ProxyConfig;
 use crate::config::{ADMIN_MAX_CONNECTIONS, Config};
+use crate::solicit::SolicitConfig;
 use crate::state::{AppState, Metrics};
 
 /// Why the api-server could not start or stopped with an error.
@@ -93,7 +94,8 @@ pub async fn run(
     };
 
     let mut registry_cfg = RegistryConfig::new(d.ttl.get());
-    registry_cfg.hmac_keys = hmac_keys;
+    // The solicitation is signed with every key, so each data server finds the one it holds.
+    registry_cfg.hmac_keys = hmac_keys.clone();
     registry_cfg.allowed_networks = d.allowed_networks.clone();
     // Our own addresses can never register: the proxy would send requests to itself.
     registry_cfg.self_addrs = vec![listening.proxy.to_string(), listening.admin.to_string()];
@@ -111,9 +113,10 @@ pub async fn run(
         );
     }
     // Before the subscription and the listeners: the first request may already route to the saved servers.
-    if let Some(path) = &d.registry_file {
-        crate::saved_registry::load(path, &registry);
-    }
+    let saved_servers = d
+        .registry_file
+        .as_ref()
+        .map_or(0, |path| crate::saved_registry::load(path, &registry));
     let balancer = Balancer::new(
         registry.clone(),
         BalancerConfig {
@@ -160,6 +163,25 @@ pub async fn run(
     tracing::info!(%instance, topic = %d.topic, %channel, strategy = config.balancer.strategy.as_str(), "subscribed");
 
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    if d.solicit {
+        let conns = state.clone();
+        tasks.push(tokio::spawn(crate::solicit::solicit_at_start(
+            SolicitConfig {
+                topic: d.solicit_topic(),
+                heartbeat_topic: d.topic.clone(),
+                instance: instance.clone(),
+                rate: d.solicit_rate,
+                saved_servers,
+                lookupd_http_addresses: lookupd.clone(),
+                nsqd_tcp_addresses: nsqd.clone(),
+                keys: hmac_keys,
+                conn: nsq_conn.clone(),
+                poll_interval: d.lookupd_poll_interval.get(),
+            },
+            move || conns.heartbeat_connections(),
+            shutdown.clone(),
+        )));
+    }
     let conns = state.clone();
     tasks.push(tokio::spawn(canary::run(
         CanaryConfig {

@@ -10,22 +10,23 @@ use discovery::{Registry, SavedRegistry};
 use svc::Shutdown;
 use tokio::time::Instant;
 
-/// Loads `path` into `registry` as unconfirmed servers. A missing file loads nothing; an unreadable or malformed
-/// one is logged and ignored: the api-server then waits for heartbeats, as without the file.
-pub(crate) fn load(path: &Path, registry: &Registry) {
+/// Loads `path` into `registry` as unconfirmed servers and returns how many the file held (the start-up
+/// solicitation sizes its spread by it). A missing file loads nothing; an unreadable or malformed one is logged and
+/// ignored: the api-server then waits for heartbeats (or solicits them), as without the file.
+pub(crate) fn load(path: &Path, registry: &Registry) -> usize {
     let text = match std::fs::read(path) {
         Ok(text) => text,
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return 0,
         Err(err) => {
             tracing::warn!(path = %path.display(), %err, "cannot read the saved registry; starting empty");
-            return;
+            return 0;
         }
     };
     let saved: SavedRegistry = match serde_json::from_slice(&text) {
         Ok(saved) => saved,
         Err(err) => {
             tracing::warn!(path = %path.display(), %err, "malformed saved registry; starting empty");
-            return;
+            return 0;
         }
     };
     let (saved_servers, saved_at_ms) = (saved.servers.len(), saved.saved_at_ms);
@@ -37,6 +38,7 @@ pub(crate) fn load(path: &Path, registry: &Registry) {
         loaded,
         "saved registry loaded; its servers stay unconfirmed until heard from"
     );
+    saved_servers
 }
 
 /// Writes the registry to `path` every `interval` when membership changed since the last write, and once more at

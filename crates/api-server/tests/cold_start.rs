@@ -12,7 +12,7 @@ use testkit::NsqCluster;
 const SLOW_INTERVAL: &str = "60s";
 
 /// An api-server that saves its registry to a file in `_dir` (a TTL of 2 min), and two data servers it has heard
-/// from once.
+/// from once. It does not solicit (`tests/solicit.rs` covers that): what routes after a restart came from the file.
 struct Saving {
     cluster: NsqCluster,
     _dir: tempfile::TempDir,
@@ -28,7 +28,7 @@ async fn saving() -> Saving {
         "discovery.registry_file={}",
         dir.path().join("registry.json").display()
     );
-    let api = api_server(&cluster, "2m", &[&file]).await;
+    let api = api_server(&cluster, "2m", &[&file, "discovery.solicit=false"]).await;
     let servers = data_servers(&cluster, 2, SLOW_INTERVAL).await;
     wait_servers(&api, 2).await;
     Saving {

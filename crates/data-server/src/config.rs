@@ -89,6 +89,10 @@ pub struct AnnounceConfig {
     /// File holding the shared HMAC key; heartbeats are signed when set (never a flag value,
     /// so the key stays out of `ps`).
     pub hmac_key_file: Option<PathBuf>,
+    /// Answer a starting api-server's solicitations with a heartbeat (ARCHITECTURE.md §4.2 "Cold start").
+    pub answer_solicitations: bool,
+    /// Topic of the solicitations (default `<topic>.solicit#ephemeral`).
+    pub solicit_topic: Option<String>,
 }
 
 impl Default for AnnounceConfig {
@@ -99,7 +103,18 @@ impl Default for AnnounceConfig {
             interval: HumanDuration::new(discovery::DEFAULT_INTERVAL),
             jitter: Fraction::clamped(discovery::DEFAULT_JITTER),
             hmac_key_file: None,
+            answer_solicitations: true,
+            solicit_topic: None,
         }
+    }
+}
+
+impl AnnounceConfig {
+    /// The solicitation topic in effect: `solicit_topic`, else [`discovery::solicit_topic`] of `topic`.
+    pub fn solicit_topic(&self) -> String {
+        self.solicit_topic
+            .clone()
+            .unwrap_or_else(|| discovery::solicit_topic(&self.topic))
     }
 }
 
@@ -189,6 +204,13 @@ impl Validate for Config {
                 "announce.topic",
                 "1-64 characters of [.a-zA-Z0-9_-], optionally ending in #ephemeral",
                 format!("{:?}", announce.topic),
+            ));
+        }
+        if nsq::validate_topic(&announce.solicit_topic()).is_err() {
+            return Err(Invalid::new(
+                "announce.solicit_topic",
+                "1-64 characters of [.a-zA-Z0-9_-], optionally ending in #ephemeral",
+                format!("{:?}", announce.solicit_topic()),
             ));
         }
         announce.interval.require_positive("announce.interval")?;
@@ -346,6 +368,11 @@ mod tests {
         let config = load(&[]).unwrap();
         assert_eq!(config.announce.topic, "data_server_addr");
         assert_eq!(config.announce.interval, HumanDuration::from_secs(5));
+        assert!(config.announce.answer_solicitations);
+        assert_eq!(
+            config.announce.solicit_topic(),
+            "data_server_addr.solicit#ephemeral"
+        );
         assert_eq!(
             config.advertise_for("127.0.0.1:9".parse().unwrap()),
             "127.0.0.1:9"
@@ -376,6 +403,7 @@ mod tests {
             ("server.advertise=0.0.0.0:80", "server.advertise"),
             ("announce.jitter=1.0", "announce.jitter"),
             ("announce.topic=a b", "announce.topic"),
+            ("announce.solicit_topic=a b", "announce.solicit_topic"),
             (
                 "announce.hmac_key_file=/does/not/exist",
                 "announce.hmac_key_file",

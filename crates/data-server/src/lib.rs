@@ -9,6 +9,8 @@
 //!   either limit gets 507 Insufficient Storage.
 //! - [`run`] / [`serve`]: bind, announce, serve, and shut down in order: leaving heartbeat,
 //!   stop accepting, drain in-flight requests.
+//! - Both modes answer a starting api-server's solicitation with a heartbeat (`announce.answer_solicitations`,
+//!   [`discovery::Responder`]), so it routes at once instead of after one interval.
 //! - [`run_sidecar`]: announce another service while its health URL answers 2xx.
 //! - [`keygen`]: write a new random HMAC key for signing heartbeats (`data-server keygen --out FILE`).
 //!

@@ -85,6 +85,26 @@ fn announcer_metrics(registry: &Registry, a: &Announcer) {
         "1 when the last heartbeat reached an nsqd.",
         move || reachable() as i64,
     );
+    let solicited = a.clone();
+    registry.counter_family_fn(
+        "data_server_solicitations_total",
+        "Solicitations received from starting api-servers, by outcome (answered, duplicate, rate_limited, rejected, malformed, stale).",
+        move || {
+            solicited
+                .stats()
+                .solicitations
+                .by_outcome()
+                .into_iter()
+                .map(|(outcome, n)| (vec![("outcome", outcome.to_string())], n))
+                .collect()
+        },
+    );
+    let subscribed = a.clone();
+    registry.gauge_fn(
+        "data_server_solicitations_subscribed",
+        "1 while subscribed to solicitations on at least one nsqd.",
+        move || i64::from(subscribed.stats().solicitations.subscribed),
+    );
     let a = a.clone();
     registry.counter_family_fn(
         "data_server_publish_failures_total",
@@ -113,6 +133,7 @@ mod tests {
             "data_server_requests_total{route=\"/whoami\"} 1",
             "data_server_heartbeats_sent_total 0",
             "data_server_publish_failures_total{nsqd=\"127.0.0.1:4150\"} 0",
+            "data_server_solicitations_total{outcome=\"rate_limited\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }

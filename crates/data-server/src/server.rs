@@ -88,12 +88,15 @@ pub async fn serve(
     let health = state.clone();
     // The loop ends with `leave()`; shutdown order is driven from here, not by the loop.
     let heartbeats = announcer.spawn(move || health.is_ready(), std::future::pending());
+    let ready = state.clone();
+    let responder = answer_solicitations(&config, &announcer, move || ready.is_ready());
     println!("listening on {bound}");
     tracing::info!(%id, %advertise, nsqd = ?announcer.config().nsqd_tcp_addresses, "data-server listening on {bound}");
 
     tokio::select! {
         () = shutdown.wait() => {}
         result = &mut server => {
+            drop(responder);
             // The server stopped by itself: still leave, so nobody routes here.
             let _ = announcer.leave().await;
             heartbeats.abort();
@@ -106,6 +109,10 @@ pub async fn serve(
     }
 
     let limit = config.shutdown_timeout();
+    // No solicited `up` may follow the leaving heartbeat (the announcer refuses one anyway).
+    if let Some(responder) = responder {
+        responder.stop(CLOSE_TIMEOUT).await;
+    }
     // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes.
     match with_timeout(announcer.leave(), limit).await {
         Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
@@ -124,4 +131,27 @@ pub async fn serve(
     }
     announcer.close(CLOSE_TIMEOUT).await;
     Ok(())
+}
+
+/// Subscribes to solicitations when `announce.answer_solicitations` is on. A failure is logged and costs only the
+/// solicited heartbeats: the periodic ones go on.
+pub(crate) fn answer_solicitations(
+    config: &Config,
+    announcer: &Announcer,
+    health: impl discovery::Health,
+) -> Option<discovery::Responder> {
+    if !config.announce.answer_solicitations {
+        return None;
+    }
+    let mut cfg = discovery::SolicitationConfig::for_announcer(announcer);
+    cfg.topic = config.announce.solicit_topic();
+    match announcer.answer_solicitations(cfg, health) {
+        Ok(responder) => Some(responder),
+        Err(err) => {
+            tracing::warn!(
+                "cannot subscribe to solicitations: {err}; heartbeats still go out on schedule"
+            );
+            None
+        }
+    }
 }

@@ -52,10 +52,14 @@ pub async fn run_sidecar(
             }
         }
     });
+    let responder = crate::server::answer_solicitations(&config, &announcer, health.clone());
     let heartbeats = announcer.spawn(health, std::future::pending());
     println!("announcing {addr} as {id} while {health_url} answers 2xx");
     tracing::info!(%id, %addr, %health_url, "sidecar started");
     shutdown.wait().await;
+    if let Some(responder) = responder {
+        responder.stop(Duration::from_secs(1)).await;
+    }
     match with_timeout(announcer.leave(), config.shutdown_timeout()).await {
         Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
         Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),

@@ -4,6 +4,8 @@
 //! Modules that do I/O, through the [`nsq`] client crate:
 //! - `announce`: the [`Announcer`] publishes this server's [`Heartbeat`] to a random nsqd every interval (with
 //!   jitter) while a [`Health`] check passes, fails over between nsqd, and publishes `leaving` on shutdown.
+//! - `solicit`: a data server's [`Responder`] answers an api-server's [`Solicitation`] (published at its start)
+//!   with an ordinary heartbeat after a random delay, once per nonce and at most once per [`MIN_ANSWER_GAP`].
 //! - `subscribe`: [`subscribe`] starts an NSQ consumer of the heartbeat topic (nsqd found through nsqlookupd, or
 //!   given directly) that feeds every message into a [`Registry`].
 //!
@@ -46,6 +48,7 @@ mod event;
 mod heartbeat;
 mod registry;
 mod reject;
+mod solicit;
 mod subscribe;
 
 pub use announce::{
@@ -66,4 +69,9 @@ pub use registry::{
     Registry, RegistryConfig, RegistryView, SAVED_FORMAT, SavedRegistry, SavedServer, ServerView,
 };
 pub use reject::{RejectReason, Rejection};
+pub use solicit::{
+    MAX_SOLICIT_FIELD_BYTES, MAX_SOLICITATION_BYTES, MIN_ANSWER_GAP, Responder,
+    SOLICIT_TOPIC_SUFFIX, SOLICIT_VERSION, SOLICITATION_MAX_AGE, SolicitError, Solicitation,
+    SolicitationConfig, SolicitationStats, solicit_channel, solicit_topic,
+};
 pub use subscribe::{HEARTBEAT_OUTPUT_BUFFER, SubscriptionConfig, subscribe};

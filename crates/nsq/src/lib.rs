@@ -47,7 +47,7 @@ pub use consumer::{
     Consumer, ConsumerConfig, ConsumerStats, Handler, HandlerError, Message, StopReport,
 };
 pub use error::{Error, Result, is_fatal_code};
-pub use lookup::Lookupd;
+pub use lookup::{Lookupd, TopicLookup};
 pub use message::{MESSAGE_ID_LEN, MessageId, RawMessage};
 pub use names::{is_ephemeral, validate_channel, validate_topic};
 pub use producer::{Producer, ProducerConfig};

@@ -20,10 +20,22 @@ struct Producer {
     tcp_port: u16,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct LookupBody {
     #[serde(default)]
     producers: Vec<Producer>,
+    #[serde(default)]
+    channels: Vec<String>,
+}
+
+/// One topic as nsqlookupd lists it ([`Lookupd::lookup_topic`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicLookup {
+    /// nsqd TCP addresses (`host:port`) that have the topic.
+    pub producers: Vec<String>,
+    /// The topic's channels, each name once.
+    pub channels: Vec<String>,
 }
 
 /// Queries nsqlookupd's HTTP API.
@@ -54,6 +66,21 @@ impl Lookupd {
         parse_lookup(&body.unwrap_or_default()).map_err(|reason| Error::Lookup {
             addr: lookupd.to_string(),
             reason,
+        })
+    }
+
+    /// What `lookupd` lists for `topic`: its nsqd, as [`lookup`](Self::lookup) returns them, and its channels (on
+    /// any nsqd, each name once), in one query. An unknown topic has neither.
+    pub async fn lookup_topic(&self, lookupd: &str, topic: &str) -> Result<TopicLookup> {
+        let body = self.get(lookupd, &lookup_path(topic)).await?;
+        let err = |reason| Error::Lookup {
+            addr: lookupd.to_string(),
+            reason,
+        };
+        let body = body.unwrap_or_default();
+        Ok(TopicLookup {
+            producers: parse_lookup(&body).map_err(err)?,
+            channels: parse_body(&body).map_err(err)?.channels,
         })
     }
 
@@ -169,29 +196,7 @@ fn lookup_path(topic: &str) -> String {
 /// Parses a `/lookup` (or `/nodes`) body in the v1 format or the legacy `{status_code, data}`
 /// wrapper: the producers' TCP addresses. An empty body (a 404) lists none.
 pub(crate) fn parse_lookup(body: &[u8]) -> std::result::Result<Vec<String>, String> {
-    if body.is_empty() {
-        return Ok(Vec::new());
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
-    let v = match v {
-        serde_json::Value::Object(mut m) if m.contains_key("status_code") => {
-            let code = m
-                .get("status_code")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            if code == 404 {
-                return Ok(Vec::new());
-            }
-            if code != 200 {
-                return Err(format!("status_code {code}"));
-            }
-            m.remove("data").unwrap_or_default()
-        }
-        other => other,
-    };
-    let body: LookupBody =
-        serde_json::from_value(v).map_err(|e| format!("unexpected JSON: {e}"))?;
+    let body = parse_body(body)?;
     Ok(body
         .producers
         .into_iter()
@@ -203,6 +208,32 @@ pub(crate) fn parse_lookup(body: &[u8]) -> std::result::Result<Vec<String>, Stri
             }
         })
         .collect())
+}
+
+/// A `/lookup` or `/nodes` answer in either format; an empty body or a legacy 404 is an empty answer.
+fn parse_body(body: &[u8]) -> std::result::Result<LookupBody, String> {
+    if body.is_empty() {
+        return Ok(LookupBody::default());
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let v = match v {
+        serde_json::Value::Object(mut m) if m.contains_key("status_code") => {
+            let code = m
+                .get("status_code")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            if code == 404 {
+                return Ok(LookupBody::default());
+            }
+            if code != 200 {
+                return Err(format!("status_code {code}"));
+            }
+            m.remove("data").unwrap_or_default()
+        }
+        other => other,
+    };
+    serde_json::from_value(v).map_err(|e| format!("unexpected JSON: {e}"))
 }
 
 #[cfg(test)]
@@ -220,6 +251,8 @@ mod tests {
         assert_eq!(parse_lookup(legacy).unwrap(), vec!["h:1"]);
         let missing = br#"{"status_code":404,"status_txt":"TOPIC_NOT_FOUND","data":null}"#;
         assert!(parse_lookup(missing).unwrap().is_empty());
+        assert_eq!(parse_body(v1).unwrap().channels, vec!["c"]);
+        assert!(parse_body(missing).unwrap().channels.is_empty());
         assert!(parse_lookup(b"<html>").is_err());
         assert!(parse_lookup(br#"{"producers":[{"tcp_port":"x"}]}"#).is_err());
     }

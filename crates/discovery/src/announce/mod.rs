@@ -33,6 +33,7 @@ pub use health::{AlwaysHealthy, AsyncHealth, Health};
 pub use report::{AnnounceError, AnnouncerStats};
 
 use crate::heartbeat::{Heartbeat, State};
+use crate::solicit::SolicitCounters;
 use transport::{Delivery, Transport};
 
 /// First retry delay after a tick no nsqd took; doubles per failure, capped at the interval.
@@ -98,6 +99,7 @@ struct Counters {
     per_nsqd: Mutex<Vec<(String, u64)>>,
     // The nsqd whose last publish failed: their failures are logged on the change only.
     failing: Mutex<HashSet<String>>,
+    solicit: SolicitCounters,
 }
 
 impl std::fmt::Debug for Announcer {
@@ -284,7 +286,13 @@ impl Announcer {
             healthy: !c.unhealthy.load(Ordering::Relaxed),
             reachable: !c.unreachable.load(Ordering::Relaxed),
             left: *self.inner.left.borrow(),
+            solicitations: c.solicit.snapshot(),
         }
+    }
+
+    /// The counters of the solicitations answered for this announcer (`solicit/mod.rs`).
+    pub(crate) fn solicit_counters(&self) -> &SolicitCounters {
+        &self.inner.counters.solicit
     }
 
     fn sequence(&self) -> std::sync::MutexGuard<'_, Sequence> {
@@ -396,7 +404,7 @@ pub(crate) fn retry_delay(failures: u32, interval: Duration) -> Duration {
     RETRY_BASE.saturating_mul(1 << doublings).min(interval)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -41,4 +41,6 @@ pub struct AnnouncerStats {
     pub reachable: bool,
     /// Whether [`Announcer::leave`](crate::Announcer::leave) was called.
     pub left: bool,
+    /// What became of the solicitations received ([`Announcer::answer_solicitations`](crate::Announcer::answer_solicitations)).
+    pub solicitations: crate::SolicitationStats,
 }

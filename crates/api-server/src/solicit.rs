@@ -1,0 +1,187 @@
+//! The start-up solicitation (ARCHITECTURE.md §4.2 "Cold start"): once the heartbeat consumer is subscribed on the
+//! nsqd it knows, one [`discovery::Solicitation`] goes to every nsqd, and every data server answers with a
+//! heartbeat within the spread it names, so a first start routes within milliseconds instead of one interval.
+//!
+//! The spread keeps a large fleet from answering in one burst: answers should arrive at about
+//! `discovery.solicit_rate` (default 20,000/s, the steady heartbeat rate of 100,000 servers every 5 s that the
+//! registry is built for), so spread = known servers / rate. Known servers: the larger of what the saved registry
+//! held and the channels nsqlookupd lists on the solicitation topic (every data server that answers has one). A
+//! handful of servers get a spread of 0 (they answer at once); 100,000 get 5 s. Each data server caps it by its own
+//! interval, since its next heartbeat would come by then anyway.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use discovery::{HmacKey, Solicitation};
+use svc::Shutdown;
+use tokio::time::Instant;
+
+/// How long the solicitation waits for the heartbeat consumer to be subscribed on every known nsqd: an answer
+/// published through an nsqd before our channel exists there is lost to us. After this it goes out as soon as
+/// at least one connection is up (a start during an NSQ outage solicits when NSQ comes back).
+pub const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How often the consumer's connections are checked while waiting: often at first (each ms here is a ms before the
+/// first routed request), rarely once [`SUBSCRIBE_WAIT`] is over (NSQ is down: nothing to hurry for).
+const POLL: Duration = Duration::from_millis(2);
+const POLL_DURING_OUTAGE: Duration = Duration::from_millis(100);
+/// Bound on one nsqlookupd query and on one publish.
+const NSQ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the solicitation needs to know.
+#[derive(Debug, Clone)]
+pub struct SolicitConfig {
+    /// The solicitation topic.
+    pub topic: String,
+    /// The heartbeat topic (its producers are solicited too).
+    pub heartbeat_topic: String,
+    /// This instance's name, written into the solicitation.
+    pub instance: String,
+    /// Answers per second to aim at.
+    pub rate: f64,
+    /// Servers the saved registry held at start.
+    pub saved_servers: usize,
+    /// nsqlookupd HTTP addresses.
+    pub lookupd_http_addresses: Vec<String>,
+    /// nsqd TCP addresses always solicited.
+    pub nsqd_tcp_addresses: Vec<String>,
+    /// Signing keys (one signature each); empty: unsigned.
+    pub keys: Vec<HmacKey>,
+    /// Connection settings (TLS, AUTH).
+    pub conn: nsq::Config,
+    /// How often nsqlookupd is asked again while no nsqd is reachable.
+    pub poll_interval: Duration,
+}
+
+/// The spread for `servers` answers at `rate` per second; the message carries whole ms, so a handful (less than
+/// 1 ms of answers) get 0 and answer at once.
+pub fn spread_for(servers: usize, rate: f64) -> Duration {
+    Duration::from_secs_f64(servers as f64 / rate.max(1.0))
+}
+
+/// What nsqlookupd and the configuration say: the nsqd the heartbeat consumer should be on, every nsqd to
+/// solicit, and the data servers subscribed to solicitations.
+#[derive(Debug, Default)]
+struct Known {
+    heartbeat_nsqd: BTreeSet<String>,
+    all_nsqd: BTreeSet<String>,
+    solicit_channels: usize,
+}
+
+async fn learn(http: &nsq::Lookupd, cfg: &SolicitConfig) -> Known {
+    let mut known = Known::default();
+    known
+        .heartbeat_nsqd
+        .extend(cfg.nsqd_tcp_addresses.iter().cloned());
+    let mut channels = BTreeSet::new();
+    for lookupd in &cfg.lookupd_http_addresses {
+        let (heartbeat, solicit) = tokio::join!(
+            http.lookup(lookupd, &cfg.heartbeat_topic),
+            http.lookup_topic(lookupd, &cfg.topic),
+        );
+        match heartbeat {
+            Ok(addrs) => known.heartbeat_nsqd.extend(addrs),
+            Err(err) => tracing::debug!(%lookupd, "solicitation: nsqlookupd lookup failed: {err}"),
+        }
+        if let Ok(solicit) = solicit {
+            known.all_nsqd.extend(solicit.producers);
+            channels.extend(solicit.channels);
+        }
+    }
+    known.all_nsqd.extend(known.heartbeat_nsqd.iter().cloned());
+    known.solicit_channels = channels.len();
+    known
+}
+
+/// Publishes the start-up solicitation once the heartbeat consumer is subscribed (see [`SUBSCRIBE_WAIT`]);
+/// `heartbeat_connections` reads the consumer's open connections.
+pub async fn solicit_at_start(
+    cfg: SolicitConfig,
+    heartbeat_connections: impl Fn() -> i64,
+    shutdown: Shutdown,
+) {
+    let http = match nsq::Lookupd::with_tls(NSQ_TIMEOUT, cfg.conn.tls.as_ref()) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::warn!("solicitation: cannot build the nsqlookupd client: {err}");
+            return;
+        }
+    };
+    let started = Instant::now();
+    let mut known = learn(&http, &cfg).await;
+    let mut next_lookup = Instant::now() + cfg.poll_interval;
+    loop {
+        let connections = usize::try_from(heartbeat_connections()).unwrap_or(0);
+        let all_subscribed = connections >= known.heartbeat_nsqd.len().max(1);
+        if all_subscribed || (connections > 0 && started.elapsed() >= SUBSCRIBE_WAIT) {
+            break;
+        }
+        if Instant::now() >= next_lookup {
+            known = learn(&http, &cfg).await;
+            next_lookup = Instant::now() + cfg.poll_interval;
+        }
+        let pause = if started.elapsed() < SUBSCRIBE_WAIT {
+            POLL
+        } else {
+            POLL_DURING_OUTAGE
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.wait() => return,
+        }
+    }
+    let servers = known.solicit_channels.max(cfg.saved_servers);
+    let spread = spread_for(servers, cfg.rate);
+    let body = Solicitation::new(&cfg.instance, spread).encode(&cfg.keys);
+    let publishes = known.all_nsqd.iter().map(|addr| {
+        let (body, topic, conn) = (&body, &cfg.topic, cfg.conn.clone());
+        async move {
+            let producer = nsq::Producer::new(
+                addr.clone(),
+                nsq::ProducerConfig {
+                    conn,
+                    publish_timeout: NSQ_TIMEOUT,
+                    ..nsq::ProducerConfig::default()
+                },
+            )?;
+            let result = producer.publish(topic, body).await;
+            producer.close(Duration::from_millis(200)).await;
+            result
+        }
+    });
+    let results = futures::future::join_all(publishes).await;
+    let failed: Vec<String> = known
+        .all_nsqd
+        .iter()
+        .zip(&results)
+        .filter_map(|(addr, r)| r.as_ref().err().map(|e| format!("{addr}: {e}")))
+        .collect();
+    tracing::info!(
+        nsqd = known.all_nsqd.len(),
+        failed = failed.len(),
+        known_servers = servers,
+        spread_ms = spread.as_millis() as u64,
+        after_ms = started.elapsed().as_millis() as u64,
+        "solicitation published: data servers answer with a heartbeat"
+    );
+    if !failed.is_empty() {
+        tracing::warn!(
+            "solicitation not published on some nsqd: {}",
+            failed.join("; ")
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spread_keeps_answers_at_the_rate() {
+        let ms = |servers, rate| spread_for(servers, rate).as_millis();
+        assert_eq!(ms(3, 20_000.0), 0, "a handful answer at once");
+        assert_eq!(ms(19, 20_000.0), 0);
+        assert_eq!(ms(1_000, 20_000.0), 50);
+        assert_eq!(ms(100_000, 20_000.0), 5_000);
+        assert_eq!(ms(10_000, 1_000.0), 10_000);
+    }
+}

@@ -1,0 +1,189 @@
+//! A first start without a registry file routes at once: the api-server publishes a solicitation and every data
+//! server answers with a heartbeat (ARCHITECTURE.md §4.2 "Solicitation"). Data servers here heartbeat every 60 s
+//! and their first heartbeat is gone before the api-server subscribes, so only a solicitation explains routing.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use testkit::{NsqCluster, try_eventually};
+
+const SLOW_INTERVAL: &str = "60s";
+const SOLICIT_TOPIC: &str = "data_server_addr.solicit#ephemeral";
+
+/// A cluster whose heartbeat topic has a durable channel, as in a deployment with an archiver: without one, nsqd
+/// would keep the data servers' first heartbeats for the first api-server that subscribes.
+async fn cluster() -> NsqCluster {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    cluster
+        .create_topic(0, TOPIC, Some("archive"))
+        .await
+        .unwrap();
+    cluster
+}
+
+/// One sample of a data server's `/metrics`, 0 when absent.
+async fn ds_metric(ds: &DataServer, sample: &str) -> f64 {
+    let Ok(response) = client().get(ds.url("/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Waits until `sample` of `ds` reaches `at_least`.
+async fn wait_ds_metric(ds: &DataServer, sample: &str, at_least: f64) {
+    try_eventually(SOON, sample, || async {
+        Ok((ds_metric(ds, sample).await >= at_least).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", ds.log()));
+}
+
+/// A data server on the slow interval that has sent its first heartbeat and subscribed to solicitations.
+async fn ready_data_server(cluster: &NsqCluster, id: &str, extra: &[String]) -> DataServer {
+    let mut opts = testkit::DataServerOptions::new(cluster.nsqd_tcp_addresses())
+        .set(format!("server.id={id}"))
+        .set("announce.jitter=0");
+    opts.interval = SLOW_INTERVAL.to_owned();
+    opts.set.extend(extra.iter().cloned());
+    opts.envs.push(("RUST_LOG".to_owned(), "info".to_owned()));
+    let ds = DataServer::start_with(opts).await.unwrap();
+    wait_ds_metric(&ds, "data_server_heartbeats_sent_total", 1.0).await;
+    wait_ds_metric(&ds, "data_server_solicitations_subscribed", 1.0).await;
+    ds
+}
+
+fn solicited(outcome: &str) -> String {
+    format!("data_server_solicitations_total{{outcome=\"{outcome}\"}}")
+}
+
+async fn publish_solicitations(cluster: &NsqCluster, bodies: &[Vec<u8>]) {
+    let producer = nsq::Producer::new(cluster.nsqd_tcp(0).to_string(), Default::default()).unwrap();
+    for chunk in bodies.chunks(200) {
+        producer.multi_publish(SOLICIT_TOPIC, chunk).await.unwrap();
+    }
+    producer.close(Duration::from_secs(1)).await;
+}
+
+fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let path = dir.path().join("heartbeat.key");
+    let text = "5d2c7a1f0e9b8a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c";
+    std::fs::write(&path, format!("{text}\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_without_a_file_routes_long_before_the_next_heartbeat() {
+    let cluster = cluster().await;
+    let servers = [
+        ready_data_server(&cluster, "ds-0", &[]).await,
+        ready_data_server(&cluster, "ds-1", &[]).await,
+    ];
+    let started = Instant::now();
+    let api = api_server(&cluster, "2m", &[]).await;
+    let http = client();
+    let first = try_eventually(SOON, "a routed request", || async {
+        Ok(whoami(&http, &api).await.ok())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", api.log()));
+    assert!(
+        servers.iter().any(|s| s.id() == first),
+        "answered by {first}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "first answer {:?} after the start (heartbeats every {SLOW_INTERVAL})",
+        started.elapsed()
+    );
+    wait_servers(&api, 2).await;
+    for s in &servers {
+        assert_eq!(
+            ds_metric(s, &solicited("answered")).await,
+            1.0,
+            "{}",
+            s.log()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_solicitations_costs_at_most_a_couple_of_heartbeats() {
+    let cluster = cluster().await;
+    let ds = ready_data_server(&cluster, "ds-0", &[]).await;
+    let before = ds_metric(&ds, "data_server_heartbeats_sent_total").await;
+    let bodies: Vec<Vec<u8>> = (0..1000)
+        .map(|_| discovery::Solicitation::new("flood", Duration::ZERO).encode(&[]))
+        .collect();
+    publish_solicitations(&cluster, &bodies).await;
+    try_eventually(SOON, "1,000 solicitations counted", || async {
+        let mut n = 0.0;
+        for outcome in ["answered", "duplicate", "rate_limited"] {
+            n += ds_metric(&ds, &solicited(outcome)).await;
+        }
+        Ok((n >= 1000.0).then_some(()))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", ds.log()));
+    // Absence cannot be polled for: give an answer deferred by the rate limit its second, then count.
+    tokio::time::sleep(discovery::MIN_ANSWER_GAP + Duration::from_millis(500)).await;
+    let extra = ds_metric(&ds, "data_server_heartbeats_sent_total").await - before;
+    assert!(
+        (1.0..=3.0).contains(&extra),
+        "{extra} extra heartbeats for 1,000 solicitations"
+    );
+    assert!(ds_metric(&ds, &solicited("rate_limited")).await >= 990.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_key_only_signed_solicitations_are_answered() {
+    let cluster = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = key_file(&dir);
+    let ds = ready_data_server(
+        &cluster,
+        "ds-signed",
+        &[format!("announce.hmac_key_file={}", path.display())],
+    )
+    .await;
+    let unsigned = discovery::Solicitation::new("intruder", Duration::ZERO).encode(&[]);
+    let other = discovery::HmacKey::from_bytes(b"not the key").unwrap();
+    let wrong = discovery::Solicitation::new("intruder", Duration::ZERO).encode(&[other]);
+    publish_solicitations(&cluster, &[unsigned, wrong]).await;
+    wait_ds_metric(&ds, &solicited("rejected"), 2.0).await;
+    assert_eq!(ds_metric(&ds, &solicited("answered")).await, 0.0);
+
+    // An api-server holding the key solicits, and routes at once.
+    let api = api_server(
+        &cluster,
+        "2m",
+        &[&format!(
+            "discovery.hmac_key_files=[\"{}\"]",
+            path.display()
+        )],
+    )
+    .await;
+    wait_servers(&api, 1).await;
+    assert_eq!(ds_metric(&ds, &solicited("answered")).await, 1.0);
+    assert_eq!(ds_metric(&ds, &solicited("rejected")).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_publisher_that_never_answers_is_admitted_from_its_regular_heartbeat() {
+    let cluster = cluster().await;
+    let ds = ready_data_server(&cluster, "ds-0", &[]).await;
+    let api = api_server(&cluster, "2m", &[]).await;
+    wait_servers(&api, 1).await;
+    // What a Go service publishes (a bare host:port, like to_nsq): it does not read solicitations.
+    publish(&cluster, 0, b"127.0.0.1:1999").await;
+    api.wait_registry(SOON, "the Go publisher", |d| {
+        find_server(d, "127.0.0.1:1999").is_some()
+    })
+    .await
+    .unwrap();
+    assert!(find_server(&api.registry().await.unwrap(), ds.id()).is_some());
+}
