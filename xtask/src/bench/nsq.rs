@@ -142,14 +142,18 @@ async fn our_publish(addr: &str, conn: nsq::Config, topic: &str, a: &BenchArgs) 
     Ok(sent.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Messages per second no consumer reaches here: the backlog each side gets is this times the run's seconds.
+const CONSUME_CEILING_PER_S: u64 = 1_500_000;
+
 pub async fn consume(a: &BenchArgs) -> Result<Report> {
     let dir = tempfile::tempdir()?;
+    // Enough backlog that neither side runs dry. 600k msg/s was not generous: on a quiet machine both sides emptied
+    // it before the end, and both reported backlog / seconds (a ratio of 1.0 that measured nothing).
+    let backlog = (CONSUME_CEILING_PER_S * a.seconds) as usize;
     // Keep the backlog in memory: both sides then read at nsqd's best speed.
-    let args = vec!["--mem-queue-size=5000000".into()];
+    let args = vec![format!("--mem-queue-size={}", backlog + 1)];
     let (cluster, tls) = cluster(a.tls.then_some(dir.path()), args).await?;
     let addr = cluster.nsqd_tcp(0).to_string();
-    // Enough backlog that neither side runs dry: generous estimate of 600k msg/s.
-    let backlog = (600_000 * a.seconds) as usize;
     let topics: &[&str] = if a.tls {
         &["bench_plain", "bench_tls"]
     } else {
