@@ -109,15 +109,25 @@ pub async fn solicit_at_start(
     let started = Instant::now();
     let mut known = learn(&http, &cfg).await;
     let mut next_lookup = Instant::now() + cfg.poll_interval;
+    let mut last_lookup = Instant::now();
     loop {
         let connections = usize::try_from(heartbeat_connections()).unwrap_or(0);
+        // The consumer is on nsqd we do not know of (nsqlookupd failed or knew nothing when we asked, and answered
+        // the consumer later): ask again, at most every POLL_DURING_OUTAGE, so as not to publish to none.
+        if connections > known.heartbeat_nsqd.len() && last_lookup.elapsed() >= POLL_DURING_OUTAGE {
+            known = learn(&http, &cfg).await;
+            last_lookup = Instant::now();
+        }
+        let somewhere = !known.all_nsqd.is_empty();
         let all_subscribed = connections >= known.heartbeat_nsqd.len().max(1);
-        if all_subscribed || (connections > 0 && started.elapsed() >= SUBSCRIBE_WAIT) {
+        if somewhere && (all_subscribed || (connections > 0 && started.elapsed() >= SUBSCRIBE_WAIT))
+        {
             break;
         }
         if Instant::now() >= next_lookup {
             known = learn(&http, &cfg).await;
             next_lookup = Instant::now() + cfg.poll_interval;
+            last_lookup = Instant::now();
         }
         let pause = if started.elapsed() < SUBSCRIBE_WAIT {
             POLL

@@ -109,10 +109,6 @@ pub async fn serve(
     }
 
     let limit = config.shutdown_timeout();
-    // No solicited `up` may follow the leaving heartbeat (the announcer refuses one anyway).
-    if let Some(responder) = responder {
-        responder.stop(CLOSE_TIMEOUT).await;
-    }
     // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes.
     match with_timeout(announcer.leave(), limit).await {
         Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
@@ -128,6 +124,11 @@ pub async fn serve(
         Ok(Ok(Err(err))) => tracing::warn!("HTTP server: {err}"),
         Ok(Err(join)) => tracing::warn!("HTTP server task: {join}"),
         Err(timeout) => tracing::warn!("draining in-flight requests: {timeout}; exiting anyway"),
+    }
+    // The solicitation consumer last: its stop waits on nsqd (up to CLOSE_TIMEOUT) and must hold back neither the
+    // leaving heartbeat nor the drain; a solicited `up` after the leave is refused by the announcer.
+    if let Some(responder) = responder {
+        responder.stop(CLOSE_TIMEOUT).await;
     }
     announcer.close(CLOSE_TIMEOUT).await;
     Ok(())

@@ -57,13 +57,14 @@ pub async fn run_sidecar(
     println!("announcing {addr} as {id} while {health_url} answers 2xx");
     tracing::info!(%id, %addr, %health_url, "sidecar started");
     shutdown.wait().await;
-    if let Some(responder) = responder {
-        responder.stop(Duration::from_secs(1)).await;
-    }
     match with_timeout(announcer.leave(), config.shutdown_timeout()).await {
         Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
         Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),
         Err(timeout) => tracing::warn!("leaving heartbeat: {timeout}"),
+    }
+    // After the leave, which its stop (waiting on nsqd) must not delay; the announcer refuses a later `up`.
+    if let Some(responder) = responder {
+        responder.stop(Duration::from_secs(1)).await;
     }
     heartbeats.abort();
     announcer.close(Duration::from_secs(1)).await;

@@ -35,6 +35,9 @@ use crate::relay::write_paced;
 
 /// Bytes read at once from either side.
 const TUNNEL_BUFFER: usize = 16 * 1024;
+/// Reads one direction makes per poll before it lets the other move: a client uploading without pause must not
+/// starve the server's frames to it (tokio's per-task budget would otherwise go to the busy side every time).
+const READS_PER_POLL: usize = 8;
 /// Once one side has closed its half, how long the other may still send before the tunnel closes. WebSocket peers
 /// close right after each other; a peer that keeps a half-open connection must not hold the tunnel for the whole
 /// idle timeout.
@@ -257,6 +260,7 @@ impl Flow {
         to: &mut TcpStream,
         active: &mut bool,
     ) -> Poll<Result<(), Fault>> {
+        let mut reads = 0;
         loop {
             if self.done {
                 return Poll::Ready(Ok(()));
@@ -279,6 +283,12 @@ impl Flow {
                 }
                 self.done = true;
             } else {
+                if reads == READS_PER_POLL {
+                    // The other direction takes its turn in this poll, and the task is polled again at once.
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                reads += 1;
                 let mut read = ReadBuf::new(&mut self.buf);
                 match Pin::new(&mut *from).poll_read(cx, &mut read) {
                     Poll::Ready(Ok(())) => {
