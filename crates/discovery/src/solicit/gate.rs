@@ -1,6 +1,6 @@
 //! Which solicitations a data server answers, and when: each nonce once, at most one answer per
-//! [`MIN_ANSWER_GAP`], and every solicitation that arrives while an answer is pending is folded into it. Pure (time is
-//! passed in), so it is tested in virtual time.
+//! [`MIN_ANSWER_GAP`], and every solicitation that arrives while an answer is pending is folded into it (moving it
+//! earlier when it asks for less wait). Pure (time is passed in), so it is tested in virtual time.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -25,6 +25,10 @@ pub(crate) enum Admit {
     Duplicate,
     /// An answer is already pending: it answers this one too (it is published after this solicitation was).
     RateLimited,
+    /// An answer was pending for later than this one may wait: it is folded in and moved earlier, to this time. A
+    /// solicitation with a long spread (a hostile one, or another api-server's) cannot hold back the answer a
+    /// starting api-server asked to have at once.
+    Sooner(Instant),
 }
 
 #[derive(Debug, Default)]
@@ -51,15 +55,21 @@ impl Gate {
             return Admit::Duplicate;
         }
         self.seen.push_back((nonce.to_owned(), now));
-        if self.pending.is_some() {
-            return Admit::RateLimited;
-        }
         let mut at = now + delay;
         if let Some(last) = self.last_sent {
             at = at.max(last + MIN_ANSWER_GAP);
         }
-        self.pending = Some(at);
-        Admit::Answer(at)
+        match self.pending {
+            Some(pending) if pending <= at => Admit::RateLimited,
+            Some(_) => {
+                self.pending = Some(at);
+                Admit::Sooner(at)
+            }
+            None => {
+                self.pending = Some(at);
+                Admit::Answer(at)
+            }
+        }
     }
 
     /// When the pending answer is due, if one is.
@@ -115,6 +125,29 @@ mod tests {
         // Long after, the same nonce is forgotten only once it is older than the maximum age.
         let later = now + SOLICITATION_MAX_AGE + Duration::from_secs(1);
         assert_eq!(gate.admit("a", Duration::ZERO, later), Admit::Answer(later));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_spread_cannot_hold_back_an_answer_wanted_at_once() {
+        let mut gate = Gate::default();
+        let now = Instant::now();
+        let long = Duration::from_secs(5);
+        assert_eq!(gate.admit("slow", long, now), Admit::Answer(now + long));
+        assert_eq!(
+            gate.admit("urgent", Duration::ZERO, now),
+            Admit::Sooner(now)
+        );
+        assert!(gate.take_due(now), "answered at once");
+        // Still one answer per gap: the next, however urgent, waits for it.
+        let soon = now + Duration::from_millis(10);
+        assert_eq!(
+            gate.admit("next", Duration::ZERO, soon),
+            Admit::Answer(now + MIN_ANSWER_GAP)
+        );
+        assert_eq!(
+            gate.admit("again", Duration::ZERO, soon),
+            Admit::RateLimited
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -320,6 +320,11 @@ fn receive(
         }
         Admit::Duplicate => count(&counters.duplicate),
         Admit::RateLimited => count(&counters.rate_limited),
+        Admit::Sooner(_) => {
+            count(&counters.rate_limited);
+            // The answer task sleeps until the old time: it must look again.
+            shared.wake.notify_one();
+        }
     }
 }
 
@@ -329,7 +334,11 @@ async fn answer_when_due(announcer: Announcer, shared: Arc<Shared>, health: impl
         let due = lock(&shared.gate).pending();
         match due {
             None => shared.wake.notified().await,
-            Some(at) => tokio::time::sleep_until(at).await,
+            Some(at) => tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                // Moved earlier (`Admit::Sooner`): look at the new time.
+                () = shared.wake.notified() => continue,
+            },
         }
         let fire = lock(&shared.gate).take_due(Instant::now());
         if fire && health.check().await {
