@@ -265,22 +265,27 @@ fn spawn_connection(
             if lot.is_dead() {
                 worker.parking.set(false);
             }
-            stream = match TcpStream::from_std(refused.socket) {
-                Ok(stream) => stream,
+            (stream, guard, resumed) = match take_up(refused) {
+                Ok((stream, guard, taken)) => (stream, guard, Some(taken)),
                 Err(err) => {
                     tracing::debug!(%peer, "taking back a connection the lot refused: {err}; closed");
                     return;
                 }
             };
-            guard = refused.owner.guard;
-            resumed = Some(Resumed {
-                served: refused.served,
-                deadline: tokio::time::Instant::from_std(refused.deadline),
-                park_after: refused.park_after,
-                readable: false,
-            });
         }
     });
+}
+
+/// A parked connection back in tokio's reactor, with its open count and what its next task resumes from.
+fn take_up(parked: Parked<Owner>) -> std::io::Result<(TcpStream, WorkerGuard, Resumed)> {
+    let stream = TcpStream::from_std(parked.socket)?;
+    let resumed = Resumed {
+        served: parked.served,
+        deadline: tokio::time::Instant::from_std(parked.deadline),
+        park_after: parked.park_after,
+        readable: parked.readable,
+    };
+    Ok((stream, parked.owner.guard, resumed))
 }
 
 fn run_worker(
@@ -326,28 +331,20 @@ fn run_worker(
                 }
                 Message::Resume(parked) => {
                     let peer = parked.peer;
-                    let stream = match TcpStream::from_std(parked.socket) {
-                        Ok(stream) => stream,
+                    match take_up(parked) {
+                        Ok((stream, guard, resumed)) => spawn_connection(
+                            &worker,
+                            index,
+                            &lot,
+                            stream,
+                            peer,
+                            guard,
+                            Some(resumed),
+                        ),
                         Err(err) => {
-                            tracing::warn!(%peer, "registering a parked connection again: {err}");
-                            continue;
+                            tracing::warn!(%peer, "registering a parked connection again: {err}")
                         }
-                    };
-                    let resumed = Resumed {
-                        served: parked.served,
-                        deadline: tokio::time::Instant::from_std(parked.deadline),
-                        park_after: parked.park_after,
-                        readable: parked.readable,
-                    };
-                    spawn_connection(
-                        &worker,
-                        index,
-                        &lot,
-                        stream,
-                        peer,
-                        parked.owner.guard,
-                        Some(resumed),
-                    );
+                    }
                 }
                 Message::CloseIdle => {
                     worker.close_idle.set(true);
