@@ -10,6 +10,7 @@ use crate::message::{BatchOutcome, NewMessage, Position, StoredMessage};
 use crate::query::Range;
 use crate::replay::Progress;
 use crate::stats::Stats;
+use crate::wal_sync::WalSync;
 
 /// An open archive database. Every method blocks on I/O; see the module docs of each
 /// implementation for what its `Ok` guarantees.
@@ -30,6 +31,13 @@ pub trait Archive: Send + std::fmt::Debug {
     /// connection was lost during the commit, possibly all of it: a redelivery is then counted as
     /// a duplicate), so do not FIN: let nsqd redeliver.
     fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError>;
+
+    /// Moves the fsync of each commit to the returned [`WalSync`] (see [`crate::Store::defer_sync`]): from then
+    /// on `insert_batch`'s `Ok` means committed, and durable only after a `sync` started after it. `None` (the
+    /// default, and PostgreSQL's): commits stay durable when `insert_batch` returns.
+    fn defer_sync(&mut self) -> Result<Option<WalSync>, StoreError> {
+        Ok(None)
+    }
 
     /// One page of `range`, in original order (see [`Range`]).
     fn query(&self, range: &Range) -> Result<Vec<StoredMessage>, StoreError>;

@@ -10,6 +10,7 @@ use crate::query::Range;
 use crate::replay::Progress;
 use crate::stats::Stats;
 use crate::store::Store;
+use crate::wal_sync::WalSync;
 
 /// The database an archiver works on.
 #[derive(Debug, Clone)]
@@ -95,6 +96,10 @@ impl Archive for Store {
 
     fn insert_batch(&mut self, msgs: &[NewMessage<'_>]) -> Result<BatchOutcome, StoreError> {
         Store::insert_batch(self, msgs)
+    }
+
+    fn defer_sync(&mut self) -> Result<Option<WalSync>, StoreError> {
+        Store::defer_sync(self).map(Some)
     }
 
     fn query(&self, range: &Range) -> Result<Vec<StoredMessage>, StoreError> {

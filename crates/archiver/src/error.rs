@@ -106,6 +106,20 @@ pub enum StoreError {
         cause: rusqlite::Error,
     },
 
+    /// The fsync that makes committed batches durable failed ([`crate::WalSync`]): batches committed since the
+    /// last successful one may not be on disk. Not retried (a second fsync can succeed with the pages lost), and
+    /// fatal to the archiver: it stops finishing messages, so nsqd keeps them.
+    #[error(
+        "archive database {}: fsync of its WAL failed, so recently committed batches may not be on disk: {cause}",
+        path.display()
+    )]
+    SyncFailed {
+        /// The database file.
+        path: PathBuf,
+        /// What the system reported.
+        cause: std::io::Error,
+    },
+
     /// The PostgreSQL server cannot be reached, or the connection broke. Passing while the
     /// archiver runs (the batch is requeued and it reconnects); at start it is a setup problem.
     #[error("cannot reach archive database {database}: {reason}")]
@@ -161,6 +175,7 @@ impl StoreError {
             | Self::Corrupt { path, .. }
             | Self::ReadOnly { path, .. }
             | Self::DiskFull { path }
+            | Self::SyncFailed { path, .. }
             | Self::Busy { path, .. }
             | Self::Other { path, .. } => path,
         }

@@ -58,6 +58,7 @@ mod retention;
 mod schema;
 mod stats;
 mod store;
+mod wal_sync;
 
 pub use archive::Archive;
 pub use database::Database;
@@ -69,3 +70,4 @@ pub use replay::{Progress, ReplayJob};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use stats::{ArchiverStats, Stats, TopicStats};
 pub use store::Store;
+pub use wal_sync::WalSync;

@@ -141,8 +141,8 @@ pub(crate) fn range_filters(range: &Range) -> (String, Vec<(&'static str, &dyn T
 
 /// The SQL and named arguments of one page for a few topics.
 ///
-/// Each topic's first `limit` positions come from the `(topic_id, nsqd_ts_ns, seq)` index alone,
-/// already sorted; SQLite merges those short lists and only then fetches the rows picked. A
+/// Each topic's first `limit` positions come from the `(topic_id, nsqd_ts_ns, ..)` index alone
+/// (its entries end with the rowid, `seq`), sorted by timestamp, ties by `seq`; SQLite merges those short lists and only then fetches the rows picked. A
 /// single scan ordered by timestamp across topics would need a second timestamp index (bytes on
 /// every message) or a sort of the whole range.
 fn page_sql<'a>(
@@ -218,7 +218,7 @@ mod tests {
             let text = steps.join("\n");
             let index_reads = steps
                 .iter()
-                .filter(|s| s.contains("USING COVERING INDEX messages_topic_time (topic_id=?"))
+                .filter(|s| s.contains("USING COVERING INDEX messages_time_identity (topic_id=?"))
                 .count();
             assert_eq!(index_reads, ids.len(), "{text}");
             // Each arm is sorted again ("USE TEMP B-TREE" under its subquery) for the merge, but

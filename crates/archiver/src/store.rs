@@ -10,6 +10,7 @@ use crate::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
 use crate::error::{AtPath, StoreError};
 use crate::message::{BatchOutcome, NewMessage};
 use crate::schema;
+use crate::wal_sync::WalSync;
 
 /// How long a statement waits for another connection's write lock before failing with
 /// [`StoreError::Busy`]. Long enough to ride out a retention chunk or a checkpoint.
@@ -19,7 +20,7 @@ const INSERT_MESSAGE: &str = "
     INSERT INTO messages
         (topic_id, nsqd_id, msg_id, nsqd_ts_ns, attempts, archived_at_ms, body, archiver_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-    ON CONFLICT (topic_id, nsqd_id, msg_id) DO NOTHING";
+    ON CONFLICT (topic_id, nsqd_ts_ns, nsqd_id, msg_id) DO NOTHING";
 
 /// An open archive database: one SQLite connection.
 ///
@@ -87,6 +88,18 @@ impl Store {
             self.checkpointer = Some(Checkpointer::start(&self.path)?);
         }
         Ok(())
+    }
+
+    /// Moves the fsync of each commit off the caller's thread ([`WalSync`], group commit): from now on
+    /// [`insert_batch`](Self::insert_batch) returns once the batch is committed and written, and it is durable once
+    /// a [`WalSync::sync`] started after that return has returned. Until then, FIN nothing of it.
+    pub fn defer_sync(&mut self) -> Result<WalSync, StoreError> {
+        // Opened first: if it fails, commits stay synchronous.
+        let sync = WalSync::open(&self.path)?;
+        self.conn
+            .pragma_update(None, "synchronous", "NORMAL")
+            .at(&self.path)?;
+        Ok(sync)
     }
 
     /// Records `archiver` as the one storing the following batches (`None`: unattributed).

@@ -280,6 +280,63 @@ fn header_i32(path: &Path, offset: usize) -> i32 {
     i32::from_be_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
 
+/// Turns a current file's indexes back into those of versions 1 and 2.
+const V2_INDEXES: &str = "
+    DROP INDEX messages_time_identity;
+    CREATE UNIQUE INDEX messages_identity ON messages (topic_id, nsqd_id, msg_id);
+    CREATE INDEX messages_topic_time ON messages (topic_id, nsqd_ts_ns);";
+
+#[test]
+fn a_version_2_archive_is_migrated_to_one_index_and_still_recognises_redeliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    let mut store = Store::open(&path).unwrap();
+    let old = [
+        msg("t", "n:1", 10, 5, b"old-1"),
+        msg("t", "n:1", 11, 5, b"old-2"),
+        msg("t", "n:2", 10, 6, b"old-3"),
+    ];
+    insert(&mut store, &old);
+    drop(store);
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(&format!("{V2_INDEXES} PRAGMA user_version = 2;"))
+        .unwrap();
+
+    let mut store = Store::open(&path).unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i32 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+    let indexes: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'messages'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(indexes, ["messages_time_identity"]);
+    // Redeliveries of messages stored before the migration (nsqd keeps their timestamp) are recognised; a new
+    // message with an old id on another topic is not one.
+    let again = insert(
+        &mut store,
+        &[
+            old[1].clone(),
+            old[2].clone(),
+            msg("u", "n:1", 10, 5, b"new"),
+        ],
+    );
+    assert_eq!((again.inserted, again.duplicates), (1, 2));
+    let bodies: Vec<Vec<u8>> = store
+        .query(&Range::all(10))
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(bodies, [&b"old-1"[..], b"old-2", b"new", b"old-3"]);
+}
+
 #[test]
 fn a_version_1_archive_is_migrated_keeping_its_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -288,14 +345,15 @@ fn a_version_1_archive_is_migrated_keeping_its_messages() {
     {
         // Back to version 1's layout (no archivers), with one message in it.
         let conn = rusqlite::Connection::open(&path).unwrap();
-        conn.execute_batch(
-            "ALTER TABLE messages DROP COLUMN archiver_id; DROP TABLE archivers;
+        conn.execute_batch(&format!(
+            "{V2_INDEXES}
+             ALTER TABLE messages DROP COLUMN archiver_id; DROP TABLE archivers;
              INSERT INTO topics (name) VALUES ('t'); INSERT INTO nsqds (name) VALUES ('n:1');
              INSERT INTO messages (topic_id, nsqd_id, msg_id, nsqd_ts_ns, attempts,
                                    archived_at_ms, body)
                  VALUES (1, 1, CAST('000000000000000a' AS BLOB), 5, 1, 7, CAST('old' AS BLOB));
-             PRAGMA user_version = 1;",
-        )
+             PRAGMA user_version = 1;"
+        ))
         .unwrap();
     }
     let mut store = Store::open(&path).unwrap();

@@ -25,10 +25,12 @@ pub struct WriterMetrics {
     pub archived: Counter,
     /// Redeliveries recognised and not stored again.
     pub duplicates: Counter,
-    /// Time of each `insert_batch`, committed or not.
+    /// Time of each `insert_batch`, committed or not (on SQLite without its fsync, which `sync` times).
     pub commit: Histogram,
     /// Batches not stored (requeued).
     pub failed_batches: Counter,
+    /// Time of each fsync that makes committed SQLite batches durable (one may cover several batches).
+    pub sync: Histogram,
 }
 
 /// `archiver run`'s metrics.
@@ -50,6 +52,11 @@ pub fn for_run(registry: &Registry) -> WriterMetrics {
         failed_batches: registry.counter(
             "archiver_batches_failed_total",
             "Batches the database did not store; their messages were requeued.",
+        ),
+        sync: registry.histogram(
+            "archiver_wal_sync_duration_seconds",
+            "Time of each fsync of the SQLite WAL after commits; it may cover several batches (group commit).",
+            COMMIT_BUCKETS,
         ),
     }
 }

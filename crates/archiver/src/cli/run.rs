@@ -68,6 +68,8 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
     // Opened before subscribing: a bad database must not take a single message.
     let mut store = database.open_archiving()?;
     store.set_archiver(Some(&archiver_name));
+    // SQLite: commits return before their fsync, which the writer's flusher thread runs (group commit).
+    let sync = store.defer_sync()?;
     let shutdown = Shutdown::new();
     // A first SIGTERM/SIGINT drains, a second exits at once with svc::FORCED_EXIT_CODE; the
     // task keeps listening through the drain for that second one.
@@ -92,7 +94,7 @@ pub async fn run(config: Config, config_name: &str) -> anyhow::Result<()> {
         let shutdown = shutdown.clone();
         move |_| shutdown.trigger()
     };
-    let (writer_tx, writer) = writer::spawn(store, limits, on_fatal);
+    let (writer_tx, writer) = writer::spawn(store, sync, limits, on_fatal);
     let retention = match a.retention() {
         Some(keep) => Some(retention::spawn(
             database.open()?,

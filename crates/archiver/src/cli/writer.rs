@@ -3,13 +3,17 @@
 //!
 //! Handlers wait for that answer before returning, and only a successful commit lets them
 //! return `Ok` (which FINs the message): nothing is finished that is not stored.
+//!
+//! With a [`WalSync`] (SQLite), a committed batch is not durable yet: it goes to a second thread, the flusher,
+//! which fsyncs the WAL and only then answers it, while the writer inserts the next batch. The flusher takes every
+//! batch waiting when it starts an fsync, so one fsync covers several batches when the disk is slow (group commit).
 
-use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use archiver::{Archive, BatchOutcome, NewMessage, StoreError};
+use archiver::{Archive, BatchOutcome, NewMessage, StoreError, WalSync};
 use bytes::Bytes;
 #[cfg(test)]
 use tokio::sync::oneshot;
@@ -53,7 +57,7 @@ pub enum Reply {
 }
 
 impl Reply {
-    fn send(self, result: Result<(), StoreFailure>) {
+    fn send(self, result: Result<(), &StoreFailure>) {
         match (self, result) {
             (Reply::Message(m), Ok(())) => {
                 m.finish();
@@ -63,7 +67,7 @@ impl Reply {
             }
             #[cfg(test)]
             (Reply::Waiter(tx), r) => {
-                let _ = tx.send(r);
+                let _ = tx.send(r.map_err(Arc::clone));
             }
         }
     }
@@ -131,29 +135,109 @@ impl Sink for Box<dyn Archive> {
     }
 }
 
-/// Starts the writer thread. `on_fatal` is called once, from the writer thread, when a fatal
-/// store error happens; every message after it is refused (so it is requeued, never finished).
+/// Starts the writer thread, and with `sync` (from [`Archive::defer_sync`]) its flusher thread. `on_fatal` is
+/// called once, from either thread, when a fatal store error happens; every message after it is refused (so it
+/// is requeued, never finished).
 pub fn spawn(
     store: impl Sink,
+    sync: Option<WalSync>,
     limits: Limits,
     on_fatal: impl FnOnce(StoreFailure) + Send + 'static,
 ) -> (Sender<Command>, JoinHandle<Outcome>) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let fatal = Arc::new(Fatal {
+        error: OnceLock::new(),
+        tell: Mutex::new(Some(Box::new(on_fatal))),
+    });
+    let flusher = sync.map(|sync| Flusher::start(sync, Arc::clone(&fatal), limits.metrics.clone()));
     let handle = std::thread::Builder::new()
         .name("archive-writer".into())
-        .spawn(move || run(store, &rx, limits, on_fatal))
+        .spawn(move || run(store, &rx, limits, &fatal, flusher))
         .expect("spawning the writer thread");
     (tx, handle)
+}
+
+/// The first fatal error of the writer or the flusher, and whom to tell.
+struct Fatal {
+    error: OnceLock<StoreFailure>,
+    #[allow(clippy::type_complexity)]
+    tell: Mutex<Option<Box<dyn FnOnce(StoreFailure) + Send>>>,
+}
+
+impl Fatal {
+    fn get(&self) -> Option<&StoreFailure> {
+        self.error.get()
+    }
+
+    /// Records `err` unless an error came first, and tells the archiver once.
+    fn raise(&self, err: &StoreFailure) {
+        if self.error.set(Arc::clone(err)).is_ok() {
+            let tell = self.tell.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(tell) = tell {
+                tell(Arc::clone(err));
+            }
+        }
+    }
+}
+
+/// The flusher thread: fsyncs committed batches, then answers them.
+struct Flusher {
+    tx: Sender<Vec<Record>>,
+    thread: JoinHandle<()>,
+}
+
+impl Flusher {
+    fn start(mut sync: WalSync, fatal: Arc<Fatal>, metrics: Option<WriterMetrics>) -> Flusher {
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<Record>>();
+        let thread = std::thread::Builder::new()
+            .name("archive-fsync".into())
+            .spawn(move || {
+                // Once an fsync failed nothing after it is acknowledged: see WalSync's docs.
+                let mut failed: Option<StoreFailure> = None;
+                while let Ok(first) = rx.recv() {
+                    // Every batch here was committed before this fsync starts, so it covers them all.
+                    let mut waiting = vec![first];
+                    waiting.extend(rx.try_iter());
+                    if failed.is_none() {
+                        let started = Instant::now();
+                        if let Err(err) = sync.sync() {
+                            let err = Arc::new(err);
+                            tracing::error!(
+                                messages = waiting.iter().map(Vec::len).sum::<usize>(),
+                                "committed batches not acknowledged, their messages are requeued: {err}"
+                            );
+                            fatal.raise(&err);
+                            failed = Some(err);
+                        }
+                        if let Some(m) = &metrics {
+                            m.sync.observe_duration(started.elapsed());
+                        }
+                    }
+                    let result = failed.as_ref().map_or(Ok(()), Err);
+                    for r in waiting.into_iter().flatten() {
+                        r.reply.send(result);
+                    }
+                }
+            })
+            .expect("spawning the fsync thread");
+        Flusher { tx, thread }
+    }
+
+    /// Answers everything handed over, then stops.
+    fn finish(self) {
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 fn run<S: Sink>(
     mut store: S,
     rx: &Receiver<Command>,
     limits: Limits,
-    on_fatal: impl FnOnce(StoreFailure),
+    fatal: &Fatal,
+    flusher: Option<Flusher>,
 ) -> Outcome {
     let mut outcome = Outcome::default();
-    let mut on_fatal = Some(on_fatal);
     let mut batch: Vec<Record> = Vec::with_capacity(limits.batch_size);
     let mut stopping = false;
     let mut report = (Instant::now(), 0u64);
@@ -178,7 +262,8 @@ fn run<S: Sink>(
             &mut store,
             &mut batch,
             &mut outcome,
-            &mut on_fatal,
+            fatal,
+            flusher.as_ref(),
             limits.metrics.as_ref(),
         );
         if report.0.elapsed() >= REPORT_EVERY && outcome.inserted > report.1 {
@@ -201,9 +286,14 @@ fn run<S: Sink>(
         &mut store,
         &mut batch,
         &mut outcome,
-        &mut on_fatal,
+        fatal,
+        flusher.as_ref(),
         limits.metrics.as_ref(),
     );
+    if let Some(flusher) = flusher {
+        flusher.finish();
+    }
+    outcome.fatal = fatal.get().cloned();
     if outcome.fatal.is_none()
         && let Err(err) = store.checkpoint()
     {
@@ -216,13 +306,15 @@ fn commit<S: Sink>(
     store: &mut S,
     batch: &mut Vec<Record>,
     outcome: &mut Outcome,
-    on_fatal: &mut Option<impl FnOnce(StoreFailure)>,
+    fatal: &Fatal,
+    flusher: Option<&Flusher>,
     metrics: Option<&WriterMetrics>,
 ) {
     if batch.is_empty() {
         return;
     }
-    let result = match &outcome.fatal {
+    let refused = fatal.get().is_some();
+    let result = match fatal.get() {
         Some(fatal) => Err(Arc::clone(fatal)),
         None => {
             let msgs: Vec<NewMessage<'_>> = batch
@@ -264,21 +356,26 @@ fn commit<S: Sink>(
                 duplicates = done.duplicates,
                 "batch committed"
             );
-            for r in batch.drain(..) {
-                r.reply.send(Ok(()));
+            match flusher {
+                // The flusher outlives every batch sent to it: it stops only when the writer hands it over.
+                Some(flusher) => {
+                    let _ = flusher.tx.send(std::mem::take(batch));
+                }
+                None => {
+                    for r in batch.drain(..) {
+                        r.reply.send(Ok(()));
+                    }
+                }
             }
         }
         Err(err) => {
-            if outcome.fatal.is_none() {
+            if !refused {
                 if is_fatal(&err) {
                     tracing::error!(
                         messages = batch.len(),
                         "batch not stored, its messages are requeued: {err}"
                     );
-                    outcome.fatal = Some(Arc::clone(&err));
-                    if let Some(f) = on_fatal.take() {
-                        f(Arc::clone(&err));
-                    }
+                    fatal.raise(&err);
                 } else if !outcome.failing {
                     // Logged once per outage: a lost connection fails every batch until it is
                     // back, and the store logs its reconnection.
@@ -293,7 +390,7 @@ fn commit<S: Sink>(
                 }
             }
             for r in batch.drain(..) {
-                r.reply.send(Err(Arc::clone(&err)));
+                r.reply.send(Err(&err));
             }
         }
     }
@@ -327,7 +424,7 @@ mod tests {
             metrics: None,
         };
         let store: Box<dyn Archive> = Box::new(archiver::Store::open(&path).unwrap());
-        let (tx, handle) = spawn(store, limits, |_| {});
+        let (tx, handle) = spawn(store, None, limits, |_| {});
         let mut waits = Vec::new();
         for n in 0..5 {
             let (r, rx) = record(n);
@@ -346,6 +443,43 @@ mod tests {
         assert_eq!(
             archiver::Store::open(&path).unwrap().stats().unwrap().total,
             5
+        );
+    }
+
+    #[test]
+    fn with_deferred_fsync_every_message_is_answered_once_its_batch_is_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let mut store: Box<dyn Archive> = Box::new(archiver::Store::open(&path).unwrap());
+        let sync = store.defer_sync().unwrap();
+        assert!(sync.is_some(), "SQLite defers its fsync");
+        let limits = Limits {
+            batch_size: 3,
+            batch_latency: Duration::from_millis(20),
+            metrics: None,
+        };
+        let (tx, handle) = spawn(store, sync, limits, |_| {});
+        // Seven messages: two full batches, and one left for the latency bound.
+        let waits: Vec<_> = (0..7)
+            .map(|n| {
+                let (r, rx) = record(n);
+                tx.send(Command::Store(r)).unwrap();
+                rx
+            })
+            .collect();
+        for rx in waits {
+            rx.blocking_recv().unwrap().unwrap();
+        }
+        // A batch committed just before the stop is still synced and answered.
+        let (last, rx) = record(7);
+        tx.send(Command::Store(last)).unwrap();
+        tx.send(Command::Stop).unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+        let out = handle.join().unwrap();
+        assert_eq!((out.inserted, out.fatal.is_none()), (8, true));
+        assert_eq!(
+            archiver::Store::open(&path).unwrap().stats().unwrap().total,
+            8
         );
     }
 
@@ -381,7 +515,7 @@ mod tests {
             metrics: None,
         };
         let (told_tx, told) = std::sync::mpsc::channel();
-        let (tx, handle) = spawn(FullDisk { room: 1 }, limits, move |err| {
+        let (tx, handle) = spawn(FullDisk { room: 1 }, None, limits, move |err| {
             told_tx.send(err.to_string()).unwrap();
         });
         let send = |n| {
