@@ -34,23 +34,50 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
     let bins = release_bins(&["api-server", "data-server"])?;
     let connections = a.count.unwrap_or(WRK_CONNECTIONS);
     let cluster = NsqCluster::start(1).await?;
-    let data = start_data_servers(&bins, &cluster, &[None, None, None]).await?;
+    let mut data = start_data_servers(&bins, &cluster, &[None, None, None]).await?;
     let upstreams: Vec<SocketAddr> = data.iter().map(|d| d.listen_addr()).collect();
     let mut api = start_api(&bins, &cluster).await?;
     let mut nginx = Nginx::start(&upstreams, "").await?;
 
     let direct_addr = upstreams[0];
     let direct = wrk(direct_addr, connections, a.seconds).await?;
-    // CPU per proxied request of each proxy (nginx: master and workers): a figure that does not depend on how the
-    // two cores were shared with wrk and the data servers.
+    // nginx and the api-server in alternating one-second rounds (ABBA order), so that load which comes and goes on
+    // the machine falls on both alike: back-to-back runs of 5 s each gave ratios from 0.88 to 1.10 for the same
+    // two builds. CPU per proxied request of each proxy (nginx: master and workers) is counted over its rounds
+    // only: a figure that does not depend on how the two cores were shared with wrk and the data servers.
     let nginx_pid = nginx.pid()?;
-    let cpu0 = tree_cpu_ticks(nginx_pid)?;
-    let via_nginx = wrk(nginx.addr, connections, a.seconds).await?;
-    let nginx_cpu_us = cpu_us_per_request(tree_cpu_ticks(nginx_pid)? - cpu0, via_nginx.requests);
     let api_pid = api.process().pid().context("api-server pid")?;
-    let cpu0 = cpu_ticks(api_pid)?;
-    let via_api = wrk(api.proxy(), connections, a.seconds).await?;
-    let api_cpu_us = cpu_us_per_request(cpu_ticks(api_pid)? - cpu0, via_api.requests);
+    let (mut nginx_rounds, mut api_rounds) = (Vec::new(), Vec::new());
+    let (mut nginx_ticks, mut api_ticks) = (0, 0);
+    // The data servers' CPU behind each proxy: what the headers a proxy adds cost the backends.
+    let data_pids: Vec<u32> = data.iter_mut().filter_map(|d| d.process().pid()).collect();
+    let data_ticks = || -> Result<u64> { data_pids.iter().map(|&p| cpu_ticks(p)).sum() };
+    let (mut data_nginx_ticks, mut data_api_ticks) = (0, 0);
+    for round in 0..a.seconds.max(1) {
+        for api_side in [round % 2 == 1, round % 2 == 0] {
+            let data0 = data_ticks()?;
+            if api_side {
+                let cpu0 = cpu_ticks(api_pid)?;
+                api_rounds.push(wrk(api.proxy(), connections, 1).await?);
+                api_ticks += cpu_ticks(api_pid)? - cpu0;
+                data_api_ticks += data_ticks()? - data0;
+            } else {
+                let cpu0 = tree_cpu_ticks(nginx_pid)?;
+                nginx_rounds.push(wrk(nginx.addr, connections, 1).await?);
+                nginx_ticks += tree_cpu_ticks(nginx_pid)? - cpu0;
+                data_nginx_ticks += data_ticks()? - data0;
+            }
+        }
+    }
+    let via_nginx = Wrk::merge(&nginx_rounds);
+    let via_api = Wrk::merge(&api_rounds);
+    let nginx_cpu_us = cpu_us_per_request(nginx_ticks, via_nginx.requests);
+    let api_cpu_us = cpu_us_per_request(api_ticks, via_api.requests);
+    let round_ratios: Vec<f64> = api_rounds
+        .iter()
+        .zip(&nginx_rounds)
+        .map(|(a, n)| round3(a.requests_per_s / n.requests_per_s))
+        .collect();
 
     // Below saturation: half of the slowest measured maximum, at most FIXED_RATE.
     let rate = FIXED_RATE
@@ -91,7 +118,16 @@ pub async fn proxy(a: &BenchArgs) -> Result<Report> {
             .add(&format!("{name}_p99_ms"), round3(w.p99_ms))
             .add(&format!("{name}_errors"), w.non_2xx + w.socket_errors);
     }
-    r.add("nginx_cpu_us_per_request", nginx_cpu_us)
+    r.add("round_ratios", round_ratios)
+        .add(
+            "data_servers_cpu_us_per_request_behind_nginx",
+            cpu_us_per_request(data_nginx_ticks, via_nginx.requests),
+        )
+        .add(
+            "data_servers_cpu_us_per_request_behind_api_server",
+            cpu_us_per_request(data_api_ticks, via_api.requests),
+        )
+        .add("nginx_cpu_us_per_request", nginx_cpu_us)
         .add("api_server_cpu_us_per_request", api_cpu_us)
         .add("fixed_rate_req_per_s", rate.round())
         .add("fixed_rate_direct_p50_ms", round3(open_direct.p50_ms))
@@ -232,6 +268,25 @@ pub(super) struct Wrk {
     p99_ms: f64,
     non_2xx: u64,
     socket_errors: u64,
+}
+
+impl Wrk {
+    /// Rounds of equal length as one run: requests and errors summed, rates averaged, and the latency
+    /// percentiles those of the median round (by requests per second).
+    fn merge(rounds: &[Wrk]) -> Wrk {
+        let n = rounds.len().max(1) as f64;
+        let mut by_rate: Vec<&Wrk> = rounds.iter().collect();
+        by_rate.sort_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s));
+        let median = by_rate.get(by_rate.len() / 2);
+        Wrk {
+            requests: rounds.iter().map(|w| w.requests).sum(),
+            requests_per_s: rounds.iter().map(|w| w.requests_per_s).sum::<f64>() / n,
+            p50_ms: median.map_or(0.0, |w| w.p50_ms),
+            p99_ms: median.map_or(0.0, |w| w.p99_ms),
+            non_2xx: rounds.iter().map(|w| w.non_2xx).sum(),
+            socket_errors: rounds.iter().map(|w| w.socket_errors).sum(),
+        }
+    }
 }
 
 /// `wrk --latency` against `http://addr/whoami`.
