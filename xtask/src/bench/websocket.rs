@@ -3,7 +3,7 @@
 //!
 //! Every client is a closed loop: it sends one 64-byte binary message to the data server's `/ws` echo and waits for
 //! it to come back before sending the next, so messages per second and round-trip latency measure the hop. The
-//! sides take turns in one-second rounds over sockets opened once, so load that comes and goes on the shared
+//! sides take turns in one-second rounds over sockets opened once (nginx and the api-server alternately first), so load that comes and goes on the shared
 //! machine falls on both alike. Everything listens on 127.0.0.1, and every child process is stopped when the
 //! scenario returns, on error too (the handles stop their processes when dropped).
 
@@ -53,9 +53,12 @@ pub async fn websocket(a: &BenchArgs) -> Result<Report> {
         Side::connect("nginx", nginx.addr, sockets, Some(Cpu::Tree(nginx_pid))).await?,
         Side::connect("api_server", api.proxy(), sockets, Some(Cpu::Own(api_pid))).await?,
     ];
-    for _ in 0..a.seconds.max(1) {
-        for side in &mut sides {
-            side.round().await?;
+    // Direct first in every round; nginx and the api-server take turns at going first (ABBA), so neither always
+    // runs right after the other.
+    for round in 0..a.seconds.max(1) {
+        let order = if round % 2 == 0 { [0, 1, 2] } else { [0, 2, 1] };
+        for i in order {
+            sides[i].round().await?;
         }
     }
     for side in &mut sides {
