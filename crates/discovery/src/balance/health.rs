@@ -87,10 +87,11 @@ impl Balancer {
 
     /// Reports a successful request: the failure streak ends, and unless the server is ejected right now, so does
     /// the ejection streak (the next ejection starts again at the base time).
-    pub fn report_success(&self, id: &str) {
-        self.inner
-            .registry
-            .with_backend(id, |backend| backend.peer().record_success());
+    ///
+    /// Takes the server the request went to rather than its id: this runs once per proxied request, and the
+    /// caller holds the server already.
+    pub fn report_success(&self, backend: &Backend) {
+        backend.peer().record_success();
     }
 
     /// Returns ejected servers whose time is over to rotation and broadcasts [`EventKind::Recover`] for each.

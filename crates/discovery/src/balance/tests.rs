@@ -211,7 +211,7 @@ async fn ejection_grows_and_is_capped_and_recovers() {
     assert_eq!(stats.iter().find(|s| s.id == "a").unwrap().ejections, 7);
 
     // A success after recovery resets the growth.
-    balancer.report_success("a");
+    succeed(&balancer, "a");
     let outcome = balancer.report_failure("a", Instant::now());
     assert_eq!(outcome, FailureOutcome::Ejected(Duration::from_secs(1)));
     let stats = balancer.stats(Instant::now());
@@ -284,6 +284,52 @@ async fn all_ejected_still_routes_somewhere() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn health_reports_reach_every_server_of_a_large_registry_by_id() {
+    // Lookups by id are a binary search over the id-sorted snapshot: every one of many servers is found, in any
+    // order of joining, and an id between two others is not.
+    let registry = Registry::new(RegistryConfig::new(TTL)).unwrap();
+    let ids: Vec<String> = (0..1000)
+        .rev()
+        .map(|n| format!("data-{:04}", n * 2))
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        join(
+            &registry,
+            id,
+            &format!("10.0.{}.{}:80", n / 250, n % 250),
+            None,
+        );
+    }
+    let config = BalancerConfig {
+        failure_threshold: 2,
+        ..BalancerConfig::default()
+    };
+    let balancer = Balancer::new(registry, config).unwrap();
+    let now = Instant::now();
+    for id in &ids {
+        assert_eq!(
+            balancer.report_failure(id, now),
+            FailureOutcome::Counted,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        balancer.report_failure("data-0001", now),
+        FailureOutcome::Unknown
+    );
+    assert_eq!(
+        balancer.report_failure("data-9999", now),
+        FailureOutcome::Unknown
+    );
+    // A success ends the streak: the next failure is the first again.
+    succeed(&balancer, "data-1998");
+    assert_eq!(
+        balancer.report_failure("data-1998", now),
+        FailureOutcome::Counted
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn failure_threshold_needs_consecutive_failures() {
     let registry = Registry::new(RegistryConfig::new(TTL)).unwrap();
     for (id, addr) in [("a", "10.0.0.1:80"), ("b", "10.0.0.2:80")] {
@@ -297,7 +343,7 @@ async fn failure_threshold_needs_consecutive_failures() {
     let now = Instant::now();
     assert_eq!(balancer.report_failure("a", now), FailureOutcome::Counted);
     assert_eq!(balancer.report_failure("a", now), FailureOutcome::Counted);
-    balancer.report_success("a");
+    succeed(&balancer, "a");
     assert_eq!(balancer.report_failure("a", now), FailureOutcome::Counted);
     assert_eq!(balancer.report_failure("a", now), FailureOutcome::Counted);
     assert!(matches!(
@@ -497,4 +543,10 @@ async fn only_p2c_ewma_keeps_latency() {
     answered(&balancer, "a", SLOW);
     let live = balancer.registry().live(Instant::now());
     assert!(live.iter().all(|b| b.peer().latency_nanos(0).is_none()));
+}
+
+/// A successful request to server `id`.
+fn succeed(balancer: &Balancer, id: &str) {
+    let live = balancer.inner.registry.live_set(Instant::now());
+    balancer.report_success(live.find(id).expect("a live server"));
 }

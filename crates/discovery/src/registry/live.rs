@@ -26,7 +26,18 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// The server `id`: a binary search, as `backends` is sorted by id (a linear walk cost 100,000 comparisons per
+    /// lookup on a registry of 100,000 servers).
+    pub(crate) fn find(&self, id: &str) -> Option<&Arc<Backend>> {
+        self.backends
+            .binary_search_by(|b| b.id().cmp(id))
+            .ok()
+            .map(|i| &self.backends[i])
+    }
+
+    /// `backends` must be sorted by id.
     pub(crate) fn new(backends: Vec<Arc<Backend>>) -> Snapshot {
+        debug_assert!(backends.windows(2).all(|w| w[0].id() < w[1].id()));
         let unconfirmed = backends.iter().filter(|b| b.is_unconfirmed()).count();
         let cumulative_weights = backends
             .iter()
@@ -114,7 +125,7 @@ impl<'r> LiveSet<'r> {
 
     /// The server with this id, live or not yet swept.
     pub(crate) fn find(&self, id: &str) -> Option<&Arc<Backend>> {
-        self.snapshot.backends.iter().find(|b| b.id() == id)
+        self.snapshot.find(id)
     }
 
     /// The instant this set was taken at.

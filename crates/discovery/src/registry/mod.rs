@@ -535,17 +535,6 @@ impl Registry {
         )
     }
 
-    /// `f` applied to the server with this id (live or not yet swept), if there is one: for a caller that needs no
-    /// time, so no clock is read.
-    pub(crate) fn with_backend<R>(&self, id: &str, f: impl FnOnce(&Backend) -> R) -> Option<R> {
-        let snapshot = self.snapshot();
-        snapshot
-            .backends
-            .iter()
-            .find(|b| b.id() == id)
-            .map(|b| f(b))
-    }
-
     /// Counts changes of membership, addresses and weights: a saver compares it with the value at its last save.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)

@@ -429,7 +429,7 @@ fn server_status(w: &Worker, backend: &Backend, status: u16, facts: RequestFacts
     if judged.server_failed {
         report_failure(p, id);
     } else {
-        p.balancer.report_success(id);
+        p.balancer.report_success(backend);
     }
     judged.retry
 }
