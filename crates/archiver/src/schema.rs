@@ -166,8 +166,21 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
         Identity::Older(version) => version,
     };
     if from < SCHEMA_VERSION {
+        if from > 0 {
+            // Version 3 rebuilds the messages index: a pass over the whole table, minutes on a large archive.
+            tracing::info!(
+                path = %path.display(),
+                from,
+                to = SCHEMA_VERSION,
+                "migrating the archive's schema (a large archive takes a while; writers wait meanwhile)"
+            );
+        }
+        let started = std::time::Instant::now();
         for step in &MIGRATIONS[from as usize..] {
             tx.execute_batch(step).at(path)?;
+        }
+        if from > 0 {
+            tracing::info!(seconds = started.elapsed().as_secs_f64(), "archive schema migrated");
         }
         // Both header fields are written by this transaction, so a crash leaves either the file
         // as it was or the complete new schema, never our application_id over a partial one.
