@@ -180,7 +180,10 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
             tx.execute_batch(step).at(path)?;
         }
         if from > 0 {
-            tracing::info!(seconds = started.elapsed().as_secs_f64(), "archive schema migrated");
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "archive schema migrated"
+            );
         }
         // Both header fields are written by this transaction, so a crash leaves either the file
         // as it was or the complete new schema, never our application_id over a partial one.

@@ -16,6 +16,7 @@ both_backends!(
     an_empty_archive_gives_nothing,
     many_topics_still_merge_in_order,
     a_reader_sees_what_another_connection_commits,
+    messages_sharing_a_timestamp_come_in_archive_order_whatever_their_ids,
 );
 
 fn range(topic: Option<&str>, from_ns: Option<i64>, to_ns: Option<i64>) -> Range {
@@ -143,4 +144,18 @@ fn a_reader_sees_what_another_connection_commits(db: &TestDb) {
     assert_eq!(reader.query(&Range::all(10)).unwrap().len(), 1);
     insert(writer.as_mut(), &[msg("new-topic", "n:2", 1, 2, b"two")]);
     assert_eq!(reader.query(&Range::all(10)).unwrap().len(), 2);
+}
+
+fn messages_sharing_a_timestamp_come_in_archive_order_whatever_their_ids(db: &TestDb) {
+    // SQLite's index is (topic, timestamp, nsqd, id): its order inside one timestamp is by nsqd and id, not by
+    // archive sequence. Three messages stamped alike, archived against that order, one per batch, must still come
+    // back in the order they were archived, also across pages.
+    let mut store = db.open();
+    insert(store.as_mut(), &[msg("t", "b:4150", 9, 500, b"first")]);
+    insert(store.as_mut(), &[msg("t", "a:4150", 5, 500, b"second")]);
+    insert(store.as_mut(), &[msg("t", "a:4150", 1, 500, b"third")]);
+    let mut r = range(Some("t"), None, None);
+    r.limit = 1;
+    let got = read_all(store.as_ref(), &r);
+    assert_eq!(bodies(&got), ["first", "second", "third"]);
 }
