@@ -1,7 +1,7 @@
 //! The admin listener: `/registry`, `/registry/events` (SSE), `/healthz`, `/readyz`, `/metrics` and `/`.
 //!
 //! Under tower-http layers: a request id (the client's `X-Request-Id`, else a UUID) echoed in the response and put
-//! in a tracing span per request (at DEBUG), a bound on the time to answer ([`ADMIN_REQUEST_TIMEOUT`]; an event
+//! in a tracing span per request (at DEBUG; [`svc::request_layers`], span `admin`, target `api_server::admin`), a bound on the time to answer ([`ADMIN_REQUEST_TIMEOUT`]; an event
 //! stream answers at once and then streams, so it is not cut), a bound on request bodies
 //! ([`ADMIN_MAX_BODY_BYTES`]; no route reads one), and gzip for clients that ask for it (the dashboard, `/registry`
 //! with many servers, `/metrics`; never the event stream, which tower-http leaves alone).
@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use axum::Json;
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, Request, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -24,9 +24,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use tower_http::compression::CompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer};
 
 use crate::bus::BusView;
 use crate::feed::last_whole_second;
@@ -65,19 +63,6 @@ pub fn admin_router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    let trace = TraceLayer::new_for_http()
-        .make_span_with(|request: &Request<_>| {
-            let id = request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            tracing::debug_span!("admin", method = %request.method(), uri = %request.uri(), request_id = %id)
-        })
-        .on_response(DefaultOnResponse::new().level(tracing::Level::DEBUG))
-        // A 503 (a /readyz that is not ready, a timeout) is an answer, not a fault of this process: tower-http's
-        // default would log each at ERROR.
-        .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG));
     // The last layer added runs first.
     router
         .layer(CompressionLayer::new())
@@ -86,9 +71,8 @@ pub fn admin_router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             ADMIN_REQUEST_TIMEOUT,
         ))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(trace)
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // The request id and the per-request span (svc::request_layers), outermost.
+        .layer(svc::request_layers(svc::TracedListener::ApiAdmin))
 }
 
 fn document(state: &AppState) -> RegistryDocument {

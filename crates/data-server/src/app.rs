@@ -124,8 +124,9 @@ impl AppState {
     }
 }
 
-/// The router: `/whoami`, `/healthz`, `/metrics` and the data endpoints, under the HTTP layers of
-/// `layers.rs` (request id, trace).
+/// The router: `/whoami`, `/healthz`, `/metrics` and the data endpoints, under the request-id and
+/// trace layers of [`svc::request_layers`] (the id is the api-server proxy's, so one request carries
+/// one id through the proxy's access log and this server's traces).
 ///
 /// Routes that answer after a bounded amount of work get [`REQUEST_TIMEOUT`]; the streaming ones (`/echo`,
 /// `/upload`, `/bytes/{n}`, the WebSockets) and `PUT /kv` do not, since a large body at a slow client's pace may
@@ -165,7 +166,7 @@ pub fn app(state: AppState) -> Router {
             count_requests,
         ))
         .with_state(state);
-    crate::layers::http_layers(router)
+    router.layer(svc::request_layers(svc::TracedListener::DataServer))
 }
 
 async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {

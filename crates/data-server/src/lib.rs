@@ -39,7 +39,6 @@ mod app;
 mod config;
 mod data;
 mod keygen;
-mod layers;
 mod metrics;
 mod server;
 mod sidecar;

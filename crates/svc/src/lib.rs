@@ -1,6 +1,7 @@
 //! Shared plumbing of the `data-server`, `api-server` and `archiver` binaries: config loading
 //! with one-line errors, human durations and addresses, logging, graceful shutdown, Prometheus
-//! metrics and the `--version` text. No HTTP server lives here.
+//! metrics, the `--version` text, and the request-id and trace layers both HTTP listeners put
+//! around their routers ([`request_layers`]). No HTTP server lives here.
 //!
 //! A binary's config is a serde struct loaded from `-c FILE`, then environment variables
 //! (`<PREFIX>__SECTION__KEY`), then `--set section.key=value` flags:
@@ -61,6 +62,7 @@ mod config;
 mod duration;
 mod fraction;
 mod host_port;
+mod http_trace;
 mod limits;
 mod logging;
 mod lookupd_addr;
@@ -76,6 +78,9 @@ pub use config::{
 pub use duration::{HumanDuration, ParseDurationError, human_duration};
 pub use fraction::{Fraction, ParseFractionError};
 pub use host_port::{Host, HostPort, ParseHostPortError};
+pub use http_trace::{
+    RequestLayers, RequestSpan, RequestTraceLayer, TracedListener, request_layers,
+};
 pub use limits::raise_nofile_limit;
 pub use logging::{LogFormat, init_tracing};
 pub use lookupd_addr::LookupdAddr;

@@ -6,6 +6,9 @@
 //! command again continues after it. A graceful interrupt (SIGINT / SIGTERM) stops between two
 //! MPUBs, so nothing is sent twice; after a crash (SIGKILL) at most the one MPUB that was
 //! awaiting nsqd's answer can be sent again (see `Store::record_replay_progress`).
+//!
+//! With `--rate`, N messages take N / rate seconds, the last MPUB's share included, so a scrape of
+//! `archive.metrics_listen` during that last share reads the final count.
 
 use std::time::{Duration, Instant};
 
@@ -214,6 +217,18 @@ pub async fn replay(config: Config, args: ReplayArgs) -> anyhow::Result<bool> {
         match page.last() {
             Some(m) if full => range.after = Some(m.position()),
             _ => break,
+        }
+    }
+    // A rate-limited run lasts as long as its rate says: it waits out its last MPUB's share of
+    // time too. Otherwise it would exit one MPUB early, report a rate above --rate, and take its
+    // metrics listener away the instant the last messages are counted.
+    if let Some(rate) = args.rate
+        && finished
+    {
+        let end = start + Duration::from_secs_f64(totals.sent as f64 / rate);
+        tokio::select! {
+            () = tokio::time::sleep_until(end.into()) => {}
+            () = shutdown.wait() => {}
         }
     }
     bar.finish();
