@@ -8,8 +8,9 @@
 //! runs one every [`INTERVAL`] and the writer keeps only a backstop: it checkpoints by itself past
 //! [`WRITER_BACKSTOP_PAGES`], should this thread fall behind or fail.
 //!
-//! Durability is unchanged: a commit still returns only after its WAL append is fsynced (`synchronous=FULL`), and a
-//! page is in the WAL until a checkpoint has copied and synced it.
+//! Durability is unchanged: a page is in the WAL until a checkpoint has copied it into the database file and synced
+//! that file, and a checkpoint syncs the WAL before copying, whatever the writer's `synchronous` setting (the
+//! archiving writer commits at `NORMAL` and has its WAL synced by [`WalSync`](crate::WalSync) before it FINs).
 
 use std::path::Path;
 use std::sync::mpsc::{self, RecvTimeoutError};

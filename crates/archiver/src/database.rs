@@ -61,7 +61,8 @@ impl Database {
     }
 
     /// Opens an existing archive for reading commands: a missing SQLite file, or a PostgreSQL
-    /// database without an archive, is refused rather than created.
+    /// database without an archive, is refused rather than created, and a SQLite file of the previous
+    /// schema version is read as it is ([`Store::open_for_reading`]).
     pub fn open_existing(&self) -> Result<Box<dyn Archive>, StoreError> {
         Ok(match self {
             Database::Sqlite(path) if !path.exists() => {
@@ -71,7 +72,7 @@ impl Database {
                         .to_owned(),
                 });
             }
-            Database::Sqlite(path) => Box::new(Store::open(path)?),
+            Database::Sqlite(path) => Box::new(Store::open_for_reading(path)?),
             Database::Postgres(target) => Box::new(PgStore::open_existing(target)?),
         })
     }

@@ -112,7 +112,24 @@ enum Identity {
 
 /// Opens `path` with `flags`, refuses files that are not ours, and brings an empty file to the
 /// current schema.
-pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, StoreError> {
+/// The oldest schema a reading command works on as it is: version 2 differs from 3 only in its indexes.
+const READABLE_SINCE: i32 = 2;
+
+/// Whether opening may migrate a file whose schema a reader can use as it is ([`READABLE_SINCE`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Migrate {
+    /// Bring the file to [`SCHEMA_VERSION`] (writers: `archiver run`, retention, tests).
+    Always,
+    /// Only when it is older than [`READABLE_SINCE`]: `archiver query`, `stats`, `replay` must not drop the
+    /// indexes that archivers of the previous build still writing to the same file rely on.
+    OnlyIfUnreadable,
+}
+
+pub(crate) fn prepare(
+    path: &Path,
+    flags: OpenFlags,
+    migrate: Migrate,
+) -> Result<Connection, StoreError> {
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| diagnose_open(path, e))?;
 
     // SQLite silently falls back to read-only when the file is not writable; say so now rather
@@ -145,9 +162,10 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
 
     // synchronous=FULL, not NORMAL. In WAL mode NORMAL syncs only at checkpoints: a commit then
     // survives a crash of this process (the WAL is in the OS page cache) but not a power cut or
-    // kernel panic soon after. The archiver FINs messages as soon as the commit returns, and a
-    // FIN'd message is gone from nsqd for good, so such a commit would be lost history. FULL costs
-    // one fsync of the WAL per commit, i.e. per batch, which batching amortises.
+    // kernel panic soon after. A caller that FINs messages as soon as the commit returns would lose
+    // history that way (a FIN'd message is gone from nsqd for good), so every connection starts at
+    // FULL: one fsync of the WAL per commit. The archiving writer alone switches to NORMAL, with
+    // the fsync moved to a thread of its own and FINs after it (`Store::defer_sync`, `WalSync`).
     conn.pragma_update(None, "synchronous", "FULL").at(path)?;
 
     // A long retention run can grow the WAL; cap what stays on disk after each checkpoint.
@@ -165,7 +183,12 @@ pub(crate) fn prepare(path: &Path, flags: OpenFlags) -> Result<Connection, Store
         Identity::Empty => 0,
         Identity::Older(version) => version,
     };
-    if from < SCHEMA_VERSION {
+    let wanted = match migrate {
+        Migrate::Always => SCHEMA_VERSION,
+        Migrate::OnlyIfUnreadable if from >= READABLE_SINCE => from,
+        Migrate::OnlyIfUnreadable => SCHEMA_VERSION,
+    };
+    if from < wanted {
         if from > 0 {
             // Version 3 rebuilds the messages index: a pass over the whole table, minutes on a large archive.
             tracing::info!(

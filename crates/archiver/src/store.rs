@@ -9,7 +9,7 @@ use rusqlite::{OpenFlags, Transaction, TransactionBehavior, params};
 use crate::checkpointer::{Checkpointer, WRITER_BACKSTOP_PAGES};
 use crate::error::{AtPath, StoreError};
 use crate::message::{BatchOutcome, NewMessage};
-use crate::schema;
+use crate::schema::{self, Migrate};
 use crate::wal_sync::WalSync;
 
 /// How long a statement waits for another connection's write lock before failing with
@@ -54,11 +54,25 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        Self::open_with_flags(path.as_ref(), flags)
+        Self::open_with(path.as_ref(), flags, Migrate::Always)
     }
 
+    /// [`open`](Self::open) for a reading command (`query`, `stats`, `replay`): a file of the previous schema
+    /// version, which differs only in its indexes, is used as it is rather than migrated, so that a reading
+    /// command run with a new build never changes the file under archivers of the previous build still writing to
+    /// it (the migration drops the index their inserts name). The first new `archiver run` migrates it.
+    pub fn open_for_reading(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        Self::open_with(path.as_ref(), flags, Migrate::OnlyIfUnreadable)
+    }
+
+    #[cfg(test)]
     pub(crate) fn open_with_flags(path: &Path, flags: OpenFlags) -> Result<Store, StoreError> {
-        let conn = schema::prepare(path, flags)?;
+        Self::open_with(path, flags, Migrate::Always)
+    }
+
+    fn open_with(path: &Path, flags: OpenFlags, migrate: Migrate) -> Result<Store, StoreError> {
+        let conn = schema::prepare(path, flags, migrate)?;
         // Room for the insert statements plus the handful of query shapes (one per combination
         // of range bounds) without re-preparing.
         conn.set_prepared_statement_cache_capacity(32);
@@ -94,8 +108,13 @@ impl Store {
     /// [`insert_batch`](Self::insert_batch) returns once the batch is committed and written, and it is durable once
     /// a [`WalSync::sync`] started after that return has returned. Until then, FIN nothing of it.
     pub fn defer_sync(&mut self) -> Result<WalSync, StoreError> {
-        // Opened first: if it fails, commits stay synchronous.
-        let sync = WalSync::open(&self.path)?;
+        // Opened first: if it fails, commits stay synchronous. SQLite keeps the -wal next to the file a symlinked
+        // path points at, so the WAL is looked for there.
+        let db = std::fs::canonicalize(&self.path).map_err(|e| StoreError::CannotOpen {
+            path: self.path.clone(),
+            reason: format!("cannot resolve its path: {e}"),
+        })?;
+        let sync = WalSync::open(&db)?;
         self.conn
             .pragma_update(None, "synchronous", "NORMAL")
             .at(&self.path)?;
@@ -108,11 +127,13 @@ impl Store {
     }
 
     /// Stores a batch of messages in one transaction; messages already archived (same topic,
-    /// nsqd and message id) are skipped and counted as duplicates.
+    /// nsqd, message id and nsqd timestamp, which nsqd keeps through redeliveries) are skipped and
+    /// counted as duplicates.
     ///
     /// **Contract with the consumer:** FIN the NSQ messages of a batch only after this returns
     /// `Ok`. `Ok` means the batch is committed and the WAL fsynced (`synchronous=FULL`), so it
-    /// survives a crash of this process, and a power cut, from then on. On `Err` nothing of the
+    /// survives a crash of this process, and a power cut, from then on; after
+    /// [`defer_sync`](Self::defer_sync), only once a [`WalSync::sync`] started after it returned. On `Err` nothing of the
     /// batch is stored: do not FIN; let nsqd redeliver (REQ or let them time out). Redelivered
     /// messages that did make it in earlier are then counted as duplicates, not stored twice.
     ///

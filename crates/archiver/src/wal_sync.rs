@@ -58,6 +58,11 @@ impl WalSync {
         })
     }
 
+    /// The database file whose WAL this syncs (its real path: symlinks resolved).
+    pub fn database(&self) -> &Path {
+        &self.db
+    }
+
     /// Makes every page written to the WAL before this call durable (an `fdatasync`). An error means some
     /// committed pages may never reach the disk: see the [module docs](self).
     pub fn sync(&mut self) -> Result<(), StoreError> {
@@ -133,6 +138,21 @@ mod tests {
         store.insert_batch(&[msg(2)]).unwrap();
         sync.sync().unwrap();
         assert_eq!(store.stats().unwrap().total, 2);
+    }
+
+    #[test]
+    fn a_database_reached_through_a_symlink_has_its_wal_synced_where_sqlite_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        let mut store = Store::open(dir.path().join("link/a.db")).unwrap();
+        let mut sync = store.defer_sync().unwrap();
+        store.insert_batch(&[msg(1)]).unwrap();
+        sync.sync().unwrap();
+        assert_eq!(
+            sync.database(),
+            dir.path().join("real/a.db").canonicalize().unwrap()
+        );
     }
 
     #[test]

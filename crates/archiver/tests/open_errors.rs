@@ -302,6 +302,19 @@ fn a_version_2_archive_is_migrated_to_one_index_and_still_recognises_redeliverie
         .unwrap()
         .execute_batch(&format!("{V2_INDEXES} PRAGMA user_version = 2;"))
         .unwrap();
+    let user_version = || -> i32 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+
+    // A reading command reads it as it is: archivers of the previous build may still be writing to it.
+    let reader = Store::open_for_reading(&path).unwrap();
+    assert_eq!(reader.query(&Range::all(10)).unwrap().len(), 3);
+    assert_eq!(reader.stats().unwrap().total, 3);
+    drop(reader);
+    assert_eq!(user_version(), 2, "a reader left the file as it was");
 
     let mut store = Store::open(&path).unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();

@@ -182,6 +182,8 @@ impl Fatal {
 
 /// The flusher thread: fsyncs committed batches, then answers them.
 struct Flusher {
+    /// The database, for errors.
+    database: std::path::PathBuf,
     tx: Sender<Vec<Record>>,
     thread: JoinHandle<()>,
 }
@@ -189,6 +191,7 @@ struct Flusher {
 impl Flusher {
     fn start(mut sync: WalSync, fatal: Arc<Fatal>, metrics: Option<WriterMetrics>) -> Flusher {
         let (tx, rx) = std::sync::mpsc::channel::<Vec<Record>>();
+        let database = sync.database().to_path_buf();
         let thread = std::thread::Builder::new()
             .name("archive-fsync".into())
             .spawn(move || {
@@ -220,7 +223,11 @@ impl Flusher {
                 }
             })
             .expect("spawning the fsync thread");
-        Flusher { tx, thread }
+        Flusher {
+            database,
+            tx,
+            thread,
+        }
     }
 
     /// Answers everything handed over, then stops.
@@ -278,7 +285,7 @@ fn run<S: Sink>(
             report = (Instant::now(), outcome.inserted);
         }
     }
-    // Anything still queued behind a Stop is refused: its handler requeues it.
+    // Anything still queued behind a Stop goes into the last batch (refused, so requeued, only after a fatal error).
     while let Ok(Command::Store(r)) = rx.try_recv() {
         batch.push(r);
     }
@@ -357,9 +364,22 @@ fn commit<S: Sink>(
                 "batch committed"
             );
             match flusher {
-                // The flusher outlives every batch sent to it: it stops only when the writer hands it over.
+                // The flusher stops only when the writer hands it over, so a send fails only if its thread died
+                // (a panic): then nothing more can be made durable, and the batch is requeued, not left in flight.
                 Some(flusher) => {
-                    let _ = flusher.tx.send(std::mem::take(batch));
+                    if let Err(lost) = flusher.tx.send(std::mem::take(batch)) {
+                        let err = Arc::new(StoreError::SyncFailed {
+                            path: flusher.database.clone(),
+                            cause: std::io::Error::other("the fsync thread is gone"),
+                        });
+                        tracing::error!(
+                            "committed batch not acknowledged, its messages are requeued: {err}"
+                        );
+                        fatal.raise(&err);
+                        for r in lost.0 {
+                            r.reply.send(Err(&err));
+                        }
+                    }
                 }
                 None => {
                     for r in batch.drain(..) {
