@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use slab::Slab;
+use svc::Gauge;
 
 /// Readiness events taken from the readiness set at a time.
 const EVENTS_PER_POLL: usize = 256;
@@ -65,6 +66,8 @@ pub(crate) struct ParkingLot<G> {
     waker: mio::Waker,
     /// Where deadlines count from.
     epoch: Instant,
+    /// Connections parked now (`api_proxy_parked_connections`), set under the lock whenever that number changes.
+    gauge: Gauge,
     state: Mutex<LotState<G>>,
 }
 
@@ -126,8 +129,10 @@ impl<G> LotState<G> {
 
 impl<G: Send + 'static> ParkingLot<G> {
     /// Starts the lot's thread; `wake` gets each connection whose socket became readable or whose deadline passed,
-    /// to resume it in a new task (which reads the request, or finds the hang-up or the timeout).
+    /// to resume it in a new task (which reads the request, or finds the hang-up or the timeout). `gauge` shows how
+    /// many are parked.
     pub(crate) fn start(
+        gauge: Gauge,
         wake: impl FnMut(Parked<G>) + Send + 'static,
     ) -> io::Result<Arc<ParkingLot<G>>> {
         let poll = mio::Poll::new()?;
@@ -135,6 +140,7 @@ impl<G: Send + 'static> ParkingLot<G> {
             registry: poll.registry().try_clone()?,
             waker: mio::Waker::new(poll.registry(), WAKER)?,
             epoch: Instant::now(),
+            gauge,
             state: Mutex::new(LotState {
                 parked: Slab::new(),
                 deadlines: BinaryHeap::new(),
@@ -156,6 +162,12 @@ impl<G> ParkingLot<G> {
     fn state(&self) -> MutexGuard<'_, LotState<G>> {
         // Nothing panics while holding it; a poisoned lot is still consistent.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Shows how many connections `state` holds.
+    fn count(&self, state: &LotState<G>) {
+        self.gauge
+            .set(i64::try_from(state.parked.len()).unwrap_or(i64::MAX));
     }
 
     /// Milliseconds from the lot's start to `at`, rounded up (a deadline is never met early).
@@ -206,6 +218,7 @@ impl<G> ParkingLot<G> {
             served: u16::try_from(parked.served).unwrap_or(u16::MAX),
             park_after_ms: u16::try_from(parked.park_after.as_millis()).unwrap_or(u16::MAX),
         });
+        self.count(&state);
         let earliest = state.next_deadline();
         state.deadlines.push(Reverse((deadline, key)));
         state.compact();
@@ -225,7 +238,9 @@ impl<G> ParkingLot<G> {
             if !deadline.map_or(state.parked.contains(key), |d| state.holds(key, d)) {
                 return None;
             }
-            state.parked.remove(key)
+            let slot = state.parked.remove(key);
+            self.count(&state);
+            slot
         };
         let _ = self
             .registry
@@ -249,7 +264,9 @@ impl<G> ParkingLot<G> {
             let mut state = self.state();
             state.open = false;
             state.deadlines.clear();
-            std::mem::take(&mut state.parked)
+            let parked = std::mem::take(&mut state.parked);
+            self.count(&state);
+            parked
         };
         for (_, slot) in parked {
             let _ = self
@@ -358,7 +375,8 @@ mod tests {
 
     fn lot() -> (Arc<ParkingLot<Owner>>, Receiver<Parked<Owner>>) {
         let (tx, rx) = channel();
-        let lot = ParkingLot::start(move |parked| tx.send(parked).unwrap()).unwrap();
+        let lot =
+            ParkingLot::start(Gauge::default(), move |parked| tx.send(parked).unwrap()).unwrap();
         (lot, rx)
     }
 
