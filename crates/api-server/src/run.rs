@@ -323,6 +323,7 @@ fn proxy_metrics(
         tunnels_open: m.tunnels_open.clone(),
         headers_dropped: m.headers_dropped.clone(),
         tunnels_closed: m.tunnels_closed.clone(),
+        parked: m.parked_connections.clone(),
         traffic,
     }
 }

@@ -160,6 +160,8 @@ pub struct Metrics {
     pub headers_dropped: CounterVec,
     /// Upgraded connections closed, by reason.
     pub tunnels_closed: CounterVec,
+    /// Idle kept-alive client connections parked out of their tasks now.
+    pub parked_connections: Gauge,
     /// Proxied request latency, until the response head.
     pub latency: Histogram,
     /// Latency of the try that answered, until its response head, by data server id.
@@ -285,6 +287,10 @@ impl Metrics {
                 "api_proxy_tunnels_closed_total",
                 "Upgraded connections closed, by reason.",
                 "reason",
+            ),
+            parked_connections: m.gauge(
+                "api_proxy_parked_connections",
+                "Idle kept-alive client connections parked out of their tasks now.",
             ),
             latency: m.histogram(
                 "api_proxy_request_duration_seconds",

@@ -1,8 +1,9 @@
 //! Parked connections (`crates/proxy/src/park.rs`): a kept-alive client connection between requests holds no
 //! buffers, leaves its task for the parking lot, costs little memory, and still serves its next request, whatever
 //! that request looks like; parked, it still counts toward `server.max_connections` and the drain closes it at the
-//! end of its grace. (That a parked connection closes at `server.keepalive_timeout`, not before, is `blame.rs`'s
-//! idle keep-alive test.)
+//! end of its grace; `api_proxy_parked_connections` shows them in the lot and out of it again when a request comes.
+//! (That a parked connection closes at `server.keepalive_timeout`, not before, is `blame.rs`'s idle keep-alive
+//! test.)
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::SOON;
 use common::wire::*;
-use testkit::Signal;
+use testkit::{ApiServer, Signal};
 
 /// Idle connections opened by the memory test: few enough for a default open-file limit of 1024.
 const IDLE: usize = 400;
@@ -32,6 +33,15 @@ fn rss_bytes(pid: u32) -> u64 {
 
 const GET: &[u8] = b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n";
 
+/// Waits until `api_proxy_parked_connections` is `n` (within `SOON`).
+async fn parked(api: &ApiServer, n: usize) {
+    testkit::eventually(SOON, &format!("{n} connections parked"), || async {
+        let parked = api.metric("api_proxy_parked_connections").await.ok()?;
+        (parked == n as f64).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_cost_little_and_each_serves_its_next_request() {
     let (mut setup, id) = with_data_server("ds-parked").await;
@@ -52,12 +62,19 @@ async fn idle_connections_cost_little_and_each_serves_its_next_request() {
         assert_eq!(wire.response(false).await.status, 200);
         wires.push(wire);
     }
+    // Every idle one is in the lot, the warm-up's closed ones gone from it.
+    parked(api, IDLE).await;
     let added = rss_bytes(pid).saturating_sub(before);
     assert!(
         added / IDLE as u64 <= MAX_BYTES_PER_IDLE,
         "{IDLE} idle connections added {added} bytes, {} per connection",
         added / IDLE as u64
     );
+    // A request's first bytes take their connection out of the lot: it waits for the rest in a task.
+    wires[0].send(b"GET /whoami HTTP/1.1\r\n").await;
+    parked(api, IDLE - 1).await;
+    wires[0].send(b"Host: t\r\n\r\n").await;
+    assert_eq!(wires[0].response(false).await.status, 200);
     // Every parked connection takes buffers back for its next request: a plain one, one whose head is larger than
     // the first read buffer (it must grow), and two pipelined in one write.
     let large = format!(
@@ -77,10 +94,9 @@ async fn idle_connections_cost_little_and_each_serves_its_next_request() {
             assert_eq!(wire.response(false).await.status, 200, "connection {i}");
         }
     }
+    // Served, each goes back to the lot.
+    parked(api, IDLE).await;
 }
-
-/// Longer than the proxy waits in a connection's task before parking it (10 ms): nothing outside shows the move.
-const PARKED: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_connections_count_toward_the_limit_and_the_drain_closes_them_after_its_grace() {
@@ -98,7 +114,7 @@ async fn parked_connections_count_toward_the_limit_and_the_drain_closes_them_aft
         assert_eq!(wire.response(false).await.status, 200);
         wires.push(wire);
     }
-    tokio::time::sleep(PARKED).await;
+    parked(api, 3).await;
     let mut extra = Wire::connect(api.proxy()).await;
     assert_eq!(
         extra.response(false).await.status,

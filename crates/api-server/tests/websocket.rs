@@ -236,3 +236,81 @@ async fn h2c_is_stripped_and_other_answers_to_an_upgrade_are_plain_responses() {
     wire.send(b"GET /again HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_eq!(wire.response(false).await.status, 426);
 }
+
+/// An upstream that switches protocols on every request, then reads one byte through the tunnel and either resets
+/// its side (`GET /reset`: SO_LINGER 0, then close) or echoes the byte and waits for the tunnel to close.
+async fn resetting_upstream() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut conn = Wire::new(stream);
+                let Some(head) = conn.request_head().await else {
+                    return;
+                };
+                let switch = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+                conn.stream.write_all(switch).await.unwrap();
+                let mut byte = [0u8; 1];
+                if conn.stream.read_exact(&mut byte).await.is_err() {
+                    return;
+                }
+                if head.starts_with(b"GET /reset ") {
+                    conn.stream.set_zero_linger().unwrap();
+                    drop(conn);
+                    return;
+                }
+                let _ = conn.stream.write_all(&byte).await;
+                let _ = conn.stream.read(&mut byte).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_counts_as_a_close_by_the_side_that_reset_not_as_an_error() {
+    let upstream = resetting_upstream().await;
+    let Setup { api, .. } = &with_upstreams(&[upstream]).await;
+    let closed = |reason: &'static str| async move {
+        let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
+        api.metric(&sample).await.unwrap()
+    };
+    let upgrade = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+    };
+
+    // The data server resets its side once the tunnel carries bytes.
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(upgrade("/reset").as_bytes()).await;
+    assert_eq!(wire.response(false).await.status, 101);
+    wire.send(b"x").await;
+    wire.assert_closed("after the server's reset").await;
+    eventually(SOON, "the server's reset counted", || async {
+        (closed("server_closed").await == 1.0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        closed("error").await,
+        0.0,
+        "a reset is not the proxy's error"
+    );
+
+    // The client resets its side of a working tunnel.
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(upgrade("/stay").as_bytes()).await;
+    assert_eq!(wire.response(false).await.status, 101);
+    wire.send(b"y").await;
+    assert_eq!(wire.take(1).await, b"y");
+    wire.stream.set_zero_linger().unwrap();
+    drop(wire);
+    eventually(SOON, "the client's reset counted", || async {
+        let open = api.metric("api_proxy_tunnels_open").await.unwrap();
+        (closed("client_closed").await == 1.0 && open == 0.0).then_some(())
+    })
+    .await;
+    assert_eq!(closed("error").await, 0.0);
+    assert_eq!(closed("server_closed").await, 1.0);
+}

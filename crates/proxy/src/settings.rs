@@ -77,6 +77,8 @@ pub struct ProxyMetrics {
     pub tunnels_open: Gauge,
     /// Upgraded connections closed, by reason (`client_closed`, `server_closed`, `idle`, `drain`, `error`).
     pub tunnels_closed: CounterVec,
+    /// Idle kept-alive client connections in the parking lot now, out of any task (see `park`).
+    pub parked: Gauge,
     /// Tries and latency per server over the last minutes, for the dashboard (not a metric of the registry:
     /// see [`Traffic`]).
     pub traffic: Traffic,

@@ -19,6 +19,7 @@
 //! worker does not) and more `epoll_wait` rounds with their context switches (0.08 against 0.05 per `sendto` in
 //! one run).
 
+use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -46,10 +47,13 @@ const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Why a tunnel ended, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TunnelEnd {
+    /// The client closed or reset its side (or stopped taking bytes) first.
     ClientClosed,
+    /// The data server did.
     ServerClosed,
     Idle,
     Drain,
+    /// A failure of the proxy's own, or one it cannot attribute to either side.
     Error,
 }
 
@@ -78,8 +82,8 @@ impl TunnelEnd {
 /// Relays a tunnel: `head` (the 101 and any bytes that came with it) to the client, `pending` (bytes the client sent
 /// after its request) to the server, then both ways from one poll function (see [`Tunnel`]). A side that closes
 /// its half is passed on as a half close; the tunnel ends when both have (or [`HALF_CLOSE_GRACE`] after the first),
-/// when nothing is read either way for `idle`, or at the drain's end. Its reason is the side that closed (or failed)
-/// first.
+/// when nothing is read either way for `idle`, or at the drain's end. Its reason is the side that closed first, by
+/// a FIN or a reset alike; `Error` only for a failure neither side explains.
 pub(crate) async fn relay(
     w: &Worker,
     client: &mut TcpStream,
@@ -192,20 +196,18 @@ impl Tunnel {
             self.ended(TunnelEnd::ClientClosed);
         }
         if let Poll::Ready(Err(fault)) = up {
-            return Poll::Ready(self.ended(match fault {
-                Fault::Read => TunnelEnd::ClientClosed,
-                Fault::Write => TunnelEnd::Error,
-            }));
+            return Poll::Ready(
+                self.ended(fault.end(TunnelEnd::ClientClosed, TunnelEnd::ServerClosed)),
+            );
         }
         let down = self.down.poll_move(cx, server, client, &mut self.active);
         if self.down.eof {
             self.ended(TunnelEnd::ServerClosed);
         }
         match (up, down) {
-            (_, Poll::Ready(Err(fault))) => Poll::Ready(self.ended(match fault {
-                Fault::Read => TunnelEnd::Error,
-                Fault::Write => TunnelEnd::ClientClosed,
-            })),
+            (_, Poll::Ready(Err(fault))) => {
+                Poll::Ready(self.ended(fault.end(TunnelEnd::ServerClosed, TunnelEnd::ClientClosed)))
+            }
             (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => {
                 Poll::Ready(self.ended(TunnelEnd::ClientClosed))
             }
@@ -219,13 +221,57 @@ impl Tunnel {
     }
 }
 
-/// Which half of a [`Flow`] failed.
+/// Which half of a [`Flow`] failed, and whether the failure says that side's peer went away.
 #[derive(Debug, Clone, Copy)]
 enum Fault {
     /// Reading from the sending side.
-    Read,
+    Read { peer_gone: bool },
     /// Writing (or passing the close on) to the receiving side.
-    Write,
+    Write { peer_gone: bool },
+}
+
+impl Fault {
+    fn read(err: &io::Error) -> Fault {
+        Fault::Read {
+            peer_gone: peer_gone(err),
+        }
+    }
+
+    fn write(err: &io::Error) -> Fault {
+        Fault::Write {
+            peer_gone: peer_gone(err),
+        }
+    }
+
+    /// The reason a tunnel ends for this fault in a flow from the side that ends as `sender` to the one that ends
+    /// as `receiver`. A side that reset or vanished closed the tunnel as much as one that sent a FIN; `error` is
+    /// left for what the proxy cannot blame on either side (its own failure).
+    fn end(self, sender: TunnelEnd, receiver: TunnelEnd) -> TunnelEnd {
+        match self {
+            Fault::Read { peer_gone: true } => sender,
+            Fault::Write { peer_gone: true } => receiver,
+            Fault::Read { peer_gone: false } | Fault::Write { peer_gone: false } => {
+                TunnelEnd::Error
+            }
+        }
+    }
+}
+
+/// Whether `err` on a socket means its peer reset, aborted or stopped answering the connection (rather than a
+/// failure of this process, such as running out of memory or descriptors).
+fn peer_gone(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::WriteZero
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
 }
 
 /// One direction of a tunnel: bytes read from one side and not yet written to the other.
@@ -267,7 +313,11 @@ impl Flow {
             }
             if self.start < self.end {
                 match Pin::new(&mut *to).poll_write(cx, &self.buf[self.start..self.end]) {
-                    Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Err(Fault::Write)),
+                    // The receiver takes no more: it is gone as surely as one that reset.
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Fault::Write { peer_gone: true }));
+                    }
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(Fault::write(&err))),
                     Poll::Ready(Ok(n)) => {
                         self.start += n;
                         if self.start == self.end {
@@ -278,8 +328,8 @@ impl Flow {
                     Poll::Pending => return Poll::Pending,
                 }
             } else if self.eof {
-                if ready!(Pin::new(&mut *to).poll_shutdown(cx)).is_err() {
-                    return Poll::Ready(Err(Fault::Write));
+                if let Err(err) = ready!(Pin::new(&mut *to).poll_shutdown(cx)) {
+                    return Poll::Ready(Err(Fault::write(&err)));
                 }
                 self.done = true;
             } else {
@@ -298,7 +348,7 @@ impl Flow {
                             n => self.end = n,
                         }
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Read)),
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(Fault::read(&err))),
                     Poll::Pending => return Poll::Pending,
                 }
             }

@@ -96,7 +96,7 @@ pub async fn serve(
         .collect();
     // Weak: a worker's channel closes when the accept loop drops its sender, whatever the lot does.
     let resume_to: Vec<_> = channels.iter().map(|(tx, _)| tx.downgrade()).collect();
-    let lot = ParkingLot::start(move |parked: Parked<Owner>| {
+    let lot = Lot::start(proxy.inner.metrics.parked.clone(), move |parked| {
         if let Some(tx) = resume_to[parked.owner.worker].upgrade() {
             // A worker gone (it panicked) drops the connection with the message.
             let _ = tx.send(Message::Resume(parked));

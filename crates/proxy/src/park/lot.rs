@@ -6,6 +6,12 @@
 //! connection is a slot of 40 bytes and a heap entry of 16; the kernel's entry in the readiness set is not in the
 //! process's memory. A thread rather than a task on each worker: tokio watches another readiness set only through
 //! `AsyncFd`, whose constructors are now `unsafe`, and this crate forbids unsafe code.
+//!
+//! The slots and the heap grow with the most connections ever parked at once, and would keep that room forever
+//! after a spike (at least 5.6 MB after 100,000 idle clients). So the lot's thread gives it back
+//! ([`LotState::shrink`]) once fewer than a quarter of it is used, at most every [`SHRINK_EVERY`]: parked
+//! connections move to the lowest slots (their sockets re-registered under their new keys), and the heap is rebuilt
+//! from the slots.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -17,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use slab::Slab;
+use svc::Gauge;
 
 /// Readiness events taken from the readiness set at a time.
 const EVENTS_PER_POLL: usize = 256;
@@ -27,6 +34,13 @@ const DEADLINES_PER_ROUND: usize = 256;
 const WAKER: mio::Token = mio::Token(usize::MAX);
 /// Stack of the lot's thread: it only polls and moves sockets.
 const LOT_STACK: usize = 128 * 1024;
+/// Room the lot keeps whatever it holds: slots for this many connections (40 KiB), and as many stale heap entries
+/// beyond twice the parked connections.
+const ROOM_FLOOR: usize = 1024;
+/// The lot gives back unused room at most this often: a shrink moves connections under the lot's lock (about a
+/// microsecond each, fewer than a quarter of the slots), and a lot that empties and fills again every few seconds
+/// would only reallocate what it needs again.
+const SHRINK_EVERY: Duration = Duration::from_secs(10);
 
 /// A kept-alive client connection between requests, parked out of any task: its socket and what its next task
 /// needs to resume it.
@@ -65,6 +79,10 @@ pub(crate) struct ParkingLot<G> {
     waker: mio::Waker,
     /// Where deadlines count from.
     epoch: Instant,
+    /// The shortest time between two shrinks ([`SHRINK_EVERY`], shorter in tests).
+    shrink_every: Duration,
+    /// Connections parked now (`api_proxy_parked_connections`), set under the lock whenever that number changes.
+    gauge: Gauge,
     state: Mutex<LotState<G>>,
 }
 
@@ -82,6 +100,8 @@ struct LotState<G> {
     dead: bool,
     /// Set to end the lot's thread.
     stopped: bool,
+    /// [`ROOM_FLOOR`], smaller in tests.
+    room_floor: usize,
 }
 
 impl<G> LotState<G> {
@@ -112,22 +132,68 @@ impl<G> LotState<G> {
         }
     }
 
+    /// The most heap entries kept for the connections parked now: stale ones beyond are dropped by
+    /// [`LotState::compact`].
+    fn heap_bound(&self) -> usize {
+        2 * self.parked.len() + self.room_floor
+    }
+
     /// Drops the entries of woken connections once they outnumber the parked ones (a busy connection parks many
     /// times within one keep-alive timeout).
     fn compact(&mut self) {
-        if self.deadlines.len() > 2 * self.parked.len() + 1024 {
+        if self.deadlines.len() > self.heap_bound() {
             let parked = &self.parked;
             self.deadlines.retain(|&Reverse((deadline, key))| {
                 parked.get(key).is_some_and(|s| s.deadline == deadline)
             });
         }
     }
+
+    /// Whether less than a quarter of the room of the slots or of the heap is used (beyond the floor).
+    fn is_sparse(&self) -> bool {
+        self.parked.capacity() > self.room_floor.max(4 * self.parked.len())
+            || self.deadlines.capacity() > 4 * self.heap_bound()
+    }
+
+    /// Gives back the room the connections parked now do not need: they move to the lowest slots, each socket
+    /// re-registered under its new key (a socket that cannot be stays where it is, and so do those after it), and
+    /// the heap is rebuilt with one entry per connection. Only the lot's thread shrinks, between two polls, so no
+    /// readiness event with an old key is still to be handled (the kernel reports later ones under the new key).
+    fn shrink(&mut self, registry: &mio::Registry) {
+        self.parked.compact(|slot, _from, to| {
+            registry
+                .reregister(
+                    &mut SourceFd(&slot.socket.as_raw_fd()),
+                    mio::Token(to),
+                    mio::Interest::READABLE,
+                )
+                .is_ok()
+        });
+        self.deadlines = self
+            .parked
+            .iter()
+            .map(|(key, slot)| Reverse((slot.deadline, key)))
+            .collect::<Vec<_>>()
+            .into();
+    }
 }
 
 impl<G: Send + 'static> ParkingLot<G> {
     /// Starts the lot's thread; `wake` gets each connection whose socket became readable or whose deadline passed,
-    /// to resume it in a new task (which reads the request, or finds the hang-up or the timeout).
+    /// to resume it in a new task (which reads the request, or finds the hang-up or the timeout). `gauge` shows how
+    /// many are parked.
     pub(crate) fn start(
+        gauge: Gauge,
+        wake: impl FnMut(Parked<G>) + Send + 'static,
+    ) -> io::Result<Arc<ParkingLot<G>>> {
+        Self::start_with(gauge, ROOM_FLOOR, SHRINK_EVERY, wake)
+    }
+
+    /// [`ParkingLot::start`] with another floor of the room kept and another shortest time between two shrinks.
+    fn start_with(
+        gauge: Gauge,
+        room_floor: usize,
+        shrink_every: Duration,
         wake: impl FnMut(Parked<G>) + Send + 'static,
     ) -> io::Result<Arc<ParkingLot<G>>> {
         let poll = mio::Poll::new()?;
@@ -135,12 +201,15 @@ impl<G: Send + 'static> ParkingLot<G> {
             registry: poll.registry().try_clone()?,
             waker: mio::Waker::new(poll.registry(), WAKER)?,
             epoch: Instant::now(),
+            shrink_every,
+            gauge,
             state: Mutex::new(LotState {
                 parked: Slab::new(),
                 deadlines: BinaryHeap::new(),
                 open: true,
                 dead: false,
                 stopped: false,
+                room_floor,
             }),
         });
         let watcher = Arc::clone(&lot);
@@ -158,6 +227,12 @@ impl<G> ParkingLot<G> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Shows how many connections `state` holds.
+    fn count(&self, state: &LotState<G>) {
+        self.gauge
+            .set(i64::try_from(state.parked.len()).unwrap_or(i64::MAX));
+    }
+
     /// Milliseconds from the lot's start to `at`, rounded up (a deadline is never met early).
     fn millis(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
@@ -170,6 +245,13 @@ impl<G> ParkingLot<G> {
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.state().parked.len()
+    }
+
+    /// The room the lot holds: slots, and heap entries.
+    #[cfg(test)]
+    fn room(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.parked.capacity(), state.deadlines.capacity())
     }
 
     /// Whether the lot's thread ended on its own: nothing can park any more.
@@ -206,6 +288,7 @@ impl<G> ParkingLot<G> {
             served: u16::try_from(parked.served).unwrap_or(u16::MAX),
             park_after_ms: u16::try_from(parked.park_after.as_millis()).unwrap_or(u16::MAX),
         });
+        self.count(&state);
         let earliest = state.next_deadline();
         state.deadlines.push(Reverse((deadline, key)));
         state.compact();
@@ -225,7 +308,9 @@ impl<G> ParkingLot<G> {
             if !deadline.map_or(state.parked.contains(key), |d| state.holds(key, d)) {
                 return None;
             }
-            state.parked.remove(key)
+            let slot = state.parked.remove(key);
+            self.count(&state);
+            slot
         };
         let _ = self
             .registry
@@ -249,7 +334,9 @@ impl<G> ParkingLot<G> {
             let mut state = self.state();
             state.open = false;
             state.deadlines.clear();
-            std::mem::take(&mut state.parked)
+            let parked = std::mem::take(&mut state.parked);
+            self.count(&state);
+            parked
         };
         for (_, slot) in parked {
             let _ = self
@@ -300,16 +387,26 @@ impl<G> ParkingLot<G> {
         }
         let _on_panic = OnPanic(self);
         let mut events = mio::Events::with_capacity(EVENTS_PER_POLL);
+        let mut shrunk_at = Instant::now();
         loop {
             let timeout = {
                 let mut state = self.state();
                 if state.stopped {
                     return;
                 }
-                state.next_deadline().map(|deadline| {
-                    (self.epoch + Duration::from_millis(deadline))
-                        .saturating_duration_since(Instant::now())
-                })
+                if state.is_sparse() && shrunk_at.elapsed() >= self.shrink_every {
+                    state.shrink(&self.registry);
+                    shrunk_at = Instant::now();
+                }
+                let now = Instant::now();
+                let deadline = state.next_deadline().map(|deadline| {
+                    (self.epoch + Duration::from_millis(deadline)).saturating_duration_since(now)
+                });
+                // Room still to give back is given back in time even if nothing else happens meanwhile.
+                let shrink = state
+                    .is_sparse()
+                    .then(|| (shrunk_at + self.shrink_every).saturating_duration_since(now));
+                deadline.into_iter().chain(shrink).min()
             };
             if let Err(err) = poll.poll(&mut events, timeout) {
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -358,9 +455,15 @@ mod tests {
 
     fn lot() -> (Arc<ParkingLot<Owner>>, Receiver<Parked<Owner>>) {
         let (tx, rx) = channel();
-        let lot = ParkingLot::start(move |parked| tx.send(parked).unwrap()).unwrap();
+        let lot =
+            ParkingLot::start(Gauge::default(), move |parked| tx.send(parked).unwrap()).unwrap();
         (lot, rx)
     }
+
+    /// Connections parked at once by the shrink test: few enough for a default open-file limit of 1024.
+    const SPIKE: usize = 300;
+    /// The room floor of the shrink test's lot.
+    const FLOOR: usize = 16;
 
     /// A connected pair: the client side, and the server side parked with `deadline` and `owner`.
     fn park(lot: &ParkingLot<Owner>, deadline: Instant, owner: &Owner) -> TcpStream {
@@ -479,6 +582,84 @@ mod tests {
         let back = woken.recv_timeout(SOON).unwrap();
         assert_eq!(back.peer, marker.local_addr().unwrap());
         assert_eq!(lot.len(), 1, "still parked: {:?}", client.local_addr());
+        lot.stop();
+    }
+
+    #[test]
+    fn the_gauge_follows_the_connections_in_the_lot() {
+        let gauge = Gauge::default();
+        let (tx, woken) = channel();
+        let lot = ParkingLot::start(gauge.clone(), move |parked| tx.send(parked).unwrap()).unwrap();
+        let owner = Arc::new(());
+        let mut clients: Vec<TcpStream> = (0..3)
+            .map(|_| park(&lot, Instant::now() + LATER, &owner))
+            .collect();
+        assert_eq!(gauge.get(), 3);
+        clients[0].write_all(b"x").unwrap();
+        let _taken = woken.recv_timeout(SOON).unwrap();
+        assert_eq!(gauge.get(), 2, "taken out when it woke");
+        lot.close_all();
+        assert_eq!(gauge.get(), 0);
+        lot.stop();
+    }
+
+    #[test]
+    fn after_a_spike_the_lot_gives_its_room_back_and_the_connections_it_moved_still_wake() {
+        let (tx, woken) = channel();
+        let lot = ParkingLot::start_with(Gauge::default(), FLOOR, Duration::ZERO, move |parked| {
+            tx.send(parked).unwrap();
+        })
+        .unwrap();
+        let owner = Arc::new(());
+        let mut spike: Vec<TcpStream> = (0..SPIKE)
+            .map(|_| park(&lot, Instant::now() + LATER, &owner))
+            .collect();
+        // Parked last, in the highest slots: the shrink moves them.
+        let mut stays = park(&lot, Instant::now() + LATER, &owner);
+        let timed = park(&lot, Instant::now() + Duration::from_secs(2), &owner);
+        let (slots, entries) = lot.room();
+        assert!(
+            slots >= SPIKE + 2 && entries >= SPIKE + 2,
+            "{slots} {entries}"
+        );
+        // The spike leaves: every one of them wakes with a request and goes back to its owner.
+        for client in &mut spike {
+            client.write_all(b"x").unwrap();
+        }
+        for _ in 0..SPIKE {
+            let parked = woken.recv_timeout(SOON).unwrap();
+            assert!(parked.readable);
+        }
+        assert_eq!(lot.len(), 2);
+        let until = Instant::now() + SOON;
+        while lot.room().0 > FLOOR || lot.room().1 > FLOOR {
+            assert!(
+                Instant::now() < until,
+                "still {:?} after the spike left",
+                lot.room()
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Moved to other slots, both still wake: one by its request, the other at its deadline.
+        stays.write_all(b"y").unwrap();
+        let back = woken.recv_timeout(SOON).unwrap();
+        assert_eq!(back.peer, stays.local_addr().unwrap());
+        assert!(back.readable);
+        let back = woken.recv_timeout(SOON).unwrap();
+        assert_eq!(back.peer, timed.local_addr().unwrap());
+        assert!(!back.readable, "woken by its deadline");
+        assert_eq!(lot.len(), 0);
+        lot.stop();
+    }
+
+    #[test]
+    fn a_lot_in_use_keeps_its_room() {
+        let (lot, _woken) = lot();
+        let owner = Arc::new(());
+        let _clients: Vec<TcpStream> = (0..4)
+            .map(|_| park(&lot, Instant::now() + LATER, &owner))
+            .collect();
+        assert!(!lot.state().is_sparse(), "{:?}", lot.room());
         lot.stop();
     }
 }
