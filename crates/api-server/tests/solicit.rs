@@ -192,3 +192,41 @@ async fn a_go_publisher_that_never_answers_is_admitted_from_its_regular_heartbea
     .unwrap();
     assert!(find_server(&api.registry().await.unwrap(), ds.id()).is_some());
 }
+
+/// A field of the api-server's "solicitation published" log line (`nsqd`, `after_ms`), once it is written.
+fn solicitation_field(api: &testkit::ApiServer, field: &str) -> Option<u64> {
+    let log = api.log();
+    let line = log.lines().find(|l| l.contains("solicitation published"))?;
+    let (_, rest) = line.split_once(&format!(" {field}="))?;
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nsqd_named_by_host_and_by_ip_is_solicited_once_without_waiting() {
+    let cluster = cluster().await;
+    let ds = ready_data_server(&cluster, "ds-0", &[]).await;
+    // nsqlookupd lists the nsqd as 127.0.0.1:<port> (its broadcast address); the configuration names it localhost.
+    let by_name = format!(
+        "discovery.nsqd_tcp_addresses=localhost:{}",
+        cluster.nsqd_tcp(0).port()
+    );
+    let api = api_server(&cluster, "2m", &[&by_name]).await;
+    wait_servers(&api, 1).await;
+    let after_ms = try_eventually(SOON, "the solicitation's log line", || async {
+        Ok(solicitation_field(&api, "after_ms"))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}\n{}", api.log()));
+    // Taking the two names for two nsqd could hold it up to SUBSCRIBE_WAIT (2 s), and publish it through both: every
+    // data server there would get it twice.
+    assert!(
+        after_ms < 1_000,
+        "solicited {after_ms} ms after the start\n{}",
+        api.log()
+    );
+    assert_eq!(solicitation_field(&api, "nsqd"), Some(1), "{}", api.log());
+    wait_ds_metric(&ds, &solicited("answered"), 1.0).await;
+}
