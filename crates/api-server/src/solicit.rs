@@ -231,30 +231,27 @@ mod tests {
 
     #[tokio::test]
     async fn an_nsqd_by_name_and_by_address_is_solicited_once() {
-        let port = 4150;
-        let addrs: BTreeSet<String> = [
-            format!("127.0.0.1:{port}"),
-            format!("localhost:{port}"),
-            format!("127.0.0.1:{}", port + 1),
-            "unresolvable.invalid:4150".to_owned(),
-        ]
-        .into();
-        let targets = one_name_per_nsqd(&addrs).await;
-        assert!(
-            targets.contains(&format!("127.0.0.1:{port}")),
-            "{targets:?}"
+        let addrs: BTreeSet<String> = ["127.0.0.1:4150", "localhost:4150", "127.0.0.1:4151"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            one_name_per_nsqd(&addrs).await,
+            ["127.0.0.1:4150", "127.0.0.1:4151"]
         );
-        assert!(
-            !targets.contains(&format!("localhost:{port}")),
-            "{targets:?}"
-        );
-        assert!(
-            targets.contains(&format!("127.0.0.1:{}", port + 1)),
-            "{targets:?}"
-        );
-        assert!(
-            targets.contains(&"unresolvable.invalid:4150".to_owned()),
-            "{targets:?}"
+    }
+
+    #[test]
+    fn a_name_that_did_not_resolve_is_kept() {
+        let socket = |s: &str| BTreeSet::from([s.parse::<SocketAddr>().unwrap()]);
+        let resolved = vec![
+            ("10.0.0.1:4150".to_owned(), socket("10.0.0.1:4150")),
+            ("nsqd-a:4150".to_owned(), socket("10.0.0.1:4150")),
+            ("nsqd-b:4150".to_owned(), BTreeSet::new()),
+            ("nsqd-c:4150".to_owned(), BTreeSet::new()),
+        ];
+        assert_eq!(
+            distinct_nsqd(resolved),
+            ["10.0.0.1:4150", "nsqd-b:4150", "nsqd-c:4150"]
         );
     }
 }
