@@ -10,6 +10,7 @@
 //! interval, since its next heartbeat would come by then anyway.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use discovery::{HmacKey, Solicitation};
@@ -26,6 +27,9 @@ const POLL: Duration = Duration::from_millis(2);
 const POLL_DURING_OUTAGE: Duration = Duration::from_millis(100);
 /// Bound on one nsqlookupd query and on one publish.
 const NSQ_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on resolving the nsqd names before publishing (IP addresses need no lookup): a name not resolved by then
+/// is published to as it is.
+const RESOLVE_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// What the solicitation needs to know.
 #[derive(Debug, Clone)]
@@ -142,7 +146,8 @@ pub async fn solicit_at_start(
     let servers = known.solicit_channels.max(cfg.saved_servers);
     let spread = spread_for(servers, cfg.rate);
     let body = Solicitation::new(&cfg.instance, spread).encode(&cfg.keys);
-    let publishes = known.all_nsqd.iter().map(|addr| {
+    let targets = one_name_per_nsqd(&known.all_nsqd).await;
+    let publishes = targets.iter().map(|addr| {
         let (body, topic, conn) = (&body, &cfg.topic, cfg.conn.clone());
         async move {
             let producer = nsq::Producer::new(
@@ -159,14 +164,13 @@ pub async fn solicit_at_start(
         }
     });
     let results = futures::future::join_all(publishes).await;
-    let failed: Vec<String> = known
-        .all_nsqd
+    let failed: Vec<String> = targets
         .iter()
         .zip(&results)
         .filter_map(|(addr, r)| r.as_ref().err().map(|e| format!("{addr}: {e}")))
         .collect();
     tracing::info!(
-        nsqd = known.all_nsqd.len(),
+        nsqd = targets.len(),
         failed = failed.len(),
         known_servers = servers,
         spread_ms = spread.as_millis() as u64,
@@ -181,6 +185,36 @@ pub async fn solicit_at_start(
     }
 }
 
+/// `addrs` with one name per nsqd: nsqlookupd may list an nsqd by its host name where the configuration gives its
+/// IP address (or the reverse), and one solicitation through each name would reach every data server there twice
+/// (a `duplicate` each). Two names are one nsqd when the socket addresses they resolve to meet; a name that does not
+/// resolve within [`RESOLVE_TIMEOUT`] is kept. The subscription wait compares raw names on purpose: the consumer
+/// opens one connection per name.
+async fn one_name_per_nsqd(addrs: &BTreeSet<String>) -> Vec<String> {
+    let resolved = futures::future::join_all(addrs.iter().map(|addr| async move {
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr.as_str()));
+        let sockets: BTreeSet<SocketAddr> = match lookup.await {
+            Ok(Ok(found)) => found.collect(),
+            _ => BTreeSet::new(),
+        };
+        (addr.clone(), sockets)
+    }))
+    .await;
+    distinct_nsqd(resolved)
+}
+
+/// The names of `resolved` (name, its socket addresses) in order, leaving out each whose addresses meet those of
+/// a name kept before it.
+fn distinct_nsqd(resolved: Vec<(String, BTreeSet<SocketAddr>)>) -> Vec<String> {
+    let mut kept: Vec<(String, BTreeSet<SocketAddr>)> = Vec::new();
+    for (name, sockets) in resolved {
+        if !kept.iter().any(|(_, k)| !k.is_disjoint(&sockets)) {
+            kept.push((name, sockets));
+        }
+    }
+    kept.into_iter().map(|(name, _)| name).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +227,31 @@ mod tests {
         assert_eq!(ms(1_000, 20_000.0), 50);
         assert_eq!(ms(100_000, 20_000.0), 5_000);
         assert_eq!(ms(10_000, 1_000.0), 10_000);
+    }
+
+    #[tokio::test]
+    async fn an_nsqd_by_name_and_by_address_is_solicited_once() {
+        let addrs: BTreeSet<String> = ["127.0.0.1:4150", "localhost:4150", "127.0.0.1:4151"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            one_name_per_nsqd(&addrs).await,
+            ["127.0.0.1:4150", "127.0.0.1:4151"]
+        );
+    }
+
+    #[test]
+    fn a_name_that_did_not_resolve_is_kept() {
+        let socket = |s: &str| BTreeSet::from([s.parse::<SocketAddr>().unwrap()]);
+        let resolved = vec![
+            ("10.0.0.1:4150".to_owned(), socket("10.0.0.1:4150")),
+            ("nsqd-a:4150".to_owned(), socket("10.0.0.1:4150")),
+            ("nsqd-b:4150".to_owned(), BTreeSet::new()),
+            ("nsqd-c:4150".to_owned(), BTreeSet::new()),
+        ];
+        assert_eq!(
+            distinct_nsqd(resolved),
+            ["10.0.0.1:4150", "nsqd-b:4150", "nsqd-c:4150"]
+        );
     }
 }

@@ -88,7 +88,7 @@ fn announcer_metrics(registry: &Registry, a: &Announcer) {
     let solicited = a.clone();
     registry.counter_family_fn(
         "data_server_solicitations_total",
-        "Solicitations received from starting api-servers, by outcome (answered, duplicate, rate_limited, rejected, malformed, stale).",
+        "Solicitations received from starting api-servers, by outcome (answered: its heartbeat was published; unanswered: admitted but not published; duplicate, rate_limited, rejected, malformed, stale).",
         move || {
             solicited
                 .stats()

@@ -23,7 +23,7 @@ use tokio::time::{Instant, sleep_until};
 mod config;
 mod health;
 mod report;
-mod transport;
+pub(crate) mod transport;
 
 pub use config::{
     AnnouncerConfig, AnnouncerConfigError, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC,

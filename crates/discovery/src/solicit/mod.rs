@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::Notify;
@@ -110,8 +110,12 @@ impl SolicitationConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SolicitationStats {
-    /// Answered by a heartbeat of their own.
+    /// Answered: the solicited heartbeat was published (counted once an nsqd took it). Solicitations folded into
+    /// an answer count as `rate_limited`, so each published answer counts once here.
     pub answered: u64,
+    /// Admitted, but no answer went out: no nsqd took the heartbeat (also logged), the health check failed, or
+    /// the server was leaving.
+    pub unanswered: u64,
     /// The same nonce again (through another nsqd, or a replay).
     pub duplicate: u64,
     /// Folded into an answer already pending (the rate limit).
@@ -128,9 +132,10 @@ pub struct SolicitationStats {
 
 impl SolicitationStats {
     /// The outcomes with their metric label, in a fixed order.
-    pub fn by_outcome(&self) -> [(&'static str, u64); 6] {
+    pub fn by_outcome(&self) -> [(&'static str, u64); 7] {
         [
             ("answered", self.answered),
+            ("unanswered", self.unanswered),
             ("duplicate", self.duplicate),
             ("rate_limited", self.rate_limited),
             ("rejected", self.rejected),
@@ -144,6 +149,7 @@ impl SolicitationStats {
 #[derive(Debug, Default)]
 pub(crate) struct SolicitCounters {
     answered: AtomicU64,
+    unanswered: AtomicU64,
     duplicate: AtomicU64,
     rate_limited: AtomicU64,
     rejected: AtomicU64,
@@ -157,6 +163,7 @@ impl SolicitCounters {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         SolicitationStats {
             answered: n(&self.answered),
+            unanswered: n(&self.unanswered),
             duplicate: n(&self.duplicate),
             rate_limited: n(&self.rate_limited),
             rejected: n(&self.rejected),
@@ -296,11 +303,8 @@ fn receive(
         }
     };
     let stamped_ms = u64::try_from(nsqd_timestamp_ns / 1_000_000).unwrap_or(0);
-    let age_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-        .saturating_sub(u128::from(stamped_ms));
-    if stamped_ms > 0 && age_ms > SOLICITATION_MAX_AGE.as_millis() {
+    let age_ms = now_ms.saturating_sub(stamped_ms);
+    if stamped_ms > 0 && u128::from(age_ms) > SOLICITATION_MAX_AGE.as_millis() {
         return count(&counters.stale);
     }
     // Never later than our own next heartbeat would be anyway.
@@ -311,11 +315,11 @@ fn receive(
     } else {
         rand::rng().random_range(Duration::ZERO..=spread)
     };
-    let admitted = lock(&shared.gate).admit(&solicitation.nonce, delay, Instant::now());
+    let admitted = lock(&shared.gate).admit(&solicitation, delay, now_ms, Instant::now());
     match admitted {
+        // Counted as answered once the heartbeat is published (`answer_when_due`).
         Admit::Answer(_) => {
-            count(&counters.answered);
-            tracing::debug!(from = %solicitation.from, ?delay, "solicitation answered");
+            tracing::debug!(from = %solicitation.from, ?delay, "solicitation admitted: answering");
             shared.wake.notify_one();
         }
         Admit::Duplicate => count(&counters.duplicate),
@@ -328,8 +332,13 @@ fn receive(
     }
 }
 
-/// Publishes each pending answer when it is due: an ordinary `up` heartbeat, while healthy.
+/// Publishes each pending answer when it is due: an ordinary `up` heartbeat, while healthy. Counts it `answered`
+/// once an nsqd took it, `unanswered` otherwise.
 async fn answer_when_due(announcer: Announcer, shared: Arc<Shared>, health: impl Health) {
+    let counters = announcer.solicit_counters();
+    let count = |c: &AtomicU64| {
+        c.fetch_add(1, Ordering::Relaxed);
+    };
     loop {
         let due = lock(&shared.gate).pending();
         match due {
@@ -341,12 +350,27 @@ async fn answer_when_due(announcer: Announcer, shared: Arc<Shared>, health: impl
             },
         }
         let fire = lock(&shared.gate).take_due(Instant::now());
-        if fire && health.check().await {
-            match announcer.announce(State::Up).await {
-                Ok(_) => {}
-                // Left: the server is stopping; nothing more is answered.
-                Err(crate::AnnounceError::Left) => return,
-                Err(err) => tracing::debug!("solicited heartbeat not published: {err}"),
+        if !fire {
+            continue;
+        }
+        if !health.check().await {
+            tracing::debug!("solicitation not answered: the health check fails");
+            count(&counters.unanswered);
+            continue;
+        }
+        match announcer.announce(State::Up).await {
+            Ok(nsqd) => {
+                count(&counters.answered);
+                tracing::debug!(%nsqd, "solicited heartbeat published");
+            }
+            // Left: the server is stopping; nothing more is answered.
+            Err(crate::AnnounceError::Left) => {
+                count(&counters.unanswered);
+                return;
+            }
+            Err(err) => {
+                count(&counters.unanswered);
+                tracing::warn!("solicited heartbeat not published: {err}");
             }
         }
     }
@@ -372,3 +396,6 @@ impl Drop for Responder {
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+#[cfg(test)]
+mod tests;
