@@ -494,6 +494,24 @@ async fn p2c_ewma_weighs_latency_by_load() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn p2c_ewma_spreads_over_servers_less_than_twice_as_slow_as_each_other() {
+    // Equal servers differ by noise; sequential requests (nothing in flight) must still reach all of them rather
+    // than all go to whichever looks a little faster.
+    let balancer = setup(Strategy::P2cEwma, [None; 3]);
+    answered(&balancer, "a", FAST);
+    answered(&balancer, "b", FAST * 3 / 2);
+    answered(&balancer, "c", FAST * 19 / 10);
+    let even = counts(&balancer, 300);
+    for id in ["a", "b", "c"] {
+        assert!((65..=135).contains(&count(&even, id)), "{even:?}");
+    }
+    // More than twice as slow as either other, latency decides again.
+    answered(&balancer, "c", FAST * 7 / 2);
+    let uneven = counts(&balancer, 300);
+    assert_eq!(count(&uneven, "c"), 0, "{uneven:?}");
+}
+
+#[tokio::test(start_paused = true)]
 async fn p2c_ewma_treats_a_new_server_as_neutral() {
     let balancer = setup(Strategy::P2cEwma, [None; 3]);
     answered(&balancer, "a", FAST);
