@@ -57,7 +57,7 @@ pub use announce::{
     RETRY_BASE, jittered, publish_timeout_for,
 };
 pub use backend::{Backend, InFlightGuard, LATENCY_DECAY, MAX_WEIGHT};
-pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, Strategy};
+pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, LATENCY_TIE, Strategy};
 pub use error::ConfigError;
 pub use event::{Event, EventKind};
 pub use heartbeat::{

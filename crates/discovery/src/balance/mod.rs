@@ -22,7 +22,7 @@ use crate::registry::Registry;
 use strategy::{Candidates, Select};
 
 pub use health::{BackendStats, FailureOutcome};
-pub use strategy::Strategy;
+pub use strategy::{LATENCY_TIE, Strategy};
 
 /// Selection and passive-health settings.
 #[derive(Debug, Clone, PartialEq)]

@@ -14,6 +14,7 @@
 
 mod p2c;
 mod p2c_ewma;
+pub use p2c_ewma::LATENCY_TIE;
 mod random;
 mod round_robin;
 
