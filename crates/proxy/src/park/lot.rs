@@ -10,8 +10,8 @@
 //! The slots and the heap grow with the most connections ever parked at once, and would keep that room forever
 //! after a spike (at least 5.6 MB after 100,000 idle clients). So the lot's thread gives it back
 //! ([`LotState::shrink`]) once fewer than a quarter of it is used, at most every [`SHRINK_EVERY`]: parked
-//! connections move to the lowest slots (their sockets re-registered under their new keys), and the heap is rebuilt
-//! from the slots.
+//! connections move to the lowest slots (their sockets re-registered under their new keys; at most
+//! [`MOVES_PER_SHRINK`] per round), and the heap is rebuilt from the slots.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -38,9 +38,11 @@ const LOT_STACK: usize = 128 * 1024;
 /// beyond twice the parked connections.
 const ROOM_FLOOR: usize = 1024;
 /// The lot gives back unused room at most this often: a shrink moves connections under the lot's lock (about a
-/// microsecond each, fewer than a quarter of the slots), and a lot that empties and fills again every few seconds
+/// microsecond each, at most [`MOVES_PER_SHRINK`]), and a lot that empties and fills again every few seconds
 /// would only reallocate what it needs again.
 const SHRINK_EVERY: Duration = Duration::from_secs(10);
+/// Most connections moved (each re-registered with epoll) by one shrink: a few milliseconds under the lock.
+const MOVES_PER_SHRINK: usize = 2048;
 
 /// A kept-alive client connection between requests, parked out of any task: its socket and what its next task
 /// needs to resume it.
@@ -159,8 +161,16 @@ impl<G> LotState<G> {
     /// re-registered under its new key (a socket that cannot be stays where it is, and so do those after it), and
     /// the heap is rebuilt with one entry per connection. Only the lot's thread shrinks, between two polls, so no
     /// readiness event with an old key is still to be handled (the kernel reports later ones under the new key).
+    /// At most [`MOVES_PER_SHRINK`] connections move per shrink: each move is a system call made under the lock
+    /// that every worker parking a connection takes, so a large lot shrinks over several rounds rather than
+    /// stalling the workers for tens of milliseconds at once.
     fn shrink(&mut self, registry: &mio::Registry) {
+        let mut moves = 0;
         self.parked.compact(|slot, _from, to| {
+            if moves == MOVES_PER_SHRINK {
+                return false;
+            }
+            moves += 1;
             registry
                 .reregister(
                     &mut SourceFd(&slot.socket.as_raw_fd()),
