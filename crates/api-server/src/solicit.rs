@@ -187,9 +187,9 @@ pub async fn solicit_at_start(
 
 /// `addrs` with one name per nsqd: nsqlookupd may list an nsqd by its host name where the configuration gives its
 /// IP address (or the reverse), and one solicitation through each name would reach every data server there twice
-/// (a `duplicate` each). Two names are one nsqd when the socket addresses they resolve to meet; a name that does not
-/// resolve within [`RESOLVE_TIMEOUT`] is kept. The subscription wait compares raw names on purpose: the consumer
-/// opens one connection per name.
+/// (a `duplicate` each). See [`distinct_nsqd`] for when two names count as one; a name that does not resolve within
+/// [`RESOLVE_TIMEOUT`] is kept. The subscription wait compares raw names on purpose: the consumer opens one
+/// connection per name.
 async fn one_name_per_nsqd(addrs: &BTreeSet<String>) -> Vec<String> {
     let resolved = futures::future::join_all(addrs.iter().map(|addr| async move {
         let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(addr.as_str()));
@@ -203,16 +203,28 @@ async fn one_name_per_nsqd(addrs: &BTreeSet<String>) -> Vec<String> {
     distinct_nsqd(resolved)
 }
 
-/// The names of `resolved` (name, its socket addresses) in order, leaving out each whose addresses meet those of
-/// a name kept before it.
+/// The names of `resolved` (name, its socket addresses) in order, leaving out only names that add no nsqd: a host
+/// name all of whose addresses are IP literals of the list (each published to directly), and a name that resolves
+/// to exactly the addresses of a name kept before it. Names that merely share an address are both kept: a name that
+/// resolves to several nsqd (round-robin DNS) reaches only one of them per publish, so leaving out another name of
+/// one of them could leave an nsqd unsolicited, which costs more than a `duplicate`.
 fn distinct_nsqd(resolved: Vec<(String, BTreeSet<SocketAddr>)>) -> Vec<String> {
-    let mut kept: Vec<(String, BTreeSet<SocketAddr>)> = Vec::new();
-    for (name, sockets) in resolved {
-        if !kept.iter().any(|(_, k)| !k.is_disjoint(&sockets)) {
-            kept.push((name, sockets));
+    let literals: BTreeSet<SocketAddr> = resolved
+        .iter()
+        .filter_map(|(name, _)| name.parse().ok())
+        .collect();
+    let mut kept_sets: Vec<&BTreeSet<SocketAddr>> = Vec::new();
+    let mut kept = Vec::new();
+    for (name, sockets) in &resolved {
+        let literal = name.parse::<SocketAddr>().is_ok();
+        let covered = !literal && !sockets.is_empty() && sockets.is_subset(&literals);
+        if covered || (!sockets.is_empty() && kept_sets.contains(&sockets)) {
+            continue;
         }
+        kept_sets.push(sockets);
+        kept.push(name.clone());
     }
-    kept.into_iter().map(|(name, _)| name).collect()
+    kept
 }
 
 #[cfg(test)]
@@ -229,14 +241,50 @@ mod tests {
         assert_eq!(ms(10_000, 1_000.0), 10_000);
     }
 
-    #[tokio::test]
-    async fn an_nsqd_by_name_and_by_address_is_solicited_once() {
-        let addrs: BTreeSet<String> = ["127.0.0.1:4150", "localhost:4150", "127.0.0.1:4151"]
-            .map(String::from)
-            .into();
+    fn sockets(list: &[&str]) -> BTreeSet<SocketAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_nsqd_by_name_and_by_address_is_solicited_once() {
+        let resolved = vec![
+            ("127.0.0.1:4150".to_owned(), sockets(&["127.0.0.1:4150"])),
+            ("127.0.0.1:4151".to_owned(), sockets(&["127.0.0.1:4151"])),
+            ("localhost:4150".to_owned(), sockets(&["127.0.0.1:4150"])),
+            // Two names of one address set: one nsqd.
+            ("nsqd-b:4150".to_owned(), sockets(&["10.0.0.2:4150"])),
+            ("nsqd-b.local:4150".to_owned(), sockets(&["10.0.0.2:4150"])),
+        ];
         assert_eq!(
-            one_name_per_nsqd(&addrs).await,
-            ["127.0.0.1:4150", "127.0.0.1:4151"]
+            distinct_nsqd(resolved),
+            ["127.0.0.1:4150", "127.0.0.1:4151", "nsqd-b:4150"]
+        );
+    }
+
+    #[test]
+    fn a_name_of_several_nsqd_never_hides_one_of_them() {
+        // A round-robin name reaches one of its nsqd per publish: B's own name must stay, and so must the pool.
+        let resolved = vec![
+            ("nsqd-b:4150".to_owned(), sockets(&["10.0.0.2:4150"])),
+            (
+                "pool:4150".to_owned(),
+                sockets(&["10.0.0.1:4150", "10.0.0.2:4150"]),
+            ),
+            // localhost on a host with IPv6 as well: ::1 is not covered by the literal, so it is kept.
+            ("127.0.0.1:4150".to_owned(), sockets(&["127.0.0.1:4150"])),
+            (
+                "localhost:4150".to_owned(),
+                sockets(&["127.0.0.1:4150", "[::1]:4150"]),
+            ),
+        ];
+        assert_eq!(
+            distinct_nsqd(resolved),
+            [
+                "nsqd-b:4150",
+                "pool:4150",
+                "127.0.0.1:4150",
+                "localhost:4150"
+            ]
         );
     }
 

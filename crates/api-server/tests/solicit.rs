@@ -227,6 +227,22 @@ async fn one_nsqd_named_by_host_and_by_ip_is_solicited_once_without_waiting() {
         "solicited {after_ms} ms after the start\n{}",
         api.log()
     );
-    assert_eq!(solicitation_field(&api, "nsqd"), Some(1), "{}", api.log());
+    // localhost is the nsqd's 127.0.0.1 only where it resolves to nothing else; where it also resolves to ::1, the
+    // name may reach another socket and is kept (a duplicate costs less than an unsolicited nsqd).
+    let localhost: Vec<_> = tokio::net::lookup_host(("localhost", cluster.nsqd_tcp(0).port()))
+        .await
+        .unwrap()
+        .collect();
+    let expected = if localhost.iter().all(|a| *a == cluster.nsqd_tcp(0)) {
+        1
+    } else {
+        2
+    };
+    assert_eq!(
+        solicitation_field(&api, "nsqd"),
+        Some(expected),
+        "localhost is {localhost:?}\n{}",
+        api.log()
+    );
     wait_ds_metric(&ds, &solicited("answered"), 1.0).await;
 }
