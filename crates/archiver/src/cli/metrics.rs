@@ -38,7 +38,7 @@ pub fn for_run(registry: &Registry) -> WriterMetrics {
     WriterMetrics {
         archived: registry.counter(
             "archiver_messages_archived_total",
-            "Messages newly stored in the archive.",
+            "Messages newly stored in the archive, counted once durable (after the commit's fsync).",
         ),
         duplicates: registry.counter(
             "archiver_duplicates_total",

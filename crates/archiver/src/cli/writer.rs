@@ -184,13 +184,14 @@ impl Fatal {
 struct Flusher {
     /// The database, for errors.
     database: std::path::PathBuf,
-    tx: Sender<Vec<Record>>,
+    /// Committed batches, each with its (inserted, duplicates) counts, counted in the metrics once durable.
+    tx: Sender<(Vec<Record>, (usize, usize))>,
     thread: JoinHandle<()>,
 }
 
 impl Flusher {
     fn start(mut sync: WalSync, fatal: Arc<Fatal>, metrics: Option<WriterMetrics>) -> Flusher {
-        let (tx, rx) = std::sync::mpsc::channel::<Vec<Record>>();
+        let (tx, rx) = std::sync::mpsc::channel::<(Vec<Record>, (usize, usize))>();
         let database = sync.database().to_path_buf();
         let thread = std::thread::Builder::new()
             .name("archive-fsync".into())
@@ -206,7 +207,7 @@ impl Flusher {
                         if let Err(err) = sync.sync() {
                             let err = Arc::new(err);
                             tracing::error!(
-                                messages = waiting.iter().map(Vec::len).sum::<usize>(),
+                                messages = waiting.iter().map(|(b, _)| b.len()).sum::<usize>(),
                                 "committed batches not acknowledged, their messages are requeued: {err}"
                             );
                             fatal.raise(&err);
@@ -217,8 +218,19 @@ impl Flusher {
                         }
                     }
                     let result = failed.as_ref().map_or(Ok(()), Err);
-                    for r in waiting.into_iter().flatten() {
-                        r.reply.send(result);
+                    for (batch, (inserted, duplicates)) in waiting {
+                        // Archived means durable: counted here, not at the commit.
+                        if let Some(m) = &metrics {
+                            if result.is_ok() {
+                                m.archived.inc_by(inserted as u64);
+                                m.duplicates.inc_by(duplicates as u64);
+                            } else {
+                                m.failed_batches.inc();
+                            }
+                        }
+                        for r in batch {
+                            r.reply.send(result);
+                        }
                     }
                 }
             })
@@ -340,6 +352,8 @@ fn commit<S: Sink>(
             if let Some(m) = metrics {
                 m.commit.observe_duration(started.elapsed());
                 match &result {
+                    // With a flusher, a batch is counted once its fsync is done.
+                    Ok(_) if flusher.is_some() => {}
                     Ok(done) => {
                         m.archived.inc_by(done.inserted as u64);
                         m.duplicates.inc_by(done.duplicates as u64);
@@ -367,7 +381,8 @@ fn commit<S: Sink>(
                 // The flusher stops only when the writer hands it over, so a send fails only if its thread died
                 // (a panic): then nothing more can be made durable, and the batch is requeued, not left in flight.
                 Some(flusher) => {
-                    if let Err(lost) = flusher.tx.send(std::mem::take(batch)) {
+                    let counts = (done.inserted, done.duplicates);
+                    if let Err(lost) = flusher.tx.send((std::mem::take(batch), counts)) {
                         let err = Arc::new(StoreError::SyncFailed {
                             path: flusher.database.clone(),
                             cause: std::io::Error::other("the fsync thread is gone"),
@@ -376,7 +391,10 @@ fn commit<S: Sink>(
                             "committed batch not acknowledged, its messages are requeued: {err}"
                         );
                         fatal.raise(&err);
-                        for r in lost.0 {
+                        if let Some(m) = metrics {
+                            m.failed_batches.inc();
+                        }
+                        for r in (lost.0).0 {
                             r.reply.send(Err(&err));
                         }
                     }
@@ -473,10 +491,11 @@ mod tests {
         let mut store: Box<dyn Archive> = Box::new(archiver::Store::open(&path).unwrap());
         let sync = store.defer_sync().unwrap();
         assert!(sync.is_some(), "SQLite defers its fsync");
+        let metrics = super::super::metrics::for_run(&svc::Registry::new());
         let limits = Limits {
             batch_size: 3,
             batch_latency: Duration::from_millis(20),
-            metrics: None,
+            metrics: Some(metrics.clone()),
         };
         let (tx, handle) = spawn(store, sync, limits, |_| {});
         // Seven messages: two full batches, and one left for the latency bound.
@@ -497,6 +516,9 @@ mod tests {
         rx.blocking_recv().unwrap().unwrap();
         let out = handle.join().unwrap();
         assert_eq!((out.inserted, out.fatal.is_none()), (8, true));
+        // Counted as archived once durable, each batch once.
+        assert_eq!(metrics.archived.get(), 8);
+        assert_eq!(metrics.failed_batches.get(), 0);
         assert_eq!(
             archiver::Store::open(&path).unwrap().stats().unwrap().total,
             8
