@@ -28,9 +28,11 @@ pub const MAX_SERVERS: usize = 256;
 /// Latency buckets: bucket `i` holds latencies up to `FIRST_BOUND_US << i` (the last one everything above).
 const LATENCY_BUCKETS: usize = 24;
 const FIRST_BOUND_US: u64 = 64;
-/// A bucket's `second` while it is being emptied: a try that finds it is not counted, rather than counted and then
-/// wiped half-way (errors without their requests).
+/// A bucket's `second` while it is being emptied: a try that finds it is not counted.
 const RESETTING: u64 = u64::MAX;
+/// In a bucket's packed `tries`: one try (low half) and one failed try (high half).
+const ONE_TRY: u64 = 1;
+const ONE_ERROR: u64 = 1 << 32;
 
 /// What one server did in one second.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -69,8 +71,10 @@ struct Series {
 struct Bucket {
     /// The Unix second this bucket holds; another value means it holds nothing current.
     second: AtomicU64,
-    requests: AtomicU32,
-    errors: AtomicU32,
+    /// Tries in the low 32 bits, failed tries in the high 32: one atomic, so that a try which took this bucket
+    /// just before another thread emptied it lands whole on one side of the emptying, never as an error without
+    /// its request.
+    tries: AtomicU64,
     latency: [AtomicU32; LATENCY_BUCKETS],
 }
 
@@ -102,13 +106,15 @@ impl Traffic {
         let Some(bucket) = series.bucket_for(second) else {
             return;
         };
-        bucket.requests.fetch_add(1, Ordering::Relaxed);
         match latency {
             Some(latency) => {
+                bucket.tries.fetch_add(ONE_TRY, Ordering::Relaxed);
                 bucket.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
             }
             None => {
-                bucket.errors.fetch_add(1, Ordering::Relaxed);
+                bucket
+                    .tries
+                    .fetch_add(ONE_TRY | ONE_ERROR, Ordering::Relaxed);
             }
         }
     }
@@ -183,9 +189,10 @@ impl Series {
 
     /// The bucket of `second`, emptied first when it still holds an older second; `None` (the try is not
     /// counted) while another thread empties it, or when it already holds a newer second. The one thread that
-    /// swaps in [`RESETTING`] empties it and only then publishes the new second (Release), so no count lands in
-    /// between and is wiped. A dashboard can afford the rare uncounted try; the way of a request cannot afford a
-    /// lock.
+    /// swaps in [`RESETTING`] empties it and only then publishes the new second (Release). A try that took the
+    /// bucket just before it was emptied may still be wiped, or land in the new second; its counts are one atomic
+    /// addition, so never half of it. A dashboard can afford the rare miscounted try; the way of a request cannot
+    /// afford a lock.
     fn bucket_for(&self, second: u64) -> Option<&Bucket> {
         let bucket = &self.buckets[(second % WINDOW_SECS) as usize];
         let held = bucket.second.load(Ordering::Acquire);
@@ -203,8 +210,7 @@ impl Series {
             // Another thread got there first; the bucket is ours only if it already holds this second.
             return (bucket.second.load(Ordering::Acquire) == second).then_some(bucket);
         }
-        bucket.requests.store(0, Ordering::Relaxed);
-        bucket.errors.store(0, Ordering::Relaxed);
+        bucket.tries.store(0, Ordering::Relaxed);
         for count in &bucket.latency {
             count.store(0, Ordering::Relaxed);
         }
@@ -223,9 +229,10 @@ impl Series {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
+        let tries = bucket.tries.load(Ordering::Relaxed);
         Second {
-            requests: bucket.requests.load(Ordering::Relaxed),
-            errors: bucket.errors.load(Ordering::Relaxed),
+            requests: tries as u32,
+            errors: (tries >> 32) as u32,
             p99_ms: percentile_ms(&counts, 0.99),
         }
     }
