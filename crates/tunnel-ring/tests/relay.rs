@@ -1,0 +1,171 @@
+//! The relay threads on real loopback sockets: a "user" and a "data server" at the outer ends, the relay between
+//! the inner ends (the sockets the proxy accepted and connected).
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+use tunnel_ring::{End, Relay, Ticket};
+
+/// Bounds every wait, so a broken relay fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A connected pair: (outer, inner).
+fn pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let outer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (inner, _) = listener.accept().unwrap();
+    outer.set_read_timeout(Some(WAIT)).unwrap();
+    (outer, inner)
+}
+
+/// A tunnel: (user, data server, ticket).
+fn tunnel(relay: &Relay, idle: Duration) -> (TcpStream, TcpStream, Ticket) {
+    let (user, client) = pair();
+    let (data_server, server) = pair();
+    let ticket = relay
+        .relay(client, server, idle)
+        .unwrap_or_else(|(err, ..)| panic!("{err}"));
+    (user, data_server, ticket)
+}
+
+fn relay() -> Relay {
+    Relay::start(2, "test-relay").expect("io_uring is available on the test machine")
+}
+
+fn read_exact(socket: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    socket.read_exact(&mut buf).unwrap();
+    buf
+}
+
+/// Whether the socket reads its end (EOF or a reset) within [`WAIT`], all data before it discarded.
+fn sees_end(socket: &mut TcpStream) -> bool {
+    let mut buf = [0; 4096];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+async fn end_of(ticket: Ticket) -> End {
+    tokio::time::timeout(WAIT, ticket)
+        .await
+        .expect("the tunnel ended in time")
+}
+
+#[tokio::test]
+async fn bytes_go_both_ways_in_order_even_when_larger_than_the_buffers() {
+    let relay = relay();
+    let (mut user, mut data_server, ticket) = tunnel(&relay, WAIT);
+    assert_eq!(relay.open(), 1);
+    // 1 MiB each way at once: sends that the kernel takes in parts, and both directions busy together.
+    let up: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    let down: Vec<u8> = (0..1 << 20).map(|i| (i % 241) as u8).collect();
+    let (up2, down2) = (up.clone(), down.clone());
+    let mut user_w = user.try_clone().unwrap();
+    let mut server_w = data_server.try_clone().unwrap();
+    let writers = [
+        std::thread::spawn(move || user_w.write_all(&up2).unwrap()),
+        std::thread::spawn(move || server_w.write_all(&down2).unwrap()),
+    ];
+    let got_up = std::thread::spawn(move || (read_exact(&mut data_server, 1 << 20), data_server));
+    let got_down = read_exact(&mut user, 1 << 20);
+    let (got_up, mut data_server) = got_up.join().unwrap();
+    for w in writers {
+        w.join().unwrap();
+    }
+    assert!(got_up == up, "the data server received the user's bytes in order");
+    assert!(got_down == down, "the user received the data server's bytes in order");
+
+    // The user closes: the data server sees the close, and closes too.
+    user.shutdown(Shutdown::Write).unwrap();
+    assert!(sees_end(&mut data_server));
+    drop(data_server);
+    assert_eq!(end_of(ticket).await, End::ClientClosed);
+    assert_eq!(relay.open(), 0);
+}
+
+#[tokio::test]
+async fn a_half_close_is_passed_on_and_the_other_side_may_still_send() {
+    let relay = relay();
+    let (mut user, mut data_server, ticket) = tunnel(&relay, WAIT);
+    data_server.shutdown(Shutdown::Write).unwrap();
+    assert!(sees_end(&mut user));
+    user.write_all(b"still here").unwrap();
+    assert_eq!(read_exact(&mut data_server, 10), b"still here");
+    user.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(end_of(ticket).await, End::ServerClosed);
+}
+
+#[tokio::test]
+async fn a_silent_tunnel_closes_after_its_idle_timeout_and_a_busy_one_does_not() {
+    let relay = relay();
+    let idle = Duration::from_millis(400);
+    let (mut user, mut data_server, ticket) = tunnel(&relay, idle);
+    let (mut busy_user, mut busy_server, busy) = tunnel(&relay, idle);
+    let started = Instant::now();
+    // The busy one echoes every 100 ms for three idle timeouts.
+    while started.elapsed() < idle * 3 {
+        busy_user.write_all(b"x").unwrap();
+        assert_eq!(read_exact(&mut busy_server, 1), b"x");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(end_of(ticket).await, End::Idle);
+    assert!(sees_end(&mut user));
+    assert!(sees_end(&mut data_server));
+    assert_eq!(relay.open(), 1, "the busy tunnel is still open");
+    drop(busy_user);
+    assert_eq!(end_of(busy).await, End::ClientClosed);
+}
+
+#[tokio::test]
+async fn a_reset_is_blamed_on_the_side_that_reset() {
+    let relay = relay();
+    let (mut user, data_server, ticket) = tunnel(&relay, WAIT);
+    // Bytes left unread in the data server's socket make its close a reset.
+    user.write_all(b"unread").unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drop(data_server);
+    assert_eq!(end_of(ticket).await, End::ServerClosed);
+    assert!(sees_end(&mut user));
+}
+
+#[tokio::test]
+async fn a_ticket_closed_or_dropped_closes_its_tunnel() {
+    let relay = relay();
+    let (mut user, mut data_server, ticket) = tunnel(&relay, WAIT);
+    ticket.close();
+    assert_eq!(end_of(ticket).await, End::Closed);
+    assert!(sees_end(&mut user));
+    assert!(sees_end(&mut data_server));
+
+    let (mut user, mut data_server, ticket) = tunnel(&relay, WAIT);
+    drop(ticket);
+    assert!(sees_end(&mut user));
+    assert!(sees_end(&mut data_server));
+    let deadline = Instant::now() + WAIT;
+    while relay.open() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(relay.open(), 0);
+}
+
+#[tokio::test]
+async fn stopping_the_relay_closes_every_tunnel() {
+    let relay = relay();
+    let mut tunnels: Vec<_> = (0..20).map(|_| tunnel(&relay, WAIT)).collect();
+    // One in the middle of a send the user does not read: the data server filled the user's buffers.
+    let (_, data_server, _) = &mut tunnels[0];
+    data_server.set_nonblocking(true).unwrap();
+    while data_server.write(&[0; 65536]).is_ok() {}
+    drop(relay);
+    for (mut user, _, ticket) in tunnels {
+        assert_eq!(end_of(ticket).await, End::Closed);
+        assert!(sees_end(&mut user));
+    }
+}
