@@ -278,6 +278,10 @@ pub struct ProxyConfig {
     pub max_body_bytes: Option<u64>,
     /// An upgraded connection (WebSocket) silent both ways for this long is closed.
     pub tunnel_idle_timeout: HumanDuration,
+    /// Relay tunnels on io_uring threads (fewer system calls per message) when the kernel allows it; when it
+    /// refuses (a container's seccomp profile, `kernel.io_uring_disabled`), tunnels are relayed on the proxy's
+    /// workers and a warning says so. False: always on the workers.
+    pub tunnel_io_uring: bool,
     /// Most tries per request (first try included).
     pub max_tries: u32,
     /// Retries may add at most this share of the requests (plus the floor below), so that retries cannot
@@ -304,6 +308,7 @@ impl Default for ProxyConfig {
             total_timeout: HumanDuration::from_secs(30),
             max_body_bytes: None,
             tunnel_idle_timeout: HumanDuration::from_secs(3600),
+            tunnel_io_uring: true,
             max_tries: 3,
             retry_budget_ratio: 0.2,
             retry_budget_min_per_sec: 10.0,

@@ -292,6 +292,7 @@ fn proxy_settings(cfg: &ProxyConfig, warmup: Duration) -> proxy::ProxySettings {
         total_timeout: cfg.total_timeout.get(),
         max_body_bytes: cfg.max_body_bytes,
         tunnel_idle_timeout: cfg.tunnel_idle_timeout.get(),
+        tunnel_io_uring: cfg.tunnel_io_uring,
         max_tries: cfg.max_tries,
         retry_budget_ratio: cfg.retry_budget_ratio,
         retry_budget_min_per_sec: cfg.retry_budget_min_per_sec,

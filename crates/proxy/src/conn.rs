@@ -32,6 +32,7 @@ use crate::relay::write_paced;
 use crate::request::{Req, parse_request};
 use crate::state::Inner;
 use crate::tries::{Failure, forward};
+use crate::tunnel;
 
 /// Initial read buffer of a client connection (it grows to `server.max_header_bytes` for a large head).
 const CLIENT_BUFFER: usize = 4 * 1024;
@@ -52,6 +53,8 @@ pub(crate) struct Worker {
     pub spare: RefCell<SpareBuffers>,
     /// False once the parking lot refused a connection (its thread died): idle connections then wait in their tasks.
     pub parking: Cell<bool>,
+    /// The io_uring relay for tunnels, shared by the workers (started at the first tunnel).
+    pub tunnels: Arc<tunnel::RingRelay>,
 }
 
 /// One client connection.
@@ -74,6 +77,8 @@ pub(crate) struct Conn {
     pub(crate) up_body: Vec<u8>,
     /// Requests served on this connection.
     pub(crate) served: u64,
+    /// The server's side of a tunnel, once it answered 101: relayed when the request's handling returns.
+    pub(crate) upgraded: Option<Box<tunnel::Upgraded>>,
 }
 
 /// How a request's body relates to the buffer when its head is parsed.
@@ -163,6 +168,7 @@ pub(crate) async fn serve(
         up_out: Vec::new(),
         up_body: Vec::new(),
         served: resumed.as_ref().map_or(0, |r| r.served),
+        upgraded: None,
     };
     let park_after = resumed.as_ref().map_or(PARK_AFTER, |r| {
         r.next_park_after(w.limits.keepalive_timeout, Instant::now())
@@ -209,30 +215,53 @@ pub(crate) async fn serve(
         let started = Instant::now();
         // Boxed: a request's state is most of a connection's future, and an idle connection has no request.
         let done = Box::pin(handle(w, &mut c, &req, started)).await;
-        let p = &w.p;
-        p.statuses.get(done.status).inc();
         let now_counted = c.stream.counts();
-        let (bytes_in, bytes_out) = (now_counted.0 - counted.0, now_counted.1 - counted.1);
+        let bytes = (now_counted.0 - counted.0, now_counted.1 - counted.1);
         counted = now_counted;
-        if let Some(path) = &req.path {
-            // A number, so that a log collector can sum and compare it (LOG_FORMAT=json).
-            let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-            let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
-            let (method, status, tries) = (&req.method, done.status, done.tries);
-            let (client, request_id) = (c.peer_addr, req.id.as_str());
-            // The target keeps the api-server's name: it is how operators filter the access log (its README).
-            match &done.failure {
-                None => {
-                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, elapsed_ms, %client, request_id, bytes_in, bytes_out)
-                }
-                Some(text) => {
-                    tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, elapsed_ms, %client, request_id, bytes_in, bytes_out, "{text}")
-                }
-            }
+        if let Some(upgraded) = c.upgraded.take() {
+            // The request's futures are gone; the tunnel owns both sockets (its bytes are not in the access log,
+            // which logs the 101 when the tunnel ends).
+            let Conn {
+                stream, buf, out, ..
+            } = c;
+            tunnel::run(w, *upgraded, stream.into_socket(), buf, out).await;
+            account(w, &req, &done, started, peer, bytes);
+            return None;
         }
+        account(w, &req, &done, started, peer, bytes);
         if !done.keep {
             linger_close(c.stream.socket()).await;
             return None;
+        }
+    }
+}
+
+/// Counts a request's status and writes its access log line; `bytes` is what it read from and wrote to the client.
+fn account(
+    w: &Worker,
+    req: &Req,
+    done: &Done,
+    started: Instant,
+    client: SocketAddr,
+    bytes: (u64, u64),
+) {
+    w.p.statuses.get(done.status).inc();
+    let Some(path) = &req.path else {
+        return;
+    };
+    let (bytes_in, bytes_out) = bytes;
+    // A number, so that a log collector can sum and compare it (LOG_FORMAT=json).
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let upstream = done.upstream.as_ref().map_or("-", |b| b.id());
+    let (method, status, tries) = (&req.method, done.status, done.tries);
+    let request_id = req.id.as_str();
+    // The target keeps the api-server's name: it is how operators filter the access log (its README).
+    match &done.failure {
+        None => {
+            tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, elapsed_ms, %client, request_id, bytes_in, bytes_out)
+        }
+        Some(text) => {
+            tracing::info!(target: "api_server::access", %method, path, status, upstream, tries, elapsed_ms, %client, request_id, bytes_in, bytes_out, "{text}")
         }
     }
 }

@@ -52,6 +52,7 @@
 //!     total_timeout: Duration::from_secs(30),
 //!     max_body_bytes: None,
 //!     tunnel_idle_timeout: Duration::from_secs(3600),
+//!     tunnel_io_uring: true,
 //!     max_tries: 3,
 //!     retry_budget_ratio: 0.2,
 //!     retry_budget_min_per_sec: 10.0,

@@ -25,6 +25,8 @@ pub struct ProxySettings {
     pub max_body_bytes: Option<u64>,
     /// How long an upgraded connection (WebSocket) may be silent both ways before it is closed.
     pub tunnel_idle_timeout: Duration,
+    /// Relay tunnels on io_uring threads when the kernel allows it (else, and when false, on the workers).
+    pub tunnel_io_uring: bool,
     /// Most tries per request (first try included).
     pub max_tries: u32,
     /// Retries may add at most this share of the requests (plus the floor below).

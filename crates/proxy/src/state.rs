@@ -31,6 +31,7 @@ pub(crate) struct Inner {
     pub(crate) total_timeout: Duration,
     pub(crate) max_body_bytes: Option<u64>,
     pub(crate) tunnel_idle_timeout: Duration,
+    pub(crate) tunnel_io_uring: bool,
     pub(crate) via: ViaToken,
     pub(crate) max_tries: u32,
     pub(crate) budget: RetryBudget,
@@ -68,6 +69,7 @@ impl Proxy {
                 total_timeout: settings.total_timeout,
                 max_body_bytes: settings.max_body_bytes,
                 tunnel_idle_timeout: settings.tunnel_idle_timeout,
+                tunnel_io_uring: settings.tunnel_io_uring,
                 via: ViaToken::generate(),
                 max_tries: settings.max_tries,
                 budget: RetryBudget::new(

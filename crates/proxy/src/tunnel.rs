@@ -22,7 +22,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
@@ -30,6 +30,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use discovery::InFlightGuard;
+use tunnel_ring::HALF_CLOSE_GRACE;
 
 use crate::conn::Worker;
 use crate::relay::write_paced;
@@ -39,10 +42,6 @@ const TUNNEL_BUFFER: usize = 16 * 1024;
 /// Reads one direction makes per poll before it lets the other move: a client uploading without pause must not
 /// starve the server's frames to it (tokio's per-task budget would otherwise go to the busy side every time).
 const READS_PER_POLL: usize = 8;
-/// Once one side has closed its half, how long the other may still send before the tunnel closes. WebSocket peers
-/// close right after each other; a peer that keeps a half-open connection must not hold the tunnel for the whole
-/// idle timeout.
-const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a tunnel ended, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,19 +78,58 @@ impl TunnelEnd {
     }
 }
 
-/// Relays a tunnel: `head` (the 101 and any bytes that came with it) to the client, `pending` (bytes the client sent
-/// after its request) to the server, then both ways from one poll function (see [`Tunnel`]). A side that closes
-/// its half is passed on as a half close; the tunnel ends when both have (or [`HALF_CLOSE_GRACE`] after the first),
-/// when nothing is read either way for `idle`, or at the drain's end. Its reason is the side that closed first, by
-/// a FIN or a reset alike; `Error` only for a failure neither side explains.
-pub(crate) async fn relay(
+/// The server's side of a tunnel, handed from the request that was upgraded to its connection.
+pub(crate) struct Upgraded {
+    pub(crate) server: TcpStream,
+    /// The server stays in flight while the tunnel is open.
+    pub(crate) in_flight: InFlightGuard,
+    pub(crate) upstream: String,
+    pub(crate) request_id: String,
+}
+
+/// Relays a tunnel to its end, counted in `/metrics` (open, then closed by reason): `head` (the 101 and any bytes
+/// that came with it) to the client, `pending` (bytes the client sent after its request) to the server, then both
+/// ways, on the io_uring relay when there is one ([`RingRelay`]), else in this task ([`relay_here`]). A side that
+/// closes its half is passed on as a half close; the tunnel ends when both have (or [`HALF_CLOSE_GRACE`] after the
+/// first, or the idle timeout if shorter), when nothing is read either way for `proxy.tunnel_idle_timeout`, or at
+/// the drain's end. Its reason is the side that closed first, by a FIN or a reset alike; `Error` only for a
+/// failure neither side explains.
+pub(crate) async fn run(
+    w: &Worker,
+    upgraded: Upgraded,
+    mut client: TcpStream,
+    mut pending: BytesMut,
+    head: Vec<u8>,
+) {
+    let metrics = &w.p.metrics;
+    let _open = metrics.tunnels_open.inc_guard();
+    let Upgraded {
+        mut server,
+        in_flight,
+        upstream,
+        request_id,
+    } = upgraded;
+    let idle = w.p.tunnel_idle_timeout;
+    let end = match start(w, &mut client, &mut pending, &mut server, &head).await {
+        Err(end) => end,
+        Ok(()) => match w.tunnels.get() {
+            Some(ring) => on_ring(w, ring, client, server, idle).await,
+            None => relay_here(w, &mut client, &mut server, idle).await,
+        },
+    };
+    drop(in_flight);
+    metrics.tunnels_closed.with(end.as_str()).inc();
+    tracing::debug!(%request_id, %upstream, reason = end.as_str(), "tunnel closed");
+}
+
+/// Sends the 101 to the client and what the client already sent to the server.
+async fn start(
     w: &Worker,
     client: &mut TcpStream,
     pending: &mut BytesMut,
     server: &mut TcpStream,
     head: &[u8],
-    idle: Duration,
-) -> TunnelEnd {
+) -> Result<(), TunnelEnd> {
     if write_paced(
         client,
         head,
@@ -101,17 +139,111 @@ pub(crate) async fn relay(
     .await
     .is_err()
     {
-        return TunnelEnd::ClientClosed;
+        return Err(TunnelEnd::ClientClosed);
     }
     if !pending.is_empty() {
         if write_paced(server, pending, w.p.try_timeout, "the server read nothing")
             .await
             .is_err()
         {
-            return TunnelEnd::ServerClosed;
+            return Err(TunnelEnd::ServerClosed);
         }
         pending.clear();
     }
+    Ok(())
+}
+
+/// The io_uring relay threads, started at the first tunnel (an api-server that never sees an upgrade starts none)
+/// unless `proxy.tunnel_io_uring` is off. When the kernel refuses io_uring, that is logged once and tunnels are
+/// relayed on the proxy's workers.
+#[derive(Debug)]
+pub(crate) struct RingRelay {
+    enabled: bool,
+    threads: usize,
+    relay: OnceLock<Option<tunnel_ring::Relay>>,
+}
+
+impl RingRelay {
+    pub(crate) fn new(enabled: bool, threads: usize) -> RingRelay {
+        RingRelay {
+            enabled,
+            threads: threads.max(1),
+            relay: OnceLock::new(),
+        }
+    }
+
+    /// The relay, started on first use; `None` when off or refused.
+    pub(crate) fn get(&self) -> Option<&tunnel_ring::Relay> {
+        if !self.enabled {
+            return None;
+        }
+        self.relay
+            .get_or_init(|| match tunnel_ring::Relay::start(self.threads, "proxy-tunnels") {
+                Ok(relay) => {
+                    tracing::info!(threads = self.threads, "tunnels are relayed on io_uring threads");
+                    Some(relay)
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "io_uring is not available (seccomp, kernel.io_uring_disabled or an old kernel): tunnels are relayed on the proxy's workers; set proxy.tunnel_io_uring = false to say so");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
+/// Relays on the io_uring threads: this task only waits for the end, or for the drain to close the tunnel.
+async fn on_ring(
+    w: &Worker,
+    ring: &tunnel_ring::Relay,
+    client: TcpStream,
+    server: TcpStream,
+    idle: Duration,
+) -> TunnelEnd {
+    // Created before the flag is read: a drain's notification from then on is not missed.
+    let drain = w.close_idle_now.notified();
+    if w.close_idle.get() {
+        return TunnelEnd::Drain;
+    }
+    // Out of tokio's reactor, so that the ring alone waits on them.
+    let (client, server) = match (client.into_std(), server.into_std()) {
+        (Ok(client), Ok(server)) => (client, server),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::warn!(error = %err, "tunnel: a socket could not leave the event loop");
+            return TunnelEnd::Error;
+        }
+    };
+    let mut ticket = match ring.relay(client, server, idle) {
+        Ok(ticket) => ticket,
+        Err((err, ..)) => {
+            tracing::warn!(error = %err, "tunnel: the sockets could not be handed to the io_uring relay");
+            return TunnelEnd::Error;
+        }
+    };
+    tokio::select! {
+        end = &mut ticket => match end {
+            tunnel_ring::End::ClientClosed => TunnelEnd::ClientClosed,
+            tunnel_ring::End::ServerClosed => TunnelEnd::ServerClosed,
+            tunnel_ring::End::Idle => TunnelEnd::Idle,
+            // Only the drain (or the relay's stop with the proxy) closes a tunnel.
+            tunnel_ring::End::Closed => TunnelEnd::Drain,
+            tunnel_ring::End::Error => TunnelEnd::Error,
+        },
+        () = drain => {
+            ticket.close();
+            let _ = ticket.await;
+            TunnelEnd::Drain
+        }
+    }
+}
+
+/// Relays in this task, on the worker's event loop: both ways from one poll function (see [`Tunnel`]).
+async fn relay_here(
+    w: &Worker,
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    idle: Duration,
+) -> TunnelEnd {
     let mut tunnel = Tunnel {
         up: Flow::new(),
         down: Flow::new(),
@@ -233,13 +365,13 @@ enum Fault {
 impl Fault {
     fn read(err: &io::Error) -> Fault {
         Fault::Read {
-            peer_gone: peer_gone(err),
+            peer_gone: tunnel_ring::peer_gone(err),
         }
     }
 
     fn write(err: &io::Error) -> Fault {
         Fault::Write {
-            peer_gone: peer_gone(err),
+            peer_gone: tunnel_ring::peer_gone(err),
         }
     }
 
@@ -255,23 +387,6 @@ impl Fault {
             }
         }
     }
-}
-
-/// Whether `err` on a socket means its peer reset, aborted or stopped answering the connection (rather than a
-/// failure of this process, such as running out of memory or descriptors).
-fn peer_gone(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionReset
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::UnexpectedEof
-            | io::ErrorKind::NotConnected
-            | io::ErrorKind::TimedOut
-            | io::ErrorKind::WriteZero
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
 }
 
 /// One direction of a tunnel: bytes read from one side and not yet written to the other.

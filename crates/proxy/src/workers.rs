@@ -24,6 +24,7 @@ use crate::listener::{ConnectionErrors, HttpLimits, OpenConnections, OpenGuard, 
 use crate::park::{Parked, ParkingLot};
 use crate::pool::IDLE_TIMEOUT;
 use crate::state::Proxy;
+use crate::tunnel::RingRelay;
 
 enum Message {
     /// A new client connection, counted as open until its guard is dropped.
@@ -104,6 +105,8 @@ pub async fn serve(
     })?;
     let _stop_lot = StopLot(Arc::clone(&lot));
     let mut workers = Vec::with_capacity(threads);
+    // Stopped (its tunnels closed) once the last worker is gone.
+    let tunnels = Arc::new(RingRelay::new(proxy.inner.tunnel_io_uring, threads));
     for (n, (tx, rx)) in channels.into_iter().enumerate() {
         let (done_tx, done) = oneshot::channel();
         let open = Arc::new(AtomicUsize::new(0));
@@ -116,6 +119,7 @@ pub async fn serve(
             close_idle_now: Notify::new(),
             spare: Default::default(),
             parking: std::cell::Cell::new(true),
+            tunnels: Arc::clone(&tunnels),
         };
         let lot = Arc::clone(&lot);
         std::thread::Builder::new()

@@ -82,6 +82,15 @@ pub struct Relay {
     inner: Arc<Threads>,
 }
 
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("threads", &self.inner.threads.len())
+            .field("open", &self.open())
+            .finish()
+    }
+}
+
 struct Threads {
     threads: Vec<Arc<Mailbox>>,
     /// Round robin over `threads`.
@@ -558,7 +567,11 @@ impl Thread {
                     t.active = true;
                     let end = t.first_end.get_or_insert((sender(dir), now)).0;
                     if let Err(err) = t.sockets[1 - dir].shutdown(Shutdown::Write) {
-                        let end = if peer_gone(&err) { receiver(dir) } else { End::Error };
+                        let end = if peer_gone(&err) {
+                            receiver(dir)
+                        } else {
+                            End::Error
+                        };
                         self.close(slot, end);
                     } else if t.flows[1 - dir].done {
                         self.close(slot, end);
@@ -567,7 +580,11 @@ impl Thread {
                 }
                 err => {
                     let err = io::Error::from_raw_os_error(-err);
-                    let end = if peer_gone(&err) { sender(dir) } else { End::Error };
+                    let end = if peer_gone(&err) {
+                        sender(dir)
+                    } else {
+                        End::Error
+                    };
                     self.close(slot, end);
                     Ok(())
                 }
@@ -590,7 +607,11 @@ impl Thread {
                 }
                 err => {
                     let err = io::Error::from_raw_os_error(-err);
-                    let end = if peer_gone(&err) { receiver(dir) } else { End::Error };
+                    let end = if peer_gone(&err) {
+                        receiver(dir)
+                    } else {
+                        End::Error
+                    };
                     self.close(slot, end);
                     Ok(())
                 }
@@ -612,11 +633,10 @@ impl Thread {
             match t.first_end {
                 // Half closed: the other side has the grace (or the idle timeout, if shorter) to follow, and the
                 // tunnel's end is the first close whatever happens meanwhile.
-                Some((end, at)) => {
-                    if now.duration_since(at) >= t.idle.min(HALF_CLOSE_GRACE) {
-                        due.push((slot, end));
-                    }
+                Some((end, at)) if now.duration_since(at) >= t.idle.min(HALF_CLOSE_GRACE) => {
+                    due.push((slot, end));
                 }
+                Some(_) => {}
                 None if now.duration_since(t.last_active) >= t.idle => due.push((slot, End::Idle)),
                 None => {}
             }
@@ -685,7 +705,11 @@ impl Drop for Thread {
         while let Ok(command) = self.commands.try_recv() {
             if let Command::Open(open) = command {
                 self.mailbox.open.fetch_sub(1, Ordering::Relaxed);
-                let _ = open.reply.send(if self.stopping { End::Closed } else { End::Error });
+                let _ = open.reply.send(if self.stopping {
+                    End::Closed
+                } else {
+                    End::Error
+                });
             }
         }
         if abnormal {

@@ -79,8 +79,14 @@ async fn bytes_go_both_ways_in_order_even_when_larger_than_the_buffers() {
     for w in writers {
         w.join().unwrap();
     }
-    assert!(got_up == up, "the data server received the user's bytes in order");
-    assert!(got_down == down, "the user received the data server's bytes in order");
+    assert!(
+        got_up == up,
+        "the data server received the user's bytes in order"
+    );
+    assert!(
+        got_down == down,
+        "the user received the data server's bytes in order"
+    );
 
     // The user closes: the data server sees the close, and closes too.
     user.shutdown(Shutdown::Write).unwrap();

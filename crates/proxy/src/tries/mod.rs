@@ -356,9 +356,7 @@ async fn try_once(
         c.buf.advance(k);
     }
     if resp.upgraded {
-        return Ok(TryOk::Done(
-            upgraded(w, c, req, backend, up, in_flight).await,
-        ));
+        return Ok(TryOk::Done(upgraded(c, req, backend, up, in_flight)));
     }
     let relayed = relay_body(
         &mut up.stream,
@@ -381,36 +379,27 @@ async fn try_once(
     ))
 }
 
-/// A connection the server switched to another protocol: a tunnel until either side closes. The server stays
-/// in flight meanwhile, so that the balancer spreads long-lived tunnels like requests.
-async fn upgraded(
-    w: &Worker,
+/// A connection the server switched to another protocol: the 101 (and what the server sent after it) is left in
+/// `c.out`, and the server's socket with `c.upgraded`, for the connection to relay as a tunnel once this request's
+/// futures are gone (`conn::serve`): a tunnel's every message then wakes only its own small future, or none at all
+/// on the io_uring relay. The server stays in flight meanwhile, so that the balancer spreads long-lived tunnels
+/// like requests.
+fn upgraded(
     c: &mut Conn,
     req: &Req,
     backend: &Backend,
     mut up: Upstream,
     in_flight: InFlightGuard,
 ) -> Done {
-    let metrics = &w.p.metrics;
-    let _open = metrics.tunnels_open.inc_guard();
     // Whatever the server sent after its 101 goes right after it.
     c.out.extend_from_slice(&up.buf);
     up.buf.clear();
-    let Conn {
-        stream, buf, out, ..
-    } = c;
-    let end = tunnel::relay(
-        w,
-        stream.socket(),
-        buf,
-        &mut up.stream,
-        out,
-        w.p.tunnel_idle_timeout,
-    )
-    .await;
-    drop(in_flight);
-    metrics.tunnels_closed.with(end.as_str()).inc();
-    tracing::debug!(request_id = %req.id.as_str(), upstream = %backend.id(), reason = end.as_str(), "tunnel closed");
+    c.upgraded = Some(Box::new(tunnel::Upgraded {
+        server: up.stream,
+        in_flight,
+        upstream: backend.id().to_owned(),
+        request_id: req.id.as_str().to_owned(),
+    }));
     Done {
         status: 101,
         upstream: None,
