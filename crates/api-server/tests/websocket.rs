@@ -45,9 +45,22 @@ async fn next_text(socket: &mut Socket) -> Option<String> {
     }
 }
 
+/// The tunnel relays of the api-server: on io_uring threads (the default, where the kernel allows it) and on the
+/// proxy's workers (`proxy.tunnel_io_uring=false`, and wherever io_uring is refused).
+const WORKERS: &str = "proxy.tunnel_io_uring=false";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_echo_through_the_api_server() {
-    let (Setup { api, .. }, _) = &with_data_server("ds-ws").await;
+    thousand_messages(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_messages_echo_through_the_workers_relay() {
+    thousand_messages(&[WORKERS]).await;
+}
+
+async fn thousand_messages(extra: &[&str]) {
+    let (Setup { api, .. }, _) = &with_data_server_and("ds-ws", extra).await;
     let mut socket = connect(api, "/ws").await;
     for i in 0..1000 {
         let text = format!("message {i}");
@@ -130,7 +143,16 @@ async fn a_killed_data_server_closes_its_tunnels_and_new_upgrades_go_to_another(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_tunnel_closes_after_the_idle_timeout_and_a_talking_one_stays_open() {
-    let extra = ["proxy.tunnel_idle_timeout=1s"];
+    idle_timeout(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_relay_closes_a_silent_tunnel_too() {
+    idle_timeout(&[WORKERS]).await;
+}
+
+async fn idle_timeout(extra: &[&str]) {
+    let extra = [&["proxy.tunnel_idle_timeout=1s"], extra].concat();
     let (Setup { api, .. }, _) = &with_data_server_and("ds-idle", &extra).await;
     let mut silent = connect(api, "/ws").await;
     let mut talking = connect(api, "/ws").await;
@@ -192,7 +214,16 @@ async fn a_half_closed_tunnel_closes_after_its_grace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_drain_closes_tunnels_after_its_grace() {
-    let extra = ["shutdown.drain_grace=1s", "shutdown.timeout=10s"];
+    drain(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_closes_the_workers_relay_tunnels_too() {
+    drain(&[WORKERS]).await;
+}
+
+async fn drain(extra: &[&str]) {
+    let extra = [&["shutdown.drain_grace=1s", "shutdown.timeout=10s"], extra].concat();
     // The whole setup is kept: the cluster and the data server live to the end of the test.
     let (mut setup, _) = with_data_server_and("ds-drain", &extra).await;
     let api = &mut setup.api;
