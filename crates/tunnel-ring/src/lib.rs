@@ -162,9 +162,9 @@ impl Relay {
                 .spawn(move || {
                     // The ring is made on its thread: with `SINGLE_ISSUER` only the thread that made it submits.
                     match new_ring() {
-                        Ok(ring) => {
+                        Ok((ring, poll_first)) => {
                             let _ = ready_tx.send(Ok(()));
-                            Thread::new(ring, rx, wake_rx, theirs).run();
+                            Thread::new(ring, poll_first, rx, wake_rx, theirs).run();
                         }
                         Err(err) => {
                             let _ = ready_tx.send(Err(err));
@@ -271,14 +271,23 @@ impl Drop for Ticket {
     }
 }
 
-/// A ring with the flags that suit one thread submitting and reaping (kernel 6.1), else a plain one.
-fn new_ring() -> io::Result<IoUring> {
-    IoUring::builder()
+/// `IORING_RECVSEND_POLL_FIRST` (kernel 5.19): a receive waits for readability before it tries, instead of trying
+/// first and failing with `EAGAIN`. A direction's next receive is posted right after its send, when the answer to
+/// what was sent has not come yet: a try would fail nearly every time.
+const RECV_POLL_FIRST: u16 = 1;
+
+/// A ring with the flags that suit one thread submitting and reaping (kernel 6.1), else a plain one; and whether
+/// receives may wait for readability first (the kernel is at least 5.19: it took the 6.1 flags).
+fn new_ring() -> io::Result<(IoUring, bool)> {
+    match IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun()
         .build(RING_ENTRIES)
-        .or_else(|_| IoUring::new(RING_ENTRIES))
+    {
+        Ok(ring) => Ok((ring, true)),
+        Err(_) => Ok((IoUring::new(RING_ENTRIES)?, false)),
+    }
 }
 
 // What a completion is for: the low bits of its user data.
@@ -292,6 +301,8 @@ const TICK: u64 = u64::MAX - 1;
 /// One relay thread's state.
 struct Thread {
     ring: IoUring,
+    /// The `ioprio` of receives: [`RECV_POLL_FIRST`] where the kernel knows it.
+    recv_ioprio: u16,
     commands: mpsc::Receiver<Command>,
     wake: io::PipeReader,
     /// Where the wake pipe's bytes are read into (the kernel writes here while the read is posted).
@@ -361,12 +372,14 @@ fn receiver(dir: usize) -> End {
 impl Thread {
     fn new(
         ring: IoUring,
+        poll_first: bool,
         commands: mpsc::Receiver<Command>,
         wake: io::PipeReader,
         mailbox: Arc<Mailbox>,
     ) -> Thread {
         Thread {
             ring,
+            recv_ioprio: if poll_first { RECV_POLL_FIRST } else { 0 },
             commands,
             wake,
             wake_buf: Box::new([0; 64]),
@@ -517,6 +530,7 @@ impl Thread {
             flow.buf.as_mut_ptr(),
             flow.buf.len() as u32,
         )
+        .ioprio(self.recv_ioprio)
         .build()
         .user_data(((slot as u64) << SLOT_SHIFT) | if dir == 1 { DIR_BIT } else { 0 } | OP_RECV);
         t.in_flight += 1;
