@@ -221,10 +221,9 @@ pub(crate) async fn serve(
         if let Some(upgraded) = c.upgraded.take() {
             // The request's futures are gone; the tunnel owns both sockets (its bytes are not in the access log,
             // which logs the 101 when the tunnel ends).
-            let Conn {
-                stream, buf, out, ..
-            } = c;
-            tunnel::run(w, *upgraded, stream.into_socket(), buf, out).await;
+            let (client, pending, head) = c.into_tunnel();
+            // Boxed: a tunnel's state need not sit in every connection's future.
+            Box::pin(tunnel::run(w, *upgraded, client, pending, head)).await;
             account(w, &req, &done, started, peer, bytes);
             return None;
         }
@@ -233,6 +232,14 @@ pub(crate) async fn serve(
             linger_close(c.stream.socket()).await;
             return None;
         }
+    }
+}
+
+impl Conn {
+    /// What a tunnel needs of the connection (the socket, the bytes the client sent after its request, the 101 to
+    /// send); the rest (the upstream head's buffers) is dropped now, not held for the tunnel's life.
+    fn into_tunnel(self) -> (TcpStream, BytesMut, Vec<u8>) {
+        (self.stream.into_socket(), self.buf, self.out)
     }
 }
 
@@ -314,7 +321,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// sends (the rest of a refused request body, a pipelined request) is read and dropped for a moment. Closing a
 /// socket with unread input makes the kernel send a reset, which can destroy the response before the client reads
 /// it.
-async fn linger_close(stream: &mut TcpStream) {
+pub(crate) async fn linger_close(stream: &mut TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }

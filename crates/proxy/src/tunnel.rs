@@ -2,27 +2,28 @@
 //! go both ways unchanged until either side closes, the tunnel is silent for `proxy.tunnel_idle_timeout`, or the
 //! drain that follows a SIGTERM ends.
 //!
-//! What a message costs (`cargo xtask bench websocket`: 64 B echoes on 64 sockets, 2026-11-30, on a machine loaded
-//! by other builds). Per echo the proxy makes the same system calls as nginx (two `recvfrom`, two `sendto`), and
-//! about 90 % of its CPU time is in the kernel. In user space, one poll function moves both directions
-//! ([`Tunnel`]); the timer and the drain signal are polled only when their own waker rang ([`Alarm`]); a read sets
-//! a flag instead of reading the clock. Against `copy_bidirectional` behind a wrapper that read the clock per
-//! read, with the timer and the drain in a `select!` polled on every wake, the api-server's CPU per message fell in
-//! each of five runs where both ran side by side (12.8 against 13.1, 13.1 against 16.0, 15.8 against 17.0 µs);
-//! under `perf`, its user-space samples per message went from 2.0 to 1.4 times nginx's.
+//! Two relays. By default the tunnel goes to the io_uring relay threads (`crates/tunnel-ring`, [`RingRelay`]):
+//! this task hands both sockets over and waits only for the end or the drain. Where io_uring is refused, or with
+//! `proxy.tunnel_io_uring = false`, this task relays it on the worker's event loop ([`relay_here`]).
 //!
-//! What remains above nginx, from `perf record` of both in the same run: about a third of the api-server's
-//! user-space samples are the wake itself (tokio's `run_task` and task state, and the first touch of the
-//! connection's nested futures, a cache miss), a quarter tokio's I/O driver and readiness bookkeeping (each socket
-//! going back to waiting locks its waiter list), where nginx calls a handler from its epoll loop; in the kernel,
-//! `fdget`/`fput` (a multi-threaded process takes a file reference per system call, a single-threaded nginx
-//! worker does not) and more `epoll_wait` rounds with their context switches (0.08 against 0.05 per `sendto` in
-//! one run).
+//! Why two (`cargo xtask bench websocket`: 64 B echoes on 64 sockets, 2026-11-30). On the event loop, per echo the
+//! proxy makes the same system calls as nginx (two `recvfrom`, two `sendto`), about 90 % of its CPU time in the
+//! kernel, yet its CPU per message stayed 0.6–1.3 µs above nginx's (12.9–13.2 against 12.0–12.3 µs on a quiet
+//! machine; ratio 0.95–0.99). `perf record` of both in the same run put the difference in user space (10 % of the
+//! api-server's samples against 6 % of nginx's): tokio's wake of the task and the first touch of its futures, and
+//! its I/O driver's readiness bookkeeping, where nginx calls a handler from its epoll loop. The kernel samples per
+//! message were equal. On the ring, a message costs no readiness event and no task wake, and one `io_uring_enter`
+//! carries many sockets' receives and sends: 10.7–11.4 µs against nginx's 12.1–12.6 (ratio 1.00–1.06).
+//!
+//! The relay on the event loop: one poll function moves both directions ([`Tunnel`]); the timer and the drain
+//! signal are polled only when their own waker rang ([`Alarm`]); a read sets a flag instead of reading the clock.
+//! Against `copy_bidirectional` behind a wrapper that read the clock per read, with the timer and the drain in a
+//! `select!` polled on every wake, that cut the CPU per message in each of five runs side by side.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ use tokio::time::Instant;
 use discovery::InFlightGuard;
 use tunnel_ring::HALF_CLOSE_GRACE;
 
-use crate::conn::Worker;
+use crate::conn::{Worker, linger_close};
 use crate::relay::write_paced;
 
 /// Bytes read at once from either side.
@@ -110,16 +111,27 @@ pub(crate) async fn run(
         request_id,
     } = upgraded;
     let idle = w.p.tunnel_idle_timeout;
-    let end = match start(w, &mut client, &mut pending, &mut server, &head).await {
-        Err(end) => end,
-        Ok(()) => match w.tunnels.get() {
+    let started = start(w, &mut client, &mut pending, &mut server, &head).await;
+    // Not needed for the tunnel's life, which may be hours.
+    drop((pending, head));
+    let (end, client) = match started {
+        Err(end) => (end, Some(client)),
+        Ok(()) => match &w.tunnels.relay {
             Some(ring) => on_ring(w, ring, client, server, idle).await,
-            None => relay_here(w, &mut client, &mut server, idle).await,
+            None => {
+                let end = relay_here(w, &mut client, &mut server, idle).await;
+                (end, Some(client))
+            }
         },
     };
     drop(in_flight);
     metrics.tunnels_closed.with(end.as_str()).inc();
     tracing::debug!(%request_id, %upstream, reason = end.as_str(), "tunnel closed");
+    // What the client still sends is read for a moment: closed with unread input, its socket would answer with a
+    // reset that can destroy the last frames sent to it.
+    if let Some(mut client) = client {
+        linger_close(&mut client).await;
+    }
 }
 
 /// Sends the 101 to the client and what the client already sent to the server.
@@ -153,88 +165,100 @@ async fn start(
     Ok(())
 }
 
-/// The io_uring relay threads, started at the first tunnel (an api-server that never sees an upgrade starts none)
-/// unless `proxy.tunnel_io_uring` is off. When the kernel refuses io_uring, that is logged once and tunnels are
-/// relayed on the proxy's workers.
+/// The io_uring relay threads of one proxy listener (as many as its workers), unless `proxy.tunnel_io_uring` is
+/// off. Started with the listener, so that whether the kernel allows io_uring is logged at start-up; when it does
+/// not, tunnels are relayed on the proxy's workers.
 #[derive(Debug)]
 pub(crate) struct RingRelay {
-    enabled: bool,
-    threads: usize,
-    relay: OnceLock<Option<tunnel_ring::Relay>>,
+    pub(crate) relay: Option<tunnel_ring::Relay>,
 }
 
 impl RingRelay {
-    pub(crate) fn new(enabled: bool, threads: usize) -> RingRelay {
-        RingRelay {
-            enabled,
-            threads: threads.max(1),
-            relay: OnceLock::new(),
+    pub(crate) fn start(enabled: bool, threads: usize) -> RingRelay {
+        if !enabled {
+            tracing::info!(
+                "tunnels are relayed on the proxy's workers (proxy.tunnel_io_uring = false)"
+            );
+            return RingRelay { relay: None };
         }
-    }
-
-    /// The relay, started on first use; `None` when off or refused.
-    pub(crate) fn get(&self) -> Option<&tunnel_ring::Relay> {
-        if !self.enabled {
-            return None;
-        }
-        self.relay
-            .get_or_init(|| match tunnel_ring::Relay::start(self.threads, "proxy-tunnels") {
-                Ok(relay) => {
-                    tracing::info!(threads = self.threads, "tunnels are relayed on io_uring threads");
-                    Some(relay)
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "io_uring is not available (seccomp, kernel.io_uring_disabled or an old kernel): tunnels are relayed on the proxy's workers; set proxy.tunnel_io_uring = false to say so");
-                    None
-                }
-            })
-            .as_ref()
+        let relay = match tunnel_ring::Relay::start(threads, "proxy-tunnels") {
+            Ok(relay) => {
+                tracing::info!(threads, "tunnels are relayed on io_uring threads");
+                Some(relay)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "io_uring is not available (a container's seccomp profile, kernel.io_uring_disabled or an old kernel): tunnels are relayed on the proxy's workers; set proxy.tunnel_io_uring = false to silence this");
+                None
+            }
+        };
+        RingRelay { relay }
     }
 }
 
-/// Relays on the io_uring threads: this task only waits for the end, or for the drain to close the tunnel.
+/// How long a drain waits for the relay thread to close a tunnel it was asked to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Relays on the io_uring threads: this task only waits for the end, or for the drain to close the tunnel. Returns
+/// the end and the client's socket for its lingering close. If the relay cannot take the tunnel (its thread is
+/// gone), relays it here.
 async fn on_ring(
     w: &Worker,
     ring: &tunnel_ring::Relay,
     client: TcpStream,
     server: TcpStream,
     idle: Duration,
-) -> TunnelEnd {
+) -> (TunnelEnd, Option<TcpStream>) {
     // Created before the flag is read: a drain's notification from then on is not missed.
     let drain = w.close_idle_now.notified();
     if w.close_idle.get() {
-        return TunnelEnd::Drain;
+        return (TunnelEnd::Drain, Some(client));
     }
     // Out of tokio's reactor, so that the ring alone waits on them.
     let (client, server) = match (client.into_std(), server.into_std()) {
         (Ok(client), Ok(server)) => (client, server),
         (Err(err), _) | (_, Err(err)) => {
             tracing::warn!(error = %err, "tunnel: a socket could not leave the event loop");
-            return TunnelEnd::Error;
+            return (TunnelEnd::Error, None);
         }
     };
     let mut ticket = match ring.relay(client, server, idle) {
         Ok(ticket) => ticket,
-        Err((err, ..)) => {
-            tracing::warn!(error = %err, "tunnel: the sockets could not be handed to the io_uring relay");
-            return TunnelEnd::Error;
+        Err((err, client, server)) => {
+            tracing::debug!(error = %err, "tunnel relayed on the worker: the io_uring relay cannot take it");
+            let (Some(mut client), Some(mut server)) =
+                (back_to_tokio(client), back_to_tokio(server))
+            else {
+                return (TunnelEnd::Error, None);
+            };
+            let end = relay_here(w, &mut client, &mut server, idle).await;
+            return (end, Some(client));
         }
     };
-    tokio::select! {
-        end = &mut ticket => match end {
-            tunnel_ring::End::ClientClosed => TunnelEnd::ClientClosed,
-            tunnel_ring::End::ServerClosed => TunnelEnd::ServerClosed,
-            tunnel_ring::End::Idle => TunnelEnd::Idle,
-            // Only the drain (or the relay's stop with the proxy) closes a tunnel.
-            tunnel_ring::End::Closed => TunnelEnd::Drain,
-            tunnel_ring::End::Error => TunnelEnd::Error,
-        },
+    let ended = tokio::select! {
+        ended = &mut ticket => ended,
         () = drain => {
             ticket.close();
-            let _ = ticket.await;
-            TunnelEnd::Drain
+            match tokio::time::timeout(CLOSE_WAIT, ticket).await {
+                Ok(ended) => tunnel_ring::Ended { end: tunnel_ring::End::Closed, ..ended },
+                Err(_) => tunnel_ring::Ended { end: tunnel_ring::End::Closed, client: None },
+            }
         }
-    }
+    };
+    let end = match ended.end {
+        tunnel_ring::End::ClientClosed => TunnelEnd::ClientClosed,
+        tunnel_ring::End::ServerClosed => TunnelEnd::ServerClosed,
+        tunnel_ring::End::Idle => TunnelEnd::Idle,
+        // Only the drain (or the relay's stop with the proxy) closes a tunnel.
+        tunnel_ring::End::Closed => TunnelEnd::Drain,
+        tunnel_ring::End::Error => TunnelEnd::Error,
+    };
+    (end, ended.client.and_then(back_to_tokio))
+}
+
+/// A socket given back by the relay, on this worker's event loop again.
+fn back_to_tokio(socket: std::net::TcpStream) -> Option<TcpStream> {
+    socket.set_nonblocking(true).ok()?;
+    TcpStream::from_std(socket).ok()
 }
 
 /// Relays in this task, on the worker's event loop: both ways from one poll function (see [`Tunnel`]).

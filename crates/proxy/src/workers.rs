@@ -106,7 +106,10 @@ pub async fn serve(
     let _stop_lot = StopLot(Arc::clone(&lot));
     let mut workers = Vec::with_capacity(threads);
     // Stopped (its tunnels closed) once the last worker is gone.
-    let tunnels = Arc::new(RingRelay::new(proxy.inner.tunnel_io_uring, threads));
+    let tunnels = Arc::new(RingRelay::start(
+        proxy.inner.tunnel_io_uring,
+        threads.max(1),
+    ));
     for (n, (tx, rx)) in channels.into_iter().enumerate() {
         let (done_tx, done) = oneshot::channel();
         let open = Arc::new(AtomicUsize::new(0));

@@ -6,8 +6,8 @@
 //! tunnel keeps one receive (or the send of what it received) posted per direction, and the thread submits what the
 //! last completions called for and reaps the next ones in one `io_uring_enter`. With many busy tunnels, one system
 //! call moves many messages. Measured with `cargo xtask bench websocket` (64 sockets echoing 64-byte messages on
-//! the 2-core machine): about 10 % less CPU per message than nginx, and about 18 % less than the same relay on
-//! tokio (see the bench's figures in the README).
+//! the 2-core machine): 10–14 % less CPU per message than nginx, where the same relay on the proxy's tokio workers
+//! cost 5–8 % more (the figures are in the README).
 //!
 //! Why by hand: the `io-uring` crate is the kernel interface only; `tokio-uring` runs a runtime of its own with a
 //! task and a future per operation, which is the overhead this avoids. The unsafe code is the submission of
@@ -15,10 +15,11 @@
 //! only once none of its operations is in flight. If a relay thread stops abnormally with operations in flight
 //! (a panic, a failed `io_uring_enter`), their buffers are leaked rather than freed under the kernel.
 //!
-//! The kernel may refuse io_uring (Docker's default seccomp profile, `kernel.io_uring_disabled`, kernels before
-//! 5.19): [`Relay::start`] then fails and the caller relays on its own event loop.
+//! The kernel may refuse io_uring (Docker's default seccomp profile, `kernel.io_uring_disabled`), or lack what this
+//! needs (kernels before 5.7: no fast poll, no receive and send operations): [`Relay::start`] then fails, and the
+//! caller relays on its own event loop. So does it when [`Relay::relay`] finds its thread gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::fd::AsRawFd;
@@ -28,20 +29,21 @@ use std::sync::{Arc, mpsc};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, opcode, squeue, types};
+use io_uring::{IoUring, Probe, opcode, squeue, types};
 use slab::Slab;
 use tokio::sync::oneshot;
 
 /// Bytes received at once in each direction of a tunnel.
 pub const BUFFER: usize = 16 * 1024;
-/// Once one side has closed its half, how long the other may still send before the tunnel closes. WebSocket peers
+/// Once one side has closed its half, how long the other may stay silent before the tunnel closes. WebSocket peers
 /// close right after each other; a peer that keeps a half-open connection must not hold the tunnel for the whole
 /// idle timeout.
 pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// How often a relay thread with tunnels looks for idle ones: the idle timeout and the half-close grace are noticed
-/// at most this late. Each look walks the thread's tunnels (a few nanoseconds each).
+/// How often a relay thread with tunnels looks for silent ones: the idle timeout and the half-close grace are
+/// noticed at most this late. Each look walks the thread's tunnels (a few nanoseconds each).
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
-/// Submission queue entries per ring. Completions beyond the completion queue wait in the kernel (no loss).
+/// Submission queue entries per ring. Completions beyond the completion queue wait in the kernel (no loss:
+/// `IORING_FEAT_NODROP` is required).
 const RING_ENTRIES: u32 = 1024;
 
 /// How a tunnel ended.
@@ -57,6 +59,15 @@ pub enum End {
     Closed,
     /// A failure neither side explains (or the relay thread is gone).
     Error,
+}
+
+/// A tunnel's end, and the client's socket given back for a lingering close (its unread input drained for a
+/// moment, so that the kernel does not answer it with a reset that destroys what was sent last). `None` after an
+/// abnormal stop of the relay thread.
+#[derive(Debug)]
+pub struct Ended {
+    pub end: End,
+    pub client: Option<TcpStream>,
 }
 
 /// Whether `err` on a socket means its peer reset, aborted or stopped answering the connection (rather than a
@@ -99,9 +110,10 @@ struct Threads {
 }
 
 impl Drop for Threads {
+    /// Also when a later thread failed to start: the ones started stop.
     fn drop(&mut self) {
         for thread in &self.threads {
-            thread.send(Command::Stop);
+            let _ = thread.send(Command::Stop);
         }
     }
 }
@@ -117,13 +129,15 @@ struct Mailbox {
 }
 
 impl Mailbox {
-    fn send(&self, command: Command) {
-        let sent = self.commands.send(command).is_ok();
-        if sent && !self.notified.swap(true, Ordering::SeqCst) {
-            // One byte; the thread reads them back before it looks at the commands. The pipe holds 64 KiB, and a
-            // byte is written only when the last one was read.
+    /// Sends a command; gives it back when the thread is gone.
+    fn send(&self, command: Command) -> Result<(), Command> {
+        self.commands.send(command).map_err(|e| e.0)?;
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            // One byte; the thread reads it before it looks at the commands, and clears `notified` first: at most
+            // one byte is ever unread, so this write never blocks.
             let _ = (&self.wake).write(&[1]);
         }
+        Ok(())
     }
 }
 
@@ -138,14 +152,18 @@ struct Open {
     client: TcpStream,
     server: TcpStream,
     idle: Duration,
-    reply: oneshot::Sender<End>,
+    reply: oneshot::Sender<Ended>,
 }
 
 impl Relay {
-    /// Starts `threads` relay threads (at least one), named `{name}-{i}`; fails when the kernel refuses io_uring
-    /// or a thread cannot start.
+    /// Starts `threads` relay threads (at least one), named `{name}-{i}`; fails when the kernel refuses io_uring,
+    /// lacks what the relay needs, or a thread cannot start (those already started then stop).
     pub fn start(threads: usize, name: &str) -> io::Result<Relay> {
-        let mut mailboxes = Vec::new();
+        let mut started = Threads {
+            threads: Vec::new(),
+            next: AtomicUsize::new(0),
+            ids: AtomicU64::new(0),
+        };
         for i in 0..threads.max(1) {
             let (tx, rx) = mpsc::channel();
             let (wake_rx, wake_tx) = io::pipe()?;
@@ -174,20 +192,16 @@ impl Relay {
             ready_rx
                 .recv()
                 .map_err(|_| io::Error::other("a relay thread stopped while starting"))??;
-            mailboxes.push(mailbox);
+            started.threads.push(mailbox);
         }
         Ok(Relay {
-            inner: Arc::new(Threads {
-                threads: mailboxes,
-                next: AtomicUsize::new(0),
-                ids: AtomicU64::new(0),
-            }),
+            inner: Arc::new(started),
         })
     }
 
-    /// Relays between `client` and `server` until either closes, nothing is received either way for `idle`, or
-    /// the returned ticket is closed or dropped. The sockets are switched to blocking mode (io_uring waits on them
-    /// itself); on failure they are returned.
+    /// Relays between `client` and `server` until either closes, both are silent for `idle`, or the returned
+    /// ticket is closed or dropped. The sockets are switched to blocking mode (io_uring waits on them itself).
+    /// When that fails or the relay thread is gone, they are given back (in blocking mode) for the caller to relay.
     pub fn relay(
         &self,
         client: TcpStream,
@@ -204,16 +218,21 @@ impl Relay {
         let thread = &threads[self.inner.next.fetch_add(1, Ordering::Relaxed) % threads.len()];
         let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
         let (reply, end) = oneshot::channel();
-        // Counted here, so that the gauge includes a tunnel from the moment it is handed over; the thread takes it
+        // Counted here, so that the count includes a tunnel from the moment it is handed over; the thread takes it
         // off when it answers the ticket.
         thread.open.fetch_add(1, Ordering::Relaxed);
-        thread.send(Command::Open(Box::new(Open {
+        let open = Box::new(Open {
             id,
             client,
             server,
             idle,
             reply,
-        })));
+        });
+        if let Err(Command::Open(open)) = thread.send(Command::Open(open)) {
+            thread.open.fetch_sub(1, Ordering::Relaxed);
+            let err = io::Error::other("the tunnel relay thread is gone");
+            return Err((err, open.client, open.server));
+        }
         Ok(Ticket {
             id,
             thread: Arc::clone(thread),
@@ -236,7 +255,7 @@ impl Relay {
 pub struct Ticket {
     id: u64,
     thread: Arc<Mailbox>,
-    end: oneshot::Receiver<End>,
+    end: oneshot::Receiver<Ended>,
     done: bool,
 }
 
@@ -245,23 +264,26 @@ impl Ticket {
     /// ended otherwise first).
     pub fn close(&self) {
         if !self.done {
-            self.thread.send(Command::Close(self.id));
+            let _ = self.thread.send(Command::Close(self.id));
         }
     }
 }
 
 impl Future for Ticket {
-    type Output = End;
+    type Output = Ended;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<End> {
-        let end = match Pin::new(&mut self.end).poll(cx) {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
+        let ended = match Pin::new(&mut self.end).poll(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(end)) => end,
-            // The thread is gone without an answer (it panicked).
-            Poll::Ready(Err(_)) => End::Error,
+            Poll::Ready(Ok(ended)) => ended,
+            // The thread is gone without an answer.
+            Poll::Ready(Err(_)) => Ended {
+                end: End::Error,
+                client: None,
+            },
         };
         self.done = true;
-        Poll::Ready(end)
+        Poll::Ready(ended)
     }
 }
 
@@ -276,27 +298,56 @@ impl Drop for Ticket {
 /// what was sent has not come yet: a try would fail nearly every time.
 const RECV_POLL_FIRST: u16 = 1;
 
-/// A ring with the flags that suit one thread submitting and reaping (kernel 6.1), else a plain one; and whether
-/// receives may wait for readability first (the kernel is at least 5.19: it took the 6.1 flags).
+/// A ring with the flags that suit one thread submitting and reaping (kernel 6.1), else a plain one, provided the
+/// kernel has what the relay needs; and whether receives may wait for readability first (the kernel is at least
+/// 5.19: it took the 6.1 flags).
 fn new_ring() -> io::Result<(IoUring, bool)> {
-    match IoUring::builder()
+    let (ring, recent) = match IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_coop_taskrun()
         .build(RING_ENTRIES)
     {
-        Ok(ring) => Ok((ring, true)),
-        Err(_) => Ok((IoUring::new(RING_ENTRIES)?, false)),
+        Ok(ring) => (ring, true),
+        Err(_) => (IoUring::new(RING_ENTRIES)?, false),
+    };
+    // Without fast poll a blocked receive holds a kernel worker thread; without no-drop a completion could be lost
+    // (and its tunnel never released).
+    let params = ring.params();
+    if !params.is_feature_fast_poll() || !params.is_feature_nodrop() {
+        return Err(io::Error::other(
+            "this kernel's io_uring lacks fast poll or no-drop completions (5.7 or newer is needed)",
+        ));
     }
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    for (code, name) in [
+        (opcode::Recv::CODE, "recv"),
+        (opcode::Send::CODE, "send"),
+        (opcode::Read::CODE, "read"),
+        (opcode::Timeout::CODE, "timeout"),
+        (opcode::AsyncCancel::CODE, "async cancel"),
+    ] {
+        if !probe.is_supported(code) {
+            return Err(io::Error::other(format!(
+                "this kernel's io_uring has no {name} operation"
+            )));
+        }
+    }
+    Ok((ring, recent))
 }
 
 // What a completion is for: the low bits of its user data.
-const OP_RECV: u64 = 0;
 const OP_SEND: u64 = 1;
 const DIR_BIT: u64 = 2;
 const SLOT_SHIFT: u32 = 2;
 const WAKE: u64 = u64::MAX;
 const TICK: u64 = u64::MAX - 1;
+const CANCEL: u64 = u64::MAX - 2;
+
+fn user_data(slot: usize, dir: usize, op: u64) -> u64 {
+    ((slot as u64) << SLOT_SHIFT) | if dir == 1 { DIR_BIT } else { 0 } | op
+}
 
 /// One relay thread's state.
 struct Thread {
@@ -315,6 +366,8 @@ struct Thread {
     tick: Box<types::Timespec>,
     ticking: bool,
     stopping: bool,
+    /// Operations that did not fit in the submission queue: pushed first on the next round.
+    backlog: VecDeque<squeue::Entry>,
     completions: Vec<(u64, i32)>,
 }
 
@@ -328,12 +381,11 @@ struct Tunnel {
     /// Something was received since the last check.
     active: bool,
     last_active: Instant,
-    /// The first side to close its half, and when.
-    first_end: Option<(End, Instant)>,
-    /// Closing (both sockets shut down), for this reason: released once nothing is in flight.
+    /// The first side to close its half or fail: the tunnel's end, whatever happens after it.
+    first_end: Option<End>,
+    /// Closing, for this reason: its operations are cancelled, and it is released once none is in flight.
     closing: Option<End>,
-    in_flight: u8,
-    reply: Option<oneshot::Sender<End>>,
+    reply: Option<oneshot::Sender<Ended>>,
 }
 
 struct Flow {
@@ -341,6 +393,8 @@ struct Flow {
     /// `buf[sent..len]` is still to be sent.
     len: usize,
     sent: usize,
+    /// The user data of this direction's operation in flight (a receive or a send), if any.
+    in_flight: Option<u64>,
     /// The sending side closed its half, and the close was passed on.
     done: bool,
 }
@@ -351,8 +405,16 @@ impl Flow {
             buf: vec![0; BUFFER].into_boxed_slice(),
             len: 0,
             sent: 0,
+            in_flight: None,
             done: false,
         }
+    }
+}
+
+impl Tunnel {
+    /// The end to report for `end`: the first close or failure of a side, if one came before.
+    fn end(&mut self, end: End) -> End {
+        *self.first_end.get_or_insert(end)
     }
 }
 
@@ -367,6 +429,13 @@ fn sender(dir: usize) -> End {
 
 fn receiver(dir: usize) -> End {
     sender(1 - dir)
+}
+
+/// Whether an operation's failure is worth posting it again (nothing is wrong with either side).
+fn transient(errno: i32) -> bool {
+    const EINTR: i32 = 4;
+    const EAGAIN: i32 = 11;
+    errno == EINTR || errno == EAGAIN
 }
 
 impl Thread {
@@ -393,20 +462,13 @@ impl Thread {
             ),
             ticking: false,
             stopping: false,
-            completions: Vec::with_capacity(RING_ENTRIES as usize),
+            backlog: VecDeque::new(),
+            completions: Vec::with_capacity(2 * RING_ENTRIES as usize),
         }
     }
 
     fn run(mut self) {
-        let read_wake = opcode::Read::new(
-            types::Fd(self.wake.as_raw_fd()),
-            self.wake_buf.as_mut_ptr(),
-            self.wake_buf.len() as u32,
-        )
-        .build()
-        .user_data(WAKE);
-        // Safety: the read's buffer is `wake_buf`, which lives as long as the thread (leaked if it stops abnormally).
-        if let Err(err) = unsafe { self.push(&read_wake) } {
+        if let Err(err) = self.read_wake() {
             tracing::error!(error = %err, "tunnel relay thread: cannot post its first read");
             return;
         }
@@ -414,10 +476,14 @@ impl Thread {
             if self.stopping && self.tunnels.is_empty() {
                 return;
             }
+            if let Err(err) = self.push_backlog() {
+                tracing::error!(error = %err, "tunnel relay thread stopped: io_uring_enter failed");
+                return;
+            }
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                // The completion queue is full: reap, then submit again.
+                // The completion queue is full (older kernels): reap, then submit again.
                 Err(err) if err.raw_os_error() == Some(16) => {}
                 Err(err) => {
                     tracing::error!(error = %err, "tunnel relay thread stopped: io_uring_enter failed");
@@ -431,43 +497,76 @@ impl Thread {
             for i in 0..self.completions.len() {
                 let (data, result) = self.completions[i];
                 let done = match data {
-                    WAKE => self.woken(result, &read_wake),
+                    WAKE => self.woken(result),
                     TICK => self.check(now),
+                    CANCEL => Ok(()),
                     _ => self.completed(data, result, now),
                 };
                 if let Err(err) = done {
-                    tracing::error!(error = %err, "tunnel relay thread stopped: cannot post an operation");
+                    tracing::error!(error = %err, "tunnel relay thread stopped");
                     return;
                 }
             }
         }
     }
 
-    /// Pushes one operation, submitting first when the queue is full.
+    /// Queues one operation: into the submission queue when it has room, else into the backlog.
     ///
     /// # Safety
     /// Every buffer or timespec the operation points to must stay valid until its completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
-        loop {
-            // Safety: per this function's contract.
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
-                return Ok(());
-            }
-            self.ring.submit()?;
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(entry);
+            return;
+        }
+        // Safety: per this function's contract.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.backlog.push_back(entry);
         }
     }
 
-    /// The wake pipe was read: take the commands, and read it again.
-    fn woken(&mut self, result: i32, read_wake: &squeue::Entry) -> io::Result<()> {
-        if result <= 0 {
-            // The writing end is gone with every sender: nothing more will come.
-            self.stop();
-            return Ok(());
+    /// Moves the backlog into the submission queue, submitting whenever it is full.
+    fn push_backlog(&mut self) -> io::Result<()> {
+        while let Some(entry) = self.backlog.front() {
+            // Safety: the backlog's operations were queued under `push`'s contract.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                self.backlog.pop_front();
+                continue;
+            }
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                // The kernel holds completions we have not reaped: take them first.
+                Err(err) if err.raw_os_error() == Some(16) => return Ok(()),
+                Err(err) => return Err(err),
+            }
         }
-        self.mailbox.notified.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn read_wake(&mut self) -> io::Result<()> {
+        let read = opcode::Read::new(
+            types::Fd(self.wake.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            self.wake_buf.len() as u32,
+        )
+        .build()
+        .user_data(WAKE);
+        // Safety: the read's buffer is `wake_buf`, which lives as long as the thread (leaked if it stops abnormally).
+        unsafe { self.push(read) };
+        Ok(())
+    }
+
+    /// The wake pipe was read: take the commands, and read it again.
+    fn woken(&mut self, result: i32) -> io::Result<()> {
+        if result < 0 && !transient(-result) {
+            return Err(io::Error::from_raw_os_error(-result));
+        }
+        // Cleared before the commands are taken: a command sent after this writes a new byte.
+        self.mailbox.notified.swap(false, Ordering::SeqCst);
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Open(open) => self.open(*open)?,
+                Command::Open(open) => self.open(*open),
                 Command::Close(id) => {
                     if let Some(&slot) = self.ids.get(&id) {
                         self.close(slot, End::Closed);
@@ -479,8 +578,7 @@ impl Thread {
         if self.stopping {
             return Ok(());
         }
-        // Safety: `wake_buf` outlives the thread's operations.
-        unsafe { self.push(read_wake) }
+        self.read_wake()
     }
 
     fn stop(&mut self) {
@@ -491,11 +589,14 @@ impl Thread {
         }
     }
 
-    fn open(&mut self, open: Open) -> io::Result<()> {
+    fn open(&mut self, open: Open) {
         if self.stopping {
             self.mailbox.open.fetch_sub(1, Ordering::Relaxed);
-            let _ = open.reply.send(End::Closed);
-            return Ok(());
+            let _ = open.reply.send(Ended {
+                end: End::Closed,
+                client: Some(open.client),
+            });
+            return;
         }
         let slot = self.tunnels.insert(Tunnel {
             id: open.id,
@@ -506,25 +607,24 @@ impl Thread {
             last_active: Instant::now(),
             first_end: None,
             closing: None,
-            in_flight: 0,
             reply: Some(open.reply),
         });
         self.ids.insert(open.id, slot);
-        self.recv(slot, 0)?;
-        self.recv(slot, 1)?;
+        self.recv(slot, 0);
+        self.recv(slot, 1);
         if !self.ticking {
             self.ticking = true;
             let tick = opcode::Timeout::new(&*self.tick).build().user_data(TICK);
-            // Safety: `tick` lives as long as the thread.
-            unsafe { self.push(&tick) }?;
+            // Safety: `tick` lives as long as the thread (and the kernel copies it when the timeout is submitted).
+            unsafe { self.push(tick) };
         }
-        Ok(())
     }
 
     /// Posts direction `dir`'s next receive.
-    fn recv(&mut self, slot: usize, dir: usize) -> io::Result<()> {
+    fn recv(&mut self, slot: usize, dir: usize) {
         let t = &mut self.tunnels[slot];
         let flow = &mut t.flows[dir];
+        let data = user_data(slot, dir, 0);
         let entry = opcode::Recv::new(
             types::Fd(t.sockets[dir].as_raw_fd()),
             flow.buf.as_mut_ptr(),
@@ -532,27 +632,30 @@ impl Thread {
         )
         .ioprio(self.recv_ioprio)
         .build()
-        .user_data(((slot as u64) << SLOT_SHIFT) | if dir == 1 { DIR_BIT } else { 0 } | OP_RECV);
-        t.in_flight += 1;
+        .user_data(data);
+        flow.in_flight = Some(data);
         // Safety: the buffer is the flow's, freed only with its tunnel once nothing is in flight.
-        unsafe { self.push(&entry) }
+        unsafe { self.push(entry) };
     }
 
     /// Posts the send of what direction `dir` has left to send.
-    fn send(&mut self, slot: usize, dir: usize) -> io::Result<()> {
+    fn send(&mut self, slot: usize, dir: usize) {
         let t = &mut self.tunnels[slot];
-        let flow = &t.flows[dir];
+        let flow = &mut t.flows[dir];
         let rest = &flow.buf[flow.sent..flow.len];
+        let data = user_data(slot, dir, OP_SEND);
+        // MSG_NOSIGNAL: a peer gone is an error to count, never a SIGPIPE.
         let entry = opcode::Send::new(
             types::Fd(t.sockets[1 - dir].as_raw_fd()),
             rest.as_ptr(),
             rest.len() as u32,
         )
+        .flags(libc::MSG_NOSIGNAL)
         .build()
-        .user_data(((slot as u64) << SLOT_SHIFT) | if dir == 1 { DIR_BIT } else { 0 } | OP_SEND);
-        t.in_flight += 1;
+        .user_data(data);
+        flow.in_flight = Some(data);
         // Safety: as for `recv`.
-        unsafe { self.push(&entry) }
+        unsafe { self.push(entry) };
     }
 
     fn completed(&mut self, data: u64, result: i32, now: Instant) -> io::Result<()> {
@@ -561,46 +664,55 @@ impl Thread {
         let Some(t) = self.tunnels.get_mut(slot) else {
             return Ok(());
         };
-        t.in_flight -= 1;
+        t.flows[dir].in_flight = None;
         if t.closing.is_some() {
             self.release_if_settled(slot);
             return Ok(());
         }
-        if data & OP_SEND == 0 {
+        let sending = data & OP_SEND != 0;
+        if result < 0 && transient(-result) {
+            if sending {
+                self.send(slot, dir);
+            } else {
+                self.recv(slot, dir);
+            }
+            return Ok(());
+        }
+        if !sending {
             match result {
                 n if n > 0 => {
                     t.active = true;
                     let flow = &mut t.flows[dir];
                     flow.len = n as usize;
                     flow.sent = 0;
-                    self.send(slot, dir)
+                    self.send(slot, dir);
                 }
                 0 => {
-                    // The sender closed its half: pass the close on.
+                    // The sender closed its half: pass the close on. The other side may still send, while it is
+                    // not silent for the grace.
                     t.flows[dir].done = true;
                     t.active = true;
-                    let end = t.first_end.get_or_insert((sender(dir), now)).0;
+                    t.last_active = now;
+                    let end = t.end(sender(dir));
                     if let Err(err) = t.sockets[1 - dir].shutdown(Shutdown::Write) {
-                        let end = if peer_gone(&err) {
+                        let end = t.end(if peer_gone(&err) {
                             receiver(dir)
                         } else {
                             End::Error
-                        };
+                        });
                         self.close(slot, end);
                     } else if t.flows[1 - dir].done {
                         self.close(slot, end);
                     }
-                    Ok(())
                 }
                 err => {
                     let err = io::Error::from_raw_os_error(-err);
-                    let end = if peer_gone(&err) {
+                    let end = t.end(if peer_gone(&err) {
                         sender(dir)
                     } else {
                         End::Error
-                    };
+                    });
                     self.close(slot, end);
-                    Ok(())
                 }
             }
         } else {
@@ -609,32 +721,32 @@ impl Thread {
                     let flow = &mut t.flows[dir];
                     flow.sent += n as usize;
                     if flow.sent < flow.len {
-                        self.send(slot, dir)
+                        self.send(slot, dir);
                     } else {
-                        self.recv(slot, dir)
+                        self.recv(slot, dir);
                     }
                 }
                 // Nothing taken: the receiver is as gone as one that reset.
                 0 => {
-                    self.close(slot, receiver(dir));
-                    Ok(())
+                    let end = t.end(receiver(dir));
+                    self.close(slot, end);
                 }
                 err => {
                     let err = io::Error::from_raw_os_error(-err);
-                    let end = if peer_gone(&err) {
+                    let end = t.end(if peer_gone(&err) {
                         receiver(dir)
                     } else {
                         End::Error
-                    };
+                    });
                     self.close(slot, end);
-                    Ok(())
                 }
             }
         }
+        Ok(())
     }
 
-    /// Closes tunnels idle for their timeout, and half-closed ones past [`HALF_CLOSE_GRACE`]; posts the next check
-    /// while tunnels remain.
+    /// Closes tunnels silent for their idle timeout (or, once a side closed its half, for the grace if shorter);
+    /// posts the next check while tunnels remain.
     fn check(&mut self, now: Instant) -> io::Result<()> {
         let mut due = Vec::new();
         for (slot, t) in &mut self.tunnels {
@@ -644,15 +756,11 @@ impl Thread {
             if std::mem::take(&mut t.active) {
                 t.last_active = now;
             }
+            let silent = now.duration_since(t.last_active);
             match t.first_end {
-                // Half closed: the other side has the grace (or the idle timeout, if shorter) to follow, and the
-                // tunnel's end is the first close whatever happens meanwhile.
-                Some((end, at)) if now.duration_since(at) >= t.idle.min(HALF_CLOSE_GRACE) => {
-                    due.push((slot, end));
-                }
-                Some(_) => {}
-                None if now.duration_since(t.last_active) >= t.idle => due.push((slot, End::Idle)),
-                None => {}
+                Some(end) if silent >= t.idle.min(HALF_CLOSE_GRACE) => due.push((slot, end)),
+                None if silent >= t.idle => due.push((slot, End::Idle)),
+                _ => {}
             }
         }
         for (slot, end) in due {
@@ -664,34 +772,47 @@ impl Thread {
         }
         let tick = opcode::Timeout::new(&*self.tick).build().user_data(TICK);
         // Safety: `tick` lives as long as the thread.
-        unsafe { self.push(&tick) }
+        unsafe { self.push(tick) };
+        Ok(())
     }
 
-    /// Closes a tunnel for `end` (unless it is closing already): both sockets are shut down, which ends their
-    /// posted operations; it is released once none is in flight.
+    /// Closes a tunnel for `end` (unless it is closing already): its operations in flight are cancelled, and it is
+    /// released once none is left.
     fn close(&mut self, slot: usize, end: End) {
         let t = &mut self.tunnels[slot];
         if t.closing.is_some() {
             return;
         }
         t.closing = Some(end);
-        for socket in &t.sockets {
-            let _ = socket.shutdown(Shutdown::Both);
+        let pending: Vec<u64> = t.flows.iter().filter_map(|f| f.in_flight).collect();
+        for data in pending {
+            let cancel = opcode::AsyncCancel::new(data).build().user_data(CANCEL);
+            // Safety: a cancellation points to no memory.
+            unsafe { self.push(cancel) };
         }
         self.release_if_settled(slot);
     }
 
+    /// Releases a closing tunnel once nothing of it is in flight: the server's socket closes, and the client's goes
+    /// back with the end, for a lingering close.
     fn release_if_settled(&mut self, slot: usize) {
-        if self.tunnels[slot].in_flight > 0 {
+        if self.tunnels[slot]
+            .flows
+            .iter()
+            .any(|f| f.in_flight.is_some())
+        {
             return;
         }
         let mut t = self.tunnels.remove(slot);
         self.ids.remove(&t.id);
         self.mailbox.open.fetch_sub(1, Ordering::Relaxed);
+        let [client, _server] = t.sockets;
         if let (Some(reply), Some(end)) = (t.reply.take(), t.closing) {
-            let _ = reply.send(end);
+            let _ = reply.send(Ended {
+                end,
+                client: Some(client),
+            });
         }
-        // The sockets close here.
     }
 }
 
@@ -703,7 +824,10 @@ impl Drop for Thread {
         let abnormal = !self.tunnels.is_empty() || !self.stopping;
         for (_, t) in self.tunnels.iter_mut() {
             if let Some(reply) = t.reply.take() {
-                let _ = reply.send(End::Error);
+                let _ = reply.send(Ended {
+                    end: End::Error,
+                    client: None,
+                });
             }
             for socket in &t.sockets {
                 let _ = socket.shutdown(Shutdown::Both);
@@ -719,10 +843,10 @@ impl Drop for Thread {
         while let Ok(command) = self.commands.try_recv() {
             if let Command::Open(open) = command {
                 self.mailbox.open.fetch_sub(1, Ordering::Relaxed);
-                let _ = open.reply.send(if self.stopping {
-                    End::Closed
-                } else {
-                    End::Error
+                let end = if abnormal { End::Error } else { End::Closed };
+                let _ = open.reply.send(Ended {
+                    end,
+                    client: Some(open.client),
                 });
             }
         }
