@@ -53,7 +53,7 @@ pub(crate) struct Worker {
     pub spare: RefCell<SpareBuffers>,
     /// False once the parking lot refused a connection (its thread died): idle connections then wait in their tasks.
     pub parking: Cell<bool>,
-    /// The io_uring relay for tunnels, shared by the workers (started at the first tunnel).
+    /// The io_uring relay for tunnels, shared by the listener's workers (`None` inside when off or refused).
     pub tunnels: Arc<tunnel::RingRelay>,
 }
 
@@ -223,8 +223,11 @@ pub(crate) async fn serve(
             // which logs the 101 when the tunnel ends).
             let (client, pending, head) = c.into_tunnel();
             // Boxed: a tunnel's state need not sit in every connection's future.
-            Box::pin(tunnel::run(w, *upgraded, client, pending, head)).await;
+            let client = Box::pin(tunnel::run(w, *upgraded, client, pending, head)).await;
             account(w, &req, &done, started, peer, bytes);
+            if let Some(mut client) = client {
+                linger_close(&mut client).await;
+            }
             return None;
         }
         account(w, &req, &done, started, peer, bytes);
@@ -321,7 +324,7 @@ const LINGER_BYTES: usize = 256 * 1024;
 /// sends (the rest of a refused request body, a pipelined request) is read and dropped for a moment. Closing a
 /// socket with unread input makes the kernel send a reset, which can destroy the response before the client reads
 /// it.
-pub(crate) async fn linger_close(stream: &mut TcpStream) {
+async fn linger_close(stream: &mut TcpStream) {
     if stream.shutdown().await.is_err() {
         return;
     }

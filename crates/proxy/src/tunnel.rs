@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use discovery::InFlightGuard;
 use tunnel_ring::HALF_CLOSE_GRACE;
 
-use crate::conn::{Worker, linger_close};
+use crate::conn::Worker;
 use crate::relay::write_paced;
 
 /// Bytes read at once from either side.
@@ -94,14 +94,15 @@ pub(crate) struct Upgraded {
 /// closes its half is passed on as a half close; the tunnel ends when both have (or [`HALF_CLOSE_GRACE`] after the
 /// first, or the idle timeout if shorter), when nothing is read either way for `proxy.tunnel_idle_timeout`, or at
 /// the drain's end. Its reason is the side that closed first, by a FIN or a reset alike; `Error` only for a
-/// failure neither side explains.
+/// failure neither side explains. Returns the client's socket for the connection's lingering close (`None` when
+/// it was lost with a failure).
 pub(crate) async fn run(
     w: &Worker,
     upgraded: Upgraded,
     mut client: TcpStream,
     mut pending: BytesMut,
     head: Vec<u8>,
-) {
+) -> Option<TcpStream> {
     let metrics = &w.p.metrics;
     let _open = metrics.tunnels_open.inc_guard();
     let Upgraded {
@@ -114,12 +115,18 @@ pub(crate) async fn run(
     let started = start(w, &mut client, &mut pending, &mut server, &head).await;
     // Not needed for the tunnel's life, which may be hours.
     drop((pending, head));
+    // Each path closes the server's side when the tunnel ends (the ring did already), before the client's
+    // lingering close.
     let (end, client) = match started {
-        Err(end) => (end, Some(client)),
+        Err(end) => {
+            drop(server);
+            (end, Some(client))
+        }
         Ok(()) => match &w.tunnels.relay {
             Some(ring) => on_ring(w, ring, client, server, idle).await,
             None => {
                 let end = relay_here(w, &mut client, &mut server, idle).await;
+                drop(server);
                 (end, Some(client))
             }
         },
@@ -127,11 +134,7 @@ pub(crate) async fn run(
     drop(in_flight);
     metrics.tunnels_closed.with(end.as_str()).inc();
     tracing::debug!(%request_id, %upstream, reason = end.as_str(), "tunnel closed");
-    // What the client still sends is read for a moment: closed with unread input, its socket would answer with a
-    // reset that can destroy the last frames sent to it.
-    if let Some(mut client) = client {
-        linger_close(&mut client).await;
-    }
+    client
 }
 
 /// Sends the 101 to the client and what the client already sent to the server.
@@ -214,11 +217,18 @@ async fn on_ring(
         return (TunnelEnd::Drain, Some(client));
     }
     // Out of tokio's reactor, so that the ring alone waits on them.
-    let (client, server) = match (client.into_std(), server.into_std()) {
-        (Ok(client), Ok(server)) => (client, server),
-        (Err(err), _) | (_, Err(err)) => {
+    let client = match client.into_std() {
+        Ok(client) => client,
+        Err(err) => {
             tracing::warn!(error = %err, "tunnel: a socket could not leave the event loop");
             return (TunnelEnd::Error, None);
+        }
+    };
+    let server = match server.into_std() {
+        Ok(server) => server,
+        Err(err) => {
+            tracing::warn!(error = %err, "tunnel: a socket could not leave the event loop");
+            return (TunnelEnd::Error, back_to_tokio(client));
         }
     };
     let mut ticket = match ring.relay(client, server, idle) {
@@ -238,8 +248,9 @@ async fn on_ring(
         ended = &mut ticket => ended,
         () = drain => {
             ticket.close();
+            // An end that came before the close took effect is kept.
             match tokio::time::timeout(CLOSE_WAIT, ticket).await {
-                Ok(ended) => tunnel_ring::Ended { end: tunnel_ring::End::Closed, ..ended },
+                Ok(ended) => ended,
                 Err(_) => tunnel_ring::Ended { end: tunnel_ring::End::Closed, client: None },
             }
         }

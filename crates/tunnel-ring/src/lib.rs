@@ -42,6 +42,8 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How often a relay thread with tunnels looks for silent ones: the idle timeout and the half-close grace are
 /// noticed at most this late. Each look walks the thread's tunnels (a few nanoseconds each).
 pub const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How long a closing tunnel's operations may take to answer their cancellation before its sockets are shut down.
+const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// Submission queue entries per ring. Completions beyond the completion queue wait in the kernel (no loss:
 /// `IORING_FEAT_NODROP` is required).
 const RING_ENTRIES: u32 = 1024;
@@ -383,8 +385,9 @@ struct Tunnel {
     last_active: Instant,
     /// The first side to close its half or fail: the tunnel's end, whatever happens after it.
     first_end: Option<End>,
-    /// Closing, for this reason: its operations are cancelled, and it is released once none is in flight.
-    closing: Option<End>,
+    /// Closing, for this reason, since then: its operations are cancelled, and it is released once none is in
+    /// flight.
+    closing: Option<(End, Instant)>,
     reply: Option<oneshot::Sender<Ended>>,
 }
 
@@ -468,10 +471,7 @@ impl Thread {
     }
 
     fn run(mut self) {
-        if let Err(err) = self.read_wake() {
-            tracing::error!(error = %err, "tunnel relay thread: cannot post its first read");
-            return;
-        }
+        self.read_wake();
         loop {
             if self.stopping && self.tunnels.is_empty() {
                 return;
@@ -483,8 +483,9 @@ impl Thread {
             match self.ring.submit_and_wait(1) {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                // The completion queue is full (older kernels): reap, then submit again.
-                Err(err) if err.raw_os_error() == Some(16) => {}
+                // The completion queue is full (older kernels), or the kernel is short of memory for requests: reap,
+                // then submit again.
+                Err(err) if matches!(err.raw_os_error(), Some(11 | 12 | 16)) => {}
                 Err(err) => {
                     tracing::error!(error = %err, "tunnel relay thread stopped: io_uring_enter failed");
                     return;
@@ -536,15 +537,15 @@ impl Thread {
             match self.ring.submit() {
                 Ok(_) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                // The kernel holds completions we have not reaped: take them first.
-                Err(err) if err.raw_os_error() == Some(16) => return Ok(()),
+                // The kernel holds completions we have not reaped, or is short of memory: reap first.
+                Err(err) if matches!(err.raw_os_error(), Some(11 | 12 | 16)) => return Ok(()),
                 Err(err) => return Err(err),
             }
         }
         Ok(())
     }
 
-    fn read_wake(&mut self) -> io::Result<()> {
+    fn read_wake(&mut self) {
         let read = opcode::Read::new(
             types::Fd(self.wake.as_raw_fd()),
             self.wake_buf.as_mut_ptr(),
@@ -554,7 +555,6 @@ impl Thread {
         .user_data(WAKE);
         // Safety: the read's buffer is `wake_buf`, which lives as long as the thread (leaked if it stops abnormally).
         unsafe { self.push(read) };
-        Ok(())
     }
 
     /// The wake pipe was read: take the commands, and read it again.
@@ -575,10 +575,10 @@ impl Thread {
                 Command::Stop => self.stop(),
             }
         }
-        if self.stopping {
-            return Ok(());
+        if !self.stopping {
+            self.read_wake();
         }
-        self.read_wake()
+        Ok(())
     }
 
     fn stop(&mut self) {
@@ -749,6 +749,17 @@ impl Thread {
     /// posts the next check while tunnels remain.
     fn check(&mut self, now: Instant) -> io::Result<()> {
         let mut due = Vec::new();
+        for (_, t) in &mut self.tunnels {
+            // A cancellation that did not take (a poll that had fired as it came, on kernels before 5.18, is armed
+            // again): shutting the sockets down ends the operations for sure. The client's side only stops
+            // reading, so that its lingering close still sends what is left and a FIN.
+            if let Some((_, since)) = t.closing
+                && now.duration_since(since) >= CANCEL_WAIT
+            {
+                let _ = t.sockets[0].shutdown(Shutdown::Read);
+                let _ = t.sockets[1].shutdown(Shutdown::Both);
+            }
+        }
         for (slot, t) in &mut self.tunnels {
             if t.closing.is_some() {
                 continue;
@@ -783,7 +794,7 @@ impl Thread {
         if t.closing.is_some() {
             return;
         }
-        t.closing = Some(end);
+        t.closing = Some((end, Instant::now()));
         let pending: Vec<u64> = t.flows.iter().filter_map(|f| f.in_flight).collect();
         for data in pending {
             let cancel = opcode::AsyncCancel::new(data).build().user_data(CANCEL);
@@ -807,7 +818,7 @@ impl Thread {
         self.ids.remove(&t.id);
         self.mailbox.open.fetch_sub(1, Ordering::Relaxed);
         let [client, _server] = t.sockets;
-        if let (Some(reply), Some(end)) = (t.reply.take(), t.closing) {
+        if let (Some(reply), Some((end, _))) = (t.reply.take(), t.closing) {
             let _ = reply.send(Ended {
                 end,
                 client: Some(client),
