@@ -68,7 +68,9 @@ pub enum End {
 /// abnormal stop of the relay thread.
 #[derive(Debug)]
 pub struct Ended {
+    /// How the tunnel ended.
     pub end: End,
+    /// The client's socket, in blocking mode, its write side still open.
     pub client: Option<TcpStream>,
 }
 
