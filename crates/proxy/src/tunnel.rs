@@ -38,8 +38,6 @@ use tunnel_ring::HALF_CLOSE_GRACE;
 use crate::conn::Worker;
 use crate::relay::write_paced;
 
-/// Bytes read at once from either side.
-const TUNNEL_BUFFER: usize = 16 * 1024;
 /// Reads one direction makes per poll before it lets the other move: a client uploading without pause must not
 /// starve the server's frames to it (tokio's per-task budget would otherwise go to the busy side every time).
 const READS_PER_POLL: usize = 8;
@@ -439,7 +437,7 @@ struct Flow {
 impl Flow {
     fn new() -> Flow {
         Flow {
-            buf: vec![0; TUNNEL_BUFFER].into_boxed_slice(),
+            buf: vec![0; tunnel_ring::BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
             eof: false,

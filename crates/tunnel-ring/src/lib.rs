@@ -436,6 +436,11 @@ fn receiver(dir: usize) -> End {
     sender(1 - dir)
 }
 
+/// The end for a failure on `side`'s socket: that side's close when its peer went away, else [`End::Error`].
+fn blame(err: &io::Error, side: End) -> End {
+    if peer_gone(err) { side } else { End::Error }
+}
+
 /// Whether an operation's failure is worth posting it again (nothing is wrong with either side).
 fn transient(errno: i32) -> bool {
     const EINTR: i32 = 4;
@@ -697,23 +702,14 @@ impl Thread {
                     t.last_active = now;
                     let end = t.end(sender(dir));
                     if let Err(err) = t.sockets[1 - dir].shutdown(Shutdown::Write) {
-                        let end = t.end(if peer_gone(&err) {
-                            receiver(dir)
-                        } else {
-                            End::Error
-                        });
+                        let end = t.end(blame(&err, receiver(dir)));
                         self.close(slot, end);
                     } else if t.flows[1 - dir].done {
                         self.close(slot, end);
                     }
                 }
                 err => {
-                    let err = io::Error::from_raw_os_error(-err);
-                    let end = t.end(if peer_gone(&err) {
-                        sender(dir)
-                    } else {
-                        End::Error
-                    });
+                    let end = t.end(blame(&io::Error::from_raw_os_error(-err), sender(dir)));
                     self.close(slot, end);
                 }
             }
@@ -734,12 +730,7 @@ impl Thread {
                     self.close(slot, end);
                 }
                 err => {
-                    let err = io::Error::from_raw_os_error(-err);
-                    let end = t.end(if peer_gone(&err) {
-                        receiver(dir)
-                    } else {
-                        End::Error
-                    });
+                    let end = t.end(blame(&io::Error::from_raw_os_error(-err), receiver(dir)));
                     self.close(slot, end);
                 }
             }

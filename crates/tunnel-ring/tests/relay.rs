@@ -60,6 +60,17 @@ fn sees_end(socket: &mut TcpStream) -> bool {
     }
 }
 
+/// Sends a message from `from` to `to` every 100 ms for `lasting`, each checked on arrival: the pace of a tunnel
+/// that is never silent for long (the relay's deadlines run on the real clock, so the pace is real time too).
+fn keep_talking(from: &mut TcpStream, to: &mut TcpStream, lasting: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < lasting {
+        from.write_all(b"tick").unwrap();
+        assert_eq!(read_exact(to, 4), b"tick");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Closes `socket` with a reset (SO_LINGER 0).
 fn reset(socket: TcpStream) {
     let linger = libc::linger {
@@ -145,13 +156,8 @@ async fn a_silent_tunnel_closes_after_its_idle_timeout_and_a_busy_one_does_not()
     let idle = Duration::from_millis(400);
     let (mut user, mut data_server, ticket) = tunnel(&relay, idle);
     let (mut busy_user, mut busy_server, busy) = tunnel(&relay, idle);
-    let started = Instant::now();
-    // The busy one echoes every 100 ms for three idle timeouts.
-    while started.elapsed() < idle * 3 {
-        busy_user.write_all(b"x").unwrap();
-        assert_eq!(read_exact(&mut busy_server, 1), b"x");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // The busy one carries a message every 100 ms for three idle timeouts.
+    keep_talking(&mut busy_user, &mut busy_server, idle * 3);
     assert_eq!(end_of(ticket).await, End::Idle);
     assert!(sees_end(&mut user));
     assert!(sees_end(&mut data_server));
@@ -168,12 +174,7 @@ async fn after_a_half_close_the_other_side_may_go_on_while_it_is_not_silent() {
     let (mut user, mut data_server, ticket) = tunnel(&relay, idle);
     user.shutdown(Shutdown::Write).unwrap();
     assert!(sees_end(&mut data_server));
-    let started = Instant::now();
-    while started.elapsed() < idle * 3 {
-        data_server.write_all(b"tick").unwrap();
-        assert_eq!(read_exact(&mut user, 4), b"tick");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    keep_talking(&mut data_server, &mut user, idle * 3);
     // Silent now: closed within the grace, as the side that closed first.
     assert_eq!(end_of(ticket).await, End::ClientClosed);
 }
