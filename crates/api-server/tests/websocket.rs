@@ -345,3 +345,101 @@ async fn a_reset_counts_as_a_close_by_the_side_that_reset_not_as_an_error() {
     assert_eq!(closed("error").await, 0.0);
     assert_eq!(closed("server_closed").await, 1.0);
 }
+
+/// An upstream that switches protocols on every request, then either sends without pause and reads nothing
+/// (`GET /flood`; it tells on the channel when a write failed: its side was closed under it) or reads nothing and
+/// sends nothing (any other path).
+async fn stalling_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::Receiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (freed, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let freed = freed.clone();
+            tokio::spawn(async move {
+                let mut conn = Wire::new(stream);
+                let Some(head) = conn.request_head().await else {
+                    return;
+                };
+                let switch = b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n";
+                conn.stream.write_all(switch).await.unwrap();
+                if head.starts_with(b"GET /flood ") {
+                    while conn.stream.write_all(&[7; 65536]).await.is_ok() {}
+                    let _ = freed.send(()).await;
+                } else {
+                    // Holds its side open, reading nothing, past the end of the test.
+                    tokio::time::sleep(SOON * 2).await;
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_or_server_that_stops_reading_loses_its_tunnel_and_only_its_own() {
+    stalls(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_relay_closes_stalled_tunnels_too() {
+    stalls(&[WORKERS]).await;
+}
+
+async fn stalls(extra: &[&str]) {
+    let (upstream, mut freed) = stalling_upstream().await;
+    // The stall limits short; the idle timeout long, so that only a stall can close these tunnels in time.
+    let extra = [
+        &[
+            "server.send_timeout=1s",
+            "proxy.try_timeout=1s",
+            "proxy.tunnel_idle_timeout=1h",
+        ],
+        extra,
+    ]
+    .concat();
+    let Setup { api, .. } = &with_upstreams_and(&[upstream], &extra).await;
+    let closed = |reason: &'static str| async move {
+        let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
+        api.metric(&sample).await.unwrap()
+    };
+    let upgrade = |path: &str| {
+        format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+    };
+
+    // The data server sends; the client reads nothing. Once the buffers are full the data server is blocked
+    // behind the client, both silent: the tunnel closes as the client's stall, and frees the data server.
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(upgrade("/flood").as_bytes()).await;
+    assert_eq!(wire.response(false).await.status, 101);
+    let freed_first = tokio::time::timeout(SOON, freed.recv()).await;
+    assert_eq!(
+        freed_first.expect("the data server's side closed in time"),
+        Some(())
+    );
+    eventually(SOON, "the client's stall counted", || async {
+        let open = api.metric("api_proxy_tunnels_open").await.unwrap();
+        (closed("client_stalled").await == 1.0 && open == 0.0).then_some(())
+    })
+    .await;
+    drop(wire);
+
+    // The client sends; the data server reads nothing: the server's stall, and the client's tunnel closes.
+    let mut wire = Wire::connect(api.proxy()).await;
+    wire.send(upgrade("/deaf").as_bytes()).await;
+    assert_eq!(wire.response(false).await.status, 101);
+    let flooding = async { while wire.stream.write_all(&[8; 65536]).await.is_ok() {} };
+    tokio::time::timeout(SOON, flooding)
+        .await
+        .expect("the client's writes failed once the proxy closed the tunnel");
+    eventually(SOON, "the server's stall counted", || async {
+        let open = api.metric("api_proxy_tunnels_open").await.unwrap();
+        (closed("server_stalled").await == 1.0 && open == 0.0).then_some(())
+    })
+    .await;
+    for reason in ["client_closed", "server_closed", "idle", "error"] {
+        assert_eq!(closed(reason).await, 0.0, "no tunnel closed as {reason}");
+    }
+}

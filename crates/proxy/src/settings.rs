@@ -77,7 +77,8 @@ pub struct ProxyMetrics {
     pub headers_dropped: CounterVec,
     /// Upgraded connections (WebSocket) open now.
     pub tunnels_open: Gauge,
-    /// Upgraded connections closed, by reason (`client_closed`, `server_closed`, `idle`, `drain`, `error`).
+    /// Upgraded connections closed, by reason (`client_closed`, `server_closed`, `client_stalled`, `server_stalled`,
+    /// `idle`, `drain`, `error`).
     pub tunnels_closed: CounterVec,
     /// Idle kept-alive client connections in the parking lot now, out of any task (see `park`).
     pub parked: Gauge,

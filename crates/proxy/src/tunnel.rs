@@ -1,6 +1,7 @@
 //! An upgraded connection (WebSocket and the like): once the data server answered `101 Switching Protocols`, bytes
-//! go both ways unchanged until either side closes, the tunnel is silent for `proxy.tunnel_idle_timeout`, or the
-//! drain that follows a SIGTERM ends.
+//! go both ways unchanged until either side closes, the tunnel is silent for `proxy.tunnel_idle_timeout`, a side
+//! takes nothing of what is sent to it for its send limit (the client `server.send_timeout`, the server
+//! `proxy.try_timeout`), or the drain that follows a SIGTERM ends.
 //!
 //! Two relays. By default the tunnel goes to the io_uring relay threads (`crates/tunnel-ring`, [`RingRelay`]):
 //! this task hands both sockets over and waits only for the end or the drain. Where io_uring is refused, or with
@@ -33,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use discovery::InFlightGuard;
-use tunnel_ring::HALF_CLOSE_GRACE;
+use tunnel_ring::{HALF_CLOSE_GRACE, Limits};
 
 use crate::conn::Worker;
 use crate::relay::write_paced;
@@ -45,10 +46,15 @@ const READS_PER_POLL: usize = 8;
 /// Why a tunnel ended, for `/metrics`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TunnelEnd {
-    /// The client closed or reset its side (or stopped taking bytes) first.
+    /// The client closed or reset its side first.
     ClientClosed,
     /// The data server did.
     ServerClosed,
+    /// The client read nothing of what the server sent for `server.send_timeout`: it pays with its tunnel, and the
+    /// data server's connection, blocked behind it, is freed.
+    ClientStalled,
+    /// The data server read nothing of what the client sent for `proxy.try_timeout`.
+    ServerStalled,
     Idle,
     Drain,
     /// A failure of the proxy's own, or one it cannot attribute to either side.
@@ -57,9 +63,11 @@ pub(crate) enum TunnelEnd {
 
 impl TunnelEnd {
     /// Every reason, each counted from the start.
-    pub(crate) const ALL: [TunnelEnd; 5] = [
+    pub(crate) const ALL: [TunnelEnd; 7] = [
         TunnelEnd::ClientClosed,
         TunnelEnd::ServerClosed,
+        TunnelEnd::ClientStalled,
+        TunnelEnd::ServerStalled,
         TunnelEnd::Idle,
         TunnelEnd::Drain,
         TunnelEnd::Error,
@@ -70,6 +78,8 @@ impl TunnelEnd {
         match self {
             TunnelEnd::ClientClosed => "client_closed",
             TunnelEnd::ServerClosed => "server_closed",
+            TunnelEnd::ClientStalled => "client_stalled",
+            TunnelEnd::ServerStalled => "server_stalled",
             TunnelEnd::Idle => "idle",
             TunnelEnd::Drain => "drain",
             TunnelEnd::Error => "error",
@@ -90,8 +100,9 @@ pub(crate) struct Upgraded {
 /// that came with it) to the client, `pending` (bytes the client sent after its request) to the server, then both
 /// ways, on the io_uring relay when there is one ([`RingRelay`]), else in this task ([`relay_here`]). A side that
 /// closes its half is passed on as a half close; the tunnel ends when both have (or [`HALF_CLOSE_GRACE`] after the
-/// first, or the idle timeout if shorter), when nothing is read either way for `proxy.tunnel_idle_timeout`, or at
-/// the drain's end. Its reason is the side that closed first, by a FIN or a reset alike; `Error` only for a
+/// first, or the idle timeout if shorter), when nothing is read either way for `proxy.tunnel_idle_timeout`, when a
+/// side takes nothing of a write for its limit (`server.send_timeout` for the client, `proxy.try_timeout` for the
+/// server), or at the drain's end. Its reason is the side that closed first, by a FIN or a reset alike; `Error` only for a
 /// failure neither side explains. Returns the client's socket for the connection's lingering close (`None` when
 /// it was lost with a failure).
 pub(crate) async fn run(
@@ -109,7 +120,11 @@ pub(crate) async fn run(
         upstream,
         request_id,
     } = upgraded;
-    let idle = w.p.tunnel_idle_timeout;
+    let limits = Limits {
+        idle: w.p.tunnel_idle_timeout,
+        client_send: w.limits.send_timeout,
+        server_send: w.p.try_timeout,
+    };
     let started = start(w, &mut client, &mut pending, &mut server, &head).await;
     // Not needed for the tunnel's life, which may be hours.
     drop((pending, head));
@@ -121,9 +136,9 @@ pub(crate) async fn run(
             (end, Some(client))
         }
         Ok(()) => match &w.tunnels.relay {
-            Some(ring) => on_ring(w, ring, client, server, idle).await,
+            Some(ring) => on_ring(w, ring, client, server, limits).await,
             None => {
-                let end = relay_here(w, &mut client, &mut server, idle).await;
+                let end = relay_here(w, &mut client, &mut server, limits).await;
                 drop(server);
                 (end, Some(client))
             }
@@ -207,7 +222,7 @@ async fn on_ring(
     ring: &tunnel_ring::Relay,
     client: TcpStream,
     server: TcpStream,
-    idle: Duration,
+    limits: Limits,
 ) -> (TunnelEnd, Option<TcpStream>) {
     // Created before the flag is read: a drain's notification from then on is not missed.
     let drain = w.close_idle_now.notified();
@@ -229,7 +244,7 @@ async fn on_ring(
             return (TunnelEnd::Error, back_to_tokio(client));
         }
     };
-    let mut ticket = match ring.relay(client, server, idle) {
+    let mut ticket = match ring.relay(client, server, limits) {
         Ok(ticket) => ticket,
         Err((err, client, server)) => {
             tracing::debug!(error = %err, "tunnel relayed on the worker: the io_uring relay cannot take it");
@@ -238,7 +253,7 @@ async fn on_ring(
             else {
                 return (TunnelEnd::Error, None);
             };
-            let end = relay_here(w, &mut client, &mut server, idle).await;
+            let end = relay_here(w, &mut client, &mut server, limits).await;
             return (end, Some(client));
         }
     };
@@ -256,6 +271,8 @@ async fn on_ring(
     let end = match ended.end {
         tunnel_ring::End::ClientClosed => TunnelEnd::ClientClosed,
         tunnel_ring::End::ServerClosed => TunnelEnd::ServerClosed,
+        tunnel_ring::End::ClientStalled => TunnelEnd::ClientStalled,
+        tunnel_ring::End::ServerStalled => TunnelEnd::ServerStalled,
         tunnel_ring::End::Idle => TunnelEnd::Idle,
         // Only the drain (or the relay's stop with the proxy) closes a tunnel.
         tunnel_ring::End::Closed => TunnelEnd::Drain,
@@ -275,21 +292,26 @@ async fn relay_here(
     w: &Worker,
     client: &mut TcpStream,
     server: &mut TcpStream,
-    idle: Duration,
+    limits: Limits,
 ) -> TunnelEnd {
+    let idle = limits.idle;
+    let mut last_active = Instant::now();
     let mut tunnel = Tunnel {
-        up: Flow::new(),
-        down: Flow::new(),
+        up: Flow::new(last_active),
+        down: Flow::new(last_active),
         first_end: None,
         active: false,
     };
     // One timer for the whole tunnel, firing at least every HALF_CLOSE_GRACE (so that a half close is noticed in
-    // time): a read only sets `tunnel.active`, and the timer, when it fires, counts a tunnel that was active since
-    // the last check as active now. So a message costs neither a timer update nor a clock read, and the idle
-    // timeout is noticed at most one check late. (Arming a timer per message cost about a tenth of the relay's CPU;
-    // reading the clock per read, about 0.5 %.)
-    let check_every = idle.min(HALF_CLOSE_GRACE);
-    let mut last_active = Instant::now();
+    // time) and twice per send limit: a read only sets `tunnel.active` (and a read or a write `Flow::moved`), and
+    // the timer, when it fires, counts a tunnel that was active since the last check as active now. So a message
+    // costs neither a timer update nor a clock read, and the idle timeout is noticed at most one check late, a
+    // stall at most two. (Arming a timer per message cost about a tenth of the relay's CPU; reading the clock per
+    // read, about 0.5 %.)
+    let check_every = idle
+        .min(HALF_CLOSE_GRACE)
+        .min(limits.client_send / 2)
+        .min(limits.server_send / 2);
     let timer = tokio::time::sleep(check_every);
     tokio::pin!(timer);
     let drain = w.close_idle_now.notified();
@@ -327,6 +349,17 @@ async fn relay_here(
                 };
             if now >= due {
                 return Poll::Ready(tunnel.first_end.unwrap_or(TunnelEnd::Idle));
+            }
+            // Both flows are looked at, so that each notes its movement.
+            let stalls = [
+                tunnel.up.stalled(now, limits.server_send),
+                tunnel.down.stalled(now, limits.client_send),
+            ];
+            if stalls[0] {
+                return Poll::Ready(tunnel.ended(TunnelEnd::ServerStalled));
+            }
+            if stalls[1] {
+                return Poll::Ready(tunnel.ended(TunnelEnd::ClientStalled));
             }
             timer.as_mut().reset(due.min(now + check_every));
         }
@@ -432,17 +465,33 @@ struct Flow {
     eof: bool,
     /// The close was passed on: nothing more to do.
     done: bool,
+    /// Bytes were read or written since the last check.
+    moved: bool,
+    /// When a check last saw this flow move, or found nothing waiting to be written.
+    moved_at: Instant,
 }
 
 impl Flow {
-    fn new() -> Flow {
+    fn new(now: Instant) -> Flow {
         Flow {
             buf: vec![0; tunnel_ring::BUFFER].into_boxed_slice(),
             start: 0,
             end: 0,
             eof: false,
             done: false,
+            moved: false,
+            moved_at: now,
         }
+    }
+
+    /// Whether bytes have waited for the receiver since `now - limit` without it taking any (measured from the
+    /// check that first saw them waiting). Notes the movement since the last check.
+    fn stalled(&mut self, now: Instant, limit: Duration) -> bool {
+        if std::mem::take(&mut self.moved) || self.start == self.end {
+            self.moved_at = now;
+            return false;
+        }
+        now.duration_since(self.moved_at) >= limit
     }
 
     /// Reads from `from` and writes to `to` until one of them would block (ready only once the close is passed on,
@@ -467,6 +516,7 @@ impl Flow {
                     }
                     Poll::Ready(Err(err)) => return Poll::Ready(Err(Fault::write(&err))),
                     Poll::Ready(Ok(n)) => {
+                        self.moved = true;
                         self.start += n;
                         if self.start == self.end {
                             self.start = 0;
@@ -491,6 +541,7 @@ impl Flow {
                 match Pin::new(&mut *from).poll_read(cx, &mut read) {
                     Poll::Ready(Ok(())) => {
                         *active = true;
+                        self.moved = true;
                         match read.filled().len() {
                             0 => self.eof = true,
                             n => self.end = n,

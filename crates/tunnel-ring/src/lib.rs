@@ -48,13 +48,30 @@ const CANCEL_WAIT: Duration = Duration::from_secs(1);
 /// `IORING_FEAT_NODROP` is required).
 const RING_ENTRIES: u32 = 1024;
 
+/// A tunnel's time limits. Each bounds a pause, never a transfer that keeps moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Nothing received either way for this long closes the tunnel ([`End::Idle`]).
+    pub idle: Duration,
+    /// A send to the client that takes no byte for this long closes the tunnel ([`End::ClientStalled`]): a client
+    /// that stops reading must not hold the server's side (and its connection) until the idle timeout, since the
+    /// server, blocked behind it, is silent as well.
+    pub client_send: Duration,
+    /// The same for sends to the server ([`End::ServerStalled`]).
+    pub server_send: Duration,
+}
+
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
-    /// The client closed or reset its side first (or stopped taking bytes).
+    /// The client closed or reset its side first (or took nothing at all: a send returned 0).
     ClientClosed,
     /// The server did.
     ServerClosed,
+    /// The client took no byte of a send for [`Limits::client_send`].
+    ClientStalled,
+    /// The server took no byte of a send for [`Limits::server_send`].
+    ServerStalled,
     /// Nothing was received either way for the idle timeout.
     Idle,
     /// Closed on request ([`Ticket::close`]) or because the relay stopped.
@@ -155,7 +172,7 @@ struct Open {
     id: u64,
     client: TcpStream,
     server: TcpStream,
-    idle: Duration,
+    limits: Limits,
     reply: oneshot::Sender<Ended>,
 }
 
@@ -203,14 +220,15 @@ impl Relay {
         })
     }
 
-    /// Relays between `client` and `server` until either closes, both are silent for `idle`, or the returned
-    /// ticket is closed or dropped. The sockets are switched to blocking mode (io_uring waits on them itself).
-    /// When that fails or the relay thread is gone, they are given back (in blocking mode) for the caller to relay.
+    /// Relays between `client` and `server` until either closes, both are silent for `limits.idle`, a side takes
+    /// nothing of a send for its limit, or the returned ticket is closed or dropped. The sockets are switched to
+    /// blocking mode (io_uring waits on them itself). When that fails or the relay thread is gone, they are given
+    /// back (in blocking mode) for the caller to relay.
     pub fn relay(
         &self,
         client: TcpStream,
         server: TcpStream,
-        idle: Duration,
+        limits: Limits,
     ) -> Result<Ticket, (io::Error, TcpStream, TcpStream)> {
         if let Err(err) = client
             .set_nonblocking(false)
@@ -229,7 +247,7 @@ impl Relay {
             id,
             client,
             server,
-            idle,
+            limits,
             reply,
         });
         if let Err(Command::Open(open)) = thread.send(Command::Open(open)) {
@@ -381,7 +399,7 @@ struct Tunnel {
     sockets: [TcpStream; 2],
     /// `[client to server, server to client]`.
     flows: [Flow; 2],
-    idle: Duration,
+    limits: Limits,
     /// Something was received since the last check.
     active: bool,
     last_active: Instant,
@@ -402,17 +420,35 @@ struct Flow {
     in_flight: Option<u64>,
     /// The sending side closed its half, and the close was passed on.
     done: bool,
+    /// Bytes came to be sent, or a send took some, since the last check.
+    moved: bool,
+    /// When a check last saw this direction's send move: a send in flight since longer than its side's limit is
+    /// a stall.
+    moved_at: Instant,
 }
 
 impl Flow {
-    fn new() -> Flow {
+    fn new(now: Instant) -> Flow {
         Flow {
             buf: vec![0; BUFFER].into_boxed_slice(),
             len: 0,
             sent: 0,
             in_flight: None,
             done: false,
+            moved: false,
+            moved_at: now,
         }
+    }
+
+    /// Whether this direction's send has taken no byte since `now - limit` (measured from the check that first saw
+    /// it posted: up to one [`CHECK_EVERY`] late). Notes the movement since the last check.
+    fn stalled(&mut self, now: Instant, limit: Duration) -> bool {
+        let sending = self.in_flight.is_some_and(|data| data & OP_SEND != 0);
+        if std::mem::take(&mut self.moved) || !sending {
+            self.moved_at = now;
+            return false;
+        }
+        now.duration_since(self.moved_at) >= limit
     }
 }
 
@@ -434,6 +470,15 @@ fn sender(dir: usize) -> End {
 
 fn receiver(dir: usize) -> End {
     sender(1 - dir)
+}
+
+/// The end when direction `dir`'s receiver takes nothing of a send for its limit.
+fn stall(dir: usize) -> End {
+    if dir == 0 {
+        End::ServerStalled
+    } else {
+        End::ClientStalled
+    }
 }
 
 /// The end for a failure on `side`'s socket: that side's close when its peer went away, else [`End::Error`].
@@ -605,13 +650,14 @@ impl Thread {
             });
             return;
         }
+        let now = Instant::now();
         let slot = self.tunnels.insert(Tunnel {
             id: open.id,
             sockets: [open.client, open.server],
-            flows: [Flow::new(), Flow::new()],
-            idle: open.idle,
+            flows: [Flow::new(now), Flow::new(now)],
+            limits: open.limits,
             active: false,
-            last_active: Instant::now(),
+            last_active: now,
             first_end: None,
             closing: None,
             reply: Some(open.reply),
@@ -692,6 +738,7 @@ impl Thread {
                     let flow = &mut t.flows[dir];
                     flow.len = n as usize;
                     flow.sent = 0;
+                    flow.moved = true;
                     self.send(slot, dir);
                 }
                 0 => {
@@ -718,6 +765,7 @@ impl Thread {
                 n if n > 0 => {
                     let flow = &mut t.flows[dir];
                     flow.sent += n as usize;
+                    flow.moved = true;
                     if flow.sent < flow.len {
                         self.send(slot, dir);
                     } else {
@@ -738,8 +786,8 @@ impl Thread {
         Ok(())
     }
 
-    /// Closes tunnels silent for their idle timeout (or, once a side closed its half, for the grace if shorter);
-    /// posts the next check while tunnels remain.
+    /// Closes tunnels silent for their idle timeout (or, once a side closed its half, for the grace if shorter),
+    /// and those with a send stalled for its side's limit; posts the next check while tunnels remain.
     fn check(&mut self, now: Instant) -> io::Result<()> {
         let mut due = Vec::new();
         for (_, t) in &mut self.tunnels {
@@ -761,10 +809,18 @@ impl Thread {
                 t.last_active = now;
             }
             let silent = now.duration_since(t.last_active);
+            let idle = t.limits.idle;
+            let limits = [t.limits.server_send, t.limits.client_send];
             match t.first_end {
-                Some(end) if silent >= t.idle.min(HALF_CLOSE_GRACE) => due.push((slot, end)),
-                None if silent >= t.idle => due.push((slot, End::Idle)),
-                _ => {}
+                Some(end) if silent >= idle.min(HALF_CLOSE_GRACE) => due.push((slot, end)),
+                None if silent >= idle => due.push((slot, End::Idle)),
+                _ => {
+                    // Both flows are looked at, so that each notes its movement.
+                    let stalled = [0, 1].map(|dir| t.flows[dir].stalled(now, limits[dir]));
+                    if let Some(dir) = (0..2).find(|&dir| stalled[dir]) {
+                        due.push((slot, t.end(stall(dir))));
+                    }
+                }
             }
         }
         for (slot, end) in due {

@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use tunnel_ring::{End, Ended, Relay, Ticket};
+use tunnel_ring::{End, Ended, Limits, Relay, Ticket};
 
 /// Bounds every wait, so a broken relay fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(10);
@@ -19,12 +19,23 @@ fn pair() -> (TcpStream, TcpStream) {
     (outer, inner)
 }
 
-/// A tunnel: (user, data server, ticket).
+/// A tunnel: (user, data server, ticket), closed when silent for `idle` (sends may stall for [`WAIT`]).
 fn tunnel(relay: &Relay, idle: Duration) -> (TcpStream, TcpStream, Ticket) {
+    tunnel_with(
+        relay,
+        Limits {
+            idle,
+            client_send: WAIT,
+            server_send: WAIT,
+        },
+    )
+}
+
+fn tunnel_with(relay: &Relay, limits: Limits) -> (TcpStream, TcpStream, Ticket) {
     let (user, client) = pair();
     let (data_server, server) = pair();
     let ticket = relay
-        .relay(client, server, idle)
+        .relay(client, server, limits)
         .unwrap_or_else(|(err, ..)| panic!("{err}"));
     (user, data_server, ticket)
 }
@@ -238,4 +249,115 @@ async fn stopping_the_relay_closes_every_tunnel() {
         assert_eq!(end_of(ticket).await, End::Closed);
         assert!(sees_end(&mut data_server));
     }
+}
+
+/// Writes to `socket` until a write fails (its peer is gone: `true`) or [`WAIT`] passes (`false`).
+fn flood(mut socket: TcpStream) -> bool {
+    socket.set_write_timeout(Some(WAIT)).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        match socket.write(&[7; 65536]) {
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_user_who_stops_reading_loses_the_tunnel_and_the_data_server_is_freed() {
+    let Some(relay) = relay() else { return };
+    let (_user, data_server, ticket) = tunnel_with(
+        &relay,
+        Limits {
+            idle: WAIT,
+            client_send: Duration::from_millis(300),
+            server_send: WAIT,
+        },
+    );
+    // The data server sends without pause; the user reads nothing. Once every buffer on the way is full the data
+    // server is blocked behind the user, and silent: only the stalled send to the user tells.
+    let flooding = std::thread::spawn(move || flood(data_server));
+    assert_eq!(end_of(ticket).await, End::ClientStalled);
+    assert!(
+        flooding.join().unwrap(),
+        "the data server's side was closed, so its blocked write failed"
+    );
+}
+
+#[tokio::test]
+async fn a_data_server_that_stops_reading_is_a_server_stall() {
+    let Some(relay) = relay() else { return };
+    let (user, _data_server, ticket) = tunnel_with(
+        &relay,
+        Limits {
+            idle: WAIT,
+            client_send: WAIT,
+            server_send: Duration::from_millis(300),
+        },
+    );
+    let flooding = std::thread::spawn(move || flood(user));
+    assert_eq!(end_of(ticket).await, End::ServerStalled);
+    // The user's side is given back to the caller for its lingering close; here it is dropped with the ticket's
+    // answer, so the user's blocked write fails too.
+    assert!(flooding.join().unwrap());
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_reader_is_not_a_stall() {
+    let Some(relay) = relay() else { return };
+    let stall = Duration::from_secs(1);
+    // Small buffers between the relay and the user (64 KiB each way once the kernel doubles them), so that a few
+    // hundred KiB fill them and the relay's sends to the user wait on the user's reads.
+    let (mut user, client) = pair();
+    set_buffer(&user, libc::SO_RCVBUF, 32 << 10);
+    set_buffer(&client, libc::SO_SNDBUF, 32 << 10);
+    let (data_server, server) = pair();
+    let limits = Limits {
+        idle: WAIT,
+        client_send: stall,
+        server_send: stall,
+    };
+    let ticket = relay
+        .relay(client, server, limits)
+        .unwrap_or_else(|(err, ..)| panic!("{err}"));
+    // 1 MiB read 64 KiB at a time with a pause of a tenth of the limit: the sends to the user wait most of the
+    // time, but never for the whole limit.
+    const TOTAL: usize = 1 << 20;
+    let sending = std::thread::spawn(move || {
+        let mut data_server = data_server;
+        data_server.write_all(&vec![5; TOTAL]).unwrap();
+        data_server
+    });
+    let mut got = 0;
+    let mut buf = vec![0; 65536];
+    while got < TOTAL {
+        std::thread::sleep(stall / 10);
+        match user.read(&mut buf) {
+            Ok(0) | Err(_) => panic!("the tunnel closed after {got} bytes"),
+            Ok(n) => got += n,
+        }
+    }
+    let _data_server = sending.join().unwrap();
+    assert_eq!(relay.open(), 1, "the slow reader keeps its tunnel");
+    drop(user);
+    assert_eq!(end_of(ticket).await, End::ClientClosed);
+}
+
+/// Sets a socket's `SO_RCVBUF` or `SO_SNDBUF`.
+fn set_buffer(socket: &TcpStream, option: libc::c_int, bytes: libc::c_int) {
+    // Safety: a valid socket and a pointer to a live `c_int` of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::SOL_SOCKET,
+            option,
+            (&raw const bytes).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0);
 }
