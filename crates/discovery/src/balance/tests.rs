@@ -512,6 +512,26 @@ async fn p2c_ewma_spreads_over_servers_less_than_twice_as_slow_as_each_other() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn under_load_p2c_ewma_weighs_latency_even_within_the_tie() {
+    let balancer = setup(Strategy::P2cEwma, [None; 3]);
+    answered(&balancer, "a", FAST);
+    answered(&balancer, "c", FAST * 19 / 10);
+    // One request in flight on each of a and c: the same load, so the latency decides (a: 1 ms x 2 against c:
+    // 1.9 ms x 2), where a tie would split the picks between them.
+    let _on_a = balancer.pick(&["b", "c"]).unwrap();
+    let _on_c = balancer.pick(&["a", "b"]).unwrap();
+    let mut to_c = 0;
+    for _ in 0..300 {
+        let (backend, _guard) = balancer.pick(&["b"]).unwrap();
+        to_c += usize::from(backend.id() == "c");
+    }
+    assert_eq!(
+        to_c, 0,
+        "{to_c} of 300 picks went to the slower of two equally loaded servers"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn p2c_ewma_treats_a_new_server_as_neutral() {
     let balancer = setup(Strategy::P2cEwma, [None; 3]);
     answered(&balancer, "a", FAST);

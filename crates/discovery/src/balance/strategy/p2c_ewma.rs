@@ -22,24 +22,29 @@ impl Select for P2cEwma {
     }
 }
 
-/// How much slower than the other a server must look before latency, not load, decides between two: below it the
-/// two compare by requests in flight per unit of weight alone, as `p2c` does.
+/// How much slower than the other a server must look before latency, not load, decides between two servers that
+/// have nothing in flight: below it the two count as equal, as in `p2c`.
 ///
 /// Without it, two equal servers differ by noise (a connect in one's last try, a scheduling hiccup) and the one
 /// that looks faster takes every request while the load is low (sequential requests never make in-flight differ):
 /// measured, 20 sequential requests to two equal servers all went to one in 3 runs of 6, which to a person reads
 /// as no balancing at all. Twice is far outside loopback noise between equal servers and far inside what latency
 /// awareness is for (a 20 ms server among 0.3 ms ones: `cargo xtask bench heterogeneous`).
+///
+/// Only while both are idle: under load the in-flight factor already spreads equal servers, and there a tie would
+/// hand a slow server whose estimate decayed to within twice the others' (raised by queueing) every request until
+/// its in-flight count caught up with theirs, each costing its full latency.
 pub const LATENCY_TIE: f64 = 2.0;
 
 /// The one with the lower expected latency at `now`; ties go to `a`, itself a weighted random sample.
 ///
 /// A server not answered yet is neutral: it takes the other's estimate, so the two compare by load alone (1 ns
 /// each when neither has answered). It is neither flooded as if it were infinitely fast nor starved as if slow.
-/// Latencies within [`LATENCY_TIE`] of each other count as equal.
+/// Latencies within [`LATENCY_TIE`] of each other count as equal while neither server has a request in flight.
 fn cheaper<'a>(a: &'a Arc<Backend>, b: &'a Arc<Backend>, now: u64) -> &'a Arc<Backend> {
+    let idle = a.in_flight() == 0 && b.in_flight() == 0;
     let (latency_a, latency_b) = match (a.peer().latency_nanos(now), b.peer().latency_nanos(now)) {
-        (Some(la), Some(lb)) if la.max(lb) < la.min(lb) * LATENCY_TIE => (1.0, 1.0),
+        (Some(la), Some(lb)) if idle && la.max(lb) < la.min(lb) * LATENCY_TIE => (1.0, 1.0),
         (Some(la), Some(lb)) => (la, lb),
         (Some(_), None) | (None, Some(_)) | (None, None) => (1.0, 1.0),
     };
