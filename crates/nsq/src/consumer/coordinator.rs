@@ -813,3 +813,135 @@ async fn lookup_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::AtomicU32;
+
+    use bytes::Bytes;
+
+    use super::super::message::ConnShared;
+    use super::super::{ConsumerConfig, HandlerError};
+    use super::*;
+    use crate::message::RawMessage;
+
+    struct Delivery {
+        msg: Message,
+        conn: Arc<ConnShared>,
+        shared: Arc<Shared>,
+        cmds: mpsc::UnboundedReceiver<Cmd>,
+        outcomes: mpsc::UnboundedReceiver<bool>,
+    }
+
+    /// A message received on a live connection, with what its answers and outcomes become.
+    fn delivery(attempts: u16) -> Delivery {
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(&ConsumerConfig::default(), outcomes_tx));
+        let (cmd_tx, cmds) = mpsc::unbounded_channel();
+        let conn = Arc::new(ConnShared::new(Arc::from("nsqd"), cmd_tx));
+        assert!(conn.received(&shared));
+        let raw = RawMessage {
+            timestamp_ns: 0,
+            attempts,
+            id: *b"0123456789abcdef",
+            body: Bytes::new(),
+        };
+        let msg = Message::new(raw, Arc::clone(&conn), Arc::clone(&shared));
+        Delivery {
+            msg,
+            conn,
+            shared,
+            cmds,
+            outcomes,
+        }
+    }
+
+    /// Panics before returning its future, in `handle` on a first delivery and in `give_up`.
+    #[derive(Default)]
+    struct PanicsEarly {
+        calls: AtomicU32,
+    }
+
+    impl Handler for PanicsEarly {
+        fn handle(&self, m: Message) -> impl Future<Output = Result<(), HandlerError>> + Send {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            assert!(m.attempts() > 1, "handle panics synchronously");
+            async { Ok(()) }
+        }
+
+        fn give_up(&self, m: &Message) -> impl Future<Output = ()> + Send {
+            assert!(m.attempts() == 0, "give_up panics synchronously");
+            async {}
+        }
+    }
+
+    fn is_req(cmd: Option<Cmd>) -> bool {
+        matches!(cmd, Some(Cmd::Req(..)))
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_handlers_future_is_a_failed_attempt() {
+        let mut d = delivery(1);
+        let handler = PanicsEarly::default();
+        handle_one(&handler, &d.shared, 5, true, d.msg.clone()).await;
+        assert!(is_req(d.cmds.try_recv().ok()), "requeued");
+        assert_eq!(
+            d.outcomes.try_recv().ok(),
+            Some(false),
+            "counts for backoff"
+        );
+        assert_eq!(d.shared.stats.handler_errors.load(Ordering::Relaxed), 1);
+        // The handler task goes on: the next delivery is handled.
+        let mut next = delivery(2);
+        handle_one(&handler, &next.shared, 5, true, next.msg.clone()).await;
+        assert!(matches!(next.cmds.try_recv().ok(), Some(Cmd::Fin(_))));
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_give_up_is_a_failed_attempt() {
+        let mut d = delivery(6);
+        handle_one(&PanicsEarly::default(), &d.shared, 5, true, d.msg.clone()).await;
+        assert!(is_req(d.cmds.try_recv().ok()), "requeued, not finished");
+        assert_eq!(d.outcomes.try_recv().ok(), Some(false));
+        assert_eq!(d.shared.stats.given_up.load(Ordering::Relaxed), 0);
+        assert_eq!(d.shared.stats.handler_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_manual_fin_counts_once_as_a_success_for_backoff() {
+        let mut d = delivery(1);
+        d.shared.backoff_level.store(1, Ordering::Relaxed);
+        let held = Arc::new(std::sync::Mutex::new(None));
+        let h = Arc::clone(&held);
+        // auto_response off: the handler keeps the message; someone finishes it later.
+        let handler = move |m: Message| {
+            *h.lock().unwrap() = Some(m);
+            async { Ok::<(), HandlerError>(()) }
+        };
+        handle_one(&handler, &d.shared, 5, false, d.msg.clone()).await;
+        assert!(d.outcomes.try_recv().is_err(), "no outcome before the FIN");
+        let m = held.lock().unwrap().take().unwrap();
+        assert!(m.finish());
+        assert!(!m.finish(), "the first answer wins");
+        assert_eq!(d.outcomes.try_recv().ok(), Some(true));
+        assert!(d.outcomes.try_recv().is_err(), "once per message");
+        // A manual REQ still leaves backoff alone.
+        let mut r = delivery(1);
+        r.shared.backoff_level.store(1, Ordering::Relaxed);
+        assert!(r.msg.requeue(None));
+        assert!(r.outcomes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_message_of_a_closed_connection_is_not_handled() {
+        let mut d = delivery(1);
+        d.conn.closed(&d.shared);
+        let handler = PanicsEarly::default();
+        handle_one(&handler, &d.shared, 5, true, d.msg.clone()).await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+        assert!(d.cmds.try_recv().is_err(), "nothing sent for it");
+        assert!(d.outcomes.try_recv().is_err());
+    }
+}
