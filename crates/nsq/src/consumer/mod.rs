@@ -27,11 +27,13 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 /// A closure `Fn(Message) -> impl Future<Output = Result<(), HandlerError>>` is a handler.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message. `Ok` finishes it and `Err` requeues it (with backoff), unless the
-    /// handler already answered it through [`Message::finish`] or [`Message::requeue`].
+    /// handler already answered it through [`Message::finish`] or [`Message::requeue`]. A panic,
+    /// also one before the future is returned, counts as `Err`. A message whose connection
+    /// ended while it waited in the queue is not handed over (nsqd redelivers it).
     fn handle(&self, message: Message) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Called instead of `handle` for a message delivered more than `max_attempts` times;
-    /// the message is finished afterwards. The default logs it.
+    /// the message is finished afterwards (requeued instead if this panics). The default logs it.
     fn give_up(&self, message: &Message) -> impl Future<Output = ()> + Send {
         tracing::warn!(
             id = %String::from_utf8_lossy(message.id()),
@@ -67,8 +69,9 @@ pub struct ConsumerConfig {
     /// Handler tasks.
     pub concurrency: usize,
     /// How often nsqlookupd is asked (after a random first delay of up to `jitter` of it).
+    /// More than zero.
     pub lookupd_poll_interval: Duration,
-    /// Fraction (0..1) of the poll interval used as the random delay before the second poll.
+    /// Fraction (0..=1) of the poll interval used as the random delay before the second poll.
     pub lookupd_poll_jitter: f64,
     /// Bound on one nsqlookupd query.
     pub lookupd_timeout: Duration,
@@ -86,13 +89,15 @@ pub struct ConsumerConfig {
     pub backoff_base: Duration,
     /// Longest pause.
     pub backoff_max: Duration,
-    /// First reconnect delay after a connection ends (doubles, with jitter).
+    /// First reconnect delay after a connection ends (doubles, with jitter). More than zero.
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
-    /// When there are more connections than `max_in_flight`, how often RDY moves between them.
+    /// When there are more connections than `max_in_flight`, or while backoff probes with
+    /// RDY 1, how often RDY moves between connections. More than zero.
     pub rdy_redistribute_interval: Duration,
-    /// A connection without messages for this long gives its RDY to another.
+    /// A connection without messages for this long gives its RDY to another (also the
+    /// backoff probe's RDY 1).
     pub low_rdy_idle_timeout: Duration,
 }
 
