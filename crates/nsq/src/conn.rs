@@ -344,6 +344,32 @@ async fn handshake(
     })
 }
 
+impl Connection {
+    /// A connection over `tcp` with no handshake (plain, uncompressed), for tests that play nsqd.
+    #[cfg(test)]
+    pub(crate) fn plain_for_tests(tcp: TcpStream, cfg: &Config) -> Result<Self> {
+        let peer = tcp.peer_addr()?;
+        let (r, w) = tokio::io::split(Stream::Plain(tcp));
+        Ok(Self {
+            reader: FrameReader {
+                io: r,
+                inflater: Inflater::None,
+                raw: BytesMut::new(),
+                plain: BytesMut::new(),
+                max_frame: cfg.max_frame_size,
+                peer,
+            },
+            writer: FrameWriter {
+                io: w,
+                deflater: Deflater::None,
+                wire: BytesMut::new(),
+                write_timeout: cfg.write_timeout,
+            },
+            identify: IdentifyReply::legacy(),
+        })
+    }
+}
+
 fn server_name(addr: &str, cfg: &Config) -> Result<rustls_pki_types::ServerName<'static>> {
     let host = match cfg.tls.as_ref().and_then(|t| t.server_name.clone()) {
         Some(name) => name,

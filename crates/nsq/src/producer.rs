@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::command;
@@ -50,7 +51,10 @@ struct Request {
 
 #[derive(Default)]
 struct Pending {
-    waiting: VecDeque<Reply>,
+    /// Replies awaited, in the order their requests were written, with when that was.
+    waiting: VecDeque<(Instant, Reply)>,
+    /// When nsqd last answered.
+    last_reply: Option<Instant>,
     closed: bool,
 }
 
@@ -64,6 +68,19 @@ struct Link {
 impl Link {
     fn is_open(&self) -> bool {
         !self.pending.lock().expect("pending lock").closed && !self.tx.is_closed()
+    }
+
+    /// Whether nsqd stopped answering: a reply is awaited and nothing came for half the
+    /// publish timeout, counted from the last answer or from when the oldest awaited request
+    /// was written, whichever is later (a healthy nsqd answers within milliseconds, also deep
+    /// in a pipeline). A caller whose own deadline passed while queued behind other publishes
+    /// is no sign of that.
+    fn is_hung(&self, publish_timeout: Duration) -> bool {
+        let p = self.pending.lock().expect("pending lock");
+        p.waiting.front().is_some_and(|(written, _)| {
+            let since = p.last_reply.map_or(*written, |r| r.max(*written));
+            since.elapsed() >= publish_timeout / 2
+        })
     }
 
     fn close(&self) {
@@ -84,7 +101,7 @@ fn fail_all(pending: &Mutex<Pending>, err: impl Fn() -> Error) {
     let drained: Vec<Reply> = {
         let mut p = pending.lock().expect("pending lock");
         p.closed = true;
-        p.waiting.drain(..).collect()
+        p.waiting.drain(..).map(|(_, reply)| reply).collect()
     };
     for reply in drained {
         let _ = reply.send(Err(err()));
@@ -265,9 +282,15 @@ impl Producer {
         .await
         .unwrap_or(Err(Error::Timeout("waiting for nsqd to answer a publish")));
         if let (Err(e), Some(link)) = (&result, sent_on) {
-            // A timeout means a hung nsqd or a broken link: drop it so the next publish reconnects.
-            if matches!(e, Error::Timeout(_)) || e.is_fatal() && !matches!(e, Error::Server { .. })
-            {
+            // A hung nsqd or a broken link is dropped so that the next publish reconnects. A
+            // timeout alone is not enough: it also fires for a publish queued behind many others
+            // on a healthy link, and dropping that link would fail every publish pending on it.
+            let broken = match e {
+                Error::Timeout(_) => link.is_hung(t),
+                Error::Server { .. } => false,
+                e => e.is_fatal(),
+            };
+            if broken {
                 self.discard(&link).await;
             }
         }
@@ -336,17 +359,28 @@ async fn write_loop(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     while let Some(first) = rx.recv().await {
+        let now = Instant::now();
         let mut next = Some(first);
         while let Some(req) = next.take() {
-            if let Some(reply) = req.reply {
-                let mut p = pending.lock().expect("pending lock");
-                if p.closed {
-                    let _ = reply.send(Err(Error::Closed));
-                    continue;
+            let send = match req.reply {
+                // Its caller timed out while it was queued: not published at all is clearer
+                // for the caller than published after it was told the publish failed.
+                Some(reply) if reply.is_closed() => false,
+                Some(reply) => {
+                    let mut p = pending.lock().expect("pending lock");
+                    if p.closed {
+                        let _ = reply.send(Err(Error::Closed));
+                        false
+                    } else {
+                        p.waiting.push_back((now, reply));
+                        true
+                    }
                 }
-                p.waiting.push_back(reply);
+                None => true,
+            };
+            if send {
+                buf.extend_from_slice(&req.bytes);
             }
-            buf.extend_from_slice(&req.bytes);
             if buf.len() < 256 * 1024 {
                 next = rx.try_recv().ok();
             }
@@ -410,9 +444,13 @@ async fn read_loop(
 }
 
 fn reply(pending: &Mutex<Pending>, result: Result<Bytes>) {
-    let waiter = pending.lock().expect("pending lock").waiting.pop_front();
+    let waiter = {
+        let mut p = pending.lock().expect("pending lock");
+        p.last_reply = Some(Instant::now());
+        p.waiting.pop_front()
+    };
     match waiter {
-        Some(w) => {
+        Some((_, w)) => {
             let _ = w.send(result);
         }
         None => tracing::warn!("nsqd sent a reply nobody waits for"),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{collect, consumer_config, eventually, logs, producer_to, recv_within};
 use nsq::{Consumer, ConsumerConfig, Error, Handler, Message, Producer, ProducerConfig};
-use testkit::NsqCluster;
+use testkit::{ClusterOptions, NsqCluster};
 use tokio::sync::mpsc;
 
 fn direct(cluster: &NsqCluster, i: usize) -> ConsumerConfig {
@@ -115,6 +115,63 @@ async fn pipelined_publishes_each_get_their_own_result() {
     }
     let stats = cluster.stats(0, "pipe", None).await.unwrap();
     assert_eq!(stats.topic("pipe").unwrap().message_count, 200);
+}
+
+/// A publish whose own deadline passes while it waits behind others on a healthy connection
+/// fails alone: the connection and the publishes ahead of it carry on.
+#[tokio::test]
+async fn a_publish_timing_out_in_the_queue_does_not_fail_the_others() {
+    // Every PUB waits for nsqd's fsync: a slow but healthy nsqd.
+    let cluster = NsqCluster::start_with(ClusterOptions {
+        nsqd: 1,
+        nsqd_args: vec!["--mem-queue-size=0".into(), "--sync-every=1".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let timeout = Duration::from_secs(2);
+    let producer = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            publish_timeout: timeout,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // Enough publishes at once that the last ones wait longer than their timeout, however fast
+    // this machine's fsync is.
+    let began = Instant::now();
+    for _ in 0..20 {
+        producer.publish("queued", b"warm-up").await.unwrap();
+    }
+    let one = began.elapsed() / 20;
+    let n = (timeout.as_micros() * 5 / one.as_micros().max(1)).clamp(500, 50_000) as usize;
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let p = producer.clone();
+            tokio::spawn(async move { p.publish("queued", b"m").await })
+        })
+        .collect();
+    let (mut ok, mut timed_out) = (0u64, 0u64);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(Error::Timeout(_)) => timed_out += 1,
+            Err(e) => panic!("only timeouts may fail, got {e:?} ({ok} ok, {timed_out} timed out)"),
+        }
+    }
+    assert!(
+        timed_out > 0,
+        "{n} publishes at {one:?} each all made it in time"
+    );
+    assert!(ok > 0);
+    assert!(
+        producer.is_connected().await,
+        "the healthy connection stays"
+    );
+    let stats = cluster.stats(0, "queued", None).await.unwrap();
+    let published = stats.topic("queued").unwrap().message_count - 20;
+    assert!(published >= ok, "{published} published, {ok} acknowledged");
 }
 
 #[tokio::test]

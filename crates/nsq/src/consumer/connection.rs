@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -85,10 +85,47 @@ pub(crate) async fn open(
         }
         None => return Err(Error::Closed),
     }
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let conn_shared = Arc::new(ConnShared::new(Arc::clone(&addr), cmd_tx));
     let span = tracing::info_span!("nsq_consumer", nsqd = %addr, topic, channel);
-    let writer = tokio::spawn(write_loop(c.writer, cmd_rx).instrument(span.clone()));
+    Ok(start(
+        id,
+        addr,
+        c,
+        cfg.read_timeout(),
+        shared,
+        deliveries,
+        ended,
+        epoch,
+        span,
+    ))
+}
+
+/// Spawns the reader and writer of a subscribed connection.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    id: u64,
+    addr: Arc<str>,
+    c: conn::Connection,
+    read_timeout: Option<Duration>,
+    shared: Arc<Shared>,
+    deliveries: mpsc::UnboundedSender<Message>,
+    ended: mpsc::UnboundedSender<Ended>,
+    epoch: Instant,
+    span: tracing::Span,
+) -> Conn {
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    let conn_shared = Arc::new(ConnShared::new(addr, cmd_tx));
+    // The writer's failure, for the reader to stop on.
+    let (failed_tx, failed_rx) = oneshot::channel();
+    let writer = tokio::spawn(
+        write_loop(
+            c.writer,
+            cmd_rx,
+            Arc::clone(&conn_shared),
+            Arc::clone(&shared),
+            failed_tx,
+        )
+        .instrument(span.clone()),
+    );
     let reader = tokio::spawn(
         read_loop(
             id,
@@ -97,22 +134,29 @@ pub(crate) async fn open(
             shared,
             deliveries,
             ended,
-            cfg.read_timeout(),
+            failed_rx,
+            read_timeout,
             epoch,
         )
         .instrument(span),
     );
-    Ok(Conn {
+    Conn {
         id,
         shared: conn_shared,
         max_rdy: c.identify.max_rdy_count.max(1),
         rdy: 0,
         writer,
         reader,
-    })
+    }
 }
 
-async fn write_loop(mut writer: FrameWriter, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+async fn write_loop(
+    mut writer: FrameWriter,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    conn: Arc<ConnShared>,
+    shared: Arc<Shared>,
+    failed: oneshot::Sender<Error>,
+) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut closing = false;
     while !closing {
@@ -139,7 +183,12 @@ async fn write_loop(mut writer: FrameWriter, mut rx: mpsc::UnboundedReceiver<Cmd
         }
         if !buf.is_empty() {
             if let Err(e) = writer.write(&buf).await {
-                tracing::debug!(error = %e, "write to nsqd failed");
+                tracing::warn!(error = %e, "write to nsqd failed; closing the connection");
+                // Nothing more reaches nsqd: answers given from now on are not counted (the
+                // connection is closed for them), the queue closes as this task returns, and
+                // the reader stops and reports the connection ended.
+                conn.closed(&shared);
+                let _ = failed.send(e);
                 return;
             }
             buf.clear();
@@ -156,9 +205,12 @@ async fn read_loop(
     shared: Arc<Shared>,
     deliveries: mpsc::UnboundedSender<Message>,
     ended: mpsc::UnboundedSender<Ended>,
+    mut writer_failed: oneshot::Receiver<Error>,
     read_timeout: Option<Duration>,
     epoch: Instant,
 ) {
+    // Until the writer returns: once it did (after a Close), only its failure matters.
+    let mut writer_running = true;
     // When the frames of the last socket read arrived, stamped at the first message among them: the frames of one
     // read arrived together, and reading the clock per message was a tenth of the consumer's time (perf).
     let mut stamped = false;
@@ -167,7 +219,17 @@ async fn read_loop(
             Ok(Some(f)) => Ok(Some(f)),
             Ok(None) => {
                 stamped = false;
-                reader.next_within(read_timeout).await
+                tokio::select! {
+                    biased;
+                    failed = &mut writer_failed, if writer_running => match failed {
+                        Ok(e) => Err(e),
+                        Err(_) => {
+                            writer_running = false; // closed normally
+                            continue;
+                        }
+                    },
+                    next = reader.next_within(read_timeout) => next,
+                }
             }
             Err(e) => Err(e),
         };
@@ -180,7 +242,10 @@ async fn read_loop(
             Frame::Message(raw) => {
                 tracing::trace!(id = %String::from_utf8_lossy(&raw.id), "message");
                 shared.stats.received.fetch_add(1, Ordering::Relaxed);
-                conn.received(&shared);
+                if !conn.received(&shared) {
+                    // The writer failed while this burst was being read: nsqd redelivers.
+                    break Some(writer_failed.try_recv().unwrap_or(Error::Closed));
+                }
                 if !stamped {
                     stamped = true;
                     conn.last_message_ms
@@ -219,4 +284,86 @@ async fn read_loop(
         addr: Arc::clone(&conn.addr),
         reason,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Shutdown;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+    use crate::frame::{FRAME_MESSAGE, FRAME_RESPONSE};
+
+    fn frame(kind: i32, data: &[u8]) -> Vec<u8> {
+        let mut v = ((data.len() + 4) as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(&kind.to_be_bytes());
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn message(id: &[u8; 16]) -> Vec<u8> {
+        let mut d = 1_700_000_000_000_000_000i64.to_be_bytes().to_vec();
+        d.extend_from_slice(&1u16.to_be_bytes());
+        d.extend_from_slice(id);
+        d.extend_from_slice(b"body");
+        frame(FRAME_MESSAGE, &d)
+    }
+
+    /// A writer that can no longer write (here: our side shut down, as after a reset or a
+    /// write timeout) ends the connection although nsqd keeps it open, and an answer given
+    /// afterwards is not counted as finished.
+    #[tokio::test]
+    async fn a_failed_write_ends_the_connection_and_later_answers_do_not_count() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut nsqd, _) = listener.accept().await.unwrap();
+        let client = client.into_std().unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let client = TcpStream::from_std(client).unwrap();
+        let cfg = Config::default();
+        let c = conn::Connection::plain_for_tests(client, &cfg).unwrap();
+        let shared = Arc::new(Shared::new(
+            &super::super::ConsumerConfig::default(),
+            mpsc::unbounded_channel().0,
+        ));
+        let (deliveries, mut queue) = mpsc::unbounded_channel();
+        let (ended_tx, mut ended) = mpsc::unbounded_channel();
+        let conn = start(
+            7,
+            Arc::from("nsqd"),
+            c,
+            Some(Duration::from_secs(60)),
+            Arc::clone(&shared),
+            deliveries,
+            ended_tx,
+            Instant::now(),
+            tracing::Span::none(),
+        );
+        nsqd.write_all(&message(b"0000000000000001")).await.unwrap();
+        let held = queue.recv().await.unwrap();
+        assert_eq!(shared.in_flight.load(Ordering::Relaxed), 1);
+        // The heartbeat's NOP is the write that fails.
+        nsqd.write_all(&frame(FRAME_RESPONSE, HEARTBEAT))
+            .await
+            .unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(5), ended.recv())
+            .await
+            .expect("the connection reports its end although nsqd keeps it open")
+            .unwrap();
+        assert_eq!(e.id, 7);
+        assert!(e.reason.is_some(), "the write error is the reason");
+        assert!(held.finish(), "the first answer");
+        assert_eq!(
+            shared.stats.finished.load(Ordering::Relaxed),
+            0,
+            "a FIN that cannot reach nsqd is not counted"
+        );
+        assert_eq!(shared.in_flight.load(Ordering::Relaxed), 0);
+        assert!(held.connection_ended());
+        drop(conn);
+    }
 }

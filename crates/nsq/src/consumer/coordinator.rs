@@ -27,7 +27,6 @@ const MAX_BACKOFF_LEVEL: u32 = 30;
 enum Event {
     Opened(Arc<str>, u64, crate::Result<Conn>),
     Listed(Vec<String>),
-    Outcome { success: bool },
 }
 
 #[derive(Debug)]
@@ -55,6 +54,9 @@ struct Backoff {
     until: Option<Instant>,
     /// RDY 1 on one connection to test the water.
     probing: bool,
+    /// When the probe's RDY 1 was last placed (ms since the consumer's epoch): a holder that
+    /// got no message since then for `low_rdy_idle_timeout` hands it on.
+    probe_since_ms: i64,
 }
 
 struct Coordinator {
@@ -69,6 +71,9 @@ struct Coordinator {
     backoff: Backoff,
     epoch: Instant,
     deliveries: Option<mpsc::UnboundedSender<Message>>,
+    /// Connection attempts under way. Each holds a clone of `deliveries`, so stop aborts them:
+    /// a connection opened after the drain would otherwise keep the handlers' queue open.
+    connecting: JoinSet<()>,
     events_tx: mpsc::UnboundedSender<Event>,
     ended_tx: mpsc::UnboundedSender<Ended>,
     requery: Arc<Notify>,
@@ -83,6 +88,7 @@ pub(crate) fn spawn<H: Handler>(
     shared: Arc<Shared>,
     handler: Arc<H>,
     control: mpsc::UnboundedReceiver<Control>,
+    outcomes: mpsc::UnboundedReceiver<bool>,
 ) {
     let (deliveries, queue) = mpsc::unbounded_channel();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -94,7 +100,6 @@ pub(crate) fn spawn<H: Handler>(
             Arc::clone(&queue),
             Arc::clone(&handler),
             Arc::clone(&shared),
-            events_tx.clone(),
             cfg.max_attempts,
             cfg.auto_response,
             cfg.concurrency,
@@ -138,12 +143,14 @@ pub(crate) fn spawn<H: Handler>(
         backoff: Backoff::default(),
         epoch: Instant::now(),
         deliveries: Some(deliveries),
+        connecting: JoinSet::new(),
         events_tx,
         ended_tx,
         requery,
     };
     tokio::spawn(async move {
-        c.run(control, events_rx, ended_rx, handlers).await;
+        c.run(control, events_rx, ended_rx, outcomes, handlers)
+            .await;
         if let Some(l) = lookup {
             l.abort();
         }
@@ -156,6 +163,7 @@ impl Coordinator {
         mut control: mpsc::UnboundedReceiver<Control>,
         mut events: mpsc::UnboundedReceiver<Event>,
         mut ended: mpsc::UnboundedReceiver<Ended>,
+        mut outcomes: mpsc::UnboundedReceiver<bool>,
         mut handlers: JoinSet<()>,
     ) {
         let mut redistribute = tokio::time::interval(self.cfg.rdy_redistribute_interval);
@@ -182,8 +190,11 @@ impl Coordinator {
                 },
                 Some(ev) = events.recv() => self.on_event(ev),
                 Some(e) = ended.recv() => self.on_ended(e),
+                Some(success) = outcomes.recv() => self.on_outcome(success),
                 _ = redistribute.tick() => {
-                    if self.conns.len() as u64 > self.max_in_flight() {
+                    if self.backoff.probing {
+                        self.move_idle_probe();
+                    } else if self.conns.len() as u64 > self.max_in_flight() {
                         self.rebalance(true);
                     }
                 }
@@ -224,6 +235,8 @@ impl Coordinator {
 
     /// Starts a connection for every target that is due.
     fn connect_due(&mut self) {
+        // Reap the attempts that reported already.
+        while self.connecting.try_join_next().is_some() {}
         let Some(deliveries) = self.deliveries.clone() else {
             return;
         };
@@ -241,7 +254,7 @@ impl Coordinator {
             let (events, ended) = (self.events_tx.clone(), self.ended_tx.clone());
             let deliveries = deliveries.clone();
             let epoch = self.epoch;
-            tokio::spawn(async move {
+            self.connecting.spawn(async move {
                 let result = connection::open(
                     id,
                     Arc::clone(&addr),
@@ -274,7 +287,6 @@ impl Coordinator {
         match ev {
             Event::Opened(addr, id, result) => self.on_opened(addr, id, result),
             Event::Listed(addrs) => self.on_listed(addrs),
-            Event::Outcome { success } => self.on_outcome(success),
         }
     }
 
@@ -442,8 +454,48 @@ impl Coordinator {
 
     /// After a pause: RDY 1 on one random connection, RDY 0 elsewhere.
     fn probe(&mut self) {
-        self.backoff.probing = true;
         let chosen = self.conns.keys().choose(&mut rand::rng()).cloned();
+        self.probe_on(chosen);
+    }
+
+    /// While probing, on the redistribute tick: an nsqd that sent nothing for
+    /// `low_rdy_idle_timeout` since it got the probe's RDY 1 may have nothing to send, while
+    /// another holds a backlog; the RDY 1 moves to one of the others (go-nsq does the same).
+    /// Without this the consumer could wait on an empty nsqd for ever.
+    fn move_idle_probe(&mut self) {
+        if self.conns.len() < 2 {
+            return;
+        }
+        let holder = self.conns.iter().find(|(_, c)| c.rdy > 0).map(|(a, c)| {
+            (
+                Arc::clone(a),
+                c.shared.last_message_ms.load(Ordering::Relaxed),
+            )
+        });
+        let Some((holder, last_ms)) = holder else {
+            // The holder's connection ended and no other was chosen yet.
+            self.probe();
+            return;
+        };
+        let now_ms = self.epoch.elapsed().as_millis() as i64;
+        let idle_ms = self.cfg.low_rdy_idle_timeout.as_millis() as i64;
+        if now_ms - last_ms.max(self.backoff.probe_since_ms) < idle_ms {
+            return;
+        }
+        let next = self
+            .conns
+            .keys()
+            .filter(|a| **a != holder)
+            .choose(&mut rand::rng())
+            .cloned();
+        tracing::debug!(from = %holder, to = ?next, "probe idle; moving RDY 1");
+        self.probe_on(next);
+    }
+
+    /// RDY 1 on `chosen`, RDY 0 elsewhere (decreases first, so the sum stays at most 1).
+    fn probe_on(&mut self, chosen: Option<Arc<str>>) {
+        self.backoff.probing = true;
+        self.backoff.probe_since_ms = self.epoch.elapsed().as_millis() as i64;
         for (addr, c) in self.conns.iter_mut() {
             if Some(addr) != chosen.as_ref() {
                 set_rdy(c, 0);
@@ -529,6 +581,17 @@ impl Coordinator {
         for c in self.conns.values() {
             c.send(Cmd::Cls);
         }
+        // Connections still in their handshake never got RDY: abort them. One that finished
+        // just now is in the event queue; dropping it closes it. Either way its clone of the
+        // delivery queue goes, so the handlers' queue closes once the live connections end.
+        self.connecting.abort_all();
+        while self.connecting.join_next().await.is_some() {}
+        while let Ok(ev) = events.try_recv() {
+            if let Event::Opened(addr, _, Ok(conn)) = ev {
+                tracing::debug!(nsqd = %addr, "connected while stopping; closing");
+                conn.send(Cmd::Close);
+            }
+        }
         // Handlers keep answering what they hold; wait until every nsqd acknowledged CLS (so no
         // message is still on its way) and nothing is in flight.
         let draining = |c: &Self| {
@@ -608,7 +671,6 @@ async fn handler_loop<H: Handler>(
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Message>>>,
     handler: Arc<H>,
     shared: Arc<Shared>,
-    events: mpsc::UnboundedSender<Event>,
     max_attempts: u16,
     auto_response: bool,
     concurrency: usize,
@@ -623,15 +685,7 @@ async fn handler_loop<H: Handler>(
             }
         }
         for msg in batch.drain(..) {
-            handle_one(
-                &*handler,
-                &shared,
-                &events,
-                max_attempts,
-                auto_response,
-                msg,
-            )
-            .await;
+            handle_one(&*handler, &shared, max_attempts, auto_response, msg).await;
         }
     }
 }
@@ -639,22 +693,30 @@ async fn handler_loop<H: Handler>(
 async fn handle_one<H: Handler>(
     handler: &H,
     shared: &Shared,
-    events: &mpsc::UnboundedSender<Event>,
     max_attempts: u16,
     auto_response: bool,
     msg: Message,
 ) {
-    tracing::trace!(id = %String::from_utf8_lossy(msg.id()), "handling");
-    if max_attempts > 0 && msg.attempts() > max_attempts {
-        handler.give_up(&msg).await;
-        if msg.finish() {
-            shared.stats.given_up.fetch_add(1, Ordering::Relaxed);
-        }
+    if msg.connection_ended() {
+        // Queued behind slow handlers while its connection ended: nsqd redelivers it, and an
+        // answer could not reach nsqd anyway. Handling it would handle it twice.
+        tracing::debug!(id = %String::from_utf8_lossy(msg.id()), "skipping a message of a closed connection");
         return;
     }
-    let result = AssertUnwindSafe(handler.handle(msg.clone()))
-        .catch_unwind()
-        .await;
+    tracing::trace!(id = %String::from_utf8_lossy(msg.id()), "handling");
+    let giving_up = max_attempts > 0 && msg.attempts() > max_attempts;
+    // Inside an async block, a panic in the synchronous part of `handle` or `give_up` (before
+    // the first await) is caught as well as one in the future they return.
+    let result = if giving_up {
+        AssertUnwindSafe(async { handler.give_up(&msg).await })
+            .catch_unwind()
+            .await
+            .map(|()| Ok(()))
+    } else {
+        AssertUnwindSafe(async { handler.handle(msg.clone()).await })
+            .catch_unwind()
+            .await
+    };
     let ok = match result {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
@@ -662,13 +724,20 @@ async fn handle_one<H: Handler>(
             false
         }
         Err(_) => {
+            let what = if giving_up { "give_up" } else { "handler" };
             tracing::error!(
                 attempts = msg.attempts(),
-                "handler panicked; requeueing the message"
+                "{what} panicked; requeueing the message"
             );
             false
         }
     };
+    if giving_up && ok {
+        if msg.finish() {
+            shared.stats.given_up.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     if !ok {
         shared.stats.handler_errors.fetch_add(1, Ordering::Relaxed);
     }
@@ -676,13 +745,10 @@ async fn handle_one<H: Handler>(
         return; // answered by the handler, or left for whoever holds the message
     }
     if ok {
-        msg.finish();
-        if shared.backoff_level.load(Ordering::Relaxed) > 0 {
-            let _ = events.send(Event::Outcome { success: true });
-        }
+        msg.finish(); // reports the success to the backoff itself
     } else {
         msg.requeue(None);
-        let _ = events.send(Event::Outcome { success: false });
+        shared.report_failed();
     }
 }
 
@@ -745,5 +811,137 @@ async fn lookup_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = requery.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::sync::atomic::AtomicU32;
+
+    use bytes::Bytes;
+
+    use super::super::message::ConnShared;
+    use super::super::{ConsumerConfig, HandlerError};
+    use super::*;
+    use crate::message::RawMessage;
+
+    struct Delivery {
+        msg: Message,
+        conn: Arc<ConnShared>,
+        shared: Arc<Shared>,
+        cmds: mpsc::UnboundedReceiver<Cmd>,
+        outcomes: mpsc::UnboundedReceiver<bool>,
+    }
+
+    /// A message received on a live connection, with what its answers and outcomes become.
+    fn delivery(attempts: u16) -> Delivery {
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(&ConsumerConfig::default(), outcomes_tx));
+        let (cmd_tx, cmds) = mpsc::unbounded_channel();
+        let conn = Arc::new(ConnShared::new(Arc::from("nsqd"), cmd_tx));
+        assert!(conn.received(&shared));
+        let raw = RawMessage {
+            timestamp_ns: 0,
+            attempts,
+            id: *b"0123456789abcdef",
+            body: Bytes::new(),
+        };
+        let msg = Message::new(raw, Arc::clone(&conn), Arc::clone(&shared));
+        Delivery {
+            msg,
+            conn,
+            shared,
+            cmds,
+            outcomes,
+        }
+    }
+
+    /// Panics before returning its future, in `handle` on a first delivery and in `give_up`.
+    #[derive(Default)]
+    struct PanicsEarly {
+        calls: AtomicU32,
+    }
+
+    impl Handler for PanicsEarly {
+        fn handle(&self, m: Message) -> impl Future<Output = Result<(), HandlerError>> + Send {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            assert!(m.attempts() > 1, "handle panics synchronously");
+            async { Ok(()) }
+        }
+
+        fn give_up(&self, m: &Message) -> impl Future<Output = ()> + Send {
+            assert!(m.attempts() == 0, "give_up panics synchronously");
+            async {}
+        }
+    }
+
+    fn is_req(cmd: Option<Cmd>) -> bool {
+        matches!(cmd, Some(Cmd::Req(..)))
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_handlers_future_is_a_failed_attempt() {
+        let mut d = delivery(1);
+        let handler = PanicsEarly::default();
+        handle_one(&handler, &d.shared, 5, true, d.msg.clone()).await;
+        assert!(is_req(d.cmds.try_recv().ok()), "requeued");
+        assert_eq!(
+            d.outcomes.try_recv().ok(),
+            Some(false),
+            "counts for backoff"
+        );
+        assert_eq!(d.shared.stats.handler_errors.load(Ordering::Relaxed), 1);
+        // The handler task goes on: the next delivery is handled.
+        let mut next = delivery(2);
+        handle_one(&handler, &next.shared, 5, true, next.msg.clone()).await;
+        assert!(matches!(next.cmds.try_recv().ok(), Some(Cmd::Fin(_))));
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_give_up_is_a_failed_attempt() {
+        let mut d = delivery(6);
+        handle_one(&PanicsEarly::default(), &d.shared, 5, true, d.msg.clone()).await;
+        assert!(is_req(d.cmds.try_recv().ok()), "requeued, not finished");
+        assert_eq!(d.outcomes.try_recv().ok(), Some(false));
+        assert_eq!(d.shared.stats.given_up.load(Ordering::Relaxed), 0);
+        assert_eq!(d.shared.stats.handler_errors.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_manual_fin_counts_once_as_a_success_for_backoff() {
+        let mut d = delivery(1);
+        d.shared.backoff_level.store(1, Ordering::Relaxed);
+        let held = Arc::new(std::sync::Mutex::new(None));
+        let h = Arc::clone(&held);
+        // auto_response off: the handler keeps the message; someone finishes it later.
+        let handler = move |m: Message| {
+            *h.lock().unwrap() = Some(m);
+            async { Ok::<(), HandlerError>(()) }
+        };
+        handle_one(&handler, &d.shared, 5, false, d.msg.clone()).await;
+        assert!(d.outcomes.try_recv().is_err(), "no outcome before the FIN");
+        let m = held.lock().unwrap().take().unwrap();
+        assert!(m.finish());
+        assert!(!m.finish(), "the first answer wins");
+        assert_eq!(d.outcomes.try_recv().ok(), Some(true));
+        assert!(d.outcomes.try_recv().is_err(), "once per message");
+        // A manual REQ still leaves backoff alone.
+        let mut r = delivery(1);
+        r.shared.backoff_level.store(1, Ordering::Relaxed);
+        assert!(r.msg.requeue(None));
+        assert!(r.outcomes.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_message_of_a_closed_connection_is_not_handled() {
+        let mut d = delivery(1);
+        d.conn.closed(&d.shared);
+        let handler = PanicsEarly::default();
+        handle_one(&handler, &d.shared, 5, true, d.msg.clone()).await;
+        assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+        assert!(d.cmds.try_recv().is_err(), "nothing sent for it");
+        assert!(d.outcomes.try_recv().is_err());
     }
 }

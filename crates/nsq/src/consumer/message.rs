@@ -52,9 +52,16 @@ impl ConnShared {
         }
     }
 
-    pub(crate) fn received(&self, shared: &Shared) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    /// Counts one message received; false when the connection was already closed (its writer
+    /// failed), in which case nothing is counted.
+    pub(crate) fn received(&self, shared: &Shared) -> bool {
+        // The consumer's count first: a `closed` racing with this subtracts what it finds here.
         shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.in_flight.fetch_add(1, Ordering::AcqRel) < 0 {
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Counts one answer; false when the connection already ended (nsqd will redeliver).
@@ -79,7 +86,12 @@ impl ConnShared {
         }
     }
 
-    /// The connection ended: its unanswered messages are nsqd's again.
+    /// Whether the connection ended (its messages are nsqd's again).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < 0
+    }
+
+    /// The connection ended: its unanswered messages are nsqd's again. Idempotent.
     pub(crate) fn closed(&self, shared: &Shared) -> i64 {
         let v = self.in_flight.swap(CLOSED, Ordering::AcqRel);
         if v > 0 {
@@ -159,11 +171,18 @@ impl Message {
     }
 
     /// Finishes the message (FIN). Returns false when it was already answered.
+    ///
+    /// Every FIN, whether the handler's `Ok` sent it or this call, counts as a success for the
+    /// consumer's backoff.
     pub fn finish(&self) -> bool {
-        self.answer(
+        let first = self.answer(
             Cmd::Fin(self.inner.raw.id),
             &self.inner.shared.stats.finished,
-        )
+        );
+        if first {
+            self.inner.shared.report_finished();
+        }
+        first
     }
 
     /// Requeues the message (REQ) after `delay`, or after the consumer's delay policy
@@ -174,6 +193,11 @@ impl Message {
             Cmd::Req(self.inner.raw.id, delay),
             &self.inner.shared.stats.requeued,
         )
+    }
+
+    /// Whether the connection this message came on has ended (nsqd redelivers it).
+    pub(crate) fn connection_ended(&self) -> bool {
+        self.inner.conn.is_closed()
     }
 
     /// Resets the message's server-side timeout (TOUCH), for long work.

@@ -27,11 +27,13 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 /// A closure `Fn(Message) -> impl Future<Output = Result<(), HandlerError>>` is a handler.
 pub trait Handler: Send + Sync + 'static {
     /// Handles one message. `Ok` finishes it and `Err` requeues it (with backoff), unless the
-    /// handler already answered it through [`Message::finish`] or [`Message::requeue`].
+    /// handler already answered it through [`Message::finish`] or [`Message::requeue`]. A panic,
+    /// also one before the future is returned, counts as `Err`. A message whose connection
+    /// ended while it waited in the queue is not handed over (nsqd redelivers it).
     fn handle(&self, message: Message) -> impl Future<Output = Result<(), HandlerError>> + Send;
 
     /// Called instead of `handle` for a message delivered more than `max_attempts` times;
-    /// the message is finished afterwards. The default logs it.
+    /// the message is finished afterwards (requeued instead if this panics). The default logs it.
     fn give_up(&self, message: &Message) -> impl Future<Output = ()> + Send {
         tracing::warn!(
             id = %String::from_utf8_lossy(message.id()),
@@ -67,8 +69,9 @@ pub struct ConsumerConfig {
     /// Handler tasks.
     pub concurrency: usize,
     /// How often nsqlookupd is asked (after a random first delay of up to `jitter` of it).
+    /// More than zero.
     pub lookupd_poll_interval: Duration,
-    /// Fraction (0..1) of the poll interval used as the random delay before the second poll.
+    /// Fraction (0..=1) of the poll interval used as the random delay before the second poll.
     pub lookupd_poll_jitter: f64,
     /// Bound on one nsqlookupd query.
     pub lookupd_timeout: Duration,
@@ -86,13 +89,15 @@ pub struct ConsumerConfig {
     pub backoff_base: Duration,
     /// Longest pause.
     pub backoff_max: Duration,
-    /// First reconnect delay after a connection ends (doubles, with jitter).
+    /// First reconnect delay after a connection ends (doubles, with jitter). More than zero.
     pub reconnect_min: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
-    /// When there are more connections than `max_in_flight`, how often RDY moves between them.
+    /// When there are more connections than `max_in_flight`, or while backoff probes with
+    /// RDY 1, how often RDY moves between connections. More than zero.
     pub rdy_redistribute_interval: Duration,
-    /// A connection without messages for this long gives its RDY to another.
+    /// A connection without messages for this long gives its RDY to another (also the
+    /// backoff probe's RDY 1).
     pub low_rdy_idle_timeout: Duration,
 }
 
@@ -118,6 +123,40 @@ impl Default for ConsumerConfig {
             rdy_redistribute_interval: Duration::from_secs(5),
             low_rdy_idle_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+impl ConsumerConfig {
+    /// Checks the consumer's own settings; values the coordinator cannot work with (a zero
+    /// interval would panic or spin) are refused here, naming the field.
+    fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.nsqd_tcp_addresses.is_empty() && self.lookupd_http_addresses.is_empty() {
+            return bad("a consumer needs nsqd_tcp_addresses or lookupd_http_addresses".into());
+        }
+        if self.max_in_flight == 0 {
+            return bad("max_in_flight must be at least 1".into());
+        }
+        if self.concurrency == 0 {
+            return bad("concurrency must be at least 1".into());
+        }
+        let positive = [
+            ("lookupd_poll_interval", self.lookupd_poll_interval),
+            ("reconnect_min", self.reconnect_min),
+            ("rdy_redistribute_interval", self.rdy_redistribute_interval),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return bad(format!("{name} must be more than zero, got {value:?}"));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.lookupd_poll_jitter) {
+            return bad(format!(
+                "lookupd_poll_jitter must be a fraction in 0..=1, got {}",
+                self.lookupd_poll_jitter
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -173,9 +212,37 @@ pub(crate) struct Shared {
     pub(crate) max_in_flight: AtomicU64,
     requeue_delay: Duration,
     max_requeue_delay: Duration,
+    /// Handler outcomes for the coordinator's backoff: `true` for a FIN (automatic or manual),
+    /// `false` for a handler failure.
+    outcomes: mpsc::UnboundedSender<bool>,
 }
 
 impl Shared {
+    pub(crate) fn new(cfg: &ConsumerConfig, outcomes: mpsc::UnboundedSender<bool>) -> Self {
+        Self {
+            stats: Counters::default(),
+            in_flight: AtomicI64::new(0),
+            backoff_level: AtomicU32::new(0),
+            max_in_flight: AtomicU64::new(cfg.max_in_flight),
+            requeue_delay: cfg.requeue_delay,
+            max_requeue_delay: cfg.max_requeue_delay,
+            outcomes,
+        }
+    }
+
+    /// A message was finished: one step out of backoff, like go-nsq, whoever sent the FIN.
+    /// Outside backoff nothing is sent, which keeps the hot path to one load.
+    pub(crate) fn report_finished(&self) {
+        if self.backoff_level.load(Ordering::Relaxed) > 0 {
+            let _ = self.outcomes.send(true);
+        }
+    }
+
+    /// A handler failed (error or panic): one step further into backoff.
+    pub(crate) fn report_failed(&self) {
+        let _ = self.outcomes.send(false);
+    }
+
     pub(crate) fn requeue_delay(&self, attempts: u16) -> Duration {
         (self.requeue_delay * u32::from(attempts.max(1))).min(self.max_requeue_delay)
     }
@@ -226,26 +293,10 @@ impl Consumer {
         validate_topic(topic)?;
         validate_channel(channel)?;
         cfg.conn.validate()?;
-        if cfg.nsqd_tcp_addresses.is_empty() && cfg.lookupd_http_addresses.is_empty() {
-            return Err(Error::Config(
-                "a consumer needs nsqd_tcp_addresses or lookupd_http_addresses".into(),
-            ));
-        }
-        if cfg.max_in_flight == 0 {
-            return Err(Error::Config("max_in_flight must be at least 1".into()));
-        }
-        if cfg.concurrency == 0 {
-            return Err(Error::Config("concurrency must be at least 1".into()));
-        }
+        cfg.validate()?;
         let tls = cfg.conn.tls_client_config()?;
-        let shared = Arc::new(Shared {
-            stats: Counters::default(),
-            in_flight: AtomicI64::new(0),
-            backoff_level: AtomicU32::new(0),
-            max_in_flight: AtomicU64::new(cfg.max_in_flight),
-            requeue_delay: cfg.requeue_delay,
-            max_requeue_delay: cfg.max_requeue_delay,
-        });
+        let (outcomes, outcomes_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(&cfg, outcomes));
         let (control, control_rx) = mpsc::unbounded_channel();
         coordinator::spawn(
             topic.to_string(),
@@ -255,6 +306,7 @@ impl Consumer {
             Arc::clone(&shared),
             Arc::new(handler),
             control_rx,
+            outcomes_rx,
         );
         Ok(Self {
             shared,
@@ -307,17 +359,72 @@ mod tests {
 
     #[test]
     fn requeue_delay_grows_with_attempts_and_is_capped() {
-        let shared = Shared {
-            stats: Counters::default(),
-            in_flight: AtomicI64::new(0),
-            backoff_level: AtomicU32::new(0),
-            max_in_flight: AtomicU64::new(1),
-            requeue_delay: Duration::from_secs(90),
-            max_requeue_delay: Duration::from_secs(15 * 60),
-        };
+        let shared = Shared::new(&ConsumerConfig::default(), mpsc::unbounded_channel().0);
         assert_eq!(shared.requeue_delay(1), Duration::from_secs(90));
         assert_eq!(shared.requeue_delay(3), Duration::from_secs(270));
         assert_eq!(shared.requeue_delay(100), Duration::from_secs(900));
         assert_eq!(shared.requeue_delay(0), Duration::from_secs(90));
+    }
+
+    /// `Consumer::start`'s error for `cfg` on a direct nsqd, which must name `field`.
+    fn refused(field: &str, cfg: ConsumerConfig) {
+        let cfg = ConsumerConfig {
+            nsqd_tcp_addresses: vec!["127.0.0.1:4150".into()],
+            ..cfg
+        };
+        let handler = |_m: Message| async { Ok::<(), HandlerError>(()) };
+        match Consumer::start("t", "c", cfg, handler) {
+            Err(Error::Config(m)) => assert!(m.contains(field), "{m:?} names {field}"),
+            other => panic!("{field}: expected a config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn settings_that_would_panic_or_spin_are_refused_by_name() {
+        let d = ConsumerConfig::default;
+        refused(
+            "rdy_redistribute_interval",
+            ConsumerConfig {
+                rdy_redistribute_interval: Duration::ZERO,
+                ..d()
+            },
+        );
+        refused(
+            "lookupd_poll_interval",
+            ConsumerConfig {
+                lookupd_poll_interval: Duration::ZERO,
+                ..d()
+            },
+        );
+        refused(
+            "reconnect_min",
+            ConsumerConfig {
+                reconnect_min: Duration::ZERO,
+                ..d()
+            },
+        );
+        for jitter in [f64::NAN, -0.1, 1.5, f64::INFINITY] {
+            refused(
+                "lookupd_poll_jitter",
+                ConsumerConfig {
+                    lookupd_poll_jitter: jitter,
+                    ..d()
+                },
+            );
+        }
+        refused(
+            "max_in_flight",
+            ConsumerConfig {
+                max_in_flight: 0,
+                ..d()
+            },
+        );
+        refused(
+            "concurrency",
+            ConsumerConfig {
+                concurrency: 0,
+                ..d()
+            },
+        );
     }
 }
