@@ -299,9 +299,18 @@ impl Registry {
         let Some(entry) = table.entries.get_mut(&update.id) else {
             let peer = Arc::clone(table.peers.entry(update.id.clone()).or_default());
             peer.extend_deadline(deadline);
+            // The per-id state outlives the entry while an ejection runs: a server that expired or left while
+            // ejected and comes back as a new run is a new run here too (same rule as a refresh, below).
+            let restarted = update
+                .order
+                .is_some_and(|(epoch, _)| peer.note_epoch(epoch));
+            let recovered = restarted && peer.clear_ejection();
             let weight = weight_from_meta(&update.meta);
             let backend = Backend::new(&update.id, &update.addr, update.socket_addr, weight, peer);
             changes.push(EventKind::Join, &update.id, &update.addr, now);
+            if recovered {
+                changes.push(EventKind::Recover, &update.id, &update.addr, now);
+            }
             table.entries.insert(
                 update.id,
                 Entry {
@@ -323,6 +332,9 @@ impl Registry {
         // run fail does not count against it, so an ejected server returns to rotation at once.
         let restarted =
             matches!((update.order, entry.order), (Some((new, _)), Some((old, _))) if new > old);
+        if let Some((epoch, _)) = update.order {
+            entry.backend.peer().note_epoch(epoch);
+        }
         if restarted && entry.backend.peer().clear_ejection() {
             changes.push(EventKind::Recover, &update.id, &update.addr, now);
         }
@@ -598,6 +610,9 @@ impl Registry {
             }
             let peer = Arc::clone(table.peers.entry(server.id.clone()).or_default());
             peer.extend_deadline(deadline);
+            if let Some((epoch, _)) = server.order {
+                peer.note_epoch(epoch);
+            }
             let weight = weight_from_meta(&server.meta);
             let backend = Backend::new(&server.id, &server.addr, addr.socket_addr(), weight, peer)
                 .into_unconfirmed();
