@@ -96,6 +96,7 @@ impl Registry {
                     tombstones: HashMap::new(),
                     peers: HashMap::new(),
                     bus_alive: true,
+                    judged_at: Instant::now(),
                 }),
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
                 stale: AtomicBool::new(false),
@@ -118,7 +119,7 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let outcome = match self.apply(body, nsqd_timestamp_ns, now, wall_now, Names::Assume) {
+        let outcome = match self.apply(body, nsqd_timestamp_ns, Some(now), wall_now, Names::Assume) {
             Ok(outcome) => outcome,
             Err(_) => unreachable!("Names::Assume never asks for a lookup"),
         };
@@ -136,13 +137,9 @@ impl Registry {
         nsqd_timestamp_ns: i64,
         wall_now: SystemTime,
     ) -> Outcome {
-        let applied = self.apply(
-            body,
-            nsqd_timestamp_ns,
-            Instant::now(),
-            wall_now,
-            Names::Ask,
-        );
+        // The receive time is read under the registry's lock (`None`), so that the time a heartbeat is judged by
+        // follows the order in which writers took the lock.
+        let applied = self.apply(body, nsqd_timestamp_ns, None, wall_now, Names::Ask);
         let outcome = match applied {
             Ok(outcome) => outcome,
             Err((name, port)) => {
@@ -150,13 +147,7 @@ impl Registry {
                 self.inner
                     .policy
                     .resolved(name, port, &resolved, Instant::now().into_std());
-                match self.apply(
-                    body,
-                    nsqd_timestamp_ns,
-                    Instant::now(),
-                    wall_now,
-                    Names::Assume,
-                ) {
+                match self.apply(body, nsqd_timestamp_ns, None, wall_now, Names::Assume) {
                     Ok(outcome) => outcome,
                     Err(_) => unreachable!("Names::Assume never asks for a lookup"),
                 }
@@ -166,12 +157,13 @@ impl Registry {
         outcome
     }
 
-    /// Applies one message; `Err((name, port))` when `names` is `Ask` and that name must be resolved first.
+    /// Applies one message received at `now` (`None`: read the clock once the lock is held); `Err((name, port))`
+    /// when `names` is `Ask` and that name must be resolved first.
     fn apply(
         &self,
         body: &[u8],
         nsqd_timestamp_ns: i64,
-        now: Instant,
+        now: Option<Instant>,
         wall_now: SystemTime,
         names: Names,
     ) -> Result<Outcome, (String, u16)> {
@@ -183,10 +175,11 @@ impl Registry {
             Ok(decoded) => decoded,
             Err(rejection) => return Ok(Outcome::Rejected(rejection)),
         };
+        let policy_now = now.unwrap_or_else(Instant::now).into_std();
         match self
             .inner
             .policy
-            .check(message.addr(), &addr, names, now.into_std())
+            .check(message.addr(), &addr, names, policy_now)
         {
             Ok(()) => {}
             Err(Denied::Rejected(rejection)) => return Ok(Outcome::Rejected(rejection)),
@@ -201,7 +194,7 @@ impl Registry {
         message: Message,
         addr: ServerAddr,
         nsqd_timestamp_ns: i64,
-        now: Instant,
+        now: Option<Instant>,
         wall_now: SystemTime,
     ) -> Outcome {
         if rules::is_stale(nsqd_timestamp_ns, wall_now, self.inner.ttl) {
@@ -236,6 +229,7 @@ impl Registry {
 
         let mut guard = self.lock();
         let table = &mut *guard;
+        let now = table.judge_at(now.unwrap_or_else(Instant::now));
         let mut changes = Changes::default();
         if table
             .tombstones
@@ -432,6 +426,7 @@ impl Registry {
     pub fn sweep(&self, now: Instant) -> Vec<Event> {
         let mut guard = self.lock();
         let table = &mut *guard;
+        table.judge_at(now);
         let now_ticks = self.inner.clock.ticks(now);
         let mut changes = Changes::default();
         table.tombstones.retain(|_, t| t.until > now);
@@ -455,6 +450,7 @@ impl Registry {
     pub fn set_bus_alive(&self, alive: bool, now: Instant) {
         let mut guard = self.lock();
         let table = &mut *guard;
+        table.judge_at(now);
         if table.bus_alive == alive {
             return;
         }

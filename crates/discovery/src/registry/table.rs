@@ -19,6 +19,18 @@ pub(super) struct Table {
     /// Per-id counters, kept while an id is registered or still has requests in flight or an ejection running.
     pub(super) peers: HashMap<String, Arc<PeerState>>,
     pub(super) bus_alive: bool,
+    /// The latest instant any write judged the table by. A heartbeat is judged by no earlier time, so one that read
+    /// the clock before a sweep but took the lock after it cannot count as received before that sweep (which
+    /// would break the TTL rule: expired at the sweep, yet heard from before its deadline).
+    pub(super) judged_at: Instant,
+}
+
+impl Table {
+    /// The instant a write that holds the lock judges by: `now`, or the last one a write used if that is later.
+    pub(super) fn judge_at(&mut self, now: Instant) -> Instant {
+        self.judged_at = self.judged_at.max(now);
+        self.judged_at
+    }
 }
 
 #[derive(Debug)]
