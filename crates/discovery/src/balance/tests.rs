@@ -597,12 +597,7 @@ async fn a_server_that_expired_while_ejected_returns_as_a_new_run() {
     assert_eq!(count(&counts(&balancer, 30), "a"), 0);
     let mut leaving = Heartbeat::new("a", "10.0.0.1:80", 1, 6);
     leaving.state = crate::State::Leaving;
-    registry.observe(
-        &leaving.encode(),
-        0,
-        Instant::now(),
-        SystemTime::now(),
-    );
+    registry.observe(&leaving.encode(), 0, Instant::now(), SystemTime::now());
     // ...a restart (a newer epoch) takes it back into rotation at its first heartbeat, with a clean record.
     let restarted = Heartbeat::new("a", "10.0.0.1:80", 2, 1).encode();
     assert_eq!(

@@ -119,7 +119,8 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let outcome = match self.apply(body, nsqd_timestamp_ns, Some(now), wall_now, Names::Assume) {
+        let outcome = match self.apply(body, nsqd_timestamp_ns, Some(now), wall_now, Names::Assume)
+        {
             Ok(outcome) => outcome,
             Err(_) => unreachable!("Names::Assume never asks for a lookup"),
         };
@@ -203,6 +204,11 @@ impl Registry {
         if let (false, Message::Json(hb)) = (self.inner.keys.is_empty(), &message)
             && let Err(rejection) =
                 rules::check_replay_window(hb.sent_at_ms, wall_now, self.inner.ttl)
+        {
+            return Outcome::Rejected(rejection);
+        }
+        if let Message::Json(hb) = &message
+            && let Err(rejection) = rules::check_epoch(hb.epoch, wall_now, self.inner.ttl)
         {
             return Outcome::Rejected(rejection);
         }
@@ -515,10 +521,12 @@ impl Registry {
         }
     }
 
-    /// True when neither a key nor `allowed_networks` is configured, so any heartbeat anyone publishes to nsqd
-    /// can put an address into rotation. The api-server warns about it (log, `/registry`, a gauge).
+    /// True when no key is configured, so anyone who can publish to nsqd can send heartbeats for any id.
+    /// `allowed_networks` does not change that: it limits the addresses a heartbeat may announce, not who sends it,
+    /// so a forger can still take over, refresh or remove any id whose address is inside it. The api-server warns
+    /// about it (log, `/registry`, a gauge, the dashboard).
     pub fn accepts_unauthenticated(&self) -> bool {
-        self.inner.keys.is_empty() && !self.inner.policy.restricts_networks()
+        self.inner.keys.is_empty()
     }
 
     /// A receiver of every future [`Event`] (join, leave, expire from the registry; eject, recover from the
