@@ -11,6 +11,7 @@
 
 mod config;
 mod live;
+mod lookup;
 mod names;
 mod outcome;
 mod policy;
@@ -34,7 +35,7 @@ use crate::event::{Event, EventKind, EventSink};
 use crate::heartbeat::addr::ServerAddr;
 use crate::heartbeat::{Decoded, HmacKey, KeySet, Message, State, decode_with_addr};
 use live::Snapshot;
-use policy::{Denied, Names};
+use policy::Unresolved;
 use table::{Changes, Entry, Table, Tombstone, Update};
 
 pub use config::{DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, RegistryConfig};
@@ -70,11 +71,20 @@ struct Inner {
     generation: AtomicU64,
     events: EventSink,
     counters: outcome::Counters,
+    resolver: lookup::Resolver,
 }
 
 impl Registry {
     /// A registry; `Instant::now()` becomes the zero of its internal clock.
     pub fn new(config: RegistryConfig) -> Result<Registry, ConfigError> {
+        Registry::with_resolver(config, lookup::Resolver::system())
+    }
+
+    /// A registry that resolves announced names with `resolver`.
+    fn with_resolver(
+        config: RegistryConfig,
+        resolver: lookup::Resolver,
+    ) -> Result<Registry, ConfigError> {
         if config.ttl.is_zero() {
             return Err(ConfigError::ZeroTtl);
         }
@@ -103,6 +113,7 @@ impl Registry {
                 generation: AtomicU64::new(0),
                 events,
                 counters: outcome::Counters::default(),
+                resolver,
             }),
         })
     }
@@ -111,7 +122,8 @@ impl Registry {
     ///
     /// `nsqd_timestamp_ns` is the message frame's timestamp (ns since the Unix epoch, nsqd's clock); a message
     /// older than the TTL by it, compared with `wall_now`, is stale. Zero or negative means unknown: never stale.
-    /// Never panics; every outcome is counted (see [`outcome_counts`](Registry::outcome_counts)).
+    /// Never panics; every outcome is counted (see [`outcome_counts`](Registry::outcome_counts)). A host name with
+    /// no cached answer is taken as not this api-server, and not looked up.
     pub fn observe(
         &self,
         body: &[u8],
@@ -119,19 +131,16 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let outcome = match self.apply(body, nsqd_timestamp_ns, Some(now), wall_now, Names::Assume)
-        {
-            Ok(outcome) => outcome,
-            Err(_) => unreachable!("Names::Assume never asks for a lookup"),
-        };
+        let (outcome, _) = self.apply(body, nsqd_timestamp_ns, Some(now), wall_now);
         self.inner.counters.record(&outcome);
         outcome
     }
 
-    /// [`observe`](Registry::observe), resolving the announced host name first when it is on one of this
-    /// api-server's ports and has no cached answer, so that a name that resolves to the api-server itself (an
-    /// `/etc/hosts` alias, say) is refused as `self_address` rather than proxied to in a loop. The lookup is bounded
-    /// by a short timeout and cached for a minute; all other messages cost what `observe` costs.
+    /// [`observe`](Registry::observe) at the time the registry's lock is taken, which also looks up, in the
+    /// background, an announced host name on one of this api-server's ports that has no cached answer: a name that
+    /// resolves to the api-server itself (an `/etc/hosts` alias, say) would loop, so its server is removed once
+    /// resolved (counted as `self_address`), and its later heartbeats are refused from the cache. The heartbeat
+    /// itself never waits for DNS. Must be called within a Tokio runtime (it spawns the lookup).
     pub async fn observe_resolving(
         &self,
         body: &[u8],
@@ -140,53 +149,38 @@ impl Registry {
     ) -> Outcome {
         // The receive time is read under the registry's lock (`None`), so that the time a heartbeat is judged by
         // follows the order in which writers took the lock.
-        let applied = self.apply(body, nsqd_timestamp_ns, None, wall_now, Names::Ask);
-        let outcome = match applied {
-            Ok(outcome) => outcome,
-            Err((name, port)) => {
-                let resolved = names::resolve(&name, port).await;
-                self.inner
-                    .policy
-                    .resolved(name, port, &resolved, Instant::now().into_std());
-                match self.apply(body, nsqd_timestamp_ns, None, wall_now, Names::Assume) {
-                    Ok(outcome) => outcome,
-                    Err(_) => unreachable!("Names::Assume never asks for a lookup"),
-                }
-            }
-        };
+        let (outcome, unresolved) = self.apply(body, nsqd_timestamp_ns, None, wall_now);
+        if let Some((name, port)) = unresolved {
+            self.resolve_in_background(name, port);
+        }
         self.inner.counters.record(&outcome);
         outcome
     }
 
-    /// Applies one message received at `now` (`None`: read the clock once the lock is held); `Err((name, port))`
-    /// when `names` is `Ask` and that name must be resolved first.
+    /// Applies one message received at `now` (`None`: read the clock once the lock is held). Also returns the host
+    /// name on one of this api-server's ports that it announced, if that name has no cached answer yet.
     fn apply(
         &self,
         body: &[u8],
         nsqd_timestamp_ns: i64,
         now: Option<Instant>,
         wall_now: SystemTime,
-        names: Names,
-    ) -> Result<Outcome, (String, u16)> {
+    ) -> (Outcome, Unresolved) {
         let keys = KeySet::from(&self.inner.keys);
         // Plain bodies cannot be signed: with keys they pass only where allowed_networks vouches for the address
         // (checked by the policy just below).
         let allow_plain = keys.is_empty() || self.inner.policy.restricts_networks();
         let Decoded { message, addr } = match decode_with_addr(body, keys, allow_plain) {
             Ok(decoded) => decoded,
-            Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+            Err(rejection) => return (Outcome::Rejected(rejection), None),
         };
         let policy_now = now.unwrap_or_else(Instant::now).into_std();
-        match self
-            .inner
-            .policy
-            .check(message.addr(), &addr, names, policy_now)
-        {
-            Ok(()) => {}
-            Err(Denied::Rejected(rejection)) => return Ok(Outcome::Rejected(rejection)),
-            Err(Denied::Lookup(name, port)) => return Err((name, port)),
+        let (verdict, unresolved) = self.inner.policy.check(message.addr(), &addr, policy_now);
+        if let Err(rejection) = verdict {
+            return (Outcome::Rejected(rejection), unresolved);
         }
-        Ok(self.apply_checked(message, addr, nsqd_timestamp_ns, now, wall_now))
+        let outcome = self.apply_checked(message, addr, nsqd_timestamp_ns, now, wall_now);
+        (outcome, unresolved)
     }
 
     /// Applies a message that passed the address policy.
@@ -598,10 +592,7 @@ impl Registry {
             let Ok(addr) = ServerAddr::parse_announced(&server.addr) else {
                 continue;
             };
-            let allowed =
-                self.inner
-                    .policy
-                    .check(&server.addr, &addr, Names::Assume, now.into_std());
+            let (allowed, _) = self.inner.policy.check(&server.addr, &addr, now.into_std());
             if allowed.is_err() || table.entries.contains_key(&server.id) {
                 continue;
             }
