@@ -215,6 +215,7 @@ impl Registry {
                 state: hb.state,
                 interval_ms: hb.interval_ms,
                 meta: hb.meta,
+                heard_at_ms: saved::unix_ms(wall_now),
             },
             Message::Plain { addr: text } => Update {
                 id: text.clone(),
@@ -224,6 +225,7 @@ impl Registry {
                 state: State::Up,
                 interval_ms: 0,
                 meta: BTreeMap::new(),
+                heard_at_ms: saved::unix_ms(wall_now),
             },
         };
 
@@ -313,6 +315,7 @@ impl Registry {
                     interval_ms: update.interval_ms,
                     meta: update.meta,
                     last_seen: now,
+                    heard_at_ms: update.heard_at_ms,
                 },
             );
             return Outcome::Joined;
@@ -339,6 +342,7 @@ impl Registry {
             entry.meta = update.meta;
         }
         entry.last_seen = now;
+        entry.heard_at_ms = update.heard_at_ms;
         entry.backend.peer().extend_deadline(deadline);
 
         let weight = weight_from_meta(&entry.meta);
@@ -565,6 +569,7 @@ impl Registry {
                 order: e.order,
                 interval_ms: e.interval_ms,
                 meta: e.meta.clone(),
+                heard_at_ms: Some(e.heard_at_ms),
             })
             .collect();
         drop(table);
@@ -581,7 +586,8 @@ impl Registry {
     /// [`MAX_SAVED_AGE`] loads nothing; a server the address policy refuses today, or an id already known, is
     /// skipped. Returns how many were loaded; each is announced with a `join` event.
     pub fn restore(&self, saved: SavedRegistry, now: Instant, wall_now: SystemTime) -> usize {
-        if saved.format != SAVED_FORMAT || saved.is_too_old(wall_now) {
+        let readable = (saved::OLDEST_READ_FORMAT..=SAVED_FORMAT).contains(&saved.format);
+        if !readable || saved.is_too_old(wall_now) {
             return 0;
         }
         let deadline = self.inner.clock.ticks(now + self.inner.ttl);
@@ -589,6 +595,9 @@ impl Registry {
         let table = &mut *guard;
         let mut changes = Changes::default();
         for server in saved.servers {
+            if server.is_too_old(saved.saved_at_ms, wall_now) {
+                continue;
+            }
             let Ok(addr) = ServerAddr::parse_announced(&server.addr) else {
                 continue;
             };
@@ -618,6 +627,7 @@ impl Registry {
                     backend: Arc::new(backend),
                     order: server.order,
                     interval_ms: server.interval_ms,
+                    heard_at_ms: server.heard_at_ms.unwrap_or(saved.saved_at_ms),
                     meta: server.meta,
                     last_seen: now,
                 },

@@ -41,6 +41,9 @@ pub(super) struct Entry {
     pub(super) interval_ms: u64,
     pub(super) meta: BTreeMap<String, Value>,
     pub(super) last_seen: Instant,
+    /// Wall clock of the last accepted heartbeat, ms since the Unix epoch (for a server loaded from a saved
+    /// registry and not heard since: the time saved with it). Saved with the server, to age it across restarts.
+    pub(super) heard_at_ms: u64,
 }
 
 /// Remembers a graceful leave for one TTL so that a late `up` of the same run cannot resurrect the server.
@@ -59,6 +62,8 @@ pub(super) struct Update {
     pub(super) state: State,
     pub(super) interval_ms: u64,
     pub(super) meta: BTreeMap<String, Value>,
+    /// The receiver's wall clock, ms since the Unix epoch.
+    pub(super) heard_at_ms: u64,
 }
 
 /// What one write did to membership, applied and broadcast at the end under the same lock (so subscribers see
