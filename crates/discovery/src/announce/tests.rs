@@ -236,11 +236,19 @@ async fn the_leaving_heartbeat_is_retried_until_an_nsqd_takes_it() {
         .collect();
     // 50 ms doubling: 0, 50, 150 (down), 350 (up).
     assert_eq!(attempts, [ms(0), ms(50), ms(150), ms(350)]);
-    assert_eq!(Instant::now() - start, ms(350), "returned as soon as it was taken");
+    assert_eq!(
+        Instant::now() - start,
+        ms(350),
+        "returned as soon as it was taken"
+    );
     let sent = fake.sent();
     assert_eq!(sent.len(), 2);
     let last = &sent[1].1;
-    assert_eq!((last.state, last.seq), (State::Leaving, 2), "one seq for every try");
+    assert_eq!(
+        (last.state, last.seq),
+        (State::Leaving, 2),
+        "one seq for every try"
+    );
     let stats = announcer.stats();
     assert_eq!((stats.leaving_sent, stats.failed_heartbeats), (1, 3));
 }
@@ -251,7 +259,10 @@ async fn the_leaving_heartbeat_is_retried_no_longer_than_the_limit() {
     fake.down.store(true, Ordering::SeqCst);
     let start = Instant::now();
     let result = announcer.leave_within(Duration::from_secs(1)).await;
-    assert!(matches!(result, Err(AnnounceError::AllFailed(_))), "{result:?}");
+    assert!(
+        matches!(result, Err(AnnounceError::AllFailed(_))),
+        "{result:?}"
+    );
     assert!(Instant::now() - start < Duration::from_secs(1));
     // 0, 50, 150, 350, 750; the next (1250) would be past the limit.
     assert_eq!(fake.attempts.lock().unwrap().len(), 5);
