@@ -8,10 +8,13 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::registry::lookup::Resolver;
 
+/// Lookups waiting for the test's answer, by name.
+type Waiting = Arc<Mutex<Vec<(String, oneshot::Sender<Vec<SocketAddr>>)>>>;
+
 /// A resolver whose answers the test gives, one per lookup, when it chooses; it records the names asked for.
 struct Dns {
     asked: Arc<Mutex<Vec<String>>>,
-    answers: Arc<Mutex<Vec<(String, oneshot::Sender<Vec<SocketAddr>>)>>>,
+    answers: Waiting,
 }
 
 impl Dns {
