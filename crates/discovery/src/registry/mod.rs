@@ -5,7 +5,9 @@
 //!   `policy.rs`: who may register; `config.rs`: settings and defaults;
 //! - `live.rs`: `LiveSet`, all the balancer reads (the servers live at one instant, and the event sink);
 //! - `view.rs`: what the admin API shows; `outcome.rs`: what happened to each message, counted for metrics;
-//! - `saved.rs`: the registry as saved for a restart, loaded back as unconfirmed servers.
+//! - `saved.rs`: the registry as saved for a restart, loaded back as unconfirmed servers;
+//! - `names.rs`: cached answers about names and IPs that may be this api-server; `lookup.rs`: such names resolved
+//!   in the background, off the heartbeat path.
 //!
 //! Per-server liveness and health state is `backend::PeerState`, shared with the balancer.
 
