@@ -108,8 +108,9 @@ pub async fn run(
     let registry = Registry::new(registry_cfg).map_err(config_error("discovery"))?;
     if registry.accepts_unauthenticated() {
         tracing::warn!(
-            "unauthenticated heartbeats accepted: anyone who can publish to nsqd can put an address into rotation; \
-             set discovery.hmac_key_files (make a key with `data-server keygen --out FILE`) or discovery.allowed_networks"
+            "unauthenticated heartbeats accepted: anyone who can publish to nsqd can send heartbeats for any id \
+             (allowed_networks limits the addresses, not the senders); set discovery.hmac_key_files \
+             (make a key with `data-server keygen --out FILE`)"
         );
     }
     // Before the subscription and the listeners: the first request may already route to the saved servers.

@@ -196,7 +196,7 @@ impl Metrics {
         let d = discovery.clone();
         m.gauge_fn(
             "api_unauthenticated_heartbeats",
-            "1 when heartbeats are accepted unauthenticated (no HMAC key and no allowed_networks).",
+            "1 when heartbeats are accepted unauthenticated (no HMAC key, whatever allowed_networks says).",
             move || i64::from(d.accepts_unauthenticated()),
         );
         let b = bus.clone();

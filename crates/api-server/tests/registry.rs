@@ -185,8 +185,9 @@ async fn a_plain_host_port_from_to_nsq_registers() {
     assert_eq!(doc["servers"][0]["plain"], true);
 }
 
-/// Neither a key nor allowed_networks: the api-server says so at start, in /registry and in a gauge; with a key
-/// it does not, and a plain host:port (which cannot be signed) is refused.
+/// Without a key (with or without allowed_networks, which limits addresses, not senders) the api-server says so at
+/// start, in /registry and in a gauge; with a key it does not, and a plain host:port (which cannot be signed) is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unauthenticated_api_server_says_so_and_one_with_a_key_does_not() {
     let cluster = NsqCluster::start(1).await.unwrap();
@@ -202,6 +203,27 @@ async fn an_unauthenticated_api_server_says_so_and_one_with_a_key_does_not() {
         open.metric("api_unauthenticated_heartbeats").await.unwrap(),
         1.0
     );
+    let networks_only =
+        api_server(&cluster, "10s", &["discovery.allowed_networks=127.0.0.0/8"]).await;
+    assert!(
+        networks_only
+            .log()
+            .contains("unauthenticated heartbeats accepted"),
+        "{}",
+        networks_only.log()
+    );
+    assert_eq!(
+        networks_only.registry().await.unwrap()["unauthenticated"],
+        true
+    );
+    assert_eq!(
+        networks_only
+            .metric("api_unauthenticated_heartbeats")
+            .await
+            .unwrap(),
+        1.0
+    );
+    drop(networks_only);
 
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("heartbeat.key");

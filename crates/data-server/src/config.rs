@@ -20,6 +20,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_NSQD: &str = "127.0.0.1:4150";
 /// `shutdown.timeout` unless configured: bound on the leaving heartbeat, and then on draining.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: HumanDuration = HumanDuration::from_secs(10);
+/// `shutdown.deregister_delay` unless configured: how long requests are still accepted once an nsqd took the
+/// leaving heartbeat. Covers an api-server's delivery of it (nsqd buffers heartbeats up to 25 ms) and handling,
+/// with room for a busy host: a request sent meanwhile on a pooled connection would otherwise meet a closing one.
+pub const DEFAULT_DEREGISTER_DELAY: HumanDuration = HumanDuration::from_millis(300);
 /// `sidecar.health_timeout` unless configured.
 pub const DEFAULT_HEALTH_TIMEOUT: HumanDuration = HumanDuration::from_secs(1);
 /// `data.max_keys` unless configured.
@@ -124,12 +128,16 @@ impl AnnounceConfig {
 pub struct ShutdownConfig {
     /// Bound on the leaving heartbeat, and then on draining in-flight requests.
     pub timeout: HumanDuration,
+    /// Requests are still accepted this long after an nsqd took the leaving heartbeat, so that api-servers stop
+    /// routing here before the listener closes.
+    pub deregister_delay: HumanDuration,
 }
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig {
             timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            deregister_delay: DEFAULT_DEREGISTER_DELAY,
         }
     }
 }
@@ -261,6 +269,13 @@ impl Validate for Config {
             return Err(Invalid::new("data.max_bytes", "at least 1", 0));
         }
         self.shutdown.timeout.require_positive("shutdown.timeout")?;
+        if self.shutdown.deregister_delay.get() >= self.shutdown.timeout.get() {
+            return Err(Invalid::new(
+                "shutdown.deregister_delay",
+                format!("less than shutdown.timeout ({})", self.shutdown.timeout),
+                self.shutdown.deregister_delay,
+            ));
+        }
         self.sidecar
             .health_timeout
             .require_positive("sidecar.health_timeout")
@@ -347,6 +362,11 @@ impl Config {
     /// `shutdown.timeout`.
     pub fn shutdown_timeout(&self) -> Duration {
         self.shutdown.timeout.get()
+    }
+
+    /// `shutdown.deregister_delay`.
+    pub fn deregister_delay(&self) -> Duration {
+        self.shutdown.deregister_delay.get()
     }
 }
 

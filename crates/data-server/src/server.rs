@@ -1,5 +1,5 @@
 //! Running the data-server: bind, announce, serve, and shut down in the order of ARCHITECTURE.md §4.8
-//! (leaving heartbeat, stop accepting, drain in-flight requests).
+//! (leaving heartbeat, deregistration delay, stop accepting, drain in-flight requests).
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -109,17 +109,41 @@ pub async fn serve(
     }
 
     let limit = config.shutdown_timeout();
-    // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes.
-    match with_timeout(announcer.leave(), limit).await {
-        Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
-        Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),
-        Err(timeout) => tracing::warn!("leaving heartbeat: {timeout}"),
-    }
+    // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes; tried again while every
+    // nsqd refuses it (one briefly down), within the same limit.
+    let left = match with_timeout(announcer.leave_within(limit), limit).await {
+        Ok(Ok(nsqd)) => {
+            tracing::debug!(%nsqd, "left");
+            true
+        }
+        Ok(Err(err)) => {
+            tracing::warn!("could not announce leaving: {err}");
+            false
+        }
+        Err(timeout) => {
+            tracing::warn!("leaving heartbeat: {timeout}");
+            false
+        }
+    };
     state.set_ready(false);
     heartbeats.abort();
-    // 2. and 3. Stop accepting, then drain what is in flight.
+    // 2. Still serving while api-servers take the leave in: until they do, they may send a request on a pooled
+    // connection, which must not meet a closing listener. Without an accepted leave they route here until the
+    // TTL whatever we do, so no wait then.
+    let mut ended = None;
+    if left {
+        tokio::select! {
+            () = tokio::time::sleep(config.deregister_delay()) => {}
+            result = &mut server => ended = Some(result),
+        }
+    }
+    // 3. and 4. Stop accepting, then drain what is in flight.
     stop_serving.trigger();
-    match with_timeout(&mut server, limit).await {
+    let drained = match ended {
+        Some(result) => Ok(result),
+        None => with_timeout(&mut server, limit).await,
+    };
+    match drained {
         Ok(Ok(Ok(()))) => tracing::info!("in-flight requests drained; exiting"),
         Ok(Ok(Err(err))) => tracing::warn!("HTTP server: {err}"),
         Ok(Err(join)) => tracing::warn!("HTTP server task: {join}"),

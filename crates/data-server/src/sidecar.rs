@@ -57,7 +57,8 @@ pub async fn run_sidecar(
     println!("announcing {addr} as {id} while {health_url} answers 2xx");
     tracing::info!(%id, %addr, %health_url, "sidecar started");
     shutdown.wait().await;
-    match with_timeout(announcer.leave(), config.shutdown_timeout()).await {
+    let limit = config.shutdown_timeout();
+    match with_timeout(announcer.leave_within(limit), limit).await {
         Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
         Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),
         Err(timeout) => tracing::warn!("leaving heartbeat: {timeout}"),

@@ -207,6 +207,65 @@ async fn sigterm_leaves_then_drains_in_flight_requests_then_exits_0() {
     tap.stop().await;
 }
 
+/// Every nsqd is down when the server is told to stop, and comes back while it is stopping: the leaving
+/// heartbeat is sent again until it is taken, so api-servers still drop the server at once (not a TTL later).
+#[tokio::test]
+async fn the_leave_is_sent_again_until_an_nsqd_that_was_down_takes_it() {
+    let (mut cluster, tap, mut server) = heartbeating_every_second().await;
+    cluster.stop(0).await.unwrap();
+    let failed = "data_server_heartbeats_failed_total";
+    let before = metric(&metrics_of(&server).await, failed);
+    server.signal(Signal::SIGTERM).unwrap();
+    // Still serving while it tries: its failed rounds show in /metrics.
+    wait_metrics(&server, "the leave tried twice", |text| {
+        metric(text, failed) >= before + 2
+    })
+    .await;
+    cluster.restart(0).await.unwrap();
+    let got = tap.wait_for_leaving(server.id(), GENEROUS).await;
+    let leaving: Vec<_> = got
+        .iter()
+        .filter(|(_, hb)| hb.state == State::Leaving)
+        .collect();
+    assert_eq!(leaving.len(), 1, "taken once: {leaving:?}");
+    assert_exits_with(&mut server, 0).await;
+    tap.stop().await;
+}
+
+/// After the leave is taken the server keeps answering for `shutdown.deregister_delay`, on a pooled connection
+/// (an api-server's that has not handled the leave yet) and on a new one, then closes and exits.
+#[tokio::test]
+async fn requests_are_answered_for_the_deregistration_delay_after_the_leave() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let tap = Tap::start(&cluster.nsqd_tcp_addresses());
+    let opts = options(&cluster, "1s").set("shutdown.deregister_delay=3s");
+    let mut server = DataServer::start_with(opts).await.unwrap();
+    tap.wait_for(server.id(), GENEROUS, |hbs| !hbs.is_empty())
+        .await;
+    let pooled = reqwest::Client::new();
+    assert_eq!(get(&pooled, server.url("/whoami")).await.status(), 200);
+    server.signal(Signal::SIGTERM).unwrap();
+    tap.wait_for_leaving(server.id(), GENEROUS).await;
+    let left_at = Instant::now();
+    assert_eq!(
+        get(&pooled, server.url("/whoami")).await.status(),
+        200,
+        "a pooled connection is still served"
+    );
+    let fresh = reqwest::Client::new();
+    assert_eq!(
+        get(&fresh, server.url("/whoami")).await.status(),
+        200,
+        "a new connection is still accepted"
+    );
+    assert!(
+        left_at.elapsed() < Duration::from_secs(3),
+        "within the delay"
+    );
+    assert_exits_with(&mut server, 0).await;
+    tap.stop().await;
+}
+
 #[tokio::test]
 async fn signed_heartbeats_verify_and_tampered_ones_do_not() {
     let cluster = NsqCluster::start(1).await.unwrap();

@@ -54,7 +54,7 @@ mod subscribe;
 pub use announce::{
     AlwaysHealthy, AnnounceError, Announcer, AnnouncerConfig, AnnouncerConfigError, AnnouncerStats,
     AsyncHealth, DEFAULT_INTERVAL, DEFAULT_JITTER, DEFAULT_TOPIC, HEALTH_RECHECK, Health,
-    RETRY_BASE, jittered, publish_timeout_for,
+    LEAVE_RETRY_BASE, LEAVE_RETRY_MAX, RETRY_BASE, jittered, publish_timeout_for,
 };
 pub use backend::{Backend, InFlightGuard, LATENCY_DECAY, MAX_WEIGHT};
 pub use balance::{BackendStats, Balancer, BalancerConfig, FailureOutcome, LATENCY_TIE, Strategy};

@@ -41,6 +41,12 @@ pub const RETRY_BASE: Duration = Duration::from_millis(250);
 /// While unhealthy, the check is repeated at most this far apart, so that a recovered service
 /// is announced again quickly even with a long interval.
 pub const HEALTH_RECHECK: Duration = Duration::from_secs(1);
+/// First wait before the leaving heartbeat is sent again when no nsqd took it ([`Announcer::leave_within`]);
+/// doubles per failed round, capped at [`LEAVE_RETRY_MAX`]. Short: the service is shutting down, and every
+/// moment it stays routed after it stops serving costs clients a failed try.
+pub const LEAVE_RETRY_BASE: Duration = Duration::from_millis(50);
+/// Longest wait between two rounds of the leaving heartbeat.
+pub const LEAVE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// Publishes this service's heartbeats; cheap to clone (clones share one announcer).
 ///
@@ -242,15 +248,26 @@ impl Announcer {
     /// took it.
     pub async fn announce(&self, state: State) -> Result<String, AnnounceError> {
         let heartbeat = self.next_heartbeat(state).ok_or(AnnounceError::Left)?;
-        self.deliver(heartbeat).await
+        self.deliver(&heartbeat).await
     }
 
     /// Stops the periodic heartbeats and publishes `state:"leaving"` (failing over to another
     /// nsqd if the first fails), so that api-servers stop routing here at once. Call it on
-    /// shutdown before the service stops accepting requests. A second call returns
+    /// shutdown before the service stops accepting requests. One round over the nsqd: see
+    /// [`leave_within`](Self::leave_within) to keep trying. A second call returns
     /// [`AnnounceError::Left`].
     pub async fn leave(&self) -> Result<String, AnnounceError> {
-        let heartbeat = {
+        self.leave_within(Duration::ZERO).await
+    }
+
+    /// [`leave`](Self::leave), sending the same leaving heartbeat (same `seq`, re-stamped and re-signed) again
+    /// after [`LEAVE_RETRY_BASE`] (doubling up to [`LEAVE_RETRY_MAX`]) while no nsqd takes it, for up to `limit`:
+    /// if every nsqd is briefly down at shutdown, the server would otherwise stay routed for a TTL. Returns as soon
+    /// as one nsqd takes it. A round in progress when `limit` runs out is finished; bound the call with a timeout
+    /// when that matters.
+    pub async fn leave_within(&self, limit: Duration) -> Result<String, AnnounceError> {
+        let deadline = Instant::now() + limit;
+        let mut heartbeat = {
             let mut sequence = self.sequence();
             if sequence.left {
                 return Err(AnnounceError::Left);
@@ -259,7 +276,23 @@ impl Announcer {
             self.build(&mut sequence, State::Leaving)
         };
         self.inner.left.send_replace(true);
-        let result = self.deliver(heartbeat).await;
+        let mut wait = LEAVE_RETRY_BASE;
+        let result = loop {
+            let result = self.deliver(&heartbeat).await;
+            let retry_at = Instant::now() + wait;
+            match result {
+                Err(AnnounceError::AllFailed(_)) if retry_at < deadline => {}
+                done => break done,
+            }
+            tokio::time::sleep_until(retry_at).await;
+            wait = (wait * 2).min(LEAVE_RETRY_MAX);
+            // The same heartbeat: a receiver that got an earlier copy after all counts this one a duplicate.
+            // Re-stamped so that a signed one stays inside receivers' replay window however long the retries.
+            heartbeat.sent_at_ms = now_ms();
+            if let Some(key) = &self.inner.cfg.key {
+                heartbeat.sign(key);
+            }
+        };
         match &result {
             Ok(nsqd) => {
                 tracing::info!(nsqd = %nsqd, id = %self.inner.cfg.id, "leaving heartbeat sent")
@@ -326,7 +359,7 @@ impl Announcer {
         heartbeat
     }
 
-    async fn deliver(&self, heartbeat: Heartbeat) -> Result<String, AnnounceError> {
+    async fn deliver(&self, heartbeat: &Heartbeat) -> Result<String, AnnounceError> {
         let topic = &self.inner.cfg.topic;
         let delivery = self.inner.transport.send(topic, heartbeat.encode()).await;
         self.record(heartbeat.state, delivery)

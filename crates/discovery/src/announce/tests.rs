@@ -214,6 +214,84 @@ async fn leave_sends_leaving_last_and_stops_the_loop() {
     assert!(stats.left);
 }
 
+/// Every nsqd is down when the server shuts down and one comes back 300 ms later: the same leaving heartbeat is
+/// sent again until it is taken, then the call returns at once.
+#[tokio::test(start_paused = true)]
+async fn the_leaving_heartbeat_is_retried_until_an_nsqd_takes_it() {
+    let (announcer, fake) = announcer(Duration::from_secs(5), 0.0);
+    announcer.announce(State::Up).await.unwrap();
+    fake.down.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let leaving = tokio::spawn({
+        let announcer = announcer.clone();
+        async move { announcer.leave_within(Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.down.store(false, Ordering::SeqCst);
+    assert_eq!(leaving.await.unwrap(), Ok("a:4150".to_owned()));
+    let ms = Duration::from_millis;
+    let attempts: Vec<Duration> = fake.attempts.lock().unwrap()[1..]
+        .iter()
+        .map(|at| *at - start)
+        .collect();
+    // 50 ms doubling: 0, 50, 150 (down), 350 (up).
+    assert_eq!(attempts, [ms(0), ms(50), ms(150), ms(350)]);
+    assert_eq!(
+        Instant::now() - start,
+        ms(350),
+        "returned as soon as it was taken"
+    );
+    let sent = fake.sent();
+    assert_eq!(sent.len(), 2);
+    let last = &sent[1].1;
+    assert_eq!(
+        (last.state, last.seq),
+        (State::Leaving, 2),
+        "one seq for every try"
+    );
+    let stats = announcer.stats();
+    assert_eq!((stats.leaving_sent, stats.failed_heartbeats), (1, 3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leaving_heartbeat_is_retried_no_longer_than_the_limit() {
+    let (announcer, fake) = announcer(Duration::from_secs(5), 0.0);
+    fake.down.store(true, Ordering::SeqCst);
+    let start = Instant::now();
+    let result = announcer.leave_within(Duration::from_secs(1)).await;
+    assert!(
+        matches!(result, Err(AnnounceError::AllFailed(_))),
+        "{result:?}"
+    );
+    assert!(Instant::now() - start < Duration::from_secs(1));
+    // 0, 50, 150, 350, 750; the next (1250) would be past the limit.
+    assert_eq!(fake.attempts.lock().unwrap().len(), 5);
+    // leave() alone is one round, as before.
+    let (announcer, fake) = self::announcer(Duration::from_secs(5), 0.0);
+    fake.down.store(true, Ordering::SeqCst);
+    assert!(announcer.leave().await.is_err());
+    assert_eq!(fake.attempts.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_signed_leaving_heartbeat_is_signed_again_on_each_try() {
+    let key = HmacKey::from_bytes(b"secret").unwrap();
+    let mut cfg = AnnouncerConfig::new("data-1", "127.0.0.1:9000", ["a:4150", "b:4150"]);
+    cfg.key = Some(key.clone());
+    let fake = Fake::default();
+    let announcer = Announcer::with_transport(cfg, Box::new(fake.clone())).unwrap();
+    fake.down.store(true, Ordering::SeqCst);
+    let leaving = tokio::spawn({
+        let announcer = announcer.clone();
+        async move { announcer.leave_within(Duration::from_secs(10)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fake.down.store(false, Ordering::SeqCst);
+    leaving.await.unwrap().unwrap();
+    let body = fake.sent.lock().unwrap()[0].1.clone();
+    assert!(decode(&body, Some(&key)).is_ok());
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_the_loop_without_leaving() {
     let (announcer, fake) = announcer(Duration::from_secs(5), 0.1);

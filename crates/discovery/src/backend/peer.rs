@@ -45,6 +45,9 @@ pub(crate) struct PeerState {
     consecutive_ejections: AtomicU32,
     ejections: AtomicU64,
     failures: AtomicU64,
+    /// The largest heartbeat epoch applied for this id, kept while the id is out of the table (expired, left) so
+    /// that a rejoin can tell a new run from the same one.
+    epoch: AtomicU64,
     /// Recent latency, for `p2c_ewma`.
     latency: LatencyEstimate,
 }
@@ -90,6 +93,12 @@ impl PeerState {
     /// Live at `now`: before its deadline, or held because expiry is `frozen` (self-preservation).
     pub(crate) fn is_live(&self, now: u64, frozen: bool) -> bool {
         frozen || !self.is_expired(now)
+    }
+
+    /// Records a heartbeat epoch applied for this id; true when it is larger than any seen before, i.e. a new run
+    /// (whose passive-health history the caller then clears). Registry writes only, under its lock.
+    pub(crate) fn note_epoch(&self, epoch: u64) -> bool {
+        self.epoch.fetch_max(epoch, Ordering::AcqRel) < epoch
     }
 
     /// Nothing in flight and no ejection pending: forgetting it loses nothing a user would notice.

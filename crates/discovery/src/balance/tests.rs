@@ -588,3 +588,55 @@ fn succeed(balancer: &Balancer, id: &str) {
     let live = balancer.inner.registry.live_set(Instant::now());
     balancer.report_success(live.find(id).expect("a live server"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_expired_while_ejected_returns_as_a_new_run() {
+    let ttl = Duration::from_millis(500);
+    let balancer = setup_with_ttl(Strategy::RoundRobin, [None; 3], ttl);
+    let registry = balancer.registry().clone();
+    assert_eq!(
+        balancer.report_failure("a", Instant::now()),
+        FailureOutcome::Ejected(Duration::from_secs(1))
+    );
+    // a goes silent (it crashed) and expires while still ejected; b and c stay.
+    advance(Duration::from_millis(400)).await;
+    for (id, addr) in [("b", "10.0.0.2:80"), ("c", "10.0.0.3:80")] {
+        let hb = Heartbeat::new(id, addr, 1, 2).encode();
+        registry.observe(&hb, 0, Instant::now(), SystemTime::now());
+    }
+    advance(Duration::from_millis(200)).await;
+    let expired = registry.sweep(Instant::now());
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    let mut rx = registry.subscribe();
+    // Its old run coming back (the same epoch) is still ejected...
+    let same_run = Heartbeat::new("a", "10.0.0.1:80", 1, 5).encode();
+    assert_eq!(
+        registry.observe(&same_run, 0, Instant::now(), SystemTime::now()),
+        crate::Outcome::Joined
+    );
+    assert_eq!(count(&counts(&balancer, 30), "a"), 0);
+    let mut leaving = Heartbeat::new("a", "10.0.0.1:80", 1, 6);
+    leaving.state = crate::State::Leaving;
+    registry.observe(&leaving.encode(), 0, Instant::now(), SystemTime::now());
+    // ...a restart (a newer epoch) takes it back into rotation at its first heartbeat, with a clean record.
+    let restarted = Heartbeat::new("a", "10.0.0.1:80", 2, 1).encode();
+    assert_eq!(
+        registry.observe(&restarted, 0, Instant::now(), SystemTime::now()),
+        crate::Outcome::Joined
+    );
+    assert_eq!(count(&counts(&balancer, 30), "a"), 10);
+    assert_eq!(
+        events(&mut rx),
+        [
+            (EventKind::Join, "a".to_owned()),
+            (EventKind::Leave, "a".to_owned()),
+            (EventKind::Join, "a".to_owned()),
+            (EventKind::Recover, "a".to_owned()),
+        ]
+    );
+    assert_eq!(
+        balancer.report_failure("a", Instant::now()),
+        FailureOutcome::Ejected(Duration::from_secs(1)),
+        "the ejection streak starts again"
+    );
+}

@@ -5,12 +5,15 @@
 //!   `policy.rs`: who may register; `config.rs`: settings and defaults;
 //! - `live.rs`: `LiveSet`, all the balancer reads (the servers live at one instant, and the event sink);
 //! - `view.rs`: what the admin API shows; `outcome.rs`: what happened to each message, counted for metrics;
-//! - `saved.rs`: the registry as saved for a restart, loaded back as unconfirmed servers.
+//! - `saved.rs`: the registry as saved for a restart, loaded back as unconfirmed servers;
+//! - `names.rs`: cached answers about names and IPs that may be this api-server; `lookup.rs`: such names resolved
+//!   in the background, off the heartbeat path.
 //!
 //! Per-server liveness and health state is `backend::PeerState`, shared with the balancer.
 
 mod config;
 mod live;
+mod lookup;
 mod names;
 mod outcome;
 mod policy;
@@ -34,7 +37,7 @@ use crate::event::{Event, EventKind, EventSink};
 use crate::heartbeat::addr::ServerAddr;
 use crate::heartbeat::{Decoded, HmacKey, KeySet, Message, State, decode_with_addr};
 use live::Snapshot;
-use policy::{Denied, Names};
+use policy::Unresolved;
 use table::{Changes, Entry, Table, Tombstone, Update};
 
 pub use config::{DEFAULT_EVENT_CAPACITY, DEFAULT_TTL, RegistryConfig};
@@ -70,11 +73,20 @@ struct Inner {
     generation: AtomicU64,
     events: EventSink,
     counters: outcome::Counters,
+    resolver: lookup::Resolver,
 }
 
 impl Registry {
     /// A registry; `Instant::now()` becomes the zero of its internal clock.
     pub fn new(config: RegistryConfig) -> Result<Registry, ConfigError> {
+        Registry::with_resolver(config, lookup::Resolver::system())
+    }
+
+    /// A registry that resolves announced names with `resolver`.
+    fn with_resolver(
+        config: RegistryConfig,
+        resolver: lookup::Resolver,
+    ) -> Result<Registry, ConfigError> {
         if config.ttl.is_zero() {
             return Err(ConfigError::ZeroTtl);
         }
@@ -96,12 +108,14 @@ impl Registry {
                     tombstones: HashMap::new(),
                     peers: HashMap::new(),
                     bus_alive: true,
+                    judged_at: Instant::now(),
                 }),
                 snapshot: ArcSwap::from_pointee(Snapshot::default()),
                 stale: AtomicBool::new(false),
                 generation: AtomicU64::new(0),
                 events,
                 counters: outcome::Counters::default(),
+                resolver,
             }),
         })
     }
@@ -110,7 +124,8 @@ impl Registry {
     ///
     /// `nsqd_timestamp_ns` is the message frame's timestamp (ns since the Unix epoch, nsqd's clock); a message
     /// older than the TTL by it, compared with `wall_now`, is stale. Zero or negative means unknown: never stale.
-    /// Never panics; every outcome is counted (see [`outcome_counts`](Registry::outcome_counts)).
+    /// Never panics; every outcome is counted (see [`outcome_counts`](Registry::outcome_counts)). A host name with
+    /// no cached answer is taken as not this api-server, and not looked up.
     pub fn observe(
         &self,
         body: &[u8],
@@ -118,81 +133,56 @@ impl Registry {
         now: Instant,
         wall_now: SystemTime,
     ) -> Outcome {
-        let outcome = match self.apply(body, nsqd_timestamp_ns, now, wall_now, Names::Assume) {
-            Ok(outcome) => outcome,
-            Err(_) => unreachable!("Names::Assume never asks for a lookup"),
-        };
+        let (outcome, _) = self.apply(body, nsqd_timestamp_ns, Some(now), wall_now);
         self.inner.counters.record(&outcome);
         outcome
     }
 
-    /// [`observe`](Registry::observe), resolving the announced host name first when it is on one of this
-    /// api-server's ports and has no cached answer, so that a name that resolves to the api-server itself (an
-    /// `/etc/hosts` alias, say) is refused as `self_address` rather than proxied to in a loop. The lookup is bounded
-    /// by a short timeout and cached for a minute; all other messages cost what `observe` costs.
+    /// [`observe`](Registry::observe) at the time the registry's lock is taken, which also looks up, in the
+    /// background, an announced host name on one of this api-server's ports that has no cached answer: a name that
+    /// resolves to the api-server itself (an `/etc/hosts` alias, say) would loop, so its server is removed once
+    /// resolved (counted as `self_address`), and its later heartbeats are refused from the cache. The heartbeat
+    /// itself never waits for DNS. Must be called within a Tokio runtime (it spawns the lookup).
     pub async fn observe_resolving(
         &self,
         body: &[u8],
         nsqd_timestamp_ns: i64,
         wall_now: SystemTime,
     ) -> Outcome {
-        let applied = self.apply(
-            body,
-            nsqd_timestamp_ns,
-            Instant::now(),
-            wall_now,
-            Names::Ask,
-        );
-        let outcome = match applied {
-            Ok(outcome) => outcome,
-            Err((name, port)) => {
-                let resolved = names::resolve(&name, port).await;
-                self.inner
-                    .policy
-                    .resolved(name, port, &resolved, Instant::now().into_std());
-                match self.apply(
-                    body,
-                    nsqd_timestamp_ns,
-                    Instant::now(),
-                    wall_now,
-                    Names::Assume,
-                ) {
-                    Ok(outcome) => outcome,
-                    Err(_) => unreachable!("Names::Assume never asks for a lookup"),
-                }
-            }
-        };
+        // The receive time is read under the registry's lock (`None`), so that the time a heartbeat is judged by
+        // follows the order in which writers took the lock.
+        let (outcome, unresolved) = self.apply(body, nsqd_timestamp_ns, None, wall_now);
+        if let Some((name, port)) = unresolved {
+            self.resolve_in_background(name, port);
+        }
         self.inner.counters.record(&outcome);
         outcome
     }
 
-    /// Applies one message; `Err((name, port))` when `names` is `Ask` and that name must be resolved first.
+    /// Applies one message received at `now` (`None`: read the clock once the lock is held). Also returns the host
+    /// name on one of this api-server's ports that it announced, if that name has no cached answer yet.
     fn apply(
         &self,
         body: &[u8],
         nsqd_timestamp_ns: i64,
-        now: Instant,
+        now: Option<Instant>,
         wall_now: SystemTime,
-        names: Names,
-    ) -> Result<Outcome, (String, u16)> {
+    ) -> (Outcome, Unresolved) {
         let keys = KeySet::from(&self.inner.keys);
         // Plain bodies cannot be signed: with keys they pass only where allowed_networks vouches for the address
         // (checked by the policy just below).
         let allow_plain = keys.is_empty() || self.inner.policy.restricts_networks();
         let Decoded { message, addr } = match decode_with_addr(body, keys, allow_plain) {
             Ok(decoded) => decoded,
-            Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+            Err(rejection) => return (Outcome::Rejected(rejection), None),
         };
-        match self
-            .inner
-            .policy
-            .check(message.addr(), &addr, names, now.into_std())
-        {
-            Ok(()) => {}
-            Err(Denied::Rejected(rejection)) => return Ok(Outcome::Rejected(rejection)),
-            Err(Denied::Lookup(name, port)) => return Err((name, port)),
+        let policy_now = now.unwrap_or_else(Instant::now).into_std();
+        let (verdict, unresolved) = self.inner.policy.check(message.addr(), &addr, policy_now);
+        if let Err(rejection) = verdict {
+            return (Outcome::Rejected(rejection), unresolved);
         }
-        Ok(self.apply_checked(message, addr, nsqd_timestamp_ns, now, wall_now))
+        let outcome = self.apply_checked(message, addr, nsqd_timestamp_ns, now, wall_now);
+        (outcome, unresolved)
     }
 
     /// Applies a message that passed the address policy.
@@ -201,7 +191,7 @@ impl Registry {
         message: Message,
         addr: ServerAddr,
         nsqd_timestamp_ns: i64,
-        now: Instant,
+        now: Option<Instant>,
         wall_now: SystemTime,
     ) -> Outcome {
         if rules::is_stale(nsqd_timestamp_ns, wall_now, self.inner.ttl) {
@@ -210,6 +200,11 @@ impl Registry {
         if let (false, Message::Json(hb)) = (self.inner.keys.is_empty(), &message)
             && let Err(rejection) =
                 rules::check_replay_window(hb.sent_at_ms, wall_now, self.inner.ttl)
+        {
+            return Outcome::Rejected(rejection);
+        }
+        if let Message::Json(hb) = &message
+            && let Err(rejection) = rules::check_epoch(hb.epoch, wall_now, self.inner.ttl)
         {
             return Outcome::Rejected(rejection);
         }
@@ -222,6 +217,7 @@ impl Registry {
                 state: hb.state,
                 interval_ms: hb.interval_ms,
                 meta: hb.meta,
+                heard_at_ms: saved::unix_ms(wall_now),
             },
             Message::Plain { addr: text } => Update {
                 id: text.clone(),
@@ -231,11 +227,13 @@ impl Registry {
                 state: State::Up,
                 interval_ms: 0,
                 meta: BTreeMap::new(),
+                heard_at_ms: saved::unix_ms(wall_now),
             },
         };
 
         let mut guard = self.lock();
         let table = &mut *guard;
+        let now = table.judge_at(now.unwrap_or_else(Instant::now));
         let mut changes = Changes::default();
         if table
             .tombstones
@@ -299,9 +297,18 @@ impl Registry {
         let Some(entry) = table.entries.get_mut(&update.id) else {
             let peer = Arc::clone(table.peers.entry(update.id.clone()).or_default());
             peer.extend_deadline(deadline);
+            // The per-id state outlives the entry while an ejection runs: a server that expired or left while
+            // ejected and comes back as a new run is a new run here too (same rule as a refresh, below).
+            let restarted = update
+                .order
+                .is_some_and(|(epoch, _)| peer.note_epoch(epoch));
+            let recovered = restarted && peer.clear_ejection();
             let weight = weight_from_meta(&update.meta);
             let backend = Backend::new(&update.id, &update.addr, update.socket_addr, weight, peer);
             changes.push(EventKind::Join, &update.id, &update.addr, now);
+            if recovered {
+                changes.push(EventKind::Recover, &update.id, &update.addr, now);
+            }
             table.entries.insert(
                 update.id,
                 Entry {
@@ -310,6 +317,7 @@ impl Registry {
                     interval_ms: update.interval_ms,
                     meta: update.meta,
                     last_seen: now,
+                    heard_at_ms: update.heard_at_ms,
                 },
             );
             return Outcome::Joined;
@@ -323,6 +331,9 @@ impl Registry {
         // run fail does not count against it, so an ejected server returns to rotation at once.
         let restarted =
             matches!((update.order, entry.order), (Some((new, _)), Some((old, _))) if new > old);
+        if let Some((epoch, _)) = update.order {
+            entry.backend.peer().note_epoch(epoch);
+        }
         if restarted && entry.backend.peer().clear_ejection() {
             changes.push(EventKind::Recover, &update.id, &update.addr, now);
         }
@@ -333,6 +344,7 @@ impl Registry {
             entry.meta = update.meta;
         }
         entry.last_seen = now;
+        entry.heard_at_ms = update.heard_at_ms;
         entry.backend.peer().extend_deadline(deadline);
 
         let weight = weight_from_meta(&entry.meta);
@@ -420,6 +432,7 @@ impl Registry {
     pub fn sweep(&self, now: Instant) -> Vec<Event> {
         let mut guard = self.lock();
         let table = &mut *guard;
+        table.judge_at(now);
         let now_ticks = self.inner.clock.ticks(now);
         let mut changes = Changes::default();
         table.tombstones.retain(|_, t| t.until > now);
@@ -443,6 +456,7 @@ impl Registry {
     pub fn set_bus_alive(&self, alive: bool, now: Instant) {
         let mut guard = self.lock();
         let table = &mut *guard;
+        table.judge_at(now);
         if table.bus_alive == alive {
             return;
         }
@@ -507,10 +521,12 @@ impl Registry {
         }
     }
 
-    /// True when neither a key nor `allowed_networks` is configured, so any heartbeat anyone publishes to nsqd
-    /// can put an address into rotation. The api-server warns about it (log, `/registry`, a gauge).
+    /// True when no key is configured, so anyone who can publish to nsqd can send heartbeats for any id.
+    /// `allowed_networks` does not change that: it limits the addresses a heartbeat may announce, not who sends it,
+    /// so a forger can still take over, refresh or remove any id whose address is inside it. The api-server warns
+    /// about it (log, `/registry`, a gauge, the dashboard).
     pub fn accepts_unauthenticated(&self) -> bool {
-        self.inner.keys.is_empty() && !self.inner.policy.restricts_networks()
+        self.inner.keys.is_empty()
     }
 
     /// A receiver of every future [`Event`] (join, leave, expire from the registry; eject, recover from the
@@ -555,6 +571,7 @@ impl Registry {
                 order: e.order,
                 interval_ms: e.interval_ms,
                 meta: e.meta.clone(),
+                heard_at_ms: Some(e.heard_at_ms),
             })
             .collect();
         drop(table);
@@ -571,7 +588,8 @@ impl Registry {
     /// [`MAX_SAVED_AGE`] loads nothing; a server the address policy refuses today, or an id already known, is
     /// skipped. Returns how many were loaded; each is announced with a `join` event.
     pub fn restore(&self, saved: SavedRegistry, now: Instant, wall_now: SystemTime) -> usize {
-        if saved.format != SAVED_FORMAT || saved.is_too_old(wall_now) {
+        let readable = (saved::OLDEST_READ_FORMAT..=SAVED_FORMAT).contains(&saved.format);
+        if !readable || saved.is_too_old(wall_now) {
             return 0;
         }
         let deadline = self.inner.clock.ticks(now + self.inner.ttl);
@@ -579,13 +597,13 @@ impl Registry {
         let table = &mut *guard;
         let mut changes = Changes::default();
         for server in saved.servers {
+            if server.is_too_old(saved.saved_at_ms, wall_now) {
+                continue;
+            }
             let Ok(addr) = ServerAddr::parse_announced(&server.addr) else {
                 continue;
             };
-            let allowed =
-                self.inner
-                    .policy
-                    .check(&server.addr, &addr, Names::Assume, now.into_std());
+            let (allowed, _) = self.inner.policy.check(&server.addr, &addr, now.into_std());
             if allowed.is_err() || table.entries.contains_key(&server.id) {
                 continue;
             }
@@ -598,6 +616,9 @@ impl Registry {
             }
             let peer = Arc::clone(table.peers.entry(server.id.clone()).or_default());
             peer.extend_deadline(deadline);
+            if let Some((epoch, _)) = server.order {
+                peer.note_epoch(epoch);
+            }
             let weight = weight_from_meta(&server.meta);
             let backend = Backend::new(&server.id, &server.addr, addr.socket_addr(), weight, peer)
                 .into_unconfirmed();
@@ -608,6 +629,7 @@ impl Registry {
                     backend: Arc::new(backend),
                     order: server.order,
                     interval_ms: server.interval_ms,
+                    heard_at_ms: server.heard_at_ms.unwrap_or(saved.saved_at_ms),
                     meta: server.meta,
                     last_seen: now,
                 },

@@ -20,21 +20,20 @@ pub(crate) struct Policy {
     names: SelfNames,
 }
 
-/// Whether a check may stop to ask for a host name to be resolved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Names {
-    /// A name with no cached answer is reported ([`Denied::Lookup`]), for the caller to resolve it.
-    Ask,
-    /// A name with no cached answer is taken as not this api-server.
-    Assume,
-}
+/// What a check leaves open: `Some((name, port))` when the address is a host name on one of this api-server's
+/// ports with no fresh cached answer. Without any answer it is admitted as not this api-server; with a stale one
+/// it is judged by that. Either way the caller may resolve it (off the heartbeat path) and remove the server if it
+/// turns out to be this api-server after all.
+pub(crate) type Unresolved = Option<(String, u16)>;
 
-/// Why a check did not pass.
-#[derive(Debug)]
-pub(crate) enum Denied {
-    Rejected(Rejection),
-    /// A name on one of this api-server's ports, not resolved yet.
-    Lookup(String, u16),
+/// Whether an address reaches one of this api-server's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Known(bool),
+    /// From a cached answer about a name that is due to be looked up again: judged by it meanwhile.
+    Stale(bool),
+    /// A name never resolved (or whose answer was dropped to make room).
+    Unknown,
 }
 
 impl Policy {
@@ -69,42 +68,58 @@ impl Policy {
         &self,
         text: &str,
         addr: &ServerAddr,
-        names: Names,
         now: Instant,
-    ) -> Result<(), Denied> {
+    ) -> (Result<(), Rejection>, Unresolved) {
         if !self.allowed(addr) {
-            return Err(Denied::Rejected(Rejection::new(
+            let rejection = Rejection::new(
                 RejectReason::NotAllowed,
                 format!(
                     "expected an address inside allowed_networks, found {}",
                     excerpt(text)
                 ),
-            )));
+            );
+            return (Err(rejection), None);
         }
-        let mut unresolved = false;
+        let (mut is_self, mut unresolved) = (false, false);
         for me in &self.self_addrs {
             match self.is_self(me, addr, now) {
-                Some(true) => {
-                    return Err(Denied::Rejected(Rejection::new(
-                        RejectReason::SelfAddress,
-                        format!(
-                            "{} is this api-server's own listen address: proxying there would loop",
-                            excerpt(text)
-                        ),
-                    )));
-                }
-                Some(false) => {}
-                None => unresolved = true,
+                Verdict::Known(true) => return (Err(self_address(text)), None),
+                Verdict::Known(false) => {}
+                Verdict::Stale(answer) => (is_self, unresolved) = (is_self || answer, true),
+                Verdict::Unknown => unresolved = true,
             }
         }
-        match (&addr.host, unresolved, names) {
-            (Host::Name(name), true, Names::Ask) => Err(Denied::Lookup(name.clone(), addr.port)),
-            _ => Ok(()),
-        }
+        let unresolved = match (&addr.host, unresolved) {
+            (Host::Name(name), true) => Some((name.clone(), addr.port)),
+            _ => None,
+        };
+        let verdict = if is_self {
+            Err(self_address(text))
+        } else {
+            Ok(())
+        };
+        (verdict, unresolved)
     }
 
-    /// Records what `name:port` resolved to: whether any of `resolved` is one of this api-server's sockets.
-    pub(crate) fn resolved(&self, name: String, port: u16, resolved: &[SocketAddr], now: Instant) {
+    /// Marks `name:port` as being resolved; false when it already is or too many lookups are running.
+    pub(crate) fn begin_lookup(&self, name: &str, port: u16) -> bool {
+        self.names.begin_lookup(name, port)
+    }
+
+    /// Ends what [`begin_lookup`](Policy::begin_lookup) started.
+    pub(crate) fn end_lookup(&self, name: &str, port: u16) {
+        self.names.end_lookup(name, port);
+    }
+
+    /// Records what `name:port` resolved to: whether any of `resolved` is one of this api-server's sockets, which it
+    /// returns.
+    pub(crate) fn resolved(
+        &self,
+        name: String,
+        port: u16,
+        resolved: &[SocketAddr],
+        now: Instant,
+    ) -> bool {
         let is_self = resolved.iter().any(|sa| {
             let addr = ServerAddr {
                 host: Host::Ip(sa.ip().to_canonical()),
@@ -112,10 +127,11 @@ impl Policy {
             };
             self.self_addrs
                 .iter()
-                .any(|me| self.is_self(me, &addr, now) == Some(true))
+                .any(|me| self.is_self(me, &addr, now) == Verdict::Known(true))
         });
         self.names
             .remember(Spelling::Name(name, port), is_self, now);
+        is_self
     }
 
     /// Hostnames are allowed only when the list is empty: checking them would need DNS, whose answers can change
@@ -132,29 +148,48 @@ impl Policy {
 
     /// Same port, and a host that reaches `me`: the same IP; `localhost` for a loopback IP and the reverse; for an
     /// unspecified listen IP (`0.0.0.0`, `::`), any loopback, configured or actual local IP; and a name that
-    /// resolved to one of these (`None`: a name not resolved yet). Other hosts' IPs with the same port are
+    /// resolved to one of these (by the cached answer, fresh or stale). Other hosts' IPs with the same port are
     /// different servers (every container may listen on :8080).
-    fn is_self(&self, me: &ServerAddr, addr: &ServerAddr, now: Instant) -> Option<bool> {
+    fn is_self(&self, me: &ServerAddr, addr: &ServerAddr, now: Instant) -> Verdict {
         if me.port != addr.port {
-            return Some(false);
+            return Verdict::Known(false);
         }
         let wildcard = me.ip().is_some_and(|ip| ip.is_unspecified());
-        match (&me.host, &addr.host) {
-            (Host::Ip(_), Host::Ip(theirs)) if wildcard => Some(
+        let known = match (&me.host, &addr.host) {
+            (Host::Ip(_), Host::Ip(theirs)) if wildcard => {
                 theirs.is_loopback()
                     || self.local_ips.contains(theirs)
-                    || self.names.is_local_ip(*theirs, now),
-            ),
-            (Host::Ip(mine), Host::Ip(theirs)) => Some(mine == theirs),
+                    || self.names.is_local_ip(*theirs, now)
+            }
+            (Host::Ip(mine), Host::Ip(theirs)) => mine == theirs,
             // localhost on one side, a loopback IP (or localhost) on the other.
-            (_, Host::Name(theirs)) if theirs == "localhost" => Some(wildcard || me.is_loopback()),
-            (Host::Name(_), Host::Ip(_)) => Some(me.is_loopback() && addr.is_loopback()),
-            (Host::Name(mine), Host::Name(theirs)) if mine == theirs => Some(true),
-            (_, Host::Name(theirs)) => self
-                .names
-                .cached(&Spelling::Name(theirs.clone(), addr.port), now),
-        }
+            (_, Host::Name(theirs)) if theirs == "localhost" => wildcard || me.is_loopback(),
+            (Host::Name(_), Host::Ip(_)) => me.is_loopback() && addr.is_loopback(),
+            (Host::Name(mine), Host::Name(theirs)) if mine == theirs => true,
+            (_, Host::Name(theirs)) => {
+                return match self
+                    .names
+                    .answer(&Spelling::Name(theirs.clone(), addr.port), now)
+                {
+                    Some((answer, true)) => Verdict::Known(answer),
+                    Some((answer, false)) => Verdict::Stale(answer),
+                    None => Verdict::Unknown,
+                };
+            }
+        };
+        Verdict::Known(known)
     }
+}
+
+/// The refusal of an address that reaches this api-server.
+pub(crate) fn self_address(text: &str) -> Rejection {
+    Rejection::new(
+        RejectReason::SelfAddress,
+        format!(
+            "{} is this api-server's own listen address: proxying there would loop",
+            excerpt(text)
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -166,11 +201,11 @@ mod tests {
     }
 
     fn reason(policy: &Policy, text: &str) -> Option<RejectReason> {
-        match policy.check(text, &addr(text), Names::Assume, Instant::now()) {
-            Ok(()) => None,
-            Err(Denied::Rejected(r)) => Some(r.reason()),
-            Err(Denied::Lookup(..)) => panic!("a lookup asked for though told to assume"),
-        }
+        policy
+            .check(text, &addr(text), Instant::now())
+            .0
+            .err()
+            .map(|r| r.reason())
     }
 
     #[test]
@@ -246,31 +281,44 @@ mod tests {
     fn a_name_on_our_port_is_resolved_once_and_judged_by_what_it_resolves_to() {
         let policy = Policy::new(vec![], &["127.0.0.1:8080".into()], vec![]).unwrap();
         let now = Instant::now();
-        let check = |text: &str| policy.check(text, &addr(text), Names::Ask, now);
-        assert!(
-            matches!(check("alias.example:8080"), Err(Denied::Lookup(ref n, 8080)) if n == "alias.example")
+        let check = |text: &str| policy.check(text, &addr(text), now);
+        assert_eq!(
+            check("alias.example:8080"),
+            (Ok(()), Some(("alias.example".to_owned(), 8080))),
+            "admitted for now, to be resolved"
         );
-        assert!(
-            check("alias.example:9090").is_ok(),
+        assert_eq!(
+            check("alias.example:9090"),
+            (Ok(()), None),
             "another port needs no lookup"
         );
-        policy.resolved(
+        assert!(policy.resolved(
             "alias.example".into(),
             8080,
             &["127.0.0.1:8080".parse().unwrap()],
             now,
-        );
-        assert!(matches!(
-            check("ALIAS.example:8080"),
-            Err(Denied::Rejected(r)) if r.reason() == RejectReason::SelfAddress
         ));
-        policy.resolved(
+        let (verdict, unresolved) = check("ALIAS.example:8080");
+        assert_eq!(verdict.unwrap_err().reason(), RejectReason::SelfAddress);
+        assert_eq!(unresolved, None, "the answer is fresh");
+        assert!(!policy.resolved(
             "other.example".into(),
             8080,
             &["203.0.113.7:8080".parse().unwrap()],
             now,
+        ));
+        assert_eq!(check("other.example:8080"), (Ok(()), None));
+        let later = now + std::time::Duration::from_secs(61);
+        let (verdict, unresolved) =
+            policy.check("alias.example:8080", &addr("alias.example:8080"), later);
+        assert_eq!(
+            (verdict.unwrap_err().reason(), unresolved),
+            (
+                RejectReason::SelfAddress,
+                Some(("alias.example".to_owned(), 8080))
+            ),
+            "a stale answer still judges, and asks for a new lookup"
         );
-        assert!(check("other.example:8080").is_ok());
     }
 
     #[test]

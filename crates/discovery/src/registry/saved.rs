@@ -13,11 +13,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The version of the saved format this code writes and reads.
-pub const SAVED_FORMAT: u32 = 1;
+/// The version of the saved format this code writes. It reads this one and format 1 (from before per-server
+/// `heard_at_ms`, whose servers count as heard when the file was saved).
+pub const SAVED_FORMAT: u32 = 2;
 
-/// A saved registry older than this is ignored: its servers have most likely moved or gone, and trying each of
-/// them would cost clients more than waiting for heartbeats.
+/// The oldest format this code reads.
+pub(super) const OLDEST_READ_FORMAT: u32 = 1;
+
+/// A saved registry older than this is ignored, and so is a server in it last heard from longer ago than this: it
+/// has most likely moved or gone, and trying each such server would cost clients more than waiting for
+/// heartbeats. Per server, so that a file saved again and again (an api-server restarting in a loop, or during
+/// an NSQ outage) cannot keep bringing back servers nobody has heard from for hours.
 pub const MAX_SAVED_AGE: Duration = Duration::from_secs(600);
 
 /// The registry as saved: the servers live when it was taken.
@@ -49,6 +55,10 @@ pub struct SavedServer {
     /// Its announced metadata.
     #[serde(default)]
     pub meta: BTreeMap<String, Value>,
+    /// Wall clock when a heartbeat of it was last accepted, ms since the Unix epoch: kept across saves of a server
+    /// loaded from a file and not heard since. Absent in format 1 (the file's `saved_at_ms` stands in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heard_at_ms: Option<u64>,
 }
 
 impl SavedRegistry {
@@ -58,9 +68,21 @@ impl SavedRegistry {
         let now_ms = wall_now
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let max_ms = u64::try_from(MAX_SAVED_AGE.as_millis()).unwrap_or(u64::MAX);
-        now_ms.abs_diff(self.saved_at_ms) > max_ms
+        now_ms.abs_diff(self.saved_at_ms) > max_saved_age_ms()
     }
+}
+
+impl SavedServer {
+    /// True when it was last heard from more than [`MAX_SAVED_AGE`] before `wall_now` (or claims a time further
+    /// than that ahead); `saved_at_ms`, its file's, stands in for a server saved without `heard_at_ms`.
+    pub(super) fn is_too_old(&self, saved_at_ms: u64, wall_now: SystemTime) -> bool {
+        let heard_at_ms = self.heard_at_ms.unwrap_or(saved_at_ms);
+        unix_ms(wall_now).abs_diff(heard_at_ms) > max_saved_age_ms()
+    }
+}
+
+fn max_saved_age_ms() -> u64 {
+    u64::try_from(MAX_SAVED_AGE.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Milliseconds since the Unix epoch of `at`.
@@ -95,6 +117,7 @@ mod tests {
             order: None,
             interval_ms: 0,
             meta: BTreeMap::new(),
+            heard_at_ms: Some(1),
         };
         let text = serde_json::to_string(&server).unwrap();
         assert!(!text.contains("order"), "{text}");

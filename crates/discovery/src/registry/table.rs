@@ -19,6 +19,18 @@ pub(super) struct Table {
     /// Per-id counters, kept while an id is registered or still has requests in flight or an ejection running.
     pub(super) peers: HashMap<String, Arc<PeerState>>,
     pub(super) bus_alive: bool,
+    /// The latest instant any write judged the table by. A heartbeat is judged by no earlier time, so one that read
+    /// the clock before a sweep but took the lock after it cannot count as received before that sweep (which
+    /// would break the TTL rule: expired at the sweep, yet heard from before its deadline).
+    pub(super) judged_at: Instant,
+}
+
+impl Table {
+    /// The instant a write that holds the lock judges by: `now`, or the last one a write used if that is later.
+    pub(super) fn judge_at(&mut self, now: Instant) -> Instant {
+        self.judged_at = self.judged_at.max(now);
+        self.judged_at
+    }
 }
 
 #[derive(Debug)]
@@ -29,6 +41,9 @@ pub(super) struct Entry {
     pub(super) interval_ms: u64,
     pub(super) meta: BTreeMap<String, Value>,
     pub(super) last_seen: Instant,
+    /// Wall clock of the last accepted heartbeat, ms since the Unix epoch (for a server loaded from a saved
+    /// registry and not heard since: the time saved with it). Saved with the server, to age it across restarts.
+    pub(super) heard_at_ms: u64,
 }
 
 /// Remembers a graceful leave for one TTL so that a late `up` of the same run cannot resurrect the server.
@@ -47,6 +62,8 @@ pub(super) struct Update {
     pub(super) state: State,
     pub(super) interval_ms: u64,
     pub(super) meta: BTreeMap<String, Value>,
+    /// The receiver's wall clock, ms since the Unix epoch.
+    pub(super) heard_at_ms: u64,
 }
 
 /// What one write did to membership, applied and broadcast at the end under the same lock (so subscribers see

@@ -58,4 +58,5 @@ fn rejected(outcome: Outcome) -> RejectReason {
 
 mod admission;
 mod lifecycle;
+mod names;
 mod saved;

@@ -146,12 +146,55 @@ async fn plain_bodies_with_a_key_only_from_allowed_networks() {
 }
 
 #[test]
-fn unauthenticated_only_without_key_and_networks() {
+fn unauthenticated_without_a_key_whatever_the_networks() {
     assert!(registry().accepts_unauthenticated());
     assert!(registry().view(Instant::now()).unauthenticated);
+    // allowed_networks limits the announced address, not who may speak for an id: still unauthenticated.
     let mut config = RegistryConfig::new(TTL);
     config.allowed_networks = vec!["10.0.0.0/8".parse().unwrap()];
+    let networks_only = Registry::new(config).unwrap();
+    assert!(networks_only.accepts_unauthenticated());
+    assert!(networks_only.view(Instant::now()).unauthenticated);
+    let mut config = RegistryConfig::new(TTL);
+    config.hmac_keys = vec![HmacKey::from_bytes(b"k").unwrap()];
     assert!(!Registry::new(config).unwrap().accepts_unauthenticated());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forged_epoch_from_the_future_cannot_hold_an_id() {
+    let reg = registry();
+    let now_ms = wall_ms(SystemTime::now());
+    let ttl_ms = TTL.as_millis() as u64;
+    // (The exact boundary is `rules::check_epoch`'s test; here the wall clock moves on between calls.)
+    for forged in [u64::MAX, now_ms + 2 * ttl_ms] {
+        assert_eq!(
+            rejected(observe(&reg, &body("a", "10.0.0.66:80", forged, 1))),
+            RejectReason::FutureEpoch,
+            "{forged}"
+        );
+        assert_eq!(
+            rejected(observe(&reg, &leaving("a", "10.0.0.66:80", forged, 1))),
+            RejectReason::FutureEpoch,
+            "a forged leave would tombstone the id"
+        );
+    }
+    // The real server, started now, registers and keeps its id.
+    assert_eq!(
+        observe(&reg, &body("a", "10.0.0.1:80", now_ms, 1)),
+        Outcome::Joined
+    );
+    assert_eq!(
+        observe(&reg, &body("a", "10.0.0.1:80", now_ms + ttl_ms, 1)),
+        Outcome::Refreshed,
+        "a sender's clock may be up to one TTL ahead"
+    );
+    assert_eq!(live_ids(&reg), ["a"]);
+    let counts = reg.outcome_counts();
+    let future = counts
+        .iter()
+        .find(|c| c.reason == Some("future_epoch"))
+        .map(|c| c.count);
+    assert_eq!(future, Some(4), "{counts:?}");
 }
 
 fn wall_ms(t: SystemTime) -> u64 {

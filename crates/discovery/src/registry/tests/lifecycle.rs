@@ -120,6 +120,36 @@ async fn a_heartbeat_after_expiry_rejoins() {
     );
 }
 
+/// A heartbeat read the clock in time, but a sweep took the lock first and expired its server: the heartbeat is
+/// judged no earlier than that sweep, so the server lives one full TTL from the rejoin and events stay in time order.
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_applied_after_a_sweep_is_judged_no_earlier_than_it() {
+    let reg = registry();
+    observe(&reg, &body("a", "10.0.0.1:80", 1, 1));
+    advance(TTL - MS).await;
+    let read_before_the_lock = Instant::now();
+    advance(2 * MS).await;
+    let swept = reg.sweep(Instant::now());
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    let mut rx = reg.subscribe();
+    let outcome = reg.observe(
+        &body("a", "10.0.0.1:80", 1, 2),
+        0,
+        read_before_the_lock,
+        SystemTime::now(),
+    );
+    assert_eq!(outcome, Outcome::Joined);
+    let joined = rx.try_recv().unwrap();
+    assert!(
+        joined.at >= swept[0].at,
+        "the join is not dated before the expiry it follows"
+    );
+    advance(TTL - MS).await;
+    assert_eq!(live_ids(&reg), ["a"], "live for one TTL from the rejoin");
+    advance(MS).await;
+    assert!(live_ids(&reg).is_empty());
+}
+
 #[tokio::test(start_paused = true)]
 async fn leaving_removes_at_once_and_tombstone_blocks_late_up() {
     let reg = registry();

@@ -147,3 +147,54 @@ async fn generation_moves_on_membership_not_on_refresh() {
     observe(&reg, &body("a", "10.0.0.1:80", 1, 2));
     assert_eq!(reg.generation(), g1);
 }
+
+/// A server loaded from a file and never heard from again keeps its last-heard time through every later save, so
+/// an api-server that restarts again and again (or during an NSQ outage) stops bringing it back once it has been
+/// silent for `MAX_SAVED_AGE`, however fresh the file.
+#[tokio::test(start_paused = true)]
+async fn a_server_nobody_hears_from_is_not_brought_back_by_saving_it_again() {
+    let minute = Duration::from_secs(60);
+    let t0 = SystemTime::now();
+    let first = saved_with(&[("gone", "10.0.0.1:80"), ("alive", "10.0.0.2:80")]);
+    // Restart 1, 6 minutes later: both loaded; only "alive" is heard from; the file is saved again.
+    let second_run = registry();
+    assert_eq!(
+        second_run.restore(first, Instant::now(), t0 + 6 * minute),
+        2
+    );
+    second_run.observe(
+        &body("alive", "10.0.0.2:80", 7, 10),
+        0,
+        Instant::now(),
+        t0 + 6 * minute,
+    );
+    let second = second_run.saved(Instant::now(), t0 + 7 * minute);
+    assert_eq!(
+        second.saved_at_ms,
+        crate::registry::saved::unix_ms(t0 + 7 * minute)
+    );
+    // Restart 2, 11 minutes after "gone" was last heard: only "alive" comes back.
+    let third_run = registry();
+    assert_eq!(
+        third_run.restore(second, Instant::now(), t0 + 11 * minute),
+        1
+    );
+    assert_eq!(live_ids(&third_run), ["alive"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_format_1_file_still_loads_its_servers_aged_by_the_file() {
+    let text = format!(
+        r#"{{"format":1,"saved_at_ms":{},"servers":[{{"id":"a","addr":"10.0.0.1:80","order":[7,1],"interval_ms":5000,"meta":{{}}}}]}}"#,
+        crate::registry::saved::unix_ms(SystemTime::now())
+    );
+    let old: SavedRegistry = serde_json::from_str(&text).unwrap();
+    let reg = registry();
+    assert_eq!(
+        reg.restore(old.clone(), Instant::now(), SystemTime::now()),
+        1
+    );
+    let saved_again = reg.saved(Instant::now(), SystemTime::now());
+    assert_eq!(saved_again.format, SAVED_FORMAT);
+    assert_eq!(saved_again.servers[0].heard_at_ms, Some(old.saved_at_ms));
+}
