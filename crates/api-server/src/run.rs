@@ -353,8 +353,9 @@ async fn sweep(
     }
 }
 
-/// Counts registry events for `/metrics`, keeps them for the dashboard's timeline and its event streams (which
-/// receive them from here, see `feed.rs`) and logs membership changes.
+/// Keeps registry events for the dashboard's timeline and its event streams (which receive them from here, see
+/// `feed.rs`), drops the per-upstream series of servers that are gone, and logs membership changes. (The registry
+/// counts events itself for `/metrics`: exact even when this falls behind.)
 async fn count_events(state: AppState, shutdown: Shutdown) {
     let mut rx = state.registry().subscribe();
     loop {
@@ -364,7 +365,6 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
         };
         match event {
             Ok(event) => {
-                state.metrics().events.with(event.kind.as_str()).inc();
                 // Stamped once, from when the change happened: every stream and the timeline show the same time.
                 state.feed().push(&event, crate::feed::wall_time(event.at));
                 match event.kind {
@@ -383,7 +383,15 @@ async fn count_events(state: AppState, shutdown: Shutdown) {
                 }
             }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!("event counter lagged; {n} events not counted")
+                // Some leaves and expiries were missed with the rest, and their per-upstream series would stay
+                // for ever: start those families afresh (a counter reset, which rate() takes in its stride;
+                // live servers' series come back at their next request).
+                state.metrics().upstream_requests.clear();
+                state.metrics().upstream_latency.clear();
+                tracing::warn!(
+                    "{n} registry events were not seen by the dashboard's timeline (a burst larger than \
+                     discovery's event buffer); per-upstream series restarted"
+                )
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }

@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use discovery::{Balancer, EventKind, Registry};
+use discovery::{Balancer, Registry};
 use svc::{Counter, CounterVec, Gauge, Histogram, HistogramVec};
 use tokio::time::Instant;
 
@@ -140,8 +140,6 @@ fn consumer_stats(slot: &ConsumerSlot) -> nsq::ConsumerStats {
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: svc::Registry,
-    /// Registry events by kind (`expire` counts expirations).
-    pub events: CounterVec,
     /// Proxied requests by final status code (label `code`).
     pub requests: CounterVec,
     /// Proxied requests by upstream id.
@@ -238,22 +236,18 @@ impl Metrics {
             },
         );
         heartbeat_consumer_metrics(&m, heartbeats);
-        let events = m.counter_vec(
+        let d = discovery.clone();
+        m.counter_family_fn(
             "api_registry_events_total",
             "Registry changes by kind; kind=\"expire\" counts expirations.",
-            "kind",
+            move || {
+                d.event_counts()
+                    .into_iter()
+                    .map(|(kind, count)| (vec![("kind", kind.as_str().to_owned())], count))
+                    .collect()
+            },
         );
-        for kind in [
-            EventKind::Join,
-            EventKind::Leave,
-            EventKind::Expire,
-            EventKind::Eject,
-            EventKind::Recover,
-        ] {
-            events.with(kind.as_str());
-        }
         Metrics {
-            events,
             requests: m.counter_vec(
                 "api_proxy_requests_total",
                 "Proxied requests by final status code.",

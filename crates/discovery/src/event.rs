@@ -1,5 +1,7 @@
 //! Membership and health changes, broadcast to subscribers (the admin API's event stream, logs).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
@@ -20,6 +22,15 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 5] = [
+        EventKind::Join,
+        EventKind::Leave,
+        EventKind::Expire,
+        EventKind::Eject,
+        EventKind::Recover,
+    ];
+
     /// `"join"`, `"leave"`, `"expire"`, `"eject"` or `"recover"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -59,23 +70,37 @@ impl Event {
     }
 }
 
-/// Where the registry and the balancer send their events: a broadcast to every subscriber.
+/// Where the registry and the balancer send their events: a broadcast to every subscriber, and a count per kind.
+///
+/// The counts are kept here, not by a subscriber, because a subscriber that falls more than the buffer behind
+/// (a sweep that expires a whole zone at once) loses events; a count must not.
 #[derive(Debug)]
 pub(crate) struct EventSink {
     sender: broadcast::Sender<Event>,
+    /// Events emitted so far, by kind, in [`EventKind::ALL`]'s order.
+    counts: [AtomicU64; 5],
 }
 
 impl EventSink {
     /// A sink buffering up to `capacity` events per subscriber.
     pub(crate) fn new(capacity: usize) -> EventSink {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        EventSink { sender }
+        EventSink {
+            sender,
+            counts: Default::default(),
+        }
     }
 
-    /// Sends `event` to every subscriber.
+    /// Counts `event` and sends it to every subscriber.
     pub(crate) fn emit(&self, event: Event) {
+        self.counts[event.kind as usize].fetch_add(1, Ordering::Relaxed);
         // No subscriber is fine: events are a courtesy, the table is the truth.
         let _ = self.sender.send(event);
+    }
+
+    /// Events emitted so far, by kind.
+    pub(crate) fn counts(&self) -> [(EventKind, u64); 5] {
+        EventKind::ALL.map(|kind| (kind, self.counts[kind as usize].load(Ordering::Relaxed)))
     }
 
     /// A receiver of every future event.

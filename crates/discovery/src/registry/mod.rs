@@ -535,6 +535,12 @@ impl Registry {
         self.inner.events.subscribe()
     }
 
+    /// How many events of each kind were emitted so far (by the registry and the balancer): exact, whether or not a
+    /// subscriber kept up.
+    pub fn event_counts(&self) -> [(EventKind, u64); 5] {
+        self.inner.events.counts()
+    }
+
     /// How many messages had each outcome so far, every label included.
     pub fn outcome_counts(&self) -> Vec<OutcomeCount> {
         self.inner.counters.snapshot()

@@ -76,6 +76,11 @@ impl<M: Clone> Family<M> {
         self.inner.remove(&self.label_set(&[value]))
     }
 
+    /// Forgets every label value (each comes back at zero on its next use).
+    pub fn clear(&self) {
+        self.inner.clear();
+    }
+
     /// The first label's name.
     pub fn label_name(&self) -> &str {
         self.names[0]

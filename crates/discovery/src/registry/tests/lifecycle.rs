@@ -433,3 +433,42 @@ async fn bus_down_keeps_only_servers_live_at_that_moment() {
         ]
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn events_are_counted_exactly_even_when_a_subscriber_falls_behind() {
+    // A buffer of 4 events, and a zone of 10 servers that join and then expire in one sweep: the subscriber lags,
+    // the counts do not.
+    let reg = Registry::new(RegistryConfig {
+        event_capacity: 4,
+        ..RegistryConfig::new(TTL)
+    })
+    .unwrap();
+    let mut rx = reg.subscribe();
+    for i in 0..10 {
+        observe(
+            &reg,
+            &body(&format!("s{i}"), &format!("10.0.0.{i}:80"), 1, 1),
+        );
+    }
+    advance(TTL).await;
+    assert_eq!(reg.sweep(Instant::now()).len(), 10);
+    assert!(matches!(
+        rx.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+    ));
+    let counts: Vec<(&str, u64)> = reg
+        .event_counts()
+        .into_iter()
+        .map(|(kind, n)| (kind.as_str(), n))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("join", 10),
+            ("leave", 0),
+            ("expire", 10),
+            ("eject", 0),
+            ("recover", 0)
+        ]
+    );
+}
