@@ -269,13 +269,6 @@ impl Validate for Config {
             return Err(Invalid::new("data.max_bytes", "at least 1", 0));
         }
         self.shutdown.timeout.require_positive("shutdown.timeout")?;
-        if self.shutdown.deregister_delay.get() >= self.shutdown.timeout.get() {
-            return Err(Invalid::new(
-                "shutdown.deregister_delay",
-                format!("less than shutdown.timeout ({})", self.shutdown.timeout),
-                self.shutdown.deregister_delay,
-            ));
-        }
         self.sidecar
             .health_timeout
             .require_positive("sidecar.health_timeout")
@@ -364,9 +357,21 @@ impl Config {
         self.shutdown.timeout.get()
     }
 
-    /// `shutdown.deregister_delay`.
+    /// How long the leaving heartbeat is tried again while no nsqd takes it: `shutdown.timeout`, but at most three
+    /// announce intervals. Periodic heartbeats stop when the leave starts, so the api-servers expire this server
+    /// within their TTL (a few intervals) anyway; trying longer would only hold up the drain that follows.
+    pub fn leave_limit(&self) -> Duration {
+        self.shutdown_timeout()
+            .min(self.announce.interval.get().saturating_mul(3))
+    }
+
+    /// `shutdown.deregister_delay`, at most half of `shutdown.timeout` (so that a short timeout, valid before the
+    /// delay existed, still starts and still leaves time to drain).
     pub fn deregister_delay(&self) -> Duration {
-        self.shutdown.deregister_delay.get()
+        self.shutdown
+            .deregister_delay
+            .get()
+            .min(self.shutdown_timeout() / 2)
     }
 }
 
@@ -381,6 +386,23 @@ mod tests {
             .with_env(env)
             .set(sets.iter().copied())
             .load()
+    }
+
+    #[test]
+    fn shutdown_waits_are_bounded_by_the_timeout_and_the_interval() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.deregister_delay(), Duration::from_millis(300));
+        assert_eq!(
+            config.leave_limit(),
+            config.shutdown_timeout().min(Duration::from_secs(15))
+        );
+        // A short timeout that was valid before the delay existed still loads, with the delay cut to fit.
+        let short = load(&["shutdown.timeout=200ms"]).unwrap();
+        assert_eq!(short.deregister_delay(), Duration::from_millis(100));
+        assert_eq!(short.leave_limit(), Duration::from_millis(200));
+        // Retrying the leave longer than three intervals gains nothing: the api-servers expire this server anyway.
+        let fast = load(&["announce.interval=1s", "shutdown.timeout=30s"]).unwrap();
+        assert_eq!(fast.leave_limit(), Duration::from_secs(3));
     }
 
     #[test]

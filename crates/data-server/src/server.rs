@@ -110,8 +110,9 @@ pub async fn serve(
 
     let limit = config.shutdown_timeout();
     // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes; tried again while every
-    // nsqd refuses it (one briefly down), within the same limit.
-    let left = match with_timeout(announcer.leave_within(limit), limit).await {
+    // nsqd refuses it (one briefly down), for at most `leave_limit`.
+    let leave_limit = config.leave_limit();
+    let left = match with_timeout(announcer.leave_within(leave_limit), leave_limit).await {
         Ok(Ok(nsqd)) => {
             tracing::debug!(%nsqd, "left");
             true

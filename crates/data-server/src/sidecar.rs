@@ -57,7 +57,7 @@ pub async fn run_sidecar(
     println!("announcing {addr} as {id} while {health_url} answers 2xx");
     tracing::info!(%id, %addr, %health_url, "sidecar started");
     shutdown.wait().await;
-    let limit = config.shutdown_timeout();
+    let limit = config.leave_limit();
     match with_timeout(announcer.leave_within(limit), limit).await {
         Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
         Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),

@@ -6,9 +6,8 @@ use std::fmt;
 ///
 /// [`RejectReason::as_str`] is a stable lowercase label meant for metrics (`reason="bad_json"`). Most reasons come
 /// from [`decode`](crate::decode); [`NotAllowed`](RejectReason::NotAllowed),
-/// [`SelfAddress`](RejectReason::SelfAddress), [`IdConflict`](RejectReason::IdConflict),
-/// [`Replayed`](RejectReason::Replayed) and [`FutureEpoch`](RejectReason::FutureEpoch) come from the
-/// [`Registry`](crate::Registry).
+/// [`SelfAddress`](RejectReason::SelfAddress), [`IdConflict`](RejectReason::IdConflict) and
+/// [`Replayed`](RejectReason::Replayed) come from the [`Registry`](crate::Registry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum RejectReason {
@@ -54,15 +53,11 @@ pub enum RejectReason {
     /// The heartbeat names (`kid`) a key that is not configured here: a key retired by a rotation, a sender with
     /// a new key that this receiver does not hold yet, or a forgery.
     UnknownKey,
-    /// The `epoch` is more than one TTL ahead of this host's clock in ms (the announcer's epoch is its start time):
-    /// taken, it would make every real run of the id look older, so a forger could hold or tombstone the id for
-    /// ever.
-    FutureEpoch,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order.
-    pub const ALL: [RejectReason; 20] = [
+    pub const ALL: [RejectReason; 19] = [
         RejectReason::Empty,
         RejectReason::TooLarge,
         RejectReason::NotUtf8,
@@ -82,7 +77,6 @@ impl RejectReason {
         RejectReason::IdConflict,
         RejectReason::Replayed,
         RejectReason::UnknownKey,
-        RejectReason::FutureEpoch,
     ];
 
     /// The metrics label, e.g. `"bad_json"`.
@@ -107,7 +101,6 @@ impl RejectReason {
             RejectReason::IdConflict => "id_conflict",
             RejectReason::Replayed => "replayed",
             RejectReason::UnknownKey => "unknown_key",
-            RejectReason::FutureEpoch => "future_epoch",
         }
     }
 

@@ -28,7 +28,7 @@ pub(crate) type LookupFuture = Pin<Box<dyn Future<Output = Vec<SocketAddr>> + Se
 pub(crate) struct Resolver(Arc<dyn Fn(String, u16) -> LookupFuture + Send + Sync>);
 
 impl Resolver {
-    /// The system's resolver, bounded by [`names::LOOKUP_TIMEOUT`].
+    /// The system's resolver (each lookup holds its slot until the resolver answers: [`names::resolve`]).
     pub(crate) fn system() -> Resolver {
         Resolver(Arc::new(|name, port| {
             Box::pin(async move { names::resolve(&name, port).await })

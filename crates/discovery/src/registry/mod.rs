@@ -203,11 +203,6 @@ impl Registry {
         {
             return Outcome::Rejected(rejection);
         }
-        if let Message::Json(hb) = &message
-            && let Err(rejection) = rules::check_epoch(hb.epoch, wall_now, self.inner.ttl)
-        {
-            return Outcome::Rejected(rejection);
-        }
         let update = match message {
             Message::Json(hb) => Update {
                 id: hb.id,

@@ -21,9 +21,6 @@ const EVICT_BATCH: usize = CAPACITY / 16;
 /// Most lookups running at once. A name that finds them all busy is taken as not this api-server until one of its
 /// later heartbeats finds a free slot: slow DNS costs lookups, never heartbeat handling.
 pub(crate) const MAX_LOOKUPS: usize = 8;
-/// Longest wait for a name to resolve. A name that does not resolve in time is taken as not this api-server: the
-/// proxy's connect to it fails or, if it does reach this api-server, its `Via` check answers 508.
-pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Cached answers to "is this spelling one of our own sockets?".
 #[derive(Debug, Default)]
@@ -114,19 +111,17 @@ fn evict_oldest(answers: &mut HashMap<Spelling, (bool, Instant)>, now: Instant) 
     answers.retain(|_, (_, until)| *until > cut);
 }
 
-/// The socket addresses `name:port` resolves to, or none if it does not resolve within [`LOOKUP_TIMEOUT`].
+/// The socket addresses `name:port` resolves to, or none if it does not resolve.
+///
+/// Not bounded by a timeout on purpose: the system's resolver runs on a blocking thread that a timeout would not
+/// stop, so a timed-out lookup would free its slot (at most [`MAX_LOOKUPS`] at once) while its thread went on, and
+/// a hanging DNS server would pile threads up. Held until the resolver answers (its own retries bound that), the
+/// slot bounds the threads. Nobody waits for the answer: heartbeats are applied meanwhile.
 pub(crate) async fn resolve(name: &str, port: u16) -> Vec<SocketAddr> {
-    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host((name, port))).await {
-        Ok(Ok(addrs)) => addrs.collect(),
-        Ok(Err(err)) => {
+    match tokio::net::lookup_host((name, port)).await {
+        Ok(addrs) => addrs.collect(),
+        Err(err) => {
             tracing::debug!(name, "announced name does not resolve: {err}");
-            Vec::new()
-        }
-        Err(_) => {
-            tracing::debug!(
-                name,
-                "announced name did not resolve within {LOOKUP_TIMEOUT:?}"
-            );
             Vec::new()
         }
     }

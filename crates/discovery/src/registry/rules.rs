@@ -51,31 +51,6 @@ pub(super) fn check_replay_window(
     ))
 }
 
-/// An epoch is a run's start time in ms (what the announcer sends), so one more than a TTL ahead of this host's
-/// clock is not a run that exists yet. Taking it would let a forged heartbeat (`epoch: u64::MAX`) outrank every
-/// future run of the id, keeping it at a forged address or tombstoned for ever. Checked with or without keys: a
-/// sender whose clock is that far ahead breaks the replay window too.
-pub(super) fn check_epoch(
-    epoch: u64,
-    wall_now: SystemTime,
-    ttl: Duration,
-) -> Result<(), Rejection> {
-    let now_ms = wall_now
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
-    let latest = now_ms.saturating_add(ttl_ms);
-    if epoch <= latest {
-        return Ok(());
-    }
-    Err(Rejection::new(
-        RejectReason::FutureEpoch,
-        format!(
-            "expected an epoch (a start time in ms) at most {latest} (this host's clock plus one TTL), found {epoch}"
-        ),
-    ))
-}
-
 /// NSQ delivers at least once and in no particular order: a message whose `(epoch, seq)` is not newer than the
 /// last one applied changes nothing.
 pub(super) fn not_newer(order: (u64, u64), current: (u64, u64)) -> Option<IgnoreReason> {
@@ -149,18 +124,6 @@ mod tests {
         assert!(!is_stale(ns(990), now, TTL), "exactly one TTL old");
         assert!(is_stale(ns(989), now, TTL));
         assert!(!is_stale(ns(2_000), now, TTL), "ahead: skew, not stale");
-    }
-
-    #[test]
-    fn an_epoch_may_be_at_most_one_ttl_ahead() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        for epoch in [0, 1, 1_000_000, 1_010_000] {
-            assert!(check_epoch(epoch, now, TTL).is_ok(), "{epoch}");
-        }
-        for epoch in [1_010_001, u64::MAX] {
-            let err = check_epoch(epoch, now, TTL).unwrap_err();
-            assert_eq!(err.reason(), RejectReason::FutureEpoch);
-        }
     }
 
     #[test]
