@@ -70,16 +70,18 @@ impl Link {
         !self.pending.lock().expect("pending lock").closed && !self.tx.is_closed()
     }
 
-    /// Whether nsqd stopped answering: a reply is awaited and nothing came for half the
-    /// publish timeout, counted from the last answer or from when the oldest awaited request
-    /// was written, whichever is later (a healthy nsqd answers within milliseconds, also deep
-    /// in a pipeline). A caller whose own deadline passed while queued behind other publishes
-    /// is no sign of that.
+    /// Whether nsqd stopped answering: a reply is awaited and nothing came for a whole publish
+    /// timeout, counted from the last answer or from when the oldest awaited request was
+    /// written, whichever is later (a healthy nsqd answers within milliseconds, also deep in a
+    /// pipeline; a slow disk's fsync stalls it for less). A caller whose own deadline passed
+    /// while queued behind other publishes is no sign of that. A hung link is thus dropped by
+    /// the first publish to time out after a whole timeout of silence, at most one publish
+    /// timeout later than the silence began plus that publish's own.
     fn is_hung(&self, publish_timeout: Duration) -> bool {
         let p = self.pending.lock().expect("pending lock");
         p.waiting.front().is_some_and(|(written, _)| {
             let since = p.last_reply.map_or(*written, |r| r.max(*written));
-            since.elapsed() >= publish_timeout / 2
+            since.elapsed() >= publish_timeout
         })
     }
 

@@ -174,6 +174,37 @@ async fn a_publish_timing_out_in_the_queue_does_not_fail_the_others() {
     assert!(published >= ok, "{published} published, {ok} acknowledged");
 }
 
+/// A connection to an nsqd that answers nothing (frozen) is dropped once a publish times out after a whole
+/// publish timeout of silence, and the producer connects again once nsqd is back.
+#[tokio::test]
+async fn a_silent_nsqd_loses_its_connection_and_a_thawed_one_is_used_again() {
+    let cluster = NsqCluster::start(1).await.unwrap();
+    let producer = Producer::new(
+        cluster.nsqd_tcp(0).to_string(),
+        ProducerConfig {
+            publish_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    producer.publish("silent", b"warm").await.unwrap();
+    cluster.freeze(0).unwrap();
+    // The first timeout can come just before a whole timeout of silence since its write; the second comes after
+    // (a few more allowed, should the writer itself be late on a loaded machine).
+    let mut dropped = false;
+    for _ in 0..5 {
+        let err = producer.publish("silent", b"m").await.unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err:?}");
+        if !producer.is_connected().await {
+            dropped = true;
+            break;
+        }
+    }
+    cluster.thaw(0).unwrap();
+    assert!(dropped, "the silent connection was dropped");
+    producer.publish("silent", b"after").await.unwrap();
+}
+
 #[tokio::test]
 async fn requeue_redelivers_with_attempts_plus_one() {
     let cluster = NsqCluster::start(1).await.unwrap();
