@@ -85,8 +85,7 @@ async fn thousand_messages(extra: &[&str]) {
         let open = api.metric("api_proxy_tunnels_open").await.unwrap();
         let mut closed = 0.0;
         for reason in ["client_closed", "server_closed"] {
-            let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
-            closed += api.metric(&sample).await.unwrap();
+            closed += tunnels_closed(api, reason).await;
         }
         (open == 0.0 && closed == 1.0).then_some(())
     })
@@ -268,6 +267,17 @@ async fn h2c_is_stripped_and_other_answers_to_an_upgrade_are_plain_responses() {
     assert_eq!(wire.response(false).await.status, 426);
 }
 
+/// `api_proxy_tunnels_closed_total` for `reason`.
+async fn tunnels_closed(api: &testkit::ApiServer, reason: &str) -> f64 {
+    let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
+    api.metric(&sample).await.unwrap()
+}
+
+/// A WebSocket-style upgrade request for `path`.
+fn upgrade(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+}
+
 /// An upstream that switches protocols on every request, then reads one byte through the tunnel and either resets
 /// its side (`GET /reset`: SO_LINGER 0, then close) or echoes the byte and waits for the tunnel to close.
 async fn resetting_upstream() -> std::net::SocketAddr {
@@ -303,15 +313,6 @@ async fn resetting_upstream() -> std::net::SocketAddr {
 async fn a_reset_counts_as_a_close_by_the_side_that_reset_not_as_an_error() {
     let upstream = resetting_upstream().await;
     let Setup { api, .. } = &with_upstreams(&[upstream]).await;
-    let closed = |reason: &'static str| async move {
-        let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
-        api.metric(&sample).await.unwrap()
-    };
-    let upgrade = |path: &str| {
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        )
-    };
 
     // The data server resets its side once the tunnel carries bytes.
     let mut wire = Wire::connect(api.proxy()).await;
@@ -320,11 +321,11 @@ async fn a_reset_counts_as_a_close_by_the_side_that_reset_not_as_an_error() {
     wire.send(b"x").await;
     wire.assert_closed("after the server's reset").await;
     eventually(SOON, "the server's reset counted", || async {
-        (closed("server_closed").await == 1.0).then_some(())
+        (tunnels_closed(api, "server_closed").await == 1.0).then_some(())
     })
     .await;
     assert_eq!(
-        closed("error").await,
+        tunnels_closed(api, "error").await,
         0.0,
         "a reset is not the proxy's error"
     );
@@ -339,11 +340,11 @@ async fn a_reset_counts_as_a_close_by_the_side_that_reset_not_as_an_error() {
     drop(wire);
     eventually(SOON, "the client's reset counted", || async {
         let open = api.metric("api_proxy_tunnels_open").await.unwrap();
-        (closed("client_closed").await == 1.0 && open == 0.0).then_some(())
+        (tunnels_closed(api, "client_closed").await == 1.0 && open == 0.0).then_some(())
     })
     .await;
-    assert_eq!(closed("error").await, 0.0);
-    assert_eq!(closed("server_closed").await, 1.0);
+    assert_eq!(tunnels_closed(api, "error").await, 0.0);
+    assert_eq!(tunnels_closed(api, "server_closed").await, 1.0);
 }
 
 /// An upstream that switches protocols on every request, then either sends without pause and reads nothing
@@ -399,15 +400,6 @@ async fn stalls(extra: &[&str]) {
     ]
     .concat();
     let Setup { api, .. } = &with_upstreams_and(&[upstream], &extra).await;
-    let closed = |reason: &'static str| async move {
-        let sample = format!("api_proxy_tunnels_closed_total{{reason=\"{reason}\"}}");
-        api.metric(&sample).await.unwrap()
-    };
-    let upgrade = |path: &str| {
-        format!(
-            "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
-        )
-    };
 
     // The data server sends; the client reads nothing. Once the buffers are full the data server is blocked
     // behind the client, both silent: the tunnel closes as the client's stall, and frees the data server.
@@ -421,7 +413,7 @@ async fn stalls(extra: &[&str]) {
     );
     eventually(SOON, "the client's stall counted", || async {
         let open = api.metric("api_proxy_tunnels_open").await.unwrap();
-        (closed("client_stalled").await == 1.0 && open == 0.0).then_some(())
+        (tunnels_closed(api, "client_stalled").await == 1.0 && open == 0.0).then_some(())
     })
     .await;
     drop(wire);
@@ -436,10 +428,14 @@ async fn stalls(extra: &[&str]) {
         .expect("the client's writes failed once the proxy closed the tunnel");
     eventually(SOON, "the server's stall counted", || async {
         let open = api.metric("api_proxy_tunnels_open").await.unwrap();
-        (closed("server_stalled").await == 1.0 && open == 0.0).then_some(())
+        (tunnels_closed(api, "server_stalled").await == 1.0 && open == 0.0).then_some(())
     })
     .await;
     for reason in ["client_closed", "server_closed", "idle", "error"] {
-        assert_eq!(closed(reason).await, 0.0, "no tunnel closed as {reason}");
+        assert_eq!(
+            tunnels_closed(api, reason).await,
+            0.0,
+            "no tunnel closed as {reason}"
+        );
     }
 }

@@ -109,23 +109,8 @@ pub async fn serve(
     }
 
     let limit = config.shutdown_timeout();
-    // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes; tried again while every
-    // nsqd refuses it (one briefly down), for at most `leave_limit`.
-    let leave_limit = config.leave_limit();
-    let left = match with_timeout(announcer.leave_within(leave_limit), leave_limit).await {
-        Ok(Ok(nsqd)) => {
-            tracing::debug!(%nsqd, "left");
-            true
-        }
-        Ok(Err(err)) => {
-            tracing::warn!("could not announce leaving: {err}");
-            false
-        }
-        Err(timeout) => {
-            tracing::warn!("leaving heartbeat: {timeout}");
-            false
-        }
-    };
+    // 1. Leaving heartbeat first, so api-servers stop sending before the listener closes.
+    let left = leave(&announcer, &config).await;
     state.set_ready(false);
     heartbeats.abort();
     // 2. Still serving while api-servers take the leave in: until they do, they may send a request on a pooled
@@ -157,6 +142,26 @@ pub async fn serve(
     }
     announcer.close(CLOSE_TIMEOUT).await;
     Ok(())
+}
+
+/// Announces that this server is leaving, tried again while every nsqd refuses it (one briefly down) for at most
+/// [`Config::leave_limit`]; whether an nsqd took it.
+pub(crate) async fn leave(announcer: &Announcer, config: &Config) -> bool {
+    let limit = config.leave_limit();
+    match with_timeout(announcer.leave_within(limit), limit).await {
+        Ok(Ok(nsqd)) => {
+            tracing::debug!(%nsqd, "left");
+            true
+        }
+        Ok(Err(err)) => {
+            tracing::warn!("could not announce leaving: {err}");
+            false
+        }
+        Err(timeout) => {
+            tracing::warn!("leaving heartbeat: {timeout}");
+            false
+        }
+    }
 }
 
 /// Subscribes to solicitations when `announce.answer_solicitations` is on. A failure is logged and costs only the

@@ -11,7 +11,7 @@ use discovery::{Announcer, AsyncHealth};
 use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use svc::{HostPort, Shutdown, with_timeout};
+use svc::{HostPort, Shutdown};
 
 use crate::config::Config;
 use crate::server::ServerError;
@@ -57,12 +57,7 @@ pub async fn run_sidecar(
     println!("announcing {addr} as {id} while {health_url} answers 2xx");
     tracing::info!(%id, %addr, %health_url, "sidecar started");
     shutdown.wait().await;
-    let limit = config.leave_limit();
-    match with_timeout(announcer.leave_within(limit), limit).await {
-        Ok(Ok(nsqd)) => tracing::debug!(%nsqd, "left"),
-        Ok(Err(err)) => tracing::warn!("could not announce leaving: {err}"),
-        Err(timeout) => tracing::warn!("leaving heartbeat: {timeout}"),
-    }
+    crate::server::leave(&announcer, &config).await;
     // After the leave, which its stop (waiting on nsqd) must not delay; the announcer refuses a later `up`.
     if let Some(responder) = responder {
         responder.stop(Duration::from_secs(1)).await;

@@ -112,17 +112,19 @@ pub fn decode_from(buf: &mut BytesMut, max_size: usize) -> Result<Option<Frame>>
     }
 }
 
+/// A frame as nsqd writes it (size, type, data), for tests that play nsqd.
+#[cfg(test)]
+pub(crate) fn frame(kind: i32, data: &[u8]) -> Vec<u8> {
+    let mut v = ((data.len() + 4) as u32).to_be_bytes().to_vec();
+    v.extend_from_slice(&kind.to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    fn frame(kind: i32, data: &[u8]) -> Vec<u8> {
-        let mut v = ((data.len() + 4) as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
 
     fn message_frame(attempts: u16, body: &[u8]) -> Vec<u8> {
         let mut d = 1_700_000_000_000_000_000i64.to_be_bytes().to_vec();

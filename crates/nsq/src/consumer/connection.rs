@@ -294,14 +294,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::frame::{FRAME_MESSAGE, FRAME_RESPONSE};
-
-    fn frame(kind: i32, data: &[u8]) -> Vec<u8> {
-        let mut v = ((data.len() + 4) as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(&kind.to_be_bytes());
-        v.extend_from_slice(data);
-        v
-    }
+    use crate::frame::{FRAME_MESSAGE, FRAME_RESPONSE, frame};
 
     fn message(id: &[u8; 16]) -> Vec<u8> {
         let mut d = 1_700_000_000_000_000_000i64.to_be_bytes().to_vec();
