@@ -23,6 +23,9 @@ pub struct NsqdProbe {
     pub last_canary_ms: Option<u64>,
     /// Whether a canary came back within the timeout.
     pub delivering: bool,
+    /// How far its clock is ahead of this api-server's (negative: behind), in ms, from this instance's last canary
+    /// through it (None: none yet). More than the TTL behind, every heartbeat it delivers is ignored as stale.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// The bus state shown by the admin API.
@@ -52,7 +55,9 @@ struct Inner {
     timeout: Duration,
     alive: AtomicBool,
     heartbeat_connections: std::sync::atomic::AtomicI64,
-    last_by_nsqd: Mutex<BTreeMap<String, Option<Instant>>>,
+    /// Heartbeats more than this far behind (by nsqd's timestamp) are stale: the TTL.
+    ttl: Duration,
+    last_by_nsqd: Mutex<BTreeMap<String, NsqdState>>,
     /// Kept apart from the per-nsqd map, which forgets an nsqd when nsqlookupd does (as when it dies).
     last_any: Mutex<Option<Instant>>,
     canaries_published: AtomicU64,
@@ -61,13 +66,27 @@ struct Inner {
     down_transitions: AtomicU64,
 }
 
+/// What the canary learnt of one nsqd.
+#[derive(Debug, Default)]
+struct NsqdState {
+    last_canary: Option<Instant>,
+    clock_offset_ms: Option<i64>,
+    /// When a skewed clock was last logged, so that it is said once a minute, not once a canary.
+    warned: Option<Instant>,
+}
+
+/// How often a skewed nsqd clock is logged again.
+const SKEW_WARN_EVERY: Duration = Duration::from_secs(60);
+
 impl Bus {
-    /// A bus state that counts as alive for one `timeout` after `now`, the time the first canary needs.
-    pub fn new(timeout: Duration, now: Instant) -> Bus {
+    /// A bus state that counts as alive for one `timeout` after `now`, the time the first canary needs; `ttl` is the
+    /// registry's, against which nsqd clocks are judged.
+    pub fn new(timeout: Duration, ttl: Duration, now: Instant) -> Bus {
         Bus {
             inner: Arc::new(Inner {
                 started: now,
                 timeout,
+                ttl,
                 alive: AtomicBool::new(true),
                 heartbeat_connections: Default::default(),
                 last_by_nsqd: Mutex::new(BTreeMap::new()),
@@ -80,7 +99,7 @@ impl Bus {
         }
     }
 
-    fn probes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Option<Instant>>> {
+    fn probes(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, NsqdState>> {
         self.inner
             .last_by_nsqd
             .lock()
@@ -92,15 +111,35 @@ impl Bus {
         let mut probes = self.probes();
         probes.retain(|addr, _| addrs.contains(addr));
         for addr in addrs {
-            probes.entry(addr.clone()).or_insert(None);
+            probes.entry(addr.clone()).or_default();
         }
     }
 
-    /// A fresh canary came back through `nsqd` at `now`.
-    pub fn canary_received(&self, nsqd: &str, now: Instant) {
+    /// A fresh canary came back through `nsqd` at `now`; `clock_offset_ms` is nsqd's clock against ours when it was
+    /// one of this instance's. An nsqd more than half the TTL behind is logged (once a minute): heartbeats through
+    /// it lose that much of their life, and more than the TTL behind they are all ignored as stale.
+    pub fn canary_received(&self, nsqd: &str, now: Instant, clock_offset_ms: Option<i64>) {
         self.inner.canaries_received.fetch_add(1, Ordering::Relaxed);
-        if let Some(last) = self.probes().get_mut(nsqd) {
-            *last = Some(now);
+        if let Some(state) = self.probes().get_mut(nsqd) {
+            state.last_canary = Some(now);
+            if let Some(offset) = clock_offset_ms {
+                state.clock_offset_ms = Some(offset);
+                let ttl_ms = i64::try_from(self.inner.ttl.as_millis()).unwrap_or(i64::MAX);
+                let due = state
+                    .warned
+                    .is_none_or(|at| now.saturating_duration_since(at) >= SKEW_WARN_EVERY);
+                if offset < -(ttl_ms / 2) && due {
+                    state.warned = Some(now);
+                    tracing::warn!(
+                        nsqd,
+                        clock_offset_ms = offset,
+                        ttl_ms,
+                        "this nsqd's clock is behind this api-server's by more than half the TTL: heartbeats it \
+                         delivers are judged by its timestamps, lose that much of their life, and are ignored as \
+                         stale once it is a whole TTL behind; fix the clocks (NTP)"
+                    );
+                }
+            }
         }
         let mut any = self
             .inner
@@ -186,11 +225,13 @@ impl Bus {
         let nsqd = self
             .probes()
             .iter()
-            .map(|(addr, last)| NsqdProbe {
+            .map(|(addr, state)| NsqdProbe {
                 addr: addr.clone(),
-                last_canary_ms: last.map(ms),
-                delivering: last
+                last_canary_ms: state.last_canary.map(ms),
+                delivering: state
+                    .last_canary
                     .is_some_and(|l| now.saturating_duration_since(l) < self.inner.timeout),
+                clock_offset_ms: state.clock_offset_ms,
             })
             .collect();
         BusView {
@@ -212,7 +253,11 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn no_canary_within_the_timeout_freezes_the_registry_and_one_thaws_it() {
         let registry = Registry::new(RegistryConfig::new(Duration::from_secs(2))).unwrap();
-        let bus = Bus::new(Duration::from_millis(500), Instant::now());
+        let bus = Bus::new(
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+            Instant::now(),
+        );
         bus.set_nsqds(&["n1:4150".to_owned()]);
         let hb = Heartbeat::new("a", "10.0.0.1:80", 1, 1);
         registry.observe(&hb.encode(), 0, Instant::now(), SystemTime::now());
@@ -222,7 +267,7 @@ mod tests {
         assert!(registry.self_preservation());
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(registry.live_count(Instant::now()), 1, "held while frozen");
-        bus.canary_received("n1:4150", Instant::now());
+        bus.canary_received("n1:4150", Instant::now(), None);
         assert!(bus.evaluate(&registry, 1, Instant::now()));
         assert!(!registry.self_preservation());
         assert_eq!(registry.live_count(Instant::now()), 1, "one TTL of grace");
@@ -230,7 +275,24 @@ mod tests {
         assert!(!bus.evaluate(&registry, 0, Instant::now()));
         // With nobody registered there is nothing to preserve, and canaries alone decide.
         let empty = Registry::new(RegistryConfig::new(Duration::from_secs(2))).unwrap();
-        bus.canary_received("n1:4150", Instant::now());
+        bus.canary_received("n1:4150", Instant::now(), None);
         assert!(bus.evaluate(&empty, 0, Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_nsqds_clock_offset_is_shown_from_its_last_own_canary() {
+        let bus = Bus::new(
+            Duration::from_millis(500),
+            Duration::from_secs(2),
+            Instant::now(),
+        );
+        bus.set_nsqds(&["n1:4150".to_owned(), "n2:4150".to_owned()]);
+        bus.canary_received("n1:4150", Instant::now(), Some(-5_000));
+        // Another instance's canary proves delivery but says nothing of the clock: the last measure stays.
+        bus.canary_received("n1:4150", Instant::now(), None);
+        let view = bus.view(Instant::now());
+        let offsets: Vec<_> = view.nsqd.iter().map(|n| n.clock_offset_ms).collect();
+        assert_eq!(offsets, [Some(-5_000), None]);
+        assert!(view.nsqd[0].delivering && !view.nsqd[1].delivering);
     }
 }

@@ -57,13 +57,25 @@ fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Whether `body` is a canary sent less than `timeout` ago.
-fn is_fresh(body: &[u8], timeout: Duration) -> bool {
-    let Ok(canary) = serde_json::from_slice::<CanaryBody>(body) else {
-        return false;
-    };
+/// A canary sent less than `timeout` ago, if `body` is one.
+fn fresh(body: &[u8], timeout: Duration) -> Option<CanaryBody> {
+    let canary = serde_json::from_slice::<CanaryBody>(body).ok()?;
     // A canary from a clock slightly ahead is fresh, not stale.
-    canary.canary == 1 && wall_ms().saturating_sub(canary.sent_at_ms) < timeout.as_millis() as u64
+    (canary.canary == 1 && wall_ms().saturating_sub(canary.sent_at_ms) < timeout.as_millis() as u64)
+        .then_some(canary)
+}
+
+/// How far nsqd's clock is ahead of this host's (negative: behind), in ms, from one of this instance's own
+/// canaries: the timestamp nsqd gave it minus when it was sent (the trip to nsqd, a millisecond or so on a LAN,
+/// counts as ahead). Heartbeats are judged stale by nsqd's timestamps against this host's clock (ARCHITECTURE
+/// §4.2), so an nsqd far behind makes every heartbeat through it look old.
+fn clock_offset_ms(canary: &CanaryBody, nsqd_timestamp_ns: i64, instance: &str) -> Option<i64> {
+    let ours = canary
+        .from
+        .rsplit_once('#')
+        .is_some_and(|(from, _)| from == instance);
+    let sent = i64::try_from(canary.sent_at_ms).ok()?;
+    (ours && nsqd_timestamp_ns > 0).then(|| nsqd_timestamp_ns / 1_000_000 - sent)
 }
 
 /// A producer and a direct consumer on one nsqd.
@@ -90,6 +102,7 @@ impl Probe {
             },
         )?;
         let (bus, nsqd, timeout) = (bus.clone(), addr.to_owned(), cfg.timeout);
+        let instance = cfg.instance.clone();
         let consumer = nsq::Consumer::start(
             &cfg.topic,
             &cfg.channel,
@@ -104,9 +117,13 @@ impl Probe {
             },
             move |msg: nsq::Message| {
                 let (bus, nsqd) = (bus.clone(), nsqd.clone());
+                let canary = fresh(msg.body(), timeout);
+                let offset = canary
+                    .as_ref()
+                    .and_then(|c| clock_offset_ms(c, msg.timestamp_ns(), &instance));
                 async move {
-                    if is_fresh(msg.body(), timeout) {
-                        bus.canary_received(&nsqd, Instant::now());
+                    if canary.is_some() {
+                        bus.canary_received(&nsqd, Instant::now(), offset);
                     }
                     // Always finished: a canary is never worth a redelivery.
                     Ok::<(), nsq::HandlerError>(())
@@ -239,9 +256,30 @@ mod tests {
         let now = wall_ms();
         let body = |at: u64| format!(r#"{{"canary":1,"from":"a#1","sent_at_ms":{at}}}"#);
         let timeout = Duration::from_secs(1);
-        assert!(is_fresh(body(now).as_bytes(), timeout));
-        assert!(is_fresh(body(now + 50).as_bytes(), timeout), "clock skew");
-        assert!(!is_fresh(body(now - 5000).as_bytes(), timeout));
-        assert!(!is_fresh(b"10.0.0.1:80", timeout));
+        assert!(fresh(body(now).as_bytes(), timeout).is_some());
+        assert!(
+            fresh(body(now + 50).as_bytes(), timeout).is_some(),
+            "clock skew"
+        );
+        assert!(fresh(body(now - 5000).as_bytes(), timeout).is_none());
+        assert!(fresh(b"10.0.0.1:80", timeout).is_none());
+    }
+
+    #[test]
+    fn an_nsqds_clock_offset_is_read_from_this_instances_own_canaries() {
+        let canary = |from: &str| CanaryBody {
+            canary: 1,
+            from: from.to_owned(),
+            sent_at_ms: 1_000_000,
+        };
+        // nsqd stamped it 12 s before it was sent by this host's clock: nsqd is 12 s behind.
+        let stamped = 988_000 * 1_000_000;
+        assert_eq!(
+            clock_offset_ms(&canary("api-1#7"), stamped, "api-1"),
+            Some(-12_000)
+        );
+        // Another api-server's canary carries its clock, not ours; an unstamped message says nothing.
+        assert_eq!(clock_offset_ms(&canary("api-2#7"), stamped, "api-1"), None);
+        assert_eq!(clock_offset_ms(&canary("api-1#7"), 0, "api-1"), None);
     }
 }

@@ -132,7 +132,7 @@ pub async fn run(
 
     let instance = config.instance();
     let channel = config.channel(&instance);
-    let bus = Bus::new(d.canary_timeout(), Instant::now());
+    let bus = Bus::new(d.canary_timeout(), d.ttl.get(), Instant::now());
     let state = AppState::new(
         instance.clone(),
         balancer.clone(),

@@ -49,6 +49,21 @@ async fn all_nsqd_down_for_three_ttls_keeps_the_servers_and_says_so() {
     .await
     .unwrap();
     assert_eq!(api.metric("api_bus_alive").await.unwrap(), 1.0);
+    // Each nsqd's clock, measured by the canary: the same host's, so within the trip to nsqd and back.
+    let doc = api
+        .wait_registry(SOON, "both clocks measured", |d| {
+            d["bus"]["nsqd"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["clock_offset_ms"].is_i64())
+        })
+        .await
+        .unwrap();
+    for n in doc["bus"]["nsqd"].as_array().unwrap() {
+        let offset = n["clock_offset_ms"].as_i64().unwrap();
+        assert!((-1000..1000).contains(&offset), "{n}");
+    }
 
     cluster.kill(0);
     cluster.kill(1);
