@@ -181,15 +181,18 @@ impl Registry {
         if let Err(rejection) = verdict {
             return (Outcome::Rejected(rejection), unresolved);
         }
-        let outcome = self.apply_checked(message, addr, nsqd_timestamp_ns, now, wall_now);
+        let recheck = unresolved.is_some();
+        let outcome = self.apply_checked(message, addr, recheck, nsqd_timestamp_ns, now, wall_now);
         (outcome, unresolved)
     }
 
-    /// Applies a message that passed the address policy.
+    /// Applies a message that passed the address policy. `recheck`: its address is a host name on one of this
+    /// api-server's ports that had no fresh answer, so the policy is asked again under the lock.
     fn apply_checked(
         &self,
         message: Message,
         addr: ServerAddr,
+        recheck: bool,
         nsqd_timestamp_ns: i64,
         now: Option<Instant>,
         wall_now: SystemTime,
@@ -229,6 +232,16 @@ impl Registry {
         let mut guard = self.lock();
         let table = &mut *guard;
         let now = table.judge_at(now.unwrap_or_else(Instant::now));
+        // A background lookup may have found, since the check above, that the name is this api-server, and removed
+        // its servers (`remove_self_name` records the answer before it takes this lock): this heartbeat must not
+        // bring one back.
+        if recheck
+            && update.state == State::Up
+            && let (Err(rejection), _) =
+                self.inner.policy.check(&update.addr, &addr, now.into_std())
+        {
+            return Outcome::Rejected(rejection);
+        }
         let mut changes = Changes::default();
         if table
             .tombstones

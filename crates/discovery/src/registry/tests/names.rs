@@ -162,3 +162,29 @@ async fn lookups_are_bounded() {
         Some("n19.example")
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_checked_before_its_name_was_found_to_be_us_does_not_bring_it_back() {
+    // The race: a heartbeat passes the policy while its name is unknown; the lookup then finds the name is this
+    // api-server and removes its servers; only then does the heartbeat take the registry's lock.
+    let reg = dns().registry();
+    let hb = body("alias", "me.local:8080", 1, 1);
+    let Decoded { message, addr } = decode_with_addr(&hb, KeySet::from(&[][..]), true).unwrap();
+    let (verdict, unresolved) =
+        reg.inner
+            .policy
+            .check(message.addr(), &addr, Instant::now().into_std());
+    assert!(
+        verdict.is_ok() && unresolved.is_some(),
+        "admitted, unresolved"
+    );
+    let us: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    assert!(
+        reg.inner
+            .policy
+            .resolved("me.local".into(), 8080, &[us], Instant::now().into_std())
+    );
+    let outcome = reg.apply_checked(message, addr, true, 0, None, SystemTime::now());
+    assert_eq!(rejected(outcome), RejectReason::SelfAddress);
+    assert!(live_ids(&reg).is_empty());
+}
