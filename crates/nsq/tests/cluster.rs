@@ -5,7 +5,9 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{collect, consumer_config, eventually, logs, producer_to, recv_within};
+use common::{
+    collect, consumer_config, eventually, logs, nsqd_addresses, producer_to, recv_within,
+};
 use nsq::{ConsumerConfig, Message, Producer, ProducerConfig, Publisher};
 use testkit::{NsqCluster, NsqTail, to_nsq};
 use tokio::sync::mpsc;
@@ -33,7 +35,7 @@ async fn a_consumer_through_lookupd_gets_messages_from_two_nsqd() {
     })
     .await;
     for i in 0..2 {
-        let p = Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap();
+        let p = producer_to(&cluster, i);
         p.publish("both", format!("from nsqd{i}")).await.unwrap();
     }
     let mut sources = HashSet::new();
@@ -76,11 +78,7 @@ async fn lookupd_is_asked_about_an_ephemeral_topic_by_its_whole_name() {
 async fn ready_counts_never_sum_above_max_in_flight() {
     let cluster = NsqCluster::start(4).await.unwrap();
     let cfg = ConsumerConfig {
-        nsqd_tcp_addresses: cluster
-            .nsqd_tcp_addresses()
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        nsqd_tcp_addresses: nsqd_addresses(&cluster),
         max_in_flight: 2,
         rdy_redistribute_interval: Duration::from_millis(200),
         low_rdy_idle_timeout: Duration::from_millis(300),
@@ -92,17 +90,9 @@ async fn ready_counts_never_sum_above_max_in_flight() {
     })
     .await;
     // Publish to all four while sampling RDY: messages from every nsqd still arrive.
-    let publisher = Publisher::new(
-        &cluster
-            .nsqd_tcp_addresses()
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        ProducerConfig::default(),
-    )
-    .unwrap();
+    let publisher = Publisher::new(&nsqd_addresses(&cluster), ProducerConfig::default()).unwrap();
     for i in 0..4 {
-        let p = Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap();
+        let p = producer_to(&cluster, i);
         p.publish("rdy", format!("n{i}")).await.unwrap();
     }
     let mut max_sum = 0;
@@ -203,11 +193,7 @@ async fn producer_and_consumer_recover_when_nsqd_is_killed_and_restarted() {
 #[tokio::test]
 async fn a_frozen_nsqd_times_publishes_out_and_the_publisher_fails_over() {
     let cluster = NsqCluster::start(2).await.unwrap();
-    let addrs: Vec<String> = cluster
-        .nsqd_tcp_addresses()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let addrs: Vec<String> = nsqd_addresses(&cluster);
     let publisher = Publisher::new(
         &addrs,
         ProducerConfig {

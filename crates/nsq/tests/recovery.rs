@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{consumer_config, eventually, logs, producer_to};
+use common::{consumer_config, eventually, logs, nsqd_addresses, producer_to};
 use nsq::{Consumer, ConsumerConfig, Message};
 use testkit::NsqCluster;
 
@@ -154,11 +154,7 @@ async fn stop_right_after_start_is_prompt_and_clean() {
     let cluster = NsqCluster::start(2).await.unwrap();
     for _ in 0..3 {
         let cfg = ConsumerConfig {
-            nsqd_tcp_addresses: cluster
-                .nsqd_tcp_addresses()
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            nsqd_tcp_addresses: nsqd_addresses(&cluster),
             ..consumer_config()
         };
         let consumer =

@@ -34,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use discovery::InFlightGuard;
-use tunnel_ring::{HALF_CLOSE_GRACE, Limits};
+use tunnel_ring::{HALF_CLOSE_GRACE, Limits, SendWatch};
 
 use crate::conn::Worker;
 use crate::relay::write_paced;
@@ -303,7 +303,7 @@ async fn relay_here(
         active: false,
     };
     // One timer for the whole tunnel, firing at least every HALF_CLOSE_GRACE (so that a half close is noticed in
-    // time) and twice per send limit: a read only sets `tunnel.active` (and a read or a write `Flow::moved`), and
+    // time) and twice per send limit: a read only sets `tunnel.active` (and a read or a write `SendWatch::moved`), and
     // the timer, when it fires, counts a tunnel that was active since the last check as active now. So a message
     // costs neither a timer update nor a clock read, and the idle timeout is noticed at most one check late, a
     // stall at most two. (Arming a timer per message cost about a tenth of the relay's CPU; reading the clock per
@@ -465,10 +465,8 @@ struct Flow {
     eof: bool,
     /// The close was passed on: nothing more to do.
     done: bool,
-    /// Bytes were read or written since the last check.
-    moved: bool,
-    /// When a check last saw this flow move, or found nothing waiting to be written.
-    moved_at: Instant,
+    /// Bytes read or written, for the stall check.
+    watch: SendWatch,
 }
 
 impl Flow {
@@ -479,19 +477,14 @@ impl Flow {
             end: 0,
             eof: false,
             done: false,
-            moved: false,
-            moved_at: now,
+            watch: SendWatch::new(now.into_std()),
         }
     }
 
-    /// Whether bytes have waited for the receiver since `now - limit` without it taking any (measured from the
-    /// check that first saw them waiting). Notes the movement since the last check.
+    /// Whether bytes have waited for the receiver for `limit` without it taking any.
     fn stalled(&mut self, now: Instant, limit: Duration) -> bool {
-        if std::mem::take(&mut self.moved) || self.start == self.end {
-            self.moved_at = now;
-            return false;
-        }
-        now.duration_since(self.moved_at) >= limit
+        self.watch
+            .stalled(now.into_std(), self.start < self.end, limit)
     }
 
     /// Reads from `from` and writes to `to` until one of them would block (ready only once the close is passed on,
@@ -516,7 +509,7 @@ impl Flow {
                     }
                     Poll::Ready(Err(err)) => return Poll::Ready(Err(Fault::write(&err))),
                     Poll::Ready(Ok(n)) => {
-                        self.moved = true;
+                        self.watch.moved();
                         self.start += n;
                         if self.start == self.end {
                             self.start = 0;
@@ -541,7 +534,7 @@ impl Flow {
                 match Pin::new(&mut *from).poll_read(cx, &mut read) {
                     Poll::Ready(Ok(())) => {
                         *active = true;
-                        self.moved = true;
+                        self.watch.moved();
                         match read.filled().len() {
                             0 => self.eof = true,
                             n => self.end = n,

@@ -61,6 +61,41 @@ pub struct Limits {
     pub server_send: Duration,
 }
 
+/// Whether one direction's sends are stalled, judged at periodic checks, without a clock read per message (both
+/// relays use it: this crate's threads and the proxy's workers).
+#[derive(Debug)]
+pub struct SendWatch {
+    /// Bytes came to be sent, or a send took some, since the last check.
+    moved: bool,
+    /// When a check last saw the direction move, or nothing waiting to be sent.
+    moved_at: Instant,
+}
+
+impl SendWatch {
+    /// A direction opened at `now`.
+    pub fn new(now: Instant) -> SendWatch {
+        SendWatch {
+            moved: false,
+            moved_at: now,
+        }
+    }
+
+    /// Notes that bytes came to be sent or that a send took some (a flag, no clock read).
+    pub fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    /// At a check at `now`: whether bytes have been `waiting` to be sent without a byte taken for `limit`, counted
+    /// from the check that first saw them waiting (so up to one check interval late).
+    pub fn stalled(&mut self, now: Instant, waiting: bool, limit: Duration) -> bool {
+        if std::mem::take(&mut self.moved) || !waiting {
+            self.moved_at = now;
+            return false;
+        }
+        now.duration_since(self.moved_at) >= limit
+    }
+}
+
 /// How a tunnel ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -420,11 +455,8 @@ struct Flow {
     in_flight: Option<u64>,
     /// The sending side closed its half, and the close was passed on.
     done: bool,
-    /// Bytes came to be sent, or a send took some, since the last check.
-    moved: bool,
-    /// When a check last saw this direction's send move: a send in flight since longer than its side's limit is
-    /// a stall.
-    moved_at: Instant,
+    /// A send in flight longer than its side's limit, taking nothing, is a stall.
+    watch: SendWatch,
 }
 
 impl Flow {
@@ -435,20 +467,14 @@ impl Flow {
             sent: 0,
             in_flight: None,
             done: false,
-            moved: false,
-            moved_at: now,
+            watch: SendWatch::new(now),
         }
     }
 
-    /// Whether this direction's send has taken no byte since `now - limit` (measured from the check that first saw
-    /// it posted: up to one [`CHECK_EVERY`] late). Notes the movement since the last check.
+    /// Whether this direction's send has taken no byte for `limit` (noticed up to one [`CHECK_EVERY`] late).
     fn stalled(&mut self, now: Instant, limit: Duration) -> bool {
         let sending = self.in_flight.is_some_and(|data| data & OP_SEND != 0);
-        if std::mem::take(&mut self.moved) || !sending {
-            self.moved_at = now;
-            return false;
-        }
-        now.duration_since(self.moved_at) >= limit
+        self.watch.stalled(now, sending, limit)
     }
 }
 
@@ -738,7 +764,7 @@ impl Thread {
                     let flow = &mut t.flows[dir];
                     flow.len = n as usize;
                     flow.sent = 0;
-                    flow.moved = true;
+                    flow.watch.moved();
                     self.send(slot, dir);
                 }
                 0 => {
@@ -765,7 +791,7 @@ impl Thread {
                 n if n > 0 => {
                     let flow = &mut t.flows[dir];
                     flow.sent += n as usize;
-                    flow.moved = true;
+                    flow.watch.moved();
                     if flow.sent < flow.len {
                         self.send(slot, dir);
                     } else {

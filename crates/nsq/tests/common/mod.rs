@@ -14,6 +14,15 @@ pub fn producer_to(cluster: &NsqCluster, i: usize) -> Producer {
     Producer::new(cluster.nsqd_tcp(i).to_string(), ProducerConfig::default()).unwrap()
 }
 
+/// Every nsqd of `cluster`, as the clients take addresses.
+pub fn nsqd_addresses(cluster: &NsqCluster) -> Vec<String> {
+    cluster
+        .nsqd_tcp_addresses()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// The next item `rx` gets; fails the test when none comes `within`, or the senders are gone.
 pub async fn recv_within<T>(rx: &mut mpsc::UnboundedReceiver<T>, within: Duration) -> T {
     tokio::time::timeout(within, rx.recv())
